@@ -1,0 +1,1 @@
+//! Unpublished root package: owns the workspace-level examples and tests.

@@ -1,0 +1,1 @@
+//! Derive macros for varvedb. The typed layer (`#[derive(Event)]`, `#[aggregate]`) lands here.

@@ -1,0 +1,204 @@
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::types::{ExpectedVersion, StreamId};
+
+/// Everything that can go wrong in varvedb.
+///
+/// Variants are grouped by what the caller can do about them: fix the input (`EmptyBatch`,
+/// `EventTooLarge`, ...), retry after re-reading (`ConcurrencyConflict`), reconfigure
+/// (`StoreFull`), or stop and investigate (`Corrupt*`). Bytes read from disk never panic;
+/// they surface as one of the `Corrupt*` variants naming where the damage is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error from the operating system (for example, the disk is full).
+    /// The transaction in progress was aborted; nothing committed before it is lost.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// An error reported by the storage engine that has no more specific variant.
+    #[error("storage engine error: {0}")]
+    Storage(#[source] StorageError),
+
+    /// This process already has the store at `path` open. Share the [`Varve`](crate::Varve)
+    /// handle (it is cheap to clone) instead of opening the store again.
+    #[error("the store at {} is already open in this process; clone the existing `Varve` handle instead", path.display())]
+    AlreadyOpen {
+        /// The canonical path of the store.
+        path: PathBuf,
+    },
+
+    /// The store was written by a version of varvedb with a different on-disk format.
+    #[error("the store has on-disk format version {found}, this build of varvedb reads version {supported}")]
+    IncompatibleFormat {
+        /// The format version recorded in the store.
+        found: u32,
+        /// The format version this build reads and writes.
+        supported: u32,
+    },
+
+    /// The store's memory map is full. Nothing of the failed write was stored.
+    #[error("the store is full: its map size of {map_size} bytes is reached; reopen it with a larger `Options::map_size`")]
+    StoreFull {
+        /// The map size in bytes the store was opened with.
+        map_size: usize,
+    },
+
+    /// The stream's version did not match what the append expected. Nothing of the request
+    /// was stored; re-read the stream and decide again.
+    #[error("concurrency conflict on stream {stream}: expected {expected}, but the stream is at {}", VersionDisplay(*actual))]
+    ConcurrencyConflict {
+        /// The stream whose version did not match.
+        stream: StreamId,
+        /// What the request expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the request was applied (`None`: the stream does not exist).
+        actual: Option<u32>,
+    },
+
+    /// A write request with no events, or a stream append with no events.
+    #[error("empty batch: a write needs at least one event in every stream it names")]
+    EmptyBatch,
+
+    /// An event's type tag or a stream kind is empty or longer than 255 bytes.
+    #[error("invalid {what} {value:?}: must be 1 to 255 bytes of UTF-8")]
+    InvalidTag {
+        /// `"type tag"` or `"stream kind"`.
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+    },
+
+    /// An event's payload plus metadata exceed `Options::max_event_size`.
+    #[error("event {index} of the request is {size} bytes, over the limit of {max} bytes (`Options::max_event_size`)")]
+    EventTooLarge {
+        /// Position of the event in the request, from 0.
+        index: usize,
+        /// Payload plus metadata, in bytes.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+
+    /// Appending would take the stream past version `u32::MAX`.
+    #[error("stream {stream} cannot grow past version {}", u32::MAX)]
+    VersionOverflow {
+        /// The full stream.
+        stream: StreamId,
+    },
+
+    /// Some, but not all, events of a request carry ids that are already stored, or the
+    /// stored events with those ids do not match the request. A retry must resend exactly
+    /// the original request.
+    #[error("event id {id:#034x} is already stored at seq {seq}, but the request does not match the original append")]
+    IdempotencyMismatch {
+        /// The event id already present.
+        id: u128,
+        /// Where it is stored.
+        seq: u64,
+    },
+
+    /// The same event id appears twice in one request.
+    #[error("event id {id:#034x} appears more than once in the request")]
+    DuplicateEventId {
+        /// The repeated id.
+        id: u128,
+    },
+
+    /// The stream was created with a different kind (aggregate type).
+    #[error("stream {stream} has kind {actual:?}, not {expected:?}")]
+    StreamKindMismatch {
+        /// The stream.
+        stream: StreamId,
+        /// The kind the request named.
+        expected: String,
+        /// The kind the stream was created with (`None`: the stream has no kind).
+        actual: Option<String>,
+    },
+
+    /// A stored event failed its checksum or could not be decoded.
+    #[error("event at seq {seq} is corrupt: {reason}")]
+    Corrupt {
+        /// The event's global sequence number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An index entry disagrees with the log, or has an invalid encoding.
+    #[error("the {table} table is corrupt: {reason}")]
+    CorruptIndex {
+        /// The damaged table.
+        table: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The store's `meta` table is damaged.
+    #[error("the store's metadata is corrupt: {reason}")]
+    CorruptMeta {
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// The event's payload is not a valid archive of the requested type.
+    #[error("event at seq {seq} (type {type_tag:?}) is not a valid archive of the requested type: {message}")]
+    InvalidArchive {
+        /// The event's global sequence number.
+        seq: u64,
+        /// The event's stored type tag.
+        type_tag: String,
+        /// What validation found.
+        message: String,
+    },
+
+    /// Serializing an event with rkyv failed.
+    #[error("could not serialize event: {0}")]
+    Serialize(String),
+
+    /// The store's writer thread has stopped (the store is closing, or the thread panicked).
+    #[error("the store's writer has stopped")]
+    WriterStopped,
+}
+
+/// An opaque error from the storage engine. Its text names the engine's own error.
+#[derive(Debug)]
+pub struct StorageError(pub(crate) String);
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+struct VersionDisplay(Option<u32>);
+
+impl fmt::Display for VersionDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("no stream"),
+            Some(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+impl Error {
+    /// Whether this error concerns only the request that received it: nothing was written,
+    /// and other requests committed in the same group are unaffected.
+    pub(crate) fn is_request_local(&self) -> bool {
+        matches!(
+            self,
+            Error::ConcurrencyConflict { .. }
+                | Error::EmptyBatch
+                | Error::InvalidTag { .. }
+                | Error::EventTooLarge { .. }
+                | Error::VersionOverflow { .. }
+                | Error::IdempotencyMismatch { .. }
+                | Error::DuplicateEventId { .. }
+                | Error::StreamKindMismatch { .. }
+        )
+    }
+}

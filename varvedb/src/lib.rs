@@ -1,0 +1,55 @@
+//! # VarveDB
+//!
+//! An embedded, append-only, ACID event store on LMDB, with events read in place from the
+//! memory map.
+//!
+//! - **Streams and a global log.** Every event belongs to a stream (a 128-bit id) at a
+//!   version (1, 2, 3, ...) and has a global sequence number (`seq`, 1, 2, 3, ... with no
+//!   gaps) that orders the whole store.
+//! - **Optimistic concurrency.** Each append states what it expects of the stream
+//!   ([`ExpectedVersion`]); a mismatch is a [`Error::ConcurrencyConflict`] that writes nothing.
+//! - **Group commit.** One writer thread commits concurrent requests together: N durable
+//!   appends cost about one disk sync, while each request stays atomic on its own.
+//! - **Zero-copy reads.** A [`ReadView`] is a consistent snapshot; its events' payloads are
+//!   slices of the memory map, and rkyv archives are validated and used in place
+//!   ([`RecordedEvent::access`]).
+//! - **Integrity.** Every record carries a CRC32C checked on each read; payloads over 1 KiB
+//!   are stored once, content-addressed by their BLAKE3 hash. A damaged byte is an
+//!   [`Error::Corrupt`] naming the seq, never a wrong value or a panic.
+//!
+//! ```
+//! use varvedb::{ExpectedVersion, NewEvent, Varve};
+//! # let dir = tempfile::tempdir()?;
+//! let db = Varve::open(dir.path())?;
+//! let account = 42u128;
+//! db.append(account, ExpectedVersion::NoStream, [NewEvent::new("opened", b"{}".to_vec())])?;
+//! db.append(account, ExpectedVersion::Exact(1), [NewEvent::new("deposited", b"100".to_vec())])?;
+//!
+//! let view = db.begin_read()?;
+//! let tags: Vec<String> = view
+//!     .read_stream(account, 1)?
+//!     .map(|e| e.map(|e| e.type_tag().to_owned()))
+//!     .collect::<Result<_, _>>()?;
+//! assert_eq!(tags, ["opened", "deposited"]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The on-disk layout is described in `docs/design.md` of the repository.
+
+#![warn(missing_docs)]
+
+mod error;
+mod read;
+mod record;
+mod storage;
+mod store;
+mod types;
+mod writer;
+
+pub use error::{Error, StorageError};
+pub use read::{IntegrityReport, LogEvents, ReadView, RecordedEvent, StreamEvents};
+pub use store::{Options, Stats, Varve};
+pub use types::{Appended, ExpectedVersion, NewEvent, StreamId, WriteBatch};
+
+/// The rkyv version varvedb is built with, for deriving archives of payloads.
+pub use rkyv;

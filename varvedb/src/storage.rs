@@ -1,0 +1,381 @@
+//! The storage layer: the LMDB environment, every table, and their key encodings.
+//!
+//! This is the only module that names heed or LMDB types and the only one with `unsafe`.
+//! The byte layout of every key and value is documented in `docs/design.md`; the format
+//! version stored in `meta` guards it.
+
+use std::ops::Bound::{Included, Unbounded};
+use std::path::{Path, PathBuf};
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions, MdbError, PutFlags, RoTxn, RwTxn, WithoutTls};
+
+use crate::error::{Error, StorageError};
+
+/// On-disk format version written to `meta` on creation and checked on every open.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Keys of the `meta` table.
+pub(crate) mod meta_key {
+    pub(crate) const FORMAT_VERSION: &[u8] = b"format_version";
+    pub(crate) const CREATED_AT_MICROS: &[u8] = b"created_at_micros";
+}
+
+/// Table names. Renaming one is a format change.
+mod name {
+    pub(super) const EVENTS: &str = "events";
+    pub(super) const STREAMS: &str = "streams";
+    pub(super) const STREAM_HEADS: &str = "stream_heads";
+    pub(super) const EVENT_IDS: &str = "event_ids";
+    pub(super) const BLOBS: &str = "blobs";
+    pub(super) const CHECKPOINTS: &str = "checkpoints";
+    pub(super) const KEYS: &str = "keys";
+    pub(super) const SCHEMA: &str = "schema";
+    pub(super) const META: &str = "meta";
+}
+
+/// A read transaction. Without thread-local reader slots, so it may move between threads.
+pub(crate) type ReadTxn<'env> = RoTxn<'env, WithoutTls>;
+/// The single write transaction, owned by the writer thread.
+pub(crate) type WriteTxn<'env> = RwTxn<'env>;
+
+type Table = Database<Bytes, Bytes>;
+
+/// Every named database of a store. Handles are plain integers, cheap to copy.
+#[derive(Clone, Copy)]
+pub(crate) struct Tables {
+    /// `seq u64 BE` → envelope (see `record`).
+    pub(crate) events: Table,
+    /// `stream u128 BE ‖ version u32 BE` → `seq u64 LE`.
+    pub(crate) streams: Table,
+    /// `stream u128 BE` → `StreamHead` (current version, optional kind).
+    pub(crate) stream_heads: Table,
+    /// `event id u128 BE` → `seq u64 LE`, for idempotent retries.
+    pub(crate) event_ids: Table,
+    /// `blake3 hash [u8; 32]` → payload bytes.
+    pub(crate) blobs: Table,
+    /// Reserved for processors (name → last handled seq).
+    #[expect(dead_code, reason = "created now so processors need no format change")]
+    pub(crate) checkpoints: Table,
+    /// Reserved for encryption (stream → wrapped data key).
+    #[expect(dead_code, reason = "created now so encryption needs no format change")]
+    pub(crate) keys: Table,
+    /// Reserved for the typed layer's schema registry (tag → fingerprint).
+    #[expect(dead_code, reason = "created now so the schema registry needs no format change")]
+    pub(crate) schema: Table,
+    /// `name` → value; holds the format version.
+    pub(crate) meta: Table,
+}
+
+/// Key encodings. Big-endian so LMDB's byte-wise order is numeric order.
+pub(crate) mod key {
+    pub(crate) const SEQ_LEN: usize = 8;
+    pub(crate) const STREAM_VERSION_LEN: usize = 20;
+
+    pub(crate) fn seq(seq: u64) -> [u8; SEQ_LEN] {
+        seq.to_be_bytes()
+    }
+
+    pub(crate) fn decode_seq(bytes: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+
+    pub(crate) fn stream(stream: u128) -> [u8; 16] {
+        stream.to_be_bytes()
+    }
+
+    pub(crate) fn id(id: u128) -> [u8; 16] {
+        id.to_be_bytes()
+    }
+
+    pub(crate) fn stream_version(stream: u128, version: u32) -> [u8; STREAM_VERSION_LEN] {
+        let mut k = [0u8; STREAM_VERSION_LEN];
+        k[..16].copy_from_slice(&stream.to_be_bytes());
+        k[16..].copy_from_slice(&version.to_be_bytes());
+        k
+    }
+
+    pub(crate) fn decode_stream_version(bytes: &[u8]) -> Option<(u128, u32)> {
+        if bytes.len() != STREAM_VERSION_LEN {
+            return None;
+        }
+        let stream = u128::from_be_bytes(bytes[..16].try_into().ok()?);
+        let version = u32::from_be_bytes(bytes[16..].try_into().ok()?);
+        Some((stream, version))
+    }
+}
+
+/// Value encodings shared by the writer and the readers.
+pub(crate) mod value {
+    pub(crate) fn seq(seq: u64) -> [u8; 8] {
+        seq.to_le_bytes()
+    }
+
+    pub(crate) fn decode_seq(bytes: &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+
+    /// `stream_heads` value: `version u32 LE ‖ kind length u8 ‖ kind bytes (UTF-8)`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct StreamHead<'a> {
+        pub(crate) version: u32,
+        pub(crate) kind: Option<&'a str>,
+    }
+
+    impl<'a> StreamHead<'a> {
+        pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+            out.clear();
+            out.extend_from_slice(&self.version.to_le_bytes());
+            let kind = self.kind.unwrap_or("");
+            // Kinds are validated to at most 255 bytes before they reach here.
+            out.push(u8::try_from(kind.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(&kind.as_bytes()[..kind.len().min(255)]);
+        }
+
+        pub(crate) fn decode(bytes: &'a [u8]) -> Option<Self> {
+            let version = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+            let len = usize::from(*bytes.get(4)?);
+            let kind = bytes.get(5..5 + len)?;
+            if bytes.len() != 5 + len {
+                return None;
+            }
+            let kind = std::str::from_utf8(kind).ok()?;
+            Some(StreamHead { version, kind: (!kind.is_empty()).then_some(kind) })
+        }
+    }
+}
+
+/// The LMDB environment and its tables.
+pub(crate) struct Storage {
+    env: Env<WithoutTls>,
+    pub(crate) tables: Tables,
+    map_size: usize,
+}
+
+/// Settings the storage layer needs from the user's options.
+pub(crate) struct StorageConfig {
+    pub(crate) map_size: usize,
+    pub(crate) max_readers: u32,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the store in directory `path`.
+    pub(crate) fn open(path: &Path, config: &StorageConfig) -> Result<Self, Error> {
+        std::fs::create_dir_all(path)?;
+        let map_size = round_up_to_page(config.map_size);
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(map_size).max_dbs(16).max_readers(config.max_readers);
+        // SAFETY: heed's contract for `open` is that the files are not modified by anything but
+        // LMDB while mapped, and that one process does not open the same env twice at once.
+        // heed itself refuses a second open of a path in this process (mapped to
+        // `Error::AlreadyOpen` below); LMDB's lock file coordinates other processes; and the
+        // map is never written through (no `WRITE_MAP`), so a stray write by another program
+        // can corrupt data, which our checksums report, but cannot alias a Rust reference we
+        // hand out mutably. No unsafe flags (`NO_SYNC`, `NO_LOCK`, ...) are set.
+        let env = unsafe { options.open(path) }.map_err(|e| match e {
+            heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
+            other => storage_error(other, map_size),
+        })?;
+        // A killed process leaves its reader slots behind; they would pin old pages forever.
+        env.clear_stale_readers().map_err(|e| storage_error(e, map_size))?;
+
+        let mut wtxn = env.write_txn().map_err(|e| storage_error(e, map_size))?;
+        let create = |wtxn: &mut RwTxn<'_>, name: &str| -> Result<Table, Error> {
+            env.create_database(wtxn, Some(name)).map_err(|e| storage_error(e, map_size))
+        };
+        let tables = Tables {
+            events: create(&mut wtxn, name::EVENTS)?,
+            streams: create(&mut wtxn, name::STREAMS)?,
+            stream_heads: create(&mut wtxn, name::STREAM_HEADS)?,
+            event_ids: create(&mut wtxn, name::EVENT_IDS)?,
+            blobs: create(&mut wtxn, name::BLOBS)?,
+            checkpoints: create(&mut wtxn, name::CHECKPOINTS)?,
+            keys: create(&mut wtxn, name::KEYS)?,
+            schema: create(&mut wtxn, name::SCHEMA)?,
+            meta: create(&mut wtxn, name::META)?,
+        };
+        let storage = Storage { env: env.clone(), tables, map_size };
+        match storage.get(&wtxn, tables.meta, meta_key::FORMAT_VERSION)? {
+            Some(bytes) => {
+                let found = bytes
+                    .try_into()
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
+                if found != FORMAT_VERSION {
+                    return Err(Error::IncompatibleFormat { found, supported: FORMAT_VERSION });
+                }
+            }
+            None => {
+                if storage.last_seq(&wtxn)? != 0 {
+                    return Err(Error::CorruptMeta {
+                        reason: "store holds events but no format version",
+                    });
+                }
+                let now = crate::record::now_micros();
+                storage.put(&mut wtxn, tables.meta, meta_key::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes())?;
+                storage.put(&mut wtxn, tables.meta, meta_key::CREATED_AT_MICROS, &now.to_le_bytes())?;
+            }
+        }
+        wtxn.commit().map_err(|e| storage_error(e, map_size))?;
+        Ok(storage)
+    }
+
+    pub(crate) fn map_size(&self) -> usize {
+        self.map_size
+    }
+
+    pub(crate) fn read_txn(&self) -> Result<ReadTxn<'_>, Error> {
+        self.env.read_txn().map_err(|e| self.err(e))
+    }
+
+    pub(crate) fn write_txn(&self) -> Result<WriteTxn<'_>, Error> {
+        self.env.write_txn().map_err(|e| self.err(e))
+    }
+
+    pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// The highest seq in the log, 0 when empty. Read inside the caller's transaction so a
+    /// second process appending to the same files can never make us reuse a seq.
+    pub(crate) fn last_seq(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<u64, Error> {
+        match self.tables.events.last(txn).map_err(|e| self.err(e))? {
+            None => Ok(0),
+            Some((k, _)) => key::decode_seq(k).ok_or(Error::CorruptIndex {
+                table: "events",
+                reason: "key is not an 8-byte seq".into(),
+            }),
+        }
+    }
+
+    pub(crate) fn get<'t>(
+        &self,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        table: Table,
+        k: &[u8],
+    ) -> Result<Option<&'t [u8]>, Error> {
+        table.get(txn, k).map_err(|e| self.err(e))
+    }
+
+    pub(crate) fn put(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8], v: &[u8]) -> Result<(), Error> {
+        table.put(txn, k, v).map_err(|e| self.err(e))
+    }
+
+    /// Appends at the end of a table whose keys only grow (the log); LMDB then skips the
+    /// B-tree search and fills pages completely.
+    pub(crate) fn append(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8], v: &[u8]) -> Result<(), Error> {
+        table.put_with_flags(txn, PutFlags::APPEND, k, v).map_err(|e| self.err(e))
+    }
+
+    /// Entries with keys in `[from, to]`, ascending.
+    pub(crate) fn range<'t>(
+        &self,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<impl Iterator<Item = Result<(&'t [u8], &'t [u8]), Error>> + 't, Error> {
+        let map_size = self.map_size;
+        let iter = table.range(txn, &(Included(from), Included(to))).map_err(|e| self.err(e))?;
+        Ok(iter.map(move |r| r.map_err(|e| storage_error(e, map_size))))
+    }
+
+    /// Entries with keys in `[from, to]`, descending.
+    pub(crate) fn rev_range<'t>(
+        &self,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<impl Iterator<Item = Result<(&'t [u8], &'t [u8]), Error>> + 't, Error> {
+        let map_size = self.map_size;
+        let iter = table.rev_range(txn, &(Included(from), Included(to))).map_err(|e| self.err(e))?;
+        Ok(iter.map(move |r| r.map_err(|e| storage_error(e, map_size))))
+    }
+
+    /// Entries with keys `>= from`, ascending.
+    pub(crate) fn iter_from<'t>(
+        &self,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        table: Table,
+        from: &[u8],
+    ) -> Result<impl Iterator<Item = Result<(&'t [u8], &'t [u8]), Error>> + 't, Error> {
+        let map_size = self.map_size;
+        let iter = table.range(txn, &(Included(from), Unbounded)).map_err(|e| self.err(e))?;
+        Ok(iter.map(move |r| r.map_err(|e| storage_error(e, map_size))))
+    }
+
+    pub(crate) fn len(&self, txn: &RoTxn<'_, WithoutTls>, table: Table) -> Result<u64, Error> {
+        table.len(txn).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: heed::Error) -> Error {
+        storage_error(e, self.map_size)
+    }
+}
+
+fn storage_error(e: heed::Error, map_size: usize) -> Error {
+    match e {
+        heed::Error::Mdb(MdbError::MapFull) => Error::StoreFull { map_size },
+        heed::Error::Io(io) => Error::Io(io),
+        other => Error::Storage(StorageError(other.to_string())),
+    }
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn round_up_to_page(size: usize) -> usize {
+    // LMDB requires a multiple of the OS page size; 64 KiB covers every page size in use.
+    const GRANULE: usize = 64 * 1024;
+    size.max(GRANULE).div_ceil(GRANULE) * GRANULE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_version_keys_sort_by_stream_then_version() {
+        let mut keys = vec![
+            key::stream_version(2, 1),
+            key::stream_version(1, 256),
+            key::stream_version(1, 2),
+            key::stream_version(u128::MAX, 0),
+            key::stream_version(1, u32::MAX),
+        ];
+        keys.sort();
+        let decoded: Vec<_> = keys.iter().map(|k| key::decode_stream_version(k).unwrap()).collect();
+        assert_eq!(decoded, vec![(1, 2), (1, 256), (1, u32::MAX), (2, 1), (u128::MAX, 0)]);
+    }
+
+    #[test]
+    fn seq_keys_sort_numerically() {
+        let mut keys = vec![key::seq(256), key::seq(1), key::seq(u64::MAX), key::seq(255)];
+        keys.sort();
+        let decoded: Vec<_> = keys.iter().map(|k| key::decode_seq(k).unwrap()).collect();
+        assert_eq!(decoded, vec![1, 255, 256, u64::MAX]);
+    }
+
+    #[test]
+    fn stream_head_round_trips_and_rejects_garbage() {
+        let mut buf = Vec::new();
+        for head in [
+            value::StreamHead { version: 7, kind: None },
+            value::StreamHead { version: u32::MAX, kind: Some("order") },
+        ] {
+            head.encode_into(&mut buf);
+            assert_eq!(value::StreamHead::decode(&buf), Some(head.clone()));
+        }
+        assert_eq!(value::StreamHead::decode(&[1, 0, 0]), None);
+        assert_eq!(value::StreamHead::decode(&[1, 0, 0, 0, 3, b'a']), None);
+        assert_eq!(value::StreamHead::decode(&[1, 0, 0, 0, 1, 0xff]), None);
+    }
+
+    #[test]
+    fn map_size_is_rounded_to_whole_pages() {
+        assert_eq!(round_up_to_page(1), 64 * 1024);
+        assert_eq!(round_up_to_page(64 * 1024 + 1), 128 * 1024);
+    }
+}

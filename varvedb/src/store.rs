@@ -1,0 +1,325 @@
+//! `Varve`, the store handle, and its options.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::error::Error;
+use crate::read::ReadView;
+use crate::storage::{Storage, StorageConfig};
+use crate::types::{Appended, ExpectedVersion, NewEvent, StreamId, WriteBatch};
+use crate::writer::{Counters, Reply, Request, WriteResult, Writer, WriterConfig};
+
+/// Options for opening a store.
+///
+/// ## Defaults
+/// - `map_size`: 256 GiB on 64-bit targets (1 GiB on 32-bit). This reserves address space,
+///   not disk: the file grows with the data. When it is reached, writes fail with
+///   [`Error::StoreFull`] and the store must be reopened with a larger value.
+/// - `max_readers`: 1024 concurrent read views (across all processes using the store).
+/// - `max_event_size`: 16 MiB of payload plus metadata per event.
+///
+/// Commits are durable: a write returns only after LMDB has synced it to disk.
+///
+/// ```
+/// use varvedb::Options;
+/// # let dir = tempfile::tempdir()?;
+/// let db = Options::new().map_size(1 << 30).max_event_size(1 << 20).open(dir.path())?;
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    map_size: usize,
+    max_readers: u32,
+    max_event_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            map_size: if cfg!(target_pointer_width = "64") { 256 << 30 } else { 1 << 30 },
+            max_readers: 1024,
+            max_event_size: 16 << 20,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults (see [`Options`]).
+    #[must_use]
+    pub fn new() -> Self {
+        Options::default()
+    }
+
+    /// Largest size the store may reach, in bytes (rounded up to 64 KiB).
+    #[must_use]
+    pub fn map_size(mut self, bytes: usize) -> Self {
+        self.map_size = bytes;
+        self
+    }
+
+    /// Most read views open at once, across every process using the store.
+    #[must_use]
+    pub fn max_readers(mut self, readers: u32) -> Self {
+        self.max_readers = readers.max(1);
+        self
+    }
+
+    /// Largest payload plus metadata of one event, in bytes (at most 4 GiB − 1).
+    #[must_use]
+    pub fn max_event_size(mut self, bytes: usize) -> Self {
+        self.max_event_size = bytes.min(u32::MAX as usize);
+        self
+    }
+
+    /// Opens the store in directory `path`, creating the directory and the store if needed.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyOpen`] if this process has it open already;
+    /// [`Error::IncompatibleFormat`] if it was written with another on-disk format;
+    /// I/O and storage errors.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Varve, Error> {
+        let path = path.as_ref();
+        let storage = Arc::new(Storage::open(
+            path,
+            &StorageConfig { map_size: self.map_size, max_readers: self.max_readers },
+        )?);
+        let last_seq = storage.last_seq(&storage.read_txn()?)?;
+        let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
+        let counters = Arc::new(Counters::default());
+        let writer = Writer::spawn(
+            Arc::clone(&storage),
+            WriterConfig { max_event_size: self.max_event_size },
+            Arc::clone(&counters),
+            watch_tx,
+        )?;
+        Ok(Varve {
+            inner: Arc::new(Inner {
+                writer,
+                storage,
+                counters,
+                watch: watch_rx,
+                path: path.to_path_buf(),
+                options: self,
+            }),
+        })
+    }
+}
+
+/// An open event store. Cheap to clone; all clones share one store.
+///
+/// Writes go to a single writer thread that commits concurrent requests together (group
+/// commit); reads run in parallel on consistent snapshots ([`ReadView`]). The store closes
+/// when the last clone is dropped, after every queued write has been answered.
+///
+/// ```
+/// use varvedb::{ExpectedVersion, NewEvent, Varve};
+/// # let dir = tempfile::tempdir()?;
+/// let db = Varve::open(dir.path())?;
+/// let stream = 0x1234u128;
+/// let a = db.append(stream, ExpectedVersion::NoStream, [NewEvent::new("opened", b"{}".to_vec())])?;
+/// assert_eq!((a.first_seq, a.last_version), (1, 1));
+/// let again = db.append(stream, ExpectedVersion::NoStream, [NewEvent::new("opened", b"{}".to_vec())]);
+/// assert!(matches!(again, Err(varvedb::Error::ConcurrencyConflict { actual: Some(1), .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Varve {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Field order is drop order: the writer thread must stop (and release its handle on the
+    // environment) before the storage closes, so a reopen right after a drop succeeds.
+    writer: Writer,
+    storage: Arc<Storage>,
+    counters: Arc<Counters>,
+    watch: tokio::sync::watch::Receiver<u64>,
+    path: PathBuf,
+    options: Options,
+}
+
+/// Counters since the store was opened in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Write transactions committed. Below `requests` when group commit folded requests.
+    pub commits: u64,
+    /// Write requests answered (successful or not).
+    pub requests: u64,
+    /// Events appended.
+    pub events: u64,
+}
+
+impl std::fmt::Debug for Varve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Varve").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+impl Varve {
+    /// Opens the store in directory `path` with default [`Options`].
+    ///
+    /// # Errors
+    /// See [`Options::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Varve, Error> {
+        Options::new().open(path)
+    }
+
+    /// Appends `events` to `stream` if its version matches `expected`; atomic.
+    ///
+    /// Blocks until the events are durably committed. Concurrent callers share commits.
+    /// Do not call from an async task; use [`append_async`](Self::append_async) there.
+    ///
+    /// # Errors
+    /// [`Error::ConcurrencyConflict`] if the stream is not at `expected` (nothing written),
+    /// input errors ([`Error::EmptyBatch`], [`Error::EventTooLarge`], [`Error::InvalidTag`],
+    /// [`Error::VersionOverflow`], [`Error::IdempotencyMismatch`]),
+    /// [`Error::StoreFull`], and I/O errors.
+    pub fn append(
+        &self,
+        stream: impl Into<StreamId>,
+        expected: ExpectedVersion,
+        events: impl IntoIterator<Item = NewEvent>,
+    ) -> Result<Appended, Error> {
+        let mut batch = WriteBatch::new();
+        batch.append(stream, expected, events);
+        first(self.write(batch)?)
+    }
+
+    /// Async form of [`append`](Self::append).
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: once sent, the write happens (or fails) even if this future is
+    /// dropped, and the outcome is lost. Give events ids with [`NewEvent::with_id`] and resend
+    /// the same request to learn the outcome: a stored request answers with its original
+    /// positions instead of appending twice.
+    pub async fn append_async(
+        &self,
+        stream: impl Into<StreamId>,
+        expected: ExpectedVersion,
+        events: impl IntoIterator<Item = NewEvent>,
+    ) -> Result<Appended, Error> {
+        let mut batch = WriteBatch::new();
+        batch.append(stream, expected, events);
+        first(self.write_async(batch).await?)
+    }
+
+    /// Commits a [`WriteBatch`] atomically: all its appends or none. Returns the position of
+    /// each append, in the batch's order.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append), for any stream of the batch.
+    pub fn write(&self, batch: WriteBatch) -> Result<Vec<Appended>, Error> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner.writer.submit(Request { batch, reply: Reply::Blocking(tx) })?;
+        rx.recv().map_err(|_| Error::WriterStopped)?
+    }
+
+    /// Async form of [`write`](Self::write).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    ///
+    /// # Cancel safety
+    /// As [`append_async`](Self::append_async).
+    pub async fn write_async(&self, batch: WriteBatch) -> Result<Vec<Appended>, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<WriteResult>();
+        self.inner.writer.submit(Request { batch, reply: Reply::Async(tx) })?;
+        rx.await.map_err(|_| Error::WriterStopped)?
+    }
+
+    /// Starts a read view: a consistent snapshot of everything committed so far.
+    ///
+    /// # Errors
+    /// A storage error (for example, more than `max_readers` views open).
+    pub fn begin_read(&self) -> Result<ReadView<'_>, Error> {
+        ReadView::new(&self.inner.storage)
+    }
+
+    /// A `watch` of the last committed seq, updated after every commit by this process.
+    /// Use it to wake up when new events arrive, then read them through a view.
+    #[must_use]
+    pub fn watch_last_seq(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch.clone()
+    }
+
+    /// Write counters since the store was opened.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        Stats {
+            commits: c.commits.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The directory the store was opened at.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The options the store was opened with.
+    #[must_use]
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    /// The map size actually in use (the option rounded up to whole pages).
+    #[must_use]
+    pub fn map_size(&self) -> usize {
+        self.inner.storage.map_size()
+    }
+}
+
+fn first(mut appended: Vec<Appended>) -> Result<Appended, Error> {
+    appended.pop().ok_or(Error::EmptyBatch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{key, value};
+
+    /// Sets a stream's head directly, as if it held `version` events; writing four billion
+    /// real events is not feasible in a test.
+    fn force_head(db: &Varve, stream: u128, version: u32) {
+        let storage = &db.inner.storage;
+        let mut txn = storage.write_txn().unwrap();
+        let mut buf = Vec::new();
+        value::StreamHead { version, kind: None }.encode_into(&mut buf);
+        storage.put(&mut txn, storage.tables.stream_heads, &key::stream(stream), &buf).unwrap();
+        storage.commit(txn).unwrap();
+    }
+
+    fn event() -> NewEvent {
+        NewEvent::new("e", b"x".to_vec())
+    }
+
+    #[test]
+    fn version_overflow_at_u32_max_is_a_typed_error_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        force_head(&db, 9, u32::MAX - 1);
+
+        let two = db.append(9u128, ExpectedVersion::Auto, [event(), event()]);
+        assert!(matches!(two, Err(Error::VersionOverflow { stream }) if stream == StreamId::from(9)));
+        assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 0, "nothing written");
+
+        let last = db.append(9u128, ExpectedVersion::Exact(u32::MAX - 1), [event()]).unwrap();
+        assert_eq!((last.first_version, last.last_version, last.first_seq), (u32::MAX, u32::MAX, 1));
+
+        let past = db.append(9u128, ExpectedVersion::Exact(u32::MAX), [event()]);
+        assert!(matches!(past, Err(Error::VersionOverflow { .. })));
+        let view = db.begin_read().unwrap();
+        assert_eq!(view.last_seq().unwrap(), 1);
+        assert_eq!(view.stream_version(9u128).unwrap(), Some(u32::MAX));
+        let read: Vec<u32> = view.read_stream(9u128, u32::MAX).unwrap().map(|e| e.unwrap().version()).collect();
+        assert_eq!(read, [u32::MAX]);
+    }
+}

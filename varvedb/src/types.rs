@@ -1,0 +1,331 @@
+use std::fmt;
+
+use crate::error::Error;
+
+/// Identifies a stream: 128 bits, typically a UUID.
+///
+/// ```
+/// use varvedb::StreamId;
+/// let id = StreamId::from(42u128);
+/// assert_eq!(id.as_u128(), 42);
+/// assert_eq!(StreamId::from([0u8; 16]), StreamId::from(0u128));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StreamId(u128);
+
+impl StreamId {
+    /// The id as a number.
+    #[must_use]
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// The id as 16 big-endian bytes (the UUID byte order).
+    #[must_use]
+    pub const fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl From<u128> for StreamId {
+    fn from(id: u128) -> Self {
+        StreamId(id)
+    }
+}
+
+impl From<[u8; 16]> for StreamId {
+    /// Reads the bytes big-endian, so a UUID's bytes give the UUID's number.
+    fn from(bytes: [u8; 16]) -> Self {
+        StreamId(u128::from_be_bytes(bytes))
+    }
+}
+
+impl From<StreamId> for u128 {
+    fn from(id: StreamId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for StreamId {
+    /// Formats as a hyphenated UUID.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0.to_be_bytes();
+        for (i, byte) in b.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamId({self})")
+    }
+}
+
+/// What a writer expects of a stream's version before its events are appended.
+///
+/// Checked inside the write transaction, so there is no window between the check and the
+/// append. A failed check yields [`Error::ConcurrencyConflict`] and writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// No check: append at the end, creating the stream if needed.
+    Auto,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must exist (hold at least one event).
+    StreamExists,
+    /// The stream must be exactly at this version (its last event has this version).
+    /// `Exact(0)` is the same as [`NoStream`](Self::NoStream).
+    Exact(u32),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream currently at `actual` (`None`: missing) satisfies this expectation.
+    #[must_use]
+    pub fn is_satisfied_by(self, actual: Option<u32>) -> bool {
+        match self {
+            ExpectedVersion::Auto => true,
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => actual.is_none(),
+            ExpectedVersion::StreamExists => actual.is_some(),
+            ExpectedVersion::Exact(n) => actual == Some(n),
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Auto => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::StreamExists => f.write_str("an existing stream"),
+            ExpectedVersion::Exact(n) => write!(f, "version {n}"),
+        }
+    }
+}
+
+/// An event to append: a type tag, the payload bytes, optional metadata and an optional id.
+///
+/// The payload is opaque to the store; typically an rkyv archive made with
+/// [`NewEvent::archive`], which readers access in place with
+/// [`RecordedEvent::access`](crate::RecordedEvent::access).
+///
+/// ```
+/// use varvedb::NewEvent;
+/// let e = NewEvent::new("order.placed", b"raw bytes".to_vec())
+///     .with_metadata(b"{\"user\":7}".to_vec())
+///     .with_id(0x1234);
+/// assert_eq!(e.type_tag(), "order.placed");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub(crate) type_tag: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) metadata: Vec<u8>,
+    pub(crate) id: Option<u128>,
+}
+
+impl NewEvent {
+    /// An event with the given type tag (1 to 255 bytes) and payload.
+    pub fn new(type_tag: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        NewEvent { type_tag: type_tag.into(), payload: payload.into(), metadata: Vec::new(), id: None }
+    }
+
+    /// An event whose payload is the rkyv archive of `value`, readable in place with
+    /// [`RecordedEvent::access::<Archived<T>>`](crate::RecordedEvent::access).
+    ///
+    /// # Errors
+    /// [`Error::Serialize`] if rkyv fails to serialize the value.
+    ///
+    /// ```
+    /// use varvedb::{NewEvent, rkyv};
+    /// #[derive(rkyv::Archive, rkyv::Serialize)]
+    /// #[rkyv(crate = varvedb::rkyv)]
+    /// struct Deposited { cents: u64 }
+    /// let e = NewEvent::archive("deposited", &Deposited { cents: 5 })?;
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn archive<T>(type_tag: impl Into<String>, value: &T) -> Result<Self, Error>
+    where
+        T: for<'a> rkyv::Serialize<
+                rkyv::api::high::HighSerializer<
+                    rkyv::util::AlignedVec,
+                    rkyv::ser::allocator::ArenaHandle<'a>,
+                    rkyv::rancor::Error,
+                >,
+            >,
+    {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| Error::Serialize(e.to_string()))?;
+        Ok(NewEvent::new(type_tag, bytes.into_vec()))
+    }
+
+    /// Attaches user metadata (correlation ids, actor, ...), stored beside the payload.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: impl Into<Vec<u8>>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
+
+    /// Gives the event a unique id. Retrying a request whose events all carry ids that are
+    /// already stored returns the original positions instead of appending again.
+    #[must_use]
+    pub fn with_id(mut self, id: u128) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// The event's type tag.
+    #[must_use]
+    pub fn type_tag(&self) -> &str {
+        &self.type_tag
+    }
+
+    /// The payload bytes.
+    #[must_use]
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The metadata bytes.
+    #[must_use]
+    pub fn metadata(&self) -> &[u8] {
+        &self.metadata
+    }
+
+    /// The event's id, if it has one.
+    #[must_use]
+    pub fn id(&self) -> Option<u128> {
+        self.id
+    }
+}
+
+/// The events a request appends to one stream.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamAppend {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) kind: Option<String>,
+    pub(crate) events: Vec<NewEvent>,
+}
+
+/// One atomic write request, possibly spanning several streams.
+///
+/// Either every append in the batch is stored, or none is. Appends are applied in the order
+/// they were added, so a batch may name the same stream twice (the second expectation is
+/// checked against the version the first one leaves).
+///
+/// ```
+/// use varvedb::{ExpectedVersion, NewEvent, Varve, WriteBatch};
+/// # let dir = tempfile::tempdir()?;
+/// let db = Varve::open(dir.path())?;
+/// let mut batch = WriteBatch::new();
+/// batch.append(1u128, ExpectedVersion::NoStream, [NewEvent::new("debited", b"5".to_vec())]);
+/// batch.append(2u128, ExpectedVersion::NoStream, [NewEvent::new("credited", b"5".to_vec())]);
+/// let done = db.write(batch)?;
+/// assert_eq!((done[0].first_seq, done[1].first_seq), (1, 2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    pub(crate) appends: Vec<StreamAppend>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    #[must_use]
+    pub fn new() -> Self {
+        WriteBatch::default()
+    }
+
+    /// Adds events for `stream`, checked against `expected`.
+    pub fn append(
+        &mut self,
+        stream: impl Into<StreamId>,
+        expected: ExpectedVersion,
+        events: impl IntoIterator<Item = NewEvent>,
+    ) -> &mut Self {
+        self.appends.push(StreamAppend {
+            stream: stream.into(),
+            expected,
+            kind: None,
+            events: events.into_iter().collect(),
+        });
+        self
+    }
+
+    /// Like [`append`](Self::append), and also requires the stream to be of `kind` (for
+    /// example an aggregate type). A new stream records the kind; appending to a stream of
+    /// another kind fails with [`Error::StreamKindMismatch`].
+    pub fn append_kind(
+        &mut self,
+        stream: impl Into<StreamId>,
+        kind: impl Into<String>,
+        expected: ExpectedVersion,
+        events: impl IntoIterator<Item = NewEvent>,
+    ) -> &mut Self {
+        self.appends.push(StreamAppend {
+            stream: stream.into(),
+            expected,
+            kind: Some(kind.into()),
+            events: events.into_iter().collect(),
+        });
+        self
+    }
+
+    /// Number of stream appends in the batch.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.appends.len()
+    }
+
+    /// Whether the batch has no appends.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.appends.is_empty()
+    }
+}
+
+/// Where one stream append of a request landed.
+///
+/// Events of one append get consecutive versions and consecutive seqs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Appended {
+    /// The stream appended to.
+    pub stream: StreamId,
+    /// Version of the first event appended.
+    pub first_version: u32,
+    /// Version of the last event appended (the stream's version after the append).
+    pub last_version: u32,
+    /// Global sequence number of the first event.
+    pub first_seq: u64,
+    /// Global sequence number of the last event.
+    pub last_seq: u64,
+    /// `true` when every event carried an id that was already stored: nothing was written,
+    /// and the positions are those of the original append.
+    pub deduplicated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_version_rules() {
+        use ExpectedVersion::*;
+        assert!(Auto.is_satisfied_by(None) && Auto.is_satisfied_by(Some(3)));
+        assert!(NoStream.is_satisfied_by(None) && !NoStream.is_satisfied_by(Some(1)));
+        assert!(Exact(0).is_satisfied_by(None) && !Exact(0).is_satisfied_by(Some(1)));
+        assert!(StreamExists.is_satisfied_by(Some(1)) && !StreamExists.is_satisfied_by(None));
+        assert!(Exact(3).is_satisfied_by(Some(3)) && !Exact(3).is_satisfied_by(Some(4)));
+        assert!(!Exact(3).is_satisfied_by(None));
+    }
+
+    #[test]
+    fn stream_id_displays_as_uuid() {
+        let id = StreamId::from(0x0011_2233_4455_6677_8899_aabb_ccdd_eeffu128);
+        assert_eq!(id.to_string(), "00112233-4455-6677-8899-aabbccddeeff");
+    }
+}

@@ -1,0 +1,387 @@
+//! The writer thread: owns LMDB's single write transaction and commits requests in groups.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use crate::error::Error;
+use crate::record::{BLOB_THRESHOLD, Body, Envelope, blob_hash, now_micros};
+use crate::storage::{Storage, WriteTxn, key, value};
+use crate::types::{Appended, StreamAppend, StreamId, WriteBatch};
+
+/// Most requests folded into one commit. Bounds the latency a request waits behind others
+/// and the size of the transaction; a larger backlog simply takes several commits.
+const MAX_GROUP: usize = 1024;
+
+pub(crate) type WriteResult = Result<Vec<Appended>, Error>;
+
+/// Where the writer sends a request's answer.
+pub(crate) enum Reply {
+    Blocking(mpsc::SyncSender<WriteResult>),
+    Async(tokio::sync::oneshot::Sender<WriteResult>),
+}
+
+impl Reply {
+    fn send(self, result: WriteResult) {
+        // A closed receiver means the caller gave up (a dropped future); the write stands.
+        match self {
+            Reply::Blocking(tx) => drop(tx.send(result)),
+            Reply::Async(tx) => drop(tx.send(result)),
+        }
+    }
+}
+
+pub(crate) struct Request {
+    pub(crate) batch: WriteBatch,
+    pub(crate) reply: Reply,
+}
+
+/// Counters since the store was opened.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) events: AtomicU64,
+}
+
+pub(crate) struct WriterConfig {
+    pub(crate) max_event_size: usize,
+}
+
+/// Handle to the running writer thread. Dropping it stops the thread after it has answered
+/// every request already queued.
+pub(crate) struct Writer {
+    tx: Option<mpsc::Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(
+        storage: Arc<Storage>,
+        config: WriterConfig,
+        counters: Arc<Counters>,
+        watch: tokio::sync::watch::Sender<u64>,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let mut state = WriterState { storage, config, counters, watch, buf: Vec::new(), head_buf: Vec::new() };
+        let thread = std::thread::Builder::new()
+            .name("varvedb-writer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(r) => group.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    state.process(group);
+                }
+            })?;
+        Ok(Writer { tx: Some(tx), thread: Some(thread) })
+    }
+
+    pub(crate) fn submit(&self, request: Request) -> Result<(), Error> {
+        let tx = self.tx.as_ref().ok_or(Error::WriterStopped)?;
+        tx.send(request).map_err(|_| Error::WriterStopped)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            // A panicked writer has already failed every pending request; nothing to add.
+            let _ = thread.join();
+        }
+    }
+}
+
+struct WriterState {
+    storage: Arc<Storage>,
+    config: WriterConfig,
+    counters: Arc<Counters>,
+    watch: tokio::sync::watch::Sender<u64>,
+    buf: Vec<u8>,
+    head_buf: Vec<u8>,
+}
+
+/// What validating a request decided.
+enum Plan {
+    /// Every event's id is already stored: answer with the original positions.
+    Deduplicated(Vec<Appended>),
+    /// Append, with these positions and these new stream heads.
+    Write { appended: Vec<Appended>, heads: Vec<Head> },
+}
+
+#[derive(Clone)]
+struct Head {
+    stream: StreamId,
+    version: Option<u32>,
+    kind: Option<String>,
+}
+
+impl WriterState {
+    fn process(&mut self, group: Vec<Request>) {
+        let (batches, replies): (Vec<WriteBatch>, Vec<Reply>) =
+            group.into_iter().map(|r| (r.batch, r.reply)).unzip();
+        let results = match self.commit(&batches) {
+            Ok(results) => results,
+            // A storage failure (map full, disk full, I/O) poisons the whole transaction.
+            // Retry each request alone so only the one that cannot fit fails.
+            Err(_) if batches.len() > 1 => batches
+                .iter()
+                .map(|b| match self.commit(std::slice::from_ref(b)) {
+                    Ok(mut one) => one.pop().unwrap_or(Err(Error::WriterStopped)),
+                    Err(e) => Err(e),
+                })
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            reply.send(result);
+        }
+    }
+
+    /// Applies `batches` in one transaction. `Err` means the transaction failed as a whole
+    /// and nothing was committed; request-level failures are inside the `Ok`.
+    fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
+        let storage = Arc::clone(&self.storage);
+        let mut txn = storage.write_txn()?;
+        let mut next_seq = storage.last_seq(&txn)? + 1;
+        let mut results = Vec::with_capacity(batches.len());
+        let mut events_written = 0u64;
+        let timestamp = now_micros();
+        for batch in batches {
+            match self.plan(&txn, batch, next_seq) {
+                Ok(Plan::Deduplicated(appended)) => results.push(Ok(appended)),
+                Ok(Plan::Write { appended, heads }) => {
+                    self.write(&mut txn, batch, &appended, &heads, timestamp)?;
+                    let n = appended.iter().map(|a| a.last_seq - a.first_seq + 1).sum::<u64>();
+                    next_seq += n;
+                    events_written += n;
+                    results.push(Ok(appended));
+                }
+                Err(e) if e.is_request_local() => results.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        if events_written > 0 {
+            storage.commit(txn)?;
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.counters.events.fetch_add(events_written, Ordering::Relaxed);
+            self.watch.send_replace(next_seq - 1);
+        }
+        self.counters.requests.fetch_add(batches.len() as u64, Ordering::Relaxed);
+        Ok(results)
+    }
+
+    /// Validates a request against the current state, reading only. Request-local errors
+    /// mean nothing of the request is written.
+    fn plan(&self, txn: &WriteTxn<'_>, batch: &WriteBatch, first_seq: u64) -> Result<Plan, Error> {
+        if batch.appends.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let tables = self.storage.tables;
+        let mut seen_ids = HashSet::new();
+        let mut stored_ids: Vec<(u128, u64)> = Vec::new();
+        let mut total = 0usize;
+        for part in &batch.appends {
+            if part.events.is_empty() {
+                return Err(Error::EmptyBatch);
+            }
+            if let Some(kind) = &part.kind {
+                check_tag("stream kind", kind)?;
+            }
+            for event in &part.events {
+                check_tag("type tag", &event.type_tag)?;
+                let size = event.payload.len() + event.metadata.len();
+                if size > self.config.max_event_size {
+                    return Err(Error::EventTooLarge { index: total, size, max: self.config.max_event_size });
+                }
+                if let Some(id) = event.id {
+                    if !seen_ids.insert(id) {
+                        return Err(Error::DuplicateEventId { id });
+                    }
+                    if let Some(v) = self.storage.get(txn, tables.event_ids, &key::id(id))? {
+                        let seq = value::decode_seq(v).ok_or_else(|| Error::CorruptIndex {
+                            table: "event_ids",
+                            reason: format!("value for id {id:#x} is not a seq"),
+                        })?;
+                        stored_ids.push((id, seq));
+                    }
+                }
+                total += 1;
+            }
+        }
+        if let Some(&(id, seq)) = stored_ids.first() {
+            if stored_ids.len() != total {
+                return Err(Error::IdempotencyMismatch { id, seq });
+            }
+            return self.deduplicate(txn, batch, &stored_ids).map(Plan::Deduplicated);
+        }
+
+        let mut heads: Vec<Head> = Vec::new();
+        let mut appended = Vec::with_capacity(batch.appends.len());
+        let mut seq = first_seq;
+        for part in &batch.appends {
+            let head = match heads.iter().position(|h| h.stream == part.stream) {
+                Some(i) => heads.swap_remove(i),
+                None => self.read_head(txn, part.stream)?,
+            };
+            check_kind(part, &head)?;
+            if !part.expected.is_satisfied_by(head.version) {
+                return Err(Error::ConcurrencyConflict {
+                    stream: part.stream,
+                    expected: part.expected,
+                    actual: head.version,
+                });
+            }
+            let n = u32::try_from(part.events.len()).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
+            let current = head.version.unwrap_or(0);
+            let last_version =
+                current.checked_add(n).ok_or(Error::VersionOverflow { stream: part.stream })?;
+            appended.push(Appended {
+                stream: part.stream,
+                first_version: current + 1,
+                last_version,
+                first_seq: seq,
+                last_seq: seq + u64::from(n) - 1,
+                deduplicated: false,
+            });
+            seq += u64::from(n);
+            heads.push(Head {
+                stream: part.stream,
+                version: Some(last_version),
+                kind: head.kind.or_else(|| part.kind.clone()),
+            });
+        }
+        Ok(Plan::Write { appended, heads })
+    }
+
+    fn read_head(&self, txn: &WriteTxn<'_>, stream: StreamId) -> Result<Head, Error> {
+        let raw = self.storage.get(txn, self.storage.tables.stream_heads, &key::stream(stream.as_u128()))?;
+        Ok(match raw {
+            None => Head { stream, version: None, kind: None },
+            Some(bytes) => {
+                let h = value::StreamHead::decode(bytes).ok_or_else(|| Error::CorruptIndex {
+                    table: "stream_heads",
+                    reason: format!("head of stream {stream} cannot be decoded"),
+                })?;
+                Head { stream, version: Some(h.version), kind: h.kind.map(str::to_owned) }
+            }
+        })
+    }
+
+    /// Rebuilds the original positions of a retried request from the stored events, and
+    /// refuses a "retry" that is not the same request.
+    fn deduplicate(
+        &self,
+        txn: &WriteTxn<'_>,
+        batch: &WriteBatch,
+        stored: &[(u128, u64)],
+    ) -> Result<Vec<Appended>, Error> {
+        let mut stored = stored.iter();
+        let mut out = Vec::with_capacity(batch.appends.len());
+        for part in &batch.appends {
+            let mut positions: Option<Appended> = None;
+            for event in &part.events {
+                let &(id, seq) = stored.next().ok_or(Error::WriterStopped)?;
+                let mismatch = || Error::IdempotencyMismatch { id, seq };
+                let raw = self
+                    .storage
+                    .get(txn, self.storage.tables.events, &key::seq(seq))?
+                    .ok_or_else(|| Error::CorruptIndex {
+                        table: "event_ids",
+                        reason: format!("id {id:#x} points at missing seq {seq}"),
+                    })?;
+                let env = Envelope::decode(seq, raw)?;
+                if env.stream != part.stream.as_u128() || env.type_tag != event.type_tag || env.id != Some(id) {
+                    return Err(mismatch());
+                }
+                positions = Some(match positions {
+                    None => Appended {
+                        stream: part.stream,
+                        first_version: env.version,
+                        last_version: env.version,
+                        first_seq: seq,
+                        last_seq: seq,
+                        deduplicated: true,
+                    },
+                    Some(p) if p.last_seq + 1 == seq && p.last_version.checked_add(1) == Some(env.version) => {
+                        Appended { last_seq: seq, last_version: env.version, ..p }
+                    }
+                    Some(_) => return Err(mismatch()),
+                });
+            }
+            out.extend(positions);
+        }
+        Ok(out)
+    }
+
+    fn write(
+        &mut self,
+        txn: &mut WriteTxn<'_>,
+        batch: &WriteBatch,
+        appended: &[Appended],
+        heads: &[Head],
+        timestamp_micros: u64,
+    ) -> Result<(), Error> {
+        let storage = Arc::clone(&self.storage);
+        let tables = storage.tables;
+        for (part, pos) in batch.appends.iter().zip(appended) {
+            let stream = part.stream.as_u128();
+            for (i, event) in part.events.iter().enumerate() {
+                let seq = pos.first_seq + i as u64;
+                let version = pos.first_version + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
+                let hash;
+                let body = if event.payload.len() > BLOB_THRESHOLD {
+                    hash = blob_hash(&event.payload);
+                    if storage.get(txn, tables.blobs, &hash)?.is_none() {
+                        storage.put(txn, tables.blobs, &hash, &event.payload)?;
+                    }
+                    Body::Blob { hash: &hash, len: u32::try_from(event.payload.len()).unwrap_or(u32::MAX) }
+                } else {
+                    Body::Inline(&event.payload)
+                };
+                Envelope {
+                    stream,
+                    version,
+                    timestamp_micros,
+                    id: event.id,
+                    type_tag: &event.type_tag,
+                    metadata: &event.metadata,
+                    body,
+                }
+                .encode_into(seq, &mut self.buf);
+                storage.append(txn, tables.events, &key::seq(seq), &self.buf)?;
+                storage.put(txn, tables.streams, &key::stream_version(stream, version), &value::seq(seq))?;
+                if let Some(id) = event.id {
+                    storage.put(txn, tables.event_ids, &key::id(id), &value::seq(seq))?;
+                }
+            }
+        }
+        for head in heads {
+            let version = head.version.unwrap_or(0);
+            value::StreamHead { version, kind: head.kind.as_deref() }.encode_into(&mut self.head_buf);
+            storage.put(txn, tables.stream_heads, &key::stream(head.stream.as_u128()), &self.head_buf)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_tag(what: &'static str, tag: &str) -> Result<(), Error> {
+    if tag.is_empty() || tag.len() > 255 {
+        return Err(Error::InvalidTag { what, value: tag.to_owned() });
+    }
+    Ok(())
+}
+
+fn check_kind(part: &StreamAppend, head: &Head) -> Result<(), Error> {
+    let Some(wanted) = &part.kind else { return Ok(()) };
+    if head.version.is_none() || head.kind.as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    Err(Error::StreamKindMismatch { stream: part.stream, expected: wanted.clone(), actual: head.kind.clone() })
+}
