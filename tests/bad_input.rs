@@ -1,0 +1,169 @@
+//! Bad input and damaged files give typed errors, leave the store as it was, and never panic.
+
+use varvedb::{Error, ExpectedVersion, NewEvent, Options, Varve, WriteBatch};
+
+fn ev(payload: &[u8]) -> NewEvent {
+    NewEvent::new("x", payload.to_vec())
+}
+
+/// Every event as (seq, stream, version, payload): the observable state of the store.
+fn snapshot(db: &Varve) -> Vec<(u64, u128, u32, Vec<u8>)> {
+    let view = db.begin_read().unwrap();
+    view.read_all(1)
+        .unwrap()
+        .map(|e| e.map(|e| (e.seq(), e.stream().as_u128(), e.version(), e.payload().to_vec())))
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn seeded() -> (tempfile::TempDir, Varve) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    db.append(1u128, ExpectedVersion::NoStream, [ev(b"a"), ev(b"b")]).unwrap();
+    (dir, db)
+}
+
+#[test]
+fn rejected_requests_leave_the_store_unchanged() {
+    let (_dir, db) = seeded();
+    let before = snapshot(&db);
+    let cases: Vec<(&str, Result<Vec<varvedb::Appended>, Error>)> = vec![
+        ("empty batch", db.write(WriteBatch::new())),
+        ("append of no events", db.append(1u128, ExpectedVersion::Auto, []).map(|a| vec![a])),
+        ("oversize payload", db.append(1u128, ExpectedVersion::Auto, [ev(&vec![0; (16 << 20) + 1])]).map(|a| vec![a])),
+        ("exact on a missing stream", db.append(2u128, ExpectedVersion::Exact(3), [ev(b"")]).map(|a| vec![a])),
+        ("empty type tag", db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("", vec![])]).map(|a| vec![a])),
+        ("overlong type tag", db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("t".repeat(256), vec![])]).map(|a| vec![a])),
+        ("empty part of a batch", {
+            let mut b = WriteBatch::new();
+            b.append(3u128, ExpectedVersion::Auto, [ev(b"")]).append(4u128, ExpectedVersion::Auto, []);
+            db.write(b)
+        }),
+    ];
+    for (what, result) in cases {
+        let err = result.expect_err(what);
+        let ok = match what {
+            "empty batch" | "append of no events" | "empty part of a batch" => matches!(err, Error::EmptyBatch),
+            "oversize payload" => matches!(err, Error::EventTooLarge { index: 0, max, .. } if max == 16 << 20),
+            "exact on a missing stream" => {
+                matches!(err, Error::ConcurrencyConflict { expected: ExpectedVersion::Exact(3), actual: None, .. })
+            }
+            _ => matches!(err, Error::InvalidTag { what: "type tag", .. }),
+        };
+        assert!(ok, "{what}: unexpected error {err:?}");
+        assert!(!err.to_string().is_empty());
+    }
+    assert_eq!(snapshot(&db), before);
+    db.begin_read().unwrap().check_integrity().unwrap();
+    // The writer is still healthy after all that.
+    db.append(1u128, ExpectedVersion::Exact(2), [ev(b"c")]).unwrap();
+}
+
+/// Flips one byte of every on-disk copy of `needle` in `data.mdb` (LMDB's copy-on-write may
+/// leave stale copies in free pages; the live one is among them). Returns how many.
+fn flip_in_file(dir: &std::path::Path, needle: &[u8], offset: usize) -> usize {
+    let path = dir.join("data.mdb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let hits: Vec<usize> = bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
+    for &i in &hits {
+        bytes[i + offset] ^= 0x01;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    hits.len()
+}
+
+#[test]
+fn a_flipped_byte_on_disk_is_reported_as_corruption_of_that_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let needle = b"precious-payload-of-seq-2";
+    {
+        let db = Varve::open(dir.path()).unwrap();
+        db.append(1u128, ExpectedVersion::Auto, [ev(b"first")]).unwrap();
+        db.append(2u128, ExpectedVersion::Auto, [ev(needle)]).unwrap();
+        db.append(1u128, ExpectedVersion::Auto, [ev(b"third")]).unwrap();
+    }
+    assert!(flip_in_file(dir.path(), needle, 10) >= 1, "payload not found in the file");
+
+    let db = Varve::open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    assert!(matches!(view.event(2), Err(Error::Corrupt { seq: 2, .. })));
+    let by_stream: Vec<_> = view.read_stream(2u128, 1).unwrap().collect();
+    assert!(matches!(by_stream.as_slice(), [Err(Error::Corrupt { seq: 2, .. })]));
+    let log: Vec<_> = view.read_all(1).unwrap().collect();
+    assert!(matches!(log[1], Err(Error::Corrupt { seq: 2, .. })));
+    assert_eq!(log[0].as_ref().unwrap().payload(), b"first", "neighbours still read");
+    assert_eq!(log[2].as_ref().unwrap().payload(), b"third");
+    let err = view.check_integrity().unwrap_err();
+    assert!(matches!(err, Error::Corrupt { seq: 2, .. }));
+    assert!(err.to_string().contains("seq 2"), "{err}");
+    drop(view);
+    // New writes still work and do not disturb the damage report.
+    let a = db.append(1u128, ExpectedVersion::Exact(2), [ev(b"fourth")]).unwrap();
+    assert_eq!(a.first_seq, 4);
+    assert_eq!(db.begin_read().unwrap().event(4).unwrap().unwrap().payload(), b"fourth");
+}
+
+#[test]
+fn a_damaged_blob_is_reported_as_corruption_of_its_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob: Vec<u8> = (0..4096u32).flat_map(|i| i.to_le_bytes()).collect();
+    {
+        let db = Varve::open(dir.path()).unwrap();
+        db.append(1u128, ExpectedVersion::Auto, [ev(&blob)]).unwrap();
+    }
+    assert!(flip_in_file(dir.path(), &blob[1000..1064], 3) >= 1);
+    let db = Varve::open(dir.path()).unwrap();
+    assert!(matches!(db.begin_read().unwrap().event(1), Err(Error::Corrupt { seq: 1, .. })));
+}
+
+#[test]
+fn a_full_map_is_store_full_and_keeps_everything_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked = 0u64;
+    {
+        let db = Options::new().map_size(1 << 20).open(dir.path()).unwrap();
+        let err = loop {
+            // Distinct 900-byte payloads stay inline and are not deduplicated.
+            let payload: Vec<u8> = (0..900u32).map(|i| (i as u64 * 31 + acked) as u8).collect();
+            match db.append(1u128, ExpectedVersion::Exact(acked as u32), [ev(&payload)]) {
+                Ok(_) => acked += 1,
+                Err(e) => break e,
+            }
+            assert!(acked < 10_000, "a 1 MiB map never filled");
+        };
+        assert!(matches!(err, Error::StoreFull { map_size } if map_size == 1 << 20), "{err:?}");
+        assert!(err.to_string().contains("map_size"), "the error names the option: {err}");
+        let view = db.begin_read().unwrap();
+        assert_eq!(view.check_integrity().unwrap().events, acked);
+        drop(view);
+        // A small event may still fit; the writer keeps working.
+        let _ = db.append(2u128, ExpectedVersion::Auto, [ev(b"")]);
+    }
+    let db = Options::new().map_size(8 << 20).open(dir.path()).unwrap();
+    assert_eq!(db.begin_read().unwrap().stream_version(1u128).unwrap(), Some(acked as u32));
+    db.append(1u128, ExpectedVersion::Exact(acked as u32), [ev(&[7; 900])]).unwrap();
+    db.begin_read().unwrap().check_integrity().unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_small_event_read_points_into_the_memory_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    db.append(1u128, ExpectedVersion::Auto, [ev(b"zero-copy please")]).unwrap();
+    let view = db.begin_read().unwrap();
+    let event = view.event(1).unwrap().unwrap();
+    let ptr = event.payload().as_ptr() as usize;
+    let data_file = dir.path().canonicalize().unwrap().join("data.mdb");
+    // The kernel's own list of this process's mappings: which one holds the payload?
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let holder = maps.lines().find(|line| {
+        let range = line.split_whitespace().next().unwrap();
+        let (lo, hi) = range.split_once('-').unwrap();
+        let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
+        (lo..hi).contains(&ptr)
+    });
+    let holder = holder.expect("payload pointer is in no mapping");
+    assert!(holder.ends_with(data_file.to_str().unwrap()), "payload is not in the store's map but in: {holder}");
+    assert_eq!(event.payload(), b"zero-copy please");
+}
