@@ -25,7 +25,11 @@ fn round_trip_through_every_read_path_and_reopen() {
     {
         let db = Varve::open(dir.path()).unwrap();
         let a = db
-            .append(1u128, ExpectedVersion::NoStream, [ev("a1", b"one"), ev("a2", b"two").with_metadata(b"m".to_vec())])
+            .append(
+                1u128,
+                ExpectedVersion::NoStream,
+                [ev("a1", b"one"), ev("a2", b"two").with_metadata(b"m".to_vec())],
+            )
             .unwrap();
         assert_eq!((a.first_seq, a.last_seq, a.first_version, a.last_version), (1, 2, 1, 2));
         let b = db.append(2u128, ExpectedVersion::Auto, [ev("b1", &big)]).unwrap();
@@ -41,18 +45,19 @@ fn round_trip_through_every_read_path_and_reopen() {
     assert_eq!(view.stream_version(3u128).unwrap(), None);
 
     let fwd: Vec<_> = view.read_stream(1u128, 1).unwrap().map(|e| e.unwrap()).collect();
-    assert_eq!(fwd.iter().map(|e| (e.seq(), e.version(), e.type_tag())).collect::<Vec<_>>(), [
-        (1, 1, "a1"),
-        (2, 2, "a2"),
-        (4, 3, "a3")
-    ]);
+    assert_eq!(
+        fwd.iter().map(|e| (e.seq(), e.version(), e.type_tag())).collect::<Vec<_>>(),
+        [(1, 1, "a1"), (2, 2, "a2"), (4, 3, "a3")]
+    );
     assert_eq!(fwd[1].metadata(), b"m");
     assert_eq!(fwd[0].payload(), b"one");
     let from2: Vec<u32> = view.read_stream(1u128, 2).unwrap().map(|e| e.unwrap().version()).collect();
     assert_eq!(from2, [2, 3]);
-    let back: Vec<u32> = view.read_stream_backward(1u128, u32::MAX).unwrap().map(|e| e.unwrap().version()).collect();
+    let back: Vec<u32> =
+        view.read_stream_backward(1u128, u32::MAX).unwrap().map(|e| e.unwrap().version()).collect();
     assert_eq!(back, [3, 2, 1]);
-    let back2: Vec<u32> = view.read_stream_backward(1u128, 2).unwrap().map(|e| e.unwrap().version()).collect();
+    let back2: Vec<u32> =
+        view.read_stream_backward(1u128, 2).unwrap().map(|e| e.unwrap().version()).collect();
     assert_eq!(back2, [2, 1]);
     assert_eq!(view.read_stream(3u128, 1).unwrap().count(), 0);
 
@@ -72,7 +77,8 @@ fn round_trip_through_every_read_path_and_reopen() {
 fn timestamps_and_ids_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let db = Varve::open(dir.path()).unwrap();
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    let before =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
     db.append(1u128, ExpectedVersion::Auto, [ev("t", b"x").with_id(77)]).unwrap();
     let view = db.begin_read().unwrap();
     let e = view.event(1).unwrap().unwrap();
@@ -89,11 +95,23 @@ fn expected_version_variants() {
         Err(Error::ConcurrencyConflict { stream, expected, actual }) => (stream.as_u128(), expected, actual),
         other => panic!("expected a conflict, got {other:?}"),
     };
-    assert_eq!(conflict(db.append(s, ExpectedVersion::StreamExists, [ev("x", b"")])), (s, ExpectedVersion::StreamExists, None));
-    assert_eq!(conflict(db.append(s, ExpectedVersion::Exact(1), [ev("x", b"")])), (s, ExpectedVersion::Exact(1), None));
+    assert_eq!(
+        conflict(db.append(s, ExpectedVersion::StreamExists, [ev("x", b"")])),
+        (s, ExpectedVersion::StreamExists, None)
+    );
+    assert_eq!(
+        conflict(db.append(s, ExpectedVersion::Exact(1), [ev("x", b"")])),
+        (s, ExpectedVersion::Exact(1), None)
+    );
     db.append(s, ExpectedVersion::Exact(0), [ev("x", b"")]).unwrap();
-    assert_eq!(conflict(db.append(s, ExpectedVersion::NoStream, [ev("x", b"")])), (s, ExpectedVersion::NoStream, Some(1)));
-    assert_eq!(conflict(db.append(s, ExpectedVersion::Exact(2), [ev("x", b"")])), (s, ExpectedVersion::Exact(2), Some(1)));
+    assert_eq!(
+        conflict(db.append(s, ExpectedVersion::NoStream, [ev("x", b"")])),
+        (s, ExpectedVersion::NoStream, Some(1))
+    );
+    assert_eq!(
+        conflict(db.append(s, ExpectedVersion::Exact(2), [ev("x", b"")])),
+        (s, ExpectedVersion::Exact(2), Some(1))
+    );
     db.append(s, ExpectedVersion::StreamExists, [ev("x", b"")]).unwrap();
     db.append(s, ExpectedVersion::Auto, [ev("x", b"")]).unwrap();
     assert_eq!(db.begin_read().unwrap().stream_version(s).unwrap(), Some(3));
@@ -111,14 +129,19 @@ fn multi_stream_batch_is_atomic() {
         .append(2u128, ExpectedVersion::NoStream, [ev("b", b""), ev("b", b"")])
         .append(1u128, ExpectedVersion::Exact(2), [ev("c", b"")]);
     let done = db.write(ok).unwrap();
-    assert_eq!(done.iter().map(|a| (a.stream.as_u128(), a.first_seq, a.last_seq, a.last_version)).collect::<Vec<_>>(), [
-        (1, 2, 2, 2),
-        (2, 3, 4, 2),
-        (1, 5, 5, 3)
-    ]);
+    assert_eq!(
+        done.iter()
+            .map(|a| (a.stream.as_u128(), a.first_seq, a.last_seq, a.last_version))
+            .collect::<Vec<_>>(),
+        [(1, 2, 2, 2), (2, 3, 4, 2), (1, 5, 5, 3)]
+    );
 
     let mut bad = WriteBatch::new();
-    bad.append(3u128, ExpectedVersion::NoStream, [ev("a", b"")]).append(2u128, ExpectedVersion::Exact(1), [ev("b", b"")]);
+    bad.append(3u128, ExpectedVersion::NoStream, [ev("a", b"")]).append(
+        2u128,
+        ExpectedVersion::Exact(1),
+        [ev("b", b"")],
+    );
     assert!(matches!(db.write(bad), Err(Error::ConcurrencyConflict { actual: Some(2), .. })));
     let view = db.begin_read().unwrap();
     assert_eq!(view.stream_version(3u128).unwrap(), None, "the valid half of a failed batch is not written");
@@ -142,7 +165,8 @@ fn retry_with_ids_returns_original_positions() {
     );
     assert_eq!(log(&db).len(), 3, "nothing written twice");
 
-    let partial = db.append(1u128, ExpectedVersion::Auto, [ev("x", b"").with_id(101), ev("x", b"").with_id(999)]);
+    let partial =
+        db.append(1u128, ExpectedVersion::Auto, [ev("x", b"").with_id(101), ev("x", b"").with_id(999)]);
     assert!(matches!(partial, Err(Error::IdempotencyMismatch { id: 101, seq: 2 })));
     let other_stream = db.append(7u128, ExpectedVersion::Auto, request(100));
     assert!(matches!(other_stream, Err(Error::IdempotencyMismatch { .. })));

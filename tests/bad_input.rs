@@ -30,10 +30,23 @@ fn rejected_requests_leave_the_store_unchanged() {
     let cases: Vec<(&str, Result<Vec<varvedb::Appended>, Error>)> = vec![
         ("empty batch", db.write(WriteBatch::new())),
         ("append of no events", db.append(1u128, ExpectedVersion::Auto, []).map(|a| vec![a])),
-        ("oversize payload", db.append(1u128, ExpectedVersion::Auto, [ev(&vec![0; (16 << 20) + 1])]).map(|a| vec![a])),
-        ("exact on a missing stream", db.append(2u128, ExpectedVersion::Exact(3), [ev(b"")]).map(|a| vec![a])),
-        ("empty type tag", db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("", vec![])]).map(|a| vec![a])),
-        ("overlong type tag", db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("t".repeat(256), vec![])]).map(|a| vec![a])),
+        (
+            "oversize payload",
+            db.append(1u128, ExpectedVersion::Auto, [ev(&vec![0; (16 << 20) + 1])]).map(|a| vec![a]),
+        ),
+        (
+            "exact on a missing stream",
+            db.append(2u128, ExpectedVersion::Exact(3), [ev(b"")]).map(|a| vec![a]),
+        ),
+        (
+            "empty type tag",
+            db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("", vec![])]).map(|a| vec![a]),
+        ),
+        (
+            "overlong type tag",
+            db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("t".repeat(256), vec![])])
+                .map(|a| vec![a]),
+        ),
         ("empty part of a batch", {
             let mut b = WriteBatch::new();
             b.append(3u128, ExpectedVersion::Auto, [ev(b"")]).append(4u128, ExpectedVersion::Auto, []);
@@ -43,10 +56,17 @@ fn rejected_requests_leave_the_store_unchanged() {
     for (what, result) in cases {
         let err = result.expect_err(what);
         let ok = match what {
-            "empty batch" | "append of no events" | "empty part of a batch" => matches!(err, Error::EmptyBatch),
-            "oversize payload" => matches!(err, Error::EventTooLarge { index: 0, max, .. } if max == 16 << 20),
+            "empty batch" | "append of no events" | "empty part of a batch" => {
+                matches!(err, Error::EmptyBatch)
+            }
+            "oversize payload" => {
+                matches!(err, Error::EventTooLarge { index: 0, max, .. } if max == 16 << 20)
+            }
             "exact on a missing stream" => {
-                matches!(err, Error::ConcurrencyConflict { expected: ExpectedVersion::Exact(3), actual: None, .. })
+                matches!(
+                    err,
+                    Error::ConcurrencyConflict { expected: ExpectedVersion::Exact(3), actual: None, .. }
+                )
             }
             _ => matches!(err, Error::InvalidTag { what: "type tag", .. }),
         };
@@ -64,7 +84,8 @@ fn rejected_requests_leave_the_store_unchanged() {
 fn flip_in_file(dir: &std::path::Path, needle: &[u8], offset: usize) -> usize {
     let path = dir.join("data.mdb");
     let mut bytes = std::fs::read(&path).unwrap();
-    let hits: Vec<usize> = bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
+    let hits: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
     for &i in &hits {
         bytes[i + offset] ^= 0x01;
     }
@@ -106,7 +127,7 @@ fn a_flipped_byte_on_disk_is_reported_as_corruption_of_that_seq() {
 #[test]
 fn a_damaged_blob_is_reported_as_corruption_of_its_event() {
     let dir = tempfile::tempdir().unwrap();
-    let blob: Vec<u8> = (0..4096u32).flat_map(|i| i.to_le_bytes()).collect();
+    let blob: Vec<u8> = (0..4096u32).flat_map(u32::to_le_bytes).collect();
     {
         let db = Varve::open(dir.path()).unwrap();
         db.append(1u128, ExpectedVersion::Auto, [ev(&blob)]).unwrap();
@@ -124,7 +145,7 @@ fn a_full_map_is_store_full_and_keeps_everything_committed() {
         let db = Options::new().map_size(1 << 20).open(dir.path()).unwrap();
         let err = loop {
             // Distinct 900-byte payloads stay inline and are not deduplicated.
-            let payload: Vec<u8> = (0..900u32).map(|i| (i as u64 * 31 + acked) as u8).collect();
+            let payload: Vec<u8> = (0..900u32).map(|i| (u64::from(i) * 31 + acked) as u8).collect();
             match db.append(1u128, ExpectedVersion::Exact(acked as u32), [ev(&payload)]) {
                 Ok(_) => acked += 1,
                 Err(e) => break e,
@@ -164,6 +185,9 @@ fn a_small_event_read_points_into_the_memory_map() {
         (lo..hi).contains(&ptr)
     });
     let holder = holder.expect("payload pointer is in no mapping");
-    assert!(holder.ends_with(data_file.to_str().unwrap()), "payload is not in the store's map but in: {holder}");
+    assert!(
+        holder.ends_with(data_file.to_str().unwrap()),
+        "payload is not in the store's map but in: {holder}"
+    );
     assert_eq!(event.payload(), b"zero-copy please");
 }

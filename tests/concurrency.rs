@@ -11,7 +11,7 @@ fn eight_threads_racing_on_one_stream_win_every_version_exactly_once() {
     const THREADS: u64 = 8;
     let dir = tempfile::tempdir().unwrap();
     let db = Varve::open(dir.path()).unwrap();
-    let stream = 0xc0ffeeu128;
+    let stream = 0x00c0_ffee_u128;
     let deadline = Instant::now() + Duration::from_secs(2);
     let barrier = Arc::new(Barrier::new(THREADS as usize));
     let handles: Vec<_> = (0..THREADS)
@@ -25,7 +25,11 @@ fn eight_threads_racing_on_one_stream_win_every_version_exactly_once() {
                     let current = db.begin_read().unwrap().stream_version(stream).unwrap().unwrap_or(0);
                     attempt += 1;
                     let payload = format!("{t}:{attempt}").into_bytes();
-                    match db.append(stream, ExpectedVersion::Exact(current), [NewEvent::new("claim", payload)]) {
+                    match db.append(
+                        stream,
+                        ExpectedVersion::Exact(current),
+                        [NewEvent::new("claim", payload)],
+                    ) {
                         Ok(a) => {
                             assert_eq!(a.first_version, current + 1);
                             won.push((a.first_version, t, attempt));
@@ -58,7 +62,12 @@ fn eight_threads_racing_on_one_stream_win_every_version_exactly_once() {
     for e in view.read_stream(stream, 1).unwrap() {
         let e = e.unwrap();
         let (t, attempt) = winners[&e.version()];
-        assert_eq!(e.payload(), format!("{t}:{attempt}").as_bytes(), "version {} holds the winner's event", e.version());
+        assert_eq!(
+            e.payload(),
+            format!("{t}:{attempt}").as_bytes(),
+            "version {} holds the winner's event",
+            e.version()
+        );
     }
     assert_eq!(view.check_integrity().unwrap().events, u64::from(successes));
     eprintln!("{successes} appends won, {conflicts} conflicts");
@@ -89,7 +98,11 @@ fn concurrent_durable_appends_share_commits() {
     let stats = db.stats();
     let appends = (THREADS * PER_THREAD) as u64;
     assert_eq!((stats.events, stats.requests), (appends, appends));
-    assert!(stats.commits < appends / 2, "{} commits for {appends} appends: group commit is not grouping", stats.commits);
+    assert!(
+        stats.commits < appends / 2,
+        "{} commits for {appends} appends: group commit is not grouping",
+        stats.commits
+    );
     assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().events, appends);
     eprintln!("{appends} appends in {} commits", stats.commits);
 }
@@ -107,7 +120,11 @@ fn a_conflict_fails_alone_while_its_group_commits() {
                 let mut ok = 0u64;
                 for i in 0..50u32 {
                     let stream = u128::from(i % 3);
-                    let expected = if (t + u128::from(i)) % 2 == 0 { ExpectedVersion::Auto } else { ExpectedVersion::Exact(i) };
+                    let expected = if (t + u128::from(i)) % 2 == 0 {
+                        ExpectedVersion::Auto
+                    } else {
+                        ExpectedVersion::Exact(i)
+                    };
                     match db.append(stream, expected, [NewEvent::new("x", vec![])]) {
                         Ok(_) => ok += 1,
                         Err(Error::ConcurrencyConflict { .. }) => {}

@@ -39,7 +39,9 @@ pub enum Error {
     },
 
     /// The store's memory map is full. Nothing of the failed write was stored.
-    #[error("the store is full: its map size of {map_size} bytes is reached; reopen it with a larger `Options::map_size`")]
+    #[error(
+        "the store is full: its map size of {map_size} bytes is reached; reopen it with a larger `Options::map_size`"
+    )]
     StoreFull {
         /// The map size in bytes the store was opened with.
         map_size: usize,
@@ -71,7 +73,9 @@ pub enum Error {
     },
 
     /// An event's payload plus metadata exceed `Options::max_event_size`.
-    #[error("event {index} of the request is {size} bytes, over the limit of {max} bytes (`Options::max_event_size`)")]
+    #[error(
+        "event {index} of the request is {size} bytes, over the limit of {max} bytes (`Options::max_event_size`)"
+    )]
     EventTooLarge {
         /// Position of the event in the request, from 0.
         index: usize,
@@ -91,7 +95,9 @@ pub enum Error {
     /// Some, but not all, events of a request carry ids that are already stored, or the
     /// stored events with those ids do not match the request. A retry must resend exactly
     /// the original request.
-    #[error("event id {id:#034x} is already stored at seq {seq}, but the request does not match the original append")]
+    #[error(
+        "event id {id:#034x} is already stored at seq {seq}, but the request does not match the original append"
+    )]
     IdempotencyMismatch {
         /// The event id already present.
         id: u128,

@@ -1,4 +1,4 @@
-//! # VarveDB
+//! # `VarveDB`
 //!
 //! An embedded, append-only, ACID event store on LMDB, with events read in place from the
 //! memory map.

@@ -8,10 +8,10 @@ use rkyv::bytecheck::CheckBytes;
 
 use crate::error::Error;
 use crate::record::{Body, Envelope, blob_hash};
-use crate::storage::{ReadTxn, Storage, key, value};
-use crate::types::StreamId;
+use std::ops::Bound::{Included, Unbounded};
 
-type RawIter<'t> = Box<dyn Iterator<Item = Result<(&'t [u8], &'t [u8]), Error>> + 't>;
+use crate::storage::{Entries, ReadTxn, Storage, key, value};
+use crate::types::StreamId;
 
 /// A consistent snapshot of the store, over one read transaction.
 ///
@@ -178,7 +178,8 @@ impl<'db> ReadView<'db> {
 
     fn stream_head(&self, stream: StreamId) -> Result<Option<(u32, Option<&str>)>, Error> {
         let tables = self.storage.tables;
-        let Some(raw) = self.storage.get(&self.txn, tables.stream_heads, &key::stream(stream.as_u128()))? else {
+        let Some(raw) = self.storage.get(&self.txn, tables.stream_heads, &key::stream(stream.as_u128()))?
+        else {
             return Ok(None);
         };
         let head = value::StreamHead::decode(raw).ok_or_else(|| Error::CorruptIndex {
@@ -204,12 +205,21 @@ impl<'db> ReadView<'db> {
     /// # Errors
     /// A storage error when starting; each item may be [`Error::Corrupt`] or
     /// [`Error::CorruptIndex`].
-    pub fn read_stream(&self, stream: impl Into<StreamId>, from_version: u32) -> Result<StreamEvents<'_>, Error> {
+    pub fn read_stream(
+        &self,
+        stream: impl Into<StreamId>,
+        from_version: u32,
+    ) -> Result<StreamEvents<'_>, Error> {
         let stream = stream.into();
         let from = key::stream_version(stream.as_u128(), from_version);
         let to = key::stream_version(stream.as_u128(), u32::MAX);
-        let raw = self.storage.range(&self.txn, self.storage.tables.streams, &from, &to)?;
-        Ok(StreamEvents { view: self, stream, raw: Box::new(raw) })
+        let raw = self.storage.entries(
+            &self.txn,
+            self.storage.tables.streams,
+            (Included(&from), Included(&to)),
+            false,
+        )?;
+        Ok(StreamEvents { view: self, stream, raw })
     }
 
     /// Events of `stream` with version `<= from_version`, newest first. Pass `u32::MAX` to
@@ -225,8 +235,13 @@ impl<'db> ReadView<'db> {
         let stream = stream.into();
         let from = key::stream_version(stream.as_u128(), 0);
         let to = key::stream_version(stream.as_u128(), from_version);
-        let raw = self.storage.rev_range(&self.txn, self.storage.tables.streams, &from, &to)?;
-        Ok(StreamEvents { view: self, stream, raw: Box::new(raw) })
+        let raw = self.storage.entries(
+            &self.txn,
+            self.storage.tables.streams,
+            (Included(&from), Included(&to)),
+            true,
+        )?;
+        Ok(StreamEvents { view: self, stream, raw })
     }
 
     /// The global log from `from_seq` on, in commit order.
@@ -235,8 +250,13 @@ impl<'db> ReadView<'db> {
     /// A storage error when starting; each item may be [`Error::Corrupt`].
     pub fn read_all(&self, from_seq: u64) -> Result<LogEvents<'_>, Error> {
         let from = key::seq(from_seq);
-        let raw = self.storage.iter_from(&self.txn, self.storage.tables.events, &from)?;
-        Ok(LogEvents { view: self, raw: Box::new(raw) })
+        let raw = self.storage.entries(
+            &self.txn,
+            self.storage.tables.events,
+            (Included(&from), Unbounded),
+            false,
+        )?;
+        Ok(LogEvents { view: self, raw })
     }
 
     fn decode<'v>(&'v self, seq: u64, raw: &'v [u8]) -> Result<RecordedEvent<'v>, Error> {
@@ -296,12 +316,19 @@ impl<'db> ReadView<'db> {
             let stream = e.stream.as_u128();
             let last = versions.entry(stream).or_insert(0);
             if Some(e.version) != last.checked_add(1) {
-                return Err(bad("events", format!("seq {} has version {} after version {last}", e.seq, e.version)));
+                return Err(bad(
+                    "events",
+                    format!("seq {} has version {} after version {last}", e.seq, e.version),
+                ));
             }
             *last = e.version;
-            let index = self.storage.get(&self.txn, tables.streams, &key::stream_version(stream, e.version))?;
+            let index =
+                self.storage.get(&self.txn, tables.streams, &key::stream_version(stream, e.version))?;
             if index.and_then(value::decode_seq) != Some(e.seq) {
-                return Err(bad("streams", format!("entry for seq {} (version {}) is missing or wrong", e.seq, e.version)));
+                return Err(bad(
+                    "streams",
+                    format!("entry for seq {} (version {}) is missing or wrong", e.seq, e.version),
+                ));
             }
             if let Some(id) = e.id {
                 with_ids += 1;
@@ -328,7 +355,10 @@ impl<'db> ReadView<'db> {
         }
         for (&stream, &version) in &versions {
             if self.stream_version(stream)? != Some(version) {
-                return Err(bad("stream_heads", format!("head of stream {} is not {version}", StreamId::from(stream))));
+                return Err(bad(
+                    "stream_heads",
+                    format!("head of stream {} is not {version}", StreamId::from(stream)),
+                ));
             }
         }
         Ok(report)
@@ -340,7 +370,7 @@ impl<'db> ReadView<'db> {
 pub struct StreamEvents<'v> {
     view: &'v ReadView<'v>,
     stream: StreamId,
-    raw: RawIter<'v>,
+    raw: Entries<'v>,
 }
 
 impl<'v> Iterator for StreamEvents<'v> {
@@ -358,9 +388,14 @@ impl<'v> Iterator for StreamEvents<'v> {
 impl<'v> StreamEvents<'v> {
     fn resolve(&self, k: &[u8], v: &[u8]) -> Result<RecordedEvent<'v>, Error> {
         let bad = |reason: String| Error::CorruptIndex { table: "streams", reason };
-        let (stream, version) = key::decode_stream_version(k).ok_or_else(|| bad("key is not 20 bytes".into()))?;
-        let seq = value::decode_seq(v).ok_or_else(|| bad(format!("value at version {version} is not a seq")))?;
-        let event = self.view.event(seq)?.ok_or_else(|| bad(format!("version {version} points at missing seq {seq}")))?;
+        let (stream, version) =
+            key::decode_stream_version(k).ok_or_else(|| bad("key is not 20 bytes".into()))?;
+        let seq =
+            value::decode_seq(v).ok_or_else(|| bad(format!("value at version {version} is not a seq")))?;
+        let event = self
+            .view
+            .event(seq)?
+            .ok_or_else(|| bad(format!("version {version} points at missing seq {seq}")))?;
         if event.stream.as_u128() != stream || event.version != version || self.stream.as_u128() != stream {
             return Err(bad(format!("version {version} points at seq {seq}, which belongs elsewhere")));
         }
@@ -371,7 +406,7 @@ impl<'v> StreamEvents<'v> {
 /// The global log, from [`ReadView::read_all`].
 pub struct LogEvents<'v> {
     view: &'v ReadView<'v>,
-    raw: RawIter<'v>,
+    raw: Entries<'v>,
 }
 
 impl<'v> Iterator for LogEvents<'v> {

@@ -4,7 +4,7 @@
 //! The byte layout of every key and value is documented in `docs/design.md`; the format
 //! version stored in `meta` guards it.
 
-use std::ops::Bound::{Included, Unbounded};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
@@ -40,6 +40,9 @@ pub(crate) type ReadTxn<'env> = RoTxn<'env, WithoutTls>;
 pub(crate) type WriteTxn<'env> = RwTxn<'env>;
 
 type Table = Database<Bytes, Bytes>;
+
+/// Key-value pairs borrowed from a read transaction, in key order (or reverse).
+pub(crate) type Entries<'t> = Box<dyn Iterator<Item = Result<(&'t [u8], &'t [u8]), Error>> + 't>;
 
 /// Every named database of a store. Handles are plain integers, cheap to copy.
 #[derive(Clone, Copy)]
@@ -195,26 +198,21 @@ impl Storage {
             meta: create(&mut wtxn, name::META)?,
         };
         let storage = Storage { env: env.clone(), tables, map_size };
-        match storage.get(&wtxn, tables.meta, meta_key::FORMAT_VERSION)? {
-            Some(bytes) => {
-                let found = bytes
-                    .try_into()
-                    .map(u32::from_le_bytes)
-                    .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
-                if found != FORMAT_VERSION {
-                    return Err(Error::IncompatibleFormat { found, supported: FORMAT_VERSION });
-                }
+        if let Some(bytes) = storage.get(&wtxn, tables.meta, meta_key::FORMAT_VERSION)? {
+            let found = bytes
+                .try_into()
+                .map(u32::from_le_bytes)
+                .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
+            if found != FORMAT_VERSION {
+                return Err(Error::IncompatibleFormat { found, supported: FORMAT_VERSION });
             }
-            None => {
-                if storage.last_seq(&wtxn)? != 0 {
-                    return Err(Error::CorruptMeta {
-                        reason: "store holds events but no format version",
-                    });
-                }
-                let now = crate::record::now_micros();
-                storage.put(&mut wtxn, tables.meta, meta_key::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes())?;
-                storage.put(&mut wtxn, tables.meta, meta_key::CREATED_AT_MICROS, &now.to_le_bytes())?;
+        } else {
+            if storage.last_seq(&wtxn)? != 0 {
+                return Err(Error::CorruptMeta { reason: "store holds events but no format version" });
             }
+            let now = crate::record::now_micros();
+            storage.put(&mut wtxn, tables.meta, meta_key::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes())?;
+            storage.put(&mut wtxn, tables.meta, meta_key::CREATED_AT_MICROS, &now.to_le_bytes())?;
         }
         wtxn.commit().map_err(|e| storage_error(e, map_size))?;
         Ok(storage)
@@ -241,10 +239,8 @@ impl Storage {
     pub(crate) fn last_seq(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<u64, Error> {
         match self.tables.events.last(txn).map_err(|e| self.err(e))? {
             None => Ok(0),
-            Some((k, _)) => key::decode_seq(k).ok_or(Error::CorruptIndex {
-                table: "events",
-                reason: "key is not an 8-byte seq".into(),
-            }),
+            Some((k, _)) => key::decode_seq(k)
+                .ok_or(Error::CorruptIndex { table: "events", reason: "key is not an 8-byte seq".into() }),
         }
     }
 
@@ -263,46 +259,31 @@ impl Storage {
 
     /// Appends at the end of a table whose keys only grow (the log); LMDB then skips the
     /// B-tree search and fills pages completely.
-    pub(crate) fn append(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8], v: &[u8]) -> Result<(), Error> {
+    pub(crate) fn append(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        table: Table,
+        k: &[u8],
+        v: &[u8],
+    ) -> Result<(), Error> {
         table.put_with_flags(txn, PutFlags::APPEND, k, v).map_err(|e| self.err(e))
     }
 
-    /// Entries with keys in `[from, to]`, ascending.
-    pub(crate) fn range<'t>(
+    /// Entries of `table` with keys in `bounds`, ascending or (`reverse`) descending.
+    pub(crate) fn entries<'t>(
         &self,
         txn: &'t RoTxn<'_, WithoutTls>,
         table: Table,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<impl Iterator<Item = Result<(&'t [u8], &'t [u8]), Error>> + 't, Error> {
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+        reverse: bool,
+    ) -> Result<Entries<'t>, Error> {
         let map_size = self.map_size;
-        let iter = table.range(txn, &(Included(from), Included(to))).map_err(|e| self.err(e))?;
-        Ok(iter.map(move |r| r.map_err(|e| storage_error(e, map_size))))
-    }
-
-    /// Entries with keys in `[from, to]`, descending.
-    pub(crate) fn rev_range<'t>(
-        &self,
-        txn: &'t RoTxn<'_, WithoutTls>,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<impl Iterator<Item = Result<(&'t [u8], &'t [u8]), Error>> + 't, Error> {
-        let map_size = self.map_size;
-        let iter = table.rev_range(txn, &(Included(from), Included(to))).map_err(|e| self.err(e))?;
-        Ok(iter.map(move |r| r.map_err(|e| storage_error(e, map_size))))
-    }
-
-    /// Entries with keys `>= from`, ascending.
-    pub(crate) fn iter_from<'t>(
-        &self,
-        txn: &'t RoTxn<'_, WithoutTls>,
-        table: Table,
-        from: &[u8],
-    ) -> Result<impl Iterator<Item = Result<(&'t [u8], &'t [u8]), Error>> + 't, Error> {
-        let map_size = self.map_size;
-        let iter = table.range(txn, &(Included(from), Unbounded)).map_err(|e| self.err(e))?;
-        Ok(iter.map(move |r| r.map_err(|e| storage_error(e, map_size))))
+        let lift = move |r: heed::Result<(&'t [u8], &'t [u8])>| r.map_err(|e| storage_error(e, map_size));
+        Ok(if reverse {
+            Box::new(table.rev_range(txn, &bounds).map_err(|e| self.err(e))?.map(lift))
+        } else {
+            Box::new(table.range(txn, &bounds).map_err(|e| self.err(e))?.map(lift))
+        })
     }
 
     pub(crate) fn len(&self, txn: &RoTxn<'_, WithoutTls>, table: Table) -> Result<u64, Error> {
@@ -338,22 +319,22 @@ mod tests {
 
     #[test]
     fn stream_version_keys_sort_by_stream_then_version() {
-        let mut keys = vec![
+        let mut keys = [
             key::stream_version(2, 1),
             key::stream_version(1, 256),
             key::stream_version(1, 2),
             key::stream_version(u128::MAX, 0),
             key::stream_version(1, u32::MAX),
         ];
-        keys.sort();
+        keys.sort_unstable();
         let decoded: Vec<_> = keys.iter().map(|k| key::decode_stream_version(k).unwrap()).collect();
         assert_eq!(decoded, vec![(1, 2), (1, 256), (1, u32::MAX), (2, 1), (u128::MAX, 0)]);
     }
 
     #[test]
     fn seq_keys_sort_numerically() {
-        let mut keys = vec![key::seq(256), key::seq(1), key::seq(u64::MAX), key::seq(255)];
-        keys.sort();
+        let mut keys = [key::seq(256), key::seq(1), key::seq(u64::MAX), key::seq(255)];
+        keys.sort_unstable();
         let decoded: Vec<_> = keys.iter().map(|k| key::decode_seq(k).unwrap()).collect();
         assert_eq!(decoded, vec![1, 255, 256, u64::MAX]);
     }

@@ -319,7 +319,8 @@ mod tests {
         let view = db.begin_read().unwrap();
         assert_eq!(view.last_seq().unwrap(), 1);
         assert_eq!(view.stream_version(9u128).unwrap(), Some(u32::MAX));
-        let read: Vec<u32> = view.read_stream(9u128, u32::MAX).unwrap().map(|e| e.unwrap().version()).collect();
+        let read: Vec<u32> =
+            view.read_stream(9u128, u32::MAX).unwrap().map(|e| e.unwrap().version()).collect();
         assert_eq!(read, [u32::MAX]);
     }
 }

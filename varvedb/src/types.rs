@@ -158,7 +158,8 @@ impl NewEvent {
                 >,
             >,
     {
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| Error::Serialize(e.to_string()))?;
+        let bytes =
+            rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| Error::Serialize(e.to_string()))?;
         Ok(NewEvent::new(type_tag, bytes.into_vec()))
     }
 

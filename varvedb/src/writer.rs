@@ -64,21 +64,20 @@ impl Writer {
         watch: tokio::sync::watch::Sender<u64>,
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let mut state = WriterState { storage, config, counters, watch, buf: Vec::new(), head_buf: Vec::new() };
-        let thread = std::thread::Builder::new()
-            .name("varvedb-writer".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut group = vec![first];
-                    while group.len() < MAX_GROUP {
-                        match rx.try_recv() {
-                            Ok(r) => group.push(r),
-                            Err(_) => break,
-                        }
+        let mut state =
+            WriterState { storage, config, counters, watch, buf: Vec::new(), head_buf: Vec::new() };
+        let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(r) => group.push(r),
+                        Err(_) => break,
                     }
-                    state.process(group);
                 }
-            })?;
+                state.process(group);
+            }
+        })?;
         Ok(Writer { tx: Some(tx), thread: Some(thread) })
     }
 
@@ -238,7 +237,8 @@ impl WriterState {
                     actual: head.version,
                 });
             }
-            let n = u32::try_from(part.events.len()).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
+            let n = u32::try_from(part.events.len())
+                .map_err(|_| Error::VersionOverflow { stream: part.stream })?;
             let current = head.version.unwrap_or(0);
             let last_version =
                 current.checked_add(n).ok_or(Error::VersionOverflow { stream: part.stream })?;
@@ -289,15 +289,16 @@ impl WriterState {
             for event in &part.events {
                 let &(id, seq) = stored.next().ok_or(Error::WriterStopped)?;
                 let mismatch = || Error::IdempotencyMismatch { id, seq };
-                let raw = self
-                    .storage
-                    .get(txn, self.storage.tables.events, &key::seq(seq))?
-                    .ok_or_else(|| Error::CorruptIndex {
-                        table: "event_ids",
-                        reason: format!("id {id:#x} points at missing seq {seq}"),
+                let raw =
+                    self.storage.get(txn, self.storage.tables.events, &key::seq(seq))?.ok_or_else(|| {
+                        Error::CorruptIndex {
+                            table: "event_ids",
+                            reason: format!("id {id:#x} points at missing seq {seq}"),
+                        }
                     })?;
                 let env = Envelope::decode(seq, raw)?;
-                if env.stream != part.stream.as_u128() || env.type_tag != event.type_tag || env.id != Some(id) {
+                if env.stream != part.stream.as_u128() || env.type_tag != event.type_tag || env.id != Some(id)
+                {
                     return Err(mismatch());
                 }
                 positions = Some(match positions {
@@ -309,7 +310,9 @@ impl WriterState {
                         last_seq: seq,
                         deduplicated: true,
                     },
-                    Some(p) if p.last_seq + 1 == seq && p.last_version.checked_add(1) == Some(env.version) => {
+                    Some(p)
+                        if p.last_seq + 1 == seq && p.last_version.checked_add(1) == Some(env.version) =>
+                    {
                         Appended { last_seq: seq, last_version: env.version, ..p }
                     }
                     Some(_) => return Err(mismatch()),
@@ -334,7 +337,8 @@ impl WriterState {
             let stream = part.stream.as_u128();
             for (i, event) in part.events.iter().enumerate() {
                 let seq = pos.first_seq + i as u64;
-                let version = pos.first_version + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
+                let version = pos.first_version
+                    + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
                 let hash;
                 let body = if event.payload.len() > BLOB_THRESHOLD {
                     hash = blob_hash(&event.payload);
@@ -383,5 +387,9 @@ fn check_kind(part: &StreamAppend, head: &Head) -> Result<(), Error> {
     if head.version.is_none() || head.kind.as_deref() == Some(wanted.as_str()) {
         return Ok(());
     }
-    Err(Error::StreamKindMismatch { stream: part.stream, expected: wanted.clone(), actual: head.kind.clone() })
+    Err(Error::StreamKindMismatch {
+        stream: part.stream,
+        expected: wanted.clone(),
+        actual: head.kind.clone(),
+    })
 }
