@@ -297,6 +297,34 @@ mod tests {
         storage.commit(txn).unwrap();
     }
 
+    #[test]
+    fn a_store_of_another_format_version_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Varve::open(dir.path()).unwrap();
+            db.append(1u128, ExpectedVersion::Auto, [event()]).unwrap();
+            let storage = &db.inner.storage;
+            let mut txn = storage.write_txn().unwrap();
+            let future = (crate::storage::FORMAT_VERSION + 1).to_le_bytes();
+            storage.put(&mut txn, storage.tables.meta, b"format_version", &future).unwrap();
+            storage.commit(txn).unwrap();
+        }
+        let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
+        let err = Varve::open(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::IncompatibleFormat { found: 2, supported: 1 }), "{err:?}");
+        assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
+    }
+
+    #[test]
+    fn public_handles_are_thread_safe() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Varve>();
+        send_sync::<Error>();
+        send::<ReadView<'static>>();
+        send_sync::<WriteBatch>();
+    }
+
     fn event() -> NewEvent {
         NewEvent::new("e", b"x".to_vec())
     }
