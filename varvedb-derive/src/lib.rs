@@ -1,1 +1,65 @@
-//! Derive macros for varvedb. The typed layer (`#[derive(Event)]`, `#[aggregate]`) lands here.
+//! Derive macros for [varvedb](https://docs.rs/varvedb). Use them through `varvedb`, which
+//! re-exports them (feature `derive`, on by default); the generated code refers to
+//! `::varvedb` (override with `#[event(crate = path)]` / `#[aggregate(crate = path)]`).
+
+mod aggregate;
+mod attrs;
+mod event;
+
+use proc_macro::TokenStream;
+use syn::{DeriveInput, parse_macro_input};
+
+/// Makes a struct or enum a stored event.
+///
+/// Generates, without any rkyv attribute from you:
+/// - the rkyv `Archive`, `Serialize` and `Deserialize` impls, and a type alias
+///   `ArchivedX`, the archived form that is validated (bytecheck) and read in place from the
+///   store;
+/// - `varvedb::Event`: the type tag (`#[event(name = "...")]`, default: the type's name),
+///   the schema version (`#[event(version = N)]`, default 1);
+/// - `varvedb::Schema`: a fingerprint of field names, order and types, computed at compile
+///   time. The store refuses an event whose fingerprint differs from the one recorded for its
+///   (name, version).
+///
+/// Every field type must implement `varvedb::Schema`: the standard types rkyv archives
+/// (integers, floats, `bool`, `char`, `String`, `Vec`, `Option`, `Box`, arrays, tuples,
+/// `BTreeMap`, `HashMap`, `BTreeSet`, `uuid::Uuid`) do; derive `EventData` for your own.
+///
+/// Attributes: `#[event(name = "order.placed", version = 2, crate = my::varvedb)]`.
+///
+/// ```ignore
+/// #[derive(varvedb::Event)]
+/// #[event(name = "order.placed")]
+/// struct OrderPlaced { customer: String, amount_cents: u64 }
+/// // fn apply(&mut self, e: &ArchivedOrderPlaced) { e.amount_cents.to_native() ... }
+/// ```
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    event::expand(&input, event::Kind::Event).into()
+}
+
+/// Makes a struct or enum storable *inside* events (a nested field type), with no event
+/// identity of its own: the rkyv impls, an `ArchivedX` alias and a `varvedb::Schema`
+/// fingerprint that the enclosing event's fingerprint includes.
+///
+/// Accepts `#[event(crate = path)]` only.
+#[proc_macro_derive(EventData, attributes(event))]
+pub fn derive_event_data(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    event::expand(&input, event::Kind::Data).into()
+}
+
+/// Turns an inherent `impl` block of apply functions into an event-sourced aggregate.
+///
+/// Each function `fn name(&mut self, event: &ArchivedE)` declares that the aggregate accepts
+/// event `E` and how it changes the state. The macro generates `varvedb::Aggregate` (dispatch
+/// from the stored type tag to the apply function) and `varvedb::Accepts<E>` for each event,
+/// so `Stream<Self>` takes exactly these events: appending any other fails to compile.
+///
+/// Arguments: `#[aggregate(name = "order")]` sets the stream kind recorded on disk (default:
+/// the type's name); `crate = path` as for `Event`.
+#[proc_macro_attribute]
+pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
+    aggregate::expand(args.into(), &item.into()).into()
+}

@@ -123,6 +123,47 @@ pub enum Error {
         actual: Option<String>,
     },
 
+    /// The store recorded a different schema fingerprint for this event type and version:
+    /// the Rust type changed shape without a new version. Nothing was written or decoded.
+    /// Give the changed type a new `#[event(version = ..)]` instead.
+    #[error(
+        "schema mismatch for event {event:?} version {version}: the store has fingerprint {stored:#018x}, this build has {found:#018x}; changing an event's fields needs a new event version"
+    )]
+    SchemaMismatch {
+        /// The event's type tag.
+        event: String,
+        /// The event's schema version.
+        version: u32,
+        /// The fingerprint recorded in the store.
+        stored: u64,
+        /// The fingerprint of the type in this build.
+        found: u64,
+    },
+
+    /// A stream holds an event its aggregate does not handle.
+    #[error(
+        "event at seq {seq} has type {type_tag:?} version {version}, which aggregate {aggregate} does not handle"
+    )]
+    UnknownEvent {
+        /// The event's global sequence number.
+        seq: u64,
+        /// The event's type tag.
+        type_tag: String,
+        /// The event's schema version.
+        version: u32,
+        /// The aggregate's kind.
+        aggregate: &'static str,
+    },
+
+    /// A loaded state was saved to a different stream than it was loaded from.
+    #[error("state loaded from stream {loaded} cannot be saved to stream {stream}")]
+    StreamMismatch {
+        /// The stream the state was loaded from.
+        loaded: StreamId,
+        /// The stream it was saved to.
+        stream: StreamId,
+    },
+
     /// A stored event failed its checksum or could not be decoded.
     #[error("event at seq {seq} is corrupt: {reason}")]
     Corrupt {
@@ -205,6 +246,8 @@ impl Error {
                 | Error::IdempotencyMismatch { .. }
                 | Error::DuplicateEventId { .. }
                 | Error::StreamKindMismatch { .. }
+                | Error::SchemaMismatch { .. }
+                | Error::StreamMismatch { .. }
         )
     }
 }

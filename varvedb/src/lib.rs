@@ -43,13 +43,48 @@ mod read;
 mod record;
 mod storage;
 mod store;
+mod typed;
 mod types;
 mod writer;
 
 pub use error::{Error, StorageError};
 pub use read::{IntegrityReport, LogEvents, ReadView, RecordedEvent, StreamEvents};
 pub use store::{Options, Stats, Varve};
+pub use typed::schema::fingerprint;
+pub use typed::stream::{
+    DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, TypedEvents,
+};
+#[cfg(feature = "testing")]
+pub use typed::testing;
+pub use typed::{Accepts, Aggregate, ArchivedEvent, Event, EventInfo, Handle, Pending, Schema};
 pub use types::{Appended, ExpectedVersion, NewEvent, StreamId, WriteBatch};
 
 /// The rkyv version varvedb is built with, for deriving archives of payloads.
 pub use rkyv;
+/// The uuid crate, for stream ids (`StreamId: From<Uuid>`) and `Uuid` fields in events.
+#[cfg(feature = "uuid")]
+pub use uuid;
+/// `#[derive(Event)]`, `#[derive(EventData)]` and `#[aggregate]`.
+#[cfg(feature = "derive")]
+pub use varvedb_derive::{Event, EventData, aggregate};
+
+/// Items the derive macros' generated code refers to. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::error::Error;
+    pub use crate::read::RecordedEvent;
+    pub use crate::typed::schema::fingerprint;
+    pub use crate::typed::stream::unknown;
+    pub use crate::typed::{Accepts, Aggregate, ArchivedEvent, Event, EventInfo, Schema};
+    pub use core;
+    pub use rkyv;
+
+    /// The serializer events are written with.
+    pub type Serializer<'a> = rkyv::api::high::HighSerializer<
+        rkyv::util::AlignedVec,
+        rkyv::ser::allocator::ArenaHandle<'a>,
+        rkyv::rancor::Error,
+    >;
+    /// The validator events are read with.
+    pub type Validator<'a> = rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>;
+}

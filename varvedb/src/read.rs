@@ -44,6 +44,7 @@ pub struct RecordedEvent<'v> {
     stream: StreamId,
     version: u32,
     timestamp_micros: u64,
+    schema_version: u32,
     id: Option<u128>,
     type_tag: &'v str,
     metadata: &'v [u8],
@@ -85,6 +86,12 @@ impl<'v> RecordedEvent<'v> {
     #[must_use]
     pub fn type_tag(&self) -> &'v str {
         self.type_tag
+    }
+
+    /// The schema version of a typed event (`#[event(version = ..)]`); 0 for untyped bytes.
+    #[must_use]
+    pub fn schema_version(&self) -> u32 {
+        self.schema_version
     }
 
     /// The user metadata bytes.
@@ -189,6 +196,23 @@ impl<'db> ReadView<'db> {
         Ok(Some((head.version, head.kind)))
     }
 
+    /// The fingerprint the store recorded for event type `tag` at schema `version`, if any
+    /// typed event of that type and version was ever appended.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`].
+    pub fn schema_fingerprint(&self, tag: &str, version: u32) -> Result<Option<u64>, Error> {
+        let Some(raw) =
+            self.storage.get(&self.txn, self.storage.tables.schema, &key::schema(tag, version))?
+        else {
+            return Ok(None);
+        };
+        value::decode_fingerprint(raw).map(Some).ok_or_else(|| Error::CorruptIndex {
+            table: "schema",
+            reason: format!("fingerprint of {tag:?} version {version} is not 8 bytes"),
+        })
+    }
+
     /// The event with global sequence number `seq`, if committed in this snapshot.
     ///
     /// # Errors
@@ -270,6 +294,7 @@ impl<'db> ReadView<'db> {
             stream: StreamId::from(env.stream),
             version: env.version,
             timestamp_micros: env.timestamp_micros,
+            schema_version: env.schema_version,
             id: env.id,
             type_tag: env.type_tag,
             metadata: env.metadata,

@@ -12,7 +12,8 @@
 //!  28     8  timestamp, microseconds since the Unix epoch
 //!  36     4  metadata length M
 //!  40     4  payload length P (the logical payload, also when it lives in a blob)
-//!  44    16  event id u128 (only with flag 0x04)
+//!  44     4  schema version of the event type (0: untyped bytes)
+//!  48    16  event id u128 (only with flag 0x04)
 //!   …     T  type tag, UTF-8
 //!   …     M  metadata
 //!   …     P  payload, or 32 bytes of blake3 hash (flag 0x02)
@@ -24,7 +25,7 @@
 use crate::error::Error;
 
 pub(crate) const ENVELOPE_FORMAT: u8 = 1;
-pub(crate) const HEADER_LEN: usize = 44;
+pub(crate) const HEADER_LEN: usize = 48;
 pub(crate) const HASH_LEN: usize = 32;
 
 pub(crate) mod flag {
@@ -43,6 +44,7 @@ pub(crate) struct Envelope<'a> {
     pub(crate) stream: u128,
     pub(crate) version: u32,
     pub(crate) timestamp_micros: u64,
+    pub(crate) schema_version: u32,
     pub(crate) id: Option<u128>,
     pub(crate) type_tag: &'a str,
     pub(crate) metadata: &'a [u8],
@@ -87,6 +89,7 @@ impl<'a> Envelope<'a> {
         out.extend_from_slice(&self.timestamp_micros.to_le_bytes());
         out.extend_from_slice(&len_u32(self.metadata.len()).to_le_bytes());
         out.extend_from_slice(&len_u32(payload_len).to_le_bytes());
+        out.extend_from_slice(&self.schema_version.to_le_bytes());
         if let Some(id) = self.id {
             out.extend_from_slice(&id.to_le_bytes());
         }
@@ -123,6 +126,7 @@ impl<'a> Envelope<'a> {
         let timestamp_micros = u64::from_le_bytes(arr(&bytes[28..36]));
         let meta_len = u32::from_le_bytes(arr(&bytes[36..40])) as usize;
         let payload_len = u32::from_le_bytes(arr(&bytes[40..44]));
+        let schema_version = u32::from_le_bytes(arr(&bytes[44..48]));
 
         let mut rest = &bytes[HEADER_LEN..];
         let mut take = |n: usize| -> Result<&'a [u8], Error> {
@@ -145,7 +149,7 @@ impl<'a> Envelope<'a> {
         if !rest.is_empty() {
             return Err(corrupt("trailing bytes after the payload"));
         }
-        Ok(Envelope { stream, version, timestamp_micros, id, type_tag, metadata, body })
+        Ok(Envelope { stream, version, timestamp_micros, schema_version, id, type_tag, metadata, body })
     }
 }
 
@@ -180,6 +184,7 @@ mod tests {
             stream: 0xdead_beef,
             version: 7,
             timestamp_micros: 1_700_000_000_000_000,
+            schema_version: 3,
             id: Some(99),
             type_tag: "order.placed",
             metadata: b"meta",
@@ -235,6 +240,7 @@ mod tests {
         let mut buf = Vec::new();
         sample(Body::Inline(b"payload")).encode_into(42, &mut buf);
         for field in [6usize, 36, 40] {
+            // tag length, metadata length, payload length
             let mut bad = buf.clone();
             bad[field] = 0xff;
             let crc = checksum(42, &bad[4..]);

@@ -63,8 +63,7 @@ pub(crate) struct Tables {
     /// Reserved for encryption (stream → wrapped data key).
     #[expect(dead_code, reason = "created now so encryption needs no format change")]
     pub(crate) keys: Table,
-    /// Reserved for the typed layer's schema registry (tag → fingerprint).
-    #[expect(dead_code, reason = "created now so the schema registry needs no format change")]
+    /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`.
     pub(crate) schema: Table,
     /// `name` → value; holds the format version.
     pub(crate) meta: Table,
@@ -98,6 +97,15 @@ pub(crate) mod key {
         k
     }
 
+    /// Type tags are at most 255 bytes, so the length prefix keeps keys unambiguous.
+    pub(crate) fn schema(tag: &str, version: u32) -> Vec<u8> {
+        let mut k = Vec::with_capacity(1 + tag.len() + 4);
+        k.push(u8::try_from(tag.len()).unwrap_or(u8::MAX));
+        k.extend_from_slice(&tag.as_bytes()[..tag.len().min(255)]);
+        k.extend_from_slice(&version.to_be_bytes());
+        k
+    }
+
     pub(crate) fn decode_stream_version(bytes: &[u8]) -> Option<(u128, u32)> {
         if bytes.len() != STREAM_VERSION_LEN {
             return None;
@@ -115,6 +123,14 @@ pub(crate) mod value {
     }
 
     pub(crate) fn decode_seq(bytes: &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+
+    pub(crate) fn fingerprint(fp: u64) -> [u8; 8] {
+        fp.to_le_bytes()
+    }
+
+    pub(crate) fn decode_fingerprint(bytes: &[u8]) -> Option<u64> {
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
 

@@ -40,6 +40,13 @@ impl From<[u8; 16]> for StreamId {
     }
 }
 
+#[cfg(feature = "uuid")]
+impl From<uuid::Uuid> for StreamId {
+    fn from(id: uuid::Uuid) -> Self {
+        StreamId(id.as_u128())
+    }
+}
+
 impl From<StreamId> for u128 {
     fn from(id: StreamId) -> Self {
         id.0
@@ -126,12 +133,26 @@ pub struct NewEvent {
     pub(crate) payload: Vec<u8>,
     pub(crate) metadata: Vec<u8>,
     pub(crate) id: Option<u128>,
+    pub(crate) schema: Option<SchemaId>,
+}
+
+/// A typed event's schema identity: its version and structural fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SchemaId {
+    pub(crate) version: u32,
+    pub(crate) fingerprint: u64,
 }
 
 impl NewEvent {
     /// An event with the given type tag (1 to 255 bytes) and payload.
     pub fn new(type_tag: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
-        NewEvent { type_tag: type_tag.into(), payload: payload.into(), metadata: Vec::new(), id: None }
+        NewEvent {
+            type_tag: type_tag.into(),
+            payload: payload.into(),
+            metadata: Vec::new(),
+            id: None,
+            schema: None,
+        }
     }
 
     /// An event whose payload is the rkyv archive of `value`, readable in place with

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use crate::error::Error;
 use crate::record::{BLOB_THRESHOLD, Body, Envelope, blob_hash, now_micros};
 use crate::storage::{Storage, WriteTxn, key, value};
-use crate::types::{Appended, StreamAppend, StreamId, WriteBatch};
+use crate::types::{Appended, SchemaId, StreamAppend, StreamId, WriteBatch};
 
 /// Most requests folded into one commit. Bounds the latency a request waits behind others
 /// and the size of the transaction; a larger backlog simply takes several commits.
@@ -111,7 +111,7 @@ enum Plan {
     /// Every event's id is already stored: answer with the original positions.
     Deduplicated(Vec<Appended>),
     /// Append, with these positions and these new stream heads.
-    Write { appended: Vec<Appended>, heads: Vec<Head> },
+    Write { appended: Vec<Appended>, heads: Vec<Head>, schemas: Vec<(String, SchemaId)> },
 }
 
 #[derive(Clone)]
@@ -155,8 +155,17 @@ impl WriterState {
         for batch in batches {
             match self.plan(&txn, batch, next_seq) {
                 Ok(Plan::Deduplicated(appended)) => results.push(Ok(appended)),
-                Ok(Plan::Write { appended, heads }) => {
+                Ok(Plan::Write { appended, heads, schemas }) => {
                     self.write(&mut txn, batch, &appended, &heads, timestamp)?;
+                    for (tag, schema) in &schemas {
+                        let k = key::schema(tag, schema.version);
+                        storage.put(
+                            &mut txn,
+                            storage.tables.schema,
+                            &k,
+                            &value::fingerprint(schema.fingerprint),
+                        )?;
+                    }
                     let n = appended.iter().map(|a| a.last_seq - a.first_seq + 1).sum::<u64>();
                     next_seq += n;
                     events_written += n;
@@ -185,6 +194,7 @@ impl WriterState {
         let tables = self.storage.tables;
         let mut seen_ids = HashSet::new();
         let mut stored_ids: Vec<(u128, u64)> = Vec::new();
+        let mut schemas: Vec<(String, SchemaId)> = Vec::new();
         let mut total = 0usize;
         for part in &batch.appends {
             if part.events.is_empty() {
@@ -198,6 +208,9 @@ impl WriterState {
                 let size = event.payload.len() + event.metadata.len();
                 if size > self.config.max_event_size {
                     return Err(Error::EventTooLarge { index: total, size, max: self.config.max_event_size });
+                }
+                if let Some(schema) = event.schema {
+                    self.check_schema(txn, &event.type_tag, schema, &mut schemas)?;
                 }
                 if let Some(id) = event.id {
                     if !seen_ids.insert(id) {
@@ -257,7 +270,44 @@ impl WriterState {
                 kind: head.kind.or_else(|| part.kind.clone()),
             });
         }
-        Ok(Plan::Write { appended, heads })
+        Ok(Plan::Write { appended, heads, schemas })
+    }
+
+    /// Checks a typed event's fingerprint against the registry; a first use is queued for
+    /// registration with the request's writes.
+    fn check_schema(
+        &self,
+        txn: &WriteTxn<'_>,
+        tag: &str,
+        schema: SchemaId,
+        pending: &mut Vec<(String, SchemaId)>,
+    ) -> Result<(), Error> {
+        let mismatch = |stored: u64| Error::SchemaMismatch {
+            event: tag.to_owned(),
+            version: schema.version,
+            stored,
+            found: schema.fingerprint,
+        };
+        if let Some((_, queued)) = pending.iter().find(|(t, s)| t == tag && s.version == schema.version) {
+            return if queued.fingerprint == schema.fingerprint {
+                Ok(())
+            } else {
+                Err(mismatch(queued.fingerprint))
+            };
+        }
+        match self.storage.get(txn, self.storage.tables.schema, &key::schema(tag, schema.version))? {
+            Some(raw) => {
+                let stored = value::decode_fingerprint(raw).ok_or_else(|| Error::CorruptIndex {
+                    table: "schema",
+                    reason: format!("fingerprint of {tag:?} version {} is not 8 bytes", schema.version),
+                })?;
+                if stored == schema.fingerprint { Ok(()) } else { Err(mismatch(stored)) }
+            }
+            None => {
+                pending.push((tag.to_owned(), schema));
+                Ok(())
+            }
+        }
     }
 
     fn read_head(&self, txn: &WriteTxn<'_>, stream: StreamId) -> Result<Head, Error> {
@@ -353,6 +403,7 @@ impl WriterState {
                     stream,
                     version,
                     timestamp_micros,
+                    schema_version: event.schema.map_or(0, |s| s.version),
                     id: event.id,
                     type_tag: &event.type_tag,
                     metadata: &event.metadata,

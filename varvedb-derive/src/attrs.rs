@@ -1,0 +1,89 @@
+//! `#[event(...)]` attributes: parsed into a typed model, every mistake collected.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::{Attribute, LitInt, LitStr, Path};
+
+/// Collects several errors so the user sees them all at once.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, e: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<(), syn::Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// What `#[event(...)]` may say.
+#[derive(Default)]
+pub(crate) struct EventAttrs {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) version: Option<LitInt>,
+    pub(crate) krate: Option<Path>,
+}
+
+impl EventAttrs {
+    /// Parses every `#[event(...)]` on the item. `identity` is false for `EventData`, which
+    /// has no name or version.
+    pub(crate) fn parse(attrs: &[Attribute], identity: bool, errors: &mut Errors) -> Self {
+        let mut out = EventAttrs::default();
+        for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
+            let result = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("crate") {
+                    let path: Path = meta.value()?.parse()?;
+                    set(&mut out.krate, path, &meta.path, "crate")
+                } else if identity && meta.path.is_ident("name") {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    let len = lit.value().len();
+                    if len == 0 || len > 255 {
+                        return Err(syn::Error::new_spanned(&lit, "`#[event(name = ...)]` must be 1 to 255 bytes"));
+                    }
+                    set(&mut out.name, lit, &meta.path, "name")
+                } else if identity && meta.path.is_ident("version") {
+                    let lit: LitInt = meta.value()?.parse()?;
+                    match lit.base10_parse::<u32>() {
+                        Ok(0) => Err(syn::Error::new_spanned(&lit, "event versions start at 1")),
+                        Ok(_) => set(&mut out.version, lit, &meta.path, "version"),
+                        Err(_) => Err(syn::Error::new_spanned(&lit, "`#[event(version = ...)]` must fit in a u32")),
+                    }
+                } else if !identity && (meta.path.is_ident("name") || meta.path.is_ident("version")) {
+                    Err(meta.error(
+                        "`EventData` types have no name or version: only `#[derive(Event)]` types are stored on their own",
+                    ))
+                } else {
+                    let expected = if identity { "`name`, `version` or `crate`" } else { "`crate`" };
+                    let path = &meta.path;
+                    let found = quote!(#path).to_string().replace(' ', "");
+                    Err(meta.error(format!("unknown `event` attribute `{found}`; expected {expected}")))
+                }
+            });
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+        out
+    }
+
+    /// Path to the varvedb crate in generated code.
+    pub(crate) fn krate(&self) -> TokenStream {
+        match &self.krate {
+            Some(path) => quote!(#path),
+            None => quote!(::varvedb),
+        }
+    }
+}
+
+fn set<T>(slot: &mut Option<T>, value: T, path: &Path, what: &str) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(syn::Error::new_spanned(path, format!("`{what}` is given twice")));
+    }
+    *slot = Some(value);
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! `Stream<A>`: a typed handle on one aggregate's stream.
+
+use std::marker::PhantomData;
+
+use crate::error::Error;
+use crate::read::{ReadView, RecordedEvent, StreamEvents};
+use crate::store::Varve;
+use crate::typed::{Accepts, Aggregate, Event, EventInfo, Handle, Pending};
+use crate::types::{Appended, ExpectedVersion, StreamId, WriteBatch};
+
+/// How many times [`Stream::execute`] reloads and retries after a concurrency conflict.
+pub const DEFAULT_EXECUTE_RETRIES: u32 = 5;
+
+/// A typed handle on the stream of one aggregate `A`. Cheap to clone.
+///
+/// It takes only `A`'s events (anything else fails to compile), and the stream remembers its
+/// aggregate type: using the same id as another aggregate's stream is
+/// [`Error::StreamKindMismatch`].
+///
+/// ```
+/// use varvedb::{aggregate, Event, ExpectedVersion, Varve};
+///
+/// #[derive(Event)]
+/// struct Deposited { cents: u64 }
+///
+/// #[derive(Default)]
+/// struct Account { balance: u64 }
+///
+/// #[aggregate]
+/// impl Account {
+///     fn deposited(&mut self, e: &ArchivedDeposited) { self.balance += e.cents.to_native(); }
+/// }
+///
+/// # let dir = tempfile::tempdir()?;
+/// let db = Varve::open(dir.path())?;
+/// let account = db.stream::<Account>(7u128);
+/// account.append(ExpectedVersion::NoStream, Deposited { cents: 250 })?;
+/// let loaded = account.load()?;
+/// assert_eq!((loaded.state().balance, loaded.version()), (250, 1));
+/// account.save(&loaded, [Deposited { cents: 50 }])?;
+/// assert_eq!(account.load()?.state().balance, 300);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+pub struct Stream<A> {
+    db: Varve,
+    id: StreamId,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for Stream<A> {
+    fn clone(&self) -> Self {
+        Stream { db: self.db.clone(), id: self.id, _aggregate: PhantomData }
+    }
+}
+
+impl<A> std::fmt::Debug for Stream<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("aggregate", &std::any::type_name::<A>())
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An aggregate's state folded from its stream, with the version it reflects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded<A> {
+    state: A,
+    version: u32,
+    stream: StreamId,
+}
+
+impl<A> Loaded<A> {
+    /// The folded state.
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+
+    /// The version of the last event folded (0 for a stream with no events).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The stream the state was loaded from.
+    pub fn stream(&self) -> StreamId {
+        self.stream
+    }
+
+    /// The state, consuming the wrapper.
+    pub fn into_state(self) -> A {
+        self.state
+    }
+}
+
+/// The outcome of [`Stream::execute`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Executed {
+    /// The stream's version after the command.
+    pub version: u32,
+    /// Where the command's events landed (`None`: the command produced no events).
+    pub appended: Option<Appended>,
+    /// How many times the command was handled (1 + retries after conflicts).
+    pub attempts: u32,
+}
+
+/// Why [`Stream::execute`] failed: the domain rejected the command, or the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecuteError<E> {
+    /// The command handler rejected the command; nothing was written.
+    #[error("command rejected: {0}")]
+    Rejected(E),
+    /// A storage error, including a [`Error::ConcurrencyConflict`] that outlasted the retries.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// One event of an aggregate's stream, read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct TypedEvent<'v, A> {
+    recorded: RecordedEvent<'v>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<'v, A: Aggregate> TypedEvent<'v, A> {
+    /// The stored event: seq, version, timestamp, metadata, raw payload.
+    #[must_use]
+    pub fn recorded(&self) -> &RecordedEvent<'v> {
+        &self.recorded
+    }
+
+    /// Whether this is an event of type `E`.
+    #[must_use]
+    pub fn is<E: Event>(&self) -> bool
+    where
+        A: Accepts<E>,
+    {
+        EventInfo::of::<E>().matches(&self.recorded)
+    }
+
+    /// The archived `E`, if this event is an `E`, validated and read in place.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArchive`] if the payload does not validate.
+    pub fn get<E: Event>(&self) -> Result<Option<&'v E::Archived>, Error>
+    where
+        A: Accepts<E>,
+    {
+        if self.is::<E>() { self.recorded.access::<E::Archived>().map(Some) } else { Ok(None) }
+    }
+}
+
+/// Typed events of one stream, from [`Stream::read`].
+pub struct TypedEvents<'v, A> {
+    inner: StreamEvents<'v>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<'v, A: Aggregate> Iterator for TypedEvents<'v, A> {
+    type Item = Result<TypedEvent<'v, A>, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let recorded = match self.inner.next()? {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        if !A::EVENTS.iter().any(|info| info.matches(&recorded)) {
+            return Some(Err(unknown::<A>(&recorded)));
+        }
+        Some(Ok(TypedEvent { recorded, _aggregate: PhantomData }))
+    }
+}
+
+#[doc(hidden)]
+#[must_use]
+pub fn unknown<A: Aggregate>(event: &RecordedEvent<'_>) -> Error {
+    Error::UnknownEvent {
+        seq: event.seq(),
+        type_tag: event.type_tag().to_owned(),
+        version: event.schema_version(),
+        aggregate: A::KIND,
+    }
+}
+
+impl Varve {
+    /// A typed handle on stream `id` of aggregate `A`. Creates nothing until the first append.
+    #[must_use]
+    pub fn stream<A: Aggregate>(&self, id: impl Into<StreamId>) -> Stream<A> {
+        Stream { db: self.clone(), id: id.into(), _aggregate: PhantomData }
+    }
+}
+
+impl<A: Aggregate> Stream<A> {
+    /// The stream's id.
+    #[must_use]
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Appends one event of `A`, checked against `expected`.
+    ///
+    /// # Errors
+    /// As [`Varve::append`], plus [`Error::StreamKindMismatch`] if the id is another
+    /// aggregate's stream and [`Error::SchemaMismatch`] if the store knows this event type
+    /// and version with another shape.
+    pub fn append<E>(&self, expected: ExpectedVersion, event: E) -> Result<Appended, Error>
+    where
+        E: Event,
+        A: Accepts<E>,
+    {
+        self.append_all(expected, [Pending::<A>::from(event)])
+    }
+
+    /// Appends several events of `A` atomically. Events of one type go as they are
+    /// (`[shipped]`); mixed types through [`Pending::from`]:
+    /// `append_all(expected, [Pending::from(placed), Pending::from(shipped)])`.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append); [`Error::EmptyBatch`] if `events` is empty.
+    pub fn append_all<I>(&self, expected: ExpectedVersion, events: I) -> Result<Appended, Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<Pending<A>>,
+    {
+        let batch = self.batch(expected, events)?;
+        self.db.write(batch)?.pop().ok_or(Error::EmptyBatch)
+    }
+
+    /// Async form of [`append_all`](Self::append_all).
+    ///
+    /// # Errors
+    /// As [`append_all`](Self::append_all).
+    ///
+    /// # Cancel safety
+    /// As [`Varve::append_async`]: once sent, the write happens even if the future is dropped.
+    pub async fn append_all_async<I>(&self, expected: ExpectedVersion, events: I) -> Result<Appended, Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<Pending<A>>,
+    {
+        let batch = self.batch(expected, events)?;
+        self.db.write_async(batch).await?.pop().ok_or(Error::EmptyBatch)
+    }
+
+    fn batch<I>(&self, expected: ExpectedVersion, events: I) -> Result<WriteBatch, Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<Pending<A>>,
+    {
+        let events = events.into_iter().map(|e| e.into().event).collect::<Result<Vec<_>, _>>()?;
+        let mut batch = WriteBatch::new();
+        batch.append_kind(self.id, A::KIND, expected, events);
+        Ok(batch)
+    }
+
+    /// Folds the stream into `A`: every event is validated and applied in place from the
+    /// memory map, with no copy and no allocation per event.
+    ///
+    /// # Errors
+    /// [`Error::StreamKindMismatch`] if the id is another aggregate's stream;
+    /// [`Error::SchemaMismatch`] if the store knows one of `A`'s events with another shape;
+    /// [`Error::UnknownEvent`] for an event `A` does not handle; corruption errors.
+    pub fn load(&self) -> Result<Loaded<A>, Error> {
+        let view = self.db.begin_read()?;
+        self.load_in(&view)
+    }
+
+    /// Like [`load`](Self::load), inside an existing read view (a consistent snapshot shared
+    /// with other reads).
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn load_in(&self, view: &ReadView<'_>) -> Result<Loaded<A>, Error> {
+        self.check(view)?;
+        let mut state = A::default();
+        let mut version = 0;
+        for event in view.read_stream(self.id, 1)? {
+            let event = event?;
+            state.apply_recorded(&event)?;
+            version = event.version();
+        }
+        Ok(Loaded { state, version, stream: self.id })
+    }
+
+    /// Appends `events` if the stream is still at the version `loaded` reflects.
+    ///
+    /// # Errors
+    /// [`Error::ConcurrencyConflict`] if another writer appended since the load; otherwise
+    /// as [`append_all`](Self::append_all).
+    pub fn save<I>(&self, loaded: &Loaded<A>, events: I) -> Result<Appended, Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<Pending<A>>,
+    {
+        if loaded.stream != self.id {
+            return Err(Error::StreamMismatch { loaded: loaded.stream, stream: self.id });
+        }
+        self.append_all(ExpectedVersion::Exact(loaded.version), events)
+    }
+
+    /// The stream's events from `from_version` on, typed and read in place.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load); each item may be [`Error::UnknownEvent`] or a corruption error.
+    ///
+    /// ```
+    /// # use varvedb::{aggregate, Event, ExpectedVersion, Pending, Varve};
+    /// # #[derive(Event)] struct Deposited { cents: u64 }
+    /// # #[derive(Event)] struct Withdrawn { cents: u64 }
+    /// # #[derive(Default)] struct Account;
+    /// # #[aggregate] impl Account {
+    /// #     fn deposited(&mut self, _: &ArchivedDeposited) {}
+    /// #     fn withdrawn(&mut self, _: &ArchivedWithdrawn) {}
+    /// # }
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = Varve::open(dir.path())?;
+    /// let account = db.stream::<Account>(1u128);
+    /// account.append_all(ExpectedVersion::NoStream, [Pending::from(Deposited { cents: 9 }), Pending::from(Withdrawn { cents: 4 })])?;
+    /// let view = db.begin_read()?;
+    /// for event in account.read(&view, 1)? {
+    ///     let event = event?;
+    ///     if let Some(w) = event.get::<Withdrawn>()? {
+    ///         assert_eq!((event.recorded().version(), w.cents.to_native()), (2, 4));
+    ///     }
+    /// }
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn read<'v>(&self, view: &'v ReadView<'_>, from_version: u32) -> Result<TypedEvents<'v, A>, Error> {
+        self.check(view)?;
+        Ok(TypedEvents { inner: view.read_stream(self.id, from_version)?, _aggregate: PhantomData })
+    }
+
+    /// Runs a command: load, [`Handle::handle`], save; on a concurrency conflict, reload and
+    /// decide again, up to [`DEFAULT_EXECUTE_RETRIES`] times.
+    ///
+    /// # Errors
+    /// [`ExecuteError::Rejected`] with the handler's error (nothing written), or
+    /// [`ExecuteError::Store`].
+    pub fn execute<C>(&self, command: &C) -> Result<Executed, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+    {
+        self.execute_with_retries(command, DEFAULT_EXECUTE_RETRIES)
+    }
+
+    /// [`execute`](Self::execute) with an explicit bound on retries after conflicts.
+    ///
+    /// # Errors
+    /// As [`execute`](Self::execute).
+    pub fn execute_with_retries<C>(
+        &self,
+        command: &C,
+        retries: u32,
+    ) -> Result<Executed, ExecuteError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let loaded = self.load()?;
+            let events = loaded.state.handle(command).map_err(ExecuteError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Executed { version: loaded.version, appended: None, attempts });
+            }
+            match self.save(&loaded, events) {
+                Ok(a) => return Ok(Executed { version: a.last_version, appended: Some(a), attempts }),
+                Err(Error::ConcurrencyConflict { .. }) if attempts <= retries => {}
+                Err(e) => return Err(ExecuteError::Store(e)),
+            }
+        }
+    }
+
+    /// The stream must be `A`'s (or not exist), and the store must know `A`'s events with
+    /// the shapes this build has.
+    fn check(&self, view: &ReadView<'_>) -> Result<(), Error> {
+        if view.stream_version(self.id)?.is_some() {
+            let kind = view.stream_kind(self.id)?;
+            if kind != Some(A::KIND) {
+                return Err(Error::StreamKindMismatch {
+                    stream: self.id,
+                    expected: A::KIND.to_owned(),
+                    actual: kind.map(str::to_owned),
+                });
+            }
+        }
+        for info in A::EVENTS {
+            if let Some(stored) = view.schema_fingerprint(info.name, info.version)?
+                && stored != info.fingerprint
+            {
+                return Err(Error::SchemaMismatch {
+                    event: info.name.to_owned(),
+                    version: info.version,
+                    stored,
+                    found: info.fingerprint,
+                });
+            }
+        }
+        Ok(())
+    }
+}
