@@ -166,6 +166,35 @@ fn a_full_map_is_store_full_and_keeps_everything_committed() {
     db.begin_read().unwrap().check_integrity().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_overflows_the_map_fails_alone_in_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Options::new().map_size(1 << 20).open(dir.path()).unwrap();
+    for round in 0..5u128 {
+        let tasks: Vec<_> = (0..32u128)
+            .map(|i| {
+                let db = db.clone();
+                // One request per round cannot fit in the map; the others are tiny.
+                let payload = if i == 13 { vec![i as u8; 3 << 20] } else { vec![i as u8; 8] };
+                let stream = round * 100 + i;
+                tokio::spawn(async move {
+                    (i, db.append_async(stream, ExpectedVersion::NoStream, [ev(&payload)]).await)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (i, r) = t.await.unwrap();
+            if i == 13 {
+                assert!(matches!(r, Err(Error::StoreFull { .. })), "round {round}: {r:?}");
+            } else {
+                r.unwrap_or_else(|e| panic!("round {round}, request {i}: {e}"));
+            }
+        }
+    }
+    let report = db.begin_read().unwrap().check_integrity().unwrap();
+    assert_eq!(report.events, 5 * 31);
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn a_small_event_read_points_into_the_memory_map() {

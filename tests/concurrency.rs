@@ -35,7 +35,8 @@ fn eight_threads_racing_on_one_stream_win_every_version_exactly_once() {
                             won.push((a.first_version, t, attempt));
                         }
                         Err(Error::ConcurrencyConflict { actual, .. }) => {
-                            assert_ne!(actual, Some(current).filter(|&c| c > 0));
+                            // Someone else won `current + 1` after our read.
+                            assert!(actual > Some(current), "conflict at {actual:?} after reading {current}");
                             conflicts += 1;
                         }
                         Err(e) => panic!("unexpected error: {e}"),
@@ -127,8 +128,8 @@ fn a_conflict_fails_alone_while_its_group_commits() {
                     };
                     match db.append(stream, expected, [NewEvent::new("x", vec![])]) {
                         Ok(_) => ok += 1,
-                        Err(Error::ConcurrencyConflict { .. }) => {}
-                        Err(e) => panic!("{e}"),
+                        Err(Error::ConcurrencyConflict { .. }) if expected != ExpectedVersion::Auto => {}
+                        Err(e) => panic!("{expected:?} failed: {e}"),
                     }
                 }
                 ok
@@ -139,4 +140,41 @@ fn a_conflict_fails_alone_while_its_group_commits() {
     let report = db.begin_read().unwrap().check_integrity().unwrap();
     assert_eq!(report.events, ok);
     assert_eq!(report.last_seq, ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_requests_fail_alone_inside_shared_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    for s in 0..64u128 {
+        db.append(s, ExpectedVersion::Auto, [NewEvent::new("seed", vec![])]).unwrap();
+    }
+    let before = db.stats();
+    // Even streams get a stale `NoStream` (must conflict), odd ones a correct `Exact(1)`.
+    let tasks: Vec<_> = (0..64u128)
+        .map(|s| {
+            let db = db.clone();
+            let expected = if s % 2 == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(1) };
+            tokio::spawn(async move { (s, db.append_async(s, expected, [NewEvent::new("x", vec![])]).await) })
+        })
+        .collect();
+    for t in tasks {
+        let (s, r) = t.await.unwrap();
+        if s % 2 == 0 {
+            assert!(
+                matches!(r, Err(Error::ConcurrencyConflict { actual: Some(1), .. })),
+                "stream {s}: {r:?}"
+            );
+        } else {
+            assert_eq!(r.unwrap().last_version, 2, "stream {s}");
+        }
+    }
+    let after = db.stats();
+    assert_eq!(after.requests - before.requests, 64);
+    assert!(
+        after.commits - before.commits < 32,
+        "32 successes took {} commits",
+        after.commits - before.commits
+    );
+    assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().events, 64 + 32);
 }

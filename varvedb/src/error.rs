@@ -19,7 +19,7 @@ pub enum Error {
 
     /// An error reported by the storage engine that has no more specific variant.
     #[error("storage engine error: {0}")]
-    Storage(#[source] StorageError),
+    Storage(StorageError),
 
     /// This process already has the store at `path` open. Share the [`Varve`](crate::Varve)
     /// handle (it is cheap to clone) instead of opening the store again.
@@ -203,6 +203,10 @@ pub enum Error {
     /// Serializing an event with rkyv failed.
     #[error("could not serialize event: {0}")]
     Serialize(String),
+
+    /// A state varvedb's own logic rules out was reached; nothing was written. Please report it.
+    #[error("internal error: {0}; nothing was written (please report this)")]
+    Internal(&'static str),
 
     /// The store's writer thread has stopped (the store is closing, or the thread panicked).
     #[error("the store's writer has stopped")]

@@ -14,8 +14,10 @@
 //!   slices of the memory map, and rkyv archives are validated and used in place
 //!   ([`RecordedEvent::access`]).
 //! - **Integrity.** Every record carries a CRC32C checked on each read; payloads over 1 KiB
-//!   are stored once, content-addressed by their BLAKE3 hash. A damaged byte is an
-//!   [`Error::Corrupt`] naming the seq, never a wrong value or a panic.
+//!   are stored once, content-addressed by their BLAKE3 hash. A damaged record is an
+//!   [`Error::Corrupt`] naming the seq, not a wrong value or a panic; index entries are
+//!   checked against the records they point to ([`Error::CorruptIndex`]), and
+//!   [`ReadView::check_integrity`] verifies the whole store.
 //!
 //! ```
 //! use varvedb::{ExpectedVersion, NewEvent, Varve};
@@ -38,6 +40,11 @@
 
 #![warn(missing_docs)]
 
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 mod error;
 mod read;
 mod record;
@@ -59,7 +66,13 @@ pub use typed::testing;
 pub use typed::{Accepts, Aggregate, ArchivedEvent, Event, EventInfo, Handle, Pending, Schema};
 pub use types::{Appended, ExpectedVersion, NewEvent, StreamId, WriteBatch};
 
-/// The rkyv version varvedb is built with, for deriving archives of payloads.
+/// The rkyv varvedb is built with. Derive your own archives with
+/// `#[rkyv(crate = varvedb::rkyv)]`, or use `#[derive(Event)]`, which needs no rkyv attribute.
+///
+/// varvedb enables rkyv's `unaligned`, `little_endian` and `pointer_width_32` format features
+/// (LMDB aligns values to 2 bytes only; the format must not depend on the machine). They apply
+/// to the whole build: a crate that also enables `aligned`, `big_endian` or
+/// `pointer_width_64` of rkyv 0.8 cannot be built together with varvedb.
 pub use rkyv;
 /// The uuid crate, for stream ids (`StreamId: From<Uuid>`) and `Uuid` fields in events.
 #[cfg(feature = "uuid")]

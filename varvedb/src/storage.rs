@@ -184,17 +184,20 @@ impl Storage {
         let map_size = round_up_to_page(config.map_size);
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options.map_size(map_size).max_dbs(16).max_readers(config.max_readers);
-        // SAFETY: heed's contract for `open` is that the files are not modified by anything but
-        // LMDB while mapped, and that one process does not open the same env twice at once.
-        // heed itself refuses a second open of a path in this process (mapped to
-        // `Error::AlreadyOpen` below); LMDB's lock file coordinates other processes; and the
-        // map is never written through (no `WRITE_MAP`), so a stray write by another program
-        // can corrupt data, which our checksums report, but cannot alias a Rust reference we
-        // hand out mutably. No unsafe flags (`NO_SYNC`, `NO_LOCK`, ...) are set.
+        // SAFETY: heed's `open` requires that the mapped files are modified by nothing but LMDB
+        // (in this process or another) while the map is alive, because we hand out `&[u8]` and
+        // `&Archived<T>` into the map. That cannot be enforced from here; it is the documented
+        // precondition of `Options::open` (do not write to `data.mdb` by other means, no network
+        // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
+        // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`,
+        // `NO_LOCK`, `NO_SYNC`). A second open of the same path in this process is refused by
+        // heed (`Error::AlreadyOpen` below); LMDB's lock file coordinates other processes.
         let env = unsafe { options.open(path) }.map_err(|e| match e {
             heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
             other => storage_error(other, map_size),
         })?;
+        // LMDB grows the map to the file's size if the file is larger than asked for.
+        let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| storage_error(e, map_size))?;
 
@@ -273,6 +276,25 @@ impl Storage {
         table.put(txn, k, v).map_err(|e| self.err(e))
     }
 
+    /// Inserts a key that must not exist yet; an existing key is reported as damage to
+    /// `name`, and nothing is overwritten.
+    pub(crate) fn insert(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        table: Table,
+        name: &'static str,
+        k: &[u8],
+        v: &[u8],
+    ) -> Result<(), Error> {
+        table.put_with_flags(txn, PutFlags::NO_OVERWRITE, k, v).map_err(|e| match e {
+            heed::Error::Mdb(MdbError::KeyExist) => Error::CorruptIndex {
+                table: name,
+                reason: "an entry being written already exists (a stream head or id index is damaged)".into(),
+            },
+            other => self.err(other),
+        })
+    }
+
     /// Appends at the end of a table whose keys only grow (the log); LMDB then skips the
     /// B-tree search and fills pages completely.
     pub(crate) fn append(
@@ -326,7 +348,7 @@ fn canonical(path: &Path) -> PathBuf {
 fn round_up_to_page(size: usize) -> usize {
     // LMDB requires a multiple of the OS page size; 64 KiB covers every page size in use.
     const GRANULE: usize = 64 * 1024;
-    size.max(GRANULE).div_ceil(GRANULE) * GRANULE
+    size.max(GRANULE).checked_next_multiple_of(GRANULE).unwrap_or(usize::MAX / GRANULE * GRANULE)
 }
 
 #[cfg(test)]
@@ -374,5 +396,6 @@ mod tests {
     fn map_size_is_rounded_to_whole_pages() {
         assert_eq!(round_up_to_page(1), 64 * 1024);
         assert_eq!(round_up_to_page(64 * 1024 + 1), 128 * 1024);
+        assert_eq!(round_up_to_page(usize::MAX) % (64 * 1024), 0);
     }
 }

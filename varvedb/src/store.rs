@@ -74,6 +74,12 @@ impl Options {
 
     /// Opens the store in directory `path`, creating the directory and the store if needed.
     ///
+    /// Reads hand out references into the memory-mapped file. So while a store is open, its
+    /// files must be changed only by varvedb (or LMDB) in this or another process: never
+    /// edit, truncate or replace `data.mdb` by other means, and do not put a store on a
+    /// network filesystem. Opening runs a write transaction, so the directory must be
+    /// writable.
+    ///
     /// # Errors
     /// [`Error::AlreadyOpen`] if this process has it open already;
     /// [`Error::IncompatibleFormat`] if it was written with another on-disk format;
@@ -172,10 +178,13 @@ impl Varve {
     /// Do not call from an async task; use [`append_async`](Self::append_async) there.
     ///
     /// # Errors
-    /// [`Error::ConcurrencyConflict`] if the stream is not at `expected` (nothing written),
+    /// [`Error::ConcurrencyConflict`] if the stream is not at `expected` (nothing written);
     /// input errors ([`Error::EmptyBatch`], [`Error::EventTooLarge`], [`Error::InvalidTag`],
-    /// [`Error::VersionOverflow`], [`Error::IdempotencyMismatch`]),
-    /// [`Error::StoreFull`], and I/O errors.
+    /// [`Error::VersionOverflow`], [`Error::DuplicateEventId`], [`Error::IdempotencyMismatch`],
+    /// [`Error::StreamKindMismatch`], [`Error::SchemaMismatch`]); [`Error::StoreFull`];
+    /// damage found while writing ([`Error::Corrupt`], [`Error::CorruptIndex`]);
+    /// [`Error::WriterStopped`] while the store closes; I/O errors. Every error means nothing
+    /// of the request was written.
     pub fn append(
         &self,
         stream: impl Into<StreamId>,
@@ -313,6 +322,20 @@ mod tests {
         let err = Varve::open(dir.path()).unwrap_err();
         assert!(matches!(err, Error::IncompatibleFormat { found: 2, supported: 1 }), "{err:?}");
         assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
+    }
+
+    #[test]
+    fn a_damaged_stream_head_cannot_make_an_append_overwrite_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        db.append(3u128, ExpectedVersion::Auto, [event(), event(), event()]).unwrap();
+        force_head(&db, 3, 2); // the head lies: the stream really is at version 3
+        let r = db.append(3u128, ExpectedVersion::Auto, [event()]);
+        assert!(matches!(r, Err(Error::CorruptIndex { table: "streams", .. })), "{r:?}");
+        let view = db.begin_read().unwrap();
+        assert_eq!(view.last_seq().unwrap(), 3, "nothing written");
+        let versions: Vec<u32> = view.read_stream(3u128, 1).unwrap().map(|e| e.unwrap().version()).collect();
+        assert_eq!(versions, [1, 2, 3], "every stored event is still reachable");
     }
 
     #[test]

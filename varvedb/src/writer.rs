@@ -64,8 +64,16 @@ impl Writer {
         watch: tokio::sync::watch::Sender<u64>,
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let mut state =
-            WriterState { storage, config, counters, watch, buf: Vec::new(), head_buf: Vec::new() };
+        let mut state = WriterState {
+            storage,
+            config,
+            counters,
+            watch,
+            buf: Vec::new(),
+            head_buf: Vec::new(),
+            last_timestamp: 0,
+        };
+        state.last_timestamp = state.last_stored_timestamp()?;
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut group = vec![first];
@@ -104,6 +112,11 @@ struct WriterState {
     watch: tokio::sync::watch::Sender<u64>,
     buf: Vec<u8>,
     head_buf: Vec<u8>,
+    last_timestamp: u64,
+}
+
+fn seq_exhausted() -> Error {
+    Error::CorruptIndex { table: "events", reason: "the last seq is u64::MAX: no seq is left".into() }
 }
 
 /// What validating a request decided.
@@ -122,9 +135,21 @@ struct Head {
 }
 
 impl WriterState {
+    /// The commit time of the newest event (0 in an empty store, or if that record is damaged:
+    /// a damaged record must not keep the store from opening; reads report it).
+    fn last_stored_timestamp(&self) -> Result<u64, Error> {
+        let txn = self.storage.read_txn()?;
+        let last = self.storage.last_seq(&txn)?;
+        Ok(match self.storage.get(&txn, self.storage.tables.events, &key::seq(last))? {
+            Some(raw) => Envelope::decode(last, raw).map_or(0, |e| e.timestamp_micros),
+            None => 0,
+        })
+    }
+
     fn process(&mut self, group: Vec<Request>) {
         let (batches, replies): (Vec<WriteBatch>, Vec<Reply>) =
             group.into_iter().map(|r| (r.batch, r.reply)).unzip();
+        self.counters.requests.fetch_add(batches.len() as u64, Ordering::Relaxed);
         let results = match self.commit(&batches) {
             Ok(results) => results,
             // A storage failure (map full, disk full, I/O) poisons the whole transaction.
@@ -132,7 +157,9 @@ impl WriterState {
             Err(_) if batches.len() > 1 => batches
                 .iter()
                 .map(|b| match self.commit(std::slice::from_ref(b)) {
-                    Ok(mut one) => one.pop().unwrap_or(Err(Error::WriterStopped)),
+                    Ok(mut one) => {
+                        one.pop().unwrap_or(Err(Error::Internal("a one-request group gave no answer")))
+                    }
                     Err(e) => Err(e),
                 })
                 .collect(),
@@ -148,10 +175,11 @@ impl WriterState {
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
         let storage = Arc::clone(&self.storage);
         let mut txn = storage.write_txn()?;
-        let mut next_seq = storage.last_seq(&txn)? + 1;
+        let mut next_seq = storage.last_seq(&txn)?.checked_add(1).ok_or_else(seq_exhausted)?;
         let mut results = Vec::with_capacity(batches.len());
         let mut events_written = 0u64;
-        let timestamp = now_micros();
+        // Timestamps never go backwards in the log, even if the wall clock does.
+        let timestamp = now_micros().max(self.last_timestamp);
         for batch in batches {
             match self.plan(&txn, batch, next_seq) {
                 Ok(Plan::Deduplicated(appended)) => results.push(Ok(appended)),
@@ -177,11 +205,11 @@ impl WriterState {
         }
         if events_written > 0 {
             storage.commit(txn)?;
+            self.last_timestamp = timestamp;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
             self.watch.send_replace(next_seq - 1);
         }
-        self.counters.requests.fetch_add(batches.len() as u64, Ordering::Relaxed);
         Ok(results)
     }
 
@@ -255,15 +283,16 @@ impl WriterState {
             let current = head.version.unwrap_or(0);
             let last_version =
                 current.checked_add(n).ok_or(Error::VersionOverflow { stream: part.stream })?;
+            let next = seq.checked_add(u64::from(n)).ok_or_else(seq_exhausted)?;
             appended.push(Appended {
                 stream: part.stream,
                 first_version: current + 1,
                 last_version,
                 first_seq: seq,
-                last_seq: seq + u64::from(n) - 1,
+                last_seq: next - 1,
                 deduplicated: false,
             });
-            seq += u64::from(n);
+            seq = next;
             heads.push(Head {
                 stream: part.stream,
                 version: Some(last_version),
@@ -337,7 +366,7 @@ impl WriterState {
         for part in &batch.appends {
             let mut positions: Option<Appended> = None;
             for event in &part.events {
-                let &(id, seq) = stored.next().ok_or(Error::WriterStopped)?;
+                let &(id, seq) = stored.next().ok_or(Error::Internal("fewer stored ids than events"))?;
                 let mismatch = || Error::IdempotencyMismatch { id, seq };
                 let raw =
                     self.storage.get(txn, self.storage.tables.events, &key::seq(seq))?.ok_or_else(|| {
@@ -347,8 +376,19 @@ impl WriterState {
                         }
                     })?;
                 let env = Envelope::decode(seq, raw)?;
-                if env.stream != part.stream.as_u128() || env.type_tag != event.type_tag || env.id != Some(id)
-                {
+                let same_payload = match env.body {
+                    Body::Inline(p) => p == event.payload.as_slice(),
+                    Body::Blob { hash, len } => {
+                        len as usize == event.payload.len() && *hash == blob_hash(&event.payload)
+                    }
+                };
+                let same = env.stream == part.stream.as_u128()
+                    && env.id == Some(id)
+                    && env.type_tag == event.type_tag
+                    && env.metadata == event.metadata.as_slice()
+                    && env.schema_version == event.schema.map_or(0, |s| s.version)
+                    && same_payload;
+                if !same {
                     return Err(mismatch());
                 }
                 positions = Some(match positions {
@@ -361,7 +401,8 @@ impl WriterState {
                         deduplicated: true,
                     },
                     Some(p)
-                        if p.last_seq + 1 == seq && p.last_version.checked_add(1) == Some(env.version) =>
+                        if p.last_seq.checked_add(1) == Some(seq)
+                            && p.last_version.checked_add(1) == Some(env.version) =>
                     {
                         Appended { last_seq: seq, last_version: env.version, ..p }
                     }
@@ -386,7 +427,7 @@ impl WriterState {
         for (part, pos) in batch.appends.iter().zip(appended) {
             let stream = part.stream.as_u128();
             for (i, event) in part.events.iter().enumerate() {
-                let seq = pos.first_seq + i as u64;
+                let seq = pos.first_seq + i as u64; // within [first_seq, last_seq], checked in plan
                 let version = pos.first_version
                     + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
                 let hash;
@@ -411,9 +452,17 @@ impl WriterState {
                 }
                 .encode_into(seq, &mut self.buf);
                 storage.append(txn, tables.events, &key::seq(seq), &self.buf)?;
-                storage.put(txn, tables.streams, &key::stream_version(stream, version), &value::seq(seq))?;
+                // Never overwrite: an existing entry means the stream head lied about the
+                // version (damage), and overwriting would unlink a stored event.
+                storage.insert(
+                    txn,
+                    tables.streams,
+                    "streams",
+                    &key::stream_version(stream, version),
+                    &value::seq(seq),
+                )?;
                 if let Some(id) = event.id {
-                    storage.put(txn, tables.event_ids, &key::id(id), &value::seq(seq))?;
+                    storage.insert(txn, tables.event_ids, "event_ids", &key::id(id), &value::seq(seq))?;
                 }
             }
         }
