@@ -166,27 +166,36 @@ fn generate(m: &Model<'_>, kind: Kind) -> TokenStream {
     let serialize_generics = with_param(generics, &quote!(__S: #rkyv::rancor::Fallible + ?Sized));
     let deserialize_generics = with_param(generics, &quote!(__D: #rkyv::rancor::Fallible + ?Sized));
     let serialize_where = extend_where(generics, |_| quote!());
-    let deserialize_where = serialize_where.clone();
     let archive_where = serialize_where.clone();
+    // Generic types state what each field needs, per field: naming the archived type needs
+    // `F: Archive`, and whole-type bounds would compete with rkyv's own impls.
+    let generic = generics.type_params().next().is_some();
+    let field_types = unique_field_types(&m.shape);
+    let field_archive: Vec<TokenStream> =
+        if generic { field_types.iter().map(|f| quote!(#f: #rkyv::Archive,)).collect() } else { Vec::new() };
+    let field_storable: Vec<TokenStream> = if generic {
+        field_types
+            .iter()
+            .map(|f| {
+                quote! {
+                    #f: #rkyv::Archive + for<'__a> #rkyv::Serialize<#private::Serializer<'__a>>,
+                    <#f as #rkyv::Archive>::Archived:
+                        #rkyv::Portable + for<'__a> #rkyv::bytecheck::CheckBytes<#private::Validator<'__a>>,
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let deserialize_where = quote!(#serialize_where #(#field_archive)*);
 
     let event_impls = (kind == Kind::Event).then(|| {
         let name = m.attrs.name.as_ref().map_or_else(|| ident.to_string(), syn::LitStr::value);
         let version = m.attrs.version.as_ref().map_or(1, |v| v.base10_parse::<u32>().unwrap_or(1));
         let event_where = extend_where(generics, |t| quote!(#t: #private::Schema));
-        // A generic event restates the supertrait bounds, which then hold for exactly the
-        // parameters that make the event storable.
-        let event_bounds = generics.type_params().next().is_some().then(|| {
-            quote! {
-                #this: #rkyv::Archive<Archived: #rkyv::Portable + for<'__a> #rkyv::bytecheck::CheckBytes<#private::Validator<'__a>>>
-                    + for<'__a> #rkyv::Serialize<#private::Serializer<'__a>>,
-            }
-        });
-        let archived_event_where = generics.type_params().next().is_some().then(|| {
-            quote! {
-                where Self: #rkyv::Portable + for<'__a> #rkyv::bytecheck::CheckBytes<#private::Validator<'__a>>,
-                    #this: #private::Event<Archived = Self>
-            }
-        });
+        // A generic event is an event for exactly the parameters that make its fields storable.
+        let event_bounds = quote!(#(#field_storable)*);
+        let archived_event_where = generic.then(|| quote!(#event_where #(#field_storable)*));
         quote! {
             #[automatically_derived]
             impl #impl_generics #private::Event for #this #event_where #event_bounds {
@@ -271,6 +280,25 @@ fn generate(m: &Model<'_>, kind: Kind) -> TokenStream {
             #event_impls
         };
     }
+}
+
+/// Each distinct field type once, in order.
+fn unique_field_types<'a>(shape: &'a Shape<'a>) -> Vec<&'a syn::Type> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    let all: Vec<&syn::Field> = match shape {
+        Shape::Struct(f) => f.iter().collect(),
+        Shape::Enum(vs) => vs.iter().flat_map(|(_, f)| f.iter()).collect(),
+    };
+    for field in all {
+        let ty = &field.ty;
+        let key = quote!(#ty).to_string();
+        if !seen.contains(&key) {
+            seen.push(key);
+            out.push(ty);
+        }
+    }
+    out
 }
 
 /// Generic parameters of the `ArchivedX` alias: bounds are not enforced on aliases, so drop them.
