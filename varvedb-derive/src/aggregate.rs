@@ -1,5 +1,5 @@
 //! `#[aggregate]`: an inherent `impl` block of apply functions becomes an `Aggregate` impl
-//! (type tag → apply dispatch) plus one `Accepts<E>` marker impl per event.
+//! (type tag → apply dispatch) plus one `EventOf<Self>` marker impl per event.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -209,9 +209,9 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
             }
         }
     });
-    let accepts = applies.iter().map(|a| {
+    let event_of_impls = applies.iter().map(|a| {
         let e = event_of(a.archived);
-        quote!(#[automatically_derived] impl #private::Accepts<#e> for #self_ty {})
+        quote!(#[automatically_derived] impl #private::EventOf<#self_ty> for #e {})
     });
     quote! {
         #item
@@ -233,7 +233,7 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
                 }
             }
 
-            #(#accepts)*
+            #(#event_of_impls)*
         };
     }
 }

@@ -35,34 +35,43 @@ impl EventAttrs {
     pub(crate) fn parse(attrs: &[Attribute], identity: bool, errors: &mut Errors) -> Self {
         let mut out = EventAttrs::default();
         for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
+            // Semantic mistakes are recorded and parsing goes on, so all of them are reported
+            // together; only malformed syntax stops the attribute.
             let result = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("crate") {
                     let path: Path = meta.value()?.parse()?;
-                    set(&mut out.krate, path, &meta.path, "crate")
+                    note(errors, set(&mut out.krate, path, &meta.path, "crate"));
                 } else if identity && meta.path.is_ident("name") {
                     let lit: LitStr = meta.value()?.parse()?;
                     let len = lit.value().len();
                     if len == 0 || len > 255 {
-                        return Err(syn::Error::new_spanned(&lit, "`#[event(name = ...)]` must be 1 to 255 bytes"));
+                        errors.push(syn::Error::new_spanned(&lit, "`#[event(name = ...)]` must be 1 to 255 bytes"));
+                    } else {
+                        note(errors, set(&mut out.name, lit, &meta.path, "name"));
                     }
-                    set(&mut out.name, lit, &meta.path, "name")
                 } else if identity && meta.path.is_ident("version") {
                     let lit: LitInt = meta.value()?.parse()?;
                     match lit.base10_parse::<u32>() {
-                        Ok(0) => Err(syn::Error::new_spanned(&lit, "event versions start at 1")),
-                        Ok(_) => set(&mut out.version, lit, &meta.path, "version"),
-                        Err(_) => Err(syn::Error::new_spanned(&lit, "`#[event(version = ...)]` must fit in a u32")),
+                        Ok(0) => errors.push(syn::Error::new_spanned(&lit, "event versions start at 1")),
+                        Ok(_) => note(errors, set(&mut out.version, lit, &meta.path, "version")),
+                        Err(_) => errors
+                            .push(syn::Error::new_spanned(&lit, "`#[event(version = ...)]` must fit in a u32")),
                     }
-                } else if !identity && (meta.path.is_ident("name") || meta.path.is_ident("version")) {
-                    Err(meta.error(
-                        "`EventData` types have no name or version: only `#[derive(Event)]` types are stored on their own",
-                    ))
                 } else {
-                    let expected = if identity { "`name`, `version` or `crate`" } else { "`crate`" };
-                    let path = &meta.path;
-                    let found = quote!(#path).to_string().replace(' ', "");
-                    Err(meta.error(format!("unknown `event` attribute `{found}`; expected {expected}")))
+                    let message = if !identity && (meta.path.is_ident("name") || meta.path.is_ident("version")) {
+                        "`EventData` types have no name or version: only `#[derive(Event)]` types are stored on their own".to_owned()
+                    } else {
+                        let expected = if identity { "`name`, `version` or `crate`" } else { "`crate`" };
+                        let path = &meta.path;
+                        let found = quote!(#path).to_string().replace(' ', "");
+                        format!("unknown `event` attribute `{found}`; expected {expected}")
+                    };
+                    errors.push(meta.error(message));
+                    if meta.input.peek(syn::Token![=]) {
+                        let _: syn::Expr = meta.value()?.parse()?;
+                    }
                 }
+                Ok(())
             });
             if let Err(e) = result {
                 errors.push(e);
@@ -77,6 +86,12 @@ impl EventAttrs {
             Some(path) => quote!(#path),
             None => quote!(::varvedb),
         }
+    }
+}
+
+fn note(errors: &mut Errors, result: syn::Result<()>) {
+    if let Err(e) = result {
+        errors.push(e);
     }
 }
 

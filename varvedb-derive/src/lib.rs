@@ -33,7 +33,9 @@ use syn::{DeriveInput, parse_macro_input};
 /// struct OrderPlaced { customer: String, amount_cents: u64 }
 /// // fn apply(&mut self, e: &ArchivedOrderPlaced) { e.amount_cents.to_native() ... }
 /// ```
-#[proc_macro_derive(Event, attributes(event))]
+// `rkyv` is registered as a helper only so that a stray `#[rkyv]` gets our explanation
+// instead of an extra "cannot find attribute" error.
+#[proc_macro_derive(Event, attributes(event, rkyv))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     event::expand(&input, event::Kind::Event).into()
@@ -44,7 +46,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// fingerprint that the enclosing event's fingerprint includes.
 ///
 /// Accepts `#[event(crate = path)]` only.
-#[proc_macro_derive(EventData, attributes(event))]
+#[proc_macro_derive(EventData, attributes(event, rkyv))]
 pub fn derive_event_data(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     event::expand(&input, event::Kind::Data).into()
@@ -54,7 +56,7 @@ pub fn derive_event_data(input: TokenStream) -> TokenStream {
 ///
 /// Each function `fn name(&mut self, event: &ArchivedE)` declares that the aggregate accepts
 /// event `E` and how it changes the state. The macro generates `varvedb::Aggregate` (dispatch
-/// from the stored type tag to the apply function) and `varvedb::Accepts<E>` for each event,
+/// from the stored type tag to the apply function) and `varvedb::EventOf<Self>` for each event,
 /// so `Stream<Self>` takes exactly these events: appending any other fails to compile.
 ///
 /// Arguments: `#[aggregate(name = "order")]` sets the stream kind recorded on disk (default:

@@ -63,7 +63,7 @@ pub use typed::stream::{
 };
 #[cfg(feature = "testing")]
 pub use typed::testing;
-pub use typed::{Accepts, Aggregate, ArchivedEvent, Event, EventInfo, Handle, Pending, Schema};
+pub use typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Handle, Pending, Schema};
 pub use types::{Appended, ExpectedVersion, NewEvent, StreamId, WriteBatch};
 
 /// The rkyv varvedb is built with. Derive your own archives with
@@ -88,7 +88,7 @@ pub mod __private {
     pub use crate::read::RecordedEvent;
     pub use crate::typed::schema::fingerprint;
     pub use crate::typed::stream::unknown;
-    pub use crate::typed::{Accepts, Aggregate, ArchivedEvent, Event, EventInfo, Schema};
+    pub use crate::typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Schema};
     pub use core;
     pub use rkyv;
 

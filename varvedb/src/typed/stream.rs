@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use crate::error::Error;
 use crate::read::{ReadView, RecordedEvent, StreamEvents};
 use crate::store::Varve;
-use crate::typed::{Accepts, Aggregate, Event, EventInfo, Handle, Pending};
+use crate::typed::{Aggregate, EventInfo, EventOf, Handle, Pending};
 use crate::types::{Appended, ExpectedVersion, StreamId, WriteBatch};
 
 /// How many times [`Stream::execute`] reloads and retries after a concurrency conflict.
@@ -132,10 +132,7 @@ impl<'v, A: Aggregate> TypedEvent<'v, A> {
 
     /// Whether this is an event of type `E`.
     #[must_use]
-    pub fn is<E: Event>(&self) -> bool
-    where
-        A: Accepts<E>,
-    {
+    pub fn is<E: EventOf<A>>(&self) -> bool {
         EventInfo::of::<E>().matches(&self.recorded)
     }
 
@@ -143,10 +140,7 @@ impl<'v, A: Aggregate> TypedEvent<'v, A> {
     ///
     /// # Errors
     /// [`Error::InvalidArchive`] if the payload does not validate.
-    pub fn get<E: Event>(&self) -> Result<Option<&'v E::Archived>, Error>
-    where
-        A: Accepts<E>,
-    {
+    pub fn get<E: EventOf<A>>(&self) -> Result<Option<&'v E::Archived>, Error> {
         if self.is::<E>() { self.recorded.access::<E::Archived>().map(Some) } else { Ok(None) }
     }
 }
@@ -204,11 +198,7 @@ impl<A: Aggregate> Stream<A> {
     /// As [`Varve::append`], plus [`Error::StreamKindMismatch`] if the id is another
     /// aggregate's stream and [`Error::SchemaMismatch`] if the store knows this event type
     /// and version with another shape.
-    pub fn append<E>(&self, expected: ExpectedVersion, event: E) -> Result<Appended, Error>
-    where
-        E: Event,
-        A: Accepts<E>,
-    {
+    pub fn append<E: EventOf<A>>(&self, expected: ExpectedVersion, event: E) -> Result<Appended, Error> {
         self.append_all(expected, [Pending::<A>::from(event)])
     }
 

@@ -1,0 +1,15 @@
+#[derive(varvedb::Event)]
+struct Placed {
+    amount: u64,
+}
+
+#[derive(Default)]
+struct Order;
+
+#[varvedb::aggregate]
+impl Order {
+    fn placed(&mut self, _e: &ArchivedPlaced) {}
+    fn placed_again(&mut self, _e: &ArchivedPlaced) {}
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[derive(Default)]
+struct Order;
+
+#[varvedb::aggregate]
+impl Order {}
+
+fn main() {}

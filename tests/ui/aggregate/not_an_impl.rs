@@ -1,0 +1,6 @@
+#[varvedb::aggregate]
+struct Order {
+    total: u64,
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+#[derive(varvedb::Event)]
+struct Placed {
+    amount: u64,
+}
+
+#[derive(Default)]
+struct Order;
+
+#[varvedb::aggregate]
+impl Order {
+    const LIMIT: u64 = 10;
+    fn placed(&mut self, _e: &ArchivedPlaced) {}
+}
+
+fn main() {}

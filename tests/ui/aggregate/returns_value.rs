@@ -1,0 +1,16 @@
+#[derive(varvedb::Event)]
+struct Placed {
+    amount: u64,
+}
+
+#[derive(Default)]
+struct Order;
+
+#[varvedb::aggregate]
+impl Order {
+    fn placed(&mut self, _e: &ArchivedPlaced) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn main() {}

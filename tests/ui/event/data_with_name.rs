@@ -1,0 +1,7 @@
+#[derive(varvedb::EventData)]
+#[event(name = "address")]
+struct Address {
+    street: String,
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[derive(varvedb::Event)]
+enum Never {}
+
+fn main() {}

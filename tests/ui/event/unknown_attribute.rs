@@ -1,0 +1,7 @@
+#[derive(varvedb::Event)]
+#[event(nme = "order.placed")]
+struct OrderPlaced {
+    amount: u64,
+}
+
+fn main() {}
