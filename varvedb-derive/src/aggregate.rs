@@ -88,9 +88,6 @@ fn validate<'a>(item: &'a ItemImpl, errors: &mut Errors) -> Vec<Apply<'a>> {
     if !item.generics.params.is_empty() {
         errors.push(syn::Error::new_spanned(&item.generics, "generic aggregates are not supported"));
     }
-    if item.unsafety.is_some() {
-        errors.push(syn::Error::new_spanned(item.unsafety, "an aggregate's impl block cannot be `unsafe`"));
-    }
     let mut applies: Vec<Apply<'a>> = Vec::new();
     for impl_item in &item.items {
         let ImplItem::Fn(f) = impl_item else {

@@ -27,7 +27,7 @@ use syn::{DeriveInput, parse_macro_input};
 ///
 /// Attributes: `#[event(name = "order.placed", version = 2, crate = my::varvedb)]`.
 ///
-/// ```ignore
+/// ```text
 /// #[derive(varvedb::Event)]
 /// #[event(name = "order.placed")]
 /// struct OrderPlaced { customer: String, amount_cents: u64 }
