@@ -77,7 +77,6 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
     out
 }
 
-#[expect(clippy::too_many_lines, reason = "one check after another, each with its message")]
 fn validate<'a>(item: &'a ItemImpl, errors: &mut Errors) -> Vec<Apply<'a>> {
     if let Some((_, path, _)) = &item.trait_ {
         errors.push(syn::Error::new_spanned(
