@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! off  size  field (all integers little-endian)
-//!   0     4  crc32c over (seq as u64 LE) ‖ bytes[4..]
+//!   0     4  crc32c(bytes[4..]) XOR mix(seq)
 //!   4     1  envelope format (1)
 //!   5     1  flags: 0x01 encrypted (reserved), 0x02 payload in blob table, 0x04 has event id
 //!   6     1  type tag length T (1..=255)
@@ -19,8 +19,9 @@
 //!   …     P  payload, or 32 bytes of blake3 hash (flag 0x02)
 //! ```
 //!
-//! Seeding the checksum with the seq (which is the record's key, not stored in it) makes a
-//! record copied under another key fail its check, not only a record with flipped bits.
+//! Mixing the seq (the record's key, not stored in it) into the checksum makes a record copied
+//! under another key fail its check, not only a record with flipped bits. `mix` is a bijection
+//! of the seq folded to 32 bits, applied after one CRC pass over the record.
 
 use crate::error::Error;
 
@@ -65,7 +66,14 @@ pub(crate) fn blob_hash(payload: &[u8]) -> [u8; HASH_LEN] {
 }
 
 fn checksum(seq: u64, rest: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), rest)
+    crc32c::crc32c(rest) ^ mix(seq)
+}
+
+/// Folds a seq to 32 bits and scrambles it (multiplication by an odd constant is a bijection
+/// on `u32`), so neighbouring seqs differ in many bits.
+fn mix(seq: u64) -> u32 {
+    let folded = (seq ^ (seq >> 32)) as u32;
+    folded.wrapping_mul(0x9e37_79b1)
 }
 
 impl<'a> Envelope<'a> {
@@ -221,7 +229,15 @@ mod tests {
     fn record_under_another_seq_is_detected() {
         let mut buf = Vec::new();
         sample(Body::Inline(b"payload")).encode_into(42, &mut buf);
-        assert!(matches!(Envelope::decode(43, &buf), Err(Error::Corrupt { seq: 43, .. })));
+        for other in [0, 1, 41, 43, 42 + (1 << 32), u64::MAX] {
+            assert!(matches!(Envelope::decode(other, &buf), Err(Error::Corrupt { .. })), "seq {other}");
+        }
+    }
+
+    #[test]
+    fn nearby_seqs_never_share_a_mix() {
+        let mixes: std::collections::HashSet<u32> = (0..100_000u64).map(mix).collect();
+        assert_eq!(mixes.len(), 100_000);
     }
 
     #[test]

@@ -41,8 +41,30 @@ pub(crate) type WriteTxn<'env> = RwTxn<'env>;
 
 type Table = Database<Bytes, Bytes>;
 
-/// Key-value pairs borrowed from a read transaction, in key order (or reverse).
-pub(crate) type Entries<'t> = Box<dyn Iterator<Item = Result<(&'t [u8], &'t [u8]), Error>> + 't>;
+/// Key-value pairs borrowed from a read transaction, in key order (or reverse). A concrete
+/// type, not a boxed iterator: scans call `next` once per event.
+pub(crate) struct Entries<'t> {
+    inner: EntriesInner<'t>,
+    map_size: usize,
+}
+
+enum EntriesInner<'t> {
+    Forward(heed::RoRange<'t, Bytes, Bytes>),
+    Backward(heed::RoRevRange<'t, Bytes, Bytes>),
+}
+
+impl<'t> Iterator for Entries<'t> {
+    type Item = Result<(&'t [u8], &'t [u8]), Error>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = match &mut self.inner {
+            EntriesInner::Forward(it) => it.next()?,
+            EntriesInner::Backward(it) => it.next()?,
+        };
+        Some(next.map_err(|e| storage_error(e, self.map_size)))
+    }
+}
 
 /// Every named database of a store. Handles are plain integers, cheap to copy.
 #[derive(Clone, Copy)]
@@ -315,13 +337,12 @@ impl Storage {
         bounds: (Bound<&[u8]>, Bound<&[u8]>),
         reverse: bool,
     ) -> Result<Entries<'t>, Error> {
-        let map_size = self.map_size;
-        let lift = move |r: heed::Result<(&'t [u8], &'t [u8])>| r.map_err(|e| storage_error(e, map_size));
-        Ok(if reverse {
-            Box::new(table.rev_range(txn, &bounds).map_err(|e| self.err(e))?.map(lift))
+        let inner = if reverse {
+            EntriesInner::Backward(table.rev_range(txn, &bounds).map_err(|e| self.err(e))?)
         } else {
-            Box::new(table.range(txn, &bounds).map_err(|e| self.err(e))?.map(lift))
-        })
+            EntriesInner::Forward(table.range(txn, &bounds).map_err(|e| self.err(e))?)
+        };
+        Ok(Entries { inner, map_size: self.map_size })
     }
 
     pub(crate) fn len(&self, txn: &RoTxn<'_, WithoutTls>, table: Table) -> Result<u64, Error> {
