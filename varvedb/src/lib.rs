@@ -50,6 +50,7 @@ mod read;
 mod record;
 mod storage;
 mod store;
+mod subscribe;
 mod typed;
 mod types;
 mod writer;
@@ -57,6 +58,7 @@ mod writer;
 pub use error::{Error, StorageError};
 pub use read::{IntegrityReport, LogEvents, ReadView, RecordedEvent, StreamEvents};
 pub use store::{Options, Stats, Varve};
+pub use subscribe::{DEFAULT_BATCH, OwnedEvent, Subscription};
 pub use typed::schema::fingerprint;
 pub use typed::stream::{
     DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, TypedEvents,

@@ -286,6 +286,23 @@ impl Varve {
     }
 }
 
+/// A handle that does not keep the store open (for subscriptions and runners).
+#[derive(Clone)]
+pub(crate) struct WeakVarve(std::sync::Weak<Inner>);
+
+impl WeakVarve {
+    /// The store, if some `Varve` handle still keeps it open.
+    pub(crate) fn upgrade(&self) -> Option<Varve> {
+        self.0.upgrade().map(|inner| Varve { inner })
+    }
+}
+
+impl Varve {
+    pub(crate) fn downgrade(&self) -> WeakVarve {
+        WeakVarve(Arc::downgrade(&self.inner))
+    }
+}
+
 fn first(mut appended: Vec<Appended>) -> Result<Appended, Error> {
     appended.pop().ok_or(Error::EmptyBatch)
 }

@@ -1,0 +1,149 @@
+//! Subscriptions: catch-up then live, no gap and no duplicate across the hand-off.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use varvedb::{ExpectedVersion, NewEvent, Subscription, Varve};
+
+const TOTAL: u64 = 100_000;
+const PER_WRITE: u64 = 100;
+
+/// Appends `TOTAL` events (payload = its own seq, little-endian) in writes of `PER_WRITE`.
+async fn write_all(db: Varve) {
+    for w in 0..TOTAL / PER_WRITE {
+        let events: Vec<NewEvent> = (0..PER_WRITE)
+            .map(|i| {
+                let seq = w * PER_WRITE + i + 1;
+                NewEvent::new(if seq % 3 == 0 { "fizz" } else { "plain" }, seq.to_le_bytes().to_vec())
+            })
+            .collect();
+        db.append_async(u128::from(w % 7), ExpectedVersion::Auto, events).await.unwrap();
+        if w % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Reads until `until`, checking every seq arrives once, in order, with its own payload.
+/// `pause` slows the reader down every 500 events.
+async fn consume(mut sub: Subscription, from: u64, until: u64, pause: Option<Duration>) -> u64 {
+    let mut expected = from;
+    while expected <= until {
+        let e = tokio::time::timeout(Duration::from_secs(30), sub.next_event())
+            .await
+            .expect("no event for 30 s")
+            .expect("feed open")
+            .unwrap();
+        assert_eq!(e.seq, expected, "gap or duplicate");
+        assert_eq!(e.payload, e.seq.to_le_bytes(), "payload of seq {}", e.seq);
+        expected += 1;
+        if let Some(p) = pause
+            && e.seq % 500 == 0
+        {
+            tokio::time::sleep(p).await;
+        }
+    }
+    expected - 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_slow_late_and_resumed_subscribers_each_see_every_seq_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+
+    let fast = tokio::spawn(consume(db.subscribe(1), 1, TOTAL, None));
+    let slow = tokio::spawn(consume(db.subscribe(1), 1, TOTAL, Some(Duration::from_millis(5))));
+    let writer = tokio::spawn(write_all(db.clone()));
+
+    // Joins late, while writes continue, and catches up the whole backlog.
+    while db.begin_read().unwrap().last_seq().unwrap() < 30_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let late = tokio::spawn(consume(db.subscribe(1), 1, TOTAL, None));
+
+    // Dropped part-way, then resumed from the last seq it saw.
+    let first_half = consume(db.subscribe(1), 1, 40_000, None).await;
+    assert_eq!(first_half, 40_000);
+    let resumed = tokio::spawn(consume(db.subscribe(first_half + 1), first_half + 1, TOTAL, None));
+
+    writer.await.unwrap();
+    for (name, task) in [("fast", fast), ("slow", slow), ("late", late), ("resumed", resumed)] {
+        assert_eq!(task.await.unwrap(), TOTAL, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_filter_skips_other_events_and_keeps_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    let mut sub = db.subscribe(1).of_types(["fizz"]).batch_size(7);
+    let writer = tokio::spawn(async move {
+        for seq in 1..=3_000u64 {
+            let tag = if seq % 3 == 0 { "fizz" } else { "plain" };
+            db.append_async(1u128, ExpectedVersion::Auto, [NewEvent::new(tag, seq.to_le_bytes().to_vec())])
+                .await
+                .unwrap();
+        }
+    });
+    for n in 1..=1_000u64 {
+        let e = sub.next_event().await.unwrap().unwrap();
+        assert_eq!((e.seq, e.type_tag.as_str()), (n * 3, "fizz"));
+    }
+    writer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_next_event_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    let mut sub = db.subscribe(1).batch_size(3);
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            for seq in 1..=500u64 {
+                db.append_async(
+                    1u128,
+                    ExpectedVersion::Auto,
+                    [NewEvent::new("t", seq.to_le_bytes().to_vec())],
+                )
+                .await
+                .unwrap();
+                if seq % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+    let (mut expected, mut cancelled) = (1u64, 0u32);
+    while expected <= 500 {
+        // A very short deadline drops `next_event` mid-wait or mid-read again and again.
+        match tokio::time::timeout(Duration::from_micros(200), sub.next_event()).await {
+            Ok(Some(e)) => {
+                assert_eq!(e.unwrap().seq, expected);
+                expected += 1;
+            }
+            Ok(None) => panic!("feed closed"),
+            Err(_) => cancelled += 1,
+        }
+    }
+    writer.await.unwrap();
+    assert!(cancelled > 0, "the deadline never cancelled a call; the test did not test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_impl_delivers_the_same_feed_and_ends_when_the_store_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    for seq in 1..=1_000u64 {
+        db.append(seq as u128 % 4, ExpectedVersion::Auto, [NewEvent::new("t", seq.to_le_bytes().to_vec())])
+            .unwrap();
+    }
+    let sub = db.subscribe(990);
+    let seqs: Vec<u64> = sub.take(11).map(|e| e.unwrap().seq).collect().await;
+    assert_eq!(seqs, (990..=1_000).collect::<Vec<_>>());
+
+    let mut live = db.subscribe(1_001);
+    drop(db);
+    let end = tokio::time::timeout(Duration::from_secs(5), live.next()).await.expect("the feed should end");
+    assert!(end.is_none(), "a closed store ends the feed");
+}

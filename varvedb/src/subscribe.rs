@@ -1,0 +1,320 @@
+//! Subscriptions: catch up from the log, then follow new commits.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use rkyv::Portable;
+use rkyv::api::high::HighValidator;
+use rkyv::bytecheck::CheckBytes;
+
+use crate::error::Error;
+use crate::read::RecordedEvent;
+use crate::store::{Varve, WeakVarve};
+use crate::types::StreamId;
+
+/// Events read per trip to the store; bounds a subscription's memory whatever the backlog.
+pub const DEFAULT_BATCH: usize = 512;
+
+/// An event delivered by a [`Subscription`]: owned, so it can cross `.await` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedEvent {
+    /// Global sequence number.
+    pub seq: u64,
+    /// The stream.
+    pub stream: StreamId,
+    /// Version inside the stream.
+    pub version: u32,
+    /// Commit time, microseconds since the Unix epoch.
+    pub timestamp_micros: u64,
+    /// Schema version of a typed event (0 for raw bytes).
+    pub schema_version: u32,
+    /// The event's id, if it has one.
+    pub id: Option<u128>,
+    /// Type tag.
+    pub type_tag: String,
+    /// User metadata.
+    pub metadata: Vec<u8>,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+}
+
+impl OwnedEvent {
+    /// The payload as a validated rkyv archive of type `T`, read in place from this buffer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArchive`] if the bytes are not a valid `T`.
+    pub fn access<T>(&self) -> Result<&T, Error>
+    where
+        T: Portable + for<'a> CheckBytes<HighValidator<'a, rkyv::rancor::Error>>,
+    {
+        rkyv::access::<T, rkyv::rancor::Error>(&self.payload).map_err(|e| Error::InvalidArchive {
+            seq: self.seq,
+            type_tag: self.type_tag.clone(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl RecordedEvent<'_> {
+    /// An owned copy of the event.
+    #[must_use]
+    pub fn to_owned_event(&self) -> OwnedEvent {
+        OwnedEvent {
+            seq: self.seq(),
+            stream: self.stream(),
+            version: self.version(),
+            timestamp_micros: self.timestamp_micros(),
+            schema_version: self.schema_version(),
+            id: self.id(),
+            type_tag: self.type_tag().to_owned(),
+            metadata: self.metadata().to_vec(),
+            payload: self.payload().to_vec(),
+        }
+    }
+}
+
+/// A live feed of the log: first every committed event from a starting seq, then each new
+/// commit as it happens. In order, without gaps or duplicates, across the hand-off from
+/// catching up to following.
+///
+/// Implements [`futures_core::Stream`]; [`next_event`](Self::next_event) is the same as an
+/// inherent method. Catching up reads batches of [`DEFAULT_BATCH`] events on tokio's blocking
+/// pool, so a subscription holds at most one batch in memory, whatever the backlog, and
+/// never blocks the runtime's workers on LMDB. It needs a tokio runtime.
+///
+/// It follows commits made through this process's [`Varve`] through the store's watch of the
+/// last committed seq. Commits by *other processes* are picked up by polling, every 100 ms by
+/// default ([`poll_interval`](Self::poll_interval)). A subscription does not keep the store
+/// open: the feed ends (`None`) when the last `Varve` handle is dropped.
+///
+/// ```
+/// use varvedb::{ExpectedVersion, NewEvent, Varve};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), varvedb::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let db = Varve::open(dir.path())?;
+/// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("a", b"1".to_vec())])?;
+/// let mut feed = db.subscribe(1);
+/// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("b", b"2".to_vec())])?;
+/// let first = feed.next_event().await.expect("open")?;
+/// let second = feed.next_event().await.expect("open")?;
+/// assert_eq!((first.seq, second.seq, second.type_tag.as_str()), (1, 2, "b"));
+/// # Ok(()) }
+/// ```
+pub struct Subscription {
+    cursor: Option<Cursor>,
+    /// The `Stream` impl's call in flight; it owns the cursor until it completes.
+    pending: Option<
+        Pin<Box<dyn std::future::Future<Output = (Cursor, Option<Result<OwnedEvent, Error>>)> + Send>>,
+    >,
+}
+
+/// The subscription's state: where it is, what it holds, how it reads.
+struct Cursor {
+    db: WeakVarve,
+    next: u64,
+    filter: Option<Arc<HashSet<String>>>,
+    batch: usize,
+    buffered: VecDeque<OwnedEvent>,
+    watch: tokio::sync::watch::Receiver<u64>,
+    poll_interval: Duration,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("position", &self.cursor.as_ref().map(|c| c.next))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A read of one batch: the events kept, the seq to read from next, and the error that
+/// stopped the batch early, if any (`next` is then the damaged seq).
+struct Batch {
+    events: Vec<OwnedEvent>,
+    next: u64,
+    error: Option<Error>,
+}
+
+impl Varve {
+    /// A live feed of the log from `from_seq` on (seqs start at 1; 0 is the same as 1).
+    #[must_use]
+    pub fn subscribe(&self, from_seq: u64) -> Subscription {
+        Subscription {
+            cursor: Some(Cursor {
+                db: self.downgrade(),
+                next: from_seq.max(1),
+                filter: None,
+                batch: DEFAULT_BATCH,
+                buffered: VecDeque::new(),
+                watch: self.watch_last_seq(),
+                poll_interval: Duration::from_millis(100),
+            }),
+            pending: None,
+        }
+    }
+}
+
+impl Subscription {
+    /// Delivers only events with these type tags. Other events are skipped by their tag,
+    /// without copying or decoding their payload (their checksum is still verified).
+    #[must_use]
+    pub fn of_types<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cursor_mut().filter = Some(Arc::new(tags.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Events read per trip to the store (at least 1).
+    #[must_use]
+    pub fn batch_size(mut self, events: usize) -> Self {
+        self.cursor_mut().batch = events.max(1);
+        self
+    }
+
+    /// How often to look for commits made by other processes (this process's commits wake
+    /// the subscription at once).
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.cursor_mut().poll_interval = interval;
+        self
+    }
+
+    /// The seq the subscription will deliver next (or skip, if filtered out).
+    #[must_use]
+    ///
+    /// # Panics
+    /// If called while the `Stream` impl has a call in flight (between a `Pending` poll and
+    /// its completion).
+    pub fn position(&self) -> u64 {
+        self.cursor.as_ref().expect("no Stream poll in flight").next
+    }
+
+    fn cursor_mut(&mut self) -> &mut Cursor {
+        self.cursor.as_mut().expect("no Stream poll in flight")
+    }
+
+    /// The next event: at once if one is buffered or committed, otherwise when one commits.
+    /// `None` once the store has closed.
+    ///
+    /// # Errors
+    /// A damaged record (the subscription stops before it: the same call returns the same
+    /// error again), or a storage error.
+    ///
+    /// # Cancel safety
+    /// Cancel safe. If the future is dropped before it completes, no event is lost or
+    /// skipped: the subscription's position only advances when a batch has been read in full,
+    /// and events are handed out of the buffer only by a completed call.
+    pub async fn next_event(&mut self) -> Option<Result<OwnedEvent, Error>> {
+        if let Some(pending) = self.pending.as_mut() {
+            // Finish the `Stream` impl's call in flight first: it owns the cursor.
+            let (cursor, item) = pending.await;
+            self.pending = None;
+            self.cursor = Some(cursor);
+            return item;
+        }
+        self.cursor_mut().next_event().await
+    }
+}
+
+impl Cursor {
+    async fn next_event(&mut self) -> Option<Result<OwnedEvent, Error>> {
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                return Some(Ok(event));
+            }
+            // Mark the watch's current value as seen *before* reading: a commit that lands
+            // after this point wakes the wait below, so none is missed.
+            self.watch.borrow_and_update();
+            let batch = match self.read_batch().await {
+                None => return None, // every `Varve` handle is gone: the store closed
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => return Some(Err(e)),
+            };
+            let advanced = batch.next > self.next;
+            self.next = batch.next;
+            self.buffered.extend(batch.events);
+            if let Some(e) = batch.error {
+                // Deliver the good events read before the damage first; the error comes when
+                // they are drained, and again on every call after it.
+                if self.buffered.is_empty() {
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            if advanced {
+                continue;
+            }
+            // Caught up: wait for this process's next commit, or poll for other processes'.
+            match tokio::time::timeout(self.poll_interval, self.watch.changed()).await {
+                Ok(Ok(())) | Err(_) => {}
+                Ok(Err(_)) => return None, // the store closed
+            }
+        }
+    }
+
+    async fn read_batch(&self) -> Option<Result<Batch, Error>> {
+        let db = self.db.upgrade()?;
+        let (from, limit, filter) = (self.next, self.batch, self.filter.clone());
+        let read = tokio::task::spawn_blocking(move || read_batch(&db, from, limit, filter.as_deref())).await;
+        Some(read.unwrap_or_else(|_| Err(Error::Internal("a subscription's read task panicked"))))
+    }
+}
+
+fn read_batch(db: &Varve, from: u64, limit: usize, filter: Option<&HashSet<String>>) -> Result<Batch, Error> {
+    let view = db.begin_read()?;
+    let mut events = Vec::new();
+    let mut next = from;
+    // A filtered feed may skip many events per delivered one; bound the work per trip too.
+    let mut scanned = 0usize;
+    for event in view.read_all(from)? {
+        let event = match event {
+            Ok(e) => e,
+            Err(error) => return Ok(Batch { events, next, error: Some(error) }),
+        };
+        next = event.seq() + 1;
+        scanned += 1;
+        if filter.is_none_or(|tags| tags.contains(event.type_tag())) {
+            events.push(event.to_owned_event());
+        }
+        if events.len() >= limit || scanned >= limit.saturating_mul(16) {
+            break;
+        }
+    }
+    Ok(Batch { events, next, error: None })
+}
+
+impl Stream for Subscription {
+    type Item = Result<OwnedEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.pending.is_none() {
+            let mut cursor = self.cursor.take().expect("the cursor is home between calls");
+            if let Some(event) = cursor.buffered.pop_front() {
+                self.cursor = Some(cursor);
+                return Poll::Ready(Some(Ok(event)));
+            }
+            // The future owns the cursor while it runs, so nothing borrows `self` across polls.
+            self.pending = Some(Box::pin(async move {
+                let item = cursor.next_event().await;
+                (cursor, item)
+            }));
+        }
+        let fut = self.pending.as_mut().expect("set above");
+        match fut.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready((cursor, item)) => {
+                self.pending = None;
+                self.cursor = Some(cursor);
+                Poll::Ready(item)
+            }
+        }
+    }
+}
