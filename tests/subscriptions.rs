@@ -14,7 +14,7 @@ async fn write_all(db: Varve) {
         let events: Vec<NewEvent> = (0..PER_WRITE)
             .map(|i| {
                 let seq = w * PER_WRITE + i + 1;
-                NewEvent::new(if seq % 3 == 0 { "fizz" } else { "plain" }, seq.to_le_bytes().to_vec())
+                NewEvent::new(if seq.is_multiple_of(3) { "fizz" } else { "plain" }, seq.to_le_bytes().to_vec())
             })
             .collect();
         db.append_async(u128::from(w % 7), ExpectedVersion::Auto, events).await.unwrap();
@@ -135,7 +135,7 @@ async fn the_stream_impl_delivers_the_same_feed_and_ends_when_the_store_closes()
     let dir = tempfile::tempdir().unwrap();
     let db = Varve::open(dir.path()).unwrap();
     for seq in 1..=1_000u64 {
-        db.append(seq as u128 % 4, ExpectedVersion::Auto, [NewEvent::new("t", seq.to_le_bytes().to_vec())])
+        db.append(u128::from(seq % 4), ExpectedVersion::Auto, [NewEvent::new("t", seq.to_le_bytes().to_vec())])
             .unwrap();
     }
     let sub = db.subscribe(990);

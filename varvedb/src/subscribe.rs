@@ -108,10 +108,12 @@ impl RecordedEvent<'_> {
 pub struct Subscription {
     cursor: Option<Cursor>,
     /// The `Stream` impl's call in flight; it owns the cursor until it completes.
-    pending: Option<
-        Pin<Box<dyn std::future::Future<Output = (Cursor, Option<Result<OwnedEvent, Error>>)> + Send>>,
-    >,
+    pending: Option<InFlight>,
 }
+
+/// A `next_event` call owned by the `Stream` impl; it hands the cursor back when done.
+type InFlight =
+    Pin<Box<dyn std::future::Future<Output = (Cursor, Option<Result<OwnedEvent, Error>>)> + Send>>;
 
 /// The subscription's state: where it is, what it holds, how it reads.
 struct Cursor {
@@ -264,7 +266,7 @@ impl Cursor {
         let db = self.db.upgrade()?;
         let (from, limit, filter) = (self.next, self.batch, self.filter.clone());
         let read = tokio::task::spawn_blocking(move || read_batch(&db, from, limit, filter.as_deref())).await;
-        Some(read.unwrap_or_else(|_| Err(Error::Internal("a subscription's read task panicked"))))
+        Some(read.unwrap_or(Err(Error::Internal("a subscription's read task panicked"))))
     }
 }
 
