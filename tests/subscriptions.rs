@@ -14,7 +14,10 @@ async fn write_all(db: Varve) {
         let events: Vec<NewEvent> = (0..PER_WRITE)
             .map(|i| {
                 let seq = w * PER_WRITE + i + 1;
-                NewEvent::new(if seq.is_multiple_of(3) { "fizz" } else { "plain" }, seq.to_le_bytes().to_vec())
+                NewEvent::new(
+                    if seq.is_multiple_of(3) { "fizz" } else { "plain" },
+                    seq.to_le_bytes().to_vec(),
+                )
             })
             .collect();
         db.append_async(u128::from(w % 7), ExpectedVersion::Auto, events).await.unwrap();
@@ -77,7 +80,10 @@ async fn a_type_filter_skips_other_events_and_keeps_order() {
     let dir = tempfile::tempdir().unwrap();
     let db = Varve::open(dir.path()).unwrap();
     let mut sub = db.subscribe(1).of_types(["fizz"]).batch_size(7);
+    // The test keeps `db` open: a feed ends when the last handle is dropped.
+    let writer_db = db.clone();
     let writer = tokio::spawn(async move {
+        let db = writer_db;
         for seq in 1..=3_000u64 {
             let tag = if seq % 3 == 0 { "fizz" } else { "plain" };
             db.append_async(1u128, ExpectedVersion::Auto, [NewEvent::new(tag, seq.to_le_bytes().to_vec())])
@@ -135,8 +141,12 @@ async fn the_stream_impl_delivers_the_same_feed_and_ends_when_the_store_closes()
     let dir = tempfile::tempdir().unwrap();
     let db = Varve::open(dir.path()).unwrap();
     for seq in 1..=1_000u64 {
-        db.append(u128::from(seq % 4), ExpectedVersion::Auto, [NewEvent::new("t", seq.to_le_bytes().to_vec())])
-            .unwrap();
+        db.append(
+            u128::from(seq % 4),
+            ExpectedVersion::Auto,
+            [NewEvent::new("t", seq.to_le_bytes().to_vec())],
+        )
+        .unwrap();
     }
     let sub = db.subscribe(990);
     let seqs: Vec<u64> = sub.take(11).map(|e| e.unwrap().seq).collect().await;
