@@ -9,7 +9,7 @@
 //!
 //! Run: `cargo run --example orders`
 
-use varvedb::{Event, EventData, ExecuteError, ExpectedVersion, Handle, Pending, Stream, Varve, aggregate};
+use varvedb::{Event, EventData, ExecuteError, Handle, Pending, Stream, Varve, aggregate};
 
 // --- 1. Events: what happened, in the past tense. -----------------------------------------
 
@@ -90,6 +90,8 @@ impl Order {
 }
 
 impl Order {
+    // Archived integers are little-endian wrappers (the store's format does not depend on the
+    // machine); `to_native()` reads them as plain numbers.
     fn add(&mut self, line: &ArchivedLine) {
         self.total_cents += u64::from(line.quantity.to_native()) * line.unit_cents.to_native();
         self.lines += 1;
@@ -218,14 +220,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => panic!("expected a refusal, got {other:?}"),
     }
 
-    // Optimistic concurrency: an outdated state cannot be saved over newer events.
-    let outdated = order.load()?;
-    order.append(
-        ExpectedVersion::Exact(outdated.version()),
-        OrderShipped { carrier: "ups".into(), tracking: None },
-    )?;
-    let err = order.save(&outdated, [OrderCancelled { reason: "too late".into() }]).unwrap_err();
-    println!("outdated save: {err}");
+    // Optimistic concurrency: two clerks load the same order, both decide, the second
+    // save is refused instead of overwriting what the first one did.
+    let other = db.stream::<Order>(varvedb::uuid::Uuid::new_v4());
+    other.execute(&Place { customer: "bo".into(), lines: vec![line("pen", 3, 150)] })?;
+    let clerk_a = other.load()?;
+    let clerk_b = other.load()?;
+    other.save(&clerk_a, [LineAdded { line: line("ink", 1, 500) }])?;
+    let err = other.save(&clerk_b, [OrderCancelled { reason: "out of stock".into() }]).unwrap_err();
+    println!("second clerk: {err}");
+    // `execute` does the reload-and-decide-again for you.
+    other.execute(&Cancel { reason: "out of stock".into() })?;
 
     let current = order.load()?;
     let state = current.state();
@@ -238,7 +243,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         state.total_cents % 100,
         current.version()
     );
-    assert_eq!((state.total_cents, state.lines, current.version()), (2 * 450 + 1200, 2, 4));
+    assert_eq!((state.total_cents, state.lines, current.version()), (2 * 450 + 1200, 2, 3));
+    assert_eq!(other.load()?.state().status, Status::Cancelled);
     println!("history:");
     print_history(&db, &order)?;
     Ok(())

@@ -531,3 +531,333 @@ mod kinds_and_commands {
             .then([Withdrawn { cents: 41 }]);
     }
 }
+
+mod fingerprints {
+    use varvedb::{Event, EventData, Schema};
+
+    macro_rules! pair {
+        ($modname:ident, { $($a:tt)* }, { $($b:tt)* }) => {
+            mod $modname {
+                pub mod a {
+                    #[allow(unused_imports)]
+                    use super::super::*;
+                    $($a)*
+                }
+                pub mod b {
+                    #[allow(unused_imports)]
+                    use super::super::*;
+                    $($b)*
+                }
+            }
+        };
+    }
+
+    pair!(
+        reordered,
+        {
+            #[derive(Event)]
+            pub struct E {
+                pub x: u32,
+                pub y: u64,
+            }
+        },
+        {
+            #[derive(Event)]
+            pub struct E {
+                pub y: u64,
+                pub x: u32,
+            }
+        }
+    );
+    pair!(
+        renamed_field,
+        {
+            #[derive(Event)]
+            pub struct E {
+                pub x: u32,
+            }
+        },
+        {
+            #[derive(Event)]
+            pub struct E {
+                pub z: u32,
+            }
+        }
+    );
+    pair!(
+        optional,
+        {
+            #[derive(Event)]
+            pub struct E {
+                pub x: u32,
+            }
+        },
+        {
+            #[derive(Event)]
+            pub struct E {
+                pub x: Option<u32>,
+            }
+        }
+    );
+    pair!(
+        nested,
+        {
+            #[derive(EventData)]
+            pub struct N {
+                pub a: u8,
+            }
+            #[derive(Event)]
+            pub struct E {
+                pub n: N,
+            }
+        },
+        {
+            #[derive(EventData)]
+            pub struct N {
+                pub a: u16,
+            }
+            #[derive(Event)]
+            pub struct E {
+                pub n: N,
+            }
+        }
+    );
+    pair!(
+        variant_order,
+        {
+            #[derive(Event)]
+            pub enum E {
+                A,
+                B,
+            }
+        },
+        {
+            #[derive(Event)]
+            pub enum E {
+                B,
+                A,
+            }
+        }
+    );
+    pair!(
+        variant_added,
+        {
+            #[derive(Event)]
+            pub enum E {
+                A,
+                B,
+            }
+        },
+        {
+            #[derive(Event)]
+            pub enum E {
+                A,
+                B,
+                C,
+            }
+        }
+    );
+    pair!(
+        tuple_vs_named,
+        {
+            #[derive(Event)]
+            pub struct E(pub u32);
+        },
+        {
+            #[derive(Event)]
+            pub struct E {
+                pub x: u32,
+            }
+        }
+    );
+
+    /// Same shape, different spelling: equal fingerprints.
+    pub type Text = String;
+    pair!(
+        spelling,
+        {
+            #[derive(Event)]
+            pub struct E {
+                pub s: String,
+                pub v: Vec<u8>,
+            }
+        },
+        {
+            #[derive(Event)]
+            pub struct E {
+                pub s: super::super::Text,
+                pub v: ::std::vec::Vec<::core::primitive::u8>,
+            }
+        }
+    );
+    pair!(
+        renamed_type,
+        {
+            #[derive(Event)]
+            pub struct Before {
+                pub x: u32,
+            }
+        },
+        {
+            #[derive(Event)]
+            pub struct After {
+                pub x: u32,
+            }
+        }
+    );
+
+    #[test]
+    fn every_change_of_shape_changes_the_fingerprint() {
+        let pairs = [
+            (
+                "reordered fields",
+                <reordered::a::E as Schema>::FINGERPRINT,
+                <reordered::b::E as Schema>::FINGERPRINT,
+            ),
+            (
+                "renamed field",
+                <renamed_field::a::E as Schema>::FINGERPRINT,
+                <renamed_field::b::E as Schema>::FINGERPRINT,
+            ),
+            (
+                "T vs Option<T>",
+                <optional::a::E as Schema>::FINGERPRINT,
+                <optional::b::E as Schema>::FINGERPRINT,
+            ),
+            (
+                "nested field type",
+                <nested::a::E as Schema>::FINGERPRINT,
+                <nested::b::E as Schema>::FINGERPRINT,
+            ),
+            (
+                "variant order",
+                <variant_order::a::E as Schema>::FINGERPRINT,
+                <variant_order::b::E as Schema>::FINGERPRINT,
+            ),
+            (
+                "added variant",
+                <variant_added::a::E as Schema>::FINGERPRINT,
+                <variant_added::b::E as Schema>::FINGERPRINT,
+            ),
+            (
+                "tuple vs named",
+                <tuple_vs_named::a::E as Schema>::FINGERPRINT,
+                <tuple_vs_named::b::E as Schema>::FINGERPRINT,
+            ),
+        ];
+        for (what, a, b) in pairs {
+            assert_ne!(a, b, "{what} kept the fingerprint");
+        }
+    }
+
+    #[test]
+    fn spelling_and_type_names_do_not_change_the_fingerprint() {
+        assert_eq!(<spelling::a::E as Event>::FINGERPRINT, <spelling::b::E as Event>::FINGERPRINT);
+        assert_eq!(
+            <renamed_type::a::Before as Schema>::FINGERPRINT,
+            <renamed_type::b::After as Schema>::FINGERPRINT,
+            "renaming the Rust type keeps the stored shape"
+        );
+    }
+}
+
+mod commands_and_registry_edges {
+    use varvedb::{Error, Event, ExecuteError, ExpectedVersion, Handle, Pending, Varve, aggregate};
+
+    #[derive(Event)]
+    pub struct Ticked {
+        pub n: u32,
+    }
+
+    #[derive(Default, Debug)]
+    pub struct Clock {
+        pub ticks: u32,
+    }
+    #[aggregate]
+    impl Clock {
+        fn ticked(&mut self, _e: &ArchivedTicked) {
+            self.ticks += 1;
+        }
+    }
+
+    /// A command whose handler lets another writer in between load and save, every time.
+    pub struct Racy {
+        pub db: Varve,
+        pub stream: u128,
+    }
+    impl Handle<Racy> for Clock {
+        type Error = String;
+        fn handle(&self, cmd: &Racy) -> Result<Vec<Pending<Self>>, String> {
+            cmd.db
+                .stream::<Clock>(cmd.stream)
+                .append(ExpectedVersion::Auto, Ticked { n: 0 })
+                .map_err(|e| e.to_string())?;
+            Ok(vec![Ticked { n: 1 }.into()])
+        }
+    }
+
+    pub struct Refuse;
+    impl Handle<Refuse> for Clock {
+        type Error = &'static str;
+        fn handle(&self, _: &Refuse) -> Result<Vec<Pending<Self>>, &'static str> {
+            Err("no")
+        }
+    }
+
+    #[test]
+    fn execute_gives_up_after_its_retries_and_a_rejection_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        let clock = db.stream::<Clock>(1u128);
+        let err = clock.execute_with_retries(&Racy { db: db.clone(), stream: 1 }, 2).unwrap_err();
+        assert!(matches!(err, ExecuteError::Store(Error::ConcurrencyConflict { .. })), "{err:?}");
+        // Three attempts, each let one outside append in, none of the command's own events.
+        assert_eq!(clock.load().unwrap().version(), 3);
+
+        let before = db.begin_read().unwrap().last_seq().unwrap();
+        assert!(matches!(clock.execute(&Refuse), Err(ExecuteError::Rejected("no"))));
+        assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), before);
+    }
+
+    mod other_shape {
+        #[derive(varvedb::Event)]
+        #[event(name = "Ticked")]
+        pub struct Ticked {
+            pub n: String,
+        }
+    }
+
+    #[test]
+    fn a_schema_mismatch_inside_one_batch_and_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Varve::open(dir.path()).unwrap();
+            // Both shapes in one raw batch: the second is refused, so the whole batch is.
+            let mut batch = varvedb::WriteBatch::new();
+            batch.append(
+                1u128,
+                ExpectedVersion::Auto,
+                [
+                    varvedb::NewEvent::from_event(&Ticked { n: 1 }).unwrap(),
+                    varvedb::NewEvent::from_event(&other_shape::Ticked { n: "x".into() }).unwrap(),
+                ],
+            );
+            assert!(matches!(db.write(batch), Err(Error::SchemaMismatch { .. })));
+            assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 0, "nothing of the batch was written");
+            assert_eq!(
+                db.begin_read().unwrap().schema_fingerprint("Ticked", 1).unwrap(),
+                None,
+                "nor registered"
+            );
+            db.stream::<Clock>(2u128).append(ExpectedVersion::NoStream, Ticked { n: 1 }).unwrap();
+        }
+        let db = Varve::open(dir.path()).unwrap();
+        assert_eq!(
+            db.begin_read().unwrap().schema_fingerprint("Ticked", 1).unwrap(),
+            Some(<Ticked as Event>::FINGERPRINT),
+            "the registry survives a reopen"
+        );
+        let raw = varvedb::NewEvent::from_event(&other_shape::Ticked { n: "x".into() }).unwrap();
+        assert!(matches!(db.append(3u128, ExpectedVersion::Auto, [raw]), Err(Error::SchemaMismatch { .. })));
+    }
+}

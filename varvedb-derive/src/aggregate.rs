@@ -46,35 +46,111 @@ pub(crate) fn expand(args: TokenStream, item: &TokenStream) -> TokenStream {
 
 fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
     let mut out = Args::default();
+    // Mistakes are recorded and parsing goes on, so all of them are reported together.
+    let mut found: Vec<syn::Error> = Vec::new();
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             let lit: LitStr = meta.value()?.parse()?;
             let len = lit.value().len();
             if len == 0 || len > 255 {
-                return Err(syn::Error::new_spanned(
-                    &lit,
-                    "`#[aggregate(name = ...)]` must be 1 to 255 bytes",
-                ));
+                found
+                    .push(syn::Error::new_spanned(&lit, "`#[aggregate(name = ...)]` must be 1 to 255 bytes"));
+            } else if out.name.replace(lit).is_some() {
+                found.push(meta.error("`name` is given twice"));
             }
-            if out.name.replace(lit).is_some() {
-                return Err(meta.error("`name` is given twice"));
-            }
-            Ok(())
         } else if meta.path.is_ident("crate") {
             let path: Path = meta.value()?.parse()?;
             if out.krate.replace(path).is_some() {
-                return Err(meta.error("`crate` is given twice"));
+                found.push(meta.error("`crate` is given twice"));
             }
-            Ok(())
         } else {
-            let found = meta.path.get_ident().map_or_else(|| "?".to_owned(), ToString::to_string);
-            Err(meta.error(format!("unknown `aggregate` argument `{found}`; expected `name` or `crate`")))
+            let name = meta.path.get_ident().map_or_else(|| "?".to_owned(), ToString::to_string);
+            found.push(
+                meta.error(format!("unknown `aggregate` argument `{name}`; expected `name` or `crate`")),
+            );
+            if meta.input.peek(syn::Token![=]) {
+                let _: syn::Expr = meta.value()?.parse()?;
+            }
         }
+        Ok(())
     });
     if let Err(e) = parser.parse2(args) {
         errors.push(e);
     }
+    for e in found {
+        errors.push(e);
+    }
     out
+}
+
+/// Checks one apply function; returns the archived event type it takes, if its shape is right.
+fn validate_fn<'a>(f: &'a syn::ImplItemFn, errors: &mut Errors) -> Option<&'a Type> {
+    let sig = &f.sig;
+    for attr in &f.attrs {
+        if attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr") {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                "`#[cfg]` on an apply function is not supported: the dispatch would still name it; put the whole `#[aggregate]` block behind the `cfg` instead",
+            ));
+        }
+    }
+    if sig.constness.is_some() || sig.asyncness.is_some() || sig.unsafety.is_some() || sig.abi.is_some() {
+        errors.push(syn::Error::new_spanned(
+            sig.fn_token,
+            "apply functions are plain `fn`s (not `const`, `async`, `unsafe` or `extern`)",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(&sig.generics, "apply functions cannot be generic"));
+    }
+    if let ReturnType::Type(_, ty) = &sig.output {
+        let is_unit = matches!(&**ty, Type::Tuple(t) if t.elems.is_empty());
+        if !is_unit {
+            errors.push(syn::Error::new_spanned(
+                ty,
+                "apply functions return nothing: an event that happened cannot be refused; validate in a command handler instead",
+            ));
+        }
+    }
+    let shape_error = || {
+        syn::Error::new_spanned(
+            &sig.inputs,
+            format!(
+                "an apply function takes `&mut self` and one archived event: `fn {}(&mut self, event: &ArchivedMyEvent)`",
+                sig.ident
+            ),
+        )
+    };
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(r))
+            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) => {
+            errors.push(syn::Error::new_spanned(r, "apply functions take `&mut self`"));
+            return None;
+        }
+        _ => {
+            errors.push(shape_error());
+            return None;
+        }
+    }
+    let archived = match (inputs.next(), inputs.next()) {
+        (Some(FnArg::Typed(arg)), None) => match &*arg.ty {
+            Type::Reference(r) if r.mutability.is_none() => &*r.elem,
+            other => {
+                errors.push(syn::Error::new_spanned(
+                    other,
+                    "the event is taken by shared reference to its archived form: `&ArchivedMyEvent`",
+                ));
+                return None;
+            }
+        },
+        _ => {
+            errors.push(shape_error());
+            return None;
+        }
+    };
+    Some(archived)
 }
 
 fn validate<'a>(item: &'a ItemImpl, errors: &mut Errors) -> Vec<Apply<'a>> {
@@ -97,62 +173,7 @@ fn validate<'a>(item: &'a ItemImpl, errors: &mut Errors) -> Vec<Apply<'a>> {
             continue;
         };
         let sig = &f.sig;
-        if sig.constness.is_some() || sig.asyncness.is_some() || sig.unsafety.is_some() || sig.abi.is_some() {
-            errors.push(syn::Error::new_spanned(
-                sig.fn_token,
-                "apply functions are plain `fn`s (not `const`, `async`, `unsafe` or `extern`)",
-            ));
-        }
-        if !sig.generics.params.is_empty() {
-            errors.push(syn::Error::new_spanned(&sig.generics, "apply functions cannot be generic"));
-        }
-        if let ReturnType::Type(_, ty) = &sig.output {
-            let is_unit = matches!(&**ty, Type::Tuple(t) if t.elems.is_empty());
-            if !is_unit {
-                errors.push(syn::Error::new_spanned(
-                    ty,
-                    "apply functions return nothing: an event that happened cannot be refused; validate in a command handler instead",
-                ));
-            }
-        }
-        let shape_error = || {
-            syn::Error::new_spanned(
-                &sig.inputs,
-                format!(
-                    "an apply function takes `&mut self` and one archived event: `fn {}(&mut self, event: &ArchivedMyEvent)`",
-                    sig.ident
-                ),
-            )
-        };
-        let mut inputs = sig.inputs.iter();
-        match inputs.next() {
-            Some(FnArg::Receiver(r))
-                if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {}
-            Some(FnArg::Receiver(r)) => {
-                errors.push(syn::Error::new_spanned(r, "apply functions take `&mut self`"));
-                continue;
-            }
-            _ => {
-                errors.push(shape_error());
-                continue;
-            }
-        }
-        let archived = match (inputs.next(), inputs.next()) {
-            (Some(FnArg::Typed(arg)), None) => match &*arg.ty {
-                Type::Reference(r) if r.mutability.is_none() => &*r.elem,
-                other => {
-                    errors.push(syn::Error::new_spanned(
-                        other,
-                        "the event is taken by shared reference to its archived form: `&ArchivedMyEvent`",
-                    ));
-                    continue;
-                }
-            },
-            _ => {
-                errors.push(shape_error());
-                continue;
-            }
-        };
+        let Some(archived) = validate_fn(f, errors) else { continue };
         let key = quote!(#archived).to_string();
         if let Some(first) = applies.iter().find(|a| {
             let t = a.archived;
@@ -230,6 +251,13 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
             }
 
             #(#event_of_impls)*
+
+            // Dispatch is by (type tag, schema version): two events sharing both could never
+            // be told apart in the log.
+            const _: () = ::core::assert!(
+                !#private::has_duplicate_identity(<#self_ty as #private::Aggregate>::EVENTS),
+                "two events of this aggregate share a type tag and version (same type name in two modules, or two instantiations of a generic event?); give them distinct `#[event(name = \"...\")]`",
+            );
         };
     }
 }

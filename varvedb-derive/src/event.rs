@@ -213,7 +213,24 @@ fn generate(m: &Model<'_>, kind: Kind) -> TokenStream {
 
     let what = if kind == Kind::Event { "event" } else { "event data" };
     let alias_doc = format!("The archived form of [`{ident}`], read in place from the store ({what}).");
+    // Checked before rkyv's derive so that a field type without `#[derive(EventData)]` is
+    // reported in our words, next to the field (rkyv's own errors about it follow).
+    let field_checks = (!generic).then(|| {
+        let checks = field_types.iter().map(|ty| quote_spanned!(ty.span()=> __field_is_storable::<#ty>();));
+        quote! {
+            #[automatically_derived]
+            #[allow(dead_code)]
+            const _: () = {
+                fn __field_is_storable<T: ?Sized + #private::Schema>() {}
+                fn __fields() {
+                    #(#checks)*
+                }
+            };
+        }
+    });
     quote! {
+        #field_checks
+
         #[doc = #alias_doc]
         #vis type #archived #alias_params = <#this as #rkyv::Archive>::Archived;
 
@@ -333,8 +350,23 @@ fn extend_where(generics: &Generics, per_param: impl Fn(&Ident) -> TokenStream) 
     quote!(where #(#existing,)* #(#extra,)*)
 }
 
+/// The item's generic parameters (without defaults, which impls may not repeat) plus one more.
 fn with_param(generics: &Generics, param: &TokenStream) -> TokenStream {
-    let params = generics.params.iter();
+    let params = generics.params.iter().map(|p| {
+        let mut p = p.clone();
+        match &mut p {
+            GenericParam::Type(t) => {
+                t.eq_token = None;
+                t.default = None;
+            }
+            GenericParam::Const(c) => {
+                c.eq_token = None;
+                c.default = None;
+            }
+            GenericParam::Lifetime(_) => {}
+        }
+        p
+    });
     quote!(<#(#params,)* #param>)
 }
 

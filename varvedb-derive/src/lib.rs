@@ -27,6 +27,16 @@ use syn::{DeriveInput, parse_macro_input};
 ///
 /// Attributes: `#[event(name = "order.placed", version = 2, crate = my::varvedb)]`.
 ///
+/// The default name is the bare type name, and names are global to a store: two types named
+/// `Opened` in different modules collide (an aggregate applying both fails to compile; two
+/// aggregates using them get `SchemaMismatch`). Give events explicit, namespaced names. All
+/// instantiations of a generic event share its name, so one store holds one instantiation per
+/// name and version.
+///
+/// `ArchivedX` is an alias of `<X as Archive>::Archived`, so it cannot carry inherent methods;
+/// read archived fields directly, or write a free function or an extension trait. Recursive
+/// types (a field containing the type itself) are not supported.
+///
 /// ```text
 /// #[derive(varvedb::Event)]
 /// #[event(name = "order.placed")]

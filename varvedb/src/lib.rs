@@ -65,7 +65,7 @@ pub use typed::stream::{
 };
 #[cfg(feature = "testing")]
 pub use typed::testing;
-pub use typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Handle, Pending, Schema};
+pub use typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Handle, IntoPending, Pending, Schema};
 pub use types::{Appended, ExpectedVersion, NewEvent, StreamId, WriteBatch};
 
 /// The rkyv varvedb is built with. Derive your own archives with
@@ -88,6 +88,7 @@ pub use varvedb_derive::{Event, EventData, aggregate};
 pub mod __private {
     pub use crate::error::Error;
     pub use crate::read::RecordedEvent;
+    pub use crate::typed::has_duplicate_identity;
     pub use crate::typed::schema::fingerprint;
     pub use crate::typed::stream::unknown;
     pub use crate::typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Schema};

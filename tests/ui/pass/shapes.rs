@@ -16,12 +16,19 @@ mod domain {
     #[derive(varvedb::Event, Debug)]
     pub struct Unit;
 
+    /// A default on a generic parameter.
+    #[derive(varvedb::EventData, Debug)]
+    pub struct WithDefault<T = u32> {
+        pub value: T,
+    }
+
     #[derive(varvedb::Event, Debug)]
     #[event(name = "pair", version = 7)]
     pub struct Pair<A, B> {
         pub a: A,
         pub b: Vec<B>,
         pub status: Status,
+        pub with_default: WithDefault,
     }
 }
 

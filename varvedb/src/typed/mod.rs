@@ -67,6 +67,40 @@ pub struct EventInfo {
     pub fingerprint: u64,
 }
 
+/// Whether two entries share a type tag and schema version (evaluated at compile time by
+/// `#[aggregate]`: such an aggregate could not tell its events apart).
+#[doc(hidden)]
+#[must_use]
+pub const fn has_duplicate_identity(events: &[EventInfo]) -> bool {
+    let mut i = 0;
+    while i < events.len() {
+        let mut j = i + 1;
+        while j < events.len() {
+            if events[i].version == events[j].version && str_eq(events[i].name, events[j].name) {
+                return true;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 impl EventInfo {
     /// The identity of `E`.
     #[must_use]
@@ -169,6 +203,31 @@ where
 {
     fn from(event: E) -> Self {
         Pending { event: NewEvent::from_event(&event), _aggregate: PhantomData }
+    }
+}
+
+/// What [`Stream::append_all`](crate::Stream::append_all) and
+/// [`Stream::save`](crate::Stream::save) take: an event of `A`, or an already built
+/// [`Pending<A>`] (for mixed types, metadata or ids).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event of aggregate `{A}`",
+    label = "`Stream<{A}>` only takes the events `{A}` applies",
+    note = "to accept `{Self}`, add a function taking `&Archived{Self}` to the `#[aggregate] impl {A}` block"
+)]
+pub trait IntoPending<A> {
+    /// Serializes the event for appending.
+    fn into_pending(self) -> Pending<A>;
+}
+
+impl<A: Aggregate, E: EventOf<A>> IntoPending<A> for E {
+    fn into_pending(self) -> Pending<A> {
+        Pending::from(self)
+    }
+}
+
+impl<A> IntoPending<A> for Pending<A> {
+    fn into_pending(self) -> Pending<A> {
+        self
     }
 }
 

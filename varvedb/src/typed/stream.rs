@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use crate::error::Error;
 use crate::read::{ReadView, RecordedEvent, StreamEvents};
 use crate::store::Varve;
-use crate::typed::{Aggregate, EventInfo, EventOf, Handle, Pending};
+use crate::typed::{Aggregate, EventInfo, EventOf, Handle, IntoPending, Pending};
 use crate::types::{Appended, ExpectedVersion, StreamId, WriteBatch};
 
 /// How many times [`Stream::execute`] reloads and retries after a concurrency conflict.
@@ -211,7 +211,7 @@ impl<A: Aggregate> Stream<A> {
     pub fn append_all<I>(&self, expected: ExpectedVersion, events: I) -> Result<Appended, Error>
     where
         I: IntoIterator,
-        I::Item: Into<Pending<A>>,
+        I::Item: IntoPending<A>,
     {
         let batch = self.batch(expected, events)?;
         self.db.write(batch)?.pop().ok_or(Error::EmptyBatch)
@@ -227,7 +227,7 @@ impl<A: Aggregate> Stream<A> {
     pub async fn append_all_async<I>(&self, expected: ExpectedVersion, events: I) -> Result<Appended, Error>
     where
         I: IntoIterator,
-        I::Item: Into<Pending<A>>,
+        I::Item: IntoPending<A>,
     {
         let batch = self.batch(expected, events)?;
         self.db.write_async(batch).await?.pop().ok_or(Error::EmptyBatch)
@@ -236,9 +236,9 @@ impl<A: Aggregate> Stream<A> {
     fn batch<I>(&self, expected: ExpectedVersion, events: I) -> Result<WriteBatch, Error>
     where
         I: IntoIterator,
-        I::Item: Into<Pending<A>>,
+        I::Item: IntoPending<A>,
     {
-        let events = events.into_iter().map(|e| e.into().event).collect::<Result<Vec<_>, _>>()?;
+        let events = events.into_iter().map(|e| e.into_pending().event).collect::<Result<Vec<_>, _>>()?;
         let mut batch = WriteBatch::new();
         batch.append_kind(self.id, A::KIND, expected, events);
         Ok(batch)
@@ -281,7 +281,7 @@ impl<A: Aggregate> Stream<A> {
     pub fn save<I>(&self, loaded: &Loaded<A>, events: I) -> Result<Appended, Error>
     where
         I: IntoIterator,
-        I::Item: Into<Pending<A>>,
+        I::Item: IntoPending<A>,
     {
         if loaded.stream != self.id {
             return Err(Error::StreamMismatch { loaded: loaded.stream, stream: self.id });

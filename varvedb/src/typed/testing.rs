@@ -45,7 +45,7 @@ use std::fmt::Debug;
 
 use crate::store::Varve;
 use crate::typed::stream::{Loaded, Stream};
-use crate::typed::{Aggregate, Handle, Pending};
+use crate::typed::{Aggregate, Handle, IntoPending, Pending};
 use crate::types::{ExpectedVersion, NewEvent};
 
 /// An aggregate with a history, on a temporary store.
@@ -76,10 +76,10 @@ impl<A: Aggregate> Scenario<A> {
     pub fn given<I>(events: I) -> Self
     where
         I: IntoIterator,
-        I::Item: Into<Pending<A>>,
+        I::Item: IntoPending<A>,
     {
         let scenario = Self::empty();
-        let events: Vec<Pending<A>> = events.into_iter().map(Into::into).collect();
+        let events: Vec<Pending<A>> = events.into_iter().map(IntoPending::into_pending).collect();
         if !events.is_empty() {
             scenario.stream.append_all(ExpectedVersion::NoStream, events).expect("append the given events");
         }
@@ -117,8 +117,11 @@ pub struct Then<A, E> {
 }
 
 impl<A: Aggregate, E: Debug> Then<A, E> {
-    /// Asserts the command produced exactly `expected` (same types, same bytes, same order),
-    /// appends them, and returns the resulting state.
+    /// Asserts the command produced exactly `expected` (same types, same archived bytes, same
+    /// order), appends them, and returns the resulting state.
+    ///
+    /// Events compare by their archived bytes. A `HashMap` archives its entries in an order
+    /// that can differ between equal maps; use a `BTreeMap` in events you compare this way.
     ///
     /// # Panics
     /// If the command failed or produced other events.
@@ -126,7 +129,7 @@ impl<A: Aggregate, E: Debug> Then<A, E> {
     pub fn then<I>(self, expected: I) -> Loaded<A>
     where
         I: IntoIterator,
-        I::Item: Into<Pending<A>>,
+        I::Item: IntoPending<A>,
     {
         let decided = match self.decided {
             Ok(events) => events,
@@ -134,15 +137,20 @@ impl<A: Aggregate, E: Debug> Then<A, E> {
         };
         let decided: Vec<NewEvent> =
             decided.into_iter().map(|p| p.event.expect("serialize a decided event")).collect();
-        let expected: Vec<NewEvent> =
-            expected.into_iter().map(|p| p.into().event.expect("serialize an expected event")).collect();
-        let tags = |events: &[NewEvent]| events.iter().map(NewEvent::type_tag).collect::<Vec<_>>().join(", ");
-        assert!(
-            decided == expected,
-            "the command decided other events\n  expected: [{}]\n  decided:  [{}]",
-            tags(&expected),
-            tags(&decided)
-        );
+        let expected: Vec<NewEvent> = expected
+            .into_iter()
+            .map(|p| p.into_pending().event.expect("serialize an expected event"))
+            .collect();
+        if let Some(i) = (0..decided.len().max(expected.len())).find(|&i| decided.get(i) != expected.get(i)) {
+            let show = |e: Option<&NewEvent>| {
+                e.map_or_else(|| "nothing".to_owned(), |e| format!("{} {:02x?}", e.type_tag(), e.payload()))
+            };
+            panic!(
+                "the command decided other events (first difference at event {i})\n  expected: {}\n  decided:  {}",
+                show(expected.get(i)),
+                show(decided.get(i))
+            );
+        }
         if !decided.is_empty() {
             let pending = decided
                 .into_iter()
@@ -153,6 +161,15 @@ impl<A: Aggregate, E: Debug> Then<A, E> {
                 .expect("append the decided events");
         }
         self.scenario.state()
+    }
+
+    /// Asserts the command decided no events, and returns the unchanged state.
+    ///
+    /// # Panics
+    /// If the command failed or decided events.
+    #[track_caller]
+    pub fn then_nothing(self) -> Loaded<A> {
+        self.then(Vec::<Pending<A>>::new())
     }
 
     /// Asserts the command was rejected, and returns the domain error.
