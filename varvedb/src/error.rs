@@ -164,6 +164,15 @@ pub enum Error {
         stream: StreamId,
     },
 
+    /// A projection tried to write a table that belongs to another projection.
+    #[error("projection {projection:?} cannot write table {table}, which belongs to another projection")]
+    ForeignTable {
+        /// The projection that tried.
+        projection: String,
+        /// The table (`projection/table`).
+        table: String,
+    },
+
     /// A stored event failed its checksum or could not be decoded.
     #[error("event at seq {seq} is corrupt: {reason}")]
     Corrupt {

@@ -46,6 +46,7 @@
 struct ReadmeDoctests;
 
 mod error;
+mod process;
 mod read;
 mod record;
 mod storage;
@@ -56,6 +57,11 @@ mod types;
 mod writer;
 
 pub use error::{Error, StorageError};
+pub use process::runner::{DEFAULT_POLL, Runnable, Runner};
+pub use process::table::TableEntries;
+pub use process::{
+    HandlerError, Key, Processor, ProcessorError, Progress, Projection, ProjectionTxn, Retry, Table, Value,
+};
 pub use read::{IntegrityReport, LogEvents, ReadView, RecordedEvent, StreamEvents};
 pub use store::{Options, Stats, Varve};
 pub use subscribe::{DEFAULT_BATCH, OwnedEvent, Subscription};

@@ -158,6 +158,14 @@ impl<'db> ReadView<'db> {
         Ok(ReadView { txn: storage.read_txn()?, storage })
     }
 
+    pub(crate) fn storage(&self) -> &'db Storage {
+        self.storage
+    }
+
+    pub(crate) fn txn(&self) -> &ReadTxn<'db> {
+        &self.txn
+    }
+
     /// The seq of the last committed event in this snapshot (0 if the store is empty).
     ///
     /// # Errors

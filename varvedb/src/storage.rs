@@ -29,6 +29,7 @@ mod name {
     pub(super) const EVENT_IDS: &str = "event_ids";
     pub(super) const BLOBS: &str = "blobs";
     pub(super) const CHECKPOINTS: &str = "checkpoints";
+    pub(super) const PROJECTIONS: &str = "projections";
     pub(super) const KEYS: &str = "keys";
     pub(super) const SCHEMA: &str = "schema";
     pub(super) const META: &str = "meta";
@@ -79,9 +80,10 @@ pub(crate) struct Tables {
     pub(crate) event_ids: Table,
     /// `blake3 hash [u8; 32]` → payload bytes.
     pub(crate) blobs: Table,
-    /// Reserved for processors (name → last handled seq).
-    #[expect(dead_code, reason = "created now so processors need no format change")]
+    /// `processor name` → last handled seq `u64 LE`.
     pub(crate) checkpoints: Table,
+    /// Projections' read models: `len u8 ‖ projection ‖ len u8 ‖ table ‖ key` → value.
+    pub(crate) projections: Table,
     /// Reserved for encryption (stream → wrapped data key).
     #[expect(dead_code, reason = "created now so encryption needs no format change")]
     pub(crate) keys: Table,
@@ -234,6 +236,7 @@ impl Storage {
             event_ids: create(&mut wtxn, name::EVENT_IDS)?,
             blobs: create(&mut wtxn, name::BLOBS)?,
             checkpoints: create(&mut wtxn, name::CHECKPOINTS)?,
+            projections: create(&mut wtxn, name::PROJECTIONS)?,
             keys: create(&mut wtxn, name::KEYS)?,
             schema: create(&mut wtxn, name::SCHEMA)?,
             meta: create(&mut wtxn, name::META)?,
@@ -343,6 +346,29 @@ impl Storage {
             EntriesInner::Forward(table.range(txn, &bounds).map_err(|e| self.err(e))?)
         };
         Ok(Entries { inner, map_size: self.map_size })
+    }
+
+    pub(crate) fn delete(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8]) -> Result<bool, Error> {
+        table.delete(txn, k).map_err(|e| self.err(e))
+    }
+
+    /// Deletes every key that starts with `prefix`; returns how many.
+    pub(crate) fn delete_prefix(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<usize, Error> {
+        let mut n = 0;
+        let mut iter = table.prefix_iter_mut(txn, prefix).map_err(|e| self.err(e))?;
+        while let Some(entry) = iter.next() {
+            entry.map_err(|e| storage_error(e, self.map_size))?;
+            // SAFETY: heed requires that no reference into the database is held across
+            // `del_current`; the entry's key and value were dropped on the line above.
+            unsafe { iter.del_current() }.map_err(|e| self.err(e))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     pub(crate) fn len(&self, txn: &RoTxn<'_, WithoutTls>, table: Table) -> Result<u64, Error> {

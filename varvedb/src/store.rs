@@ -279,6 +279,10 @@ impl Varve {
         &self.inner.options
     }
 
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
     /// The map size actually in use (the option rounded up to whole pages).
     #[must_use]
     pub fn map_size(&self) -> usize {
