@@ -1,0 +1,241 @@
+//! Projections (exactly-once read models) and processors (at-least-once effects).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use varvedb::{
+    Error, ExpectedVersion, NewEvent, Processor, ProcessorError, Projection, Retry, Runner, Table, Varve,
+};
+
+#[path = "support/totals.rs"]
+mod totals;
+
+fn append_mix(db: &Varve, from: u64, to: u64) {
+    for chunk in (from..to).collect::<Vec<_>>().chunks(50) {
+        let events: Vec<NewEvent> = chunk.iter().map(|&n| totals::event(n)).collect();
+        db.append(u128::from(chunk[0] % 5), ExpectedVersion::Auto, events).unwrap();
+    }
+}
+
+async fn wait_caught_up(db: &Varve, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.lag(name).unwrap() > 0 {
+        assert!(Instant::now() < deadline, "{name} did not catch up");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_projection_equals_a_fold_of_the_log_and_a_rebuild_gives_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    append_mix(&db, 0, 2_000);
+    let runner = Runner::spawn(&db, totals::projection(100));
+    // Writes continue while the projection catches up and follows.
+    let writer = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || append_mix(&db, 2_000, 6_000))
+    };
+    writer.await.unwrap();
+    wait_caught_up(&db, totals::NAME).await;
+    assert_eq!(runner.lag().unwrap(), 0);
+    let mut projection = runner.stop().await.unwrap();
+
+    let view = db.begin_read().unwrap();
+    let live = totals::stored(&view);
+    assert_eq!(live, totals::fold(&view, u64::MAX), "live projection differs from a fold of the log");
+    assert_eq!(live.len(), 13);
+    drop(view);
+
+    let checkpoint = projection.rebuild(&db).unwrap();
+    assert_eq!(checkpoint, 6_000);
+    assert_eq!(totals::stored(&db.begin_read().unwrap()), live, "a rebuild gives the same read model");
+}
+
+#[test]
+fn a_failing_projection_handler_keeps_nothing_of_its_batch_and_names_the_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    append_mix(&db, 0, 100);
+    let placed_at_57 = db.begin_read().unwrap().event(58).unwrap().unwrap().type_tag() == "order.placed";
+    assert!(placed_at_57, "event 57 (seq 58) is an order");
+    let mut broken =
+        Projection::new(totals::NAME).batch_size(1_000).on::<totals::OrderPlaced>(|tx, e, meta| {
+            if meta.seq() == 58 {
+                return Err("the read model rejects this order".into());
+            }
+            tx.insert(&totals::COUNTS, &e.customer.to_string(), &1)?;
+            Ok(())
+        });
+    let err = broken.catch_up(&db).unwrap_err();
+    assert!(
+        matches!(&err, ProcessorError::Handler { seq: 58, type_tag, .. } if type_tag == "order.placed"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("seq 58"), "{err}");
+    assert_eq!(db.checkpoint(totals::NAME).unwrap(), 0, "the failed batch kept no checkpoint");
+    assert!(totals::stored(&db.begin_read().unwrap()).is_empty(), "and no writes");
+
+    // After the fix, it resumes where it stopped and ends equal to the fold.
+    totals::projection(1_000).catch_up(&db).unwrap();
+    let view = db.begin_read().unwrap();
+    assert_eq!(totals::stored(&view), totals::fold(&view, u64::MAX));
+}
+
+#[test]
+fn a_projection_cannot_write_another_projections_table() {
+    const OTHER: Table<String, u64> = Table::new("someone-else", "t");
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    db.append(1u128, ExpectedVersion::Auto, [totals::event(2)]).unwrap();
+    let mut p = Projection::new("mine").on::<totals::OrderPlaced>(|tx, _e, _meta| {
+        tx.insert(&OTHER, &"x".to_owned(), &1)?;
+        Ok(())
+    });
+    let err = p.catch_up(&db).unwrap_err();
+    assert!(
+        matches!(&err, ProcessorError::Handler { source, .. }
+            if matches!(source.downcast_ref::<Error>(), Some(Error::ForeignTable { .. }))),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_stops_on_a_poison_event_and_resumes_there_after_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    append_mix(&db, 0, 300);
+    let poison = 123u64;
+    let attempts_on_poison = Arc::new(AtomicU64::new(0));
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let (tries, seen) = (Arc::clone(&attempts_on_poison), Arc::clone(&handled));
+    let retry = Retry {
+        attempts: 3,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(4),
+    };
+    let broken =
+        Processor::new("mailer").batch_size(40).retry(retry).on::<totals::OrderPlaced>(move |_e, meta| {
+            if meta.seq() == poison {
+                tries.fetch_add(1, Ordering::SeqCst);
+                return Err("mail server says no".into());
+            }
+            seen.lock().unwrap().push(meta.seq());
+            Ok(())
+        });
+    let runner = Runner::spawn(&db, broken);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runner.is_finished() {
+        assert!(Instant::now() < deadline, "the processor never stopped");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let err = runner.stop().await.unwrap_err();
+    assert!(matches!(err, ProcessorError::Handler { seq: 123, .. }), "{err}");
+    assert_eq!(attempts_on_poison.load(Ordering::SeqCst), 3, "tried as often as the policy says");
+    assert_eq!(
+        db.checkpoint("mailer").unwrap(),
+        poison - 1,
+        "the checkpoint stops just before the poison event"
+    );
+    assert!(handled.lock().unwrap().iter().all(|&s| s < poison));
+
+    // The fix: a processor that copes. It resumes at the poison event, not before.
+    let resumed = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&resumed);
+    let mut fixed = Processor::new("mailer").on::<totals::OrderPlaced>(move |_e, meta| {
+        seen.lock().unwrap().push(meta.seq());
+        Ok(())
+    });
+    assert_eq!(fixed.catch_up(&db).unwrap(), 300);
+    let resumed = resumed.lock().unwrap();
+    assert_eq!(resumed.first(), Some(&poison));
+    let before = handled.lock().unwrap();
+    let overlap = resumed.iter().filter(|s| before.contains(s)).count();
+    assert_eq!(overlap, 0, "nothing handled twice here: the checkpoint was committed before the stop");
+}
+
+#[test]
+fn a_transient_failure_is_retried_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    db.append(1u128, ExpectedVersion::Auto, [totals::event(2)]).unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&calls);
+    let retry = Retry {
+        attempts: 5,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+    };
+    let mut flaky = Processor::new("flaky").retry(retry).on::<totals::OrderPlaced>(move |_e, _meta| {
+        if counter.fetch_add(1, Ordering::SeqCst) < 2 { Err("timeout".into()) } else { Ok(()) }
+    });
+    let started = Instant::now();
+    assert_eq!(flaky.catch_up(&db).unwrap(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert!(started.elapsed() >= Duration::from_millis(15), "backed off 5 + 10 ms");
+}
+
+#[test]
+fn a_thread_runner_stops_gracefully_with_its_work_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    let runner = Runner::spawn_thread(&db, totals::projection(10));
+    append_mix(&db, 0, 500);
+    std::thread::sleep(Duration::from_millis(20));
+    let projection = runner.stop_blocking().unwrap();
+    assert_eq!(projection.name(), totals::NAME);
+    // Whatever it reached, its model is exactly the fold up to its checkpoint.
+    let view = db.begin_read().unwrap();
+    let checkpoint = db.checkpoint(totals::NAME).unwrap();
+    assert_eq!(totals::stored(&view), totals::fold(&view, checkpoint));
+}
+
+/// Crash safety with real processes: a child runs the projection while this process appends;
+/// the child is killed (`SIGKILL`) at random moments. After every kill, the read model must equal a
+/// from-scratch fold of the log up to the projection's checkpoint: no event applied twice,
+/// none skipped.
+#[test]
+fn sigkilled_projection_applies_every_event_exactly_once() {
+    let kills: usize = std::env::var("VARVEDB_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut next = 0u64;
+    let mut checkpoints = Vec::new();
+    for round in 0..kills {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_projection-child"))
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim(), "running", "round {round}: the child did not start");
+        // Append while the child projects, then kill it at a random moment.
+        let until = Instant::now() + Duration::from_millis(rng.u64(5..60));
+        while Instant::now() < until {
+            let batch: Vec<NewEvent> = (next..next + 10).map(totals::event).collect();
+            db.append(u128::from(next % 3), ExpectedVersion::Auto, batch).unwrap();
+            next += 10;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "round {round}: the child exited by itself");
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let view = db.begin_read().unwrap();
+        let checkpoint = db.checkpoint(totals::NAME).unwrap();
+        assert_eq!(
+            totals::stored(&view),
+            totals::fold(&view, checkpoint),
+            "round {round}: the read model is not the fold of events 1..={checkpoint}"
+        );
+        checkpoints.push(checkpoint);
+    }
+    let last = *checkpoints.last().unwrap();
+    assert!(last > 0, "the projection never committed");
+    eprintln!("{kills} kills; {next} events appended; projection checkpoints ranged up to {last}");
+}
