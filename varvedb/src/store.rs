@@ -367,6 +367,12 @@ mod tests {
         send_sync::<Error>();
         send::<ReadView<'static>>();
         send_sync::<WriteBatch>();
+        send::<crate::Subscription>();
+        send::<crate::Projection>();
+        send::<crate::Processor>();
+        send_sync::<crate::Runner<crate::Projection>>();
+        send_sync::<crate::ProcessorError>();
+        send_sync::<crate::OwnedEvent>();
     }
 
     fn event() -> NewEvent {
