@@ -123,6 +123,9 @@ impl Projection {
 
     /// Handles events of type `E`: `f(tx, archived_event, metadata)`, with the event read in
     /// place. Its writes through `tx` commit with the checkpoint; an error aborts the batch.
+    ///
+    /// The handler runs inside the store's write transaction: it must not append to the
+    /// store (that would wait for the lock the handler itself holds), and it should be quick.
     #[must_use]
     pub fn on<E: Event>(
         mut self,
