@@ -237,5 +237,132 @@ fn sigkilled_projection_applies_every_event_exactly_once() {
     }
     let last = *checkpoints.last().unwrap();
     assert!(last > 0, "the projection never committed");
-    eprintln!("{kills} kills; {next} events appended; projection checkpoints ranged up to {last}");
+    let advanced = checkpoints.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(advanced > kills / 4, "the projection advanced in only {advanced} of {kills} rounds");
+    // Finally, catching up after the last kill gives exactly the fold of the whole log.
+    totals::projection(100).catch_up(&db).unwrap();
+    let view = db.begin_read().unwrap();
+    assert_eq!(totals::stored(&view), totals::fold(&view, u64::MAX));
+    eprintln!(
+        "{kills} kills; {next} events appended; checkpoint advanced in {advanced} rounds, up to {last}"
+    );
+}
+
+#[test]
+fn a_stopped_processor_has_committed_exactly_what_it_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    append_mix(&db, 0, 400);
+    let handled = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&handled);
+    let slow = Processor::new("slow").batch_size(25).on::<totals::OrderPlaced>(move |_e, _meta| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_micros(300));
+        Ok(())
+    });
+    let runner = Runner::spawn_thread(&db, slow);
+    // Stop as soon as it has committed something, while most of the log is still ahead.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.checkpoint("slow").unwrap() == 0 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    runner.stop_blocking().unwrap();
+    let checkpoint = db.checkpoint("slow").unwrap();
+    assert!(checkpoint > 0 && checkpoint < 400, "stopped part-way (checkpoint {checkpoint})");
+    // Graceful: the batch in progress finished and committed, so the handled events are
+    // exactly the orders up to the checkpoint, no more, no fewer.
+    let view = db.begin_read().unwrap();
+    let orders_to_checkpoint = view
+        .read_all(1)
+        .unwrap()
+        .map(Result::unwrap)
+        .take_while(|e| e.seq() <= checkpoint)
+        .filter(|e| e.type_tag() == "order.placed")
+        .count() as u64;
+    assert_eq!(handled.load(Ordering::SeqCst), orders_to_checkpoint);
+}
+
+#[test]
+fn a_dropped_runner_stops_and_lets_the_store_close() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Varve::open(dir.path()).unwrap();
+        append_mix(&db, 0, 50);
+        let runner = Runner::spawn_thread(&db, totals::projection(10));
+        drop(runner);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match Varve::open(dir.path()) {
+            Ok(db) => break db,
+            Err(Error::AlreadyOpen { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("the dropped runner kept the store open: {e}"),
+        }
+    };
+    assert!(db.checkpoint(totals::NAME).unwrap() <= 50);
+}
+
+#[test]
+fn a_second_processor_instance_cannot_move_the_checkpoint_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    append_mix(&db, 0, 300);
+    let other_db = db.clone();
+    let mut raced = false;
+    // While instance B handles its first event, instance A (same name) runs to the end.
+    let mut b = Processor::new("twin").batch_size(10).on::<totals::OrderPlaced>(move |_e, _meta| {
+        if !raced {
+            raced = true;
+            Processor::new("twin").on::<totals::OrderPlaced>(|_e, _m| Ok(())).catch_up(&other_db)?;
+        }
+        Ok(())
+    });
+    let err = b.step(&db).unwrap_err();
+    assert!(matches!(err, ProcessorError::CheckpointMoved { expected: 0, found: 300, .. }), "{err}");
+    assert_eq!(db.checkpoint("twin").unwrap(), 300, "the checkpoint did not move back");
+}
+
+#[test]
+fn appending_from_a_projection_handler_is_an_error_not_a_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    db.append(1u128, ExpectedVersion::Auto, [totals::event(2)]).unwrap();
+    let inner = db.clone();
+    let mut p = Projection::new("loops").on::<totals::OrderPlaced>(move |_tx, _e, _meta| {
+        inner.append(9u128, ExpectedVersion::Auto, [totals::event(3)])?;
+        Ok(())
+    });
+    let err = p.catch_up(&db).unwrap_err();
+    assert!(
+        matches!(&err, ProcessorError::Handler { source, .. }
+            if matches!(source.downcast_ref::<Error>(), Some(Error::WouldDeadlock))),
+        "{err}"
+    );
+    // The store is fine afterwards.
+    db.append(1u128, ExpectedVersion::Auto, [totals::event(4)]).unwrap();
+}
+
+mod newer {
+    /// `order.placed` at a newer schema version than the projection handles.
+    #[derive(varvedb::Event)]
+    #[event(name = "order.placed", version = 2)]
+    pub struct OrderPlacedV2 {
+        pub customer: String,
+        pub cents: u64,
+        pub coupon: Option<String>,
+    }
+}
+
+#[test]
+fn a_handled_type_at_an_unhandled_version_stops_the_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    append_mix(&db, 0, 10);
+    let v2 = newer::OrderPlacedV2 { customer: "x".into(), cents: 1, coupon: None };
+    db.append(1u128, ExpectedVersion::Auto, [NewEvent::from_event(&v2).unwrap()]).unwrap();
+    let err = totals::projection(100).catch_up(&db).unwrap_err();
+    assert!(matches!(err, ProcessorError::UnhandledVersion { seq: 11, version: 2, .. }), "{err}");
 }

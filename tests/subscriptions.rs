@@ -99,6 +99,36 @@ async fn a_type_filter_skips_other_events_and_keeps_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rare_type_is_found_across_batches_of_skipped_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    for seq in 1..=2_000u64 {
+        let tag = if seq % 400 == 0 { "rare" } else { "common" };
+        db.append(1u128, ExpectedVersion::Auto, [NewEvent::new(tag, seq.to_le_bytes().to_vec())]).unwrap();
+    }
+    // Batches of 7 scan at most 112 events per trip: most trips deliver nothing.
+    let mut sub = db.subscribe(1).of_types(["rare"]).batch_size(7);
+    for n in 1..=5u64 {
+        assert_eq!(sub.next_event().await.unwrap().unwrap().seq, n * 400);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn position_is_where_a_new_subscription_would_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    for seq in 1..=20u64 {
+        db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("t", seq.to_le_bytes().to_vec())]).unwrap();
+    }
+    let mut sub = db.subscribe(1).batch_size(10);
+    assert_eq!(sub.position(), 1);
+    assert_eq!(sub.next_event().await.unwrap().unwrap().seq, 1);
+    assert_eq!(sub.position(), 2, "nine read events are buffered, not delivered");
+    let mut resumed = db.subscribe(sub.position());
+    assert_eq!(resumed.next_event().await.unwrap().unwrap().seq, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_next_event_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = Varve::open(dir.path()).unwrap();

@@ -217,6 +217,14 @@ pub enum Error {
     #[error("internal error: {0}; nothing was written (please report this)")]
     Internal(&'static str),
 
+    /// The call would wait for a lock this thread already holds: appending, or starting a
+    /// write transaction, from inside a projection handler (which runs in the store's write
+    /// transaction). Record what to do in the read model and act on it elsewhere.
+    #[error(
+        "this call would deadlock: it needs the store's write lock, which this thread holds (inside a projection handler)"
+    )]
+    WouldDeadlock,
+
     /// The store's writer thread has stopped (the store is closing, or the thread panicked).
     #[error("the store's writer has stopped")]
     WriterStopped,

@@ -52,6 +52,21 @@ pub struct RecordedEvent<'v> {
 }
 
 impl<'v> RecordedEvent<'v> {
+    /// A view of an owned event, for handlers that run after the read transaction ended.
+    pub(crate) fn from_owned(e: &'v crate::subscribe::OwnedEvent) -> Self {
+        RecordedEvent {
+            seq: e.seq,
+            stream: e.stream,
+            version: e.version,
+            timestamp_micros: e.timestamp_micros,
+            schema_version: e.schema_version,
+            id: e.id,
+            type_tag: &e.type_tag,
+            metadata: &e.metadata,
+            payload: &e.payload,
+        }
+    }
+
     /// Global sequence number: 1 for the first event of the store, no gaps.
     #[must_use]
     pub fn seq(&self) -> u64 {

@@ -271,6 +271,9 @@ impl Storage {
     }
 
     pub(crate) fn write_txn(&self) -> Result<WriteTxn<'_>, Error> {
+        if holds_write_lock() {
+            return Err(Error::WouldDeadlock);
+        }
         self.env.write_txn().map_err(|e| self.err(e))
     }
 
@@ -377,6 +380,32 @@ impl Storage {
 
     fn err(&self, e: heed::Error) -> Error {
         storage_error(e, self.map_size)
+    }
+}
+
+thread_local! {
+    static HOLDS_WRITE_LOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside a projection step, holding LMDB's write lock: another write
+/// transaction (directly, or through the writer thread) would wait for it forever.
+pub(crate) fn holds_write_lock() -> bool {
+    HOLDS_WRITE_LOCK.with(std::cell::Cell::get)
+}
+
+/// Marks this thread as holding the write lock until dropped.
+pub(crate) struct WriteLockHeld(());
+
+impl WriteLockHeld {
+    pub(crate) fn mark() -> Self {
+        HOLDS_WRITE_LOCK.with(|h| h.set(true));
+        WriteLockHeld(())
+    }
+}
+
+impl Drop for WriteLockHeld {
+    fn drop(&mut self) {
+        HOLDS_WRITE_LOCK.with(|h| h.set(false));
     }
 }
 

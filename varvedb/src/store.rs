@@ -223,6 +223,9 @@ impl Varve {
     /// # Errors
     /// As [`append`](Self::append), for any stream of the batch.
     pub fn write(&self, batch: WriteBatch) -> Result<Vec<Appended>, Error> {
+        if crate::storage::holds_write_lock() {
+            return Err(Error::WouldDeadlock);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.inner.writer.submit(Request { batch, reply: Reply::Blocking(tx) })?;
         rx.recv().map_err(|_| Error::WriterStopped)?

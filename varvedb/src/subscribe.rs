@@ -124,6 +124,9 @@ struct Cursor {
     buffered: VecDeque<OwnedEvent>,
     watch: tokio::sync::watch::Receiver<u64>,
     poll_interval: Duration,
+    /// A read started by a call that was cancelled; the next call awaits it instead of
+    /// starting another, so cancellations cannot pile up reads.
+    inflight: Option<tokio::task::JoinHandle<Result<Batch, Error>>>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -155,6 +158,7 @@ impl Varve {
                 buffered: VecDeque::new(),
                 watch: self.watch_last_seq(),
                 poll_interval: Duration::from_millis(100),
+                inflight: None,
             }),
             pending: None,
         }
@@ -185,18 +189,21 @@ impl Subscription {
     /// the subscription at once).
     #[must_use]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.cursor_mut().poll_interval = interval;
+        self.cursor_mut().poll_interval = interval.max(Duration::from_millis(1));
         self
     }
 
-    /// The seq the subscription will deliver next (or skip, if filtered out).
+    /// The seq the subscription will deliver next (or skip, if filtered out): resubscribing
+    /// from here continues exactly where this subscription is.
     #[must_use]
     ///
     /// # Panics
     /// If called while the `Stream` impl has a call in flight (between a `Pending` poll and
     /// its completion).
     pub fn position(&self) -> u64 {
-        self.cursor.as_ref().expect("no Stream poll in flight").next
+        let cursor = self.cursor.as_ref().expect("no Stream poll in flight");
+        // Buffered events are read but not delivered yet: the position is the first of them.
+        cursor.buffered.front().map_or(cursor.next, |e| e.seq)
     }
 
     fn cursor_mut(&mut self) -> &mut Cursor {
@@ -262,10 +269,18 @@ impl Cursor {
         }
     }
 
-    async fn read_batch(&self) -> Option<Result<Batch, Error>> {
-        let db = self.db.upgrade()?;
-        let (from, limit, filter) = (self.next, self.batch, self.filter.clone());
-        let read = tokio::task::spawn_blocking(move || read_batch(&db, from, limit, filter.as_deref())).await;
+    async fn read_batch(&mut self) -> Option<Result<Batch, Error>> {
+        if self.inflight.is_none() {
+            let db = self.db.upgrade()?;
+            let (from, limit, filter) = (self.next, self.batch, self.filter.clone());
+            self.inflight =
+                Some(tokio::task::spawn_blocking(move || read_batch(&db, from, limit, filter.as_deref())));
+        }
+        let handle = self.inflight.as_mut()?;
+        let read = handle.await;
+        // Only a completed read is taken: if this future is dropped above, the read stays
+        // in flight for the next call.
+        self.inflight = None;
         Some(read.unwrap_or(Err(Error::Internal("a subscription's read task panicked"))))
     }
 }

@@ -42,9 +42,68 @@ pub enum ProcessorError {
         /// The handler's error.
         source: HandlerError,
     },
+    /// The processor handles events of this type, but not at this schema version: skipping
+    /// it would silently leave it out of the read model. Add a handler for the version.
+    #[error("processor {processor:?} has no handler for {type_tag:?} version {version} (seq {seq})")]
+    UnhandledVersion {
+        /// The processor's name.
+        processor: String,
+        /// The event.
+        seq: u64,
+        /// Its type tag.
+        type_tag: String,
+        /// Its schema version.
+        version: u32,
+    },
+    /// Another instance of the processor moved its checkpoint meanwhile (from `expected` to
+    /// `found`). Run one instance per name.
+    #[error(
+        "the checkpoint of {processor:?} moved from {expected} to {found} under this instance; run one instance per processor"
+    )]
+    CheckpointMoved {
+        /// The processor's name.
+        processor: String,
+        /// The checkpoint this instance started from.
+        expected: u64,
+        /// The checkpoint it found when committing.
+        found: u64,
+    },
+    /// A handler panicked; the batch in progress was not committed.
+    #[error("a handler panicked: {0}")]
+    Panicked(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] Error),
+}
+
+/// The handler for `event`, or an error if the processor handles its tag at other versions.
+fn handler_for<'h, H>(
+    processor: &str,
+    handlers: &'h mut [(EventInfo, H)],
+    event: &RecordedEvent<'_>,
+) -> Result<Option<&'h mut H>, ProcessorError> {
+    if let Some(i) = handlers.iter().position(|(info, _)| info.matches(event)) {
+        return Ok(Some(&mut handlers[i].1));
+    }
+    if handlers.iter().any(|(info, _)| info.name == event.type_tag()) {
+        return Err(ProcessorError::UnhandledVersion {
+            processor: processor.to_owned(),
+            seq: event.seq(),
+            type_tag: event.type_tag().to_owned(),
+            version: event.schema_version(),
+        });
+    }
+    Ok(None)
+}
+
+/// Refuses a second handler for one event type, which would never run.
+fn assert_new<H>(handlers: &[(EventInfo, H)], info: EventInfo, owner: &str) {
+    assert!(
+        !handlers.iter().any(|(i, _)| i.name == info.name && i.version == info.version),
+        "{owner} already handles {:?} version {}; one handler per event type",
+        info.name,
+        info.version
+    );
 }
 
 type ProjectionHandler =
@@ -124,6 +183,9 @@ impl Projection {
     /// Handles events of type `E`: `f(tx, archived_event, metadata)`, with the event read in
     /// place. Its writes through `tx` commit with the checkpoint; an error aborts the batch.
     ///
+    /// # Panics
+    /// If the projection already handles `E`'s type and version.
+    ///
     /// The handler runs inside the store's write transaction: it must not append to the
     /// store (that would wait for the lock the handler itself holds), and it should be quick.
     #[must_use]
@@ -138,6 +200,7 @@ impl Projection {
         + 'static,
     ) -> Self {
         let info = EventInfo::of::<E>();
+        assert_new(&self.handlers, info, &self.name);
         self.handlers.push((
             info,
             Box::new(move |tx, event| {
@@ -169,10 +232,19 @@ impl Projection {
     /// is kept); [`ProcessorError::Store`].
     pub fn step(&mut self, db: &Varve) -> Result<Progress, ProcessorError> {
         let storage = db.storage();
+        // Nothing new: answer from a read transaction, without taking the writer lock.
+        {
+            let txn = storage.read_txn()?;
+            let checkpoint = read_checkpoint(storage, &txn, &self.name)?;
+            if checkpoint >= storage.last_seq(&txn)? {
+                return Ok(Progress { scanned: 0, checkpoint });
+            }
+        }
         // The write transaction takes LMDB's writer lock first; a read snapshot opened after
         // it sees exactly the committed state the write transaction sees, and its pages stay
         // valid while the handlers write, so events are read in place.
         let mut txn = storage.write_txn()?;
+        let _held = crate::storage::WriteLockHeld::mark();
         let view = db.begin_read()?;
         let from = read_checkpoint(storage, &txn, &self.name)?;
         let mut checkpoint = from;
@@ -181,7 +253,7 @@ impl Projection {
             let event = event?;
             scanned += 1;
             checkpoint = event.seq();
-            let Some((_, handler)) = self.handlers.iter_mut().find(|(info, _)| info.matches(&event)) else {
+            let Some(handler) = handler_for(&self.name, &mut self.handlers, &event)? else {
                 continue;
             };
             let mut tx = ProjectionTxn { storage, txn: &mut txn, projection: &self.name, key: Vec::new() };
@@ -353,11 +425,15 @@ impl Processor {
     }
 
     /// Handles events of type `E`: `f(archived_event, metadata)`.
+    ///
+    /// # Panics
+    /// If the processor already handles `E`'s type and version.
     #[must_use]
     pub fn on<E: Event>(
         mut self,
         mut f: impl FnMut(&E::Archived, &RecordedEvent<'_>) -> Result<(), HandlerError> + Send + 'static,
     ) -> Self {
+        assert_new(&self.handlers, EventInfo::of::<E>(), &self.name);
         self.handlers.push((
             EventInfo::of::<E>(),
             Box::new(move |event| {
@@ -391,57 +467,81 @@ impl Processor {
 
     /// Handles the next batch after the checkpoint, then commits the checkpoint.
     ///
+    /// The batch is copied out of the store first, so no read transaction stays open while
+    /// handlers run or back off (an open one would keep the file from reusing pages).
+    ///
     /// # Errors
     /// [`ProcessorError::Handler`] when an event's retries run out (the checkpoint then
-    /// stands just before it); [`ProcessorError::Store`].
+    /// stands just before it); [`ProcessorError::UnhandledVersion`];
+    /// [`ProcessorError::CheckpointMoved`] if another instance advanced the checkpoint;
+    /// [`ProcessorError::Store`].
+    ///
+    /// # Blocking
+    /// Runs the handlers and sleeps between retries on the calling thread.
     pub fn step(&mut self, db: &Varve) -> Result<Progress, ProcessorError> {
         let storage = db.storage();
-        let from = {
-            let txn = storage.read_txn()?;
-            read_checkpoint(storage, &txn, &self.name)?
+        let (from, batch) = {
+            let view = db.begin_read()?;
+            let from = read_checkpoint(storage, view.txn(), &self.name)?;
+            let mut batch = Vec::new();
+            for event in view.read_all(from.saturating_add(1))?.take(self.batch) {
+                batch.push(event?.to_owned_event());
+            }
+            (from, batch)
         };
         let mut done = from;
-        let mut scanned = 0u64;
         let mut failure = None;
-        {
-            let view = db.begin_read()?;
-            'events: for event in view.read_all(from + 1)?.take(self.batch) {
-                let event = event?;
-                scanned += 1;
-                if let Some((_, handler)) = self.handlers.iter_mut().find(|(info, _)| info.matches(&event)) {
-                    let mut backoff = self.retry.initial_backoff;
-                    let mut attempt = 1;
-                    loop {
-                        match handler(&event) {
-                            Ok(()) => break,
-                            Err(source) if attempt >= self.retry.attempts => {
-                                failure = Some(ProcessorError::Handler {
-                                    processor: self.name.clone(),
-                                    seq: event.seq(),
-                                    type_tag: event.type_tag().to_owned(),
-                                    source,
-                                });
-                                break 'events;
-                            }
-                            Err(_) => {
-                                std::thread::sleep(backoff);
-                                backoff = (backoff * 2).min(self.retry.max_backoff);
-                                attempt += 1;
-                            }
+        'events: for owned in &batch {
+            let event = RecordedEvent::from_owned(owned);
+            let handler = match handler_for(&self.name, &mut self.handlers, &event) {
+                Ok(h) => h,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            if let Some(handler) = handler {
+                let mut backoff = self.retry.initial_backoff;
+                let mut attempt = 1;
+                loop {
+                    match handler(&event) {
+                        Ok(()) => break,
+                        Err(source) if attempt >= self.retry.attempts => {
+                            failure = Some(ProcessorError::Handler {
+                                processor: self.name.clone(),
+                                seq: event.seq(),
+                                type_tag: event.type_tag().to_owned(),
+                                source,
+                            });
+                            break 'events;
+                        }
+                        Err(_) => {
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(self.retry.max_backoff);
+                            attempt += 1;
                         }
                     }
                 }
-                done = event.seq();
             }
+            done = event.seq();
         }
         if done > from {
+            // Compare-and-set: a second instance must not move the checkpoint backwards.
             let mut txn = storage.write_txn()?;
+            let found = read_checkpoint(storage, &txn, &self.name)?;
+            if found != from {
+                return Err(ProcessorError::CheckpointMoved {
+                    processor: self.name.clone(),
+                    expected: from,
+                    found,
+                });
+            }
             write_checkpoint(storage, &mut txn, &self.name, done)?;
             storage.commit(txn)?;
         }
         match failure {
             Some(e) => Err(e),
-            None => Ok(Progress { scanned, checkpoint: done }),
+            None => Ok(Progress { scanned: batch.len() as u64, checkpoint: done }),
         }
     }
 

@@ -78,7 +78,7 @@ pub struct Runner<P> {
     name: String,
     db: Varve,
     stop: tokio::sync::watch::Sender<bool>,
-    task: Task<P>,
+    task: Option<Task<P>>,
 }
 
 impl<P> std::fmt::Debug for Runner<P> {
@@ -99,7 +99,7 @@ impl<P: Runnable> Runner<P> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let name = processor.name().to_owned();
         let task = tokio::spawn(run(db.clone(), processor, stopped, DEFAULT_POLL));
-        Runner { name, db: db.clone(), stop, task: Task::Tokio(task) }
+        Runner { name, db: db.clone(), stop, task: Some(Task::Tokio(task)) }
     }
 
     /// Starts `processor` on a thread of its own, for programs without tokio.
@@ -120,7 +120,7 @@ impl<P: Runnable> Runner<P> {
                 rt.block_on(run(thread_db, processor, stopped, DEFAULT_POLL))
             })
             .expect("spawn a runner thread");
-        Runner { name, db: db.clone(), stop, task: Task::Thread(thread) }
+        Runner { name, db: db.clone(), stop, task: Some(Task::Thread(thread)) }
     }
 
     /// How many committed events the processor has not processed yet.
@@ -144,8 +144,9 @@ impl<P: Runnable> Runner<P> {
     #[must_use]
     pub fn is_finished(&self) -> bool {
         match &self.task {
-            Task::Tokio(t) => t.is_finished(),
-            Task::Thread(t) => t.is_finished(),
+            Some(Task::Tokio(t)) => t.is_finished(),
+            Some(Task::Thread(t)) => t.is_finished(),
+            None => true,
         }
     }
 
@@ -158,9 +159,12 @@ impl<P: Runnable> Runner<P> {
     /// # Cancel safety
     /// Cancel safe in effect: the stop signal is sent at the first poll, and the runner stops
     /// on its own; only the processor handed back is lost if this future is dropped.
-    pub async fn stop(self) -> Result<P, ProcessorError> {
+    pub async fn stop(mut self) -> Result<P, ProcessorError> {
         self.stop.send_replace(true);
-        match self.task {
+        let Some(task) = self.task.take() else {
+            return Err(Error::Internal("a runner was stopped twice").into());
+        };
+        match task {
             Task::Tokio(t) => {
                 t.await.unwrap_or_else(|_| Err(Error::Internal("a runner task panicked").into()))
             }
@@ -176,15 +180,27 @@ impl<P: Runnable> Runner<P> {
     /// As [`stop`](Self::stop).
     ///
     /// # Panics
-    /// For a runner started with [`spawn`](Self::spawn) when called outside its runtime.
-    pub fn stop_blocking(self) -> Result<P, ProcessorError> {
+    /// For a runner started with [`spawn`](Self::spawn): outside its runtime, and inside any
+    /// async context (use [`stop`](Self::stop) there).
+    pub fn stop_blocking(mut self) -> Result<P, ProcessorError> {
         self.stop.send_replace(true);
-        match self.task {
+        let Some(task) = self.task.take() else {
+            return Err(Error::Internal("a runner was stopped twice").into());
+        };
+        match task {
             Task::Thread(t) => join(t),
             Task::Tokio(t) => tokio::runtime::Handle::current()
                 .block_on(t)
                 .unwrap_or_else(|_| Err(Error::Internal("a runner task panicked").into())),
         }
+    }
+}
+
+impl<P> Drop for Runner<P> {
+    /// A runner dropped without [`stop`](Runner::stop) stops after its current step, in the
+    /// background; the store stays open until it has.
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
     }
 }
 
@@ -211,14 +227,26 @@ async fn run<P: Runnable>(
             (processor, result)
         })
         .await
-        .map_err(|_| Error::Internal("a processor step panicked"))?;
+        .map_err(|e| {
+            let what = e.try_into_panic().ok().and_then(|p| {
+                p.downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+            });
+            ProcessorError::Panicked(what.unwrap_or_else(|| "unknown panic".to_owned()))
+        })?;
         processor = back;
         if result?.scanned > 0 {
             continue; // more may be waiting
         }
         tokio::select! {
             _ = commits.changed() => {}
-            _ = stop.changed() => {}
+            changed = stop.changed() => {
+                // The `Runner` is gone without calling `stop`: stop too.
+                if changed.is_err() {
+                    return Ok(processor);
+                }
+            }
             () = tokio::time::sleep(poll) => {}
         }
     }
