@@ -229,7 +229,7 @@ impl Projection {
     ///
     /// # Errors
     /// [`ProcessorError::Handler`] naming the seq if a handler fails (nothing of the batch
-    /// is kept); [`ProcessorError::Store`].
+    /// is kept); [`ProcessorError::UnhandledVersion`]; [`ProcessorError::Store`].
     pub fn step(&mut self, db: &Varve) -> Result<Progress, ProcessorError> {
         let storage = db.storage();
         // Nothing new: answer from a read transaction, without taking the writer lock.
@@ -276,12 +276,7 @@ impl Projection {
     /// # Errors
     /// As [`step`](Self::step).
     pub fn catch_up(&mut self, db: &Varve) -> Result<u64, ProcessorError> {
-        loop {
-            let p = self.step(db)?;
-            if p.scanned == 0 {
-                return Ok(p.checkpoint);
-            }
-        }
+        runner::catch_up(self, db)
     }
 
     /// Erases the read model (every table of this projection) and the checkpoint, in one
@@ -550,12 +545,7 @@ impl Processor {
     /// # Errors
     /// As [`step`](Self::step).
     pub fn catch_up(&mut self, db: &Varve) -> Result<u64, ProcessorError> {
-        loop {
-            let p = self.step(db)?;
-            if p.scanned == 0 {
-                return Ok(p.checkpoint);
-            }
-        }
+        runner::catch_up(self, db)
     }
 }
 

@@ -36,6 +36,16 @@ impl Runnable for Processor {
     }
 }
 
+/// Steps until a step finds nothing new; returns the checkpoint.
+pub(crate) fn catch_up<P: Runnable + ?Sized>(p: &mut P, db: &Varve) -> Result<u64, ProcessorError> {
+    loop {
+        let progress = p.step(db)?;
+        if progress.scanned == 0 {
+            return Ok(progress.checkpoint);
+        }
+    }
+}
+
 enum Task<P> {
     Tokio(tokio::task::JoinHandle<Result<P, ProcessorError>>),
     Thread(std::thread::JoinHandle<Result<P, ProcessorError>>),
