@@ -222,7 +222,9 @@ impl WriterState {
         let tables = self.storage.tables;
         let mut seen_ids = HashSet::new();
         let mut stored_ids: Vec<(u128, u64)> = Vec::new();
-        let mut schemas: Vec<(String, SchemaId)> = Vec::new();
+        // Every (tag, version) checked in this request, and whether it is new to the store: a
+        // batch of thousands of one event type looks the registry up once, not per event.
+        let mut checked: Vec<(String, SchemaId, bool)> = Vec::new();
         let mut total = 0usize;
         for part in &batch.appends {
             if part.events.is_empty() {
@@ -238,7 +240,7 @@ impl WriterState {
                     return Err(Error::EventTooLarge { index: total, size, max: self.config.max_event_size });
                 }
                 if let Some(schema) = event.schema {
-                    self.check_schema(txn, &event.type_tag, schema, &mut schemas)?;
+                    self.check_schema(txn, &event.type_tag, schema, &mut checked)?;
                 }
                 if let Some(id) = event.id {
                     if !seen_ids.insert(id) {
@@ -299,17 +301,18 @@ impl WriterState {
                 kind: head.kind.or_else(|| part.kind.clone()),
             });
         }
+        let schemas = checked.into_iter().filter(|(_, _, new)| *new).map(|(tag, s, _)| (tag, s)).collect();
         Ok(Plan::Write { appended, heads, schemas })
     }
 
-    /// Checks a typed event's fingerprint against the registry; a first use is queued for
-    /// registration with the request's writes.
+    /// Checks a typed event's fingerprint against the registry, once per (tag, version) per
+    /// request; a first use is marked new, to be registered with the request's writes.
     fn check_schema(
         &self,
         txn: &WriteTxn<'_>,
         tag: &str,
         schema: SchemaId,
-        pending: &mut Vec<(String, SchemaId)>,
+        checked: &mut Vec<(String, SchemaId, bool)>,
     ) -> Result<(), Error> {
         let mismatch = |stored: u64| Error::SchemaMismatch {
             event: tag.to_owned(),
@@ -317,11 +320,12 @@ impl WriterState {
             stored,
             found: schema.fingerprint,
         };
-        if let Some((_, queued)) = pending.iter().find(|(t, s)| t == tag && s.version == schema.version) {
-            return if queued.fingerprint == schema.fingerprint {
+        if let Some((_, known, _)) = checked.iter().find(|(t, s, _)| t == tag && s.version == schema.version)
+        {
+            return if known.fingerprint == schema.fingerprint {
                 Ok(())
             } else {
-                Err(mismatch(queued.fingerprint))
+                Err(mismatch(known.fingerprint))
             };
         }
         match self.storage.get(txn, self.storage.tables.schema, &key::schema(tag, schema.version))? {
@@ -330,10 +334,14 @@ impl WriterState {
                     table: "schema",
                     reason: format!("fingerprint of {tag:?} version {} is not 8 bytes", schema.version),
                 })?;
-                if stored == schema.fingerprint { Ok(()) } else { Err(mismatch(stored)) }
+                if stored != schema.fingerprint {
+                    return Err(mismatch(stored));
+                }
+                checked.push((tag.to_owned(), schema, false));
+                Ok(())
             }
             None => {
-                pending.push((tag.to_owned(), schema));
+                checked.push((tag.to_owned(), schema, true));
                 Ok(())
             }
         }
