@@ -228,6 +228,67 @@ pub enum Error {
     /// The store's writer thread has stopped (the store is closing, or the thread panicked).
     #[error("the store's writer has stopped")]
     WriterStopped,
+
+    /// The store is encrypted and was opened without a master key. Nothing was read.
+    #[error("the store at {} is encrypted: open it with `Options::encryption_key`", path.display())]
+    KeyRequired {
+        /// The store's directory.
+        path: PathBuf,
+    },
+
+    /// The master key given does not open this store. Nothing was read or written.
+    #[error("wrong master key: it does not open this store")]
+    WrongKey,
+
+    /// An encryption feature was used on a store without encryption, or a master key was
+    /// given for a store that already holds unencrypted events.
+    #[error("the store is not encrypted: {reason}")]
+    NotEncrypted {
+        /// Why the request cannot be served.
+        reason: &'static str,
+    },
+
+    /// A master key must be exactly 32 bytes.
+    #[error("a master key is 32 bytes, not {len}")]
+    InvalidKeyLength {
+        /// The length given.
+        len: usize,
+    },
+
+    /// The operating system's random number generator failed; nothing was encrypted.
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+
+    /// An encrypted event failed authentication: its bytes were altered, it was moved from
+    /// another position or stream, or it was sealed under another key. No plaintext of it
+    /// is returned.
+    #[error(
+        "event at seq {seq} fails authentication: altered, moved from another position, or sealed under another key"
+    )]
+    DecryptionFailed {
+        /// The event's global sequence number.
+        seq: u64,
+    },
+
+    /// A stream's stored data key cannot be opened (damaged, swapped with another stream's,
+    /// or missing while the stream has events).
+    #[error("the data key of stream {stream} cannot be opened: {reason}")]
+    CorruptKey {
+        /// The stream.
+        stream: StreamId,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// The stream was crypto-shredded ([`Varve::shred`](crate::Varve::shred)): its events
+    /// can no longer be decrypted, and it takes no new events.
+    #[error(
+        "stream {stream} was shredded: its events cannot be decrypted any more, and it takes no new events"
+    )]
+    Shredded {
+        /// The shredded stream.
+        stream: StreamId,
+    },
 }
 
 /// An opaque error from the storage engine. Its text names the engine's own error.
@@ -269,6 +330,7 @@ impl Error {
                 | Error::StreamKindMismatch { .. }
                 | Error::SchemaMismatch { .. }
                 | Error::StreamMismatch { .. }
+                | Error::Shredded { .. }
         )
     }
 }

@@ -18,6 +18,9 @@
 //!   [`Error::Corrupt`] naming the seq, not a wrong value or a panic; index entries are
 //!   checked against the records they point to ([`Error::CorruptIndex`]), and
 //!   [`ReadView::check_integrity`] verifies the whole store.
+//! - **Encryption at rest (optional).** With [`Options::encryption_key`], every stream gets
+//!   its own AES-256-GCM data key and every event is sealed to its position; a stream can be
+//!   crypto-shredded ([`Varve::shred`]). See `docs/encryption.md`.
 //!
 //! ```
 //! use varvedb::{ExpectedVersion, NewEvent, Varve};
@@ -45,6 +48,8 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+mod crypto;
+mod encryption;
 mod error;
 mod process;
 mod read;
@@ -56,6 +61,7 @@ mod typed;
 mod types;
 mod writer;
 
+pub use crypto::{KEY_LEN, MasterKey};
 pub use error::{Error, StorageError};
 pub use process::runner::{DEFAULT_POLL, Runnable, Runner};
 pub use process::table::TableEntries;
@@ -109,4 +115,11 @@ pub mod __private {
     >;
     /// The validator events are read with.
     pub type Validator<'a> = rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>;
+
+    /// Recomputes the checksum of a record stored under `seq`, as an attacker who edits the
+    /// file would: the tamper tests use it to get past the checksum to the cryptography.
+    #[cfg(feature = "testing")]
+    pub fn forge_checksum(seq: u64, record: &mut [u8]) {
+        crate::record::forge_checksum(seq, record);
+    }
 }

@@ -1,13 +1,18 @@
 //! Read views: consistent snapshots over one LMDB read transaction.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use aes_gcm::Aes256Gcm;
 
 use rkyv::Portable;
 use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
 
+use crate::crypto::{Encryption, Master, StreamKey};
 use crate::error::Error;
-use crate::record::{Body, Envelope, blob_hash};
+use crate::record::{Aad, Body, Content, Envelope, blob_hash};
 use std::ops::Bound::{Included, Unbounded};
 
 use crate::storage::{Entries, ReadTxn, Storage, key, value};
@@ -19,6 +24,11 @@ use crate::types::StreamId;
 /// Events borrow from the view: their payloads point into the store's memory map, with no
 /// copy. Keep views short-lived: an open view pins the pages it sees, so the file grows while
 /// it lives. A view is `Send`, but must not be held across an `.await` in a busy task.
+///
+/// In an encrypted store, an event read through a view is decrypted into memory the view
+/// owns until it is dropped (the one exception to zero-copy). Long reads of encrypted
+/// streams should use [`StreamEvents::next_reusing`] or [`LogEvents::next_reusing`], which
+/// decrypt into one reusable buffer instead; [`Stream::load`](crate::Stream::load) does.
 ///
 /// ```
 /// use varvedb::{ExpectedVersion, NewEvent, Varve};
@@ -35,6 +45,16 @@ use crate::types::StreamId;
 pub struct ReadView<'db> {
     storage: &'db Storage,
     txn: ReadTxn<'db>,
+    crypto: Option<ViewCrypto>,
+}
+
+/// What a view of an encrypted store needs: the master its snapshot's keys are wrapped
+/// with, the data keys unwrapped so far, and memory for decrypted events.
+struct ViewCrypto {
+    master: Arc<Master>,
+    /// `None`: the stream is shredded.
+    keys: RefCell<HashMap<u128, Option<Box<Aes256Gcm>>>>,
+    arena: bumpalo::Bump,
 }
 
 /// One stored event, borrowed from a [`ReadView`].
@@ -49,6 +69,7 @@ pub struct RecordedEvent<'v> {
     type_tag: &'v str,
     metadata: &'v [u8],
     payload: &'v [u8],
+    shredded: bool,
 }
 
 impl<'v> RecordedEvent<'v> {
@@ -64,6 +85,7 @@ impl<'v> RecordedEvent<'v> {
             type_tag: &e.type_tag,
             metadata: &e.metadata,
             payload: &e.payload,
+            shredded: e.shredded,
         }
     }
 
@@ -109,23 +131,32 @@ impl<'v> RecordedEvent<'v> {
         self.schema_version
     }
 
-    /// The user metadata bytes.
+    /// The user metadata bytes (empty for a shredded event).
     #[must_use]
     pub fn metadata(&self) -> &'v [u8] {
         self.metadata
     }
 
-    /// The payload bytes, in place in the memory map.
+    /// The payload bytes: in place in the memory map, or decrypted (empty for a shredded
+    /// event; see [`is_shredded`](Self::is_shredded)).
     #[must_use]
     pub fn payload(&self) -> &'v [u8] {
         self.payload
+    }
+
+    /// Whether the event's stream was crypto-shredded ([`Varve::shred`](crate::Varve::shred)):
+    /// its position, type tag, timestamp and id remain, its metadata and payload are gone.
+    #[must_use]
+    pub fn is_shredded(&self) -> bool {
+        self.shredded
     }
 
     /// The payload as a validated rkyv archive of type `T` (for example `Archived<MyEvent>`),
     /// accessed in place: no copy, no allocation.
     ///
     /// # Errors
-    /// [`Error::InvalidArchive`] if the bytes are not a valid `T`.
+    /// [`Error::InvalidArchive`] if the bytes are not a valid `T`; [`Error::Shredded`] if the
+    /// event's stream was shredded.
     ///
     /// ```
     /// use varvedb::{rkyv, ExpectedVersion, NewEvent, Varve};
@@ -146,6 +177,9 @@ impl<'v> RecordedEvent<'v> {
     where
         T: Portable + for<'a> CheckBytes<HighValidator<'a, rkyv::rancor::Error>>,
     {
+        if self.shredded {
+            return Err(Error::Shredded { stream: self.stream });
+        }
         rkyv::access::<T, rkyv::rancor::Error>(self.payload).map_err(|e| Error::InvalidArchive {
             seq: self.seq,
             type_tag: self.type_tag.to_owned(),
@@ -166,11 +200,25 @@ pub struct IntegrityReport {
     pub blob_references: u64,
     /// Highest seq (equal to `events`: the log has no gaps).
     pub last_seq: u64,
+    /// Events of shredded streams: their checksums were verified, their contents cannot be.
+    pub shredded_events: u64,
 }
 
 impl<'db> ReadView<'db> {
-    pub(crate) fn new(storage: &'db Storage) -> Result<Self, Error> {
-        Ok(ReadView { txn: storage.read_txn()?, storage })
+    pub(crate) fn new(storage: &'db Storage, encryption: Option<&Encryption>) -> Result<Self, Error> {
+        let Some(encryption) = encryption else {
+            return Ok(ReadView { txn: storage.read_txn()?, storage, crypto: None });
+        };
+        // Held while the snapshot starts: a key rotation cannot commit in between, so the
+        // master matches the wrapped keys this snapshot sees.
+        let master = encryption.read();
+        let txn = storage.read_txn()?;
+        let crypto = ViewCrypto {
+            master: Arc::clone(&master),
+            keys: RefCell::new(HashMap::new()),
+            arena: bumpalo::Bump::new(),
+        };
+        Ok(ReadView { txn, storage, crypto: Some(crypto) })
     }
 
     pub(crate) fn storage(&self) -> &'db Storage {
@@ -241,9 +289,28 @@ impl<'db> ReadView<'db> {
     /// # Errors
     /// [`Error::Corrupt`] naming the seq if the record fails its checksum.
     pub fn event(&self, seq: u64) -> Result<Option<RecordedEvent<'_>>, Error> {
+        self.event_with(seq, |n| self.arena(n))
+    }
+
+    /// The event at `seq`; an encrypted one is decrypted into the buffer `plain` gives.
+    fn event_with<'a>(
+        &'a self,
+        seq: u64,
+        plain: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Result<Option<RecordedEvent<'a>>, Error> {
         match self.storage.get(&self.txn, self.storage.tables.events, &key::seq(seq))? {
             None => Ok(None),
-            Some(raw) => self.decode(seq, raw).map(Some),
+            Some(raw) => self.decode_with(seq, raw, plain).map(Some),
+        }
+    }
+
+    /// `n` bytes of the view's memory for a decrypted event.
+    fn arena(&self, n: usize) -> &mut [u8] {
+        match &self.crypto {
+            Some(c) => c.arena.alloc_slice_fill_copy(n, 0u8),
+            // Only encrypted records ask for memory, and a store without a key refuses those
+            // before asking.
+            None => &mut [],
         }
     }
 
@@ -306,23 +373,84 @@ impl<'db> ReadView<'db> {
         Ok(LogEvents { view: self, raw })
     }
 
-    fn decode<'v>(&'v self, seq: u64, raw: &'v [u8]) -> Result<RecordedEvent<'v>, Error> {
+    /// Decodes the record stored under `seq`; an encrypted one is opened into the buffer
+    /// `plain(len)` returns, and only after it authenticates is any of it visible.
+    fn decode_with<'a>(
+        &'a self,
+        seq: u64,
+        raw: &'a [u8],
+        plain: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Result<RecordedEvent<'a>, Error> {
+        let corrupt = |reason: &str| Error::Corrupt { seq, reason: reason.to_owned() };
         let env = Envelope::decode(seq, raw)?;
-        let payload = match env.body {
-            Body::Inline(p) => p,
-            Body::Blob { hash, len } => self.blob(seq, hash, len)?,
+        let head = env.head;
+        let (metadata, payload, shredded): (&'a [u8], &'a [u8], bool) = match (env.content, &self.crypto) {
+            (Content::Plain { metadata, body }, None) => (metadata, self.body(seq, body)?, false),
+            (Content::Plain { .. }, Some(_)) => {
+                // Every record of an encrypted store is sealed; one in the clear was forged
+                // (for example by clearing the flag), and its bytes must not pass as plaintext.
+                return Err(corrupt("an unencrypted record in an encrypted store"));
+            }
+            (Content::Sealed { .. }, None) => {
+                return Err(corrupt("an encrypted record in an unencrypted store"));
+            }
+            (Content::Sealed { metadata_len, payload_len, aad_head, body }, Some(crypto)) => {
+                let mut keys = crypto.keys.borrow_mut();
+                let key = match keys.get(&head.stream) {
+                    Some(key) => key,
+                    None => {
+                        let key = self.load_key(&crypto.master, head.stream)?;
+                        keys.entry(head.stream).or_insert(key)
+                    }
+                };
+                match key {
+                    None => (&[][..], &[][..], true),
+                    Some(key) => {
+                        let sealed = self.body(seq, body)?;
+                        let len = metadata_len as usize + payload_len as usize;
+                        let out = plain(len);
+                        crate::crypto::open_into(key, Aad::new(seq, aad_head).as_bytes(), sealed, out)
+                            .map_err(|()| Error::DecryptionFailed { seq })?;
+                        let out: &'a [u8] = out;
+                        let (metadata, payload) = out.split_at(metadata_len as usize);
+                        (metadata, payload, false)
+                    }
+                }
+            }
         };
         Ok(RecordedEvent {
             seq,
-            stream: StreamId::from(env.stream),
-            version: env.version,
-            timestamp_micros: env.timestamp_micros,
-            schema_version: env.schema_version,
-            id: env.id,
-            type_tag: env.type_tag,
-            metadata: env.metadata,
+            stream: StreamId::from(head.stream),
+            version: head.version,
+            timestamp_micros: head.timestamp_micros,
+            schema_version: head.schema_version,
+            id: head.id,
+            type_tag: head.type_tag,
+            metadata,
             payload,
+            shredded,
         })
+    }
+
+    /// The data key of `stream` in this snapshot (`None`: shredded).
+    fn load_key(&self, master: &Master, stream: u128) -> Result<Option<Box<Aes256Gcm>>, Error> {
+        let wrapped = self.storage.get(&self.txn, self.storage.tables.keys, &key::stream(stream))?.ok_or(
+            Error::CorruptKey {
+                stream: StreamId::from(stream),
+                reason: "the stream has encrypted events but no stored key",
+            },
+        )?;
+        Ok(match master.unwrap(stream, wrapped)? {
+            StreamKey::Key(key) => Some(key),
+            StreamKey::Shredded => None,
+        })
+    }
+
+    fn body<'a>(&'a self, seq: u64, body: Body<'a>) -> Result<&'a [u8], Error> {
+        match body {
+            Body::Inline(p) => Ok(p),
+            Body::Blob { hash, len } => self.blob(seq, hash, len),
+        }
     }
 
     fn blob<'v>(&'v self, seq: u64, hash: &[u8; 32], len: u32) -> Result<&'v [u8], Error> {
@@ -353,7 +481,9 @@ impl<'db> ReadView<'db> {
         let mut report = IntegrityReport::default();
         let mut versions: HashMap<u128, u32> = HashMap::new();
         let mut with_ids = 0u64;
-        for event in self.read_all(0)? {
+        let mut log = self.read_all(0)?;
+        let mut buf = Vec::new();
+        while let Some(event) = log.next_reusing(&mut buf) {
             let e = event?;
             let expected_seq = report.last_seq + 1;
             if e.seq != expected_seq {
@@ -385,8 +515,15 @@ impl<'db> ReadView<'db> {
                     return Err(bad("event_ids", format!("id of seq {} is missing or wrong", e.seq)));
                 }
             }
+            if e.shredded {
+                // Shredding deletes the stream's blobs: their contents are unreadable anyway.
+                report.shredded_events += 1;
+                continue;
+            }
             let raw = self.storage.get(&self.txn, tables.events, &key::seq(e.seq))?.unwrap_or_default();
-            if matches!(Envelope::decode(e.seq, raw)?.body, Body::Blob { .. }) {
+            if let Content::Plain { body: Body::Blob { .. }, .. }
+            | Content::Sealed { body: Body::Blob { .. }, .. } = Envelope::decode(e.seq, raw)?.content
+            {
                 report.blob_references += 1;
             }
         }
@@ -429,26 +566,67 @@ impl<'v> Iterator for StreamEvents<'v> {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
-        Some(self.resolve(k, v))
+        let view = self.view;
+        Some(resolve(view, self.stream, k, v, |n| view.arena(n)))
     }
 }
 
-impl<'v> StreamEvents<'v> {
-    fn resolve(&self, k: &[u8], v: &[u8]) -> Result<RecordedEvent<'v>, Error> {
-        let bad = |reason: String| Error::CorruptIndex { table: "streams", reason };
-        let (stream, version) =
-            key::decode_stream_version(k).ok_or_else(|| bad("key is not 20 bytes".into()))?;
-        let seq =
-            value::decode_seq(v).ok_or_else(|| bad(format!("value at version {version} is not a seq")))?;
-        let event = self
-            .view
-            .event(seq)?
-            .ok_or_else(|| bad(format!("version {version} points at missing seq {seq}")))?;
-        if event.stream.as_u128() != stream || event.version != version || self.stream.as_u128() != stream {
-            return Err(bad(format!("version {version} points at seq {seq}, which belongs elsewhere")));
-        }
-        Ok(event)
+impl StreamEvents<'_> {
+    /// The next event, like [`next`](Iterator::next), except that an encrypted event is
+    /// decrypted into `buf`, reused from call to call, instead of into the view's memory. In
+    /// a store without encryption the two are the same and `buf` stays untouched.
+    ///
+    /// ```
+    /// use varvedb::{ExpectedVersion, MasterKey, NewEvent, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Options::new().encryption_key(MasterKey::generate()?).open(dir.path())?;
+    /// db.append(1u128, ExpectedVersion::Auto, (0..100).map(|i| NewEvent::new("n", vec![i; 64])))?;
+    /// let view = db.begin_read()?;
+    /// let mut events = view.read_stream(1u128, 1)?;
+    /// let mut buf = Vec::new();
+    /// let mut sum = 0u64;
+    /// while let Some(event) = events.next_reusing(&mut buf) {
+    ///     sum += u64::from(event?.payload()[0]);
+    /// }
+    /// assert_eq!(sum, (0..100).sum::<u64>());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn next_reusing<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> Option<Result<RecordedEvent<'a>, Error>> {
+        let (k, v) = match self.raw.next()? {
+            Ok(kv) => kv,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(resolve(self.view, self.stream, k, v, reuse(buf)))
     }
+}
+
+/// Gives a decrypting read `n` bytes of `buf`.
+fn reuse<'a>(buf: &'a mut Vec<u8>) -> impl FnOnce(usize) -> &'a mut [u8] {
+    move |n| {
+        buf.clear();
+        buf.resize(n, 0);
+        buf.as_mut_slice()
+    }
+}
+
+/// The event a `streams` index entry points at, checked to be the one the entry names.
+fn resolve<'a>(
+    view: &'a ReadView<'a>,
+    wanted: StreamId,
+    k: &[u8],
+    v: &[u8],
+    plain: impl FnOnce(usize) -> &'a mut [u8],
+) -> Result<RecordedEvent<'a>, Error> {
+    let bad = |reason: String| Error::CorruptIndex { table: "streams", reason };
+    let (stream, version) = key::decode_stream_version(k).ok_or_else(|| bad("key is not 20 bytes".into()))?;
+    let seq = value::decode_seq(v).ok_or_else(|| bad(format!("value at version {version} is not a seq")))?;
+    let event = view
+        .event_with(seq, plain)?
+        .ok_or_else(|| bad(format!("version {version} points at missing seq {seq}")))?;
+    if event.stream.as_u128() != stream || event.version != version || wanted.as_u128() != stream {
+        return Err(bad(format!("version {version} points at seq {seq}, which belongs elsewhere")));
+    }
+    Ok(event)
 }
 
 /// The global log, from [`ReadView::read_all`].
@@ -461,12 +639,32 @@ impl<'v> Iterator for LogEvents<'v> {
     type Item = Result<RecordedEvent<'v>, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let view = self.view;
+        self.next_with(|n| view.arena(n))
+    }
+}
+
+impl<'v> LogEvents<'v> {
+    /// The next event, like [`next`](Iterator::next), except that an encrypted event is
+    /// decrypted into `buf`, reused from call to call, instead of into the view's memory (see
+    /// [`StreamEvents::next_reusing`]).
+    pub fn next_reusing<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> Option<Result<RecordedEvent<'a>, Error>> {
+        self.next_with(reuse(buf))
+    }
+
+    fn next_with<'a>(
+        &mut self,
+        plain: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Option<Result<RecordedEvent<'a>, Error>>
+    where
+        'v: 'a,
+    {
         let (k, v) = match self.raw.next()? {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
         Some(match key::decode_seq(k) {
-            Some(seq) => self.view.decode(seq, v),
+            Some(seq) => self.view.decode_with(seq, v, plain),
             None => Err(Error::CorruptIndex { table: "events", reason: "key is not an 8-byte seq".into() }),
         })
     }

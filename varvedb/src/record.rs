@@ -4,7 +4,7 @@
 //! off  size  field (all integers little-endian)
 //!   0     4  crc32c(bytes[4..]) XOR mix(seq)
 //!   4     1  envelope format (1)
-//!   5     1  flags: 0x01 encrypted (reserved), 0x02 payload in blob table, 0x04 has event id
+//!   5     1  flags: 0x01 encrypted, 0x02 body in blob table, 0x04 has event id
 //!   6     1  type tag length T (1..=255)
 //!   7     1  reserved, 0
 //!   8    16  stream id u128
@@ -15,19 +15,31 @@
 //!  44     4  schema version of the event type (0: untyped bytes)
 //!  48    16  event id u128 (only with flag 0x04)
 //!   …     T  type tag, UTF-8
+//! then, in the clear:
 //!   …     M  metadata
-//!   …     P  payload, or 32 bytes of blake3 hash (flag 0x02)
+//!   …     P  payload, or 32 bytes of blake3 hash of the payload (flag 0x02)
+//! or, encrypted (flag 0x01):
+//!   …  M+P+28  nonce 12 ‖ AES-256-GCM(metadata ‖ payload) ‖ tag 16,
+//!              or 32 bytes of blake3 hash of that sealed message (flag 0x02)
 //! ```
 //!
 //! Mixing the seq (the record's key, not stored in it) into the checksum makes a record copied
 //! under another key fail its check, not only a record with flipped bits. `mix` is a bijection
 //! of the seq folded to 32 bits, applied after one CRC pass over the record.
+//!
+//! An encrypted record's associated data is the seq followed by every header byte from offset
+//! 4 to the end of the type tag: stream, version, type tag and the rest of the header are
+//! authenticated, so a sealed body moved to another position, or a header edited around it,
+//! fails to open even if the attacker also fixes the CRC (which is not a secret).
 
+use crate::crypto::{self, SEAL_OVERHEAD};
 use crate::error::Error;
 
 pub(crate) const ENVELOPE_FORMAT: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 48;
 pub(crate) const HASH_LEN: usize = 32;
+/// Longest associated data: seq, header after the checksum, event id, longest tag.
+pub(crate) const MAX_AAD: usize = 8 + (HEADER_LEN - 4) + 16 + 255;
 
 pub(crate) mod flag {
     pub(crate) const ENCRYPTED: u8 = 0x01;
@@ -42,22 +54,44 @@ pub(crate) const BLOB_THRESHOLD: usize = 1024;
 /// The fields of an envelope, borrowed from the map (or from a buffer when encoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Envelope<'a> {
+    pub(crate) head: Head<'a>,
+    pub(crate) content: Content<'a>,
+}
+
+/// Everything stored in the clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head<'a> {
     pub(crate) stream: u128,
     pub(crate) version: u32,
     pub(crate) timestamp_micros: u64,
     pub(crate) schema_version: u32,
     pub(crate) id: Option<u128>,
     pub(crate) type_tag: &'a str,
-    pub(crate) metadata: &'a [u8],
-    pub(crate) body: Body<'a>,
 }
 
-/// Where the payload is.
+/// Metadata and payload, in the clear or sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Content<'a> {
+    Plain {
+        metadata: &'a [u8],
+        body: Body<'a>,
+    },
+    Sealed {
+        metadata_len: u32,
+        payload_len: u32,
+        /// The header bytes after the checksum, through the type tag: with the seq, the
+        /// associated data the body was sealed with.
+        aad_head: &'a [u8],
+        body: Body<'a>,
+    },
+}
+
+/// Where the payload (or the sealed message) is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Body<'a> {
     /// Inline in the envelope.
     Inline(&'a [u8]),
-    /// In the `blobs` table under this hash; `len` is the payload length.
+    /// In the `blobs` table under this hash; `len` is the blob's length.
     Blob { hash: &'a [u8; HASH_LEN], len: u32 },
 }
 
@@ -76,17 +110,44 @@ fn mix(seq: u64) -> u32 {
     folded.wrapping_mul(0x9e37_79b1)
 }
 
-impl<'a> Envelope<'a> {
-    /// Encodes into `out` (cleared first). Lengths must have been validated by the caller:
-    /// tag 1..=255 bytes, metadata and payload below 4 GiB.
-    pub(crate) fn encode_into(&self, seq: u64, out: &mut Vec<u8>) {
-        let (flags_body, payload_len, body): (u8, usize, &[u8]) = match self.body {
-            Body::Inline(p) => (0, p.len(), p),
-            Body::Blob { hash, len } => (flag::BLOB, len as usize, hash.as_slice()),
-        };
-        let flags = flags_body | if self.id.is_some() { flag::HAS_ID } else { 0 };
+/// Writes the checksum of a record whose other bytes are in place.
+fn seal_checksum(seq: u64, out: &mut [u8]) {
+    let crc = checksum(seq, &out[4..]);
+    out[..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[cfg(feature = "testing")]
+pub(crate) fn forge_checksum(seq: u64, record: &mut [u8]) {
+    if record.len() >= 4 {
+        seal_checksum(seq, record);
+    }
+}
+
+/// The associated data of an encrypted record: `seq ‖ aad_head`, built on the stack.
+pub(crate) struct Aad {
+    buf: [u8; MAX_AAD],
+    len: usize,
+}
+
+impl Aad {
+    pub(crate) fn new(seq: u64, aad_head: &[u8]) -> Self {
+        let mut buf = [0u8; MAX_AAD];
+        let len = (8 + aad_head.len()).min(MAX_AAD);
+        buf[..8].copy_from_slice(&seq.to_le_bytes());
+        buf[8..len].copy_from_slice(&aad_head[..len - 8]);
+        Aad { buf, len }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Head<'_> {
+    /// Writes the header and type tag into `out` (cleared first), checksum left at zero.
+    fn encode_into(&self, flags: u8, metadata_len: usize, payload_len: usize, out: &mut Vec<u8>) {
+        let flags = flags | if self.id.is_some() { flag::HAS_ID } else { 0 };
         out.clear();
-        out.reserve(HEADER_LEN + 16 + self.type_tag.len() + self.metadata.len() + body.len());
         out.extend_from_slice(&[0; 4]);
         out.push(ENVELOPE_FORMAT);
         out.push(flags);
@@ -95,17 +156,83 @@ impl<'a> Envelope<'a> {
         out.extend_from_slice(&self.stream.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.timestamp_micros.to_le_bytes());
-        out.extend_from_slice(&len_u32(self.metadata.len()).to_le_bytes());
+        out.extend_from_slice(&len_u32(metadata_len).to_le_bytes());
         out.extend_from_slice(&len_u32(payload_len).to_le_bytes());
         out.extend_from_slice(&self.schema_version.to_le_bytes());
         if let Some(id) = self.id {
             out.extend_from_slice(&id.to_le_bytes());
         }
         out.extend_from_slice(self.type_tag.as_bytes());
-        out.extend_from_slice(self.metadata);
+    }
+
+    /// Encodes an encrypted record into `out`: `metadata ‖ payload` sealed under `key` with
+    /// `nonce`, bound to `seq` and this header. A sealed message longer than
+    /// [`BLOB_THRESHOLD`] goes to `blob` (cleared first) and the record holds its hash,
+    /// which is returned.
+    #[expect(clippy::too_many_arguments, reason = "one call site, in the writer")]
+    pub(crate) fn encode_sealed(
+        &self,
+        seq: u64,
+        metadata: &[u8],
+        payload: &[u8],
+        key: &aes_gcm::Aes256Gcm,
+        nonce: &[u8; crypto::NONCE_LEN],
+        out: &mut Vec<u8>,
+        blob: &mut Vec<u8>,
+    ) -> Result<Option<[u8; HASH_LEN]>, Error> {
+        let sealed_len = metadata.len() + payload.len() + SEAL_OVERHEAD;
+        let in_blob = sealed_len > BLOB_THRESHOLD;
+        let flags = flag::ENCRYPTED | if in_blob { flag::BLOB } else { 0 };
+        self.encode_into(flags, metadata.len(), payload.len(), out);
+        let aad = Aad::new(seq, &out[4..]);
+        let target = if in_blob {
+            blob.clear();
+            &mut *blob
+        } else {
+            &mut *out
+        };
+        target.reserve(sealed_len);
+        target.extend_from_slice(nonce);
+        let start = target.len();
+        target.extend_from_slice(metadata);
+        target.extend_from_slice(payload);
+        let tag = crypto::seal(key, nonce, aad.as_bytes(), &mut target[start..])?;
+        target.extend_from_slice(&tag);
+        let hash = in_blob.then(|| blob_hash(blob));
+        if let Some(hash) = &hash {
+            out.extend_from_slice(hash);
+        }
+        seal_checksum(seq, out);
+        Ok(hash)
+    }
+}
+
+impl<'a> Envelope<'a> {
+    /// Encodes a record in the clear into `out` (cleared first). Lengths must have been
+    /// validated by the caller: tag 1..=255 bytes, metadata and payload below 4 GiB.
+    pub(crate) fn encode_into(&self, seq: u64, out: &mut Vec<u8>) {
+        let (metadata, flags, payload_len, body): (&[u8], u8, usize, &[u8]) = match self.content {
+            Content::Plain { metadata, body: Body::Inline(p) } => (metadata, 0, p.len(), p),
+            Content::Plain { metadata, body: Body::Blob { hash, len } } => {
+                (metadata, flag::BLOB, len as usize, hash.as_slice())
+            }
+            Content::Sealed { metadata_len, payload_len, body, .. } => {
+                // Re-encoding a decoded sealed record (tests, tools): the sealed bytes as they are.
+                let (flags, body): (u8, &[u8]) = match body {
+                    Body::Inline(s) => (flag::ENCRYPTED, s),
+                    Body::Blob { hash, .. } => (flag::ENCRYPTED | flag::BLOB, hash.as_slice()),
+                };
+                self.head.encode_into(flags, metadata_len as usize, payload_len as usize, out);
+                out.extend_from_slice(body);
+                seal_checksum(seq, out);
+                return;
+            }
+        };
+        out.reserve(HEADER_LEN + 16 + self.head.type_tag.len() + metadata.len() + body.len());
+        self.head.encode_into(flags, metadata.len(), payload_len, out);
+        out.extend_from_slice(metadata);
         out.extend_from_slice(body);
-        let crc = checksum(seq, &out[4..]);
-        out[..4].copy_from_slice(&crc.to_le_bytes());
+        seal_checksum(seq, out);
     }
 
     /// Decodes and verifies the envelope stored under `seq`. Never panics on any input.
@@ -125,39 +252,68 @@ impl<'a> Envelope<'a> {
         if flags & !flag::KNOWN != 0 {
             return Err(corrupt("unknown flags"));
         }
-        if flags & flag::ENCRYPTED != 0 {
-            return Err(corrupt("encrypted records need the encryption feature"));
-        }
         let tag_len = usize::from(bytes[6]);
         let stream = u128::from_le_bytes(arr(&bytes[8..24]));
         let version = u32::from_le_bytes(arr(&bytes[24..28]));
         let timestamp_micros = u64::from_le_bytes(arr(&bytes[28..36]));
-        let meta_len = u32::from_le_bytes(arr(&bytes[36..40])) as usize;
+        let meta_len = u32::from_le_bytes(arr(&bytes[36..40]));
         let payload_len = u32::from_le_bytes(arr(&bytes[40..44]));
         let schema_version = u32::from_le_bytes(arr(&bytes[44..48]));
 
-        let mut rest = &bytes[HEADER_LEN..];
-        let mut take = |n: usize| -> Result<&'a [u8], Error> {
-            if rest.len() < n {
-                return Err(corrupt("record shorter than its declared lengths"));
-            }
-            let (head, tail) = rest.split_at(n);
-            rest = tail;
-            Ok(head)
-        };
-        let id = if flags & flag::HAS_ID != 0 { Some(u128::from_le_bytes(arr(take(16)?))) } else { None };
-        let type_tag = std::str::from_utf8(take(tag_len)?).map_err(|_| corrupt("type tag is not UTF-8"))?;
-        let metadata = take(meta_len)?;
-        let body = if flags & flag::BLOB != 0 {
-            let hash: &[u8; HASH_LEN] = take(HASH_LEN)?.try_into().map_err(|_| corrupt("bad blob hash"))?;
-            Body::Blob { hash, len: payload_len }
+        let mut cur = Cursor { bytes, pos: HEADER_LEN, seq };
+        let id = if flags & flag::HAS_ID != 0 { Some(u128::from_le_bytes(arr(cur.take(16)?))) } else { None };
+        let type_tag =
+            std::str::from_utf8(cur.take(tag_len)?).map_err(|_| corrupt("type tag is not UTF-8"))?;
+        let head = Head { stream, version, timestamp_micros, schema_version, id, type_tag };
+        let content = if flags & flag::ENCRYPTED != 0 {
+            let aad_head = &bytes[4..cur.pos];
+            let sealed_len = meta_len as usize + payload_len as usize + SEAL_OVERHEAD;
+            let body = if flags & flag::BLOB != 0 {
+                cur.blob(sealed_len)?
+            } else {
+                Body::Inline(cur.take(sealed_len)?)
+            };
+            Content::Sealed { metadata_len: meta_len, payload_len, aad_head, body }
         } else {
-            Body::Inline(take(payload_len as usize)?)
+            let metadata = cur.take(meta_len as usize)?;
+            let body = if flags & flag::BLOB != 0 {
+                cur.blob(payload_len as usize)?
+            } else {
+                Body::Inline(cur.take(payload_len as usize)?)
+            };
+            Content::Plain { metadata, body }
         };
-        if !rest.is_empty() {
+        if cur.pos != bytes.len() {
             return Err(corrupt("trailing bytes after the payload"));
         }
-        Ok(Envelope { stream, version, timestamp_micros, schema_version, id, type_tag, metadata, body })
+        Ok(Envelope { head, content })
+    }
+}
+
+/// Reads a record's variable-length parts in order, never past its end.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    seq: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
+            Error::Corrupt { seq: self.seq, reason: "record shorter than its declared lengths".into() }
+        })?;
+        let part = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(part)
+    }
+
+    /// A blob reference: the hash, and the blob's expected length.
+    fn blob(&mut self, len: usize) -> Result<Body<'a>, Error> {
+        let seq = self.seq;
+        let bad = |reason: &str| Error::Corrupt { seq, reason: reason.to_owned() };
+        let hash: &[u8; HASH_LEN] = self.take(HASH_LEN)?.try_into().map_err(|_| bad("bad blob hash"))?;
+        let len = u32::try_from(len).map_err(|_| bad("sealed body over 4 GiB"))?;
+        Ok(Body::Blob { hash, len })
     }
 }
 
@@ -187,17 +343,19 @@ pub(crate) fn now_micros() -> u64 {
 mod tests {
     use super::*;
 
-    fn sample(body: Body<'_>) -> Envelope<'_> {
-        Envelope {
+    fn head() -> Head<'static> {
+        Head {
             stream: 0xdead_beef,
             version: 7,
             timestamp_micros: 1_700_000_000_000_000,
             schema_version: 3,
             id: Some(99),
             type_tag: "order.placed",
-            metadata: b"meta",
-            body,
         }
+    }
+
+    fn sample(body: Body<'_>) -> Envelope<'_> {
+        Envelope { head: head(), content: Content::Plain { metadata: b"meta", body } }
     }
 
     #[test]
@@ -208,10 +366,60 @@ mod tests {
             env.encode_into(42, &mut buf);
             assert_eq!(Envelope::decode(42, &buf).unwrap(), env);
         }
-        let no_id = Envelope { id: None, ..sample(Body::Inline(b"")) };
+        let no_id = Envelope { head: Head { id: None, ..head() }, ..sample(Body::Inline(b"")) };
         let mut buf = Vec::new();
         no_id.encode_into(1, &mut buf);
         assert_eq!(Envelope::decode(1, &buf).unwrap(), no_id);
+    }
+
+    /// Opens a decoded sealed record the way a reader does; `None` if authentication fails.
+    fn open(seq: u64, env: &Envelope<'_>, key: &aes_gcm::Aes256Gcm, blob: &[u8]) -> Option<Vec<u8>> {
+        let Content::Sealed { metadata_len, payload_len, aad_head, body } = env.content else {
+            panic!("not sealed")
+        };
+        let sealed = match body {
+            Body::Inline(s) => s,
+            Body::Blob { .. } => blob,
+        };
+        let mut out = vec![0; (metadata_len + payload_len) as usize];
+        crypto::open_into(key, Aad::new(seq, aad_head).as_bytes(), sealed, &mut out).ok()?;
+        Some(out)
+    }
+
+    #[test]
+    fn sealed_records_round_trip_and_bind_every_header_byte() {
+        use aes_gcm::KeyInit;
+        let key = aes_gcm::Aes256Gcm::new(&[5u8; 32].into());
+        let (mut out, mut blob) = (Vec::new(), Vec::new());
+        for payload in [&b"short payload"[..], &[7u8; 3000][..]] {
+            let hash =
+                head().encode_sealed(42, b"meta", payload, &key, &[1; 12], &mut out, &mut blob).unwrap();
+            assert_eq!(hash.is_some(), payload.len() > BLOB_THRESHOLD);
+            let env = Envelope::decode(42, &out).unwrap();
+            assert_eq!(env.head, head());
+            let plain = open(42, &env, &key, &blob).expect("opens");
+            assert_eq!(plain, [&b"meta"[..], payload].concat());
+            if hash.is_none() {
+                assert!(!out.windows(payload.len()).any(|w| w == payload), "no plaintext in the record");
+            }
+            // Any header change, with the checksum fixed as an attacker would, fails to open.
+            let head_end = match env.content {
+                Content::Sealed { aad_head, .. } => 4 + aad_head.len(),
+                Content::Plain { .. } => unreachable!(),
+            };
+            for at in (4..head_end).filter(|&at| ![4, 5, 6, 36, 40].contains(&at)) {
+                let mut bad = out.clone();
+                bad[at] ^= 0x10;
+                seal_checksum(42, &mut bad);
+                if let Ok(env) = Envelope::decode(42, &bad) {
+                    assert!(open(42, &env, &key, &blob).is_none(), "header byte {at}");
+                }
+            }
+            // The same record under another seq, checksum fixed: fails to open.
+            let mut moved = out.clone();
+            seal_checksum(43, &mut moved);
+            assert!(open(43, &Envelope::decode(43, &moved).unwrap(), &key, &blob).is_none());
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions, MdbError, PutFlags, RoTxn, RwTxn, WithoutTls};
+use heed::{CompactionOption, Database, Env, EnvOpenOptions, MdbError, PutFlags, RoTxn, RwTxn, WithoutTls};
 
 use crate::error::{Error, StorageError};
 
@@ -19,6 +19,8 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) mod meta_key {
     pub(crate) const FORMAT_VERSION: &[u8] = b"format_version";
     pub(crate) const CREATED_AT_MICROS: &[u8] = b"created_at_micros";
+    /// Present in encrypted stores: the master key's epoch and a check value (see `crypto`).
+    pub(crate) const ENCRYPTION: &[u8] = b"encryption";
 }
 
 /// Table names. Renaming one is a format change.
@@ -84,8 +86,8 @@ pub(crate) struct Tables {
     pub(crate) checkpoints: Table,
     /// Projections' read models: `len u8 ‖ projection ‖ len u8 ‖ table ‖ key` → value.
     pub(crate) projections: Table,
-    /// Reserved for encryption (stream → wrapped data key).
-    #[expect(dead_code, reason = "created now so encryption needs no format change")]
+    /// `stream u128 BE` → the stream's data key wrapped by the master key, or the shredded
+    /// marker (see `crypto`).
     pub(crate) keys: Table,
     /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`.
     pub(crate) schema: Table,
@@ -372,6 +374,22 @@ impl Storage {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Writes a compacted copy of the store to the new file `file` (free pages left out),
+    /// synced to disk. Runs beside writers, on a consistent snapshot.
+    pub(crate) fn copy_compacted(&self, file: &Path) -> Result<(), Error> {
+        let mut out = std::fs::File::options().write(true).create_new(true).open(file)?;
+        let copied = self
+            .env
+            .copy_to_file(&mut out, CompactionOption::Enabled)
+            .map_err(|e| self.err(e))
+            .and_then(|()| out.sync_all().map_err(Error::Io));
+        if copied.is_err() {
+            // A partial copy must not pass for a backup.
+            drop(std::fs::remove_file(file));
+        }
+        copied
     }
 
     pub(crate) fn len(&self, txn: &RoTxn<'_, WithoutTls>, table: Table) -> Result<u64, Error> {

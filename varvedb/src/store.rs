@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::crypto::{Encryption, MasterKey};
 use crate::error::Error;
 use crate::read::ReadView;
 use crate::storage::{Storage, StorageConfig};
@@ -18,6 +19,7 @@ use crate::writer::{Counters, Reply, Request, WriteResult, Writer, WriterConfig}
 ///   [`Error::StoreFull`] and the store must be reopened with a larger value.
 /// - `max_readers`: 1024 concurrent read views (across all processes using the store).
 /// - `max_event_size`: 16 MiB of payload plus metadata per event.
+/// - no encryption; see [`encryption_key`](Self::encryption_key).
 ///
 /// Commits are durable: a write returns only after LMDB has synced it to disk.
 ///
@@ -32,6 +34,7 @@ pub struct Options {
     map_size: usize,
     max_readers: u32,
     max_event_size: usize,
+    encryption: Option<MasterKey>,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
             map_size: if cfg!(target_pointer_width = "64") { 256 << 30 } else { 1 << 30 },
             max_readers: 1024,
             max_event_size: 16 << 20,
+            encryption: None,
         }
     }
 }
@@ -72,6 +76,34 @@ impl Options {
         self
     }
 
+    /// Encrypts the store at rest under `key` (see `docs/encryption.md`).
+    ///
+    /// A new (or still empty) store becomes encrypted and records it: from then on it opens
+    /// only with this key. Each stream gets its own random data key, wrapped by `key`; every
+    /// event's metadata and payload are sealed with AES-256-GCM, bound to the event's position.
+    /// Stream ids, versions, seqs, type tags, timestamps and sizes stay in the clear, and so do
+    /// projections' tables and checkpoints.
+    ///
+    /// Reads of encrypted events decrypt into a buffer instead of reading in place.
+    ///
+    /// ```
+    /// use varvedb::{ExpectedVersion, MasterKey, NewEvent, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let key = MasterKey::from_bytes([7; 32]); // in real use: from a secret manager
+    /// let db = Options::new().encryption_key(key).open(dir.path())?;
+    /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"private".to_vec())])?;
+    /// assert_eq!(db.begin_read()?.event(1)?.unwrap().payload(), b"private");
+    /// drop(db);
+    /// let wrong = Options::new().encryption_key(MasterKey::from_bytes([8; 32])).open(dir.path());
+    /// assert!(matches!(wrong, Err(varvedb::Error::WrongKey)));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    #[must_use]
+    pub fn encryption_key(mut self, key: MasterKey) -> Self {
+        self.encryption = Some(key);
+        self
+    }
+
     /// Opens the store in directory `path`, creating the directory and the store if needed.
     ///
     /// Reads hand out references into the memory-mapped file. So while a store is open, its
@@ -83,6 +115,8 @@ impl Options {
     /// # Errors
     /// [`Error::AlreadyOpen`] if this process has it open already;
     /// [`Error::IncompatibleFormat`] if it was written with another on-disk format;
+    /// [`Error::KeyRequired`] if it is encrypted and no key was given; [`Error::WrongKey`];
+    /// [`Error::NotEncrypted`] if a key was given for a store that holds unencrypted events;
     /// I/O and storage errors.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Varve, Error> {
         let path = path.as_ref();
@@ -90,12 +124,13 @@ impl Options {
             path,
             &StorageConfig { map_size: self.map_size, max_readers: self.max_readers },
         )?);
+        let encryption = crate::encryption::open(&storage, path, self.encryption.as_ref())?.map(Arc::new);
         let last_seq = storage.last_seq(&storage.read_txn()?)?;
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
         let counters = Arc::new(Counters::default());
         let writer = Writer::spawn(
             Arc::clone(&storage),
-            WriterConfig { max_event_size: self.max_event_size },
+            WriterConfig { max_event_size: self.max_event_size, encryption: encryption.clone() },
             Arc::clone(&counters),
             watch_tx,
         )?;
@@ -103,6 +138,7 @@ impl Options {
             inner: Arc::new(Inner {
                 writer,
                 storage,
+                encryption,
                 counters,
                 watch: watch_rx,
                 path: path.to_path_buf(),
@@ -139,6 +175,7 @@ struct Inner {
     // environment) before the storage closes, so a reopen right after a drop succeeds.
     writer: Writer,
     storage: Arc<Storage>,
+    encryption: Option<Arc<Encryption>>,
     counters: Arc<Counters>,
     watch: tokio::sync::watch::Receiver<u64>,
     path: PathBuf,
@@ -249,7 +286,7 @@ impl Varve {
     /// # Errors
     /// A storage error (for example, more than `max_readers` views open).
     pub fn begin_read(&self) -> Result<ReadView<'_>, Error> {
-        ReadView::new(&self.inner.storage)
+        ReadView::new(&self.inner.storage, self.inner.encryption.as_deref())
     }
 
     /// A `watch` of the last committed seq, updated after every commit by this process.
@@ -284,6 +321,37 @@ impl Varve {
 
     pub(crate) fn storage(&self) -> &Storage {
         &self.inner.storage
+    }
+
+    pub(crate) fn encryption(&self) -> Option<&Encryption> {
+        self.inner.encryption.as_deref()
+    }
+
+    /// Writes a compacted copy of the store to `dir/data.mdb`, creating `dir` if needed; the
+    /// copy opens as a store of its own. Runs beside writers, on a consistent snapshot.
+    ///
+    /// Compacting leaves out the pages LMDB has freed, which may still hold old bytes (for
+    /// example a shredded stream's key); the live file keeps them until they are reused.
+    ///
+    /// # Errors
+    /// An I/O error if `dir/data.mdb` exists already (nothing is overwritten) or cannot be
+    /// written; a partial copy is removed.
+    ///
+    /// ```
+    /// use varvedb::{ExpectedVersion, NewEvent, Varve};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let backup = tempfile::tempdir()?;
+    /// let db = Varve::open(dir.path().join("live"))?;
+    /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
+    /// db.backup(backup.path().join("monday"))?;
+    /// let copy = Varve::open(backup.path().join("monday"))?;
+    /// assert_eq!(copy.begin_read()?.last_seq()?, 1);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn backup(&self, dir: impl AsRef<Path>) -> Result<(), Error> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)?;
+        self.inner.storage.copy_compacted(&dir.join("data.mdb"))
     }
 
     /// The map size actually in use (the option rounded up to whole pages).

@@ -36,21 +36,26 @@ pub struct OwnedEvent {
     pub id: Option<u128>,
     /// Type tag.
     pub type_tag: String,
-    /// User metadata.
+    /// User metadata (empty if shredded).
     pub metadata: Vec<u8>,
-    /// Payload bytes.
+    /// Payload bytes (empty if shredded).
     pub payload: Vec<u8>,
+    /// Whether the event's stream was crypto-shredded (see [`RecordedEvent::is_shredded`]).
+    pub shredded: bool,
 }
 
 impl OwnedEvent {
     /// The payload as a validated rkyv archive of type `T`, read in place from this buffer.
     ///
     /// # Errors
-    /// [`Error::InvalidArchive`] if the bytes are not a valid `T`.
+    /// [`Error::InvalidArchive`] if the bytes are not a valid `T`; [`Error::Shredded`].
     pub fn access<T>(&self) -> Result<&T, Error>
     where
         T: Portable + for<'a> CheckBytes<HighValidator<'a, rkyv::rancor::Error>>,
     {
+        if self.shredded {
+            return Err(Error::Shredded { stream: self.stream });
+        }
         rkyv::access::<T, rkyv::rancor::Error>(&self.payload).map_err(|e| Error::InvalidArchive {
             seq: self.seq,
             type_tag: self.type_tag.clone(),
@@ -73,6 +78,7 @@ impl RecordedEvent<'_> {
             type_tag: self.type_tag().to_owned(),
             metadata: self.metadata().to_vec(),
             payload: self.payload().to_vec(),
+            shredded: self.is_shredded(),
         }
     }
 }
@@ -291,7 +297,9 @@ fn read_batch(db: &Varve, from: u64, limit: usize, filter: Option<&HashSet<Strin
     let mut next = from;
     // A filtered feed may skip many events per delivered one; bound the work per trip too.
     let mut scanned = 0usize;
-    for event in view.read_all(from)? {
+    let mut log = view.read_all(from)?;
+    let mut buf = Vec::new();
+    while let Some(event) = log.next_reusing(&mut buf) {
         let event = match event {
             Ok(e) => e,
             Err(error) => return Ok(Batch { events, next, error: Some(error) }),

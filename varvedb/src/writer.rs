@@ -1,12 +1,17 @@
 //! The writer thread: owns LMDB's single write transaction and commits requests in groups.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
+use aes_gcm::Aes256Gcm;
+
+use crate::crypto::{self, Encryption, Master, NoncePool, StreamKey};
 use crate::error::Error;
-use crate::record::{BLOB_THRESHOLD, Body, Envelope, blob_hash, now_micros};
+use crate::record::{
+    Aad, BLOB_THRESHOLD, Body, Content, Envelope, Head as RecordHead, blob_hash, now_micros,
+};
 use crate::storage::{Storage, WriteTxn, key, value};
 use crate::types::{Appended, SchemaId, StreamAppend, StreamId, WriteBatch};
 
@@ -47,6 +52,78 @@ pub(crate) struct Counters {
 
 pub(crate) struct WriterConfig {
     pub(crate) max_event_size: usize,
+    pub(crate) encryption: Option<Arc<Encryption>>,
+}
+
+/// Most unwrapped data keys the writer keeps; past it, the cache starts over.
+const KEY_CACHE: usize = 65_536;
+
+/// The writer's encryption state.
+struct WriterCrypto {
+    encryption: Arc<Encryption>,
+    /// Data keys unwrapped or created so far, with the stored bytes they came from: an entry
+    /// is used only while the `keys` table still holds exactly those bytes, so a shred or a
+    /// rotation (or a transaction that created a key and then aborted) is never missed.
+    keys: HashMap<u128, (Vec<u8>, Box<Aes256Gcm>)>,
+    nonces: NoncePool,
+    blob: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl WriterCrypto {
+    /// The data key of `stream` as stored in `txn`; `None` if it has none yet.
+    fn key(
+        &mut self,
+        storage: &Storage,
+        txn: &WriteTxn<'_>,
+        master: &Master,
+        stream: u128,
+    ) -> Result<Option<&Aes256Gcm>, Error> {
+        let Some(stored) = storage.get(txn, storage.tables.keys, &key::stream(stream))? else {
+            return Ok(None);
+        };
+        let cached = self.keys.get(&stream).is_some_and(|(bytes, _)| bytes.as_slice() == stored);
+        if !cached {
+            let cipher = match master.unwrap(stream, stored)? {
+                StreamKey::Key(cipher) => cipher,
+                StreamKey::Shredded => return Err(Error::Shredded { stream: StreamId::from(stream) }),
+            };
+            if self.keys.len() >= KEY_CACHE {
+                self.keys.clear();
+            }
+            self.keys.insert(stream, (stored.to_vec(), cipher));
+        }
+        Ok(self.keys.get(&stream).map(|(_, cipher)| &**cipher))
+    }
+
+    /// The data key of `stream`, created (and stored in `txn`) on the stream's first append.
+    fn key_for_append(
+        &mut self,
+        storage: &Storage,
+        txn: &mut WriteTxn<'_>,
+        master: &Master,
+        stream: u128,
+        first_version: u32,
+    ) -> Result<&Aes256Gcm, Error> {
+        if self.key(storage, txn, master, stream)?.is_none() {
+            if first_version > 1 {
+                return Err(Error::CorruptKey {
+                    stream: StreamId::from(stream),
+                    reason: "the stream has encrypted events but no stored key",
+                });
+            }
+            let (cipher, wrapped) = master.new_data_key(stream)?;
+            storage.put(txn, storage.tables.keys, &key::stream(stream), &wrapped)?;
+            if self.keys.len() >= KEY_CACHE {
+                self.keys.clear();
+            }
+            self.keys.insert(stream, (wrapped.to_vec(), cipher));
+        }
+        self.keys
+            .get(&stream)
+            .map(|(_, cipher)| &**cipher)
+            .ok_or(Error::Internal("a data key just stored is not cached"))
+    }
 }
 
 /// Handle to the running writer thread. Dropping it stops the thread after it has answered
@@ -64,9 +141,17 @@ impl Writer {
         watch: tokio::sync::watch::Sender<u64>,
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel::<Request>();
+        let crypto = config.encryption.clone().map(|encryption| WriterCrypto {
+            encryption,
+            keys: HashMap::new(),
+            nonces: NoncePool::new(),
+            blob: Vec::new(),
+            plain: Vec::new(),
+        });
         let mut state = WriterState {
             storage,
             config,
+            crypto,
             counters,
             watch,
             buf: Vec::new(),
@@ -108,6 +193,7 @@ impl Drop for Writer {
 struct WriterState {
     storage: Arc<Storage>,
     config: WriterConfig,
+    crypto: Option<WriterCrypto>,
     counters: Arc<Counters>,
     watch: tokio::sync::watch::Sender<u64>,
     buf: Vec<u8>,
@@ -141,7 +227,7 @@ impl WriterState {
         let txn = self.storage.read_txn()?;
         let last = self.storage.last_seq(&txn)?;
         Ok(match self.storage.get(&txn, self.storage.tables.events, &key::seq(last))? {
-            Some(raw) => Envelope::decode(last, raw).map_or(0, |e| e.timestamp_micros),
+            Some(raw) => Envelope::decode(last, raw).map_or(0, |e| e.head.timestamp_micros),
             None => 0,
         })
     }
@@ -175,16 +261,20 @@ impl WriterState {
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
         let storage = Arc::clone(&self.storage);
         let mut txn = storage.write_txn()?;
+        // Taken after LMDB's writer lock, as a key rotation does: the master cannot change
+        // while this transaction is open.
+        let master = self.crypto.as_ref().map(|c| Arc::clone(&c.encryption.read()));
+        let master = master.as_deref();
         let mut next_seq = storage.last_seq(&txn)?.checked_add(1).ok_or_else(seq_exhausted)?;
         let mut results = Vec::with_capacity(batches.len());
         let mut events_written = 0u64;
         // Timestamps never go backwards in the log, even if the wall clock does.
         let timestamp = now_micros().max(self.last_timestamp);
         for batch in batches {
-            match self.plan(&txn, batch, next_seq) {
+            match self.plan(&txn, master, batch, next_seq) {
                 Ok(Plan::Deduplicated(appended)) => results.push(Ok(appended)),
                 Ok(Plan::Write { appended, heads, schemas }) => {
-                    self.write(&mut txn, batch, &appended, &heads, timestamp)?;
+                    self.write(&mut txn, master, batch, &appended, &heads, timestamp)?;
                     for (tag, schema) in &schemas {
                         let k = key::schema(tag, schema.version);
                         storage.put(
@@ -215,11 +305,25 @@ impl WriterState {
 
     /// Validates a request against the current state, reading only. Request-local errors
     /// mean nothing of the request is written.
-    fn plan(&self, txn: &WriteTxn<'_>, batch: &WriteBatch, first_seq: u64) -> Result<Plan, Error> {
+    fn plan(
+        &mut self,
+        txn: &WriteTxn<'_>,
+        master: Option<&Master>,
+        batch: &WriteBatch,
+        first_seq: u64,
+    ) -> Result<Plan, Error> {
         if batch.appends.is_empty() {
             return Err(Error::EmptyBatch);
         }
         let tables = self.storage.tables;
+        if master.is_some() {
+            for part in &batch.appends {
+                let stored = self.storage.get(txn, tables.keys, &key::stream(part.stream.as_u128()))?;
+                if stored.is_some_and(crypto::is_shredded) {
+                    return Err(Error::Shredded { stream: part.stream });
+                }
+            }
+        }
         let mut seen_ids = HashSet::new();
         let mut stored_ids: Vec<(u128, u64)> = Vec::new();
         // Every (tag, version) checked in this request, and whether it is new to the store: a
@@ -261,7 +365,7 @@ impl WriterState {
             if stored_ids.len() != total {
                 return Err(Error::IdempotencyMismatch { id, seq });
             }
-            return self.deduplicate(txn, batch, &stored_ids).map(Plan::Deduplicated);
+            return self.deduplicate(txn, master, batch, &stored_ids).map(Plan::Deduplicated);
         }
 
         let mut heads: Vec<Head> = Vec::new();
@@ -364,8 +468,9 @@ impl WriterState {
     /// Rebuilds the original positions of a retried request from the stored events, and
     /// refuses a "retry" that is not the same request.
     fn deduplicate(
-        &self,
+        &mut self,
         txn: &WriteTxn<'_>,
+        master: Option<&Master>,
         batch: &WriteBatch,
         stored: &[(u128, u64)],
     ) -> Result<Vec<Appended>, Error> {
@@ -384,35 +489,58 @@ impl WriterState {
                         }
                     })?;
                 let env = Envelope::decode(seq, raw)?;
-                let same_payload = match env.body {
-                    Body::Inline(p) => p == event.payload.as_slice(),
-                    Body::Blob { hash, len } => {
-                        len as usize == event.payload.len() && *hash == blob_hash(&event.payload)
+                let head = env.head;
+                let same_content = match (env.content, master) {
+                    (Content::Plain { metadata, body }, None) => {
+                        let same_payload = match body {
+                            Body::Inline(p) => p == event.payload.as_slice(),
+                            Body::Blob { hash, len } => {
+                                len as usize == event.payload.len() && *hash == blob_hash(&event.payload)
+                            }
+                        };
+                        metadata == event.metadata.as_slice() && same_payload
+                    }
+                    (Content::Sealed { metadata_len, payload_len, aad_head, body }, Some(master)) => {
+                        metadata_len as usize == event.metadata.len()
+                            && payload_len as usize == event.payload.len()
+                            && self.open_stored(txn, master, seq, head.stream, aad_head, body)?
+                                == [event.metadata.as_slice(), event.payload.as_slice()]
+                    }
+                    (_, None) => {
+                        return Err(Error::Corrupt {
+                            seq,
+                            reason: "an encrypted record in an unencrypted store".into(),
+                        });
+                    }
+                    (_, Some(_)) => {
+                        return Err(Error::Corrupt {
+                            seq,
+                            reason: "an unencrypted record in an encrypted store".into(),
+                        });
                     }
                 };
-                let same = env.stream == part.stream.as_u128()
-                    && env.id == Some(id)
-                    && env.type_tag == event.type_tag
-                    && env.metadata == event.metadata.as_slice()
-                    && env.schema_version == event.schema.map_or(0, |s| s.version)
-                    && same_payload;
+                let same = head.stream == part.stream.as_u128()
+                    && head.id == Some(id)
+                    && head.type_tag == event.type_tag
+                    && head.schema_version == event.schema.map_or(0, |s| s.version)
+                    && same_content;
                 if !same {
                     return Err(mismatch());
                 }
                 positions = Some(match positions {
                     None => Appended {
                         stream: part.stream,
-                        first_version: env.version,
-                        last_version: env.version,
+                        first_version: head.version,
+                        last_version: head.version,
                         first_seq: seq,
                         last_seq: seq,
                         deduplicated: true,
                     },
                     Some(p)
                         if p.last_seq.checked_add(1) == Some(seq)
-                            && p.last_version.checked_add(1) == Some(env.version) =>
+                            && p.last_version.checked_add(1) == Some(head.version) =>
                     {
-                        Appended { last_seq: seq, last_version: env.version, ..p }
+                        Appended { last_seq: seq, last_version: head.version, ..p }
                     }
                     Some(_) => return Err(mismatch()),
                 });
@@ -422,9 +550,52 @@ impl WriterState {
         Ok(out)
     }
 
+    /// Decrypts a stored sealed body of `stream` into the writer's scratch buffer, returning
+    /// `(metadata, payload)`.
+    fn open_stored(
+        &mut self,
+        txn: &WriteTxn<'_>,
+        master: &Master,
+        seq: u64,
+        stream: u128,
+        aad_head: &[u8],
+        body: Body<'_>,
+    ) -> Result<[&[u8]; 2], Error> {
+        let storage = Arc::clone(&self.storage);
+        let crypto = self.crypto.as_mut().ok_or(Error::Internal("sealed record without encryption state"))?;
+        let sealed = match body {
+            Body::Inline(s) => s,
+            Body::Blob { hash, len } => {
+                let blob = storage
+                    .get(txn, storage.tables.blobs, hash)?
+                    .ok_or_else(|| Error::Corrupt { seq, reason: "payload blob is missing".into() })?;
+                if blob.len() != len as usize {
+                    return Err(Error::Corrupt {
+                        seq,
+                        reason: "payload blob does not match its hash".into(),
+                    });
+                }
+                blob
+            }
+        };
+        let mut plain = std::mem::take(&mut crypto.plain);
+        plain.clear();
+        plain.resize(sealed.len().saturating_sub(crypto::SEAL_OVERHEAD), 0);
+        let key = crypto.key(&storage, txn, master, stream)?.ok_or(Error::CorruptKey {
+            stream: StreamId::from(stream),
+            reason: "the stream has encrypted events but no stored key",
+        })?;
+        let opened = crypto::open_into(key, Aad::new(seq, aad_head).as_bytes(), sealed, &mut plain);
+        crypto.plain = plain;
+        opened.map_err(|()| Error::DecryptionFailed { seq })?;
+        let metadata_len = u32::from_le_bytes(aad_head[32..36].try_into().unwrap_or_default()) as usize;
+        Ok(crypto.plain.split_at(metadata_len.min(crypto.plain.len())).into())
+    }
+
     fn write(
         &mut self,
         txn: &mut WriteTxn<'_>,
+        master: Option<&Master>,
         batch: &WriteBatch,
         appended: &[Appended],
         heads: &[Head],
@@ -434,31 +605,58 @@ impl WriterState {
         let tables = storage.tables;
         for (part, pos) in batch.appends.iter().zip(appended) {
             let stream = part.stream.as_u128();
+            if let (Some(master), Some(crypto)) = (master, self.crypto.as_mut()) {
+                crypto.key_for_append(&storage, txn, master, stream, pos.first_version)?;
+            }
             for (i, event) in part.events.iter().enumerate() {
                 let seq = pos.first_seq + i as u64; // within [first_seq, last_seq], checked in plan
                 let version = pos.first_version
                     + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
-                let hash;
-                let body = if event.payload.len() > BLOB_THRESHOLD {
-                    hash = blob_hash(&event.payload);
-                    if storage.get(txn, tables.blobs, &hash)?.is_none() {
-                        storage.put(txn, tables.blobs, &hash, &event.payload)?;
-                    }
-                    Body::Blob { hash: &hash, len: u32::try_from(event.payload.len()).unwrap_or(u32::MAX) }
-                } else {
-                    Body::Inline(&event.payload)
-                };
-                Envelope {
+                let head = RecordHead {
                     stream,
                     version,
                     timestamp_micros,
                     schema_version: event.schema.map_or(0, |s| s.version),
                     id: event.id,
                     type_tag: &event.type_tag,
-                    metadata: &event.metadata,
-                    body,
+                };
+                if let (Some(_), Some(crypto)) = (master, self.crypto.as_mut()) {
+                    let nonce = crypto.nonces.take()?;
+                    let cipher = crypto
+                        .keys
+                        .get(&stream)
+                        .map(|(_, c)| &**c)
+                        .ok_or(Error::Internal("no data key for a stream being appended to"))?;
+                    let blob = head.encode_sealed(
+                        seq,
+                        &event.metadata,
+                        &event.payload,
+                        cipher,
+                        &nonce,
+                        &mut self.buf,
+                        &mut crypto.blob,
+                    )?;
+                    if let Some(hash) = blob {
+                        // Unique per event (a fresh nonce), so there is nothing to share.
+                        storage.put(txn, tables.blobs, &hash, &crypto.blob)?;
+                    }
+                } else {
+                    let hash;
+                    let body = if event.payload.len() > BLOB_THRESHOLD {
+                        hash = blob_hash(&event.payload);
+                        if storage.get(txn, tables.blobs, &hash)?.is_none() {
+                            storage.put(txn, tables.blobs, &hash, &event.payload)?;
+                        }
+                        Body::Blob {
+                            hash: &hash,
+                            len: u32::try_from(event.payload.len()).unwrap_or(u32::MAX),
+                        }
+                    } else {
+                        Body::Inline(&event.payload)
+                    };
+                    Envelope { head, content: Content::Plain { metadata: &event.metadata, body } }
+                        .encode_into(seq, &mut self.buf);
                 }
-                .encode_into(seq, &mut self.buf);
                 storage.append(txn, tables.events, &key::seq(seq), &self.buf)?;
                 // Never overwrite: an existing entry means the stream head lied about the
                 // version (damage), and overwriting would unlink a stored event.

@@ -146,6 +146,7 @@ pub struct Progress {
 pub struct Projection {
     name: String,
     handlers: Vec<(EventInfo, ProjectionHandler)>,
+    on_shredded: Option<ProjectionHandler>,
     batch: usize,
 }
 
@@ -177,7 +178,7 @@ impl Projection {
     pub fn new(name: impl Into<String>) -> Self {
         let name = name.into();
         assert!(!name.is_empty() && name.len() <= 255, "a projection name is 1 to 255 bytes");
-        Projection { name, handlers: Vec::new(), batch: 1_000 }
+        Projection { name, handlers: Vec::new(), on_shredded: None, batch: 1_000 }
     }
 
     /// Handles events of type `E`: `f(tx, archived_event, metadata)`, with the event read in
@@ -208,6 +209,18 @@ impl Projection {
                 f(tx, archived, event)
             }),
         ));
+        self
+    }
+
+    /// Handles events of crypto-shredded streams ([`Varve::shred`]), whatever their type:
+    /// for example, to delete what the read model holds about the stream. Without it, such
+    /// events are skipped: their contents are gone.
+    #[must_use]
+    pub fn on_shredded(
+        mut self,
+        f: impl FnMut(&mut ProjectionTxn<'_, '_>, &RecordedEvent<'_>) -> Result<(), HandlerError> + Send + 'static,
+    ) -> Self {
+        self.on_shredded = Some(Box::new(f));
         self
     }
 
@@ -249,20 +262,31 @@ impl Projection {
         let from = read_checkpoint(storage, &txn, &self.name)?;
         let mut checkpoint = from;
         let mut scanned = 0u64;
-        for event in view.read_all(from.saturating_add(1))?.take(self.batch) {
+        let mut log = view.read_all(from.saturating_add(1))?;
+        let mut buf = Vec::new();
+        while scanned < self.batch as u64
+            && let Some(event) = log.next_reusing(&mut buf)
+        {
             let event = event?;
             scanned += 1;
             checkpoint = event.seq();
-            let Some(handler) = handler_for(&self.name, &mut self.handlers, &event)? else {
-                continue;
-            };
-            let mut tx = ProjectionTxn { storage, txn: &mut txn, projection: &self.name, key: Vec::new() };
-            handler(&mut tx, &event).map_err(|source| ProcessorError::Handler {
+            let failed = |source| ProcessorError::Handler {
                 processor: self.name.clone(),
                 seq: event.seq(),
                 type_tag: event.type_tag().to_owned(),
                 source,
-            })?;
+            };
+            let mut tx = ProjectionTxn { storage, txn: &mut txn, projection: &self.name, key: Vec::new() };
+            if event.is_shredded() {
+                if let Some(on_shredded) = &mut self.on_shredded {
+                    on_shredded(&mut tx, &event).map_err(failed)?;
+                }
+                continue;
+            }
+            let Some(handler) = handler_for(&self.name, &mut self.handlers, &event)? else {
+                continue;
+            };
+            handler(&mut tx, &event).map_err(failed)?;
         }
         if checkpoint > from {
             write_checkpoint(storage, &mut txn, &self.name, checkpoint)?;
@@ -378,6 +402,7 @@ impl ProjectionTxn<'_, '_> {
 pub struct Processor {
     name: String,
     handlers: Vec<(EventInfo, EffectHandler)>,
+    on_shredded: Option<EffectHandler>,
     batch: usize,
     retry: Retry,
 }
@@ -416,7 +441,7 @@ impl Processor {
     pub fn new(name: impl Into<String>) -> Self {
         let name = name.into();
         assert!(!name.is_empty() && name.len() <= 255, "a processor name is 1 to 255 bytes");
-        Processor { name, handlers: Vec::new(), batch: 100, retry: Retry::default() }
+        Processor { name, handlers: Vec::new(), on_shredded: None, batch: 100, retry: Retry::default() }
     }
 
     /// Handles events of type `E`: `f(archived_event, metadata)`.
@@ -436,6 +461,18 @@ impl Processor {
                 f(archived, event)
             }),
         ));
+        self
+    }
+
+    /// Handles events of crypto-shredded streams ([`Varve::shred`]), whatever their type,
+    /// with the same retries as other handlers. Without it, such events are skipped: their
+    /// contents are gone.
+    #[must_use]
+    pub fn on_shredded(
+        mut self,
+        f: impl FnMut(&RecordedEvent<'_>) -> Result<(), HandlerError> + Send + 'static,
+    ) -> Self {
+        self.on_shredded = Some(Box::new(f));
         self
     }
 
@@ -479,7 +516,11 @@ impl Processor {
             let view = db.begin_read()?;
             let from = read_checkpoint(storage, view.txn(), &self.name)?;
             let mut batch = Vec::new();
-            for event in view.read_all(from.saturating_add(1))?.take(self.batch) {
+            let mut log = view.read_all(from.saturating_add(1))?;
+            let mut buf = Vec::new();
+            while batch.len() < self.batch
+                && let Some(event) = log.next_reusing(&mut buf)
+            {
                 batch.push(event?.to_owned_event());
             }
             (from, batch)
@@ -488,7 +529,12 @@ impl Processor {
         let mut failure = None;
         'events: for owned in &batch {
             let event = RecordedEvent::from_owned(owned);
-            let handler = match handler_for(&self.name, &mut self.handlers, &event) {
+            let handler = if event.is_shredded() {
+                Ok(self.on_shredded.as_mut())
+            } else {
+                handler_for(&self.name, &mut self.handlers, &event)
+            };
+            let handler = match handler {
                 Ok(h) => h,
                 Err(e) => {
                     failure = Some(e);

@@ -245,12 +245,14 @@ impl<A: Aggregate> Stream<A> {
     }
 
     /// Folds the stream into `A`: every event is validated and applied in place from the
-    /// memory map, with no copy and no allocation per event.
+    /// memory map, with no copy and no allocation per event. In an encrypted store each
+    /// event is decrypted into one buffer reused for the whole fold.
     ///
     /// # Errors
     /// [`Error::StreamKindMismatch`] if the id is another aggregate's stream;
     /// [`Error::SchemaMismatch`] if the store knows one of `A`'s events with another shape;
-    /// [`Error::UnknownEvent`] for an event `A` does not handle; corruption errors.
+    /// [`Error::UnknownEvent`] for an event `A` does not handle; [`Error::Shredded`] if the
+    /// stream was shredded; corruption errors.
     pub fn load(&self) -> Result<Loaded<A>, Error> {
         let view = self.db.begin_read()?;
         self.load_in(&view)
@@ -265,7 +267,9 @@ impl<A: Aggregate> Stream<A> {
         self.check(view)?;
         let mut state = A::default();
         let mut version = 0;
-        for event in view.read_stream(self.id, 1)? {
+        let mut events = view.read_stream(self.id, 1)?;
+        let mut buf = Vec::new();
+        while let Some(event) = events.next_reusing(&mut buf) {
             let event = event?;
             state.apply_recorded(&event)?;
             version = event.version();
