@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use varvedb::{Event, ExpectedVersion, Pending, Varve, aggregate};
+use varvedb::{Event, ExpectedVersion, MasterKey, Options, Pending, Varve, aggregate};
 
 /// Counts allocations made by the current thread only, so the store's writer thread and
 /// the test harness do not disturb the measurement.
@@ -106,7 +106,18 @@ fn allocations_of_load(db: &Varve, stream: u128) -> (u64, Totals) {
 #[test]
 fn loading_ten_thousand_events_allocates_no_more_than_loading_ten() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Varve::open(dir.path()).unwrap();
+    fold_allocations_do_not_grow(&Varve::open(dir.path()).unwrap());
+}
+
+#[test]
+fn an_encrypted_fold_decrypts_into_one_reused_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Options::new().encryption_key(MasterKey::from_bytes([9; 32])).open(dir.path()).unwrap();
+    fold_allocations_do_not_grow(&db);
+}
+
+fn fold_allocations_do_not_grow(db: &Varve) {
+    let db = db.clone();
     fill(&db, 1, 10);
     fill(&db, 2, 10_000);
     let _ = allocations_of_load(&db, 1); // warm up lazily initialised state

@@ -604,6 +604,9 @@ impl StreamEvents<'_> {
 fn reuse<'a>(buf: &'a mut Vec<u8>) -> impl FnOnce(usize) -> &'a mut [u8] {
     move |n| {
         buf.clear();
+        // At least 1 KiB on the first use: small events then never grow the buffer again,
+        // so a fold allocates the same whatever the number of events.
+        buf.reserve(n.max(1024));
         buf.resize(n, 0);
         buf.as_mut_slice()
     }

@@ -1,0 +1,654 @@
+//! Encryption at rest: keys, sealing, tampering with the file, shredding, rotation, backups.
+//!
+//! The tamper tests act as an attacker with write access to `data.mdb` while the store is
+//! closed: they edit records through LMDB itself (so the B-tree stays valid) and forge the
+//! CRC32C, which is not a secret, so that only the cryptography stands in the way.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use heed::types::Bytes;
+use varvedb::{
+    Error, Event, ExpectedVersion, MasterKey, NewEvent, Options, Pending, Processor, Projection, Table,
+    Varve, aggregate,
+};
+
+#[derive(Event, Debug, Clone, PartialEq)]
+struct Registered {
+    email: String,
+    note: String,
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+struct Moved {
+    address: String,
+}
+
+#[derive(Default, Debug, Clone, PartialEq)]
+struct Customer {
+    email: String,
+    addresses: Vec<String>,
+}
+
+#[aggregate]
+impl Customer {
+    fn registered(&mut self, e: &ArchivedRegistered) {
+        self.email = e.email.to_string();
+    }
+
+    fn moved(&mut self, e: &ArchivedMoved) {
+        self.addresses.push(e.address.to_string());
+    }
+}
+
+fn key(byte: u8) -> MasterKey {
+    MasterKey::from_bytes([byte; 32])
+}
+
+fn open(dir: &Path, byte: u8) -> Result<Varve, Error> {
+    Options::new().encryption_key(key(byte)).open(dir)
+}
+
+fn registered(email: &str) -> Registered {
+    Registered { email: email.to_owned(), note: "a note".to_owned() }
+}
+
+/// Raw access to a closed store's file through LMDB, as an attacker would have.
+mod raw {
+    use super::*;
+
+    fn with_env<R>(dir: &Path, f: impl FnOnce(&heed::Env, &mut heed::RwTxn<'_>) -> R) -> R {
+        // SAFETY: the store is closed (every `Varve` of it was dropped), so nothing else maps
+        // the file while this environment is open; it is closed again before returning.
+        let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).map_size(1 << 30).open(dir) }.unwrap();
+        let mut txn = env.write_txn().unwrap();
+        let out = f(&env, &mut txn);
+        txn.commit().unwrap();
+        env.prepare_for_closing().wait();
+        out
+    }
+
+    fn table(env: &heed::Env, txn: &heed::RwTxn<'_>, name: &str) -> heed::Database<Bytes, Bytes> {
+        env.open_database(txn, Some(name)).unwrap().unwrap()
+    }
+
+    pub fn get(dir: &Path, name: &str, k: &[u8]) -> Option<Vec<u8>> {
+        with_env(dir, |env, txn| table(env, txn, name).get(txn, k).unwrap().map(<[u8]>::to_vec))
+    }
+
+    pub fn put(dir: &Path, name: &str, k: &[u8], v: &[u8]) {
+        with_env(dir, |env, txn| table(env, txn, name).put(txn, k, v).unwrap());
+    }
+
+    pub fn all(dir: &Path, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        with_env(dir, |env, txn| {
+            table(env, txn, name)
+                .iter(txn)
+                .unwrap()
+                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+                .collect()
+        })
+    }
+
+    pub fn event(dir: &Path, seq: u64) -> Vec<u8> {
+        get(dir, "events", &seq.to_be_bytes()).expect("record stored")
+    }
+
+    /// Stores `record` under `seq` with a checksum forged for that seq.
+    pub fn put_event(dir: &Path, seq: u64, mut record: Vec<u8>) {
+        varvedb::__private::forge_checksum(seq, &mut record);
+        put(dir, "events", &seq.to_be_bytes(), &record);
+    }
+
+    /// The byte offset where an encrypted record's sealed body (its nonce first) starts.
+    pub fn body_offset(record: &[u8]) -> usize {
+        let id = if record[5] & 0x04 != 0 { 16 } else { 0 };
+        48 + id + usize::from(record[6])
+    }
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+/// What a reader gets for `seq`: the payload, or the error. Never both.
+fn read(dir: &Path, seq: u64) -> Result<Vec<u8>, Error> {
+    let db = open(dir, 1).unwrap();
+    let view = db.begin_read()?;
+    let event = view.event(seq)?.expect("the seq exists");
+    Ok(event.payload().to_vec())
+}
+
+fn is_typed_rejection(e: &Error) -> bool {
+    // `CorruptKey`: a stream id edited to one that has no key.
+    matches!(
+        e,
+        Error::Corrupt { .. }
+            | Error::DecryptionFailed { .. }
+            | Error::CorruptIndex { .. }
+            | Error::CorruptKey { .. }
+    )
+}
+
+#[test]
+fn an_encrypted_store_opens_only_with_its_key_and_reads_nothing_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path(), 1).unwrap();
+        assert!(db.is_encrypted());
+        db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"secret".to_vec())]).unwrap();
+    }
+    let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
+    assert!(matches!(Varve::open(dir.path()), Err(Error::KeyRequired { .. })));
+    assert!(matches!(open(dir.path(), 2), Err(Error::WrongKey)));
+    assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "refused opens wrote nothing");
+    let db = open(dir.path(), 1).unwrap();
+    assert_eq!(db.begin_read().unwrap().event(1).unwrap().unwrap().payload(), b"secret");
+    drop(db);
+
+    // A plain store with events cannot be "encrypted" by opening it with a key...
+    let plain = tempfile::tempdir().unwrap();
+    {
+        let db = Varve::open(plain.path()).unwrap();
+        assert!(!db.is_encrypted());
+        db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"open".to_vec())]).unwrap();
+        assert!(matches!(db.shred(1u128), Err(Error::NotEncrypted { .. })));
+        assert!(matches!(db.rotate_master_key(&key(1)), Err(Error::NotEncrypted { .. })));
+    }
+    assert!(matches!(open(plain.path(), 1), Err(Error::NotEncrypted { .. })));
+    assert_eq!(Varve::open(plain.path()).unwrap().begin_read().unwrap().last_seq().unwrap(), 1);
+
+    // ...but an empty one can, and stays encrypted.
+    let empty = tempfile::tempdir().unwrap();
+    drop(Varve::open(empty.path()).unwrap());
+    drop(open(empty.path(), 3).unwrap());
+    assert!(matches!(Varve::open(empty.path()), Err(Error::KeyRequired { .. })));
+}
+
+/// Everything the typed layer produces from a store, for comparing a plain and an encrypted one.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    loaded: Vec<(Customer, u32)>,
+    typed_reads: Vec<(u32, String, Vec<u8>)>,
+    projected: Vec<(String, u64)>,
+    processed: Vec<(u64, String)>,
+    subscribed: Vec<(u64, Vec<u8>, Vec<u8>)>,
+}
+
+const MOVES: Table<String, u64> = Table::new("moves", "by_email");
+
+fn exercise(db: &Varve) -> Observed {
+    let big = "x".repeat(5000); // a payload stored as a blob
+    for (i, email) in ["ana@example.com", "bo@example.com"].into_iter().enumerate() {
+        let stream = db.stream::<Customer>(i as u128 + 1);
+        stream.append(ExpectedVersion::NoStream, registered(email)).unwrap();
+        stream
+            .append_all(
+                ExpectedVersion::Exact(1),
+                [
+                    Pending::from(Moved { address: format!("{email} street 1") })
+                        .with_metadata(b"meta-1".to_vec()),
+                    Pending::from(Moved { address: big.clone() }).with_id(100 + i as u128),
+                ],
+            )
+            .unwrap();
+    }
+    let loaded = (1..=2u128)
+        .map(|id| {
+            let l = db.stream::<Customer>(id).load().unwrap();
+            (l.state().clone(), l.version())
+        })
+        .collect();
+    let view = db.begin_read().unwrap();
+    let typed_reads = db
+        .stream::<Customer>(1u128)
+        .read(&view, 1)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let text = match (e.get::<Registered>().unwrap(), e.get::<Moved>().unwrap()) {
+                (Some(r), None) => r.email.to_string(),
+                (None, Some(m)) => m.address.chars().take(20).collect(),
+                other => panic!("{other:?}"),
+            };
+            (e.recorded().version(), text, e.recorded().metadata().to_vec())
+        })
+        .collect();
+    drop(view);
+
+    let mut projection = Projection::new("moves").on::<Moved>(|tx, e, meta| {
+        let stream = meta.stream().to_string();
+        let n = tx.get(&MOVES, &stream)?.unwrap_or(0);
+        tx.insert(&MOVES, &stream, &(n + e.address.len() as u64))?;
+        Ok(())
+    });
+    projection.catch_up(db).unwrap();
+    let projected = db.begin_read().unwrap().entries(&MOVES).unwrap().map(Result::unwrap).collect();
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let mut processor = Processor::new("mailer").on::<Registered>(move |e, meta| {
+        sink.lock().unwrap().push((meta.seq(), e.email.to_string()));
+        Ok(())
+    });
+    processor.catch_up(db).unwrap();
+    let processed = seen.lock().unwrap().clone();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let subscribed = runtime.block_on(async {
+        db.subscribe(1)
+            .take(6)
+            .map(|e| {
+                let e = e.unwrap();
+                (e.seq, e.metadata, e.payload)
+            })
+            .collect()
+            .await
+    });
+    Observed { loaded, typed_reads, projected, processed, subscribed }
+}
+
+#[test]
+fn the_typed_layer_reads_an_encrypted_store_exactly_as_a_plain_one() {
+    let (plain, sealed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let expected = exercise(&Varve::open(plain.path()).unwrap());
+    let db = open(sealed.path(), 1).unwrap();
+    let got = exercise(&db);
+    assert_eq!(got, expected);
+    assert_eq!(got.loaded[0].0.addresses.len(), 2);
+    let report = db.begin_read().unwrap().check_integrity().unwrap();
+    assert_eq!((report.events, report.streams, report.blob_references, report.shredded_events), (6, 2, 2, 0));
+
+    // An idempotent retry is recognised through the encryption, and a changed one refused.
+    let stream = db.stream::<Customer>(2u128);
+    let retry = Pending::from(Moved { address: "x".repeat(5000) }).with_id(101);
+    let again = stream.append_all(ExpectedVersion::Auto, [retry]).unwrap();
+    assert!(again.deduplicated);
+    let changed = Pending::from(Moved { address: "y".repeat(5000) }).with_id(101);
+    assert!(matches!(
+        stream.append_all(ExpectedVersion::Auto, [changed]),
+        Err(Error::IdempotencyMismatch { .. })
+    ));
+}
+
+#[test]
+fn no_plaintext_of_an_event_its_metadata_or_its_blob_reaches_the_file() {
+    let payload_marker = b"PAYLOAD-MARKER-7f3a9c";
+    let meta_marker = b"METADATA-MARKER-51e2b0";
+    let blob: Vec<u8> =
+        (0..300).flat_map(|i: u32| [b"BLOB-MARKER-", &i.to_le_bytes()[..]].concat()).collect();
+    let write = |db: &Varve| {
+        let mut payload = payload_marker.to_vec();
+        payload.extend_from_slice(b" and more");
+        db.append(
+            1u128,
+            ExpectedVersion::Auto,
+            [NewEvent::new("noted", payload).with_metadata(meta_marker.to_vec())],
+        )
+        .unwrap();
+        db.append(2u128, ExpectedVersion::Auto, [NewEvent::new("scanned", blob.clone())]).unwrap();
+    };
+    let markers: [&[u8]; 3] = [payload_marker, meta_marker, &blob[..64]];
+
+    // The search finds the markers in a plain store: a miss below means they are encrypted.
+    let plain = tempfile::tempdir().unwrap();
+    write(&Varve::open(plain.path()).unwrap());
+    let file = std::fs::read(plain.path().join("data.mdb")).unwrap();
+    for m in markers {
+        assert!(count(&file, m) >= 1, "control: {:?} in a plain store", String::from_utf8_lossy(m));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    write(&db);
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.event(2).unwrap().unwrap().payload(), &blob[..]);
+    drop(view);
+    drop(db);
+    let file = std::fs::read(dir.path().join("data.mdb")).unwrap();
+    for m in markers {
+        assert_eq!(count(&file, m), 0, "{:?} in an encrypted store", String::from_utf8_lossy(m));
+    }
+    for (_, wrapped) in raw::all(dir.path(), "keys") {
+        assert_eq!(wrapped.len(), 65);
+    }
+}
+
+/// A store with streams A = 1 and B = 2, each with versions 1..=10 of equal-length events,
+/// interleaved: A's version v is seq 2v − 1, B's is seq 2v.
+fn interleaved() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    for v in 1..=10u32 {
+        for stream in [1u128, 2] {
+            let payload = format!("stream {stream} version {v:02}").into_bytes();
+            db.append(stream, ExpectedVersion::Exact(v - 1), [NewEvent::new("noted", payload)]).unwrap();
+        }
+    }
+    dir
+}
+
+/// Records an attack stores: `(seq, record)`.
+type Writes = Vec<(u64, Vec<u8>)>;
+
+fn seq_of(stream: u128, version: u64) -> u64 {
+    2 * version - 1 + u64::from(stream == 2)
+}
+
+#[test]
+fn every_byte_of_a_record_flipped_in_the_file_is_a_typed_error() {
+    let dir = interleaved();
+    let seq = seq_of(1, 5);
+    let record = raw::event(dir.path(), seq);
+    assert_eq!(read(dir.path(), seq).unwrap(), b"stream 1 version 05");
+    for i in 0..record.len() {
+        // As found on disk (the checksum catches it), then with the checksum forged (the
+        // cryptography must catch it).
+        // Bytes 0..4 are the checksum itself, which forging rewrites.
+        for forge in [false, true].into_iter().filter(|&forge| !forge || i >= 4) {
+            let mut bad = record.clone();
+            bad[i] ^= 0x5a;
+            if forge {
+                raw::put_event(dir.path(), seq, bad);
+            } else {
+                raw::put(dir.path(), "events", &seq.to_be_bytes(), &bad);
+            }
+            match read(dir.path(), seq) {
+                Err(e) => assert!(is_typed_rejection(&e), "byte {i} (forged: {forge}): {e:?}"),
+                Ok(p) => {
+                    panic!("byte {i} (forged: {forge}) flipped, yet read {:?}", String::from_utf8_lossy(&p))
+                }
+            }
+        }
+    }
+    raw::put(dir.path(), "events", &seq.to_be_bytes(), &record);
+    assert_eq!(read(dir.path(), seq).unwrap(), b"stream 1 version 05", "restored");
+}
+
+#[test]
+fn records_copied_or_swapped_to_other_positions_never_open() {
+    let dir = interleaved();
+    let p = dir.path();
+    let s5 = raw::event(p, seq_of(1, 5));
+    let s9 = raw::event(p, seq_of(1, 9));
+    let a3 = raw::event(p, seq_of(1, 3));
+    let b3 = raw::event(p, seq_of(2, 3));
+
+    // The attacker also rewrites the clear header to match the target position.
+    let retarget = |mut record: Vec<u8>, stream: u128, version: u32| {
+        record[8..24].copy_from_slice(&stream.to_le_bytes());
+        record[24..28].copy_from_slice(&version.to_le_bytes());
+        record
+    };
+    let attacks: Vec<(&str, Writes)> = vec![
+        ("(S,5) copied over (S,9)", vec![(seq_of(1, 9), s5.clone())]),
+        ("(S,5) copied over (S,9), header rewritten", vec![(seq_of(1, 9), retarget(s5.clone(), 1, 9))]),
+        ("(A,3) copied over (B,3)", vec![(seq_of(2, 3), a3.clone())]),
+        ("(A,3) copied over (B,3), header rewritten", vec![(seq_of(2, 3), retarget(a3.clone(), 2, 3))]),
+        ("(S,5) and (S,9) swapped", vec![(seq_of(1, 9), s5.clone()), (seq_of(1, 5), s9.clone())]),
+        (
+            "(S,5) and (S,9) swapped, headers rewritten",
+            vec![(seq_of(1, 9), retarget(s5.clone(), 1, 9)), (seq_of(1, 5), retarget(s9.clone(), 1, 5))],
+        ),
+        ("(A,3) and (B,3) swapped", vec![(seq_of(2, 3), a3.clone()), (seq_of(1, 3), b3.clone())]),
+    ];
+    for (name, writes) in attacks {
+        for (seq, record) in &writes {
+            raw::put_event(p, *seq, record.clone());
+        }
+        let db = open(p, 1).unwrap();
+        let view = db.begin_read().unwrap();
+        for (seq, _) in &writes {
+            let e = view.event(*seq).map(|e| e.map(|e| e.payload().to_vec()));
+            assert!(matches!(&e, Err(e) if is_typed_rejection(e)), "{name}: seq {seq} read {e:?}");
+        }
+        for stream in [1u128, 2] {
+            let outcome: Result<Vec<Vec<u8>>, Error> =
+                view.read_stream(stream, 1).unwrap().map(|e| e.map(|e| e.payload().to_vec())).collect();
+            let victim = writes.iter().any(|(seq, _)| (seq % 2 == 0) == (stream == 2));
+            if victim {
+                assert!(
+                    matches!(&outcome, Err(e) if is_typed_rejection(e)),
+                    "{name}: stream {stream}: {outcome:?}"
+                );
+            } else {
+                assert_eq!(outcome.unwrap().len(), 10, "{name}: the other stream reads");
+            }
+        }
+        assert!(view.check_integrity().is_err(), "{name}");
+        drop(view);
+        drop(db);
+        for (seq, _) in &writes {
+            let original =
+                [(seq_of(1, 5), &s5), (seq_of(1, 9), &s9), (seq_of(1, 3), &a3), (seq_of(2, 3), &b3)]
+                    .into_iter()
+                    .find(|(s, _)| s == seq)
+                    .map(|(_, r)| (*r).clone())
+                    .unwrap();
+            raw::put(p, "events", &seq.to_be_bytes(), &original);
+        }
+    }
+    let db = open(p, 1).unwrap();
+    assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().events, 20, "all restored");
+}
+
+#[test]
+fn swapped_wrapped_keys_of_two_streams_are_refused() {
+    let dir = interleaved();
+    let p = dir.path();
+    let (ka, kb) = (1u128.to_be_bytes(), 2u128.to_be_bytes());
+    let (wa, wb) = (raw::get(p, "keys", &ka).unwrap(), raw::get(p, "keys", &kb).unwrap());
+    raw::put(p, "keys", &ka, &wb);
+    raw::put(p, "keys", &kb, &wa);
+    let db = open(p, 1).unwrap();
+    let view = db.begin_read().unwrap();
+    for seq in [1, 2, 3, 4] {
+        let e = view.event(seq).map(|e| e.map(|e| e.payload().to_vec()));
+        assert!(matches!(e, Err(Error::CorruptKey { .. })), "seq {seq}: {e:?}");
+    }
+    let by_stream = view.read_stream(1u128, 1).unwrap().next().unwrap().map(|e| e.payload().to_vec());
+    assert!(matches!(by_stream, Err(Error::CorruptKey { .. })), "{by_stream:?}");
+    // Writing to either stream is refused too, rather than sealing under the wrong key.
+    let r = db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]);
+    assert!(matches!(r, Err(Error::CorruptKey { .. })), "{r:?}");
+    drop(view);
+    drop(db);
+    raw::put(p, "keys", &ka, &wa);
+    raw::put(p, "keys", &kb, &wb);
+    assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
+}
+
+#[test]
+fn a_sealed_blob_moved_to_another_event_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    {
+        let db = open(p, 1).unwrap();
+        db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("big", vec![1; 4000])]).unwrap();
+        db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("big", vec![2; 4000])]).unwrap();
+    }
+    // Point event 2 at event 1's blob (the hash is the last 32 bytes of the record).
+    let (r1, mut r2) = (raw::event(p, 1), raw::event(p, 2));
+    let n = r2.len();
+    r2[n - 32..].copy_from_slice(&r1[r1.len() - 32..]);
+    raw::put_event(p, 2, r2);
+    assert!(matches!(read(p, 2), Err(Error::DecryptionFailed { seq: 2 })));
+    assert_eq!(read(p, 1).unwrap(), vec![1; 4000]);
+}
+
+#[test]
+fn a_shredded_stream_reads_as_shredded_and_nothing_else_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let (ana, bo) = (db.stream::<Customer>(1u128), db.stream::<Customer>(2u128));
+    ana.append(ExpectedVersion::NoStream, registered("ana@example.com")).unwrap();
+    ana.append(ExpectedVersion::Exact(1), Moved { address: "z".repeat(3000) }).unwrap(); // a blob
+    bo.append(ExpectedVersion::NoStream, registered("bo@example.com")).unwrap();
+
+    let removed = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&removed);
+    let mut projection = Projection::new("emails")
+        .on::<Registered>(|tx, e, meta| {
+            tx.insert(&EMAILS, &meta.stream().to_string(), &e.email.to_string())?;
+            Ok(())
+        })
+        .on_shredded(move |tx, meta| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tx.remove(&EMAILS, &meta.stream().to_string())?;
+            Ok(())
+        });
+    projection.catch_up(&db).unwrap();
+    assert_eq!(db.begin_read().unwrap().entries(&EMAILS).unwrap().count(), 2);
+
+    assert!(db.shred(1u128).unwrap());
+    assert!(!db.shred(1u128).unwrap(), "shredding twice is a no-op");
+
+    let view = db.begin_read().unwrap();
+    let ana_events: Vec<_> = view.read_stream(1u128, 1).unwrap().map(Result::unwrap).collect();
+    assert_eq!(ana_events.len(), 2, "positions stay");
+    for e in &ana_events {
+        assert!(e.is_shredded());
+        assert!(e.payload().is_empty() && e.metadata().is_empty());
+        assert_eq!(e.type_tag(), if e.version() == 1 { "Registered" } else { "Moved" });
+        assert!(matches!(e.access::<ArchivedRegistered>(), Err(Error::Shredded { .. })));
+    }
+    let report = view.check_integrity().unwrap();
+    assert_eq!((report.events, report.shredded_events, report.blob_references), (3, 2, 0));
+    drop(view);
+    assert!(matches!(ana.load(), Err(Error::Shredded { .. })));
+    let r = ana.append(ExpectedVersion::Auto, Moved { address: "back".into() });
+    assert!(matches!(r, Err(Error::Shredded { .. })), "{r:?}");
+    // The other stream is untouched, for reads and writes.
+    bo.append(ExpectedVersion::Exact(1), Moved { address: "bo street".into() }).unwrap();
+    assert_eq!(bo.load().unwrap().state().addresses, ["bo street"]);
+    assert_eq!(raw_blob_count(&db), 0, "the shredded stream's blob is deleted");
+
+    // A rebuilt projection lacks the shredded data; a running one is told by the hook when
+    // it meets the stream's events again (here: on the rebuild).
+    projection.rebuild(&db).unwrap();
+    let emails: Vec<(String, String)> =
+        db.begin_read().unwrap().entries(&EMAILS).unwrap().map(Result::unwrap).collect();
+    assert_eq!(emails, [(varvedb::StreamId::from(2u128).to_string(), "bo@example.com".to_owned())]);
+    assert_eq!(removed.load(Ordering::Relaxed), 2);
+
+    // Processors skip shredded events unless they ask for them; subscriptions mark them.
+    let mut mailer = Processor::new("mailer").on::<Registered>(|e, _| {
+        assert_eq!(e.email.as_str(), "bo@example.com");
+        Ok(())
+    });
+    mailer.catch_up(&db).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let flags: Vec<bool> = runtime.block_on(db.subscribe(1).take(4).map(|e| e.unwrap().shredded).collect());
+    assert_eq!(flags, [true, true, false, false]);
+
+    // It all survives a reopen.
+    drop((db, ana, bo));
+    let db = open(dir.path(), 1).unwrap();
+    assert!(matches!(db.stream::<Customer>(1u128).load(), Err(Error::Shredded { .. })));
+    assert_eq!(db.stream::<Customer>(2u128).load().unwrap().version(), 2);
+}
+
+const EMAILS: Table<String, String> = Table::new("emails", "by_stream");
+
+fn raw_blob_count(db: &Varve) -> u64 {
+    db.begin_read().unwrap().check_integrity().unwrap().blob_references
+}
+
+#[test]
+fn after_shred_rotation_and_a_compacting_backup_the_shredded_key_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    {
+        let db = open(p, 1).unwrap();
+        for stream in 1..=50u128 {
+            db.append(stream, ExpectedVersion::NoStream, [NewEvent::new("noted", vec![7; 100])]).unwrap();
+        }
+    }
+    let old_keys = raw::all(p, "keys");
+    assert_eq!(old_keys.len(), 50);
+    let shredded = old_keys.iter().find(|(k, _)| k == &7u128.to_be_bytes()).unwrap().1.clone();
+    {
+        let db = open(p, 1).unwrap();
+        db.backup(backups.path().join("before")).unwrap();
+        assert!(db.shred(7u128).unwrap());
+        // A view opened before the rotation keeps reading its snapshot.
+        let view = db.begin_read().unwrap();
+        assert_eq!(db.rotate_master_key(&key(2)).unwrap(), 50);
+        assert_eq!(view.event(8).unwrap().unwrap().payload(), vec![7; 100]);
+        drop(view);
+        // Appends keep working across the rotation, to old streams and new ones.
+        db.append(1u128, ExpectedVersion::Exact(1), [NewEvent::new("noted", vec![8; 10])]).unwrap();
+        db.append(99u128, ExpectedVersion::NoStream, [NewEvent::new("noted", vec![9; 10])]).unwrap();
+        db.backup(backups.path().join("after")).unwrap();
+    }
+    let before = std::fs::read(backups.path().join("before/data.mdb")).unwrap();
+    let after = std::fs::read(backups.path().join("after/data.mdb")).unwrap();
+    let live = std::fs::read(p.join("data.mdb")).unwrap();
+    assert_eq!(count(&before, &shredded), 1, "control: the search finds the key in the earlier backup");
+    assert_eq!(count(&after, &shredded), 0, "the shredded stream's wrapped key in the backup");
+    for (_, old) in &old_keys {
+        assert_eq!(count(&after, old), 0, "no key wrapped under the old master survives in the backup");
+    }
+    // The live file may still hold old bytes in freed pages: that is what the backup is for.
+    eprintln!("copies of the shredded key left in the live file's free pages: {}", count(&live, &shredded));
+
+    assert!(matches!(open(p, 1), Err(Error::WrongKey)), "the old master no longer opens the store");
+    let restored = open(&backups.path().join("after"), 2).unwrap();
+    let view = restored.begin_read().unwrap();
+    assert!(view.event(7).unwrap().unwrap().is_shredded());
+    assert_eq!(view.event(8).unwrap().unwrap().payload(), vec![7; 100]);
+    assert_eq!(view.check_integrity().unwrap().events, 52);
+    drop(view);
+    assert!(matches!(open(&backups.path().join("before"), 2), Err(Error::WrongKey)));
+    assert!(backups.path().join("after").join("data.mdb").exists());
+    assert!(restored.backup(backups.path().join("after")).is_err(), "a backup never overwrites");
+}
+
+#[test]
+fn a_million_encryptions_under_one_key_with_conflicts_and_retries_never_repeat_a_nonce() {
+    const EVENTS: u64 = 1_000_000;
+    const BATCH: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let conflicts = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for writer in 0..2u8 {
+            let (db, conflicts, written) = (&db, &conflicts, &written);
+            s.spawn(move || {
+                while written.load(Ordering::SeqCst) < EVENTS {
+                    let version = db.begin_read().unwrap().stream_version(1u128).unwrap();
+                    let events = (0..BATCH).map(|i| NewEvent::new("tick", [writer, i as u8].to_vec()));
+                    let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                    match db.append(1u128, expected, events) {
+                        Ok(_) => {
+                            written.fetch_add(BATCH, Ordering::SeqCst);
+                        }
+                        Err(Error::ConcurrencyConflict { .. }) => {
+                            conflicts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+        }
+    });
+    let total = written.load(Ordering::SeqCst);
+    assert!(total >= EVENTS);
+    assert!(conflicts.load(Ordering::Relaxed) > 0, "the writers raced");
+    drop(db);
+
+    assert_eq!(raw::all(dir.path(), "keys").len(), 1, "one stream, one data key");
+    let mut nonces = HashSet::with_capacity(total as usize);
+    for (_, record) in raw::all(dir.path(), "events") {
+        assert_eq!(record[5] & 0x01, 0x01, "sealed");
+        let at = raw::body_offset(&record);
+        let nonce: [u8; 12] = record[at..at + 12].try_into().unwrap();
+        assert!(nonces.insert(nonce), "nonce {nonce:02x?} used twice");
+    }
+    assert_eq!(nonces.len() as u64, total);
+}
