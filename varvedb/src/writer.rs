@@ -67,7 +67,8 @@ struct WriterCrypto {
     keys: HashMap<u128, (Vec<u8>, Box<Aes256Gcm>)>,
     nonces: NoncePool,
     blob: Vec<u8>,
-    plain: Vec<u8>,
+    /// Decrypted stored events (idempotent retries); zeroed when the writer stops.
+    plain: zeroize::Zeroizing<Vec<u8>>,
 }
 
 impl WriterCrypto {
@@ -146,7 +147,7 @@ impl Writer {
             keys: HashMap::new(),
             nonces: NoncePool::new(),
             blob: Vec::new(),
-            plain: Vec::new(),
+            plain: zeroize::Zeroizing::new(Vec::new()),
         });
         let mut state = WriterState {
             storage,

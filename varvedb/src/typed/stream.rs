@@ -268,7 +268,8 @@ impl<A: Aggregate> Stream<A> {
         let mut state = A::default();
         let mut version = 0;
         let mut events = view.read_stream(self.id, 1)?;
-        let mut buf = Vec::new();
+        // Zeroed when dropped: decrypted events do not linger in freed memory.
+        let mut buf = zeroize::Zeroizing::new(Vec::new());
         while let Some(event) = events.next_reusing(&mut buf) {
             let event = event?;
             state.apply_recorded(&event)?;
