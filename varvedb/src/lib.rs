@@ -48,6 +48,11 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+// So are those of the encryption guide.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/encryption.md")]
+struct EncryptionDoctests;
+
 mod crypto;
 mod encryption;
 mod error;
