@@ -2,7 +2,8 @@
 //! encrypted one, alternating within each repetition; the table reports median rates and the
 //! ratio encrypted / plain.
 //!
-//! Run: `cargo bench --bench encryption` (full) or `cargo bench --bench encryption -- --quick`.
+//! Run: `cargo bench --bench encryption` (full) or `cargo bench --bench encryption -- --quick`;
+//! `--only fold` runs only the workloads whose name contains `fold`.
 
 #![allow(clippy::cast_precision_loss, reason = "event counts far below 2^52 become rates")]
 
@@ -114,6 +115,12 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Runs `measure` for both subjects `reps` times, alternating which goes first.
 fn compare(name: &str, reps: usize, mut measure: impl FnMut(Subject) -> Res<f64>) -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--only")
+        && !args.get(i + 1).is_some_and(|only| name.contains(only.as_str()))
+    {
+        return Ok(());
+    }
     let (mut plain, mut encrypted) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         let order = if rep % 2 == 0 {

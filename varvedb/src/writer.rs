@@ -504,8 +504,13 @@ impl WriterState {
                     (Content::Sealed { metadata_len, payload_len, aad_head, body }, Some(master)) => {
                         metadata_len as usize == event.metadata.len()
                             && payload_len as usize == event.payload.len()
-                            && self.open_stored(txn, master, seq, head.stream, aad_head, body)?
-                                == [event.metadata.as_slice(), event.payload.as_slice()]
+                            && self.open_stored(
+                                txn,
+                                master,
+                                seq,
+                                head.stream,
+                                (metadata_len, aad_head, body),
+                            )? == [event.metadata.as_slice(), event.payload.as_slice()]
                     }
                     (_, None) => {
                         return Err(Error::Corrupt {
@@ -559,8 +564,7 @@ impl WriterState {
         master: &Master,
         seq: u64,
         stream: u128,
-        aad_head: &[u8],
-        body: Body<'_>,
+        (metadata_len, aad_head, body): (u32, &[u8], Body<'_>),
     ) -> Result<[&[u8]; 2], Error> {
         let storage = Arc::clone(&self.storage);
         let crypto = self.crypto.as_mut().ok_or(Error::Internal("sealed record without encryption state"))?;
@@ -589,8 +593,7 @@ impl WriterState {
         let opened = crypto::open_into(key, Aad::new(seq, aad_head).as_bytes(), sealed, &mut plain);
         crypto.plain = plain;
         opened.map_err(|()| Error::DecryptionFailed { seq })?;
-        let metadata_len = u32::from_le_bytes(aad_head[32..36].try_into().unwrap_or_default()) as usize;
-        Ok(crypto.plain.split_at(metadata_len.min(crypto.plain.len())).into())
+        Ok(crypto.plain.split_at((metadata_len as usize).min(crypto.plain.len())).into())
     }
 
     fn write(
