@@ -83,6 +83,10 @@ mod raw {
         with_env(dir, |env, txn| table(env, txn, name).put(txn, k, v).unwrap());
     }
 
+    pub fn delete(dir: &Path, name: &str, k: &[u8]) {
+        with_env(dir, |env, txn| assert!(table(env, txn, name).delete(txn, k).unwrap()));
+    }
+
     pub fn all(dir: &Path, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         with_env(dir, |env, txn| {
             table(env, txn, name)
@@ -608,6 +612,13 @@ fn after_shred_rotation_and_a_compacting_backup_the_shredded_key_is_gone() {
     assert!(restored.backup(backups.path().join("after")).is_err(), "a backup never overwrites");
 }
 
+/// Two writer threads race on one stream (one data key): every append states the version it
+/// read, so many lose with a conflict and retry against the new version, and every fourth
+/// committed batch is sent again with the same event ids, as a client that lost the reply
+/// would (the store answers it from what is stored, sealing nothing new). Then every nonce is
+/// read back from the file. This shows the writer never reuses a nonce across a million
+/// seals, conflicts, retries and group commits; across processes, uniqueness rests on the
+/// randomness of 96-bit nonces (see docs/encryption.md for the bound).
 #[test]
 fn a_million_encryptions_under_one_key_with_conflicts_and_retries_never_repeat_a_nonce() {
     const EVENTS: u64 = 1_000_000;
@@ -615,18 +626,38 @@ fn a_million_encryptions_under_one_key_with_conflicts_and_retries_never_repeat_a
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path(), 1).unwrap();
     let conflicts = AtomicU64::new(0);
+    let replays = AtomicU64::new(0);
     let written = AtomicU64::new(0);
+    let next_id = AtomicU64::new(1);
     std::thread::scope(|s| {
         for writer in 0..2u8 {
-            let (db, conflicts, written) = (&db, &conflicts, &written);
+            let (db, conflicts, replays, written, next_id) = (&db, &conflicts, &replays, &written, &next_id);
             s.spawn(move || {
+                let mut committed = 0u64;
                 while written.load(Ordering::SeqCst) < EVENTS {
                     let version = db.begin_read().unwrap().stream_version(1u128).unwrap();
-                    let events = (0..BATCH).map(|i| NewEvent::new("tick", [writer, i as u8].to_vec()));
+                    let first_id = next_id.fetch_add(BATCH, Ordering::Relaxed);
+                    let events: Vec<NewEvent> = (0..BATCH)
+                        .map(|i| {
+                            NewEvent::new("tick", [writer, i as u8].to_vec())
+                                .with_id(u128::from(first_id + i))
+                        })
+                        .collect();
                     let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-                    match db.append(1u128, expected, events) {
-                        Ok(_) => {
+                    match db.append(1u128, expected, events.clone()) {
+                        Ok(first) => {
                             written.fetch_add(BATCH, Ordering::SeqCst);
+                            committed += 1;
+                            if committed.is_multiple_of(4) {
+                                let again = db.append(1u128, expected, events).unwrap();
+                                assert!(again.deduplicated, "a replay is answered from the store");
+                                assert_eq!(
+                                    (again.first_seq, again.last_seq),
+                                    (first.first_seq, first.last_seq),
+                                    "with the stored positions"
+                                );
+                                replays.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         Err(Error::ConcurrencyConflict { .. }) => {
                             conflicts.fetch_add(1, Ordering::Relaxed);
@@ -637,6 +668,7 @@ fn a_million_encryptions_under_one_key_with_conflicts_and_retries_never_repeat_a
             });
         }
     });
+    assert!(replays.load(Ordering::Relaxed) > 100, "batches were replayed");
     let total = written.load(Ordering::SeqCst);
     assert!(total >= EVENTS);
     assert!(conflicts.load(Ordering::Relaxed) > 0, "the writers raced");
@@ -651,4 +683,213 @@ fn a_million_encryptions_under_one_key_with_conflicts_and_retries_never_repeat_a
         assert!(nonces.insert(nonce), "nonce {nonce:02x?} used twice");
     }
     assert_eq!(nonces.len() as u64, total);
+}
+
+#[test]
+fn every_record_of_an_encrypted_store_must_be_sealed() {
+    let dir = interleaved();
+    let p = dir.path();
+    let seq = seq_of(1, 5);
+    let record = raw::event(p, seq);
+    // The attacker turns the record into a plain one carrying text of their choosing: flag
+    // cleared, the sealed body (nonce, ciphertext, tag) replaced by plaintext of the stated
+    // length, checksum forged.
+    let at = raw::body_offset(&record);
+    let mut forged = record[..at].to_vec();
+    forged[5] &= !0x01;
+    forged.extend_from_slice(b"stream 1 version 66");
+    assert_eq!(record.len() - forged.len(), 28, "nonce and tag are gone");
+    raw::put_event(p, seq, forged);
+    let e = read(p, seq);
+    assert!(
+        matches!(&e, Err(Error::Corrupt { seq: s, reason }) if *s == seq && reason.contains("unencrypted")),
+        "{e:?}"
+    );
+    {
+        let db = open(p, 1).unwrap();
+        let view = db.begin_read().unwrap();
+        let by_stream: Result<Vec<_>, _> = view.read_stream(1u128, 1).unwrap().collect();
+        assert!(matches!(by_stream, Err(Error::Corrupt { .. })));
+        assert!(view.check_integrity().is_err());
+    }
+    raw::put(p, "events", &seq.to_be_bytes(), &record);
+    assert_eq!(read(p, seq).unwrap(), b"stream 1 version 05");
+}
+
+#[test]
+fn forged_or_moved_shredded_markers_do_not_hide_a_stream() {
+    let dir = interleaved();
+    let p = dir.path();
+    {
+        let db = open(p, 1).unwrap();
+        assert!(db.shred(2u128).unwrap());
+    }
+    let (ka, kb) = (1u128.to_be_bytes(), 2u128.to_be_bytes());
+    let (wa, marker) = (raw::get(p, "keys", &ka).unwrap(), raw::get(p, "keys", &kb).unwrap());
+    assert_eq!((wa.len(), marker.len()), (65, 33));
+
+    // A marker written without the master key, and stream 2's real marker moved to stream 1:
+    // stream 1 must not read as shredded, and must not take appends as if it were.
+    for (name, fake) in [("bare marker byte", vec![2u8]), ("another stream's marker", marker.clone())] {
+        raw::put(p, "keys", &ka, &fake);
+        let db = open(p, 1).unwrap();
+        let view = db.begin_read().unwrap();
+        let e = view.event(seq_of(1, 1)).map(|e| e.map(|e| e.is_shredded()));
+        assert!(matches!(e, Err(Error::CorruptKey { .. })), "{name}: {e:?}");
+        assert!(view.check_integrity().is_err(), "{name}");
+        let r = db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]);
+        assert!(matches!(r, Err(Error::CorruptKey { .. })), "{name}: {r:?}");
+        drop(view);
+        // Shredding for real replaces the forgery with an authentic marker.
+        drop(db);
+        raw::put(p, "keys", &ka, &wa);
+    }
+
+    // One of stream 1's records relabelled as an event of the shredded stream 2: it must not
+    // quietly vanish as "shredded".
+    let seq = seq_of(1, 5);
+    let record = raw::event(p, seq);
+    let mut moved = record.clone();
+    moved[8..24].copy_from_slice(&2u128.to_le_bytes());
+    raw::put_event(p, seq, moved);
+    {
+        let db = open(p, 1).unwrap();
+        let view = db.begin_read().unwrap();
+        let e = view.event(seq).map(|e| e.map(|e| e.is_shredded()));
+        assert!(matches!(e, Err(Error::Corrupt { .. })), "{e:?}");
+        let all: Result<Vec<_>, _> = view.read_all(1).unwrap().collect();
+        assert!(all.is_err(), "a log scan reports it too");
+        assert!(view.check_integrity().is_err());
+    }
+    raw::put(p, "events", &seq.to_be_bytes(), &record);
+    let db = open(p, 1).unwrap();
+    let report = db.begin_read().unwrap().check_integrity().unwrap();
+    assert_eq!((report.events, report.shredded_events), (20, 10), "restored");
+}
+
+#[test]
+fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
+    let dir = interleaved();
+    let p = dir.path();
+    let plain = tempfile::tempdir().unwrap();
+    Varve::open(plain.path()).unwrap();
+    let format = |dir: &Path| raw::get(dir, "meta", b"format_version").unwrap();
+    // A build that knows only format 1 refuses an encrypted store rather than write plaintext.
+    assert_eq!(format(plain.path()), 1u32.to_le_bytes());
+    assert_eq!(format(p), 2u32.to_le_bytes());
+
+    let check = raw::get(p, "meta", b"encryption").unwrap();
+    raw::delete(p, "meta", b"encryption");
+    assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "check value deleted, no key");
+    assert!(matches!(open(p, 1), Err(Error::CorruptMeta { .. })), "check value deleted, with the key");
+    raw::put(p, "meta", b"encryption", &check);
+    raw::put(p, "meta", b"format_version", &1u32.to_le_bytes());
+    assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "format downgraded, no key");
+    assert!(matches!(open(p, 1), Err(Error::CorruptMeta { .. })), "format downgraded, with the key");
+    raw::put(p, "meta", b"format_version", &2u32.to_le_bytes());
+    assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
+}
+
+/// A `key-child` process (`tests/support/key_child.rs`) holding the same store open.
+struct Child {
+    process: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Child {
+    fn start(dir: &Path, key: Option<u8>) -> Child {
+        use std::process::{Command, Stdio};
+        let mut process = Command::new(env!("CARGO_BIN_EXE_key-child"))
+            .arg(dir)
+            .arg(key.map_or("none".to_owned(), |k| k.to_string()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = process.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(process.stdout.take().unwrap());
+        let mut child = Child { process, stdin, stdout };
+        assert_eq!(child.line(), "opened");
+        child
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end().to_owned()
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        self.line()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        if self.process.wait().is_err() {
+            let _ = self.process.kill();
+        }
+    }
+}
+
+#[test]
+fn a_process_opened_without_a_key_cannot_write_once_another_enables_encryption() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let mut child = Child::start(p, None); // creates the store, unencrypted and empty
+    let db = open(p, 1).unwrap(); // still empty: this process turns encryption on
+    assert!(db.is_encrypted());
+    db.append(1u128, ExpectedVersion::NoStream, [NewEvent::new("noted", b"parent secret".to_vec())]).unwrap();
+
+    let answer = child.ask("append 2");
+    assert!(answer.starts_with("err KeyRequired"), "{answer}");
+    let answer = child.ask("read 1");
+    assert!(answer.starts_with("err "), "the keyless process reads nothing: {answer}");
+    drop(child);
+
+    db.append(1u128, ExpectedVersion::Exact(1), [NewEvent::new("noted", b"more".to_vec())]).unwrap();
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.check_integrity().unwrap().events, 2, "no event of the child's");
+    drop(view);
+    drop(db);
+    let file = std::fs::read(p.join("data.mdb")).unwrap();
+    assert_eq!(count(&file, b"written by the child"), 0);
+    assert_eq!(count(&file, b"parent secret"), 0);
+}
+
+#[test]
+fn a_process_holding_the_old_master_key_stops_writing_after_another_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let db = open(p, 1).unwrap();
+    db.append(1u128, ExpectedVersion::NoStream, [NewEvent::new("noted", b"one".to_vec())]).unwrap();
+    let mut child = Child::start(p, Some(1));
+    assert_eq!(child.ask("append 2"), "ok 2", "same key, both processes write");
+    assert_eq!(child.ask("read 1"), "ok Some(3)");
+
+    assert_eq!(db.rotate_master_key(&key(2)).unwrap(), 2);
+    for command in ["append 3", "append 1", "rotate 3"] {
+        let answer = child.ask(command);
+        assert!(answer.starts_with("err WrongKey"), "{command}: {answer}");
+    }
+    let answer = child.ask("read 1");
+    assert!(answer.starts_with("err CorruptKey"), "keys now wrapped under another epoch: {answer}");
+    drop(child);
+
+    db.append(4u128, ExpectedVersion::NoStream, [NewEvent::new("noted", b"four".to_vec())]).unwrap();
+    drop(db);
+    assert!(matches!(open(p, 1), Err(Error::WrongKey)));
+    let db = open(p, 2).unwrap();
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.check_integrity().unwrap().events, 3);
+    let payloads: Vec<Vec<u8>> = view.read_all(1).unwrap().map(|e| e.unwrap().payload().to_vec()).collect();
+    assert_eq!(payloads, [b"one".to_vec(), b"written by the child to 2".to_vec(), b"four".to_vec()]);
 }

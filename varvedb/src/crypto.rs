@@ -10,8 +10,11 @@
 //! `keys` table values (`stream u128 BE` → value):
 //! ```text
 //! wrapped:  1 u8 ‖ master epoch u32 LE ‖ nonce 12 ‖ AES-256-GCM(data key) 32 ‖ tag 16   (65 bytes)
-//! shredded: 2 u8                                                                      (1 byte)
+//! shredded: 2 u8 ‖ master epoch u32 LE ‖ nonce 12 ‖ tag 16 (GCM of nothing)             (33 bytes)
 //! ```
+//! Both are authenticated with the stream id and epoch as associated data, so neither can be
+//! forged without the master key or moved to another stream: a forged shredded marker must not
+//! be able to hide a stream's events.
 //! `meta` key `encryption`: `1 u8 ‖ master epoch u32 LE ‖ nonce 12 ‖ AES-256-GCM(32 zero bytes) 16 + 32`,
 //! a check value that tells a wrong master key from a damaged record.
 
@@ -33,10 +36,12 @@ const WRAPPED: u8 = 1;
 const SHREDDED: u8 = 2;
 pub(crate) const WRAPPED_LEN: usize = 1 + 4 + NONCE_LEN + KEY_LEN + TAG_LEN;
 pub(crate) const CHECK_LEN: usize = 1 + 4 + NONCE_LEN + KEY_LEN + TAG_LEN;
+pub(crate) const SHREDDED_LEN: usize = 1 + 4 + NONCE_LEN + TAG_LEN;
 
 /// Domain separation: a wrapped key can never be taken for a check value or an event.
 const WRAP_DOMAIN: &[u8] = b"varvedb/data-key/v1";
 const CHECK_DOMAIN: &[u8] = b"varvedb/master-check/v1";
+const SHRED_DOMAIN: &[u8] = b"varvedb/shredded/v1";
 
 /// A 32-byte master key. Its bytes are zeroed when it is dropped and never printed.
 ///
@@ -107,6 +112,10 @@ pub(crate) fn fill_random(out: &mut [u8]) -> Result<(), Error> {
 pub(crate) struct Master {
     pub(crate) epoch: u32,
     cipher: Aes256Gcm,
+    /// The check value stored in `meta` for this master. The writer compares the stored bytes
+    /// with it in every transaction: another process that rotated the key (or a build that
+    /// lost it) cannot go unnoticed.
+    check: Vec<u8>,
 }
 
 /// The encryption state of an open store: the master key in use. Swapped only by a key
@@ -139,41 +148,32 @@ pub(crate) enum StreamKey {
 }
 
 impl Master {
-    pub(crate) fn new(key: &MasterKey, epoch: u32) -> Self {
-        Master { epoch, cipher: Aes256Gcm::new(key.as_bytes().into()) }
-    }
-
-    /// The check value stored in `meta` for this master key.
-    pub(crate) fn check_value(&self) -> Result<Vec<u8>, Error> {
+    /// A master for `key` at `epoch`, with a fresh check value to store in `meta`.
+    pub(crate) fn create(key: &MasterKey, epoch: u32) -> Result<Self, Error> {
+        let mut master = Master { epoch, cipher: Aes256Gcm::new(key.as_bytes().into()), check: Vec::new() };
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
         let mut body = [0u8; KEY_LEN];
-        let tag = self.seal_raw(&nonce, &check_aad(self.epoch), &mut body)?;
-        let mut out = Vec::with_capacity(CHECK_LEN);
-        out.push(WRAPPED);
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&tag);
-        Ok(out)
+        let tag = master.seal_raw(&nonce, &check_aad(epoch), &mut body)?;
+        let mut check = Vec::with_capacity(CHECK_LEN);
+        check.push(WRAPPED);
+        check.extend_from_slice(&epoch.to_le_bytes());
+        check.extend_from_slice(&nonce);
+        check.extend_from_slice(&body);
+        check.extend_from_slice(&tag);
+        master.check = check;
+        Ok(master)
     }
 
-    /// Whether this master opened the stored check value `value` (a rotation by another
-    /// process would have replaced it).
-    pub(crate) fn verifies(&self, value: &[u8]) -> bool {
-        if value.len() != CHECK_LEN || value[0] != WRAPPED || value[1..5] != self.epoch.to_le_bytes() {
-            return false;
-        }
-        let mut body = [0u8; KEY_LEN];
-        body.copy_from_slice(&value[5 + NONCE_LEN..5 + NONCE_LEN + KEY_LEN]);
-        self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&value[5..5 + NONCE_LEN]),
-                &check_aad(self.epoch),
-                &mut body,
-                Tag::from_slice(&value[5 + NONCE_LEN + KEY_LEN..]),
-            )
-            .is_ok()
+    /// The check value to store in `meta` for this master key.
+    pub(crate) fn check_value(&self) -> &[u8] {
+        &self.check
+    }
+
+    /// Whether `value` is this master's stored check value. A rotation (by this process or
+    /// another) replaces it, so a master that no longer matches must not write.
+    pub(crate) fn is_current(&self, value: &[u8]) -> bool {
+        value == self.check.as_slice()
     }
 
     /// Reads the epoch from a stored check value and verifies `key` against it.
@@ -182,7 +182,7 @@ impl Master {
             return Err(Error::CorruptMeta { reason: "the encryption check value cannot be decoded" });
         }
         let epoch = u32::from_le_bytes(value[1..5].try_into().unwrap_or_default());
-        let master = Master::new(key, epoch);
+        let master = Master { epoch, cipher: Aes256Gcm::new(key.as_bytes().into()), check: value.to_vec() };
         let nonce = &value[5..5 + NONCE_LEN];
         let mut body = [0u8; KEY_LEN];
         body.copy_from_slice(&value[5 + NONCE_LEN..5 + NONCE_LEN + KEY_LEN]);
@@ -197,6 +197,20 @@ impl Master {
             )
             .map_err(|_| Error::WrongKey)?;
         Ok(master)
+    }
+
+    /// The `keys` table value that marks `stream` as shredded, authenticated under this
+    /// master so that nobody without the key can write one.
+    pub(crate) fn shredded_marker(&self, stream: u128) -> Result<[u8; SHREDDED_LEN], Error> {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce)?;
+        let tag = self.seal_raw(&nonce, &shred_aad(stream, self.epoch), &mut [])?;
+        let mut out = [0u8; SHREDDED_LEN];
+        out[0] = SHREDDED;
+        out[1..5].copy_from_slice(&self.epoch.to_le_bytes());
+        out[5..5 + NONCE_LEN].copy_from_slice(&nonce);
+        out[5 + NONCE_LEN..].copy_from_slice(&tag);
+        Ok(out)
     }
 
     /// A new random data key for `stream`: the cipher, and its wrapped form for the `keys` table.
@@ -221,14 +235,26 @@ impl Master {
     /// epoch, or with any byte changed fails authentication.
     pub(crate) fn unwrap(&self, stream: u128, value: &[u8]) -> Result<StreamKey, Error> {
         let bad = |reason: &'static str| Error::CorruptKey { stream: StreamId::from(stream), reason };
-        match value.first() {
-            Some(&SHREDDED) if value.len() == 1 => return Ok(StreamKey::Shredded),
-            Some(&WRAPPED) if value.len() == WRAPPED_LEN => {}
+        let shredded = match value.first() {
+            Some(&SHREDDED) if value.len() == SHREDDED_LEN => true,
+            Some(&WRAPPED) if value.len() == WRAPPED_LEN => false,
             _ => return Err(bad("the stored key cannot be decoded")),
-        }
+        };
         let epoch = u32::from_le_bytes(value[1..5].try_into().unwrap_or_default());
         if epoch != self.epoch {
             return Err(bad("the key is wrapped under another master key epoch"));
+        }
+        if shredded {
+            let mut empty = [0u8; 0];
+            self.cipher
+                .decrypt_in_place_detached(
+                    Nonce::from_slice(&value[5..5 + NONCE_LEN]),
+                    &shred_aad(stream, epoch),
+                    &mut empty,
+                    Tag::from_slice(&value[5 + NONCE_LEN..]),
+                )
+                .map_err(|_| bad("the shredded marker fails authentication (forged, or another stream's)"))?;
+            return Ok(StreamKey::Shredded);
         }
         let key = self
             .unwrap_bytes(stream, value)
@@ -236,10 +262,10 @@ impl Master {
         Ok(StreamKey::Key(Box::new(Aes256Gcm::new(key.as_slice().into()))))
     }
 
-    /// Re-wraps a data key under `new`: the rotation step. Shredded markers stay as they are.
+    /// Re-wraps a data key (or re-seals a shredded marker) under `new`: the rotation step.
     pub(crate) fn rewrap(&self, new: &Master, stream: u128, value: &[u8]) -> Result<Vec<u8>, Error> {
         match self.unwrap(stream, value)? {
-            StreamKey::Shredded => Ok(shredded_value().to_vec()),
+            StreamKey::Shredded => Ok(new.shredded_marker(stream)?.to_vec()),
             StreamKey::Key(_) => {
                 let key = self.unwrap_bytes(stream, value).map_err(|()| Error::CorruptKey {
                     stream: StreamId::from(stream),
@@ -284,21 +310,19 @@ impl Master {
     }
 }
 
-/// The `keys` table value of a shredded stream.
-pub(crate) fn shredded_value() -> &'static [u8] {
-    &[SHREDDED]
-}
-
-/// Whether a `keys` table value is the shredded marker (no key needed to tell).
-pub(crate) fn is_shredded(value: &[u8]) -> bool {
-    value == [SHREDDED]
-}
-
 fn wrap_aad(stream: u128, epoch: u32) -> [u8; WRAP_DOMAIN.len() + 20] {
     let mut aad = [0u8; WRAP_DOMAIN.len() + 20];
     aad[..WRAP_DOMAIN.len()].copy_from_slice(WRAP_DOMAIN);
     aad[WRAP_DOMAIN.len()..WRAP_DOMAIN.len() + 16].copy_from_slice(&stream.to_le_bytes());
     aad[WRAP_DOMAIN.len() + 16..].copy_from_slice(&epoch.to_le_bytes());
+    aad
+}
+
+fn shred_aad(stream: u128, epoch: u32) -> [u8; SHRED_DOMAIN.len() + 20] {
+    let mut aad = [0u8; SHRED_DOMAIN.len() + 20];
+    aad[..SHRED_DOMAIN.len()].copy_from_slice(SHRED_DOMAIN);
+    aad[SHRED_DOMAIN.len()..SHRED_DOMAIN.len() + 16].copy_from_slice(&stream.to_le_bytes());
+    aad[SHRED_DOMAIN.len() + 16..].copy_from_slice(&epoch.to_le_bytes());
     aad
 }
 
@@ -371,14 +395,16 @@ mod tests {
     use super::*;
 
     fn master(byte: u8, epoch: u32) -> Master {
-        Master::new(&MasterKey::from_bytes([byte; KEY_LEN]), epoch)
+        Master::create(&MasterKey::from_bytes([byte; KEY_LEN]), epoch).unwrap()
     }
 
     #[test]
     fn check_value_tells_the_right_key_from_a_wrong_one() {
         let m = master(1, 3);
-        let check = m.check_value().unwrap();
+        let check = m.check_value().to_vec();
         assert_eq!(check.len(), CHECK_LEN);
+        assert!(m.is_current(&check));
+        assert!(!master(1, 3).is_current(&check), "a fresh check value for the same key differs");
         assert_eq!(Master::open_check(&MasterKey::from_bytes([1; KEY_LEN]), &check).unwrap().epoch, 3);
         assert!(matches!(
             Master::open_check(&MasterKey::from_bytes([2; KEY_LEN]), &check),
@@ -399,7 +425,26 @@ mod tests {
             bad[i] ^= 0x20;
             assert!(m.unwrap(10, &bad).is_err(), "byte {i}");
         }
-        assert!(matches!(m.unwrap(10, shredded_value()), Ok(StreamKey::Shredded)));
+    }
+
+    #[test]
+    fn shredded_markers_cannot_be_forged_or_moved() {
+        let m = master(7, 1);
+        let marker = m.shredded_marker(10).unwrap();
+        assert!(matches!(m.unwrap(10, &marker), Ok(StreamKey::Shredded)));
+        assert!(matches!(m.unwrap(11, &marker), Err(Error::CorruptKey { .. })), "another stream");
+        assert!(matches!(master(8, 1).unwrap(10, &marker), Err(Error::CorruptKey { .. })), "another key");
+        assert!(matches!(m.unwrap(10, &[SHREDDED]), Err(Error::CorruptKey { .. })), "the bare tag byte");
+        for i in 0..marker.len() {
+            let mut bad = marker;
+            bad[i] ^= 0x01;
+            assert!(!matches!(m.unwrap(10, &bad), Ok(StreamKey::Shredded)), "byte {i}");
+        }
+        // A wrapped key's tag cannot pass for a marker's: the lengths and domains differ.
+        let (_, wrapped) = m.new_data_key(10).unwrap();
+        let mut relabelled = wrapped;
+        relabelled[0] = SHREDDED;
+        assert!(m.unwrap(10, &relabelled).is_err());
     }
 
     #[test]
@@ -415,7 +460,10 @@ mod tests {
         let tag_a = seal(&cipher, &nonce, b"aad", &mut a).unwrap();
         let tag_b = seal(&again, &nonce, b"aad", &mut b).unwrap();
         assert_eq!((a, tag_a), (b, tag_b));
-        assert_eq!(old.rewrap(&new, 5, shredded_value()).unwrap(), shredded_value());
+        let marker = old.shredded_marker(5).unwrap();
+        let resealed = old.rewrap(&new, 5, &marker).unwrap();
+        assert!(matches!(new.unwrap(5, &resealed), Ok(StreamKey::Shredded)));
+        assert!(old.unwrap(5, &resealed).is_err(), "the old master can no longer open it");
     }
 
     #[test]

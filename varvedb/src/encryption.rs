@@ -5,10 +5,10 @@ use std::ops::Bound::{Included, Unbounded};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::crypto::{self, Encryption, Master, MasterKey};
+use crate::crypto::{Encryption, Master, MasterKey, StreamKey};
 use crate::error::Error;
 use crate::record::{Body, Content, Envelope, HASH_LEN};
-use crate::storage::{Storage, key, meta_key, value};
+use crate::storage::{ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, ReadTxn, Storage, key, meta_key, value};
 use crate::store::Varve;
 use crate::types::StreamId;
 
@@ -22,7 +22,23 @@ pub(crate) fn open(
     let tables = storage.tables;
     // A write transaction, so that enabling cannot race another process's first append.
     let mut txn = storage.write_txn()?;
+    let format = storage
+        .get(&txn, tables.meta, meta_key::FORMAT_VERSION)?
+        .and_then(|b| b.try_into().ok().map(u32::from_le_bytes));
     let stored = storage.get(&txn, tables.meta, meta_key::ENCRYPTION)?;
+    // The format version and the check value must agree: either one alone means the record
+    // of the store's encryption was damaged or stripped, and guessing could write plaintext.
+    match (stored.is_some(), format) {
+        (true, Some(ENCRYPTED_FORMAT_VERSION)) | (false, Some(FORMAT_VERSION)) => {}
+        (true, _) => {
+            return Err(Error::CorruptMeta { reason: "an encryption record in a store of the plain format" });
+        }
+        (false, _) => {
+            return Err(Error::CorruptMeta {
+                reason: "a store of the encrypted format lost its encryption record",
+            });
+        }
+    }
     match (stored, key) {
         (None, None) => Ok(None),
         (Some(_), None) => Err(Error::KeyRequired { path: path.to_path_buf() }),
@@ -33,10 +49,38 @@ pub(crate) fn open(
                     reason: "it already holds unencrypted events, which a master key cannot protect",
                 });
             }
-            let master = Master::new(key, 1);
-            storage.put(&mut txn, tables.meta, meta_key::ENCRYPTION, &master.check_value()?)?;
+            let master = Master::create(key, 1)?;
+            storage.put(&mut txn, tables.meta, meta_key::ENCRYPTION, master.check_value())?;
+            storage.put(
+                &mut txn,
+                tables.meta,
+                meta_key::FORMAT_VERSION,
+                &ENCRYPTED_FORMAT_VERSION.to_le_bytes(),
+            )?;
             storage.commit(txn)?;
             Ok(Some(Encryption::new(master)))
+        }
+    }
+}
+
+/// Checks, inside a write transaction, that the store's encryption is still what this
+/// process opened it with. Another process may have enabled encryption on the (then empty)
+/// store after this one opened it without a key, or rotated the master key: writing on
+/// regardless would store plaintext in an encrypted store, or data keys wrapped under a
+/// retired master. One small `meta` lookup per transaction.
+pub(crate) fn ensure_current(
+    storage: &Storage,
+    txn: &ReadTxn<'_>,
+    master: Option<&Master>,
+) -> Result<(), Error> {
+    let stored = storage.get(txn, storage.tables.meta, meta_key::ENCRYPTION)?;
+    match (stored, master) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(Error::KeyRequired { path: storage.path().to_path_buf() }),
+        (Some(check), Some(master)) if master.is_current(check) => Ok(()),
+        (Some(_), Some(_)) => Err(Error::WrongKey),
+        (None, Some(_)) => {
+            Err(Error::CorruptMeta { reason: "an encrypted store lost its encryption record" })
         }
     }
 }
@@ -50,6 +94,8 @@ impl Varve {
 
     /// Crypto-shreds `stream`: deletes its data key, so its events can never be decrypted
     /// again, and deletes its payload blobs. Returns `false` if it was shredded already.
+    /// A stream with no events yet is shredded too: its id is retired, so no event can
+    /// ever be appended to it.
     ///
     /// Afterwards the stream's events still occupy their positions (seq, version, type tag,
     /// timestamp stay readable) but read as shredded ([`RecordedEvent::is_shredded`](crate::RecordedEvent::is_shredded));
@@ -78,15 +124,20 @@ impl Varve {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn shred(&self, stream: impl Into<StreamId>) -> Result<bool, Error> {
-        if self.encryption().is_none() {
-            return Err(Error::NotEncrypted { reason: "only an encrypted store can shred a stream" });
-        }
+        let encryption = self
+            .encryption()
+            .ok_or(Error::NotEncrypted { reason: "only an encrypted store can shred a stream" })?;
         let stream = stream.into().as_u128();
         let storage = self.storage();
         let tables = storage.tables;
         let mut txn = storage.write_txn()?;
+        let master = Arc::clone(&encryption.read());
+        ensure_current(storage, &txn, Some(&master))?;
         let k = key::stream(stream);
-        if storage.get(&txn, tables.keys, &k)?.is_some_and(crypto::is_shredded) {
+        // A value that is not a valid marker (damaged, forged) is overwritten by a real one.
+        if let Some(stored) = storage.get(&txn, tables.keys, &k)?
+            && matches!(master.unwrap(stream, stored), Ok(StreamKey::Shredded))
+        {
             return Ok(false);
         }
         let mut blobs: Vec<[u8; HASH_LEN]> = Vec::new();
@@ -106,7 +157,7 @@ impl Varve {
         for hash in &blobs {
             storage.delete(&mut txn, tables.blobs, hash)?;
         }
-        storage.put(&mut txn, tables.keys, &k, crypto::shredded_value())?;
+        storage.put(&mut txn, tables.keys, &k, &master.shredded_marker(stream)?)?;
         storage.commit(txn)?;
         Ok(true)
     }
@@ -115,9 +166,11 @@ impl Varve {
     /// transaction. Events are not re-encrypted (their data keys do not change). Returns how
     /// many keys were re-wrapped (shredded markers included).
     ///
-    /// Run it while this process is the only one with the store open: another process keeps
-    /// the old key and can no longer read or write encrypted streams. After it, destroy the
-    /// old key: backups made before the rotation then cannot be decrypted.
+    /// Store `new_key` durably before calling this: once it commits, only `new_key` opens
+    /// the store. Run it while this process is the only one with the store open: another
+    /// process keeps the old key, and its reads then fail with [`Error::CorruptKey`] and its
+    /// writes with [`Error::WrongKey`]. After it, destroy the old key: backups made before
+    /// the rotation then cannot be decrypted.
     ///
     /// # Errors
     /// [`Error::NotEncrypted`]; [`Error::WrongKey`] if another process rotated the key since
@@ -141,19 +194,14 @@ impl Varve {
             .ok_or(Error::NotEncrypted { reason: "only an encrypted store has a master key to rotate" })?;
         let storage = self.storage();
         let tables = storage.tables;
-        // LMDB's writer lock first, then the master's: the writer thread takes them in
-        // this order too, and readers never wait for LMDB's writer lock.
+        // LMDB's writer lock keeps every other writer of this process and of others out until
+        // the commit, so the master cannot change under the re-wrapping.
         let mut txn = storage.write_txn()?;
-        let mut current = encryption.write();
-        let check = storage
-            .get(&txn, tables.meta, meta_key::ENCRYPTION)?
-            .ok_or(Error::CorruptMeta { reason: "an encrypted store lost its encryption record" })?;
-        if !current.verifies(check) {
-            return Err(Error::WrongKey);
-        }
+        let current = Arc::clone(&encryption.read());
+        ensure_current(storage, &txn, Some(&current))?;
         let epoch =
             current.epoch.checked_add(1).ok_or(Error::Internal("the master key epoch is exhausted"))?;
-        let new = Master::new(new_key, epoch);
+        let new = Master::create(new_key, epoch)?;
         let wrapped: Vec<(Vec<u8>, Vec<u8>)> = storage
             .entries(&txn, tables.keys, (Unbounded, Unbounded), false)?
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
@@ -165,9 +213,13 @@ impl Varve {
             let rewrapped = current.rewrap(&new, stream, v)?;
             storage.put(&mut txn, tables.keys, k, &rewrapped)?;
         }
-        storage.put(&mut txn, tables.meta, meta_key::ENCRYPTION, &new.check_value()?)?;
+        storage.put(&mut txn, tables.meta, meta_key::ENCRYPTION, new.check_value())?;
+        // Readers take the read lock around starting their transaction: holding the write lock
+        // across commit and swap (only, not the re-wrapping above) means none of them pairs
+        // the new keys with the old master or the reverse.
+        let mut slot = encryption.write();
         storage.commit(txn)?;
-        *current = Arc::new(new);
+        *slot = Arc::new(new);
         Ok(wrapped.len() as u64)
     }
 }

@@ -30,11 +30,13 @@ pub enum Error {
     },
 
     /// The store was written by a version of varvedb with a different on-disk format.
-    #[error("the store has on-disk format version {found}, this build of varvedb reads version {supported}")]
+    #[error(
+        "the store has on-disk format version {found}, this build of varvedb reads versions up to {supported}"
+    )]
     IncompatibleFormat {
         /// The format version recorded in the store.
         found: u32,
-        /// The format version this build reads and writes.
+        /// The newest format version this build reads and writes (1: plain, 2: encrypted).
         supported: u32,
     },
 
@@ -229,14 +231,17 @@ pub enum Error {
     #[error("the store's writer has stopped")]
     WriterStopped,
 
-    /// The store is encrypted and was opened without a master key. Nothing was read.
+    /// The store is encrypted and was opened without a master key (or another process
+    /// turned encryption on after this one opened the empty store). Nothing was read or
+    /// written.
     #[error("the store at {} is encrypted: open it with `Options::encryption_key`", path.display())]
     KeyRequired {
         /// The store's directory.
         path: PathBuf,
     },
 
-    /// The master key given does not open this store. Nothing was read or written.
+    /// The master key given does not open this store, or no longer does: another process
+    /// rotated it after this one opened the store. Nothing was read or written.
     #[error("wrong master key: it does not open this store")]
     WrongKey,
 

@@ -404,7 +404,22 @@ impl<'db> ReadView<'db> {
                     }
                 };
                 match key {
-                    None => (&[][..], &[][..], true),
+                    None => {
+                        // Reporting "shredded" reads nothing, so it must not be what a damaged
+                        // or forged record gets: the record has to be exactly where the stream
+                        // index says that stream's event of that version is.
+                        let at = self.storage.get(
+                            &self.txn,
+                            self.storage.tables.streams,
+                            &key::stream_version(head.stream, head.version),
+                        )?;
+                        if at.and_then(value::decode_seq) != Some(seq) {
+                            return Err(corrupt(
+                                "a record names a shredded stream the index does not place it in",
+                            ));
+                        }
+                        (&[][..], &[][..], true)
+                    }
                     Some(key) => {
                         let sealed = self.body(seq, body)?;
                         let len = metadata_len as usize + payload_len as usize;

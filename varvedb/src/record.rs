@@ -267,7 +267,11 @@ impl<'a> Envelope<'a> {
         let head = Head { stream, version, timestamp_micros, schema_version, id, type_tag };
         let content = if flags & flag::ENCRYPTED != 0 {
             let aad_head = &bytes[4..cur.pos];
-            let sealed_len = meta_len as usize + payload_len as usize + SEAL_OVERHEAD;
+            // Checked: two u32 lengths can overflow a 32-bit usize.
+            let sealed_len = (meta_len as usize)
+                .checked_add(payload_len as usize)
+                .and_then(|n| n.checked_add(SEAL_OVERHEAD))
+                .ok_or_else(|| corrupt("sealed length overflows"))?;
             let body = if flags & flag::BLOB != 0 {
                 cur.blob(sealed_len)?
             } else {

@@ -14,6 +14,9 @@ use crate::error::{Error, StorageError};
 
 /// On-disk format version written to `meta` on creation and checked on every open.
 pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The format version of an encrypted store. Same layout, but every record is sealed: a
+/// build that knows only version 1 refuses such a store instead of appending plaintext to it.
+pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 2;
 
 /// Keys of the `meta` table.
 pub(crate) mod meta_key {
@@ -249,8 +252,8 @@ impl Storage {
                 .try_into()
                 .map(u32::from_le_bytes)
                 .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
-            if found != FORMAT_VERSION {
-                return Err(Error::IncompatibleFormat { found, supported: FORMAT_VERSION });
+            if found != FORMAT_VERSION && found != ENCRYPTED_FORMAT_VERSION {
+                return Err(Error::IncompatibleFormat { found, supported: ENCRYPTED_FORMAT_VERSION });
             }
         } else {
             if storage.last_seq(&wtxn)? != 0 {
@@ -262,6 +265,11 @@ impl Storage {
         }
         wtxn.commit().map_err(|e| storage_error(e, map_size))?;
         Ok(storage)
+    }
+
+    /// The store's directory.
+    pub(crate) fn path(&self) -> &Path {
+        self.env.path()
     }
 
     pub(crate) fn map_size(&self) -> usize {

@@ -406,13 +406,13 @@ mod tests {
             db.append(1u128, ExpectedVersion::Auto, [event()]).unwrap();
             let storage = &db.inner.storage;
             let mut txn = storage.write_txn().unwrap();
-            let future = (crate::storage::FORMAT_VERSION + 1).to_le_bytes();
+            let future = (crate::storage::ENCRYPTED_FORMAT_VERSION + 1).to_le_bytes();
             storage.put(&mut txn, storage.tables.meta, b"format_version", &future).unwrap();
             storage.commit(txn).unwrap();
         }
         let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
         let err = Varve::open(dir.path()).unwrap_err();
-        assert!(matches!(err, Error::IncompatibleFormat { found: 2, supported: 1 }), "{err:?}");
+        assert!(matches!(err, Error::IncompatibleFormat { found: 3, supported: 2 }), "{err:?}");
         assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
     }
 

@@ -87,7 +87,11 @@ impl WriterCrypto {
         if !cached {
             let cipher = match master.unwrap(stream, stored)? {
                 StreamKey::Key(cipher) => cipher,
-                StreamKey::Shredded => return Err(Error::Shredded { stream: StreamId::from(stream) }),
+                StreamKey::Shredded => {
+                    // A shredded stream's key must not outlive the shred in memory either.
+                    self.keys.remove(&stream);
+                    return Err(Error::Shredded { stream: StreamId::from(stream) });
+                }
             };
             if self.keys.len() >= KEY_CACHE {
                 self.keys.clear();
@@ -266,6 +270,7 @@ impl WriterState {
         // while this transaction is open.
         let master = self.crypto.as_ref().map(|c| Arc::clone(&c.encryption.read()));
         let master = master.as_deref();
+        crate::encryption::ensure_current(&storage, &txn, master)?;
         let mut next_seq = storage.last_seq(&txn)?.checked_add(1).ok_or_else(seq_exhausted)?;
         let mut results = Vec::with_capacity(batches.len());
         let mut events_written = 0u64;
@@ -317,12 +322,10 @@ impl WriterState {
             return Err(Error::EmptyBatch);
         }
         let tables = self.storage.tables;
-        if master.is_some() {
+        if let (Some(master), Some(crypto)) = (master, self.crypto.as_mut()) {
             for part in &batch.appends {
-                let stored = self.storage.get(txn, tables.keys, &key::stream(part.stream.as_u128()))?;
-                if stored.is_some_and(crypto::is_shredded) {
-                    return Err(Error::Shredded { stream: part.stream });
-                }
+                // Unwraps (and caches) the key, which also authenticates a shredded marker.
+                crypto.key(&self.storage, txn, master, part.stream.as_u128())?;
             }
         }
         let mut seen_ids = HashSet::new();

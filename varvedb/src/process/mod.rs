@@ -215,6 +215,11 @@ impl Projection {
     /// Handles events of crypto-shredded streams ([`Varve::shred`]), whatever their type:
     /// for example, to delete what the read model holds about the stream. Without it, such
     /// events are skipped: their contents are gone.
+    ///
+    /// It runs for shredded events the projection reads: those it had not reached when the
+    /// stream was shredded, and all of them on a [`rebuild`](Self::rebuild). Events it had
+    /// already applied are not replayed: rebuild after shredding, or remove the stream's
+    /// rows when you call `shred`.
     #[must_use]
     pub fn on_shredded(
         mut self,
@@ -466,7 +471,8 @@ impl Processor {
 
     /// Handles events of crypto-shredded streams ([`Varve::shred`]), whatever their type,
     /// with the same retries as other handlers. Without it, such events are skipped: their
-    /// contents are gone.
+    /// contents are gone. Like [`Projection::on_shredded`], it sees only shredded events the
+    /// processor reads after the shred, not events it had handled before.
     #[must_use]
     pub fn on_shredded(
         mut self,
