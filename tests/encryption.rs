@@ -726,7 +726,7 @@ fn forged_or_moved_shredded_markers_do_not_hide_a_stream() {
     }
     let (ka, kb) = (1u128.to_be_bytes(), 2u128.to_be_bytes());
     let (wa, marker) = (raw::get(p, "keys", &ka).unwrap(), raw::get(p, "keys", &kb).unwrap());
-    assert_eq!((wa.len(), marker.len()), (65, 33));
+    assert_eq!((wa.len(), marker.len()), (65, 37));
 
     // A marker written without the master key, and stream 2's real marker moved to stream 1:
     // stream 1 must not read as shredded, and must not take appends as if it were.
@@ -740,7 +740,8 @@ fn forged_or_moved_shredded_markers_do_not_hide_a_stream() {
         let r = db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]);
         assert!(matches!(r, Err(Error::CorruptKey { .. })), "{name}: {r:?}");
         drop(view);
-        // Shredding for real replaces the forgery with an authentic marker.
+        assert!(db.shred(1u128).unwrap(), "a forged marker is not taken for a real one");
+        assert!(db.begin_read().unwrap().event(seq_of(1, 1)).unwrap().unwrap().is_shredded());
         drop(db);
         raw::put(p, "keys", &ka, &wa);
     }
@@ -762,6 +763,31 @@ fn forged_or_moved_shredded_markers_do_not_hide_a_stream() {
         assert!(view.check_integrity().is_err());
     }
     raw::put(p, "events", &seq.to_be_bytes(), &record);
+
+    // The same with the (unauthenticated) stream index rewritten to match: stream 1's newest
+    // event relabelled as a version stream 2 never had. The marker binds the stream's last
+    // version, so it still cannot pass as shredded.
+    let seq = seq_of(1, 10);
+    let record = raw::event(p, seq);
+    let mut moved = record.clone();
+    moved[8..24].copy_from_slice(&2u128.to_le_bytes());
+    moved[24..28].copy_from_slice(&11u32.to_le_bytes());
+    raw::put_event(p, seq, moved);
+    let index =
+        |stream: u128, version: u32| [stream.to_be_bytes().as_slice(), &version.to_be_bytes()].concat();
+    let entry = raw::get(p, "streams", &index(1, 10)).unwrap();
+    raw::delete(p, "streams", &index(1, 10));
+    raw::put(p, "streams", &index(2, 11), &entry);
+    {
+        let db = open(p, 1).unwrap();
+        let view = db.begin_read().unwrap();
+        let e = view.event(seq).map(|e| e.map(|e| e.is_shredded()));
+        assert!(matches!(&e, Err(Error::Corrupt { reason, .. }) if reason.contains("last version")), "{e:?}");
+        assert!(view.check_integrity().is_err());
+    }
+    raw::put(p, "events", &seq.to_be_bytes(), &record);
+    raw::delete(p, "streams", &index(2, 11));
+    raw::put(p, "streams", &index(1, 10), &entry);
     let db = open(p, 1).unwrap();
     let report = db.begin_read().unwrap().check_integrity().unwrap();
     assert_eq!((report.events, report.shredded_events), (20, 10), "restored");
@@ -786,6 +812,12 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     raw::put(p, "meta", b"format_version", &1u32.to_le_bytes());
     assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "format downgraded, no key");
     assert!(matches!(open(p, 1), Err(Error::CorruptMeta { .. })), "format downgraded, with the key");
+    // Both stripped: a keyless process must still not take it for a plain store (it would
+    // append plaintext beside the sealed events), and a key cannot be added to it either.
+    raw::delete(p, "meta", b"encryption");
+    assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "both stripped, no key");
+    assert!(matches!(open(p, 1), Err(Error::NotEncrypted { .. })), "both stripped, with the key");
+    raw::put(p, "meta", b"encryption", &check);
     raw::put(p, "meta", b"format_version", &2u32.to_le_bytes());
     assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
 }
@@ -834,9 +866,16 @@ impl Drop for Child {
         use std::io::Write;
         let _ = writeln!(self.stdin, "quit");
         let _ = self.stdin.flush();
-        if self.process.wait().is_err() {
-            let _ = self.process.kill();
+        // A child that hangs is killed rather than hanging the test.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.process.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
     }
 }
 

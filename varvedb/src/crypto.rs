@@ -10,11 +10,12 @@
 //! `keys` table values (`stream u128 BE` → value):
 //! ```text
 //! wrapped:  1 u8 ‖ master epoch u32 LE ‖ nonce 12 ‖ AES-256-GCM(data key) 32 ‖ tag 16   (65 bytes)
-//! shredded: 2 u8 ‖ master epoch u32 LE ‖ nonce 12 ‖ tag 16 (GCM of nothing)             (33 bytes)
+//! shredded: 2 u8 ‖ master epoch u32 LE ‖ last version u32 LE ‖ nonce 12 ‖ tag 16      (37 bytes)
 //! ```
-//! Both are authenticated with the stream id and epoch as associated data, so neither can be
-//! forged without the master key or moved to another stream: a forged shredded marker must not
-//! be able to hide a stream's events.
+//! Both are authenticated with the stream id and epoch (and a marker with the stream's last
+//! version when it was shredded) as associated data, so neither can be forged without the
+//! master key or moved to another stream: a forged shredded marker must not be able to hide
+//! a stream's events, and no event past the last version can pass for a shredded one.
 //! `meta` key `encryption`: `1 u8 ‖ master epoch u32 LE ‖ nonce 12 ‖ AES-256-GCM(32 zero bytes) 16 + 32`,
 //! a check value that tells a wrong master key from a damaged record.
 
@@ -36,7 +37,7 @@ const WRAPPED: u8 = 1;
 const SHREDDED: u8 = 2;
 pub(crate) const WRAPPED_LEN: usize = 1 + 4 + NONCE_LEN + KEY_LEN + TAG_LEN;
 pub(crate) const CHECK_LEN: usize = 1 + 4 + NONCE_LEN + KEY_LEN + TAG_LEN;
-pub(crate) const SHREDDED_LEN: usize = 1 + 4 + NONCE_LEN + TAG_LEN;
+pub(crate) const SHREDDED_LEN: usize = 1 + 4 + 4 + NONCE_LEN + TAG_LEN;
 
 /// Domain separation: a wrapped key can never be taken for a check value or an event.
 const WRAP_DOMAIN: &[u8] = b"varvedb/data-key/v1";
@@ -144,7 +145,11 @@ impl Encryption {
 /// A stream's unwrapped data key, or the marker that it was shredded.
 pub(crate) enum StreamKey {
     Key(Box<Aes256Gcm>),
-    Shredded,
+    /// Shredded when its newest event had version `last_version` (0: it had none): only
+    /// events up to it can be the stream's.
+    Shredded {
+        last_version: u32,
+    },
 }
 
 impl Master {
@@ -199,17 +204,23 @@ impl Master {
         Ok(master)
     }
 
-    /// The `keys` table value that marks `stream` as shredded, authenticated under this
-    /// master so that nobody without the key can write one.
-    pub(crate) fn shredded_marker(&self, stream: u128) -> Result<[u8; SHREDDED_LEN], Error> {
+    /// The `keys` table value that marks `stream`, whose newest event has `last_version`,
+    /// as shredded; authenticated under this master so that nobody without the key can
+    /// write one.
+    pub(crate) fn shredded_marker(
+        &self,
+        stream: u128,
+        last_version: u32,
+    ) -> Result<[u8; SHREDDED_LEN], Error> {
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
-        let tag = self.seal_raw(&nonce, &shred_aad(stream, self.epoch), &mut [])?;
+        let tag = self.seal_raw(&nonce, &shred_aad(stream, self.epoch, last_version), &mut [])?;
         let mut out = [0u8; SHREDDED_LEN];
         out[0] = SHREDDED;
         out[1..5].copy_from_slice(&self.epoch.to_le_bytes());
-        out[5..5 + NONCE_LEN].copy_from_slice(&nonce);
-        out[5 + NONCE_LEN..].copy_from_slice(&tag);
+        out[5..9].copy_from_slice(&last_version.to_le_bytes());
+        out[9..9 + NONCE_LEN].copy_from_slice(&nonce);
+        out[9 + NONCE_LEN..].copy_from_slice(&tag);
         Ok(out)
     }
 
@@ -245,16 +256,17 @@ impl Master {
             return Err(bad("the key is wrapped under another master key epoch"));
         }
         if shredded {
+            let last_version = u32::from_le_bytes(value[5..9].try_into().unwrap_or_default());
             let mut empty = [0u8; 0];
             self.cipher
                 .decrypt_in_place_detached(
-                    Nonce::from_slice(&value[5..5 + NONCE_LEN]),
-                    &shred_aad(stream, epoch),
+                    Nonce::from_slice(&value[9..9 + NONCE_LEN]),
+                    &shred_aad(stream, epoch, last_version),
                     &mut empty,
-                    Tag::from_slice(&value[5 + NONCE_LEN..]),
+                    Tag::from_slice(&value[9 + NONCE_LEN..]),
                 )
                 .map_err(|_| bad("the shredded marker fails authentication (forged, or another stream's)"))?;
-            return Ok(StreamKey::Shredded);
+            return Ok(StreamKey::Shredded { last_version });
         }
         let key = self
             .unwrap_bytes(stream, value)
@@ -265,7 +277,7 @@ impl Master {
     /// Re-wraps a data key (or re-seals a shredded marker) under `new`: the rotation step.
     pub(crate) fn rewrap(&self, new: &Master, stream: u128, value: &[u8]) -> Result<Vec<u8>, Error> {
         match self.unwrap(stream, value)? {
-            StreamKey::Shredded => Ok(new.shredded_marker(stream)?.to_vec()),
+            StreamKey::Shredded { last_version } => Ok(new.shredded_marker(stream, last_version)?.to_vec()),
             StreamKey::Key(_) => {
                 let key = self.unwrap_bytes(stream, value).map_err(|()| Error::CorruptKey {
                     stream: StreamId::from(stream),
@@ -318,11 +330,13 @@ fn wrap_aad(stream: u128, epoch: u32) -> [u8; WRAP_DOMAIN.len() + 20] {
     aad
 }
 
-fn shred_aad(stream: u128, epoch: u32) -> [u8; SHRED_DOMAIN.len() + 20] {
-    let mut aad = [0u8; SHRED_DOMAIN.len() + 20];
-    aad[..SHRED_DOMAIN.len()].copy_from_slice(SHRED_DOMAIN);
-    aad[SHRED_DOMAIN.len()..SHRED_DOMAIN.len() + 16].copy_from_slice(&stream.to_le_bytes());
-    aad[SHRED_DOMAIN.len() + 16..].copy_from_slice(&epoch.to_le_bytes());
+fn shred_aad(stream: u128, epoch: u32, last_version: u32) -> [u8; SHRED_DOMAIN.len() + 24] {
+    let d = SHRED_DOMAIN.len();
+    let mut aad = [0u8; SHRED_DOMAIN.len() + 24];
+    aad[..d].copy_from_slice(SHRED_DOMAIN);
+    aad[d..d + 16].copy_from_slice(&stream.to_le_bytes());
+    aad[d + 16..d + 20].copy_from_slice(&epoch.to_le_bytes());
+    aad[d + 20..].copy_from_slice(&last_version.to_le_bytes());
     aad
 }
 
@@ -430,19 +444,19 @@ mod tests {
     #[test]
     fn shredded_markers_cannot_be_forged_or_moved() {
         let m = master(7, 1);
-        let marker = m.shredded_marker(10).unwrap();
-        assert!(matches!(m.unwrap(10, &marker), Ok(StreamKey::Shredded)));
+        let marker = m.shredded_marker(10, 4).unwrap();
+        assert!(matches!(m.unwrap(10, &marker), Ok(StreamKey::Shredded { last_version: 4 })));
         assert!(matches!(m.unwrap(11, &marker), Err(Error::CorruptKey { .. })), "another stream");
         assert!(matches!(master(8, 1).unwrap(10, &marker), Err(Error::CorruptKey { .. })), "another key");
         assert!(matches!(m.unwrap(10, &[SHREDDED]), Err(Error::CorruptKey { .. })), "the bare tag byte");
         for i in 0..marker.len() {
             let mut bad = marker;
             bad[i] ^= 0x01;
-            assert!(!matches!(m.unwrap(10, &bad), Ok(StreamKey::Shredded)), "byte {i}");
+            assert!(m.unwrap(10, &bad).is_err(), "byte {i}");
         }
-        // A wrapped key's tag cannot pass for a marker's: the lengths and domains differ.
+        // A wrapped key cut to a marker's length cannot pass for one: the domains differ.
         let (_, wrapped) = m.new_data_key(10).unwrap();
-        let mut relabelled = wrapped;
+        let mut relabelled = wrapped[..SHREDDED_LEN].to_vec();
         relabelled[0] = SHREDDED;
         assert!(m.unwrap(10, &relabelled).is_err());
     }
@@ -460,9 +474,9 @@ mod tests {
         let tag_a = seal(&cipher, &nonce, b"aad", &mut a).unwrap();
         let tag_b = seal(&again, &nonce, b"aad", &mut b).unwrap();
         assert_eq!((a, tag_a), (b, tag_b));
-        let marker = old.shredded_marker(5).unwrap();
+        let marker = old.shredded_marker(5, 9).unwrap();
         let resealed = old.rewrap(&new, 5, &marker).unwrap();
-        assert!(matches!(new.unwrap(5, &resealed), Ok(StreamKey::Shredded)));
+        assert!(matches!(new.unwrap(5, &resealed), Ok(StreamKey::Shredded { last_version: 9 })));
         assert!(old.unwrap(5, &resealed).is_err(), "the old master can no longer open it");
     }
 

@@ -40,7 +40,26 @@ pub(crate) fn open(
         }
     }
     match (stored, key) {
-        (None, None) => Ok(None),
+        (None, None) => {
+            // Stripping both records would otherwise let a keyless process append plaintext
+            // beside sealed events: data keys or a sealed newest event give the store away.
+            let has_keys =
+                storage.entries(&txn, tables.keys, (Unbounded, Unbounded), false)?.next().is_some();
+            let last = storage.last_seq(&txn)?;
+            let newest_sealed = match storage.get(&txn, tables.events, &key::seq(last))? {
+                Some(raw) => matches!(
+                    Envelope::decode(last, raw),
+                    Ok(Envelope { content: Content::Sealed { .. }, .. })
+                ),
+                None => false,
+            };
+            if has_keys || newest_sealed {
+                return Err(Error::CorruptMeta {
+                    reason: "the store holds encrypted data but lost the record that it is encrypted",
+                });
+            }
+            Ok(None)
+        }
         (Some(_), None) => Err(Error::KeyRequired { path: path.to_path_buf() }),
         (Some(check), Some(key)) => Ok(Some(Encryption::new(Master::open_check(key, check)?))),
         (None, Some(key)) => {
@@ -136,20 +155,26 @@ impl Varve {
         let k = key::stream(stream);
         // A value that is not a valid marker (damaged, forged) is overwritten by a real one.
         if let Some(stored) = storage.get(&txn, tables.keys, &k)?
-            && matches!(master.unwrap(stream, stored), Ok(StreamKey::Shredded))
+            && matches!(master.unwrap(stream, stored), Ok(StreamKey::Shredded { .. }))
         {
             return Ok(false);
         }
         let mut blobs: Vec<[u8; HASH_LEN]> = Vec::new();
+        let mut last_version = 0u32;
         let from = key::stream_version(stream, 0);
         let to = key::stream_version(stream, u32::MAX);
         for entry in storage.entries(&txn, tables.streams, (Included(&from[..]), Included(&to[..])), false)? {
-            let (_, v) = entry?;
+            let (k, v) = entry?;
+            if let Some(version) = k.get(16..20).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes) {
+                last_version = last_version.max(version);
+            }
             let Some(seq) = value::decode_seq(v) else { continue };
             let Some(raw) = storage.get(&txn, tables.events, &key::seq(seq))? else { continue };
-            // A damaged record cannot name a blob; shredding the key goes ahead regardless.
-            if let Ok(Envelope { content: Content::Sealed { body: Body::Blob { hash, .. }, .. }, .. }) =
+            // A damaged record cannot name a blob, and one that is not this stream's (a
+            // tampered index) must not lose its blob; shredding the key goes ahead regardless.
+            if let Ok(Envelope { head, content: Content::Sealed { body: Body::Blob { hash, .. }, .. } }) =
                 Envelope::decode(seq, raw)
+                && head.stream == stream
             {
                 blobs.push(*hash);
             }
@@ -157,7 +182,7 @@ impl Varve {
         for hash in &blobs {
             storage.delete(&mut txn, tables.blobs, hash)?;
         }
-        storage.put(&mut txn, tables.keys, &k, &master.shredded_marker(stream)?)?;
+        storage.put(&mut txn, tables.keys, &k, &master.shredded_marker(stream, last_version)?)?;
         storage.commit(txn)?;
         Ok(true)
     }

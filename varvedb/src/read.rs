@@ -4,8 +4,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aes_gcm::Aes256Gcm;
-
 use rkyv::Portable;
 use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
@@ -53,7 +51,7 @@ pub struct ReadView<'db> {
 struct ViewCrypto {
     master: Arc<Master>,
     /// `None`: the stream is shredded.
-    keys: RefCell<HashMap<u128, Option<Box<Aes256Gcm>>>>,
+    keys: RefCell<HashMap<u128, StreamKey>>,
     arena: bumpalo::Bump,
 }
 
@@ -404,10 +402,14 @@ impl<'db> ReadView<'db> {
                     }
                 };
                 match key {
-                    None => {
+                    StreamKey::Shredded { last_version } => {
                         // Reporting "shredded" reads nothing, so it must not be what a damaged
-                        // or forged record gets: the record has to be exactly where the stream
-                        // index says that stream's event of that version is.
+                        // or forged record gets: the version must be one the stream had when
+                        // it was shredded (bound into the marker), and the record exactly
+                        // where the stream index says that stream's event of that version is.
+                        if head.version > *last_version {
+                            return Err(corrupt("a record names a shredded stream past its last version"));
+                        }
                         let at = self.storage.get(
                             &self.txn,
                             self.storage.tables.streams,
@@ -420,7 +422,7 @@ impl<'db> ReadView<'db> {
                         }
                         (&[][..], &[][..], true)
                     }
-                    Some(key) => {
+                    StreamKey::Key(key) => {
                         let sealed = self.body(seq, body)?;
                         let len = metadata_len as usize + payload_len as usize;
                         let out = plain(len);
@@ -447,18 +449,15 @@ impl<'db> ReadView<'db> {
         })
     }
 
-    /// The data key of `stream` in this snapshot (`None`: shredded).
-    fn load_key(&self, master: &Master, stream: u128) -> Result<Option<Box<Aes256Gcm>>, Error> {
+    /// The data key of `stream` in this snapshot, or its shredded marker.
+    fn load_key(&self, master: &Master, stream: u128) -> Result<StreamKey, Error> {
         let wrapped = self.storage.get(&self.txn, self.storage.tables.keys, &key::stream(stream))?.ok_or(
             Error::CorruptKey {
                 stream: StreamId::from(stream),
                 reason: "the stream has encrypted events but no stored key",
             },
         )?;
-        Ok(match master.unwrap(stream, wrapped)? {
-            StreamKey::Key(key) => Some(key),
-            StreamKey::Shredded => None,
-        })
+        master.unwrap(stream, wrapped)
     }
 
     fn body<'a>(&'a self, seq: u64, body: Body<'a>) -> Result<&'a [u8], Error> {

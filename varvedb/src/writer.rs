@@ -87,7 +87,7 @@ impl WriterCrypto {
         if !cached {
             let cipher = match master.unwrap(stream, stored)? {
                 StreamKey::Key(cipher) => cipher,
-                StreamKey::Shredded => {
+                StreamKey::Shredded { .. } => {
                     // A shredded stream's key must not outlive the shred in memory either.
                     self.keys.remove(&stream);
                     return Err(Error::Shredded { stream: StreamId::from(stream) });
@@ -295,7 +295,12 @@ impl WriterState {
                     events_written += n;
                     results.push(Ok(appended));
                 }
-                Err(e) if e.is_request_local() => results.push(Err(e)),
+                // Planning only reads, so any error but a failing read of the storage itself
+                // (a damaged key or record of one stream, say) concerns this request alone: the
+                // others of the group still commit, without being retried one by one.
+                Err(e) if e.is_request_local() || !matches!(e, Error::Storage(_) | Error::Io(_)) => {
+                    results.push(Err(e));
+                }
                 Err(e) => return Err(e),
             }
         }
