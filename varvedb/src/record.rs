@@ -100,7 +100,7 @@ pub(crate) fn blob_hash(payload: &[u8]) -> [u8; HASH_LEN] {
 }
 
 fn checksum(seq: u64, rest: &[u8]) -> u32 {
-    crc32c::crc32c(rest) ^ mix(seq)
+    crate::crc::crc32c(rest) ^ mix(seq)
 }
 
 /// Folds a seq to 32 bits and scrambles it (multiplication by an odd constant is a bijection
