@@ -446,6 +446,7 @@ impl<'db> ReadView<'db> {
         })
     }
 
+    #[inline]
     fn body<'a>(&'a self, seq: u64, body: Body<'a>) -> Result<&'a [u8], Error> {
         match body {
             Body::Inline(p) => Ok(p),
