@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::Error;
@@ -129,7 +130,8 @@ impl fmt::Display for ExpectedVersion {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
-    pub(crate) type_tag: String,
+    /// Borrowed for typed events (their `NAME`): no allocation per event.
+    pub(crate) type_tag: Cow<'static, str>,
     pub(crate) payload: Vec<u8>,
     pub(crate) metadata: Vec<u8>,
     pub(crate) id: Option<u128>,
@@ -147,7 +149,7 @@ impl NewEvent {
     /// An event with the given type tag (1 to 255 bytes) and payload.
     pub fn new(type_tag: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
         NewEvent {
-            type_tag: type_tag.into(),
+            type_tag: Cow::Owned(type_tag.into()),
             payload: payload.into(),
             metadata: Vec::new(),
             id: None,
@@ -229,7 +231,7 @@ impl NewEvent {
 pub(crate) struct StreamAppend {
     pub(crate) stream: StreamId,
     pub(crate) expected: ExpectedVersion,
-    pub(crate) kind: Option<String>,
+    pub(crate) kind: Option<Cow<'static, str>>,
     pub(crate) events: Vec<NewEvent>,
 }
 
@@ -291,9 +293,22 @@ impl WriteBatch {
         self.appends.push(StreamAppend {
             stream: stream.into(),
             expected,
-            kind: Some(kind.into()),
+            kind: Some(Cow::Owned(kind.into())),
             events: events.into_iter().collect(),
         });
+        self
+    }
+
+    /// [`append_kind`](Self::append_kind) with a kind known at compile time (an aggregate's
+    /// `KIND`): no allocation for it.
+    pub(crate) fn append_static_kind(
+        &mut self,
+        stream: StreamId,
+        kind: &'static str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> &mut Self {
+        self.appends.push(StreamAppend { stream, expected, kind: Some(Cow::Borrowed(kind)), events });
         self
     }
 

@@ -240,7 +240,7 @@ impl<A: Aggregate> Stream<A> {
     {
         let events = events.into_iter().map(|e| e.into_pending().event).collect::<Result<Vec<_>, _>>()?;
         let mut batch = WriteBatch::new();
-        batch.append_kind(self.id, A::KIND, expected, events);
+        batch.append_static_kind(self.id, A::KIND, expected, events);
         Ok(batch)
     }
 
