@@ -254,7 +254,8 @@ impl<'db> ReadView<'db> {
         Ok(self.stream_head(stream.into())?.and_then(|(_, k)| k))
     }
 
-    fn stream_head(&self, stream: StreamId) -> Result<Option<(u32, Option<&str>)>, Error> {
+    /// The version and kind of `stream`, in one lookup (`None` if it has no events).
+    pub(crate) fn stream_head(&self, stream: StreamId) -> Result<Option<(u32, Option<&str>)>, Error> {
         let tables = self.storage.tables;
         let Some(raw) = self.storage.get(&self.txn, tables.stream_heads, &key::stream(stream.as_u128()))?
         else {
@@ -326,11 +327,12 @@ impl<'db> ReadView<'db> {
     ) -> Result<StreamEvents<'_>, Error> {
         let stream = stream.into();
         let from = key::stream_version(stream.as_u128(), from_version);
-        let to = key::stream_version(stream.as_u128(), u32::MAX);
+        // No upper bound: `StreamEvents` stops at the first key of another stream (the
+        // bound would be one more allocation, and a comparison per entry).
         let raw = self.storage.entries(
             &self.txn,
             self.storage.tables.streams,
-            (Included(&from), Included(&to)),
+            (Included(&from), Unbounded),
             false,
         )?;
         Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(true) })
@@ -569,9 +571,9 @@ struct LogSteps<'v> {
     prev: u64,
     /// A cursor on the log and the seq of the record it gave last.
     cursor: Option<(Entries<'v>, u64)>,
-    /// Records read since the cursor was opened. Opening one allocates, so it is reopened
-    /// at a new run at most once per [`REOPEN_AFTER`] records: no allocation per event, however
-    /// a stream's seqs are spread.
+    /// Records read since the cursor was opened. A forward read opens it at its first
+    /// record; opening one allocates, so it is reopened at a new run at most once per
+    /// [`REOPEN_AFTER`] records: no allocation per event, however a stream's seqs are spread.
     since_open: u32,
 }
 
@@ -609,9 +611,7 @@ impl<'v> LogSteps<'v> {
                     }
                 }
                 self.cursor = None;
-            } else if prev.checked_add(1) == Some(seq)
-                && (self.cursor.is_none() || self.since_open >= REOPEN_AFTER)
-            {
+            } else if prev == 0 || (prev.checked_add(1) == Some(seq) && self.since_open >= REOPEN_AFTER) {
                 let from = key::seq(seq);
                 let mut log = view.storage.entries(
                     &view.txn,
@@ -637,12 +637,28 @@ impl<'v> Iterator for StreamEvents<'v> {
     type Item = Result<RecordedEvent<'v>, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (k, v) = match self.raw.next()? {
+        let (k, v) = match self.entry()? {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
         let view = self.view;
         Some(resolve(view, &mut self.log, self.stream, k, v, |n| view.arena(n)))
+    }
+}
+
+impl<'v> StreamEvents<'v> {
+    /// The next index entry of the stream. A forward read's range has no upper bound: it
+    /// ends at the first key of another stream.
+    #[inline]
+    fn entry(&mut self) -> Option<<Entries<'v> as Iterator>::Item> {
+        let entry = self.raw.next()?;
+        if self.log.forward
+            && let Ok((k, _)) = entry
+            && k.get(..16) != Some(&key::stream(self.stream.as_u128())[..])
+        {
+            return None;
+        }
+        Some(entry)
     }
 }
 
@@ -667,7 +683,7 @@ impl StreamEvents<'_> {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn next_reusing<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> Option<Result<RecordedEvent<'a>, Error>> {
-        let (k, v) = match self.raw.next()? {
+        let (k, v) = match self.entry()? {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
