@@ -128,6 +128,19 @@ impl WriterCrypto {
     }
 }
 
+/// Longest a group waits for more requests, when fewer are waiting than joined the last one.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Moves the requests already waiting into `group`, up to [`MAX_GROUP`].
+fn drain(rx: &mpsc::Receiver<Request>, group: &mut Vec<Request>) {
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(r) => group.push(r),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Handle to the running writer thread. Dropping it stops the thread after it has answered
 /// every request already queued.
 pub(crate) struct Writer {
@@ -162,14 +175,25 @@ impl Writer {
         };
         state.last_timestamp = state.last_stored_timestamp()?;
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
+            // The size of the last group: while fewer requests wait than that, linger a
+            // little for the rest (writers that just had their answer are sending again).
+            let mut last = 1;
             while let Ok(first) = rx.recv() {
                 let mut group = vec![first];
-                while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(r) => group.push(r),
-                        Err(_) => break,
+                drain(&rx, &mut group);
+                if group.len() < last {
+                    let deadline = std::time::Instant::now() + LINGER;
+                    while group.len() < last {
+                        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                            Ok(r) => {
+                                group.push(r);
+                                drain(&rx, &mut group);
+                            }
+                            Err(_) => break,
+                        }
                     }
                 }
+                last = group.len();
                 state.process(group);
             }
         })?;
