@@ -132,10 +132,49 @@ impl fmt::Display for ExpectedVersion {
 pub struct NewEvent {
     /// Borrowed for typed events (their `NAME`): no allocation per event.
     pub(crate) type_tag: Cow<'static, str>,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Payload,
     pub(crate) metadata: Vec<u8>,
     pub(crate) id: Option<u128>,
     pub(crate) schema: Option<SchemaId>,
+}
+
+/// An event's payload: the bytes a caller gave, or an rkyv archive in the buffer it was
+/// serialized into. Either way a byte slice; equal when the bytes are.
+#[derive(Clone)]
+pub(crate) enum Payload {
+    Bytes(Vec<u8>),
+    Archived(rkyv::util::AlignedVec),
+}
+
+impl Payload {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Bytes(b) => b,
+            Payload::Archived(b) => b,
+        }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Payload {}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_slice().fmt(f)
+    }
 }
 
 /// A typed event's schema identity: its version and structural fingerprint.
@@ -150,7 +189,7 @@ impl NewEvent {
     pub fn new(type_tag: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
         NewEvent {
             type_tag: Cow::Owned(type_tag.into()),
-            payload: payload.into(),
+            payload: Payload::Bytes(payload.into()),
             metadata: Vec::new(),
             id: None,
             schema: None,
@@ -183,7 +222,10 @@ impl NewEvent {
     {
         let bytes =
             rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| Error::Serialize(e.to_string()))?;
-        Ok(NewEvent::new(type_tag, bytes.into_vec()))
+        let mut event = NewEvent::new(type_tag, Vec::new());
+        // Kept in the buffer it was serialized into: `into_vec` would copy it.
+        event.payload = Payload::Archived(bytes);
+        Ok(event)
     }
 
     /// Attaches user metadata (correlation ids, actor, ...), stored beside the payload.
