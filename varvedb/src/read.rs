@@ -173,6 +173,7 @@ impl<'v> RecordedEvent<'v> {
     /// assert_eq!((d.cents.to_native(), d.memo.as_str()), (5, "rent"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn access<T>(&self) -> Result<&'v T, Error>
     where
         T: Portable + for<'a> CheckBytes<HighValidator<'a, rkyv::rancor::Error>>,
