@@ -53,6 +53,7 @@ struct ReadmeDoctests;
 #[doc = include_str!("../../docs/encryption.md")]
 struct EncryptionDoctests;
 
+mod crc;
 mod crypto;
 mod encryption;
 mod error;

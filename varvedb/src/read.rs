@@ -171,6 +171,7 @@ impl<'v> RecordedEvent<'v> {
     /// assert_eq!((d.cents.to_native(), d.memo.as_str()), (5, "rent"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn access<T>(&self) -> Result<&'v T, Error>
     where
         T: Portable + for<'a> CheckBytes<HighValidator<'a, rkyv::rancor::Error>>,
@@ -252,7 +253,8 @@ impl<'db> ReadView<'db> {
         Ok(self.stream_head(stream.into())?.and_then(|(_, k)| k))
     }
 
-    fn stream_head(&self, stream: StreamId) -> Result<Option<(u32, Option<&str>)>, Error> {
+    /// The version and kind of `stream`, in one lookup (`None` if it has no events).
+    pub(crate) fn stream_head(&self, stream: StreamId) -> Result<Option<(u32, Option<&str>)>, Error> {
         let tables = self.storage.tables;
         let Some(raw) = self.storage.get(&self.txn, tables.stream_heads, &key::stream(stream.as_u128()))?
         else {
@@ -324,14 +326,15 @@ impl<'db> ReadView<'db> {
     ) -> Result<StreamEvents<'_>, Error> {
         let stream = stream.into();
         let from = key::stream_version(stream.as_u128(), from_version);
-        let to = key::stream_version(stream.as_u128(), u32::MAX);
+        // No upper bound: `StreamEvents` stops at the first key of another stream (the
+        // bound would be one more allocation, and a comparison per entry).
         let raw = self.storage.entries(
             &self.txn,
             self.storage.tables.streams,
-            (Included(&from), Included(&to)),
+            (Included(&from), Unbounded),
             false,
         )?;
-        Ok(StreamEvents { view: self, stream, raw })
+        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(true) })
     }
 
     /// Events of `stream` with version `<= from_version`, newest first. Pass `u32::MAX` to
@@ -353,7 +356,7 @@ impl<'db> ReadView<'db> {
             (Included(&from), Included(&to)),
             true,
         )?;
-        Ok(StreamEvents { view: self, stream, raw })
+        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(false) })
     }
 
     /// The global log from `from_seq` on, in commit order.
@@ -460,6 +463,7 @@ impl<'db> ReadView<'db> {
         master.unwrap(stream, wrapped)
     }
 
+    #[inline]
     fn body<'a>(&'a self, seq: u64, body: Body<'a>) -> Result<&'a [u8], Error> {
         match body {
             Body::Inline(p) => Ok(p),
@@ -570,18 +574,106 @@ pub struct StreamEvents<'v> {
     view: &'v ReadView<'v>,
     stream: StreamId,
     raw: Entries<'v>,
+    log: LogSteps<'v>,
+}
+
+/// How a stream read reaches the records its index entries point at: a lookup from the
+/// root of the `events` table each, except along runs of consecutive seqs (a stream written
+/// in batches), which a forward read steps through with one cursor on the log.
+struct LogSteps<'v> {
+    forward: bool,
+    /// The seq of the previous record, 0 before the first.
+    prev: u64,
+    /// A cursor on the log and the seq of the record it gave last.
+    cursor: Option<(Entries<'v>, u64)>,
+    /// Records read since the cursor was opened. A forward read opens it at its first
+    /// record; opening one allocates, so it is reopened at a new run at most once per
+    /// [`REOPEN_AFTER`] records: no allocation per event, however a stream's seqs are spread.
+    since_open: u32,
+}
+
+/// Least records read between two openings of a stream read's log cursor.
+const REOPEN_AFTER: u32 = 64;
+/// Farthest a log cursor steps forward to reach the next record instead of a lookup.
+const STEP_AHEAD: u64 = 8;
+
+impl<'v> LogSteps<'v> {
+    fn new(forward: bool) -> Self {
+        LogSteps { forward, prev: 0, cursor: None, since_open: 0 }
+    }
+
+    /// The stored record of `seq`, if any: the same bytes as a lookup in the view.
+    #[inline]
+    fn record(&mut self, view: &'v ReadView<'v>, seq: u64) -> Result<Option<&'v [u8]>, Error> {
+        let prev = std::mem::replace(&mut self.prev, seq);
+        self.since_open = self.since_open.saturating_add(1);
+        if self.forward {
+            if let Some((log, at)) = &mut self.cursor
+                && seq > *at
+                && seq - *at <= STEP_AHEAD
+            {
+                for entry in log.by_ref() {
+                    let (k, v) = entry?;
+                    match key::decode_seq(k) {
+                        Some(here) if here < seq => *at = here,
+                        Some(here) if here == seq => {
+                            *at = here;
+                            return Ok(Some(v));
+                        }
+                        // Past it (the log lacks `seq`) or a damaged key: the lookup below
+                        // reports it as before.
+                        _ => break,
+                    }
+                }
+                self.cursor = None;
+            } else if prev == 0 || (prev.checked_add(1) == Some(seq) && self.since_open >= REOPEN_AFTER) {
+                let from = key::seq(seq);
+                let mut log = view.storage.entries(
+                    &view.txn,
+                    view.storage.tables.events,
+                    (Included(&from[..]), Unbounded),
+                    false,
+                )?;
+                if let Some(entry) = log.next() {
+                    let (k, v) = entry?;
+                    if key::decode_seq(k) == Some(seq) {
+                        self.cursor = Some((log, seq));
+                        self.since_open = 0;
+                        return Ok(Some(v));
+                    }
+                }
+            }
+        }
+        view.storage.get(&view.txn, view.storage.tables.events, &key::seq(seq))
+    }
 }
 
 impl<'v> Iterator for StreamEvents<'v> {
     type Item = Result<RecordedEvent<'v>, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (k, v) = match self.raw.next()? {
+        let (k, v) = match self.entry()? {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
         let view = self.view;
-        Some(resolve(view, self.stream, k, v, |n| view.arena(n)))
+        Some(resolve(view, &mut self.log, self.stream, k, v, |n| view.arena(n)))
+    }
+}
+
+impl<'v> StreamEvents<'v> {
+    /// The next index entry of the stream. A forward read's range has no upper bound: it
+    /// ends at the first key of another stream.
+    #[inline]
+    fn entry(&mut self) -> Option<<Entries<'v> as Iterator>::Item> {
+        let entry = self.raw.next()?;
+        if self.log.forward
+            && let Ok((k, _)) = entry
+            && k.get(..16) != Some(&key::stream(self.stream.as_u128())[..])
+        {
+            return None;
+        }
+        Some(entry)
     }
 }
 
@@ -606,11 +698,11 @@ impl StreamEvents<'_> {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn next_reusing<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> Option<Result<RecordedEvent<'a>, Error>> {
-        let (k, v) = match self.raw.next()? {
+        let (k, v) = match self.entry()? {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
-        Some(resolve(self.view, self.stream, k, v, reuse(buf)))
+        Some(resolve(self.view, &mut self.log, self.stream, k, v, reuse(buf)))
     }
 }
 
@@ -627,8 +719,9 @@ fn reuse<'a>(buf: &'a mut Vec<u8>) -> impl FnOnce(usize) -> &'a mut [u8] {
 }
 
 /// The event a `streams` index entry points at, checked to be the one the entry names.
-fn resolve<'a>(
-    view: &'a ReadView<'a>,
+fn resolve<'a, 'v: 'a>(
+    view: &'v ReadView<'v>,
+    log: &mut LogSteps<'v>,
     wanted: StreamId,
     k: &[u8],
     v: &[u8],
@@ -637,9 +730,10 @@ fn resolve<'a>(
     let bad = |reason: String| Error::CorruptIndex { table: "streams", reason };
     let (stream, version) = key::decode_stream_version(k).ok_or_else(|| bad("key is not 20 bytes".into()))?;
     let seq = value::decode_seq(v).ok_or_else(|| bad(format!("value at version {version} is not a seq")))?;
-    let event = view
-        .event_with(seq, plain)?
+    let raw = log
+        .record(view, seq)?
         .ok_or_else(|| bad(format!("version {version} points at missing seq {seq}")))?;
+    let event = view.decode_with(seq, raw, plain)?;
     if event.stream.as_u128() != stream || event.version != version || wanted.as_u128() != stream {
         return Err(bad(format!("version {version} points at seq {seq}, which belongs elsewhere")));
     }

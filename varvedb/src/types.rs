@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::Error;
@@ -129,11 +130,51 @@ impl fmt::Display for ExpectedVersion {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
-    pub(crate) type_tag: String,
-    pub(crate) payload: Vec<u8>,
+    /// Borrowed for typed events (their `NAME`): no allocation per event.
+    pub(crate) type_tag: Cow<'static, str>,
+    pub(crate) payload: Payload,
     pub(crate) metadata: Vec<u8>,
     pub(crate) id: Option<u128>,
     pub(crate) schema: Option<SchemaId>,
+}
+
+/// An event's payload: the bytes a caller gave, or an rkyv archive in the buffer it was
+/// serialized into. Either way a byte slice; equal when the bytes are.
+#[derive(Clone)]
+pub(crate) enum Payload {
+    Bytes(Vec<u8>),
+    Archived(rkyv::util::AlignedVec),
+}
+
+impl Payload {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Bytes(b) => b,
+            Payload::Archived(b) => b,
+        }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Payload {}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_slice().fmt(f)
+    }
 }
 
 /// A typed event's schema identity: its version and structural fingerprint.
@@ -147,8 +188,8 @@ impl NewEvent {
     /// An event with the given type tag (1 to 255 bytes) and payload.
     pub fn new(type_tag: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
         NewEvent {
-            type_tag: type_tag.into(),
-            payload: payload.into(),
+            type_tag: Cow::Owned(type_tag.into()),
+            payload: Payload::Bytes(payload.into()),
             metadata: Vec::new(),
             id: None,
             schema: None,
@@ -181,7 +222,10 @@ impl NewEvent {
     {
         let bytes =
             rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| Error::Serialize(e.to_string()))?;
-        Ok(NewEvent::new(type_tag, bytes.into_vec()))
+        let mut event = NewEvent::new(type_tag, Vec::new());
+        // Kept in the buffer it was serialized into: `into_vec` would copy it.
+        event.payload = Payload::Archived(bytes);
+        Ok(event)
     }
 
     /// Attaches user metadata (correlation ids, actor, ...), stored beside the payload.
@@ -229,7 +273,7 @@ impl NewEvent {
 pub(crate) struct StreamAppend {
     pub(crate) stream: StreamId,
     pub(crate) expected: ExpectedVersion,
-    pub(crate) kind: Option<String>,
+    pub(crate) kind: Option<Cow<'static, str>>,
     pub(crate) events: Vec<NewEvent>,
 }
 
@@ -291,9 +335,22 @@ impl WriteBatch {
         self.appends.push(StreamAppend {
             stream: stream.into(),
             expected,
-            kind: Some(kind.into()),
+            kind: Some(Cow::Owned(kind.into())),
             events: events.into_iter().collect(),
         });
+        self
+    }
+
+    /// [`append_kind`](Self::append_kind) with a kind known at compile time (an aggregate's
+    /// `KIND`): no allocation for it.
+    pub(crate) fn append_static_kind(
+        &mut self,
+        stream: StreamId,
+        kind: &'static str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> &mut Self {
+        self.appends.push(StreamAppend { stream, expected, kind: Some(Cow::Borrowed(kind)), events });
         self
     }
 

@@ -1,5 +1,6 @@
 //! The writer thread: owns LMDB's single write transaction and commits requests in groups.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -131,6 +132,19 @@ impl WriterCrypto {
     }
 }
 
+/// Longest a group waits for more requests, when fewer are waiting than joined the last one.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Moves the requests already waiting into `group`, up to [`MAX_GROUP`].
+fn drain(rx: &mpsc::Receiver<Request>, group: &mut Vec<Request>) {
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(r) => group.push(r),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Handle to the running writer thread. Dropping it stops the thread after it has answered
 /// every request already queued.
 pub(crate) struct Writer {
@@ -165,14 +179,25 @@ impl Writer {
         };
         state.last_timestamp = state.last_stored_timestamp()?;
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
+            // The size of the last group: while fewer requests wait than that, linger a
+            // little for the rest (writers that just had their answer are sending again).
+            let mut last = 1;
             while let Ok(first) = rx.recv() {
                 let mut group = vec![first];
-                while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(r) => group.push(r),
-                        Err(_) => break,
+                drain(&rx, &mut group);
+                if group.len() < last {
+                    let deadline = std::time::Instant::now() + LINGER;
+                    while group.len() < last {
+                        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                            Ok(r) => {
+                                group.push(r);
+                                drain(&rx, &mut group);
+                            }
+                            Err(_) => break,
+                        }
                     }
                 }
+                last = group.len();
                 state.process(group);
             }
         })?;
@@ -222,7 +247,46 @@ enum Plan {
 struct Head {
     stream: StreamId,
     version: Option<u32>,
-    kind: Option<String>,
+    kind: Option<Cow<'static, str>>,
+}
+
+/// The stream heads a request moves, in the order it first touches them, with an index by
+/// stream once there are more than a few (a linear search per append is quadratic).
+#[derive(Default)]
+struct Heads {
+    list: Vec<Head>,
+    index: HashMap<StreamId, usize>,
+}
+
+impl Heads {
+    fn position(&mut self, stream: StreamId) -> Option<usize> {
+        if self.list.len() < 8 {
+            return self.list.iter().position(|h| h.stream == stream);
+        }
+        if self.index.is_empty() {
+            self.index.extend(self.list.iter().enumerate().map(|(i, h)| (h.stream, i)));
+        }
+        self.index.get(&stream).copied()
+    }
+
+    /// The head at `at`, left empty until [`set`](Self::set) puts the new one back.
+    fn take(&mut self, at: usize) -> Head {
+        let stream = self.list[at].stream;
+        std::mem::replace(&mut self.list[at], Head { stream, version: None, kind: None })
+    }
+
+    /// Puts `head` at `at`, or adds it if its stream was not in the list.
+    fn set(&mut self, at: Option<usize>, head: Head) {
+        match at {
+            Some(i) => self.list[i] = head,
+            None => {
+                if !self.index.is_empty() {
+                    self.index.insert(head.stream, self.list.len());
+                }
+                self.list.push(head);
+            }
+        }
+    }
 }
 
 impl WriterState {
@@ -377,12 +441,13 @@ impl WriterState {
             return self.deduplicate(txn, master, batch, &stored_ids).map(Plan::Deduplicated);
         }
 
-        let mut heads: Vec<Head> = Vec::new();
+        let mut heads = Heads::default();
         let mut appended = Vec::with_capacity(batch.appends.len());
         let mut seq = first_seq;
         for part in &batch.appends {
-            let head = match heads.iter().position(|h| h.stream == part.stream) {
-                Some(i) => heads.swap_remove(i),
+            let at = heads.position(part.stream);
+            let head = match at {
+                Some(i) => heads.take(i),
                 None => self.read_head(txn, part.stream)?,
             };
             check_kind(part, &head)?;
@@ -408,14 +473,11 @@ impl WriterState {
                 deduplicated: false,
             });
             seq = next;
-            heads.push(Head {
-                stream: part.stream,
-                version: Some(last_version),
-                kind: head.kind.or_else(|| part.kind.clone()),
-            });
+            let kind = head.kind.or_else(|| part.kind.clone());
+            heads.set(at, Head { stream: part.stream, version: Some(last_version), kind });
         }
         let schemas = checked.into_iter().filter(|(_, _, new)| *new).map(|(tag, s, _)| (tag, s)).collect();
-        Ok(Plan::Write { appended, heads, schemas })
+        Ok(Plan::Write { appended, heads: heads.list, schemas })
     }
 
     /// Checks a typed event's fingerprint against the registry, once per (tag, version) per
@@ -469,7 +531,7 @@ impl WriterState {
                     table: "stream_heads",
                     reason: format!("head of stream {stream} cannot be decoded"),
                 })?;
-                Head { stream, version: Some(h.version), kind: h.kind.map(str::to_owned) }
+                Head { stream, version: Some(h.version), kind: h.kind.map(|k| Cow::Owned(k.to_owned())) }
             }
         })
     }
@@ -702,12 +764,12 @@ fn check_tag(what: &'static str, tag: &str) -> Result<(), Error> {
 
 fn check_kind(part: &StreamAppend, head: &Head) -> Result<(), Error> {
     let Some(wanted) = &part.kind else { return Ok(()) };
-    if head.version.is_none() || head.kind.as_deref() == Some(wanted.as_str()) {
+    if head.version.is_none() || head.kind.as_deref() == Some(&**wanted) {
         return Ok(());
     }
     Err(Error::StreamKindMismatch {
         stream: part.stream,
-        expected: wanted.clone(),
-        actual: head.kind.clone(),
+        expected: wanted.to_string(),
+        actual: head.kind.as_deref().map(str::to_owned),
     })
 }

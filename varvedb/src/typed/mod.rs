@@ -268,7 +268,10 @@ impl NewEvent {
     /// # Errors
     /// [`Error::Serialize`] if rkyv fails.
     pub fn from_event<E: Event>(event: &E) -> Result<Self, Error> {
-        let mut e = NewEvent::archive(E::NAME, event)?;
+        // `String::new()` does not allocate; the tag is then the type's constant, borrowed
+        // rather than copied per event.
+        let mut e = NewEvent::archive(String::new(), event)?;
+        e.type_tag = std::borrow::Cow::Borrowed(E::NAME);
         e.schema = Some(SchemaId { version: E::VERSION, fingerprint: <E as Event>::FINGERPRINT });
         Ok(e)
     }

@@ -240,7 +240,7 @@ impl<A: Aggregate> Stream<A> {
     {
         let events = events.into_iter().map(|e| e.into_pending().event).collect::<Result<Vec<_>, _>>()?;
         let mut batch = WriteBatch::new();
-        batch.append_kind(self.id, A::KIND, expected, events);
+        batch.append_static_kind(self.id, A::KIND, expected, events);
         Ok(batch)
     }
 
@@ -370,15 +370,15 @@ impl<A: Aggregate> Stream<A> {
     /// The stream must be `A`'s (or not exist), and the store must know `A`'s events with
     /// the shapes this build has.
     fn check(&self, view: &ReadView<'_>) -> Result<(), Error> {
-        if view.stream_version(self.id)?.is_some() {
-            let kind = view.stream_kind(self.id)?;
-            if kind != Some(A::KIND) {
-                return Err(Error::StreamKindMismatch {
-                    stream: self.id,
-                    expected: A::KIND.to_owned(),
-                    actual: kind.map(str::to_owned),
-                });
-            }
+        // One lookup of the stream's head for both its existence and its kind.
+        if let Some((_, kind)) = view.stream_head(self.id)?
+            && kind != Some(A::KIND)
+        {
+            return Err(Error::StreamKindMismatch {
+                stream: self.id,
+                expected: A::KIND.to_owned(),
+                actual: kind.map(str::to_owned),
+            });
         }
         for info in A::EVENTS {
             if let Some(stored) = view.schema_fingerprint(info.name, info.version)?
