@@ -247,7 +247,7 @@ fn exercise(db: &Varve) -> Observed {
             .take(6)
             .map(|e| {
                 let e = e.unwrap();
-                (e.seq, e.metadata, e.payload)
+                (e.seq, e.metadata.to_vec(), e.payload.to_vec())
             })
             .collect()
             .await

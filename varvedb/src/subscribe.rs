@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_core::Stream;
 use rkyv::Portable;
 use rkyv::api::high::HighValidator;
@@ -19,7 +20,16 @@ use crate::types::StreamId;
 /// Events read per trip to the store; bounds a subscription's memory whatever the backlog.
 pub const DEFAULT_BATCH: usize = 512;
 
+/// A batch also ends once its events' metadata and payloads reach this many bytes, so large
+/// payloads cannot make one batch hold `DEFAULT_BATCH` blobs in memory.
+const BATCH_BYTES: usize = 4 << 20;
+
 /// An event delivered by a [`Subscription`]: owned, so it can cross `.await` points.
+///
+/// The events of one batch share one buffer for their metadata and payloads, and one copy
+/// of each type tag: a subscription allocates per batch, not per event. Cloning an event is
+/// cheap (reference counts). Holding on to one event keeps its batch's buffer alive (at most
+/// about 4 MiB); copy out what you keep for long (`payload.to_vec()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedEvent {
     /// Global sequence number.
@@ -35,11 +45,11 @@ pub struct OwnedEvent {
     /// The event's id, if it has one.
     pub id: Option<u128>,
     /// Type tag.
-    pub type_tag: String,
+    pub type_tag: Arc<str>,
     /// User metadata (empty if shredded).
-    pub metadata: Vec<u8>,
+    pub metadata: Bytes,
     /// Payload bytes (empty if shredded).
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// Whether the event's stream was crypto-shredded (see [`RecordedEvent::is_shredded`]).
     pub shredded: bool,
 }
@@ -58,28 +68,106 @@ impl OwnedEvent {
         }
         rkyv::access::<T, rkyv::rancor::Error>(&self.payload).map_err(|e| Error::InvalidArchive {
             seq: self.seq,
-            type_tag: self.type_tag.clone(),
+            type_tag: self.type_tag.to_string(),
             message: e.to_string(),
         })
     }
 }
 
 impl RecordedEvent<'_> {
-    /// An owned copy of the event.
+    /// An owned copy of the event (its own allocations; a subscription's events share one
+    /// buffer per batch instead).
     #[must_use]
     pub fn to_owned_event(&self) -> OwnedEvent {
-        OwnedEvent {
-            seq: self.seq(),
-            stream: self.stream(),
-            version: self.version(),
-            timestamp_micros: self.timestamp_micros(),
-            schema_version: self.schema_version(),
-            id: self.id(),
-            type_tag: self.type_tag().to_owned(),
-            metadata: self.metadata().to_vec(),
-            payload: self.payload().to_vec(),
-            shredded: self.is_shredded(),
-        }
+        let mut batch = OwnedBatch::default();
+        batch.push(self);
+        batch.finish().pop().unwrap_or_else(|| unreachable!("one event pushed"))
+    }
+}
+
+/// Owned copies of events read in one transaction, sharing one buffer for their bytes and
+/// one `Arc<str>` per distinct type tag.
+#[derive(Default)]
+pub(crate) struct OwnedBatch {
+    data: Vec<u8>,
+    tags: Vec<Arc<str>>,
+    events: Vec<Staged>,
+}
+
+/// An event whose bytes are in the batch's buffer but not yet shared out.
+struct Staged {
+    seq: u64,
+    stream: StreamId,
+    version: u32,
+    timestamp_micros: u64,
+    schema_version: u32,
+    id: Option<u128>,
+    tag: usize,
+    metadata: std::ops::Range<usize>,
+    payload: std::ops::Range<usize>,
+    shredded: bool,
+}
+
+/// How many of the batch's newest tags an event's tag is looked up among; a tag not found
+/// there gets its own copy.
+const TAGS_SEARCHED: usize = 32;
+
+impl OwnedBatch {
+    pub(crate) fn push(&mut self, e: &RecordedEvent<'_>) {
+        // Few distinct tags per batch is the common case; the search is bounded either way.
+        let recent = self.tags.len().saturating_sub(TAGS_SEARCHED);
+        let tag = match self.tags[recent..].iter().rposition(|t| **t == *e.type_tag()) {
+            Some(i) => recent + i,
+            None => {
+                self.tags.push(Arc::from(e.type_tag()));
+                self.tags.len() - 1
+            }
+        };
+        let start = self.data.len();
+        self.data.extend_from_slice(e.metadata());
+        let middle = self.data.len();
+        self.data.extend_from_slice(e.payload());
+        self.events.push(Staged {
+            seq: e.seq(),
+            stream: e.stream(),
+            version: e.version(),
+            timestamp_micros: e.timestamp_micros(),
+            schema_version: e.schema_version(),
+            id: e.id(),
+            tag,
+            metadata: start..middle,
+            payload: middle..self.data.len(),
+            shredded: e.is_shredded(),
+        });
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Bytes of metadata and payload held so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    pub(crate) fn finish(self) -> Vec<OwnedEvent> {
+        let data = Bytes::from(self.data);
+        let tags = self.tags;
+        self.events
+            .into_iter()
+            .map(|s| OwnedEvent {
+                seq: s.seq,
+                stream: s.stream,
+                version: s.version,
+                timestamp_micros: s.timestamp_micros,
+                schema_version: s.schema_version,
+                id: s.id,
+                type_tag: Arc::clone(&tags[s.tag]),
+                metadata: data.slice(s.metadata),
+                payload: data.slice(s.payload),
+                shredded: s.shredded,
+            })
+            .collect()
     }
 }
 
@@ -108,7 +196,7 @@ impl RecordedEvent<'_> {
 /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("b", b"2".to_vec())])?;
 /// let first = feed.next_event().await.expect("open")?;
 /// let second = feed.next_event().await.expect("open")?;
-/// assert_eq!((first.seq, second.seq, second.type_tag.as_str()), (1, 2, "b"));
+/// assert_eq!((first.seq, second.seq, &*second.type_tag), (1, 2, "b"));
 /// # Ok(()) }
 /// ```
 pub struct Subscription {
@@ -184,7 +272,8 @@ impl Subscription {
         self
     }
 
-    /// Events read per trip to the store (at least 1).
+    /// Events read per trip to the store (at least 1). A batch also ends at about 4 MiB of
+    /// metadata and payload.
     #[must_use]
     pub fn batch_size(mut self, events: usize) -> Self {
         self.cursor_mut().batch = events.max(1);
@@ -293,7 +382,7 @@ impl Cursor {
 
 fn read_batch(db: &Varve, from: u64, limit: usize, filter: Option<&HashSet<String>>) -> Result<Batch, Error> {
     let view = db.begin_read()?;
-    let mut events = Vec::new();
+    let mut events = OwnedBatch::default();
     let mut next = from;
     // A filtered feed may skip many events per delivered one; bound the work per trip too.
     let mut scanned = 0usize;
@@ -302,18 +391,18 @@ fn read_batch(db: &Varve, from: u64, limit: usize, filter: Option<&HashSet<Strin
     while let Some(event) = log.next_reusing(&mut buf) {
         let event = match event {
             Ok(e) => e,
-            Err(error) => return Ok(Batch { events, next, error: Some(error) }),
+            Err(error) => return Ok(Batch { events: events.finish(), next, error: Some(error) }),
         };
         next = event.seq() + 1;
         scanned += 1;
         if filter.is_none_or(|tags| tags.contains(event.type_tag())) {
-            events.push(event.to_owned_event());
+            events.push(&event);
         }
-        if events.len() >= limit || scanned >= limit.saturating_mul(16) {
+        if events.len() >= limit || events.bytes() >= BATCH_BYTES || scanned >= limit.saturating_mul(16) {
             break;
         }
     }
-    Ok(Batch { events, next, error: None })
+    Ok(Batch { events: events.finish(), next, error: None })
 }
 
 impl Stream for Subscription {
@@ -341,5 +430,51 @@ impl Stream for Subscription {
                 Poll::Ready(item)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExpectedVersion, NewEvent};
+
+    #[test]
+    fn a_batch_shares_one_buffer_and_one_copy_of_each_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        let events = (0..6u8).map(|i| {
+            NewEvent::new(if i % 2 == 0 { "even" } else { "odd" }, vec![i; 10]).with_metadata(vec![i; 3])
+        });
+        db.append(1u128, ExpectedVersion::NoStream, events).unwrap();
+        let batch = read_batch(&db, 1, DEFAULT_BATCH, None).unwrap();
+        assert_eq!((batch.events.len(), batch.next), (6, 7));
+        for (i, e) in batch.events.iter().enumerate() {
+            let i = u8::try_from(i).unwrap();
+            assert_eq!((&e.payload[..], &e.metadata[..]), (&[i; 10][..], &[i; 3][..]));
+            assert_eq!(&*e.type_tag, if i % 2 == 0 { "even" } else { "odd" });
+        }
+        let (first, third) = (&batch.events[0], &batch.events[2]);
+        assert!(Arc::ptr_eq(&first.type_tag, &third.type_tag), "one copy of the tag");
+        // Consecutive in one allocation: metadata, payload, next metadata, ...
+        let base = first.metadata.as_ptr() as usize;
+        assert_eq!(third.payload.as_ptr() as usize - base, 2 * 13 + 3);
+        // Each event still equals its stand-alone copy.
+        let view = db.begin_read().unwrap();
+        assert_eq!(view.event(3).unwrap().unwrap().to_owned_event(), *third);
+    }
+
+    #[test]
+    fn a_batch_ends_at_its_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        let big = BATCH_BYTES / 3 + 1;
+        for i in 0..5u8 {
+            db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("big", vec![i; big])]).unwrap();
+        }
+        let batch = read_batch(&db, 1, DEFAULT_BATCH, None).unwrap();
+        assert_eq!((batch.events.len(), batch.next), (3, 4), "three events pass the budget");
+        let rest = read_batch(&db, batch.next, DEFAULT_BATCH, None).unwrap();
+        assert_eq!((rest.events.len(), rest.next), (2, 6));
+        assert!(rest.events.iter().all(|e| e.payload.len() == big));
     }
 }

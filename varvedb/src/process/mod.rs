@@ -521,15 +521,15 @@ impl Processor {
         let (from, batch) = {
             let view = db.begin_read()?;
             let from = read_checkpoint(storage, view.txn(), &self.name)?;
-            let mut batch = Vec::new();
+            let mut batch = crate::subscribe::OwnedBatch::default();
             let mut log = view.read_all(from.saturating_add(1))?;
             let mut buf = Vec::new();
             while batch.len() < self.batch
                 && let Some(event) = log.next_reusing(&mut buf)
             {
-                batch.push(event?.to_owned_event());
+                batch.push(&event?);
             }
-            (from, batch)
+            (from, batch.finish())
         };
         let mut done = from;
         let mut failure = None;
