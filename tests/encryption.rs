@@ -555,6 +555,19 @@ fn a_shredded_stream_reads_as_shredded_and_nothing_else_changes() {
     assert_eq!(db.stream::<Customer>(2u128).load().unwrap().version(), 2);
 }
 
+#[test]
+fn shredding_an_id_with_no_events_retires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    assert!(db.shred(50u128).unwrap(), "an erasure request may come before any data");
+    assert!(!db.shred(50u128).unwrap());
+    let r = db.append(50u128, ExpectedVersion::NoStream, [NewEvent::new("noted", b"x".to_vec())]);
+    assert!(matches!(r, Err(Error::Shredded { .. })), "{r:?}");
+    db.append(51u128, ExpectedVersion::NoStream, [NewEvent::new("noted", b"y".to_vec())]).unwrap();
+    let report = db.begin_read().unwrap().check_integrity().unwrap();
+    assert_eq!((report.events, report.shredded_events), (1, 0));
+}
+
 const EMAILS: Table<String, String> = Table::new("emails", "by_stream");
 
 fn raw_blob_count(db: &Varve) -> u64 {

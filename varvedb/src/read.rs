@@ -50,7 +50,7 @@ pub struct ReadView<'db> {
 /// with, the data keys unwrapped so far, and memory for decrypted events.
 struct ViewCrypto {
     master: Arc<Master>,
-    /// `None`: the stream is shredded.
+    /// Data keys unwrapped so far, and the markers of shredded streams met.
     keys: RefCell<HashMap<u128, StreamKey>>,
     arena: bumpalo::Bump,
 }

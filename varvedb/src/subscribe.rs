@@ -28,8 +28,9 @@ const BATCH_BYTES: usize = 4 << 20;
 ///
 /// The events of one batch share one buffer for their metadata and payloads, and one copy
 /// of each type tag: a subscription allocates per batch, not per event. Cloning an event is
-/// cheap (reference counts). Holding on to one event keeps its batch's buffer alive (at most
-/// about 4 MiB); copy out what you keep for long (`payload.to_vec()`).
+/// cheap (reference counts). Holding on to one event keeps its batch's buffer alive (about
+/// 4 MiB, plus the batch's last event, at most); copy out what you keep for long
+/// (`payload.to_vec()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedEvent {
     /// Global sequence number.
@@ -176,8 +177,8 @@ impl OwnedBatch {
 /// catching up to following.
 ///
 /// Implements [`futures_core::Stream`]; [`next_event`](Self::next_event) is the same as an
-/// inherent method. Catching up reads batches of [`DEFAULT_BATCH`] events on tokio's blocking
-/// pool, so a subscription holds at most one batch in memory, whatever the backlog, and
+/// inherent method. Catching up reads batches of up to [`DEFAULT_BATCH`] events, or about
+/// 4 MiB of metadata and payload, on tokio's blocking pool, so a subscription holds at most one batch in memory, whatever the backlog, and
 /// never blocks the runtime's workers on LMDB. It needs a tokio runtime.
 ///
 /// It follows commits made through this process's [`Varve`] through the store's watch of the
@@ -261,7 +262,8 @@ impl Varve {
 
 impl Subscription {
     /// Delivers only events with these type tags. Other events are skipped by their tag,
-    /// without copying or decoding their payload (their checksum is still verified).
+    /// without copying their payload (their checksum is still verified; in an encrypted
+    /// store they are still decrypted).
     #[must_use]
     pub fn of_types<I, S>(mut self, tags: I) -> Self
     where
