@@ -80,9 +80,18 @@ impl RecordedEvent<'_> {
     /// buffer per batch instead).
     #[must_use]
     pub fn to_owned_event(&self) -> OwnedEvent {
-        let mut batch = OwnedBatch::default();
-        batch.push(self);
-        batch.finish().pop().unwrap_or_else(|| unreachable!("one event pushed"))
+        OwnedEvent {
+            seq: self.seq(),
+            stream: self.stream(),
+            version: self.version(),
+            timestamp_micros: self.timestamp_micros(),
+            schema_version: self.schema_version(),
+            id: self.id(),
+            type_tag: Arc::from(self.type_tag()),
+            metadata: Bytes::copy_from_slice(self.metadata()),
+            payload: Bytes::copy_from_slice(self.payload()),
+            shredded: self.is_shredded(),
+        }
     }
 }
 
