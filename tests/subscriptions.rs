@@ -114,6 +114,52 @@ async fn a_rare_type_is_found_across_batches_of_skipped_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_after_the_read_ahead_found_the_end_still_wakes_the_subscriber() {
+    const GROUP: u64 = 7;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    let sub = db.subscribe(1).batch_size(GROUP as usize).poll_interval(Duration::from_hours(1));
+    let (delivered, mut delivered_rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = tokio::spawn(async move {
+        let mut sub = sub;
+        while let Some(e) = sub.next_event().await {
+            let seq = e.unwrap().seq;
+            delivered.send(seq).unwrap();
+            if seq % GROUP == 1 {
+                // Holding the rest of a full batch: meanwhile the read-ahead reads on, finds
+                // the end of the log, and the next group commits.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    for group in 0..20u64 {
+        let events = (1..=GROUP).map(|i| NewEvent::new("t", (group * GROUP + i).to_le_bytes().to_vec()));
+        db.append_async(1u128, ExpectedVersion::Auto, events).await.unwrap();
+        // Once the group's first event is out, commit the next: had the subscriber marked the
+        // watch as seen after that commit, it would wait for the next poll (an hour).
+        let first = group * GROUP + 1;
+        loop {
+            let seq = tokio::time::timeout(Duration::from_secs(10), delivered_rx.recv())
+                .await
+                .expect("a commit did not wake the subscriber")
+                .unwrap();
+            if seq == first {
+                break;
+            }
+        }
+    }
+    let last = 20 * GROUP;
+    while tokio::time::timeout(Duration::from_secs(10), delivered_rx.recv())
+        .await
+        .expect("a commit did not wake the subscriber")
+        .unwrap()
+        < last
+    {}
+    drop(db);
+    consumer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn position_is_where_a_new_subscription_would_continue() {
     let dir = tempfile::tempdir().unwrap();
     let db = Varve::open(dir.path()).unwrap();

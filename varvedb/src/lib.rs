@@ -76,7 +76,7 @@ pub use process::{
 };
 pub use read::{IntegrityReport, LogEvents, ReadView, RecordedEvent, StreamEvents};
 pub use store::{Options, Stats, Varve};
-pub use subscribe::{DEFAULT_BATCH, OwnedEvent, Subscription};
+pub use subscribe::{DEFAULT_BATCH, OwnedEvent, READ_AHEAD, Subscription};
 pub use typed::schema::fingerprint;
 pub use typed::stream::{
     DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, TypedEvents,

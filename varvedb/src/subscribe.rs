@@ -1,6 +1,6 @@
 //! Subscriptions: catch up from the log, then follow new commits.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -161,34 +161,83 @@ impl OwnedBatch {
     }
 
     pub(crate) fn finish(self) -> Vec<OwnedEvent> {
-        let data = Bytes::from(self.data);
-        let tags = self.tags;
-        self.events
-            .into_iter()
-            .map(|s| OwnedEvent {
-                seq: s.seq,
-                stream: s.stream,
-                version: s.version,
-                timestamp_micros: s.timestamp_micros,
-                schema_version: s.schema_version,
-                id: s.id,
-                type_tag: Arc::clone(&tags[s.tag]),
-                metadata: data.slice(s.metadata),
-                payload: data.slice(s.payload),
-                shredded: s.shredded,
-            })
-            .collect()
+        self.seal().collect()
+    }
+
+    /// The batch as an iterator that makes each `OwnedEvent` only when it is taken, so a
+    /// subscription's events are built once, by the consumer, instead of being built by the
+    /// reader and then moved through a queue.
+    pub(crate) fn seal(self) -> SealedBatch {
+        SealedBatch { data: Bytes::from(self.data), tags: self.tags, events: self.events.into_iter() }
     }
 }
+
+/// The events of a read batch, handed out one by one.
+pub(crate) struct SealedBatch {
+    data: Bytes,
+    tags: Vec<Arc<str>>,
+    events: std::vec::IntoIter<Staged>,
+}
+
+impl SealedBatch {
+    /// The seq of the next event, if any is left.
+    fn peek_seq(&self) -> Option<u64> {
+        self.events.as_slice().first().map(|s| s.seq)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.len() == 0
+    }
+}
+
+impl Default for SealedBatch {
+    fn default() -> Self {
+        OwnedBatch::default().seal()
+    }
+}
+
+impl Iterator for SealedBatch {
+    type Item = OwnedEvent;
+
+    fn next(&mut self) -> Option<OwnedEvent> {
+        let s = self.events.next()?;
+        Some(OwnedEvent {
+            seq: s.seq,
+            stream: s.stream,
+            version: s.version,
+            timestamp_micros: s.timestamp_micros,
+            schema_version: s.schema_version,
+            id: s.id,
+            type_tag: Arc::clone(&self.tags[s.tag]),
+            metadata: self.data.slice(s.metadata),
+            payload: self.data.slice(s.payload),
+            shredded: s.shredded,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.events.size_hint()
+    }
+}
+
+impl ExactSizeIterator for SealedBatch {}
 
 /// A live feed of the log: first every committed event from a starting seq, then each new
 /// commit as it happens. In order, without gaps or duplicates, across the hand-off from
 /// catching up to following.
 ///
 /// Implements [`futures_core::Stream`]; [`next_event`](Self::next_event) is the same as an
-/// inherent method. Catching up reads batches of up to [`DEFAULT_BATCH`] events, or about
-/// 4 MiB of metadata and payload, on tokio's blocking pool, so a subscription holds at most one batch in memory, whatever the backlog, and
-/// never blocks the runtime's workers on LMDB. It needs a tokio runtime.
+/// inherent method. It reads the log in batches of up to [`DEFAULT_BATCH`] events, or about
+/// 4 MiB of metadata and payload, on tokio's blocking pool, so it never blocks the runtime's
+/// workers on LMDB. It needs a tokio runtime.
+///
+/// While it is behind, one blocking-pool task reads batch after batch, each in its own read
+/// transaction, [`READ_AHEAD`] batches ahead of the events handed out, so reading and
+/// handling overlap. That task ends as soon as the log is read to its end, or when the
+/// read-ahead is full (the next call after the caller has drained it starts another), so a
+/// slow consumer does not keep a thread of the pool waiting. A subscription holds at most
+/// `READ_AHEAD + 1` batches in memory (the one being handed out, and the ones read or being
+/// read ahead), whatever the backlog.
 ///
 /// It follows commits made through this process's [`Varve`] through the store's watch of the
 /// last committed seq. Commits by *other processes* are picked up by polling, every 100 ms by
@@ -222,16 +271,29 @@ type InFlight =
 /// The subscription's state: where it is, what it holds, how it reads.
 struct Cursor {
     db: WeakVarve,
+    /// The seq after the newest batch received from the reader.
     next: u64,
     filter: Option<Arc<HashSet<String>>>,
     batch: usize,
-    buffered: VecDeque<OwnedEvent>,
+    buffered: SealedBatch,
     watch: tokio::sync::watch::Receiver<u64>,
     poll_interval: Duration,
-    /// A read started by a call that was cancelled; the next call awaits it instead of
-    /// starting another, so cancellations cannot pile up reads.
-    inflight: Option<tokio::task::JoinHandle<Result<Batch, Error>>>,
+    /// The read-ahead task's batches, while one runs or has batches not yet received. It
+    /// outlives a cancelled call, so cancellations cannot pile up reads.
+    reader: Option<Reader>,
 }
+
+/// The receiving end of a read-ahead task.
+struct Reader {
+    batches: tokio::sync::mpsc::Receiver<Result<Batch, Error>>,
+    /// Whether the task sent anything: a task ends without a batch only if the store closed
+    /// or the read panicked.
+    received: bool,
+}
+
+/// Batches a subscription reads ahead of the events it hands out, counting the one being
+/// read (see [`Subscription`]).
+pub const READ_AHEAD: usize = 2;
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -244,9 +306,11 @@ impl std::fmt::Debug for Subscription {
 /// A read of one batch: the events kept, the seq to read from next, and the error that
 /// stopped the batch early, if any (`next` is then the damaged seq).
 struct Batch {
-    events: Vec<OwnedEvent>,
+    events: SealedBatch,
     next: u64,
     error: Option<Error>,
+    /// Whether the batch ended at one of its budgets rather than at the end of the log.
+    full: bool,
 }
 
 impl Varve {
@@ -259,10 +323,10 @@ impl Varve {
                 next: from_seq.max(1),
                 filter: None,
                 batch: DEFAULT_BATCH,
-                buffered: VecDeque::new(),
+                buffered: SealedBatch::default(),
                 watch: self.watch_last_seq(),
                 poll_interval: Duration::from_millis(100),
-                inflight: None,
+                reader: None,
             }),
             pending: None,
         }
@@ -309,7 +373,7 @@ impl Subscription {
     pub fn position(&self) -> u64 {
         let cursor = self.cursor.as_ref().expect("no Stream poll in flight");
         // Buffered events are read but not delivered yet: the position is the first of them.
-        cursor.buffered.front().map_or(cursor.next, |e| e.seq)
+        cursor.buffered.peek_seq().unwrap_or(cursor.next)
     }
 
     fn cursor_mut(&mut self) -> &mut Cursor {
@@ -325,8 +389,8 @@ impl Subscription {
     ///
     /// # Cancel safety
     /// Cancel safe. If the future is dropped before it completes, no event is lost or
-    /// skipped: the subscription's position only advances when a batch has been read in full,
-    /// and events are handed out of the buffer only by a completed call.
+    /// skipped: the subscription's position only advances when a batch read in full is
+    /// received, and events are handed out of the buffer only by a completed call.
     pub async fn next_event(&mut self) -> Option<Result<OwnedEvent, Error>> {
         if let Some(pending) = self.pending.as_mut() {
             // Finish the `Stream` impl's call in flight first: it owns the cursor.
@@ -342,12 +406,9 @@ impl Subscription {
 impl Cursor {
     async fn next_event(&mut self) -> Option<Result<OwnedEvent, Error>> {
         loop {
-            if let Some(event) = self.buffered.pop_front() {
+            if let Some(event) = self.buffered.next() {
                 return Some(Ok(event));
             }
-            // Mark the watch's current value as seen *before* reading: a commit that lands
-            // after this point wakes the wait below, so none is missed.
-            self.watch.borrow_and_update();
             let batch = match self.read_batch().await {
                 None => return None, // every `Varve` handle is gone: the store closed
                 Some(Ok(batch)) => batch,
@@ -355,7 +416,7 @@ impl Cursor {
             };
             let advanced = batch.next > self.next;
             self.next = batch.next;
-            self.buffered.extend(batch.events);
+            self.buffered = batch.events;
             if let Some(e) = batch.error {
                 // Deliver the good events read before the damage first; the error comes when
                 // they are drained, and again on every call after it.
@@ -368,6 +429,9 @@ impl Cursor {
                 continue;
             }
             // Caught up: wait for this process's next commit, or poll for other processes'.
+            // A batch that did not advance is its reader's last, read after that reader
+            // started, so after the watch was marked seen: a commit it missed has woken
+            // the watch.
             match tokio::time::timeout(self.poll_interval, self.watch.changed()).await {
                 Ok(Ok(())) | Err(_) => {}
                 Ok(Err(_)) => return None, // the store closed
@@ -375,19 +439,63 @@ impl Cursor {
         }
     }
 
+    /// The next batch from the read-ahead task, starting one from `next` if none runs.
     async fn read_batch(&mut self) -> Option<Result<Batch, Error>> {
-        if self.inflight.is_none() {
-            let db = self.db.upgrade()?;
-            let (from, limit, filter) = (self.next, self.batch, self.filter.clone());
-            self.inflight =
-                Some(tokio::task::spawn_blocking(move || read_batch(&db, from, limit, filter.as_deref())));
+        loop {
+            if self.reader.is_none() {
+                // A closed store starts no reader.
+                drop(self.db.upgrade()?);
+                // Mark the watch's current value as seen *before* the reader reads: a commit
+                // that lands after this point wakes the caught-up wait, so none is missed.
+                self.watch.borrow_and_update();
+                let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+                let (db, from, limit, filter) = (self.db.clone(), self.next, self.batch, self.filter.clone());
+                tokio::task::spawn_blocking(move || read_ahead(&db, from, limit, filter.as_deref(), &tx));
+                self.reader = Some(Reader { batches: rx, received: false });
+            }
+            let reader = self.reader.as_mut()?;
+            // `recv` is cancel safe: a batch is either received here or stays queued.
+            if let Some(batch) = reader.batches.recv().await {
+                reader.received = true;
+                return Some(batch);
+            }
+            // The task ended and everything it sent is received.
+            let received = reader.received;
+            self.reader = None;
+            if !received {
+                drop(self.db.upgrade()?);
+                return Some(Err(Error::Internal("a subscription's read task panicked")));
+            }
         }
-        let handle = self.inflight.as_mut()?;
-        let read = handle.await;
-        // Only a completed read is taken: if this future is dropped above, the read stays
-        // in flight for the next call.
-        self.inflight = None;
-        Some(read.unwrap_or(Err(Error::Internal("a subscription's read task panicked"))))
+    }
+}
+
+/// The read-ahead task: batches from `from` on, until one ends at the end of the log or on
+/// an error, the store closes, the subscription is dropped, or `READ_AHEAD` batches wait
+/// (then the subscription starts another task once it has taken them).
+fn read_ahead(
+    db: &WeakVarve,
+    mut from: u64,
+    limit: usize,
+    filter: Option<&HashSet<String>>,
+    tx: &tokio::sync::mpsc::Sender<Result<Batch, Error>>,
+) {
+    loop {
+        let Ok(permit) = tx.try_reserve() else { return };
+        let Some(db) = db.upgrade() else { return };
+        let read = read_batch(&db, from, limit, filter);
+        drop(db);
+        let more = match &read {
+            Ok(batch) => {
+                from = batch.next;
+                batch.full && batch.error.is_none()
+            }
+            Err(_) => false,
+        };
+        permit.send(read);
+        if !more {
+            return;
+        }
     }
 }
 
@@ -402,7 +510,9 @@ fn read_batch(db: &Varve, from: u64, limit: usize, filter: Option<&HashSet<Strin
     while let Some(event) = log.next_reusing(&mut buf) {
         let event = match event {
             Ok(e) => e,
-            Err(error) => return Ok(Batch { events: events.finish(), next, error: Some(error) }),
+            Err(error) => {
+                return Ok(Batch { events: events.seal(), next, error: Some(error), full: false });
+            }
         };
         next = event.seq() + 1;
         scanned += 1;
@@ -410,10 +520,10 @@ fn read_batch(db: &Varve, from: u64, limit: usize, filter: Option<&HashSet<Strin
             events.push(&event);
         }
         if events.len() >= limit || events.bytes() >= BATCH_BYTES || scanned >= limit.saturating_mul(16) {
-            break;
+            return Ok(Batch { events: events.seal(), next, error: None, full: true });
         }
     }
-    Ok(Batch { events: events.finish(), next, error: None })
+    Ok(Batch { events: events.seal(), next, error: None, full: false })
 }
 
 impl Stream for Subscription {
@@ -422,7 +532,7 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.pending.is_none() {
             let mut cursor = self.cursor.take().expect("the cursor is home between calls");
-            if let Some(event) = cursor.buffered.pop_front() {
+            if let Some(event) = cursor.buffered.next() {
                 self.cursor = Some(cursor);
                 return Poll::Ready(Some(Ok(event)));
             }
@@ -458,13 +568,15 @@ mod tests {
         });
         db.append(1u128, ExpectedVersion::NoStream, events).unwrap();
         let batch = read_batch(&db, 1, DEFAULT_BATCH, None).unwrap();
-        assert_eq!((batch.events.len(), batch.next), (6, 7));
-        for (i, e) in batch.events.iter().enumerate() {
+        assert!(!batch.full, "ended at the end of the log");
+        let events: Vec<_> = batch.events.collect();
+        assert_eq!((events.len(), batch.next), (6, 7));
+        for (i, e) in events.iter().enumerate() {
             let i = u8::try_from(i).unwrap();
             assert_eq!((&e.payload[..], &e.metadata[..]), (&[i; 10][..], &[i; 3][..]));
             assert_eq!(&*e.type_tag, if i % 2 == 0 { "even" } else { "odd" });
         }
-        let (first, third) = (&batch.events[0], &batch.events[2]);
+        let (first, third) = (&events[0], &events[2]);
         assert!(Arc::ptr_eq(&first.type_tag, &third.type_tag), "one copy of the tag");
         // Consecutive in one allocation: metadata, payload, next metadata, ...
         let base = first.metadata.as_ptr() as usize;
@@ -472,6 +584,48 @@ mod tests {
         // Each event still equals its stand-alone copy.
         let view = db.begin_read().unwrap();
         assert_eq!(view.event(3).unwrap().unwrap().to_owned_event(), *third);
+    }
+
+    #[test]
+    fn the_read_ahead_stops_when_its_queue_is_full_and_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        let events = (1..=100u64).map(|seq| NewEvent::new("t", seq.to_le_bytes().to_vec()));
+        db.append(1u128, ExpectedVersion::NoStream, events).unwrap();
+        let weak = db.downgrade();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        // On a thread of its own: a read-ahead that waited for room would hang here.
+        let reader = std::thread::spawn(move || read_ahead(&weak, 1, 10, None, &tx));
+        reader.join().unwrap();
+        let mut next = 1;
+        for _ in 0..READ_AHEAD {
+            let batch = rx.try_recv().unwrap().unwrap();
+            assert!(batch.full);
+            assert_eq!(
+                batch.events.map(|e| e.seq).collect::<Vec<_>>(),
+                (next..next + 10).collect::<Vec<_>>()
+            );
+            next = batch.next;
+        }
+        assert!(rx.try_recv().is_err(), "it stopped at READ_AHEAD batches and dropped its sender");
+
+        // From the last batch taken on, it reads to the end of the log and stops there.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(100);
+        read_ahead(&db.downgrade(), next, 10, None, &tx);
+        drop(tx);
+        let mut batches = 0;
+        while let Ok(batch) = rx.try_recv() {
+            let batch = batch.unwrap();
+            for e in batch.events {
+                assert_eq!(e.seq, next);
+                next += 1;
+            }
+            assert_eq!(batch.next, next);
+            batches += 1;
+        }
+        assert_eq!(next, 101);
+        // Eight full batches, then the empty read that finds the end.
+        assert_eq!(batches, 9);
     }
 
     #[test]
@@ -483,9 +637,11 @@ mod tests {
             db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("big", vec![i; big])]).unwrap();
         }
         let batch = read_batch(&db, 1, DEFAULT_BATCH, None).unwrap();
+        assert!(batch.full);
         assert_eq!((batch.events.len(), batch.next), (3, 4), "three events pass the budget");
         let rest = read_batch(&db, batch.next, DEFAULT_BATCH, None).unwrap();
+        assert!(!rest.full);
         assert_eq!((rest.events.len(), rest.next), (2, 6));
-        assert!(rest.events.iter().all(|e| e.payload.len() == big));
+        assert!(rest.events.into_iter().all(|e| e.payload.len() == big));
     }
 }
