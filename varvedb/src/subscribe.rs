@@ -123,6 +123,12 @@ struct Staged {
 const TAGS_SEARCHED: usize = 32;
 
 impl OwnedBatch {
+    /// An empty batch with room for `events` events holding `bytes` bytes: growing by
+    /// doubling would copy about as many bytes again as the batch ends up holding.
+    pub(crate) fn with_capacity(events: usize, bytes: usize) -> Self {
+        OwnedBatch { data: Vec::with_capacity(bytes), tags: Vec::new(), events: Vec::with_capacity(events) }
+    }
+
     pub(crate) fn push(&mut self, e: &RecordedEvent<'_>) {
         // Few distinct tags per batch is the common case; the search is bounded either way.
         let recent = self.tags.len().saturating_sub(TAGS_SEARCHED);
@@ -307,6 +313,8 @@ impl std::fmt::Debug for Subscription {
 /// stopped the batch early, if any (`next` is then the damaged seq).
 struct Batch {
     events: SealedBatch,
+    /// The bytes of metadata and payload the events hold.
+    bytes: usize,
     next: u64,
     error: Option<Error>,
     /// Whether the batch ended at one of its budgets rather than at the end of the log.
@@ -480,14 +488,18 @@ fn read_ahead(
     filter: Option<&HashSet<String>>,
     tx: &tokio::sync::mpsc::Sender<Result<Batch, Error>>,
 ) {
+    // The first batch may well be a single new event; the ones after a full batch are
+    // likely to be about as large as it was.
+    let mut room = (0, 0);
     loop {
         let Ok(permit) = tx.try_reserve() else { return };
         let Some(db) = db.upgrade() else { return };
-        let read = read_batch(&db, from, limit, filter);
+        let read = read_batch(&db, from, limit, filter, room);
         drop(db);
         let more = match &read {
             Ok(batch) => {
                 from = batch.next;
+                room = (batch.events.len(), batch.bytes);
                 batch.full && batch.error.is_none()
             }
             Err(_) => false,
@@ -499,9 +511,15 @@ fn read_ahead(
     }
 }
 
-fn read_batch(db: &Varve, from: u64, limit: usize, filter: Option<&HashSet<String>>) -> Result<Batch, Error> {
+fn read_batch(
+    db: &Varve,
+    from: u64,
+    limit: usize,
+    filter: Option<&HashSet<String>>,
+    (events, bytes): (usize, usize),
+) -> Result<Batch, Error> {
     let view = db.begin_read()?;
-    let mut events = OwnedBatch::default();
+    let mut events = OwnedBatch::with_capacity(events.min(limit), bytes.min(BATCH_BYTES));
     let mut next = from;
     // A filtered feed may skip many events per delivered one; bound the work per trip too.
     let mut scanned = 0usize;
@@ -511,7 +529,13 @@ fn read_batch(db: &Varve, from: u64, limit: usize, filter: Option<&HashSet<Strin
         let event = match event {
             Ok(e) => e,
             Err(error) => {
-                return Ok(Batch { events: events.seal(), next, error: Some(error), full: false });
+                return Ok(Batch {
+                    bytes: events.bytes(),
+                    events: events.seal(),
+                    next,
+                    error: Some(error),
+                    full: false,
+                });
             }
         };
         next = event.seq() + 1;
@@ -520,10 +544,10 @@ fn read_batch(db: &Varve, from: u64, limit: usize, filter: Option<&HashSet<Strin
             events.push(&event);
         }
         if events.len() >= limit || events.bytes() >= BATCH_BYTES || scanned >= limit.saturating_mul(16) {
-            return Ok(Batch { events: events.seal(), next, error: None, full: true });
+            return Ok(Batch { bytes: events.bytes(), events: events.seal(), next, error: None, full: true });
         }
     }
-    Ok(Batch { events: events.seal(), next, error: None, full: false })
+    Ok(Batch { bytes: events.bytes(), events: events.seal(), next, error: None, full: false })
 }
 
 impl Stream for Subscription {
@@ -567,7 +591,7 @@ mod tests {
             NewEvent::new(if i % 2 == 0 { "even" } else { "odd" }, vec![i; 10]).with_metadata(vec![i; 3])
         });
         db.append(1u128, ExpectedVersion::NoStream, events).unwrap();
-        let batch = read_batch(&db, 1, DEFAULT_BATCH, None).unwrap();
+        let batch = read_batch(&db, 1, DEFAULT_BATCH, None, (0, 0)).unwrap();
         assert!(!batch.full, "ended at the end of the log");
         let events: Vec<_> = batch.events.collect();
         assert_eq!((events.len(), batch.next), (6, 7));
@@ -636,10 +660,10 @@ mod tests {
         for i in 0..5u8 {
             db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("big", vec![i; big])]).unwrap();
         }
-        let batch = read_batch(&db, 1, DEFAULT_BATCH, None).unwrap();
+        let batch = read_batch(&db, 1, DEFAULT_BATCH, None, (0, 0)).unwrap();
         assert!(batch.full);
         assert_eq!((batch.events.len(), batch.next), (3, 4), "three events pass the budget");
-        let rest = read_batch(&db, batch.next, DEFAULT_BATCH, None).unwrap();
+        let rest = read_batch(&db, batch.next, DEFAULT_BATCH, None, (0, 0)).unwrap();
         assert!(!rest.full);
         assert_eq!((rest.events.len(), rest.next), (2, 6));
         assert!(rest.events.into_iter().all(|e| e.payload.len() == big));
