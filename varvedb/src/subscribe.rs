@@ -105,18 +105,26 @@ pub(crate) struct OwnedBatch {
 }
 
 /// An event whose bytes are in the batch's buffer but not yet shared out.
+/// Kept small (80 bytes, not 128): the reader writes one per event and the consumer reads
+/// it back from another core.
 struct Staged {
     seq: u64,
     stream: StreamId,
     version: u32,
     timestamp_micros: u64,
     schema_version: u32,
-    id: Option<u128>,
-    tag: usize,
-    metadata: std::ops::Range<usize>,
-    payload: std::ops::Range<usize>,
+    id: u128,
+    has_id: bool,
     shredded: bool,
+    tag: u32,
+    /// Where the metadata starts in the batch's buffer; the payload follows it.
+    start: usize,
+    /// Records store both lengths as `u32`.
+    metadata_len: u32,
+    payload_len: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<Staged>() == 80);
 
 /// How many of the batch's newest tags an event's tag is looked up among; a tag not found
 /// there gets its own copy.
@@ -139,21 +147,26 @@ impl OwnedBatch {
                 self.tags.len() - 1
             }
         };
+        let (metadata, payload) = (e.metadata(), e.payload());
         let start = self.data.len();
-        self.data.extend_from_slice(e.metadata());
-        let middle = self.data.len();
-        self.data.extend_from_slice(e.payload());
+        if !metadata.is_empty() {
+            self.data.extend_from_slice(metadata);
+        }
+        self.data.extend_from_slice(payload);
         self.events.push(Staged {
             seq: e.seq(),
             stream: e.stream(),
             version: e.version(),
             timestamp_micros: e.timestamp_micros(),
             schema_version: e.schema_version(),
-            id: e.id(),
-            tag,
-            metadata: start..middle,
-            payload: middle..self.data.len(),
+            id: e.id().unwrap_or(0),
+            has_id: e.id().is_some(),
             shredded: e.is_shredded(),
+            // Fewer tags than events, and a batch has far fewer than `u32::MAX` events.
+            tag: tag as u32,
+            start,
+            metadata_len: metadata.len() as u32,
+            payload_len: payload.len() as u32,
         });
     }
 
@@ -207,16 +220,17 @@ impl Iterator for SealedBatch {
 
     fn next(&mut self) -> Option<OwnedEvent> {
         let s = self.events.next()?;
+        let middle = s.start + s.metadata_len as usize;
         Some(OwnedEvent {
             seq: s.seq,
             stream: s.stream,
             version: s.version,
             timestamp_micros: s.timestamp_micros,
             schema_version: s.schema_version,
-            id: s.id,
-            type_tag: Arc::clone(&self.tags[s.tag]),
-            metadata: self.data.slice(s.metadata),
-            payload: self.data.slice(s.payload),
+            id: s.has_id.then_some(s.id),
+            type_tag: Arc::clone(&self.tags[s.tag as usize]),
+            metadata: self.data.slice(s.start..middle),
+            payload: self.data.slice(middle..middle + s.payload_len as usize),
             shredded: s.shredded,
         })
     }
