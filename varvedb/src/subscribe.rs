@@ -187,7 +187,10 @@ impl OwnedBatch {
     /// subscription's events are built once, by the consumer, instead of being built by the
     /// reader and then moved through a queue.
     pub(crate) fn seal(self) -> SealedBatch {
-        SealedBatch { data: Bytes::from(self.data), tags: self.tags, events: self.events.into_iter() }
+        // A `Bytes` made from a `Vec` checks on every clone whether it is still unshared; its
+        // first clone is shared for good, so keep that one and slice it per event.
+        let data = Bytes::from(self.data).slice(..);
+        SealedBatch { data, tags: self.tags, events: self.events.into_iter() }
     }
 }
 
