@@ -1,6 +1,5 @@
 //! The writer thread: owns LMDB's single write transaction and commits requests in groups.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -14,7 +13,7 @@ use crate::record::{
     Aad, BLOB_THRESHOLD, Body, Content, Envelope, Head as RecordHead, blob_hash, now_micros,
 };
 use crate::storage::{Storage, WriteTxn, key, value};
-use crate::types::{Appended, SchemaId, StreamAppend, StreamId, WriteBatch};
+use crate::types::{Appended, Kind, SchemaId, StreamAppend, StreamId, WriteBatch};
 
 /// Most requests folded into one commit. Bounds the latency a request waits behind others
 /// and the size of the transaction; a larger backlog simply takes several commits.
@@ -255,7 +254,7 @@ enum Plan {
 struct Head {
     stream: StreamId,
     version: Option<u32>,
-    kind: Option<Cow<'static, str>>,
+    kind: Option<Kind>,
 }
 
 /// The stream heads a request moves, in the order it first touches them, with an index by
@@ -412,13 +411,14 @@ impl WriterState {
         let mut checked: Vec<(String, SchemaId, bool)> = Vec::new();
         let mut total = 0usize;
         for part in &batch.appends {
-            if part.events.is_empty() {
+            let events = batch.events_of(part);
+            if events.is_empty() {
                 return Err(Error::EmptyBatch);
             }
             if let Some(kind) = &part.kind {
                 check_tag("stream kind", kind)?;
             }
-            for event in &part.events {
+            for event in events {
                 check_tag("type tag", &event.type_tag)?;
                 let size = event.payload.len() + event.metadata.len();
                 if size > self.config.max_event_size {
@@ -458,7 +458,7 @@ impl WriterState {
             slots.push(at.unwrap_or(heads.list.len()) as u32);
             let head = match at {
                 Some(i) => heads.take(i),
-                None => self.read_head(txn, part.stream)?,
+                None => self.read_head(txn, part.stream, part.kind.as_ref())?,
             };
             check_kind(part, &head)?;
             if !part.expected.is_satisfied_by(head.version) {
@@ -532,7 +532,8 @@ impl WriterState {
         }
     }
 
-    fn read_head(&self, txn: &WriteTxn<'_>, stream: StreamId) -> Result<Head, Error> {
+    /// The stored head of `stream`; its kind shares `wanted`'s copy when they are the same.
+    fn read_head(&self, txn: &WriteTxn<'_>, stream: StreamId, wanted: Option<&Kind>) -> Result<Head, Error> {
         let raw = self.storage.get(txn, self.storage.tables.stream_heads, &key::stream(stream.as_u128()))?;
         Ok(match raw {
             None => Head { stream, version: None, kind: None },
@@ -541,7 +542,11 @@ impl WriterState {
                     table: "stream_heads",
                     reason: format!("head of stream {stream} cannot be decoded"),
                 })?;
-                Head { stream, version: Some(h.version), kind: h.kind.map(|k| Cow::Owned(k.to_owned())) }
+                let kind = h.kind.map(|stored| match wanted {
+                    Some(wanted) if **wanted == *stored => wanted.clone(),
+                    _ => Kind::Shared(stored.into()),
+                });
+                Head { stream, version: Some(h.version), kind }
             }
         })
     }
@@ -559,7 +564,7 @@ impl WriterState {
         let mut out = Vec::with_capacity(batch.appends.len());
         for part in &batch.appends {
             let mut positions: Option<Appended> = None;
-            for event in &part.events {
+            for event in batch.events_of(part) {
                 let &(id, seq) = stored.next().ok_or(Error::Internal("fewer stored ids than events"))?;
                 let mismatch = || Error::IdempotencyMismatch { id, seq };
                 let raw =
@@ -693,7 +698,7 @@ impl WriterState {
             if let (Some(master), Some(crypto)) = (master, self.crypto.as_mut()) {
                 crypto.key_for_append(&storage, txn, master, stream, pos.first_version)?;
             }
-            for (i, event) in part.events.iter().enumerate() {
+            for (i, event) in batch.events_of(part).iter().enumerate() {
                 let seq = pos.first_seq + i as u64; // within [first_seq, last_seq], checked in plan
                 let version = pos.first_version
                     + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
