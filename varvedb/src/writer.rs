@@ -175,6 +175,7 @@ impl Writer {
             buf: Vec::new(),
             head_buf: Vec::new(),
             order: KeyOrder::default(),
+            heads: HeadCache::default(),
             last_timestamp: 0,
         };
         state.last_timestamp = state.last_stored_timestamp()?;
@@ -229,7 +230,22 @@ struct WriterState {
     buf: Vec<u8>,
     head_buf: Vec<u8>,
     order: KeyOrder,
+    heads: HeadCache,
     last_timestamp: u64,
+}
+
+/// Most stream heads the writer keeps; past it, the cache starts over.
+const HEAD_CACHE: usize = 65_536;
+
+/// The stream heads this writer wrote (version and kind), so that appending to a stream
+/// again need not read its head back from the store.
+#[derive(Default)]
+struct HeadCache {
+    map: HashMap<StreamId, (u32, Option<Kind>)>,
+    /// The id of the transaction whose commit left the store with these heads; `None` while
+    /// a transaction is open or after one failed (the map may hold heads that were never
+    /// committed, so it is cleared before use).
+    committed: Option<usize>,
 }
 
 fn seq_exhausted() -> Error {
@@ -337,6 +353,14 @@ impl WriterState {
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
         let storage = Arc::clone(&self.storage);
         let mut txn = storage.write_txn()?;
+        // A write transaction's id is one past the last committed one, whichever process
+        // committed it. The cached heads are those our last commit left: they are the
+        // stored ones only if no other transaction committed since. Until this one commits,
+        // the cache counts as stale (it takes this transaction's heads as they are written).
+        let txn_id = txn.id();
+        if self.heads.committed.take().and_then(|id| id.checked_add(1)) != Some(txn_id) {
+            self.heads.map.clear();
+        }
         // Taken after LMDB's writer lock, as a key rotation does: the master cannot change
         // while this transaction is open.
         let master = self.crypto.as_ref().map(|c| Arc::clone(&c.encryption.read()));
@@ -377,10 +401,14 @@ impl WriterState {
         }
         if events_written > 0 {
             storage.commit(txn)?;
+            self.heads.committed = Some(txn_id);
             self.last_timestamp = timestamp;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
             self.watch.send_replace(next_seq - 1);
+        } else {
+            // Nothing written, nothing committed: the store is still as the last commit left it.
+            self.heads.committed = txn_id.checked_sub(1);
         }
         Ok(results)
     }
@@ -534,6 +562,9 @@ impl WriterState {
 
     /// The stored head of `stream`; its kind shares `wanted`'s copy when they are the same.
     fn read_head(&self, txn: &WriteTxn<'_>, stream: StreamId, wanted: Option<&Kind>) -> Result<Head, Error> {
+        if let Some((version, kind)) = self.heads.map.get(&stream) {
+            return Ok(Head { stream, version: Some(*version), kind: kind.clone() });
+        }
         let raw = self.storage.get(txn, self.storage.tables.stream_heads, &key::stream(stream.as_u128()))?;
         Ok(match raw {
             None => Head { stream, version: None, kind: None },
@@ -769,6 +800,10 @@ impl WriterState {
             let version = head.version.unwrap_or(0);
             value::StreamHead { version, kind: head.kind.as_deref() }.encode_into(&mut self.head_buf);
             stream_heads.put(&key::stream(head.stream.as_u128()), &self.head_buf)?;
+            if self.heads.map.len() >= HEAD_CACHE {
+                self.heads.map.clear();
+            }
+            self.heads.map.insert(head.stream, (version, head.kind.clone()));
         }
         Ok(())
     }
