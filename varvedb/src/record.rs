@@ -148,21 +148,26 @@ impl Head<'_> {
     /// Writes the header and type tag into `out` (cleared first), checksum left at zero.
     fn encode_into(&self, flags: u8, metadata_len: usize, payload_len: usize, out: &mut Vec<u8>) {
         let flags = flags | if self.id.is_some() { flag::HAS_ID } else { 0 };
+        // Built on the stack and copied once: a push per field checked the capacity each time.
+        let mut header = [0u8; HEADER_LEN + 16];
+        header[4] = ENVELOPE_FORMAT;
+        header[5] = flags;
+        header[6] = len_u8(self.type_tag.len());
+        header[8..24].copy_from_slice(&self.stream.to_le_bytes());
+        header[24..28].copy_from_slice(&self.version.to_le_bytes());
+        header[28..36].copy_from_slice(&self.timestamp_micros.to_le_bytes());
+        header[36..40].copy_from_slice(&len_u32(metadata_len).to_le_bytes());
+        header[40..44].copy_from_slice(&len_u32(payload_len).to_le_bytes());
+        header[44..48].copy_from_slice(&self.schema_version.to_le_bytes());
+        let header_len = match self.id {
+            Some(id) => {
+                header[48..].copy_from_slice(&id.to_le_bytes());
+                HEADER_LEN + 16
+            }
+            None => HEADER_LEN,
+        };
         out.clear();
-        out.extend_from_slice(&[0; 4]);
-        out.push(ENVELOPE_FORMAT);
-        out.push(flags);
-        out.push(len_u8(self.type_tag.len()));
-        out.push(0);
-        out.extend_from_slice(&self.stream.to_le_bytes());
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.timestamp_micros.to_le_bytes());
-        out.extend_from_slice(&len_u32(metadata_len).to_le_bytes());
-        out.extend_from_slice(&len_u32(payload_len).to_le_bytes());
-        out.extend_from_slice(&self.schema_version.to_le_bytes());
-        if let Some(id) = self.id {
-            out.extend_from_slice(&id.to_le_bytes());
-        }
+        out.extend_from_slice(&header[..header_len]);
         out.extend_from_slice(self.type_tag.as_bytes());
     }
 

@@ -333,6 +333,17 @@ impl Storage {
         })
     }
 
+    /// A cursor on `table` for many inserts in one transaction (see [`Puts`]).
+    pub(crate) fn puts<'t>(
+        &self,
+        txn: &'t mut WriteTxn<'_>,
+        table: Table,
+        name: &'static str,
+    ) -> Result<Puts<'t>, Error> {
+        let cursor = table.iter_mut(txn).map_err(|e| self.err(e))?;
+        Ok(Puts { cursor, name, map_size: self.map_size })
+    }
+
     /// Appends at the end of a table whose keys only grow (the log); LMDB then skips the
     /// B-tree search and fills pages completely.
     pub(crate) fn append(
@@ -406,6 +417,43 @@ impl Storage {
 
     fn err(&self, e: heed::Error) -> Error {
         storage_error(e, self.map_size)
+    }
+}
+
+/// Puts into one table through one cursor. `mdb_put` opens a cursor per call and descends
+/// from the root; a kept cursor first looks at the leaf page its last put landed on, so keys
+/// given in ascending order (or in runs that share pages) mostly skip the descent. The pages
+/// written are the same as with `mdb_put`: no flag that changes where pages split is used.
+pub(crate) struct Puts<'t> {
+    cursor: heed::RwIter<'t, Bytes, Bytes>,
+    name: &'static str,
+    map_size: usize,
+}
+
+impl Puts<'_> {
+    /// Inserts a key that must not exist yet, as [`Storage::insert`].
+    pub(crate) fn insert(&mut self, k: &[u8], v: &[u8]) -> Result<(), Error> {
+        // SAFETY: heed forbids holding a reference into the database while it is modified;
+        // `k` and `v` are the caller's own bytes, and while this cursor lives it borrows the
+        // transaction mutably, so no value read from the map can be alive. The flags do not
+        // include `MDB_CURRENT`: this is a keyed insert (LMDB positions the cursor itself),
+        // not an overwrite of the entry under the cursor, so `k` need not be the current key.
+        let put = unsafe { self.cursor.put_current_with_options::<Bytes>(PutFlags::NO_OVERWRITE, k, v) };
+        put.map_err(|e| match e {
+            heed::Error::Mdb(MdbError::KeyExist) => Error::CorruptIndex {
+                table: self.name,
+                reason: "an entry being written already exists (a stream head or id index is damaged)".into(),
+            },
+            other => storage_error(other, self.map_size),
+        })
+    }
+
+    /// Writes `k`, replacing any value it had, as [`Storage::put`].
+    pub(crate) fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), Error> {
+        // SAFETY: as in `insert`; with no flags LMDB inserts or replaces the value of `k`
+        // wherever it is, independently of the cursor's position.
+        let put = unsafe { self.cursor.put_current_with_options::<Bytes>(PutFlags::empty(), k, v) };
+        put.map_err(|e| storage_error(e, self.map_size))
     }
 }
 

@@ -431,6 +431,23 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_sees_heads_that_another_transaction_committed() {
+        // The writer keeps the heads it wrote; a commit by anything else (here a transaction
+        // of its own, as another process would make) must not be hidden by them.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        db.append(5u128, ExpectedVersion::Auto, [event()]).unwrap();
+        force_head(&db, 5, 4);
+        let stale = db.append(5u128, ExpectedVersion::Exact(1), [event()]);
+        assert!(matches!(stale, Err(Error::ConcurrencyConflict { actual: Some(4), .. })), "{stale:?}");
+        let a = db.append(5u128, ExpectedVersion::Exact(4), [event()]).unwrap();
+        assert_eq!(a.first_version, 5);
+        let b = db.append(5u128, ExpectedVersion::Exact(5), [event()]).unwrap();
+        assert_eq!(b.first_version, 6);
+        assert_eq!(db.begin_read().unwrap().stream_version(5u128).unwrap(), Some(6));
+    }
+
+    #[test]
     fn public_handles_are_thread_safe() {
         fn send_sync<T: Send + Sync>() {}
         fn send<T: Send>() {}

@@ -1,5 +1,7 @@
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
 
 use crate::error::Error;
 
@@ -132,49 +134,10 @@ impl fmt::Display for ExpectedVersion {
 pub struct NewEvent {
     /// Borrowed for typed events (their `NAME`): no allocation per event.
     pub(crate) type_tag: Cow<'static, str>,
-    pub(crate) payload: Payload,
+    pub(crate) payload: Vec<u8>,
     pub(crate) metadata: Vec<u8>,
     pub(crate) id: Option<u128>,
     pub(crate) schema: Option<SchemaId>,
-}
-
-/// An event's payload: the bytes a caller gave, or an rkyv archive in the buffer it was
-/// serialized into. Either way a byte slice; equal when the bytes are.
-#[derive(Clone)]
-pub(crate) enum Payload {
-    Bytes(Vec<u8>),
-    Archived(rkyv::util::AlignedVec),
-}
-
-impl Payload {
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        match self {
-            Payload::Bytes(b) => b,
-            Payload::Archived(b) => b,
-        }
-    }
-}
-
-impl std::ops::Deref for Payload {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-impl PartialEq for Payload {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for Payload {}
-
-impl fmt::Debug for Payload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.as_slice().fmt(f)
-    }
 }
 
 /// A typed event's schema identity: its version and structural fingerprint.
@@ -189,7 +152,7 @@ impl NewEvent {
     pub fn new(type_tag: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
         NewEvent {
             type_tag: Cow::Owned(type_tag.into()),
-            payload: Payload::Bytes(payload.into()),
+            payload: payload.into(),
             metadata: Vec::new(),
             id: None,
             schema: None,
@@ -220,11 +183,18 @@ impl NewEvent {
                 >,
             >,
     {
-        let bytes =
-            rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| Error::Serialize(e.to_string()))?;
-        let mut event = NewEvent::new(type_tag, Vec::new());
-        // Kept in the buffer it was serialized into: `into_vec` would copy it.
-        event.payload = Payload::Archived(bytes);
+        thread_local! {
+            // Archiving into a fresh vector grew it several times per event (a realloc each);
+            // this one keeps its size, and the event gets an exact copy: one allocation.
+            // Taken out while in use, so a nested call only finds it empty.
+            static BUF: std::cell::Cell<rkyv::util::AlignedVec> = std::cell::Cell::new(rkyv::util::AlignedVec::new());
+        }
+        let mut buf = BUF.take();
+        buf.clear();
+        let buf = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, buf)
+            .map_err(|e| Error::Serialize(e.to_string()))?;
+        let event = NewEvent::new(type_tag, buf.as_slice());
+        BUF.set(buf);
         Ok(event)
     }
 
@@ -268,13 +238,33 @@ impl NewEvent {
     }
 }
 
+/// A stream kind: an aggregate's `KIND`, borrowed, or a caller's string, one copy shared by
+/// consecutive appends of a batch that name the same kind.
+#[derive(Debug, Clone)]
+pub(crate) enum Kind {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl std::ops::Deref for Kind {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Kind::Static(kind) => kind,
+            Kind::Shared(kind) => kind,
+        }
+    }
+}
+
 /// The events a request appends to one stream.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamAppend {
     pub(crate) stream: StreamId,
     pub(crate) expected: ExpectedVersion,
-    pub(crate) kind: Option<Cow<'static, str>>,
-    pub(crate) events: Vec<NewEvent>,
+    pub(crate) kind: Option<Kind>,
+    /// Where its events are in the batch's `events`.
+    pub(crate) events: Range<usize>,
 }
 
 /// One atomic write request, possibly spanning several streams.
@@ -297,6 +287,9 @@ pub(crate) struct StreamAppend {
 #[derive(Debug, Clone, Default)]
 pub struct WriteBatch {
     pub(crate) appends: Vec<StreamAppend>,
+    /// The events of every append, in order: one vector for the batch rather than one per
+    /// append (a batch over many streams has about one event per append).
+    pub(crate) events: Vec<NewEvent>,
 }
 
 impl WriteBatch {
@@ -313,12 +306,7 @@ impl WriteBatch {
         expected: ExpectedVersion,
         events: impl IntoIterator<Item = NewEvent>,
     ) -> &mut Self {
-        self.appends.push(StreamAppend {
-            stream: stream.into(),
-            expected,
-            kind: None,
-            events: events.into_iter().collect(),
-        });
+        self.push(stream.into(), expected, None, events);
         self
     }
 
@@ -328,16 +316,16 @@ impl WriteBatch {
     pub fn append_kind(
         &mut self,
         stream: impl Into<StreamId>,
-        kind: impl Into<String>,
+        kind: impl AsRef<str>,
         expected: ExpectedVersion,
         events: impl IntoIterator<Item = NewEvent>,
     ) -> &mut Self {
-        self.appends.push(StreamAppend {
-            stream: stream.into(),
-            expected,
-            kind: Some(Cow::Owned(kind.into())),
-            events: events.into_iter().collect(),
-        });
+        let kind = kind.as_ref();
+        let kind = match self.appends.last().and_then(|last| last.kind.as_ref()) {
+            Some(last) if **last == *kind => last.clone(),
+            _ => Kind::Shared(Arc::from(kind)),
+        };
+        self.push(stream.into(), expected, Some(kind), events);
         self
     }
 
@@ -350,8 +338,37 @@ impl WriteBatch {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> &mut Self {
-        self.appends.push(StreamAppend { stream, expected, kind: Some(Cow::Borrowed(kind)), events });
+        if self.events.is_empty() {
+            // The caller's vector becomes the batch's: no copy.
+            let end = events.len();
+            self.events = events;
+            self.appends.push(StreamAppend {
+                stream,
+                expected,
+                kind: Some(Kind::Static(kind)),
+                events: 0..end,
+            });
+        } else {
+            self.push(stream, expected, Some(Kind::Static(kind)), events);
+        }
         self
+    }
+
+    fn push(
+        &mut self,
+        stream: StreamId,
+        expected: ExpectedVersion,
+        kind: Option<Kind>,
+        events: impl IntoIterator<Item = NewEvent>,
+    ) {
+        let start = self.events.len();
+        self.events.extend(events);
+        self.appends.push(StreamAppend { stream, expected, kind, events: start..self.events.len() });
+    }
+
+    /// The events of `part`, one of this batch's appends.
+    pub(crate) fn events_of(&self, part: &StreamAppend) -> &[NewEvent] {
+        &self.events[part.events.clone()]
     }
 
     /// Number of stream appends in the batch.

@@ -1,6 +1,5 @@
 //! The writer thread: owns LMDB's single write transaction and commits requests in groups.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -14,7 +13,7 @@ use crate::record::{
     Aad, BLOB_THRESHOLD, Body, Content, Envelope, Head as RecordHead, blob_hash, now_micros,
 };
 use crate::storage::{Storage, WriteTxn, key, value};
-use crate::types::{Appended, SchemaId, StreamAppend, StreamId, WriteBatch};
+use crate::types::{Appended, Kind, SchemaId, StreamAppend, StreamId, WriteBatch};
 
 /// Most requests folded into one commit. Bounds the latency a request waits behind others
 /// and the size of the transaction; a larger backlog simply takes several commits.
@@ -175,6 +174,8 @@ impl Writer {
             watch,
             buf: Vec::new(),
             head_buf: Vec::new(),
+            order: KeyOrder::default(),
+            heads: HeadCache::default(),
             last_timestamp: 0,
         };
         state.last_timestamp = state.last_stored_timestamp()?;
@@ -228,7 +229,23 @@ struct WriterState {
     watch: tokio::sync::watch::Sender<u64>,
     buf: Vec<u8>,
     head_buf: Vec<u8>,
+    order: KeyOrder,
+    heads: HeadCache,
     last_timestamp: u64,
+}
+
+/// Most stream heads the writer keeps; past it, the cache starts over.
+const HEAD_CACHE: usize = 65_536;
+
+/// The stream heads this writer wrote (version and kind), so that appending to a stream
+/// again need not read its head back from the store.
+#[derive(Default)]
+struct HeadCache {
+    map: HashMap<StreamId, (u32, Option<Kind>)>,
+    /// The id of the transaction whose commit left the store with these heads; `None` while
+    /// a transaction is open or after one failed (the map may hold heads that were never
+    /// committed, so it is cleared before use).
+    committed: Option<usize>,
 }
 
 fn seq_exhausted() -> Error {
@@ -240,14 +257,20 @@ enum Plan {
     /// Every event's id is already stored: answer with the original positions.
     Deduplicated(Vec<Appended>),
     /// Append, with these positions and these new stream heads.
-    Write { appended: Vec<Appended>, heads: Vec<Head>, schemas: Vec<(String, SchemaId)> },
+    Write {
+        appended: Vec<Appended>,
+        heads: Vec<Head>,
+        /// For each stream append, the index of its stream's head in `heads`.
+        slots: Vec<u32>,
+        schemas: Vec<(String, SchemaId)>,
+    },
 }
 
 #[derive(Clone)]
 struct Head {
     stream: StreamId,
     version: Option<u32>,
-    kind: Option<Cow<'static, str>>,
+    kind: Option<Kind>,
 }
 
 /// The stream heads a request moves, in the order it first touches them, with an index by
@@ -330,6 +353,14 @@ impl WriterState {
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
         let storage = Arc::clone(&self.storage);
         let mut txn = storage.write_txn()?;
+        // A write transaction's id is one past the last committed one, whichever process
+        // committed it. The cached heads are those our last commit left: they are the
+        // stored ones only if no other transaction committed since. Until this one commits,
+        // the cache counts as stale (it takes this transaction's heads as they are written).
+        let txn_id = txn.id();
+        if self.heads.committed.take().and_then(|id| id.checked_add(1)) != Some(txn_id) {
+            self.heads.map.clear();
+        }
         // Taken after LMDB's writer lock, as a key rotation does: the master cannot change
         // while this transaction is open.
         let master = self.crypto.as_ref().map(|c| Arc::clone(&c.encryption.read()));
@@ -343,8 +374,8 @@ impl WriterState {
         for batch in batches {
             match self.plan(&txn, master, batch, next_seq) {
                 Ok(Plan::Deduplicated(appended)) => results.push(Ok(appended)),
-                Ok(Plan::Write { appended, heads, schemas }) => {
-                    self.write(&mut txn, master, batch, &appended, &heads, timestamp)?;
+                Ok(Plan::Write { appended, heads, slots, schemas }) => {
+                    self.write(&mut txn, master, batch, &appended, (&heads, &slots), timestamp)?;
                     for (tag, schema) in &schemas {
                         let k = key::schema(tag, schema.version);
                         storage.put(
@@ -370,10 +401,14 @@ impl WriterState {
         }
         if events_written > 0 {
             storage.commit(txn)?;
+            self.heads.committed = Some(txn_id);
             self.last_timestamp = timestamp;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
             self.watch.send_replace(next_seq - 1);
+        } else {
+            // Nothing written, nothing committed: the store is still as the last commit left it.
+            self.heads.committed = txn_id.checked_sub(1);
         }
         Ok(results)
     }
@@ -404,13 +439,14 @@ impl WriterState {
         let mut checked: Vec<(String, SchemaId, bool)> = Vec::new();
         let mut total = 0usize;
         for part in &batch.appends {
-            if part.events.is_empty() {
+            let events = batch.events_of(part);
+            if events.is_empty() {
                 return Err(Error::EmptyBatch);
             }
             if let Some(kind) = &part.kind {
                 check_tag("stream kind", kind)?;
             }
-            for event in &part.events {
+            for event in events {
                 check_tag("type tag", &event.type_tag)?;
                 let size = event.payload.len() + event.metadata.len();
                 if size > self.config.max_event_size {
@@ -443,12 +479,14 @@ impl WriterState {
 
         let mut heads = Heads::default();
         let mut appended = Vec::with_capacity(batch.appends.len());
+        let mut slots = Vec::with_capacity(batch.appends.len());
         let mut seq = first_seq;
         for part in &batch.appends {
             let at = heads.position(part.stream);
+            slots.push(at.unwrap_or(heads.list.len()) as u32);
             let head = match at {
                 Some(i) => heads.take(i),
-                None => self.read_head(txn, part.stream)?,
+                None => self.read_head(txn, part.stream, part.kind.as_ref())?,
             };
             check_kind(part, &head)?;
             if !part.expected.is_satisfied_by(head.version) {
@@ -477,7 +515,7 @@ impl WriterState {
             heads.set(at, Head { stream: part.stream, version: Some(last_version), kind });
         }
         let schemas = checked.into_iter().filter(|(_, _, new)| *new).map(|(tag, s, _)| (tag, s)).collect();
-        Ok(Plan::Write { appended, heads: heads.list, schemas })
+        Ok(Plan::Write { appended, heads: heads.list, slots, schemas })
     }
 
     /// Checks a typed event's fingerprint against the registry, once per (tag, version) per
@@ -522,7 +560,11 @@ impl WriterState {
         }
     }
 
-    fn read_head(&self, txn: &WriteTxn<'_>, stream: StreamId) -> Result<Head, Error> {
+    /// The stored head of `stream`; its kind shares `wanted`'s copy when they are the same.
+    fn read_head(&self, txn: &WriteTxn<'_>, stream: StreamId, wanted: Option<&Kind>) -> Result<Head, Error> {
+        if let Some((version, kind)) = self.heads.map.get(&stream) {
+            return Ok(Head { stream, version: Some(*version), kind: kind.clone() });
+        }
         let raw = self.storage.get(txn, self.storage.tables.stream_heads, &key::stream(stream.as_u128()))?;
         Ok(match raw {
             None => Head { stream, version: None, kind: None },
@@ -531,7 +573,11 @@ impl WriterState {
                     table: "stream_heads",
                     reason: format!("head of stream {stream} cannot be decoded"),
                 })?;
-                Head { stream, version: Some(h.version), kind: h.kind.map(|k| Cow::Owned(k.to_owned())) }
+                let kind = h.kind.map(|stored| match wanted {
+                    Some(wanted) if **wanted == *stored => wanted.clone(),
+                    _ => Kind::Shared(stored.into()),
+                });
+                Head { stream, version: Some(h.version), kind }
             }
         })
     }
@@ -549,7 +595,7 @@ impl WriterState {
         let mut out = Vec::with_capacity(batch.appends.len());
         for part in &batch.appends {
             let mut positions: Option<Appended> = None;
-            for event in &part.events {
+            for event in batch.events_of(part) {
                 let &(id, seq) = stored.next().ok_or(Error::Internal("fewer stored ids than events"))?;
                 let mismatch = || Error::IdempotencyMismatch { id, seq };
                 let raw =
@@ -672,17 +718,18 @@ impl WriterState {
         master: Option<&Master>,
         batch: &WriteBatch,
         appended: &[Appended],
-        heads: &[Head],
+        (heads, slots): (&[Head], &[u32]),
         timestamp_micros: u64,
     ) -> Result<(), Error> {
         let storage = Arc::clone(&self.storage);
         let tables = storage.tables;
-        for (part, pos) in batch.appends.iter().zip(appended) {
+        self.order.prepare(batch, heads, slots);
+        for ((part, pos), &slot) in batch.appends.iter().zip(appended).zip(slots) {
             let stream = part.stream.as_u128();
             if let (Some(master), Some(crypto)) = (master, self.crypto.as_mut()) {
                 crypto.key_for_append(&storage, txn, master, stream, pos.first_version)?;
             }
-            for (i, event) in part.events.iter().enumerate() {
+            for (i, event) in batch.events_of(part).iter().enumerate() {
                 let seq = pos.first_seq + i as u64; // within [first_seq, last_seq], checked in plan
                 let version = pos.first_version
                     + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
@@ -732,26 +779,74 @@ impl WriterState {
                         .encode_into(seq, &mut self.buf);
                 }
                 storage.append(txn, tables.events, &key::seq(seq), &self.buf)?;
-                // Never overwrite: an existing entry means the stream head lied about the
-                // version (damage), and overwriting would unlink a stored event.
-                storage.insert(
-                    txn,
-                    tables.streams,
-                    "streams",
-                    &key::stream_version(stream, version),
-                    &value::seq(seq),
-                )?;
+                self.order.place(slot, (stream, version, seq));
                 if let Some(id) = event.id {
                     storage.insert(txn, tables.event_ids, "event_ids", &key::id(id), &value::seq(seq))?;
                 }
             }
         }
-        for head in heads {
+        // In key order through one cursor, an index entry or head mostly lands on the leaf
+        // page of the one before instead of descending from the root.
+        let mut index = storage.puts(txn, tables.streams, "streams")?;
+        for &(stream, version, seq) in &self.order.entries {
+            // Never overwrite: an existing entry means the stream head lied about the
+            // version (damage), and overwriting would unlink a stored event.
+            index.insert(&key::stream_version(stream, version), &value::seq(seq))?;
+        }
+        drop(index);
+        let mut stream_heads = storage.puts(txn, tables.stream_heads, "stream_heads")?;
+        for &at in &self.order.heads {
+            let head = &heads[at as usize];
             let version = head.version.unwrap_or(0);
             value::StreamHead { version, kind: head.kind.as_deref() }.encode_into(&mut self.head_buf);
-            storage.put(txn, tables.stream_heads, &key::stream(head.stream.as_u128()), &self.head_buf)?;
+            stream_heads.put(&key::stream(head.stream.as_u128()), &self.head_buf)?;
+            if self.heads.map.len() >= HEAD_CACHE {
+                self.heads.map.clear();
+            }
+            self.heads.map.insert(head.stream, (version, head.kind.clone()));
         }
         Ok(())
+    }
+}
+
+/// A request's index entries and stream heads in key order, by a counting sort on the
+/// requests' heads (a comparison sort of every entry cost more than the descents it saved).
+/// Within a stream, entries come in version order already.
+#[derive(Default)]
+struct KeyOrder {
+    /// Indices of the request's heads, by stream id.
+    heads: Vec<u32>,
+    /// For each head, where its stream's next entry goes in `entries`.
+    next: Vec<usize>,
+    /// `streams` index entries: stream, version, seq.
+    entries: Vec<(u128, u32, u64)>,
+}
+
+impl KeyOrder {
+    /// Makes room for the entries of `batch`, whose appends have their heads at `slots`.
+    fn prepare(&mut self, batch: &WriteBatch, heads: &[Head], slots: &[u32]) {
+        self.heads.clear();
+        self.heads.extend(0..heads.len() as u32);
+        self.heads.sort_unstable_by_key(|&at| heads[at as usize].stream);
+        self.next.clear();
+        self.next.resize(heads.len(), 0);
+        for (part, &slot) in batch.appends.iter().zip(slots) {
+            self.next[slot as usize] += part.events.len();
+        }
+        let mut start = 0;
+        for &at in &self.heads {
+            let n = std::mem::replace(&mut self.next[at as usize], start);
+            start += n;
+        }
+        self.entries.clear();
+        self.entries.resize(start, (0, 0, 0));
+    }
+
+    /// Puts the next entry of the stream whose head is at `slot`.
+    fn place(&mut self, slot: u32, entry: (u128, u32, u64)) {
+        let at = &mut self.next[slot as usize];
+        self.entries[*at] = entry;
+        *at += 1;
     }
 }
 
