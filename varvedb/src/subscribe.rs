@@ -18,18 +18,20 @@ use crate::store::{Varve, WeakVarve};
 use crate::types::StreamId;
 
 /// Events read per trip to the store; bounds a subscription's memory whatever the backlog.
-pub const DEFAULT_BATCH: usize = 512;
+/// Large enough that handing a batch from the reading thread to the consumer costs little
+/// per event (catching up ran at 0.50 of a plain scan's rate with 512, 0.59 with 2,048).
+pub const DEFAULT_BATCH: usize = 2048;
 
 /// A batch also ends once its events' metadata and payloads reach this many bytes, so large
 /// payloads cannot make one batch hold `DEFAULT_BATCH` blobs in memory.
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 1 << 20;
 
 /// An event delivered by a [`Subscription`]: owned, so it can cross `.await` points.
 ///
 /// The events of one batch share one buffer for their metadata and payloads, and one copy
 /// of each type tag: a subscription allocates per batch, not per event. Cloning an event is
 /// cheap (reference counts). Holding on to one event keeps its batch's buffer alive (about
-/// 4 MiB, plus the batch's last event, at most); copy out what you keep for long
+/// 1 MiB, plus the batch's last event, at most); copy out what you keep for long
 /// (`payload.to_vec()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedEvent {
@@ -251,7 +253,7 @@ impl ExactSizeIterator for SealedBatch {}
 ///
 /// Implements [`futures_core::Stream`]; [`next_event`](Self::next_event) is the same as an
 /// inherent method. It reads the log in batches of up to [`DEFAULT_BATCH`] events, or about
-/// 4 MiB of metadata and payload, on tokio's blocking pool, so it never blocks the runtime's
+/// 1 MiB of metadata and payload, on tokio's blocking pool, so it never blocks the runtime's
 /// workers on LMDB. It needs a tokio runtime.
 ///
 /// While it is behind, one blocking-pool task reads batch after batch, each in its own read
@@ -372,7 +374,7 @@ impl Subscription {
         self
     }
 
-    /// Events read per trip to the store (at least 1). A batch also ends at about 4 MiB of
+    /// Events read per trip to the store (at least 1). A batch also ends at about 1 MiB of
     /// metadata and payload.
     #[must_use]
     pub fn batch_size(mut self, events: usize) -> Self {
