@@ -2,6 +2,10 @@
 
 use varvedb::{Error, ExpectedVersion, NewEvent, Options, Varve, WriteBatch};
 
+#[path = "support/damage.rs"]
+mod damage;
+use damage::flip_in_file;
+
 fn ev(payload: &[u8]) -> NewEvent {
     NewEvent::new("x", payload.to_vec())
 }
@@ -77,20 +81,6 @@ fn rejected_requests_leave_the_store_unchanged() {
     db.begin_read().unwrap().check_integrity().unwrap();
     // The writer is still healthy after all that.
     db.append(1u128, ExpectedVersion::Exact(2), [ev(b"c")]).unwrap();
-}
-
-/// Flips one byte of every on-disk copy of `needle` in `data.mdb` (LMDB's copy-on-write may
-/// leave stale copies in free pages; the live one is among them). Returns how many.
-fn flip_in_file(dir: &std::path::Path, needle: &[u8], offset: usize) -> usize {
-    let path = dir.join("data.mdb");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let hits: Vec<usize> =
-        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
-    for &i in &hits {
-        bytes[i + offset] ^= 0x01;
-    }
-    std::fs::write(&path, &bytes).unwrap();
-    hits.len()
 }
 
 #[test]

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use varvedb::{ExpectedVersion, NewEvent, Subscription, Varve};
+use varvedb::{Error, ExpectedVersion, NewEvent, Subscription, Varve};
+
+#[path = "support/damage.rs"]
+mod damage;
 
 const TOTAL: u64 = 100_000;
 const PER_WRITE: u64 = 100;
@@ -157,6 +160,32 @@ async fn a_commit_after_the_read_ahead_found_the_end_still_wakes_the_subscriber(
     {}
     drop(db);
     consumer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_stops_the_feed_after_the_events_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload = |seq: u64| format!("payload-of-seq-{seq:04}").into_bytes();
+    {
+        let db = Varve::open(dir.path()).unwrap();
+        for seq in 1..=100u64 {
+            db.append(u128::from(seq % 3), ExpectedVersion::Auto, [NewEvent::new("t", payload(seq))])
+                .unwrap();
+        }
+    }
+    assert!(damage::flip_in_file(dir.path(), &payload(60), 3) >= 1, "payload not found in the file");
+    let db = Varve::open(dir.path()).unwrap();
+    // Several batches, read ahead, before the damaged one.
+    let mut sub = db.subscribe(1).batch_size(7);
+    for seq in 1..60u64 {
+        let e = sub.next_event().await.unwrap().unwrap();
+        assert_eq!((e.seq, &e.payload[..]), (seq, &payload(seq)[..]));
+    }
+    for _ in 0..3 {
+        let err = sub.next_event().await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Corrupt { seq: 60, .. }), "{err}");
+        assert_eq!(sub.position(), 60, "the feed stays before the damaged record");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -338,6 +338,9 @@ struct Batch {
     error: Option<Error>,
     /// Whether the batch ended at one of its budgets rather than at the end of the log.
     full: bool,
+    /// Whether its task stopped after this full batch only to give its thread back: the
+    /// next task reads on from `next` at once.
+    handoff: bool,
 }
 
 impl Varve {
@@ -370,7 +373,10 @@ impl Subscription {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.cursor_mut().filter = Some(Arc::new(tags.into_iter().map(Into::into).collect()));
+        let cursor = self.cursor_mut();
+        cursor.filter = Some(Arc::new(tags.into_iter().map(Into::into).collect()));
+        // Batches read ahead with the old filter are dropped (read again from `next`).
+        cursor.reader = None;
         self
     }
 
@@ -378,7 +384,9 @@ impl Subscription {
     /// metadata and payload.
     #[must_use]
     pub fn batch_size(mut self, events: usize) -> Self {
-        self.cursor_mut().batch = events.max(1);
+        let cursor = self.cursor_mut();
+        cursor.batch = events.max(1);
+        cursor.reader = None;
         self
     }
 
@@ -470,20 +478,20 @@ impl Cursor {
     async fn read_batch(&mut self) -> Option<Result<Batch, Error>> {
         loop {
             if self.reader.is_none() {
-                // A closed store starts no reader.
-                drop(self.db.upgrade()?);
-                // Mark the watch's current value as seen *before* the reader reads: a commit
-                // that lands after this point wakes the caught-up wait, so none is missed.
-                self.watch.borrow_and_update();
-                let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-                let (db, from, limit, filter) = (self.db.clone(), self.next, self.batch, self.filter.clone());
-                tokio::task::spawn_blocking(move || read_ahead(&db, from, limit, filter.as_deref(), &tx));
-                self.reader = Some(Reader { batches: rx, received: false });
+                self.start_reader(self.next)?;
             }
             let reader = self.reader.as_mut()?;
             // `recv` is cancel safe: a batch is either received here or stays queued.
             if let Some(batch) = reader.batches.recv().await {
                 reader.received = true;
+                if matches!(&batch, Ok(b) if b.handoff) {
+                    // Its task gave its thread back; the next one reads on while this
+                    // batch is handed out. (The store may have closed: then none starts.)
+                    self.reader = None;
+                    if let Ok(b) = &batch {
+                        self.start_reader(b.next);
+                    }
+                }
                 return Some(batch);
             }
             // The task ended and everything it sent is received.
@@ -491,15 +499,36 @@ impl Cursor {
             self.reader = None;
             if !received {
                 drop(self.db.upgrade()?);
-                return Some(Err(Error::Internal("a subscription's read task panicked")));
+                return Some(Err(Error::Internal(
+                    "a subscription's read task panicked, or its runtime is shutting down",
+                )));
             }
         }
     }
+
+    /// Starts a read-ahead task from `from`; `None` if the store has closed.
+    fn start_reader(&mut self, from: u64) -> Option<()> {
+        drop(self.db.upgrade()?);
+        // Mark the watch's current value as seen *before* the task reads: a commit that
+        // lands after this point wakes the caught-up wait, so none is missed.
+        self.watch.borrow_and_update();
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let (db, limit, filter) = (self.db.clone(), self.batch, self.filter.clone());
+        tokio::task::spawn_blocking(move || read_ahead(&db, from, limit, filter.as_deref(), &tx));
+        self.reader = Some(Reader { batches: rx, received: false });
+        Some(())
+    }
 }
 
+/// Full batches one read-ahead task reads before it gives its blocking-pool thread back, so
+/// that long catch-ups of many subscriptions cannot hold the whole pool. The subscription
+/// starts the next task as soon as it takes the last batch, so reading goes on meanwhile.
+const TASK_BATCHES: usize = 16;
+
 /// The read-ahead task: batches from `from` on, until one ends at the end of the log or on
-/// an error, the store closes, the subscription is dropped, or `READ_AHEAD` batches wait
-/// (then the subscription starts another task once it has taken them).
+/// an error, the store closes, the subscription is dropped, [`TASK_BATCHES`] were read (the
+/// last is marked as the hand-off), or `READ_AHEAD` batches wait (then the subscription
+/// starts another task once it has taken them).
 fn read_ahead(
     db: &WeakVarve,
     mut from: u64,
@@ -510,15 +539,16 @@ fn read_ahead(
     // The first batch may well be a single new event; the ones after a full batch are
     // likely to be about as large as it was.
     let mut room = (0, 0);
-    loop {
+    for n in 1..=TASK_BATCHES {
         let Ok(permit) = tx.try_reserve() else { return };
         let Some(db) = db.upgrade() else { return };
-        let read = read_batch(&db, from, limit, filter, room);
+        let mut read = read_batch(&db, from, limit, filter, room);
         drop(db);
-        let more = match &read {
+        let more = match &mut read {
             Ok(batch) => {
                 from = batch.next;
                 room = (batch.events.len(), batch.bytes);
+                batch.handoff = n == TASK_BATCHES && batch.full && batch.error.is_none();
                 batch.full && batch.error.is_none()
             }
             Err(_) => false,
@@ -554,6 +584,7 @@ fn read_batch(
                     next,
                     error: Some(error),
                     full: false,
+                    handoff: false,
                 });
             }
         };
@@ -563,10 +594,17 @@ fn read_batch(
             events.push(&event);
         }
         if events.len() >= limit || events.bytes() >= BATCH_BYTES || scanned >= limit.saturating_mul(16) {
-            return Ok(Batch { bytes: events.bytes(), events: events.seal(), next, error: None, full: true });
+            return Ok(Batch {
+                bytes: events.bytes(),
+                events: events.seal(),
+                next,
+                error: None,
+                full: true,
+                handoff: false,
+            });
         }
     }
-    Ok(Batch { bytes: events.bytes(), events: events.seal(), next, error: None, full: false })
+    Ok(Batch { bytes: events.bytes(), events: events.seal(), next, error: None, full: false, handoff: false })
 }
 
 impl Stream for Subscription {
@@ -669,6 +707,22 @@ mod tests {
         assert_eq!(next, 101);
         // Eight full batches, then the empty read that finds the end.
         assert_eq!(batches, 9);
+
+        // A long catch-up gives its thread back after `TASK_BATCHES`, marking the last.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(TASK_BATCHES + 1);
+        read_ahead(&db.downgrade(), 1, 2, None, &tx);
+        let handoffs: Vec<bool> =
+            std::iter::from_fn(|| rx.try_recv().ok()).map(|b| b.unwrap().handoff).collect();
+        assert_eq!(handoffs.len(), TASK_BATCHES);
+        assert!(handoffs[TASK_BATCHES - 1] && !handoffs[..TASK_BATCHES - 1].contains(&true));
+
+        // The store closed: it reads nothing.
+        let weak = db.downgrade();
+        drop(db);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        read_ahead(&weak, 1, 10, None, &tx);
+        drop(tx);
+        assert!(rx.try_recv().is_err(), "a closed store yields no batch");
     }
 
     #[test]

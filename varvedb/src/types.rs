@@ -147,6 +147,9 @@ pub(crate) struct SchemaId {
     pub(crate) fingerprint: u64,
 }
 
+/// Largest archive buffer a thread keeps between `NewEvent::archive` calls.
+const ARCHIVE_BUF_KEPT: usize = 64 * 1024;
+
 impl NewEvent {
     /// An event with the given type tag (1 to 255 bytes) and payload.
     pub fn new(type_tag: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
@@ -194,7 +197,10 @@ impl NewEvent {
         let buf = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, buf)
             .map_err(|e| Error::Serialize(e.to_string()))?;
         let event = NewEvent::new(type_tag, buf.as_slice());
-        BUF.set(buf);
+        // One huge event must not stay allocated on every thread that archived one.
+        if buf.capacity() <= ARCHIVE_BUF_KEPT {
+            BUF.set(buf);
+        }
         Ok(event)
     }
 

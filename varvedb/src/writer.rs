@@ -805,6 +805,8 @@ impl WriterState {
             }
             self.heads.map.insert(head.stream, (version, head.kind.clone()));
         }
+        drop(stream_heads);
+        self.order.trim();
         Ok(())
     }
 }
@@ -840,6 +842,17 @@ impl KeyOrder {
         }
         self.entries.clear();
         self.entries.resize(start, (0, 0, 0));
+    }
+
+    /// Lets go of the room a very large request needed, so it is not held for the life of
+    /// the writer.
+    fn trim(&mut self) {
+        const KEPT: usize = 1 << 16;
+        if self.entries.capacity() > KEPT {
+            self.entries = Vec::new();
+            self.next = Vec::new();
+            self.heads = Vec::new();
+        }
     }
 
     /// Puts the next entry of the stream whose head is at `slot`.
