@@ -10,7 +10,7 @@ use rkyv::bytecheck::CheckBytes;
 
 use crate::crypto::{Encryption, Master, StreamKey};
 use crate::error::Error;
-use crate::record::{Aad, Body, Content, Envelope, blob_hash};
+use crate::record::{self, Aad, Body, Content, Envelope, Head, blob_hash};
 use std::ops::Bound::{Included, Unbounded};
 
 use crate::storage::{Entries, ReadTxn, Storage, key, value};
@@ -71,6 +71,22 @@ pub struct RecordedEvent<'v> {
 }
 
 impl<'v> RecordedEvent<'v> {
+    #[inline]
+    fn new(seq: u64, head: &Head<'v>, metadata: &'v [u8], payload: &'v [u8], shredded: bool) -> Self {
+        RecordedEvent {
+            seq,
+            stream: StreamId::from(head.stream),
+            version: head.version,
+            timestamp_micros: head.timestamp_micros,
+            schema_version: head.schema_version,
+            id: head.id,
+            type_tag: head.type_tag,
+            metadata,
+            payload,
+            shredded,
+        }
+    }
+
     /// A view of an owned event, for handlers that run after the read transaction ended.
     pub(crate) fn from_owned(e: &'v crate::subscribe::OwnedEvent) -> Self {
         RecordedEvent {
@@ -376,14 +392,35 @@ impl<'db> ReadView<'db> {
 
     /// Decodes the record stored under `seq`; an encrypted one is opened into the buffer
     /// `plain(len)` returns, and only after it authenticates is any of it visible.
+    #[inline]
     fn decode_with<'a>(
         &'a self,
         seq: u64,
         raw: &'a [u8],
         plain: impl FnOnce(usize) -> &'a mut [u8],
     ) -> Result<RecordedEvent<'a>, Error> {
+        let header = record::verify(seq, raw)?;
+        // The common record of a store without encryption, built where the caller wants it;
+        // everything else, and every error, out of line.
+        if self.crypto.is_none()
+            && let Some((head, metadata, payload)) = record::plain_inline(header, raw)
+        {
+            return Ok(RecordedEvent::new(seq, &head, metadata, payload, false));
+        }
+        self.decode_general(seq, raw, plain)
+    }
+
+    /// [`decode_with`](Self::decode_with) of a record whose checksum is verified, whatever
+    /// its kind.
+    #[inline(never)]
+    fn decode_general<'a>(
+        &'a self,
+        seq: u64,
+        raw: &'a [u8],
+        plain: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Result<RecordedEvent<'a>, Error> {
         let corrupt = |reason: &str| Error::Corrupt { seq, reason: reason.to_owned() };
-        let env = Envelope::decode(seq, raw)?;
+        let env = Envelope::decode_checked(seq, raw)?;
         let head = env.head;
         let (metadata, payload, shredded): (&'a [u8], &'a [u8], bool) = match (env.content, &self.crypto) {
             (Content::Plain { metadata, body }, None) => (metadata, self.body(seq, body)?, false),
@@ -438,18 +475,7 @@ impl<'db> ReadView<'db> {
                 }
             }
         };
-        Ok(RecordedEvent {
-            seq,
-            stream: StreamId::from(head.stream),
-            version: head.version,
-            timestamp_micros: head.timestamp_micros,
-            schema_version: head.schema_version,
-            id: head.id,
-            type_tag: head.type_tag,
-            metadata,
-            payload,
-            shredded,
-        })
+        Ok(RecordedEvent::new(seq, &head, metadata, payload, shredded))
     }
 
     /// The data key of `stream` in this snapshot, or its shredded marker.
@@ -749,6 +775,7 @@ pub struct LogEvents<'v> {
 impl<'v> Iterator for LogEvents<'v> {
     type Item = Result<RecordedEvent<'v>, Error>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let view = self.view;
         self.next_with(|n| view.arena(n))
@@ -763,6 +790,7 @@ impl<'v> LogEvents<'v> {
         self.next_with(reuse(buf))
     }
 
+    #[inline]
     fn next_with<'a>(
         &mut self,
         plain: impl FnOnce(usize) -> &'a mut [u8],
@@ -774,9 +802,24 @@ impl<'v> LogEvents<'v> {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
-        Some(match key::decode_seq(k) {
-            Some(seq) => self.view.decode_with(seq, v, plain),
-            None => Err(Error::CorruptIndex { table: "events", reason: "key is not an 8-byte seq".into() }),
-        })
+        let Some(seq) = key::decode_seq(k) else {
+            return Some(Err(Error::CorruptIndex {
+                table: "events",
+                reason: "key is not an 8-byte seq".into(),
+            }));
+        };
+        let view = self.view;
+        let header = match record::verify(seq, v) {
+            Ok(header) => header,
+            Err(e) => return Some(Err(e)),
+        };
+        // `decode_with`, spelled out so that the common record is built straight into the
+        // item (through `decode_with`, it was built on the stack and copied).
+        if view.crypto.is_none()
+            && let Some((head, metadata, payload)) = record::plain_inline(header, v)
+        {
+            return Some(Ok(RecordedEvent::new(seq, &head, metadata, payload, false)));
+        }
+        Some(view.decode_general(seq, v, plain))
     }
 }
