@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::record::{self, Aad, Body, Content, Envelope, Head, blob_hash};
 use std::ops::Bound::{Included, Unbounded};
 
-use crate::storage::{Entries, ReadTxn, Storage, key, value};
+use crate::storage::{Entries, LogEntries, ReadTxn, Storage, key, value};
 use crate::types::StreamId;
 
 /// A consistent snapshot of the store, over one read transaction.
@@ -380,13 +380,7 @@ impl<'db> ReadView<'db> {
     /// # Errors
     /// A storage error when starting; each item may be [`Error::Corrupt`].
     pub fn read_all(&self, from_seq: u64) -> Result<LogEvents<'_>, Error> {
-        let from = key::seq(from_seq);
-        let raw = self.storage.entries(
-            &self.txn,
-            self.storage.tables.events,
-            (Included(&from), Unbounded),
-            false,
-        )?;
+        let raw = self.storage.log_from(&self.txn, from_seq)?;
         Ok(LogEvents { view: self, raw })
     }
 
@@ -769,7 +763,7 @@ fn resolve<'a, 'v: 'a>(
 /// The global log, from [`ReadView::read_all`].
 pub struct LogEvents<'v> {
     view: &'v ReadView<'v>,
-    raw: Entries<'v>,
+    raw: LogEntries<'v>,
 }
 
 impl<'v> Iterator for LogEvents<'v> {

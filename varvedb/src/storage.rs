@@ -72,6 +72,46 @@ impl<'t> Iterator for Entries<'t> {
     }
 }
 
+/// The log's entries from a seq on, in order: [`Entries`] over a range, or, from the start
+/// of the log, a plain iteration, which spares a range's checks on every step.
+pub(crate) struct LogEntries<'t> {
+    inner: LogEntriesInner<'t>,
+    map_size: usize,
+}
+
+enum LogEntriesInner<'t> {
+    Range(Entries<'t>),
+    /// The table from its first entry, those with keys below `skip_below` left out: the
+    /// entries of a range from that bound. Once one key is at or above the bound, every
+    /// later one is too.
+    FromFirst {
+        iter: heed::RoIter<'t, Bytes, Bytes>,
+        skip_below: Option<[u8; key::SEQ_LEN]>,
+    },
+}
+
+impl<'t> Iterator for LogEntries<'t> {
+    type Item = Result<(&'t [u8], &'t [u8]), Error>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let (iter, skip_below) = match &mut self.inner {
+            LogEntriesInner::FromFirst { iter, skip_below } => (iter, skip_below),
+            LogEntriesInner::Range(entries) => return entries.next(),
+        };
+        loop {
+            let next = iter.next()?;
+            if let (Some(bound), Ok((k, _))) = (&skip_below, &next) {
+                if *k < &bound[..] {
+                    continue;
+                }
+                *skip_below = None;
+            }
+            return Some(next.map_err(|e| storage_error(e, self.map_size)));
+        }
+    }
+}
+
 /// Every named database of a store. Handles are plain integers, cheap to copy.
 #[derive(Clone, Copy)]
 pub(crate) struct Tables {
@@ -361,6 +401,30 @@ impl Storage {
         Ok(Entries { inner, map_size: self.map_size })
     }
 
+    /// The log's entries with seqs from `from` on.
+    pub(crate) fn log_from<'t>(
+        &self,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        from: u64,
+    ) -> Result<LogEntries<'t>, Error> {
+        let from = key::seq(from);
+        let events = self.tables.events;
+        let inner = if from <= key::seq(1) {
+            // No entry of a sound log is below seq 1: from there, the log is read from its
+            // first entry, and anything below the bound is skipped as a range would.
+            let iter = events.iter(txn).map_err(|e| self.err(e))?;
+            LogEntriesInner::FromFirst { iter, skip_below: Some(from) }
+        } else {
+            LogEntriesInner::Range(self.entries(
+                txn,
+                events,
+                (Bound::Included(&from), Bound::Unbounded),
+                false,
+            )?)
+        };
+        Ok(LogEntries { inner, map_size: self.map_size })
+    }
+
     pub(crate) fn delete(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8]) -> Result<bool, Error> {
         table.delete(txn, k).map_err(|e| self.err(e))
     }
@@ -492,6 +556,30 @@ mod tests {
         assert_eq!(value::StreamHead::decode(&[1, 0, 0]), None);
         assert_eq!(value::StreamHead::decode(&[1, 0, 0, 0, 3, b'a']), None);
         assert_eq!(value::StreamHead::decode(&[1, 0, 0, 0, 1, 0xff]), None);
+    }
+
+    #[test]
+    fn log_entries_are_those_of_a_range_from_the_same_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }).unwrap();
+        let events = storage.tables.events;
+        let mut txn = storage.write_txn().unwrap();
+        // Keys no sound log holds, below and among the seqs: a range skips those below its bound.
+        for k in
+            [&[0][..], &[0, 0, 0], &key::seq(0), &key::seq(1), &key::seq(2), &[0, 0, 0, 0, 0, 0, 0, 2, 0]]
+        {
+            storage.put(&mut txn, events, k, b"v").unwrap();
+        }
+        storage.commit(txn).unwrap();
+        let txn = storage.read_txn().unwrap();
+        for from in [0, 1, 2, 3] {
+            let log: Vec<_> = storage.log_from(&txn, from).unwrap().map(Result::unwrap).collect();
+            let bound = key::seq(from);
+            let range =
+                storage.entries(&txn, events, (Bound::Included(&bound), Bound::Unbounded), false).unwrap();
+            assert_eq!(log, range.map(Result::unwrap).collect::<Vec<_>>(), "from {from}");
+        }
     }
 
     #[test]
