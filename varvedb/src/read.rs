@@ -606,9 +606,11 @@ struct LogSteps<'v> {
     prev: u64,
     /// A cursor on the log and the seq of the record it gave last.
     cursor: Option<(Entries<'v>, u64)>,
-    /// Records read since the cursor was opened. A forward read opens it at its first
-    /// record; opening one allocates, so it is reopened at a new run at most once per
-    /// [`REOPEN_AFTER`] records: no allocation per event, however a stream's seqs are spread.
+    /// Records read since the cursor was opened ([`REOPEN_AFTER`] before the first opening).
+    /// A forward read opens it where a run of consecutive seqs starts; opening one allocates,
+    /// so it is reopened at a new run at most once per [`REOPEN_AFTER`] records: no
+    /// allocation per event, however a stream's seqs are spread, and none at all for a stream
+    /// whose events are all apart.
     since_open: u32,
 }
 
@@ -619,7 +621,7 @@ const STEP_AHEAD: u64 = 8;
 
 impl<'v> LogSteps<'v> {
     fn new(forward: bool) -> Self {
-        LogSteps { forward, prev: 0, cursor: None, since_open: 0 }
+        LogSteps { forward, prev: 0, cursor: None, since_open: REOPEN_AFTER }
     }
 
     /// The stored record of `seq`, if any: the same bytes as a lookup in the view.
@@ -627,73 +629,66 @@ impl<'v> LogSteps<'v> {
     fn record(&mut self, view: &'v ReadView<'v>, seq: u64) -> Result<Option<&'v [u8]>, Error> {
         let prev = std::mem::replace(&mut self.prev, seq);
         self.since_open = self.since_open.saturating_add(1);
-        if self.forward {
-            if let Some((log, at)) = &mut self.cursor
-                && seq > *at
-                && seq - *at <= STEP_AHEAD
-            {
-                for entry in log.by_ref() {
-                    let (k, v) = entry?;
-                    match key::decode_seq(k) {
-                        Some(here) if here < seq => *at = here,
-                        Some(here) if here == seq => {
-                            *at = here;
-                            return Ok(Some(v));
-                        }
-                        // Past it (the log lacks `seq`) or a damaged key: the lookup below
-                        // reports it as before.
-                        _ => break,
-                    }
-                }
-                self.cursor = None;
-            } else if prev == 0 || (prev.checked_add(1) == Some(seq) && self.since_open >= REOPEN_AFTER) {
-                let from = key::seq(seq);
-                let mut log = view.storage.entries(
-                    &view.txn,
-                    view.storage.tables.events,
-                    (Included(&from[..]), Unbounded),
-                    false,
-                )?;
-                if let Some(entry) = log.next() {
-                    let (k, v) = entry?;
-                    if key::decode_seq(k) == Some(seq) {
-                        self.cursor = Some((log, seq));
-                        self.since_open = 0;
-                        return Ok(Some(v));
-                    }
-                }
-            }
+        if self.forward
+            && (self.cursor.as_ref().is_some_and(|&(_, at)| seq > at && seq - at <= STEP_AHEAD)
+                || (prev.checked_add(1) == Some(seq) && self.since_open >= REOPEN_AFTER))
+            && let Some(record) = self.step(view, seq)?
+        {
+            return Ok(Some(record));
         }
         view.storage.get(&view.txn, view.storage.tables.events, &key::seq(seq))
+    }
+
+    /// `seq`'s record through the log cursor, stepped to it or opened at it; `None` (and no
+    /// cursor) if the cursor does not reach it, for a lookup to find it or report it missing.
+    #[inline(never)]
+    fn step(&mut self, view: &'v ReadView<'v>, seq: u64) -> Result<Option<&'v [u8]>, Error> {
+        if let Some((log, at)) = &mut self.cursor
+            && seq > *at
+            && seq - *at <= STEP_AHEAD
+        {
+            for entry in log.by_ref() {
+                let (k, v) = entry?;
+                match key::decode_seq(k) {
+                    Some(here) if here < seq => *at = here,
+                    Some(here) if here == seq => {
+                        *at = here;
+                        return Ok(Some(v));
+                    }
+                    // Past it (the log lacks `seq`) or a damaged key.
+                    _ => break,
+                }
+            }
+            self.cursor = None;
+            return Ok(None);
+        }
+        let from = key::seq(seq);
+        let mut log = view.storage.entries(
+            &view.txn,
+            view.storage.tables.events,
+            (Included(&from[..]), Unbounded),
+            false,
+        )?;
+        self.since_open = 0;
+        if let Some(entry) = log.next() {
+            let (k, v) = entry?;
+            if key::decode_seq(k) == Some(seq) {
+                self.cursor = Some((log, seq));
+                return Ok(Some(v));
+            }
+        }
+        self.cursor = None;
+        Ok(None)
     }
 }
 
 impl<'v> Iterator for StreamEvents<'v> {
     type Item = Result<RecordedEvent<'v>, Error>;
 
-    fn next(&mut self) -> Option<Self::Item> {
-        let (k, v) = match self.entry()? {
-            Ok(kv) => kv,
-            Err(e) => return Some(Err(e)),
-        };
-        let view = self.view;
-        Some(resolve(view, &mut self.log, self.stream, k, v, |n| view.arena(n)))
-    }
-}
-
-impl<'v> StreamEvents<'v> {
-    /// The next index entry of the stream. A forward read's range has no upper bound: it
-    /// ends at the first key of another stream.
     #[inline]
-    fn entry(&mut self) -> Option<<Entries<'v> as Iterator>::Item> {
-        let entry = self.raw.next()?;
-        if self.log.forward
-            && let Ok((k, _)) = entry
-            && k.get(..16) != Some(&key::stream(self.stream.as_u128())[..])
-        {
-            return None;
-        }
-        Some(entry)
+    fn next(&mut self) -> Option<Self::Item> {
+        let view = self.view;
+        self.next_with(|n| view.arena(n))
     }
 }
 
@@ -717,12 +712,74 @@ impl StreamEvents<'_> {
     /// assert_eq!(sum, (0..100).sum::<u64>());
     /// # Ok::<(), varvedb::Error>(())
     /// ```
+    #[inline]
     pub fn next_reusing<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> Option<Result<RecordedEvent<'a>, Error>> {
-        let (k, v) = match self.entry()? {
+        self.next_with(reuse(buf))
+    }
+}
+
+impl<'v> StreamEvents<'v> {
+    /// The event the next `streams` index entry points at, checked to be the one the entry
+    /// names. A forward read's range has no upper bound: it ends at the first key of another
+    /// stream.
+    #[inline]
+    fn next_with<'a>(
+        &mut self,
+        plain: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Option<Result<RecordedEvent<'a>, Error>>
+    where
+        'v: 'a,
+    {
+        let (k, v) = match self.raw.next()? {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
-        Some(resolve(self.view, &mut self.log, self.stream, k, v, reuse(buf)))
+        let wanted = self.stream.as_u128();
+        if self.log.forward && k.get(..16) != Some(&key::stream(wanted)[..]) {
+            return None;
+        }
+        let bad = |reason: String| Error::CorruptIndex { table: "streams", reason };
+        let Some((stream, version)) = key::decode_stream_version(k) else {
+            return Some(Err(bad("key is not 20 bytes".into())));
+        };
+        let Some(seq) = value::decode_seq(v) else {
+            return Some(Err(bad(format!("value at version {version} is not a seq"))));
+        };
+        let view = self.view;
+        let raw = match self.log.record(view, seq) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Some(Err(bad(format!("version {version} points at missing seq {seq}")))),
+            Err(e) => return Some(Err(e)),
+        };
+        let header = match record::verify(seq, raw) {
+            Ok(header) => header,
+            Err(e) => return Some(Err(e)),
+        };
+        // `ReadView::decode_with`, spelled out so that the common record is checked against
+        // the entry and built straight into the item.
+        if view.crypto.is_none()
+            && let Some((head, metadata, payload)) = record::plain_inline(header, raw)
+        {
+            if head.stream != stream || head.version != version || wanted != stream {
+                return Some(Err(elsewhere(version, seq)));
+            }
+            return Some(Ok(RecordedEvent::new(seq, &head, metadata, payload, false)));
+        }
+        Some(view.decode_general(seq, raw, plain).and_then(|event| {
+            if event.stream.as_u128() != stream || event.version != version || wanted != stream {
+                return Err(elsewhere(version, seq));
+            }
+            Ok(event)
+        }))
+    }
+}
+
+/// An index entry at `version` that points at `seq`, a record of another stream or version.
+#[cold]
+fn elsewhere(version: u32, seq: u64) -> Error {
+    Error::CorruptIndex {
+        table: "streams",
+        reason: format!("version {version} points at seq {seq}, which belongs elsewhere"),
     }
 }
 
@@ -736,28 +793,6 @@ fn reuse<'a>(buf: &'a mut Vec<u8>) -> impl FnOnce(usize) -> &'a mut [u8] {
         buf.resize(n, 0);
         buf.as_mut_slice()
     }
-}
-
-/// The event a `streams` index entry points at, checked to be the one the entry names.
-fn resolve<'a, 'v: 'a>(
-    view: &'v ReadView<'v>,
-    log: &mut LogSteps<'v>,
-    wanted: StreamId,
-    k: &[u8],
-    v: &[u8],
-    plain: impl FnOnce(usize) -> &'a mut [u8],
-) -> Result<RecordedEvent<'a>, Error> {
-    let bad = |reason: String| Error::CorruptIndex { table: "streams", reason };
-    let (stream, version) = key::decode_stream_version(k).ok_or_else(|| bad("key is not 20 bytes".into()))?;
-    let seq = value::decode_seq(v).ok_or_else(|| bad(format!("value at version {version} is not a seq")))?;
-    let raw = log
-        .record(view, seq)?
-        .ok_or_else(|| bad(format!("version {version} points at missing seq {seq}")))?;
-    let event = view.decode_with(seq, raw, plain)?;
-    if event.stream.as_u128() != stream || event.version != version || wanted.as_u128() != stream {
-        return Err(bad(format!("version {version} points at seq {seq}, which belongs elsewhere")));
-    }
-    Ok(event)
 }
 
 /// The global log, from [`ReadView::read_all`].
