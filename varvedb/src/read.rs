@@ -720,8 +720,7 @@ impl StreamEvents<'_> {
 
 impl<'v> StreamEvents<'v> {
     /// The event the next `streams` index entry points at, checked to be the one the entry
-    /// names. A forward read's range has no upper bound: it ends at the first key of another
-    /// stream.
+    /// names.
     #[inline]
     fn next_with<'a>(
         &mut self,
@@ -730,6 +729,50 @@ impl<'v> StreamEvents<'v> {
     where
         'v: 'a,
     {
+        let at = match self.locate()? {
+            Ok(at) => at,
+            Err(e) => return Some(Err(e)),
+        };
+        // `ReadView::decode_with`, spelled out so that the common record is checked against
+        // the entry and built straight into the item.
+        if let Some((head, metadata, payload)) = at.plain_inline(self.view) {
+            if let Err(e) = at.check(head.stream, head.version) {
+                return Some(Err(e));
+            }
+            return Some(Ok(RecordedEvent::new(at.seq, &head, metadata, payload, false)));
+        }
+        Some(self.view.decode_general(at.seq, at.raw, plain).and_then(|event| {
+            at.check(event.stream.as_u128(), event.version)?;
+            Ok(event)
+        }))
+    }
+
+    /// Calls `f` with each event left, as [`next_reusing`](StreamEvents::next_reusing) gives
+    /// them, until the end, an error, or an error from `f`. Each event is built where `f`
+    /// reads it, not moved through an iterator's item: what a fold needs.
+    pub(crate) fn try_for_each_reusing(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(&RecordedEvent<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        while let Some(at) = self.locate() {
+            let at = at?;
+            if let Some((head, metadata, payload)) = at.plain_inline(self.view) {
+                at.check(head.stream, head.version)?;
+                f(&RecordedEvent::new(at.seq, &head, metadata, payload, false))?;
+            } else {
+                let event = self.view.decode_general(at.seq, at.raw, reuse(buf))?;
+                at.check(event.stream.as_u128(), event.version)?;
+                f(&event)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The record the next index entry points at, its checksum verified. A forward read's
+    /// range has no upper bound: it ends at the first key of another stream.
+    #[inline]
+    fn locate(&mut self) -> Option<Result<Located<'v>, Error>> {
         let (k, v) = match self.raw.next()? {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
@@ -745,32 +788,44 @@ impl<'v> StreamEvents<'v> {
         let Some(seq) = value::decode_seq(v) else {
             return Some(Err(bad(format!("value at version {version} is not a seq"))));
         };
-        let view = self.view;
-        let raw = match self.log.record(view, seq) {
+        let raw = match self.log.record(self.view, seq) {
             Ok(Some(raw)) => raw,
             Ok(None) => return Some(Err(bad(format!("version {version} points at missing seq {seq}")))),
             Err(e) => return Some(Err(e)),
         };
-        let header = match record::verify(seq, raw) {
-            Ok(header) => header,
-            Err(e) => return Some(Err(e)),
-        };
-        // `ReadView::decode_with`, spelled out so that the common record is checked against
-        // the entry and built straight into the item.
-        if view.crypto.is_none()
-            && let Some((head, metadata, payload)) = record::plain_inline(header, raw)
-        {
-            if head.stream != stream || head.version != version || wanted != stream {
-                return Some(Err(elsewhere(version, seq)));
-            }
-            return Some(Ok(RecordedEvent::new(seq, &head, metadata, payload, false)));
+        Some(record::verify(seq, raw).map(|header| Located { wanted, stream, version, seq, raw, header }))
+    }
+}
+
+/// A record a stream read reached through an index entry, its checksum verified.
+struct Located<'v> {
+    /// The stream read.
+    wanted: u128,
+    /// The stream and version the entry names.
+    stream: u128,
+    version: u32,
+    seq: u64,
+    raw: &'v [u8],
+    header: &'v [u8; record::HEADER_LEN],
+}
+
+impl<'v> Located<'v> {
+    /// The record's parts if it is the common record of a store without encryption.
+    #[inline]
+    fn plain_inline(&self, view: &ReadView<'_>) -> Option<(Head<'v>, &'v [u8], &'v [u8])> {
+        if view.crypto.is_some() {
+            return None;
         }
-        Some(view.decode_general(seq, raw, plain).and_then(|event| {
-            if event.stream.as_u128() != stream || event.version != version || wanted != stream {
-                return Err(elsewhere(version, seq));
-            }
-            Ok(event)
-        }))
+        record::plain_inline(self.header, self.raw)
+    }
+
+    /// That the record is the one the entry names, in the stream read.
+    #[inline]
+    fn check(&self, stream: u128, version: u32) -> Result<(), Error> {
+        if stream != self.stream || version != self.version || self.wanted != self.stream {
+            return Err(elsewhere(self.version, self.seq));
+        }
+        Ok(())
     }
 }
 
