@@ -64,7 +64,7 @@ pub(crate) enum KeyOrder {}
 impl Comparator for KeyOrder {
     #[inline]
     fn compare(a: &[u8], b: &[u8]) -> Ordering {
-        // Two seqs: what every lookup in the log compares.
+        // Two seqs: the dozen or so comparisons of every lookup in the log.
         if let (Ok(x), Ok(y)) = (<&[u8; 8]>::try_from(a), <&[u8; 8]>::try_from(b)) {
             return u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y));
         }
@@ -669,6 +669,7 @@ mod tests {
             [key::stream_version(1, 2), key::stream_version(1, 256), key::stream_version(2, 1)]
                 .map(|k| k.to_vec()),
         )
+        .chain([key::stream(1), key::stream(1 << 64), key::stream(u128::MAX)].map(|k| k.to_vec()))
         .collect();
         for a in &keys {
             for b in &keys {
@@ -689,6 +690,21 @@ mod tests {
             let b = [&common[..], &b[..]].concat();
             proptest::prop_assert_eq!(KeyOrder::compare(&a, &b), default_order(&a, &b));
             proptest::prop_assert_eq!(KeyOrder::compare(&a, &a), Ordering::Equal);
+        }
+
+        #[test]
+        fn key_order_matches_on_keys_of_one_length(
+            len in proptest::sample::select(vec![4usize, 8, 16, 20, 32]),
+            a in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 32),
+            at in 0usize..32,
+            byte in proptest::arbitrary::any::<u8>(),
+        ) {
+            // Two keys that differ in one byte, anywhere, or not at all.
+            let a = &a[..len];
+            let mut b = a.to_vec();
+            b[at % len] = byte;
+            proptest::prop_assert_eq!(KeyOrder::compare(a, &b), default_order(a, &b));
+            proptest::prop_assert_eq!(KeyOrder::compare(&b, a), default_order(&b, a));
         }
     }
 
