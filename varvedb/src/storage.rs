@@ -219,13 +219,28 @@ pub(crate) mod key {
         k
     }
 
+    /// A `schema` key, on the stack: every typed load looks one up.
+    pub(crate) struct SchemaKey {
+        buf: [u8; 1 + 255 + 4],
+        len: usize,
+    }
+
+    impl std::ops::Deref for SchemaKey {
+        type Target = [u8];
+
+        fn deref(&self) -> &[u8] {
+            &self.buf[..self.len]
+        }
+    }
+
     /// Type tags are at most 255 bytes, so the length prefix keeps keys unambiguous.
-    pub(crate) fn schema(tag: &str, version: u32) -> Vec<u8> {
-        let mut k = Vec::with_capacity(1 + tag.len() + 4);
-        k.push(u8::try_from(tag.len()).unwrap_or(u8::MAX));
-        k.extend_from_slice(&tag.as_bytes()[..tag.len().min(255)]);
-        k.extend_from_slice(&version.to_be_bytes());
-        k
+    pub(crate) fn schema(tag: &str, version: u32) -> SchemaKey {
+        let tag = &tag.as_bytes()[..tag.len().min(255)];
+        let mut buf = [0u8; 1 + 255 + 4];
+        buf[0] = u8::try_from(tag.len()).unwrap_or(u8::MAX);
+        buf[1..=tag.len()].copy_from_slice(tag);
+        buf[1 + tag.len()..5 + tag.len()].copy_from_slice(&version.to_be_bytes());
+        SchemaKey { buf, len: 5 + tag.len() }
     }
 
     pub(crate) fn decode_stream_version(bytes: &[u8]) -> Option<(u128, u32)> {
