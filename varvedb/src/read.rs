@@ -752,7 +752,7 @@ impl<'v> StreamEvents<'v> {
     {
         let at = match self.locate()? {
             Ok(at) => at,
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Some(Err(*e)),
         };
         // `ReadView::decode_with`, spelled out so that the common record is checked against
         // the entry and built straight into the item.
@@ -777,7 +777,7 @@ impl<'v> StreamEvents<'v> {
         mut f: impl FnMut(&RecordedEvent<'_>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         while let Some(at) = self.locate() {
-            let at = at?;
+            let at = at.map_err(|e| *e)?;
             if let Some((head, metadata, payload)) = at.plain_inline(self.view) {
                 at.check(head.stream, head.version)?;
                 f(&RecordedEvent::new(at.seq, &head, metadata, payload, false))?;
@@ -791,18 +791,19 @@ impl<'v> StreamEvents<'v> {
     }
 
     /// The record the next index entry points at, its checksum verified. A forward read's
-    /// range has no upper bound: it ends at the first key of another stream.
+    /// range has no upper bound: it ends at the first key of another stream. Errors are
+    /// boxed: unboxed, the large error type made every record travel through memory.
     #[inline]
-    fn locate(&mut self) -> Option<Result<Located<'v>, Error>> {
+    fn locate(&mut self) -> Option<Result<Located<'v>, Box<Error>>> {
         let (k, v) = match self.raw.next()? {
             Ok(kv) => kv,
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Some(Err(Box::new(e))),
         };
         let wanted = self.stream.as_u128();
         if self.log.forward && k.get(..16) != Some(&key::stream(wanted)[..]) {
             return None;
         }
-        let bad = |reason: String| Error::CorruptIndex { table: "streams", reason };
+        let bad = |reason: String| Box::new(Error::CorruptIndex { table: "streams", reason });
         let Some((stream, version)) = key::decode_stream_version(k) else {
             return Some(Err(bad("key is not 20 bytes".into())));
         };
@@ -812,9 +813,12 @@ impl<'v> StreamEvents<'v> {
         let raw = match self.log.record(self.view, seq) {
             Ok(Some(raw)) => raw,
             Ok(None) => return Some(Err(bad(format!("version {version} points at missing seq {seq}")))),
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Some(Err(Box::new(e))),
         };
-        Some(record::verify(seq, raw).map(|header| Located { wanted, stream, version, seq, raw, header }))
+        Some(match record::verify(seq, raw) {
+            Ok(header) => Ok(Located { wanted, stream, version, seq, raw, header }),
+            Err(e) => Err(Box::new(e)),
+        })
     }
 }
 
