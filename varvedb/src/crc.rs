@@ -12,7 +12,8 @@
 const SHORT: usize = 3 * 256;
 
 /// The CRC32C of `data` (initial value and final xor `!0`, as the `crc32c` crate).
-#[inline]
+#[expect(clippy::inline_always, reason = "measured: left to itself, the compiler calls it in stream folds")]
+#[inline(always)]
 pub(crate) fn crc32c(data: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -30,13 +31,28 @@ mod x86 {
     use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64};
 
     /// CRC32C with the SSE 4.2 instruction, 8 bytes per step (reads are unaligned, by
-    /// value: no alignment requirement on `data`).
+    /// value: no alignment requirement on `data`). Four steps per loop turn, then at most one
+    /// step each of 16, 8, 4, 2 and 1 bytes: fewer branches than a loop of single steps and
+    /// a tail of its own.
     #[target_feature(enable = "sse4.2")]
     pub(super) fn short(data: &[u8]) -> u32 {
-        let (chunks, mut rest) = data.as_chunks::<8>();
         let mut crc = u64::from(!0u32);
-        for chunk in chunks {
-            crc = _mm_crc32_u64(crc, u64::from_le_bytes(*chunk));
+        let mut rest = data;
+        while let Some((block, tail)) = rest.split_first_chunk::<32>() {
+            for word in block.as_chunks::<8>().0 {
+                crc = _mm_crc32_u64(crc, u64::from_le_bytes(*word));
+            }
+            rest = tail;
+        }
+        if let Some((two, tail)) = rest.split_first_chunk::<16>() {
+            for word in two.as_chunks::<8>().0 {
+                crc = _mm_crc32_u64(crc, u64::from_le_bytes(*word));
+            }
+            rest = tail;
+        }
+        if let Some((word, tail)) = rest.split_first_chunk::<8>() {
+            crc = _mm_crc32_u64(crc, u64::from_le_bytes(*word));
+            rest = tail;
         }
         // The instruction leaves the upper half zero.
         let mut crc = crc as u32;

@@ -10,10 +10,10 @@ use rkyv::bytecheck::CheckBytes;
 
 use crate::crypto::{Encryption, Master, StreamKey};
 use crate::error::Error;
-use crate::record::{Aad, Body, Content, Envelope, blob_hash};
+use crate::record::{self, Aad, Body, Content, Envelope, Head, blob_hash};
 use std::ops::Bound::{Included, Unbounded};
 
-use crate::storage::{Entries, ReadTxn, Storage, key, value};
+use crate::storage::{Entries, LogEntries, ReadTxn, Storage, key, value};
 use crate::types::StreamId;
 
 /// A consistent snapshot of the store, over one read transaction.
@@ -71,6 +71,22 @@ pub struct RecordedEvent<'v> {
 }
 
 impl<'v> RecordedEvent<'v> {
+    #[inline]
+    fn new(seq: u64, head: &Head<'v>, metadata: &'v [u8], payload: &'v [u8], shredded: bool) -> Self {
+        RecordedEvent {
+            seq,
+            stream: StreamId::from(head.stream),
+            version: head.version,
+            timestamp_micros: head.timestamp_micros,
+            schema_version: head.schema_version,
+            id: head.id,
+            type_tag: head.type_tag,
+            metadata,
+            payload,
+            shredded,
+        }
+    }
+
     /// A view of an owned event, for handlers that run after the read transaction ended.
     pub(crate) fn from_owned(e: &'v crate::subscribe::OwnedEvent) -> Self {
         RecordedEvent {
@@ -84,6 +100,27 @@ impl<'v> RecordedEvent<'v> {
             metadata: &e.metadata,
             payload: &e.payload,
             shredded: e.shredded,
+        }
+    }
+
+    /// `self`, copied field by field. An iterator returns the general path's event so, not
+    /// written straight into the item: the item's fields are then values the compiler merges
+    /// with the common path's, and those the caller never reads are not stored at all
+    /// (W3: 31 instructions per event). `black_box` keeps the compiler from turning the copy
+    /// back into one block copy, which undoes that; it costs the rare path a store and a load.
+    #[inline]
+    fn rebuilt(self) -> Self {
+        RecordedEvent {
+            seq: self.seq,
+            stream: self.stream,
+            version: self.version,
+            timestamp_micros: self.timestamp_micros,
+            schema_version: self.schema_version,
+            id: self.id,
+            type_tag: self.type_tag,
+            metadata: self.metadata,
+            payload: self.payload,
+            shredded: std::hint::black_box(self.shredded),
         }
     }
 
@@ -364,26 +401,41 @@ impl<'db> ReadView<'db> {
     /// # Errors
     /// A storage error when starting; each item may be [`Error::Corrupt`].
     pub fn read_all(&self, from_seq: u64) -> Result<LogEvents<'_>, Error> {
-        let from = key::seq(from_seq);
-        let raw = self.storage.entries(
-            &self.txn,
-            self.storage.tables.events,
-            (Included(&from), Unbounded),
-            false,
-        )?;
+        let raw = self.storage.log_from(&self.txn, from_seq)?;
         Ok(LogEvents { view: self, raw })
     }
 
     /// Decodes the record stored under `seq`; an encrypted one is opened into the buffer
     /// `plain(len)` returns, and only after it authenticates is any of it visible.
+    #[inline]
     fn decode_with<'a>(
         &'a self,
         seq: u64,
         raw: &'a [u8],
         plain: impl FnOnce(usize) -> &'a mut [u8],
     ) -> Result<RecordedEvent<'a>, Error> {
+        let header = record::verify(seq, raw)?;
+        // The common record of a store without encryption, built where the caller wants it;
+        // everything else, and every error, out of line.
+        if self.crypto.is_none()
+            && let Some((head, metadata, payload)) = record::plain_inline(header, raw)
+        {
+            return Ok(RecordedEvent::new(seq, &head, metadata, payload, false));
+        }
+        self.decode_general(seq, raw, plain)
+    }
+
+    /// [`decode_with`](Self::decode_with) of a record whose checksum is verified, whatever
+    /// its kind.
+    #[inline(never)]
+    fn decode_general<'a>(
+        &'a self,
+        seq: u64,
+        raw: &'a [u8],
+        plain: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Result<RecordedEvent<'a>, Error> {
         let corrupt = |reason: &str| Error::Corrupt { seq, reason: reason.to_owned() };
-        let env = Envelope::decode(seq, raw)?;
+        let env = Envelope::decode_checked(seq, raw)?;
         let head = env.head;
         let (metadata, payload, shredded): (&'a [u8], &'a [u8], bool) = match (env.content, &self.crypto) {
             (Content::Plain { metadata, body }, None) => (metadata, self.body(seq, body)?, false),
@@ -438,18 +490,7 @@ impl<'db> ReadView<'db> {
                 }
             }
         };
-        Ok(RecordedEvent {
-            seq,
-            stream: StreamId::from(head.stream),
-            version: head.version,
-            timestamp_micros: head.timestamp_micros,
-            schema_version: head.schema_version,
-            id: head.id,
-            type_tag: head.type_tag,
-            metadata,
-            payload,
-            shredded,
-        })
+        Ok(RecordedEvent::new(seq, &head, metadata, payload, shredded))
     }
 
     /// The data key of `stream` in this snapshot, or its shredded marker.
@@ -586,9 +627,11 @@ struct LogSteps<'v> {
     prev: u64,
     /// A cursor on the log and the seq of the record it gave last.
     cursor: Option<(Entries<'v>, u64)>,
-    /// Records read since the cursor was opened. A forward read opens it at its first
-    /// record; opening one allocates, so it is reopened at a new run at most once per
-    /// [`REOPEN_AFTER`] records: no allocation per event, however a stream's seqs are spread.
+    /// Records read since the cursor was opened ([`REOPEN_AFTER`] before the first opening).
+    /// A forward read opens it where a run of consecutive seqs starts; opening one allocates,
+    /// so it is reopened at a new run at most once per [`REOPEN_AFTER`] records: no
+    /// allocation per event, however a stream's seqs are spread, and none at all for a stream
+    /// whose events are all apart.
     since_open: u32,
 }
 
@@ -599,7 +642,7 @@ const STEP_AHEAD: u64 = 8;
 
 impl<'v> LogSteps<'v> {
     fn new(forward: bool) -> Self {
-        LogSteps { forward, prev: 0, cursor: None, since_open: 0 }
+        LogSteps { forward, prev: 0, cursor: None, since_open: REOPEN_AFTER }
     }
 
     /// The stored record of `seq`, if any: the same bytes as a lookup in the view.
@@ -607,73 +650,66 @@ impl<'v> LogSteps<'v> {
     fn record(&mut self, view: &'v ReadView<'v>, seq: u64) -> Result<Option<&'v [u8]>, Error> {
         let prev = std::mem::replace(&mut self.prev, seq);
         self.since_open = self.since_open.saturating_add(1);
-        if self.forward {
-            if let Some((log, at)) = &mut self.cursor
-                && seq > *at
-                && seq - *at <= STEP_AHEAD
-            {
-                for entry in log.by_ref() {
-                    let (k, v) = entry?;
-                    match key::decode_seq(k) {
-                        Some(here) if here < seq => *at = here,
-                        Some(here) if here == seq => {
-                            *at = here;
-                            return Ok(Some(v));
-                        }
-                        // Past it (the log lacks `seq`) or a damaged key: the lookup below
-                        // reports it as before.
-                        _ => break,
-                    }
-                }
-                self.cursor = None;
-            } else if prev == 0 || (prev.checked_add(1) == Some(seq) && self.since_open >= REOPEN_AFTER) {
-                let from = key::seq(seq);
-                let mut log = view.storage.entries(
-                    &view.txn,
-                    view.storage.tables.events,
-                    (Included(&from[..]), Unbounded),
-                    false,
-                )?;
-                if let Some(entry) = log.next() {
-                    let (k, v) = entry?;
-                    if key::decode_seq(k) == Some(seq) {
-                        self.cursor = Some((log, seq));
-                        self.since_open = 0;
-                        return Ok(Some(v));
-                    }
-                }
-            }
+        if self.forward
+            && (self.cursor.as_ref().is_some_and(|&(_, at)| seq > at && seq - at <= STEP_AHEAD)
+                || (prev.checked_add(1) == Some(seq) && self.since_open >= REOPEN_AFTER))
+            && let Some(record) = self.step(view, seq)?
+        {
+            return Ok(Some(record));
         }
         view.storage.get(&view.txn, view.storage.tables.events, &key::seq(seq))
+    }
+
+    /// `seq`'s record through the log cursor, stepped to it or opened at it; `None` (and no
+    /// cursor) if the cursor does not reach it, for a lookup to find it or report it missing.
+    #[inline(never)]
+    fn step(&mut self, view: &'v ReadView<'v>, seq: u64) -> Result<Option<&'v [u8]>, Error> {
+        if let Some((log, at)) = &mut self.cursor
+            && seq > *at
+            && seq - *at <= STEP_AHEAD
+        {
+            for entry in log.by_ref() {
+                let (k, v) = entry?;
+                match key::decode_seq(k) {
+                    Some(here) if here < seq => *at = here,
+                    Some(here) if here == seq => {
+                        *at = here;
+                        return Ok(Some(v));
+                    }
+                    // Past it (the log lacks `seq`) or a damaged key.
+                    _ => break,
+                }
+            }
+            self.cursor = None;
+            return Ok(None);
+        }
+        let from = key::seq(seq);
+        let mut log = view.storage.entries(
+            &view.txn,
+            view.storage.tables.events,
+            (Included(&from[..]), Unbounded),
+            false,
+        )?;
+        self.since_open = 0;
+        if let Some(entry) = log.next() {
+            let (k, v) = entry?;
+            if key::decode_seq(k) == Some(seq) {
+                self.cursor = Some((log, seq));
+                return Ok(Some(v));
+            }
+        }
+        self.cursor = None;
+        Ok(None)
     }
 }
 
 impl<'v> Iterator for StreamEvents<'v> {
     type Item = Result<RecordedEvent<'v>, Error>;
 
-    fn next(&mut self) -> Option<Self::Item> {
-        let (k, v) = match self.entry()? {
-            Ok(kv) => kv,
-            Err(e) => return Some(Err(e)),
-        };
-        let view = self.view;
-        Some(resolve(view, &mut self.log, self.stream, k, v, |n| view.arena(n)))
-    }
-}
-
-impl<'v> StreamEvents<'v> {
-    /// The next index entry of the stream. A forward read's range has no upper bound: it
-    /// ends at the first key of another stream.
     #[inline]
-    fn entry(&mut self) -> Option<<Entries<'v> as Iterator>::Item> {
-        let entry = self.raw.next()?;
-        if self.log.forward
-            && let Ok((k, _)) = entry
-            && k.get(..16) != Some(&key::stream(self.stream.as_u128())[..])
-        {
-            return None;
-        }
-        Some(entry)
+    fn next(&mut self) -> Option<Self::Item> {
+        let view = self.view;
+        self.next_with(|n| view.arena(n))
     }
 }
 
@@ -697,12 +733,133 @@ impl StreamEvents<'_> {
     /// assert_eq!(sum, (0..100).sum::<u64>());
     /// # Ok::<(), varvedb::Error>(())
     /// ```
+    #[inline]
     pub fn next_reusing<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> Option<Result<RecordedEvent<'a>, Error>> {
-        let (k, v) = match self.entry()? {
-            Ok(kv) => kv,
-            Err(e) => return Some(Err(e)),
+        self.next_with(reuse(buf))
+    }
+}
+
+impl<'v> StreamEvents<'v> {
+    /// The event the next `streams` index entry points at, checked to be the one the entry
+    /// names.
+    #[inline]
+    fn next_with<'a>(
+        &mut self,
+        plain: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Option<Result<RecordedEvent<'a>, Error>>
+    where
+        'v: 'a,
+    {
+        let at = match self.locate()? {
+            Ok(at) => at,
+            Err(e) => return Some(Err(*e)),
         };
-        Some(resolve(self.view, &mut self.log, self.stream, k, v, reuse(buf)))
+        // `ReadView::decode_with`, spelled out so that the common record is checked against
+        // the entry and built straight into the item.
+        if let Some((head, metadata, payload)) = at.plain_inline(self.view) {
+            if let Err(e) = at.check(head.stream, head.version) {
+                return Some(Err(e));
+            }
+            return Some(Ok(RecordedEvent::new(at.seq, &head, metadata, payload, false)));
+        }
+        Some(self.view.decode_general(at.seq, at.raw, plain).and_then(|event| {
+            at.check(event.stream.as_u128(), event.version)?;
+            Ok(event.rebuilt())
+        }))
+    }
+
+    /// Calls `f` with each event left, as [`next_reusing`](StreamEvents::next_reusing) gives
+    /// them, until the end, an error, or an error from `f`. Each event is built where `f`
+    /// reads it, not moved through an iterator's item: what a fold needs.
+    pub(crate) fn try_for_each_reusing(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(&RecordedEvent<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        while let Some(at) = self.locate() {
+            let at = at.map_err(|e| *e)?;
+            if let Some((head, metadata, payload)) = at.plain_inline(self.view) {
+                at.check(head.stream, head.version)?;
+                f(&RecordedEvent::new(at.seq, &head, metadata, payload, false))?;
+            } else {
+                let event = self.view.decode_general(at.seq, at.raw, reuse(buf))?;
+                at.check(event.stream.as_u128(), event.version)?;
+                f(&event)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The record the next index entry points at, its checksum verified. A forward read's
+    /// range has no upper bound: it ends at the first key of another stream. Errors are
+    /// boxed: unboxed, the large error type made every record travel through memory.
+    #[inline]
+    fn locate(&mut self) -> Option<Result<Located<'v>, Box<Error>>> {
+        let (k, v) = match self.raw.next()? {
+            Ok(kv) => kv,
+            Err(e) => return Some(Err(Box::new(e))),
+        };
+        let wanted = self.stream.as_u128();
+        if self.log.forward && k.get(..16) != Some(&key::stream(wanted)[..]) {
+            return None;
+        }
+        let bad = |reason: String| Box::new(Error::CorruptIndex { table: "streams", reason });
+        let Some((stream, version)) = key::decode_stream_version(k) else {
+            return Some(Err(bad("key is not 20 bytes".into())));
+        };
+        let Some(seq) = value::decode_seq(v) else {
+            return Some(Err(bad(format!("value at version {version} is not a seq"))));
+        };
+        let raw = match self.log.record(self.view, seq) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Some(Err(bad(format!("version {version} points at missing seq {seq}")))),
+            Err(e) => return Some(Err(Box::new(e))),
+        };
+        Some(match record::verify(seq, raw) {
+            Ok(header) => Ok(Located { wanted, stream, version, seq, raw, header }),
+            Err(e) => Err(Box::new(e)),
+        })
+    }
+}
+
+/// A record a stream read reached through an index entry, its checksum verified.
+struct Located<'v> {
+    /// The stream read.
+    wanted: u128,
+    /// The stream and version the entry names.
+    stream: u128,
+    version: u32,
+    seq: u64,
+    raw: &'v [u8],
+    header: &'v [u8; record::HEADER_LEN],
+}
+
+impl<'v> Located<'v> {
+    /// The record's parts if it is the common record of a store without encryption.
+    #[inline]
+    fn plain_inline(&self, view: &ReadView<'_>) -> Option<(Head<'v>, &'v [u8], &'v [u8])> {
+        if view.crypto.is_some() {
+            return None;
+        }
+        record::plain_inline(self.header, self.raw)
+    }
+
+    /// That the record is the one the entry names, in the stream read.
+    #[inline]
+    fn check(&self, stream: u128, version: u32) -> Result<(), Error> {
+        if stream != self.stream || version != self.version || self.wanted != self.stream {
+            return Err(elsewhere(self.version, self.seq));
+        }
+        Ok(())
+    }
+}
+
+/// An index entry at `version` that points at `seq`, a record of another stream or version.
+#[cold]
+fn elsewhere(version: u32, seq: u64) -> Error {
+    Error::CorruptIndex {
+        table: "streams",
+        reason: format!("version {version} points at seq {seq}, which belongs elsewhere"),
     }
 }
 
@@ -718,37 +875,16 @@ fn reuse<'a>(buf: &'a mut Vec<u8>) -> impl FnOnce(usize) -> &'a mut [u8] {
     }
 }
 
-/// The event a `streams` index entry points at, checked to be the one the entry names.
-fn resolve<'a, 'v: 'a>(
-    view: &'v ReadView<'v>,
-    log: &mut LogSteps<'v>,
-    wanted: StreamId,
-    k: &[u8],
-    v: &[u8],
-    plain: impl FnOnce(usize) -> &'a mut [u8],
-) -> Result<RecordedEvent<'a>, Error> {
-    let bad = |reason: String| Error::CorruptIndex { table: "streams", reason };
-    let (stream, version) = key::decode_stream_version(k).ok_or_else(|| bad("key is not 20 bytes".into()))?;
-    let seq = value::decode_seq(v).ok_or_else(|| bad(format!("value at version {version} is not a seq")))?;
-    let raw = log
-        .record(view, seq)?
-        .ok_or_else(|| bad(format!("version {version} points at missing seq {seq}")))?;
-    let event = view.decode_with(seq, raw, plain)?;
-    if event.stream.as_u128() != stream || event.version != version || wanted.as_u128() != stream {
-        return Err(bad(format!("version {version} points at seq {seq}, which belongs elsewhere")));
-    }
-    Ok(event)
-}
-
 /// The global log, from [`ReadView::read_all`].
 pub struct LogEvents<'v> {
     view: &'v ReadView<'v>,
-    raw: Entries<'v>,
+    raw: LogEntries<'v>,
 }
 
 impl<'v> Iterator for LogEvents<'v> {
     type Item = Result<RecordedEvent<'v>, Error>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let view = self.view;
         self.next_with(|n| view.arena(n))
@@ -763,6 +899,7 @@ impl<'v> LogEvents<'v> {
         self.next_with(reuse(buf))
     }
 
+    #[inline]
     fn next_with<'a>(
         &mut self,
         plain: impl FnOnce(usize) -> &'a mut [u8],
@@ -774,9 +911,27 @@ impl<'v> LogEvents<'v> {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
-        Some(match key::decode_seq(k) {
-            Some(seq) => self.view.decode_with(seq, v, plain),
-            None => Err(Error::CorruptIndex { table: "events", reason: "key is not an 8-byte seq".into() }),
-        })
+        let Some(seq) = key::decode_seq(k) else {
+            return Some(Err(Error::CorruptIndex {
+                table: "events",
+                reason: "key is not an 8-byte seq".into(),
+            }));
+        };
+        let view = self.view;
+        let header = match record::verify(seq, v) {
+            Ok(header) => header,
+            Err(e) => return Some(Err(e)),
+        };
+        // `decode_with`, spelled out so that the common record is built straight into the
+        // item (through `decode_with`, it was built on the stack and copied).
+        if view.crypto.is_none()
+            && let Some((head, metadata, payload)) = record::plain_inline(header, v)
+        {
+            return Some(Ok(RecordedEvent::new(seq, &head, metadata, payload, false)));
+        }
+        match view.decode_general(seq, v, plain) {
+            Ok(event) => Some(Ok(event.rebuilt())),
+            Err(e) => Some(Err(e)),
+        }
     }
 }

@@ -270,11 +270,11 @@ impl<A: Aggregate> Stream<A> {
         let mut events = view.read_stream(self.id, 1)?;
         // Zeroed when dropped: decrypted events do not linger in freed memory.
         let mut buf = zeroize::Zeroizing::new(Vec::new());
-        while let Some(event) = events.next_reusing(&mut buf) {
-            let event = event?;
-            state.apply_recorded(&event)?;
+        events.try_for_each_reusing(&mut buf, |event| {
+            state.apply_recorded(event)?;
             version = event.version();
-        }
+            Ok(())
+        })?;
         Ok(Loaded { state, version, stream: self.id })
     }
 
