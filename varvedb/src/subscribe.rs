@@ -223,9 +223,16 @@ impl Default for SealedBatch {
 impl Iterator for SealedBatch {
     type Item = OwnedEvent;
 
+    // Inlined into the caller's crate, the event is built where the caller keeps it instead
+    // of being returned through memory and copied. `#[inline]` alone left it a call
+    // (callgrind, the benchmark's catch-up: 487 -> 435 instructions per event with `always`).
+    #[expect(clippy::inline_always, reason = "measured: the hint alone was not taken")]
+    #[inline(always)]
     fn next(&mut self) -> Option<OwnedEvent> {
         let s = self.events.next()?;
         let middle = s.start + s.metadata_len as usize;
+        // Most events have no metadata: an empty `Bytes` needs no reference count.
+        let metadata = if s.metadata_len == 0 { Bytes::new() } else { self.data.slice(s.start..middle) };
         Some(OwnedEvent {
             seq: s.seq,
             stream: s.stream,
@@ -234,7 +241,7 @@ impl Iterator for SealedBatch {
             schema_version: s.schema_version,
             id: s.has_id.then_some(s.id),
             type_tag: Arc::clone(&self.tags[s.tag as usize]),
-            metadata: self.data.slice(s.start..middle),
+            metadata,
             payload: self.data.slice(middle..middle + s.payload_len as usize),
             shredded: s.shredded,
         })
@@ -411,6 +418,7 @@ impl Subscription {
         cursor.buffered.peek_seq().unwrap_or(cursor.next)
     }
 
+    #[inline]
     fn cursor_mut(&mut self) -> &mut Cursor {
         self.cursor.as_mut().expect("no Stream poll in flight")
     }
@@ -434,7 +442,13 @@ impl Subscription {
             self.cursor = Some(cursor);
             return item;
         }
-        self.cursor_mut().next_event().await
+        let cursor = self.cursor_mut();
+        // Most calls find an event in the buffer: hand it out without entering the reading
+        // state machine.
+        if let Some(event) = cursor.buffered.next() {
+            return Some(Ok(event));
+        }
+        cursor.next_event().await
     }
 }
 
