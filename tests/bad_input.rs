@@ -210,3 +210,58 @@ fn a_small_event_read_points_into_the_memory_map() {
     );
     assert_eq!(event.payload(), b"zero-copy please");
 }
+
+fn stream_version(stream: u128, version: u32) -> Vec<u8> {
+    [&stream.to_be_bytes()[..], &version.to_be_bytes()].concat()
+}
+
+/// Reads stream 1 from version 1: each event's version, or the error in its place.
+fn stream_one(dir: &std::path::Path) -> Vec<Result<u32, Error>> {
+    let db = Varve::open(dir).unwrap();
+    let view = db.begin_read().unwrap();
+    view.read_stream(1u128, 1).unwrap().map(|e| e.map(|e| e.version())).collect()
+}
+
+#[test]
+fn damaged_stream_index_entries_and_log_keys_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Varve::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::new();
+        for i in 0..40u8 {
+            batch.append(if i % 3 == 0 { 2u128 } else { 1 }, ExpectedVersion::Auto, [ev(&[i])]);
+        }
+        db.write(batch).unwrap();
+    }
+    // Stream 1 holds seqs 2, 3, 5, 6, 8, 9, ...: its version 5 is seq 8.
+    let entry = stream_version(1, 5);
+    for (seq, what) in [(9u64, "another version of the stream"), (1, "another stream's event")] {
+        damage::raw::put(dir.path(), "streams", &entry, &seq.to_le_bytes());
+        let read = stream_one(dir.path());
+        assert!(read[..4].iter().all(Result::is_ok), "{what}: {read:?}");
+        assert!(
+            matches!(read[4], Err(Error::CorruptIndex { table: "streams", .. })),
+            "{what}: {:?}",
+            read[4]
+        );
+    }
+    // The entry is right again, but its event is gone: reported, and the read goes on.
+    damage::raw::put(dir.path(), "streams", &entry, &8u64.to_le_bytes());
+    damage::raw::delete(dir.path(), "events", &8u64.to_be_bytes());
+    let read = stream_one(dir.path());
+    assert!(
+        matches!(&read[4], Err(Error::CorruptIndex { reason, .. }) if reason.contains("missing")),
+        "{:?}",
+        read[4]
+    );
+    assert_eq!(*read[5].as_ref().unwrap(), 6);
+
+    // A key shorter than a seq sorts below every seq: a read of the whole log and the
+    // integrity check report it instead of passing over it.
+    damage::raw::put(dir.path(), "events", &[0], b"junk");
+    let db = Varve::open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    let first = view.read_all(0).unwrap().next().unwrap();
+    assert!(matches!(first, Err(Error::CorruptIndex { table: "events", .. })), "{first:?}");
+    assert!(matches!(view.check_integrity(), Err(Error::CorruptIndex { table: "events", .. })));
+}

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use heed::types::Bytes;
 use varvedb::{
     Error, Event, ExpectedVersion, MasterKey, NewEvent, Options, Pending, Processor, Projection, Table,
     Varve, aggregate,
@@ -56,63 +55,9 @@ fn registered(email: &str) -> Registered {
     Registered { email: email.to_owned(), note: "a note".to_owned() }
 }
 
-/// Raw access to a closed store's file through LMDB, as an attacker would have.
-mod raw {
-    use super::*;
-
-    fn with_env<R>(dir: &Path, f: impl FnOnce(&heed::Env, &mut heed::RwTxn<'_>) -> R) -> R {
-        // SAFETY: the store is closed (every `Varve` of it was dropped), so nothing else maps
-        // the file while this environment is open; it is closed again before returning.
-        let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).map_size(1 << 30).open(dir) }.unwrap();
-        let mut txn = env.write_txn().unwrap();
-        let out = f(&env, &mut txn);
-        txn.commit().unwrap();
-        env.prepare_for_closing().wait();
-        out
-    }
-
-    fn table(env: &heed::Env, txn: &heed::RwTxn<'_>, name: &str) -> heed::Database<Bytes, Bytes> {
-        env.open_database(txn, Some(name)).unwrap().unwrap()
-    }
-
-    pub fn get(dir: &Path, name: &str, k: &[u8]) -> Option<Vec<u8>> {
-        with_env(dir, |env, txn| table(env, txn, name).get(txn, k).unwrap().map(<[u8]>::to_vec))
-    }
-
-    pub fn put(dir: &Path, name: &str, k: &[u8], v: &[u8]) {
-        with_env(dir, |env, txn| table(env, txn, name).put(txn, k, v).unwrap());
-    }
-
-    pub fn delete(dir: &Path, name: &str, k: &[u8]) {
-        with_env(dir, |env, txn| assert!(table(env, txn, name).delete(txn, k).unwrap()));
-    }
-
-    pub fn all(dir: &Path, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-        with_env(dir, |env, txn| {
-            table(env, txn, name)
-                .iter(txn)
-                .unwrap()
-                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
-                .collect()
-        })
-    }
-
-    pub fn event(dir: &Path, seq: u64) -> Vec<u8> {
-        get(dir, "events", &seq.to_be_bytes()).expect("record stored")
-    }
-
-    /// Stores `record` under `seq` with a checksum forged for that seq.
-    pub fn put_event(dir: &Path, seq: u64, mut record: Vec<u8>) {
-        varvedb::__private::forge_checksum(seq, &mut record);
-        put(dir, "events", &seq.to_be_bytes(), &record);
-    }
-
-    /// The byte offset where an encrypted record's sealed body (its nonce first) starts.
-    pub fn body_offset(record: &[u8]) -> usize {
-        let id = if record[5] & 0x04 != 0 { 16 } else { 0 };
-        48 + id + usize::from(record[6])
-    }
-}
+#[path = "support/damage.rs"]
+mod damage;
+use damage::raw;
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack.windows(needle.len()).filter(|w| *w == needle).count()

@@ -624,6 +624,49 @@ mod tests {
             buf[..4].copy_from_slice(&crc.to_le_bytes());
             let _ = Envelope::decode(seq, &buf);
         }
+
+        // Headers with any flags, tag length and lengths (small ones, or any u32), over
+        // bodies of any length: whatever the fast path accepts, the general decoder reads
+        // the same; what it declines, the general decoder reads only with a non-ASCII tag.
+        #[test]
+        fn the_fast_path_agrees_with_the_general_decoder(
+            seq: u64,
+            has_id: bool,
+            tag_len: u8,
+            meta_len in proptest::prop_oneof![0u32..40, proptest::arbitrary::any::<u32>()],
+            payload_len in proptest::prop_oneof![0u32..40, proptest::arbitrary::any::<u32>()],
+            body in proptest::collection::vec(proptest::prop_oneof![0u8..0x7f, proptest::arbitrary::any::<u8>()], 0..400),
+            consistent: bool,
+        ) {
+            let mut buf = vec![0u8; HEADER_LEN];
+            buf[4] = ENVELOPE_FORMAT;
+            buf[5] = if has_id { flag::HAS_ID } else { 0 };
+            buf[6] = tag_len;
+            buf[36..40].copy_from_slice(&meta_len.to_le_bytes());
+            buf[40..44].copy_from_slice(&payload_len.to_le_bytes());
+            buf.extend_from_slice(&body);
+            let stated = HEADER_LEN as u64 + if has_id { 16 } else { 0 } + u64::from(tag_len)
+                + u64::from(meta_len) + u64::from(payload_len);
+            if consistent && stated <= 700 {
+                buf.resize(stated as usize, b'a');
+            }
+            seal_checksum(seq, &mut buf);
+            let header = verify(seq, &buf).expect("the checksum was just sealed");
+            let general = Envelope::decode_checked(seq, &buf);
+            match plain_inline(header, &buf) {
+                Some((head, metadata, payload)) => {
+                    let fast = Envelope { head, content: Content::Plain { metadata, body: Body::Inline(payload) } };
+                    proptest::prop_assert_eq!(general.as_ref().ok(), Some(&fast));
+                    proptest::prop_assert_eq!(Envelope::decode(seq, &buf).ok(), Some(fast));
+                }
+                None => {
+                    if let Ok(env) = &general {
+                        proptest::prop_assert!(!env.head.type_tag.is_ascii());
+                    }
+                    proptest::prop_assert_eq!(Envelope::decode(seq, &buf).is_ok(), general.is_ok());
+                }
+            }
+        }
     }
 
     #[test]

@@ -156,6 +156,14 @@ impl<'t> Iterator for LogEntries<'t> {
             };
             if let Some(bound) = skip_below {
                 if k < &bound[..] {
+                    // Below seq 0 or 1 only damage can sort: a key shorter than a seq must
+                    // not pass unseen by a read of the whole log (nor by `check_integrity`).
+                    if k.len() != key::SEQ_LEN {
+                        return Some(Err(Error::CorruptIndex {
+                            table: "events",
+                            reason: "key is not an 8-byte seq".into(),
+                        }));
+                    }
                     continue;
                 }
                 *skip_below = None;
@@ -520,6 +528,8 @@ impl Storage {
         table: Table,
         prefix: &[u8],
     ) -> Result<usize, Error> {
+        // LMDB rejects an empty key; every caller's prefix has at least a length byte.
+        debug_assert!(!prefix.is_empty(), "delete_prefix needs a prefix");
         let mut n = 0;
         // A range from the prefix, to the first key without it: heed's prefix iterators need
         // a comparator of single bytes.
@@ -695,7 +705,8 @@ mod tests {
             Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }).unwrap();
         let events = storage.tables.events;
         let mut txn = storage.write_txn().unwrap();
-        // Keys no sound log holds, below and among the seqs: a range skips those below its bound.
+        // Keys no sound log holds, below and among the seqs: a range skips those below its
+        // bound; a read of the whole log (from 0 or 1) reports the two short ones instead.
         for k in
             [&[0][..], &[0, 0, 0], &key::seq(0), &key::seq(1), &key::seq(2), &[0, 0, 0, 0, 0, 0, 0, 2, 0]]
         {
@@ -704,11 +715,15 @@ mod tests {
         storage.commit(txn).unwrap();
         let txn = storage.read_txn().unwrap();
         for from in [0, 1, 2, 3] {
-            let log: Vec<_> = storage.log_from(&txn, from).unwrap().map(Result::unwrap).collect();
+            let (log, damage): (Vec<_>, Vec<_>) =
+                storage.log_from(&txn, from).unwrap().partition(Result::is_ok);
+            let log: Vec<_> = log.into_iter().map(Result::unwrap).collect();
             let bound = key::seq(from);
             let range =
                 storage.entries(&txn, events, (Bound::Included(&bound), Bound::Unbounded), false).unwrap();
             assert_eq!(log, range.map(Result::unwrap).collect::<Vec<_>>(), "from {from}");
+            assert_eq!(damage.len(), if from <= 1 { 2 } else { 0 }, "from {from}");
+            assert!(damage.iter().all(|e| matches!(e, Err(Error::CorruptIndex { table: "events", .. }))));
         }
     }
 
@@ -859,5 +874,36 @@ mod tests {
         assert_eq!(round_up_to_page(1), 64 * 1024);
         assert_eq!(round_up_to_page(64 * 1024 + 1), 128 * 1024);
         assert_eq!(round_up_to_page(usize::MAX) % (64 * 1024), 0);
+    }
+
+    #[test]
+    fn key_order_matches_byte_order_for_every_length_pair_and_difference() {
+        let base: Vec<u8> = (0..40u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let check = |a: &[u8], b: &[u8]| {
+            assert_eq!(KeyOrder::compare(a, b), a.cmp(b), "{a:?} {b:?}");
+            assert_eq!(KeyOrder::compare(b, a), b.cmp(a), "{b:?} {a:?}");
+        };
+        for la in 0..=34usize {
+            for lb in 0..=34usize {
+                let (a, b) = (&base[..la], &base[..lb]);
+                // One a prefix of the other (or equal).
+                check(a, b);
+                // Differing first at `p`, with byte pairs around the sign bit, and the
+                // opposite order one byte later.
+                for p in 0..la.min(lb) {
+                    for (x, y) in [(0u8, 1u8), (0x7f, 0x80), (0xff, 0), (0x80, 0x7f), (5, 5)] {
+                        let (mut a, mut b) = (a.to_vec(), b.to_vec());
+                        a[p] = x;
+                        b[p] = y;
+                        check(&a, &b);
+                        if p + 1 < la.min(lb) {
+                            a[p + 1] = 0;
+                            b[p + 1] = 0xff;
+                            check(&a, &b);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
