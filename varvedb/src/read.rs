@@ -10,7 +10,7 @@ use rkyv::bytecheck::CheckBytes;
 
 use crate::crypto::{Encryption, Master, StreamKey};
 use crate::error::Error;
-use crate::record::{self, Aad, Body, Content, Envelope, Head, blob_hash};
+use crate::record::{self, Aad, Body, Content, Envelope, Head, Verified, blob_hash};
 use std::ops::Bound::{Included, Unbounded};
 
 use crate::storage::{Entries, LogEntries, ReadTxn, Storage, key, value};
@@ -414,15 +414,15 @@ impl<'db> ReadView<'db> {
         raw: &'a [u8],
         plain: impl FnOnce(usize) -> &'a mut [u8],
     ) -> Result<RecordedEvent<'a>, Error> {
-        let header = record::verify(seq, raw)?;
+        let checked = record::verify(seq, raw)?;
         // The common record of a store without encryption, built where the caller wants it;
         // everything else, and every error, out of line.
         if self.crypto.is_none()
-            && let Some((head, metadata, payload)) = record::plain_inline(header, raw)
+            && let Some((head, metadata, payload)) = record::plain_inline(checked)
         {
             return Ok(RecordedEvent::new(seq, &head, metadata, payload, false));
         }
-        self.decode_general(seq, raw, plain)
+        self.decode_general(checked, plain)
     }
 
     /// [`decode_with`](Self::decode_with) of a record whose checksum is verified, whatever
@@ -430,12 +430,12 @@ impl<'db> ReadView<'db> {
     #[inline(never)]
     fn decode_general<'a>(
         &'a self,
-        seq: u64,
-        raw: &'a [u8],
+        checked: Verified<'a>,
         plain: impl FnOnce(usize) -> &'a mut [u8],
     ) -> Result<RecordedEvent<'a>, Error> {
+        let seq = checked.seq();
         let corrupt = |reason: &str| Error::Corrupt { seq, reason: reason.to_owned() };
-        let env = Envelope::decode_checked(seq, raw)?;
+        let env = Envelope::decode_checked(checked)?;
         let head = env.head;
         let (metadata, payload, shredded): (&'a [u8], &'a [u8], bool) = match (env.content, &self.crypto) {
             (Content::Plain { metadata, body }, None) => (metadata, self.body(seq, body)?, false),
@@ -764,7 +764,7 @@ impl<'v> StreamEvents<'v> {
             }
             return Some(Ok(RecordedEvent::new(at.seq, &head, metadata, payload, false)));
         }
-        Some(self.view.decode_general(at.seq, at.raw, plain).and_then(|event| {
+        Some(self.view.decode_general(at.record, plain).and_then(|event| {
             at.check(event.stream.as_u128(), event.version)?;
             Ok(event.rebuilt())
         }))
@@ -784,7 +784,7 @@ impl<'v> StreamEvents<'v> {
                 at.check(head.stream, head.version)?;
                 f(&RecordedEvent::new(at.seq, &head, metadata, payload, false))?;
             } else {
-                let event = self.view.decode_general(at.seq, at.raw, reuse(buf))?;
+                let event = self.view.decode_general(at.record, reuse(buf))?;
                 at.check(event.stream.as_u128(), event.version)?;
                 f(&event)?;
             }
@@ -818,7 +818,7 @@ impl<'v> StreamEvents<'v> {
             Err(e) => return Some(Err(Box::new(e))),
         };
         Some(match record::verify(seq, raw) {
-            Ok(header) => Ok(Located { wanted, stream, version, seq, raw, header }),
+            Ok(record) => Ok(Located { wanted, stream, version, seq, record }),
             Err(e) => Err(Box::new(e)),
         })
     }
@@ -832,8 +832,7 @@ struct Located<'v> {
     stream: u128,
     version: u32,
     seq: u64,
-    raw: &'v [u8],
-    header: &'v [u8; record::HEADER_LEN],
+    record: Verified<'v>,
 }
 
 impl<'v> Located<'v> {
@@ -843,7 +842,7 @@ impl<'v> Located<'v> {
         if view.crypto.is_some() {
             return None;
         }
-        record::plain_inline(self.header, self.raw)
+        record::plain_inline(self.record)
     }
 
     /// That the record is the one the entry names, in the stream read.
@@ -920,18 +919,18 @@ impl<'v> LogEvents<'v> {
             }));
         };
         let view = self.view;
-        let header = match record::verify(seq, v) {
-            Ok(header) => header,
+        let checked = match record::verify(seq, v) {
+            Ok(checked) => checked,
             Err(e) => return Some(Err(e)),
         };
         // `decode_with`, spelled out so that the common record is built straight into the
         // item (through `decode_with`, it was built on the stack and copied).
         if view.crypto.is_none()
-            && let Some((head, metadata, payload)) = record::plain_inline(header, v)
+            && let Some((head, metadata, payload)) = record::plain_inline(checked)
         {
             return Some(Ok(RecordedEvent::new(seq, &head, metadata, payload, false)));
         }
-        match view.decode_general(seq, v, plain) {
+        match view.decode_general(checked, plain) {
             Ok(event) => Some(Ok(event.rebuilt())),
             Err(e) => Some(Err(e)),
         }

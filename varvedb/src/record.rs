@@ -248,19 +248,20 @@ impl<'a> Envelope<'a> {
     )]
     #[inline(always)]
     pub(crate) fn decode(seq: u64, bytes: &'a [u8]) -> Result<Self, Error> {
-        let header = verify(seq, bytes)?;
-        match plain_inline(header, bytes) {
+        let checked = verify(seq, bytes)?;
+        match plain_inline(checked) {
             Some((head, metadata, payload)) => {
                 Ok(Envelope { head, content: Content::Plain { metadata, body: Body::Inline(payload) } })
             }
-            None => Self::decode_checked(seq, bytes),
+            None => Self::decode_checked(checked),
         }
     }
 
     /// Decodes a record whose checksum [`verify`] accepted: every kind of record, naming
     /// what is wrong with a damaged one.
     #[inline(never)]
-    pub(crate) fn decode_checked(seq: u64, bytes: &'a [u8]) -> Result<Self, Error> {
+    pub(crate) fn decode_checked(checked: Verified<'a>) -> Result<Self, Error> {
+        let Verified { seq, bytes, .. } = checked;
         let corrupt = |reason: &str| Error::Corrupt { seq, reason: reason.to_owned() };
         if bytes.len() < HEADER_LEN {
             return Err(corrupt("record shorter than its header"));
@@ -314,10 +315,25 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// The header of the record stored under `seq`, once its checksum is verified.
+/// A record whose checksum [`verify`] accepted under `seq`: the only way into the decoders
+/// that do not check it again, so none can be reached with unchecked bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct Verified<'a> {
+    seq: u64,
+    header: &'a [u8; HEADER_LEN],
+    bytes: &'a [u8],
+}
+
+impl Verified<'_> {
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// The record stored under `seq`, once its checksum is verified.
 #[expect(clippy::inline_always, reason = "on every read; measured with `plain_inline`")]
 #[inline(always)]
-pub(crate) fn verify(seq: u64, bytes: &[u8]) -> Result<&[u8; HEADER_LEN], Error> {
+pub(crate) fn verify(seq: u64, bytes: &[u8]) -> Result<Verified<'_>, Error> {
     let Some((header, _)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         return Err(corrupt_record(seq, "record shorter than its header"));
     };
@@ -325,22 +341,19 @@ pub(crate) fn verify(seq: u64, bytes: &[u8]) -> Result<&[u8; HEADER_LEN], Error>
     if stored_crc != checksum(seq, &bytes[4..]) {
         return Err(corrupt_record(seq, "checksum mismatch"));
     }
-    Ok(header)
+    Ok(Verified { seq, header, bytes })
 }
 
 /// The common record, in the clear and inline, with an ASCII type tag: its head, metadata
 /// and payload, cut with one length check. `None` for anything else, or anything amiss:
 /// [`Envelope::decode_checked`] then finds the same record the same and names what is wrong.
-/// `header` must be the first bytes of `bytes`, as [`verify`] returns them.
 #[expect(
     clippy::inline_always,
     reason = "measured: the reader's fast path builds its event from these parts in place"
 )]
 #[inline(always)]
-pub(crate) fn plain_inline<'a>(
-    header: &[u8; HEADER_LEN],
-    bytes: &'a [u8],
-) -> Option<(Head<'a>, &'a [u8], &'a [u8])> {
+pub(crate) fn plain_inline(checked: Verified<'_>) -> Option<(Head<'_>, &[u8], &[u8])> {
+    let Verified { header, bytes, .. } = checked;
     let flags = header[5];
     if header[4] != ENVELOPE_FORMAT || flags & !flag::HAS_ID != 0 {
         return None;
@@ -651,9 +664,9 @@ mod tests {
                 buf.resize(stated as usize, b'a');
             }
             seal_checksum(seq, &mut buf);
-            let header = verify(seq, &buf).expect("the checksum was just sealed");
-            let general = Envelope::decode_checked(seq, &buf);
-            match plain_inline(header, &buf) {
+            let checked = verify(seq, &buf).expect("the checksum was just sealed");
+            let general = Envelope::decode_checked(checked);
+            match plain_inline(checked) {
                 Some((head, metadata, payload)) => {
                     let fast = Envelope { head, content: Content::Plain { metadata, body: Body::Inline(payload) } };
                     proptest::prop_assert_eq!(general.as_ref().ok(), Some(&fast));
