@@ -265,9 +265,10 @@ impl ExactSizeIterator for SealedBatch {}
 ///
 /// While it is behind, one blocking-pool task reads batch after batch, each in its own read
 /// transaction, [`READ_AHEAD`] batches ahead of the events handed out, so reading and
-/// handling overlap. That task ends as soon as the log is read to its end, or when the
-/// read-ahead is full (the next call after the caller has drained it starts another), so a
-/// slow consumer does not keep a thread of the pool waiting. A subscription holds at most
+/// handling overlap. That task ends as soon as the log is read to its end, when the
+/// read-ahead is full (the next call after the caller has drained it starts another), or
+/// after 16 batches (the next task starts at once), so neither a slow consumer nor a long
+/// catch-up keeps a thread of the pool. A subscription holds at most
 /// `READ_AHEAD + 1` batches in memory (the one being handed out, and the ones read or being
 /// read ahead), whatever the backlog.
 ///
@@ -318,8 +319,8 @@ struct Cursor {
 /// The receiving end of a read-ahead task.
 struct Reader {
     batches: tokio::sync::mpsc::Receiver<Result<Batch, Error>>,
-    /// Whether the task sent anything: a task ends without a batch only if the store closed
-    /// or the read panicked.
+    /// Whether the task sent anything: a task ends without a batch only if the store closed,
+    /// the read panicked, or the runtime is shutting down (the task never ran).
     received: bool,
 }
 
