@@ -371,7 +371,7 @@ impl<'db> ReadView<'db> {
             (Included(&from), Unbounded),
             false,
         )?;
-        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(true) })
+        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(true), ahead: Ahead::new() })
     }
 
     /// Events of `stream` with version `<= from_version`, newest first. Pass `u32::MAX` to
@@ -393,7 +393,7 @@ impl<'db> ReadView<'db> {
             (Included(&from), Included(&to)),
             true,
         )?;
-        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(false) })
+        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(false), ahead: Ahead::new() })
     }
 
     /// The global log from `from_seq` on, in commit order.
@@ -616,6 +616,56 @@ pub struct StreamEvents<'v> {
     stream: StreamId,
     raw: Entries<'v>,
     log: LogSteps<'v>,
+    ahead: Ahead<'v>,
+}
+
+/// Most index entries a stream read looks up ahead of the event it hands out.
+const AHEAD: usize = 8;
+
+/// Index entries looked up ahead of use, with their records' cache lines asked for early,
+/// so that a read of events spread over the log waits for memory once per few records
+/// instead of once per record. The depth grows by one per event handed out, so a read
+/// stopped early has looked up at most as many records again as it used.
+struct Ahead<'v> {
+    slots: [Option<Result<Fetched<'v>, Box<Error>>>; AHEAD],
+    /// Slot of the oldest entry.
+    first: usize,
+    len: usize,
+    depth: usize,
+    /// The index has no more entries of the stream.
+    ended: bool,
+}
+
+impl Ahead<'_> {
+    fn new() -> Self {
+        Ahead { slots: Default::default(), first: 0, len: 0, depth: 1, ended: false }
+    }
+}
+
+/// An index entry of the stream read and the stored record it points at, unchecked.
+struct Fetched<'v> {
+    stream: u128,
+    version: u32,
+    seq: u64,
+    raw: &'v [u8],
+}
+
+/// Asks the CPU to bring the first lines of `bytes` into its cache; a hint that changes no
+/// result.
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = bytes.as_ptr().cast::<i8>();
+        for offset in (0..bytes.len().min(256)).step_by(64) {
+            // SAFETY: a prefetch never faults or reads into the program's state, whatever
+            // the address; this one is inside `bytes` anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// How a stream read reaches the records its index entries point at: a lookup from the
@@ -792,11 +842,44 @@ impl<'v> StreamEvents<'v> {
         Ok(())
     }
 
-    /// The record the next index entry points at, its checksum verified. A forward read's
-    /// range has no upper bound: it ends at the first key of another stream. Errors are
-    /// boxed: unboxed, the large error type made every record travel through memory.
+    /// The record the next index entry points at, its checksum verified. Errors are boxed:
+    /// unboxed, the large error type made every record travel through memory.
     #[inline]
     fn locate(&mut self) -> Option<Result<Located<'v>, Box<Error>>> {
+        while self.ahead.len < self.ahead.depth && !self.ahead.ended {
+            match self.fetch() {
+                Some(item) => {
+                    if let Ok(fetched) = &item {
+                        prefetch(fetched.raw);
+                    }
+                    let slot = (self.ahead.first + self.ahead.len) % AHEAD;
+                    self.ahead.slots[slot] = Some(item);
+                    self.ahead.len += 1;
+                }
+                None => self.ahead.ended = true,
+            }
+        }
+        if self.ahead.len == 0 {
+            return None;
+        }
+        let item = self.ahead.slots[self.ahead.first].take()?;
+        self.ahead.first = (self.ahead.first + 1) % AHEAD;
+        self.ahead.len -= 1;
+        self.ahead.depth = (self.ahead.depth + 1).min(AHEAD);
+        let Fetched { stream, version, seq, raw } = match item {
+            Ok(fetched) => fetched,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(match record::verify(seq, raw) {
+            Ok(record) => Ok(Located { wanted: self.stream.as_u128(), stream, version, seq, record }),
+            Err(e) => Err(Box::new(e)),
+        })
+    }
+
+    /// The next index entry and the record it points at. A forward read's range has no upper
+    /// bound: it ends at the first key of another stream.
+    #[inline]
+    fn fetch(&mut self) -> Option<Result<Fetched<'v>, Box<Error>>> {
         let (k, v) = match self.raw.next()? {
             Ok(kv) => kv,
             Err(e) => return Some(Err(Box::new(e))),
@@ -812,13 +895,9 @@ impl<'v> StreamEvents<'v> {
         let Some(seq) = value::decode_seq(v) else {
             return Some(Err(bad(format!("value at version {version} is not a seq"))));
         };
-        let raw = match self.log.record(self.view, seq) {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return Some(Err(bad(format!("version {version} points at missing seq {seq}")))),
-            Err(e) => return Some(Err(Box::new(e))),
-        };
-        Some(match record::verify(seq, raw) {
-            Ok(record) => Ok(Located { wanted, stream, version, seq, record }),
+        Some(match self.log.record(self.view, seq) {
+            Ok(Some(raw)) => Ok(Fetched { stream, version, seq, raw }),
+            Ok(None) => Err(bad(format!("version {version} points at missing seq {seq}"))),
             Err(e) => Err(Box::new(e)),
         })
     }
