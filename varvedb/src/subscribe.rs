@@ -212,6 +212,11 @@ impl SealedBatch {
     fn is_empty(&self) -> bool {
         self.events.len() == 0
     }
+
+    /// Events not yet handed out.
+    fn len(&self) -> usize {
+        self.events.len()
+    }
 }
 
 impl Default for SealedBatch {
@@ -314,6 +319,10 @@ struct Cursor {
     /// The read-ahead task's batches, while one runs or has batches not yet received. It
     /// outlives a cancelled call, so cancellations cannot pile up reads.
     reader: Option<Reader>,
+    /// Events and bytes of the newest batch received if it was full, else zeros: the room a
+    /// new task's first batch starts with. A catch-up's next batch is likely as large; a
+    /// caught-up feed's is likely a few events, which need no large buffers.
+    room: (usize, usize),
 }
 
 /// The receiving end of a read-ahead task.
@@ -365,6 +374,7 @@ impl Varve {
                 watch: self.watch_last_seq(),
                 poll_interval: Duration::from_millis(100),
                 reader: None,
+                room: (0, 0),
             }),
             pending: None,
         }
@@ -499,6 +509,10 @@ impl Cursor {
             // `recv` is cancel safe: a batch is either received here or stays queued.
             if let Some(batch) = reader.batches.recv().await {
                 reader.received = true;
+                self.room = match &batch {
+                    Ok(b) if b.full => (b.events.len(), b.bytes),
+                    _ => (0, 0),
+                };
                 if matches!(&batch, Ok(b) if b.handoff) {
                     // Its task gave its thread back; the next one reads on while this
                     // batch is handed out. (The store may have closed: then none starts.)
@@ -528,8 +542,8 @@ impl Cursor {
         // lands after this point wakes the caught-up wait, so none is missed.
         self.watch.borrow_and_update();
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-        let (db, limit, filter) = (self.db.clone(), self.batch, self.filter.clone());
-        tokio::task::spawn_blocking(move || read_ahead(&db, from, limit, filter.as_deref(), &tx));
+        let (db, limit, filter, room) = (self.db.clone(), self.batch, self.filter.clone(), self.room);
+        tokio::task::spawn_blocking(move || read_ahead(&db, from, limit, filter.as_deref(), room, &tx));
         self.reader = Some(Reader { batches: rx, received: false });
         Some(())
     }
@@ -549,11 +563,9 @@ fn read_ahead(
     mut from: u64,
     limit: usize,
     filter: Option<&HashSet<String>>,
+    mut room: (usize, usize),
     tx: &tokio::sync::mpsc::Sender<Result<Batch, Error>>,
 ) {
-    // The first batch may well be a single new event; the ones after a full batch are
-    // likely to be about as large as it was.
-    let mut room = (0, 0);
     for n in 1..=TASK_BATCHES {
         let Ok(permit) = tx.try_reserve() else { return };
         let Some(db) = db.upgrade() else { return };
@@ -691,7 +703,7 @@ mod tests {
         let weak = db.downgrade();
         let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
         // On a thread of its own: a read-ahead that waited for room would hang here.
-        let reader = std::thread::spawn(move || read_ahead(&weak, 1, 10, None, &tx));
+        let reader = std::thread::spawn(move || read_ahead(&weak, 1, 10, None, (0, 0), &tx));
         reader.join().unwrap();
         let mut next = 1;
         for _ in 0..READ_AHEAD {
@@ -707,7 +719,7 @@ mod tests {
 
         // From the last batch taken on, it reads to the end of the log and stops there.
         let (tx, mut rx) = tokio::sync::mpsc::channel(100);
-        read_ahead(&db.downgrade(), next, 10, None, &tx);
+        read_ahead(&db.downgrade(), next, 10, None, (0, 0), &tx);
         drop(tx);
         let mut batches = 0;
         while let Ok(batch) = rx.try_recv() {
@@ -725,7 +737,7 @@ mod tests {
 
         // A long catch-up gives its thread back after `TASK_BATCHES`, marking the last.
         let (tx, mut rx) = tokio::sync::mpsc::channel(TASK_BATCHES + 1);
-        read_ahead(&db.downgrade(), 1, 2, None, &tx);
+        read_ahead(&db.downgrade(), 1, 2, None, (0, 0), &tx);
         let handoffs: Vec<bool> =
             std::iter::from_fn(|| rx.try_recv().ok()).map(|b| b.unwrap().handoff).collect();
         assert_eq!(handoffs.len(), TASK_BATCHES);
@@ -735,7 +747,7 @@ mod tests {
         let weak = db.downgrade();
         drop(db);
         let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-        read_ahead(&weak, 1, 10, None, &tx);
+        read_ahead(&weak, 1, 10, None, (0, 0), &tx);
         drop(tx);
         assert!(rx.try_recv().is_err(), "a closed store yields no batch");
     }
