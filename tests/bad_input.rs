@@ -265,3 +265,76 @@ fn damaged_stream_index_entries_and_log_keys_are_reported() {
     assert!(matches!(first, Err(Error::CorruptIndex { table: "events", .. })), "{first:?}");
     assert!(matches!(view.check_integrity(), Err(Error::CorruptIndex { table: "events", .. })));
 }
+
+/// What a stream read gave in one place, for comparing whole reads.
+fn outcome(item: &Result<u32, Error>) -> String {
+    match item {
+        Ok(version) => format!("version {version}"),
+        Err(Error::Corrupt { seq, .. }) => format!("corrupt seq {seq}"),
+        Err(Error::CorruptIndex { table: "streams", reason }) if reason.contains("missing") => {
+            "missing".into()
+        }
+        Err(Error::CorruptIndex { table: "streams", reason }) if reason.contains("elsewhere") => {
+            "elsewhere".into()
+        }
+        Err(e) => format!("unexpected {e}"),
+    }
+}
+
+#[test]
+fn damage_around_the_stream_read_ahead_is_reported_in_its_place() {
+    // Stream reads look entries up to 8 ahead of the event they hand out: damage of each
+    // kind, before, at and past that distance, must still come out where it is.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    {
+        let db = Varve::open(p).unwrap();
+        let mut batch = WriteBatch::new();
+        for i in 0..60u8 {
+            batch.append(if i % 2 == 0 { 1u128 } else { 2 }, ExpectedVersion::Auto, [ev(&[i])]);
+        }
+        db.write(batch).unwrap();
+    }
+    // Stream 1 holds the odd seqs: its version v is seq 2v - 1.
+    let seq_of = |v: u32| u64::from(2 * v - 1);
+    // Version 1's record is gone: found by the lookup.
+    damage::raw::delete(p, "events", &seq_of(1).to_be_bytes());
+    // Version 8 points at version 10's record: found by the check against the entry.
+    damage::raw::put(p, "streams", &stream_version(1, 8), &seq_of(10).to_le_bytes());
+    // Version 9's record fails its checksum: found by the verification.
+    let mut record = damage::raw::event(p, seq_of(9));
+    *record.last_mut().unwrap() ^= 0x5a;
+    damage::raw::put(p, "events", &seq_of(9).to_be_bytes(), &record);
+    // Version 17 points at stream 2's first event.
+    damage::raw::put(p, "streams", &stream_version(1, 17), &2u64.to_le_bytes());
+
+    let want: Vec<String> = (1..=30u32)
+        .map(|v| match v {
+            1 => "missing".to_string(),
+            8 | 17 => "elsewhere".to_string(),
+            9 => format!("corrupt seq {}", seq_of(9)),
+            v => format!("version {v}"),
+        })
+        .collect();
+    let db = Varve::open(p).unwrap();
+    let view = db.begin_read().unwrap();
+    let forward: Vec<String> =
+        view.read_stream(1u128, 1).unwrap().map(|e| outcome(&e.map(|e| e.version()))).collect();
+    assert_eq!(forward, want);
+    let (mut events, mut buf, mut reused) = (view.read_stream(1u128, 1).unwrap(), Vec::new(), Vec::new());
+    while let Some(e) = events.next_reusing(&mut buf) {
+        reused.push(outcome(&e.map(|e| e.version())));
+    }
+    assert_eq!(reused, want);
+    for _ in 0..3 {
+        assert!(events.next().is_none(), "an ended read stays ended");
+    }
+    let backward: Vec<String> = view
+        .read_stream_backward(1u128, u32::MAX)
+        .unwrap()
+        .map(|e| outcome(&e.map(|e| e.version())))
+        .collect();
+    assert_eq!(backward, want.iter().rev().cloned().collect::<Vec<_>>());
+    // Stream 2 is untouched, damage in its neighbour notwithstanding.
+    assert_eq!(view.read_stream(2u128, 1).unwrap().collect::<Result<Vec<_>, _>>().unwrap().len(), 30);
+}

@@ -80,3 +80,48 @@ fn stream_reads_agree_with_the_log_whatever_the_runs() {
         assert_eq!(back, all.iter().rev().copied().collect::<Vec<_>>(), "stream {s} backward");
     }
 }
+
+#[test]
+fn streams_as_long_as_the_read_ahead_and_around_it_read_whole_and_in_part() {
+    // Stream reads look index entries up ahead of use, up to 8, more as more are used: the
+    // lengths around those steps, appended round-robin so that every event is a lookup.
+    let lengths = [1u32, 2, 7, 8, 9, 15, 16, 17];
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    let mut batch = WriteBatch::new();
+    for round in 0..17 {
+        for &len in lengths.iter().filter(|&&len| len > round) {
+            batch.append(u128::from(len), ExpectedVersion::Auto, [NewEvent::new("t", vec![len as u8])]);
+        }
+    }
+    db.write(batch).unwrap();
+    let view = db.begin_read().unwrap();
+    for len in lengths {
+        let stream = u128::from(len);
+        let read = |from: u32| -> Vec<u32> {
+            view.read_stream(stream, from)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    assert_eq!((e.stream().as_u128(), e.payload()), (stream, &[len as u8][..]));
+                    e.version()
+                })
+                .collect()
+        };
+        assert_eq!(read(1), (1..=len).collect::<Vec<_>>(), "stream {len}");
+        assert_eq!(
+            read(len / 2 + 1),
+            (len / 2 + 1..=len).collect::<Vec<_>>(),
+            "stream {len} from the middle"
+        );
+        assert_eq!(read(len + 1), Vec::<u32>::new(), "stream {len} past its end");
+        let backward: Vec<u32> =
+            view.read_stream_backward(stream, u32::MAX).unwrap().map(|e| e.unwrap().version()).collect();
+        assert_eq!(backward, (1..=len).rev().collect::<Vec<_>>(), "stream {len} backward");
+        for k in 1..=len as usize + 1 {
+            let taken: Vec<u32> =
+                view.read_stream(stream, 1).unwrap().take(k).map(|e| e.unwrap().version()).collect();
+            assert_eq!(taken, (1..=len).take(k).collect::<Vec<_>>(), "stream {len}, the first {k}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use rkyv::Portable;
@@ -626,6 +627,11 @@ const AHEAD: usize = 8;
 /// so that a read of events spread over the log waits for memory once per few records
 /// instead of once per record. The depth grows by one per event handed out, so a read
 /// stopped early has looked up at most as many records again as it used.
+///
+/// Lookups ahead can meet a damaged LMDB page before the events already looked up are
+/// handed out. LMDB then fails the read transaction as a whole, so those of them that still
+/// need the transaction (a payload blob, a stream's key) report the same storage error
+/// instead of their event; plain inline events are handed out as before.
 struct Ahead<'v> {
     slots: [Option<Result<Fetched<'v>, Box<Error>>>; AHEAD],
     /// Slot of the oldest entry.
@@ -648,24 +654,6 @@ struct Fetched<'v> {
     version: u32,
     seq: u64,
     raw: &'v [u8],
-}
-
-/// Asks the CPU to bring the first lines of `bytes` into its cache; a hint that changes no
-/// result.
-#[inline(always)]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let start = bytes.as_ptr().cast::<i8>();
-        for offset in (0..bytes.len().min(256)).step_by(64) {
-            // SAFETY: a prefetch never faults or reads into the program's state, whatever
-            // the address; this one is inside `bytes` anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
 }
 
 /// How a stream read reaches the records its index entries point at: a lookup from the
@@ -850,7 +838,7 @@ impl<'v> StreamEvents<'v> {
             match self.fetch() {
                 Some(item) => {
                     if let Ok(fetched) = &item {
-                        prefetch(fetched.raw);
+                        crate::storage::prefetch(fetched.raw);
                     }
                     let slot = (self.ahead.first + self.ahead.len) % AHEAD;
                     self.ahead.slots[slot] = Some(item);
@@ -862,7 +850,7 @@ impl<'v> StreamEvents<'v> {
         if self.ahead.len == 0 {
             return None;
         }
-        let item = self.ahead.slots[self.ahead.first].take()?;
+        let item = self.ahead.slots[self.ahead.first].take().expect("slots first..first+len are filled");
         self.ahead.first = (self.ahead.first + 1) % AHEAD;
         self.ahead.len -= 1;
         self.ahead.depth = (self.ahead.depth + 1).min(AHEAD);
@@ -992,10 +980,7 @@ impl<'v> LogEvents<'v> {
             Err(e) => return Some(Err(e)),
         };
         let Some(seq) = key::decode_seq(k) else {
-            return Some(Err(Error::CorruptIndex {
-                table: "events",
-                reason: "key is not an 8-byte seq".into(),
-            }));
+            return Some(Err(not_a_seq()));
         };
         let view = self.view;
         let checked = match record::verify(seq, v) {
@@ -1014,4 +999,36 @@ impl<'v> LogEvents<'v> {
             Err(e) => Some(Err(e)),
         }
     }
+    /// Calls `f` with each event left, as [`next_reusing`](LogEvents::next_reusing) gives
+    /// them, until the end, an error, or `f` breaks; returns whether it broke. Each event is
+    /// built where `f` reads it, not moved through an iterator's item: what a subscription's
+    /// reader needs.
+    pub(crate) fn try_for_each_reusing(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(&RecordedEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, Error> {
+        for entry in self.raw.by_ref() {
+            let (k, v) = entry?;
+            let seq = key::decode_seq(k).ok_or_else(not_a_seq)?;
+            let checked = record::verify(seq, v)?;
+            let flow = if self.view.crypto.is_none()
+                && let Some((head, metadata, payload)) = record::plain_inline(checked)
+            {
+                f(&RecordedEvent::new(seq, &head, metadata, payload, false))
+            } else {
+                f(&self.view.decode_general(checked, reuse(buf))?)
+            };
+            if flow.is_break() {
+                return Ok(flow);
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// A log key that is not a seq.
+#[cold]
+fn not_a_seq() -> Error {
+    Error::CorruptIndex { table: "events", reason: "key is not an 8-byte seq".into() }
 }

@@ -122,6 +122,35 @@ impl<'t> Iterator for Entries<'t> {
 
 /// The log's entries from a seq on, in order: [`Entries`] over a range, or, from the start
 /// of the log, a plain iteration, which spares a range's checks on every step.
+/// Asks the CPU to bring the cache lines of `bytes` (its first 256 bytes at most) into its
+/// cache, so that a read of them a little later does not wait for memory. A hint: it
+/// changes no result, and costs a few instructions.
+#[inline]
+pub(crate) fn prefetch(bytes: &[u8]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        const LINE: usize = 64;
+        if bytes.is_empty() {
+            return;
+        }
+        let start = bytes.as_ptr();
+        // From the line that holds the first byte, so that the last line is not missed.
+        let first = start.wrapping_sub(start as usize % LINE);
+        let end = start.wrapping_add(bytes.len().min(4 * LINE));
+        let mut line = first;
+        while line < end {
+            // SAFETY: `_mm_prefetch` is unsafe only for its `sse` target feature, which this
+            // block is compiled with (every x86_64 CPU has it); it never dereferences its
+            // pointer and cannot fault, and every line asked for holds bytes of `bytes`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.cast::<i8>()) };
+            line = line.wrapping_add(LINE);
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+    let _ = bytes;
+}
+
 pub(crate) struct LogEntries<'t> {
     inner: LogEntriesInner<'t>,
     map_size: usize,

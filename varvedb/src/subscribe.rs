@@ -1,6 +1,7 @@
 //! Subscriptions: catch up from the log, then follow new commits.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -211,11 +212,6 @@ impl SealedBatch {
 
     fn is_empty(&self) -> bool {
         self.events.len() == 0
-    }
-
-    /// Events not yet handed out.
-    fn len(&self) -> usize {
-        self.events.len()
     }
 }
 
@@ -600,38 +596,24 @@ fn read_batch(
     // A filtered feed may skip many events per delivered one; bound the work per trip too.
     let mut scanned = 0usize;
     let mut log = view.read_all(from)?;
-    let mut buf = Vec::new();
-    while let Some(event) = log.next_reusing(&mut buf) {
-        let event = match event {
-            Ok(e) => e,
-            Err(error) => {
-                return Ok(Batch {
-                    bytes: events.bytes(),
-                    events: events.seal(),
-                    next,
-                    error: Some(error),
-                    full: false,
-                    handoff: false,
-                });
-            }
-        };
+    let read = log.try_for_each_reusing(&mut Vec::new(), |event| {
         next = event.seq() + 1;
         scanned += 1;
         if filter.is_none_or(|tags| tags.contains(event.type_tag())) {
-            events.push(&event);
+            events.push(event);
         }
         if events.len() >= limit || events.bytes() >= BATCH_BYTES || scanned >= limit.saturating_mul(16) {
-            return Ok(Batch {
-                bytes: events.bytes(),
-                events: events.seal(),
-                next,
-                error: None,
-                full: true,
-                handoff: false,
-            });
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
-    }
-    Ok(Batch { bytes: events.bytes(), events: events.seal(), next, error: None, full: false, handoff: false })
+    });
+    // A damaged record ends the batch: the events before it are delivered first.
+    let (error, full) = match read {
+        Ok(flow) => (None, flow.is_break()),
+        Err(error) => (Some(error), false),
+    };
+    Ok(Batch { bytes: events.bytes(), events: events.seal(), next, error, full, handoff: false })
 }
 
 impl Stream for Subscription {
@@ -750,6 +732,25 @@ mod tests {
         read_ahead(&weak, 1, 10, None, (0, 0), &tx);
         drop(tx);
         assert!(rx.try_recv().is_err(), "a closed store yields no batch");
+    }
+
+    #[tokio::test]
+    async fn a_new_read_task_starts_with_the_room_of_the_last_full_batch_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        db.append(1u128, ExpectedVersion::Auto, (0..10u8).map(|i| NewEvent::new("n", vec![i; 5]))).unwrap();
+        let mut feed = db.subscribe(1).batch_size(4);
+        let room = |feed: &Subscription| feed.cursor.as_ref().unwrap().room;
+        feed.next_event().await.unwrap().unwrap();
+        assert_eq!(room(&feed), (4, 20), "a full batch of four 5-byte payloads");
+        for _ in 1..10 {
+            feed.next_event().await.unwrap().unwrap();
+        }
+        // The last batch held the two events left: a caught-up feed starts small.
+        assert_eq!(room(&feed), (0, 0));
+        db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("n", vec![1; 5])]).unwrap();
+        feed.next_event().await.unwrap().unwrap();
+        assert_eq!(room(&feed), (0, 0));
     }
 
     #[test]
