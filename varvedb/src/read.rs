@@ -980,7 +980,10 @@ impl<'v> LogEvents<'v> {
             Err(e) => return Some(Err(e)),
         };
         let Some(seq) = key::decode_seq(k) else {
-            return Some(Err(not_a_seq()));
+            return Some(Err(Error::CorruptIndex {
+                table: "events",
+                reason: "key is not an 8-byte seq".into(),
+            }));
         };
         let view = self.view;
         let checked = match record::verify(seq, v) {
@@ -1010,7 +1013,12 @@ impl<'v> LogEvents<'v> {
     ) -> Result<ControlFlow<()>, Error> {
         for entry in self.raw.by_ref() {
             let (k, v) = entry?;
-            let seq = key::decode_seq(k).ok_or_else(not_a_seq)?;
+            let Some(seq) = key::decode_seq(k) else {
+                return Err(Error::CorruptIndex {
+                    table: "events",
+                    reason: "key is not an 8-byte seq".into(),
+                });
+            };
             let checked = record::verify(seq, v)?;
             let flow = if self.view.crypto.is_none()
                 && let Some((head, metadata, payload)) = record::plain_inline(checked)
@@ -1025,10 +1033,4 @@ impl<'v> LogEvents<'v> {
         }
         Ok(ControlFlow::Continue(()))
     }
-}
-
-/// A log key that is not a seq.
-#[cold]
-fn not_a_seq() -> Error {
-    Error::CorruptIndex { table: "events", reason: "key is not an 8-byte seq".into() }
 }
