@@ -633,22 +633,26 @@ const AHEAD: usize = 8;
 /// need the transaction (a payload blob, a stream's key) report the same storage error
 /// instead of their event; plain inline events are handed out as before.
 struct Ahead<'v> {
-    slots: [Option<Result<Fetched<'v>, Box<Error>>>; AHEAD],
+    slots: [Fetched<'v>; AHEAD],
     /// Slot of the oldest entry.
     first: usize,
     len: usize,
     depth: usize,
+    /// An error met while looking ahead, after the entries in the slots: handed out once
+    /// they are, and nothing more is looked up until then.
+    error: Option<Box<Error>>,
     /// The index has no more entries of the stream.
     ended: bool,
 }
 
 impl Ahead<'_> {
     fn new() -> Self {
-        Ahead { slots: Default::default(), first: 0, len: 0, depth: 1, ended: false }
+        Ahead { slots: Default::default(), first: 0, len: 0, depth: 1, error: None, ended: false }
     }
 }
 
 /// An index entry of the stream read and the stored record it points at, unchecked.
+#[derive(Clone, Copy, Default)]
 struct Fetched<'v> {
     stream: u128,
     version: u32,
@@ -834,30 +838,25 @@ impl<'v> StreamEvents<'v> {
     /// unboxed, the large error type made every record travel through memory.
     #[inline]
     fn locate(&mut self) -> Option<Result<Located<'v>, Box<Error>>> {
-        while self.ahead.len < self.ahead.depth && !self.ahead.ended {
+        while self.ahead.len < self.ahead.depth && !self.ahead.ended && self.ahead.error.is_none() {
             match self.fetch() {
-                Some(item) => {
-                    if let Ok(fetched) = &item {
-                        crate::storage::prefetch(fetched.raw);
-                    }
-                    let slot = (self.ahead.first + self.ahead.len) % AHEAD;
-                    self.ahead.slots[slot] = Some(item);
+                Some(Ok(fetched)) => {
+                    crate::storage::prefetch(fetched.raw);
+                    self.ahead.slots[(self.ahead.first + self.ahead.len) % AHEAD] = fetched;
                     self.ahead.len += 1;
                 }
+                Some(Err(e)) => self.ahead.error = Some(e),
                 None => self.ahead.ended = true,
             }
         }
         if self.ahead.len == 0 {
-            return None;
+            // The error after the last entry handed out, if any; the next call looks on.
+            return self.ahead.error.take().map(Err);
         }
-        let item = self.ahead.slots[self.ahead.first].take().expect("slots first..first+len are filled");
+        let Fetched { stream, version, seq, raw } = self.ahead.slots[self.ahead.first];
         self.ahead.first = (self.ahead.first + 1) % AHEAD;
         self.ahead.len -= 1;
         self.ahead.depth = (self.ahead.depth + 1).min(AHEAD);
-        let Fetched { stream, version, seq, raw } = match item {
-            Ok(fetched) => fetched,
-            Err(e) => return Some(Err(e)),
-        };
         Some(match record::verify(seq, raw) {
             Ok(record) => Ok(Located { wanted: self.stream.as_u128(), stream, version, seq, record }),
             Err(e) => Err(Box::new(e)),
