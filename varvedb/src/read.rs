@@ -1001,6 +1001,7 @@ impl<'v> LogEvents<'v> {
             Err(e) => Some(Err(e)),
         }
     }
+
     /// Calls `f` with each event left, as [`next_reusing`](LogEvents::next_reusing) gives
     /// them, until the end, an error, or `f` breaks; returns whether it broke. Each event is
     /// built where `f` reads it, not moved through an iterator's item: what a subscription's

@@ -120,8 +120,6 @@ impl<'t> Iterator for Entries<'t> {
     }
 }
 
-/// The log's entries from a seq on, in order: [`Entries`] over a range, or, from the start
-/// of the log, a plain iteration, which spares a range's checks on every step.
 /// Asks the CPU to bring the cache lines of `bytes` (its first 256 bytes at most) into its
 /// cache, so that a read of them a little later does not wait for memory. A hint: it
 /// changes no result, and costs a few instructions.
@@ -151,6 +149,8 @@ pub(crate) fn prefetch(bytes: &[u8]) {
     let _ = bytes;
 }
 
+/// The log's entries from a seq on, in order: [`Entries`] over a range, or, from the start
+/// of the log, a plain iteration, which spares a range's checks on every step.
 pub(crate) struct LogEntries<'t> {
     inner: LogEntriesInner<'t>,
     map_size: usize,
