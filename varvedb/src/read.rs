@@ -1034,3 +1034,32 @@ impl<'v> LogEvents<'v> {
         Ok(ControlFlow::Continue(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExpectedVersion, NewEvent, Varve, WriteBatch};
+
+    #[test]
+    fn a_stream_read_looks_up_no_more_than_twice_what_it_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        // Two streams interleaved, so that stream 1 is read by lookups alone.
+        let mut batch = WriteBatch::new();
+        for i in 0..40u8 {
+            batch.append(u128::from(i % 2) + 1, ExpectedVersion::Auto, [NewEvent::new("t", vec![i])]);
+        }
+        db.write(batch).unwrap();
+        let view = db.begin_read().unwrap();
+        let mut events = view.read_stream(1u128, 1).unwrap();
+        for k in 1..=20usize {
+            assert_eq!(events.next().unwrap().unwrap().version() as usize, k);
+            // Looked up so far: the `k` handed out and those waiting in the slots.
+            assert_eq!(events.ahead.len, (k.min(AHEAD) - 1).min(20 - k), "after {k}");
+            assert!(k + events.ahead.len < 2 * k);
+            assert_eq!(events.ahead.depth, (k + 1).min(AHEAD));
+        }
+        assert!(events.next().is_none());
+        assert!(events.ahead.ended);
+    }
+}
