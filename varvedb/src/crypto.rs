@@ -24,7 +24,7 @@ use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::types::StreamId;
+use crate::id::StreamId;
 
 /// Length of a master or data key in bytes.
 pub const KEY_LEN: usize = 32;

@@ -1,7 +1,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::types::{ExpectedVersion, StreamId};
+use crate::batch::ExpectedVersion;
+use crate::id::StreamId;
 
 /// Everything that can go wrong in varvedb.
 ///

@@ -53,10 +53,13 @@ struct ReadmeDoctests;
 #[doc = include_str!("../../docs/encryption.md")]
 struct EncryptionDoctests;
 
+mod batch;
 mod crc;
 mod crypto;
-mod encryption;
 mod error;
+mod event;
+mod id;
+mod key_record;
 mod process;
 mod read;
 mod record;
@@ -64,19 +67,22 @@ mod storage;
 mod store;
 mod subscribe;
 mod typed;
-mod types;
+
 mod writer;
 
+pub use batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
 pub use crypto::{KEY_LEN, MasterKey};
 pub use error::{Error, StorageError};
+pub use event::{OwnedEvent, RecordedEvent};
+pub use id::StreamId;
 pub use process::runner::{DEFAULT_POLL, Runnable, Runner};
 pub use process::table::TableEntries;
 pub use process::{
     HandlerError, Key, Processor, ProcessorError, Progress, Projection, ProjectionTxn, Retry, Table, Value,
 };
-pub use read::{IntegrityReport, LogEvents, ReadView, RecordedEvent, StreamEvents};
+pub use read::{IntegrityReport, LogEvents, ReadView, StreamEvents};
 pub use store::{Options, Stats, Varve};
-pub use subscribe::{DEFAULT_BATCH, OwnedEvent, READ_AHEAD, Subscription};
+pub use subscribe::{DEFAULT_BATCH, READ_AHEAD, Subscription};
 pub use typed::schema::fingerprint;
 pub use typed::stream::{
     DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, TypedEvents,
@@ -84,7 +90,6 @@ pub use typed::stream::{
 #[cfg(feature = "testing")]
 pub use typed::testing;
 pub use typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Handle, IntoPending, Pending, Schema};
-pub use types::{Appended, ExpectedVersion, NewEvent, StreamId, WriteBatch};
 
 /// The rkyv varvedb is built with. Derive your own archives with
 /// `#[rkyv(crate = varvedb::rkyv)]`, or use `#[derive(Event)]`, which needs no rkyv attribute.
@@ -105,7 +110,7 @@ pub use varvedb_derive::{Event, EventData, aggregate};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::error::Error;
-    pub use crate::read::RecordedEvent;
+    pub use crate::event::RecordedEvent;
     pub use crate::typed::has_duplicate_identity;
     pub use crate::typed::schema::fingerprint;
     pub use crate::typed::stream::unknown;

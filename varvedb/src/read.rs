@@ -5,17 +5,14 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use rkyv::Portable;
-use rkyv::api::high::HighValidator;
-use rkyv::bytecheck::CheckBytes;
-
 use crate::crypto::{Encryption, Master, StreamKey};
 use crate::error::Error;
-use crate::record::{self, Aad, Body, Content, Envelope, Head, Verified, blob_hash};
+use crate::event::RecordedEvent;
+use crate::record::{self, Body, Content, Envelope, RecordHeader, Verified};
 use std::ops::Bound::{Included, Unbounded};
 
+use crate::id::StreamId;
 use crate::storage::{Entries, LogEntries, ReadTxn, Storage, key, value};
-use crate::types::StreamId;
 
 /// A consistent snapshot of the store, over one read transaction.
 ///
@@ -54,175 +51,6 @@ struct ViewCrypto {
     /// Data keys unwrapped so far, and the markers of shredded streams met.
     keys: RefCell<HashMap<u128, StreamKey>>,
     arena: bumpalo::Bump,
-}
-
-/// One stored event, borrowed from a [`ReadView`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordedEvent<'v> {
-    seq: u64,
-    stream: StreamId,
-    version: u32,
-    timestamp_micros: u64,
-    schema_version: u32,
-    id: Option<u128>,
-    type_tag: &'v str,
-    metadata: &'v [u8],
-    payload: &'v [u8],
-    shredded: bool,
-}
-
-impl<'v> RecordedEvent<'v> {
-    #[inline]
-    fn new(seq: u64, head: &Head<'v>, metadata: &'v [u8], payload: &'v [u8], shredded: bool) -> Self {
-        RecordedEvent {
-            seq,
-            stream: StreamId::from(head.stream),
-            version: head.version,
-            timestamp_micros: head.timestamp_micros,
-            schema_version: head.schema_version,
-            id: head.id,
-            type_tag: head.type_tag,
-            metadata,
-            payload,
-            shredded,
-        }
-    }
-
-    /// A view of an owned event, for handlers that run after the read transaction ended.
-    pub(crate) fn from_owned(e: &'v crate::subscribe::OwnedEvent) -> Self {
-        RecordedEvent {
-            seq: e.seq,
-            stream: e.stream,
-            version: e.version,
-            timestamp_micros: e.timestamp_micros,
-            schema_version: e.schema_version,
-            id: e.id,
-            type_tag: &e.type_tag,
-            metadata: &e.metadata,
-            payload: &e.payload,
-            shredded: e.shredded,
-        }
-    }
-
-    /// `self`, copied field by field. An iterator returns the general path's event so, not
-    /// written straight into the item: the item's fields are then values the compiler merges
-    /// with the common path's, and those the caller never reads are not stored at all
-    /// (W3: 31 instructions per event). `black_box` keeps the compiler from turning the copy
-    /// back into one block copy, which undoes that; it costs the rare path a store and a load.
-    #[inline]
-    fn rebuilt(self) -> Self {
-        RecordedEvent {
-            seq: self.seq,
-            stream: self.stream,
-            version: self.version,
-            timestamp_micros: self.timestamp_micros,
-            schema_version: self.schema_version,
-            id: self.id,
-            type_tag: self.type_tag,
-            metadata: self.metadata,
-            payload: self.payload,
-            shredded: std::hint::black_box(self.shredded),
-        }
-    }
-
-    /// Global sequence number: 1 for the first event of the store, no gaps.
-    #[must_use]
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// The stream the event belongs to.
-    #[must_use]
-    pub fn stream(&self) -> StreamId {
-        self.stream
-    }
-
-    /// Position inside its stream, from 1.
-    #[must_use]
-    pub fn version(&self) -> u32 {
-        self.version
-    }
-
-    /// Commit time, in microseconds since the Unix epoch (the writer's wall clock).
-    #[must_use]
-    pub fn timestamp_micros(&self) -> u64 {
-        self.timestamp_micros
-    }
-
-    /// The id the event was appended with, if any.
-    #[must_use]
-    pub fn id(&self) -> Option<u128> {
-        self.id
-    }
-
-    /// The event's type tag.
-    #[must_use]
-    pub fn type_tag(&self) -> &'v str {
-        self.type_tag
-    }
-
-    /// The schema version of a typed event (`#[event(version = ..)]`); 0 for untyped bytes.
-    #[must_use]
-    pub fn schema_version(&self) -> u32 {
-        self.schema_version
-    }
-
-    /// The user metadata bytes (empty for a shredded event).
-    #[must_use]
-    pub fn metadata(&self) -> &'v [u8] {
-        self.metadata
-    }
-
-    /// The payload bytes: in place in the memory map, or decrypted (empty for a shredded
-    /// event; see [`is_shredded`](Self::is_shredded)).
-    #[must_use]
-    pub fn payload(&self) -> &'v [u8] {
-        self.payload
-    }
-
-    /// Whether the event's stream was crypto-shredded ([`Varve::shred`](crate::Varve::shred)):
-    /// its position, type tag, timestamp and id remain, its metadata and payload are gone.
-    #[must_use]
-    pub fn is_shredded(&self) -> bool {
-        self.shredded
-    }
-
-    /// The payload as a validated rkyv archive of type `T` (for example `Archived<MyEvent>`),
-    /// accessed in place: no copy, no allocation.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArchive`] if the bytes are not a valid `T`; [`Error::Shredded`] if the
-    /// event's stream was shredded.
-    ///
-    /// ```
-    /// use varvedb::{rkyv, ExpectedVersion, NewEvent, Varve};
-    /// #[derive(rkyv::Archive, rkyv::Serialize)]
-    /// #[rkyv(crate = varvedb::rkyv)]
-    /// struct Deposited { cents: u64, memo: String }
-    /// # let dir = tempfile::tempdir()?;
-    /// let db = Varve::open(dir.path())?;
-    /// let e = NewEvent::archive("deposited", &Deposited { cents: 5, memo: "rent".into() })?;
-    /// db.append(1u128, ExpectedVersion::Auto, [e])?;
-    /// let view = db.begin_read()?;
-    /// let event = view.event(1)?.expect("stored");
-    /// let d = event.access::<rkyv::Archived<Deposited>>()?;
-    /// assert_eq!((d.cents.to_native(), d.memo.as_str()), (5, "rent"));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    #[inline]
-    pub fn access<T>(&self) -> Result<&'v T, Error>
-    where
-        T: Portable + for<'a> CheckBytes<HighValidator<'a, rkyv::rancor::Error>>,
-    {
-        if self.shredded {
-            return Err(Error::Shredded { stream: self.stream });
-        }
-        rkyv::access::<T, rkyv::rancor::Error>(self.payload).map_err(|e| Error::InvalidArchive {
-            seq: self.seq,
-            type_tag: self.type_tag.to_owned(),
-            message: e.to_string(),
-        })
-    }
 }
 
 /// What [`ReadView::check_integrity`] verified.
@@ -482,8 +310,7 @@ impl<'db> ReadView<'db> {
                         let sealed = self.body(seq, body)?;
                         let len = metadata_len as usize + payload_len as usize;
                         let out = plain(len);
-                        crate::crypto::open_into(key, Aad::new(seq, aad_head).as_bytes(), sealed, out)
-                            .map_err(|()| Error::DecryptionFailed { seq })?;
+                        record::open_sealed(key, seq, aad_head, sealed, out)?;
                         let out: &'a [u8] = out;
                         let (metadata, payload) = out.split_at(metadata_len as usize);
                         (metadata, payload, false)
@@ -509,21 +336,8 @@ impl<'db> ReadView<'db> {
     fn body<'a>(&'a self, seq: u64, body: Body<'a>) -> Result<&'a [u8], Error> {
         match body {
             Body::Inline(p) => Ok(p),
-            Body::Blob { hash, len } => self.blob(seq, hash, len),
+            Body::Blob { hash, len } => self.storage.blob(&self.txn, seq, hash, len),
         }
-    }
-
-    fn blob<'v>(&'v self, seq: u64, hash: &[u8; 32], len: u32) -> Result<&'v [u8], Error> {
-        let corrupt = |reason: &str| Error::Corrupt { seq, reason: reason.to_owned() };
-        let bytes = self
-            .storage
-            .get(&self.txn, self.storage.tables.blobs, hash)?
-            .ok_or_else(|| corrupt("payload blob is missing"))?;
-        // Content addressing doubles as the blob's checksum.
-        if bytes.len() != len as usize || &blob_hash(bytes) != hash {
-            return Err(corrupt("payload blob does not match its hash"));
-        }
-        Ok(bytes)
     }
 
     /// Verifies the whole store: every record's checksum and blob hash, that seqs run from
@@ -904,7 +718,7 @@ struct Located<'v> {
 impl<'v> Located<'v> {
     /// The record's parts if it is the common record of a store without encryption.
     #[inline]
-    fn plain_inline(&self, view: &ReadView<'_>) -> Option<(Head<'v>, &'v [u8], &'v [u8])> {
+    fn plain_inline(&self, view: &ReadView<'_>) -> Option<(RecordHeader<'v>, &'v [u8], &'v [u8])> {
         if view.crypto.is_some() {
             return None;
         }

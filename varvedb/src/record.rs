@@ -54,13 +54,13 @@ pub(crate) const BLOB_THRESHOLD: usize = 1024;
 /// The fields of an envelope, borrowed from the map (or from a buffer when encoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Envelope<'a> {
-    pub(crate) head: Head<'a>,
+    pub(crate) head: RecordHeader<'a>,
     pub(crate) content: Content<'a>,
 }
 
 /// Everything stored in the clear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Head<'a> {
+pub(crate) struct RecordHeader<'a> {
     pub(crate) stream: u128,
     pub(crate) version: u32,
     pub(crate) timestamp_micros: u64,
@@ -144,7 +144,21 @@ impl Aad {
     }
 }
 
-impl Head<'_> {
+/// Opens the sealed body of the record of `seq`, whose associated header bytes are
+/// `aad_head`, into `out` (exactly the plaintext's length). Nothing of `out` is visible
+/// unless it authenticates.
+pub(crate) fn open_sealed(
+    key: &aes_gcm::Aes256Gcm,
+    seq: u64,
+    aad_head: &[u8],
+    sealed: &[u8],
+    out: &mut [u8],
+) -> Result<(), Error> {
+    crypto::open_into(key, Aad::new(seq, aad_head).as_bytes(), sealed, out)
+        .map_err(|()| Error::DecryptionFailed { seq })
+}
+
+impl RecordHeader<'_> {
     /// Writes the header and type tag into `out` (cleared first), checksum left at zero.
     fn encode_into(&self, flags: u8, metadata_len: usize, payload_len: usize, out: &mut Vec<u8>) {
         let flags = flags | if self.id.is_some() { flag::HAS_ID } else { 0 };
@@ -285,7 +299,7 @@ impl<'a> Envelope<'a> {
         let id = if flags & flag::HAS_ID != 0 { Some(u128::from_le_bytes(arr(cur.take(16)?))) } else { None };
         let type_tag =
             std::str::from_utf8(cur.take(tag_len)?).map_err(|_| corrupt("type tag is not UTF-8"))?;
-        let head = Head { stream, version, timestamp_micros, schema_version, id, type_tag };
+        let head = RecordHeader { stream, version, timestamp_micros, schema_version, id, type_tag };
         let content = if flags & flag::ENCRYPTED != 0 {
             let aad_head = &bytes[4..cur.pos];
             // Checked: two u32 lengths can overflow a 32-bit usize.
@@ -352,7 +366,7 @@ pub(crate) fn verify(seq: u64, bytes: &[u8]) -> Result<Verified<'_>, Error> {
     reason = "measured: the reader's fast path builds its event from these parts in place"
 )]
 #[inline(always)]
-pub(crate) fn plain_inline(checked: Verified<'_>) -> Option<(Head<'_>, &[u8], &[u8])> {
+pub(crate) fn plain_inline(checked: Verified<'_>) -> Option<(RecordHeader<'_>, &[u8], &[u8])> {
     let Verified { header, bytes, .. } = checked;
     let flags = header[5];
     if header[4] != ENVELOPE_FORMAT || flags & !flag::HAS_ID != 0 {
@@ -370,7 +384,7 @@ pub(crate) fn plain_inline(checked: Verified<'_>) -> Option<(Head<'_>, &[u8], &[
     // `payload_start` is at most the record's length: it fits a usize.
     let payload_start = payload_start as usize;
     let id = (flags & flag::HAS_ID != 0).then(|| u128::from_le_bytes(arr(&bytes[48..64])));
-    let head = Head {
+    let head = RecordHeader {
         stream: u128::from_le_bytes(arr(&header[8..24])),
         version: u32::from_le_bytes(arr(&header[24..28])),
         timestamp_micros: u64::from_le_bytes(arr(&header[28..36])),
@@ -470,8 +484,8 @@ pub(crate) fn now_micros() -> u64 {
 mod tests {
     use super::*;
 
-    fn head() -> Head<'static> {
-        Head {
+    fn head() -> RecordHeader<'static> {
+        RecordHeader {
             stream: 0xdead_beef,
             version: 7,
             timestamp_micros: 1_700_000_000_000_000,
@@ -493,7 +507,7 @@ mod tests {
             env.encode_into(42, &mut buf);
             assert_eq!(Envelope::decode(42, &buf).unwrap(), env);
         }
-        let no_id = Envelope { head: Head { id: None, ..head() }, ..sample(Body::Inline(b"")) };
+        let no_id = Envelope { head: RecordHeader { id: None, ..head() }, ..sample(Body::Inline(b"")) };
         let mut buf = Vec::new();
         no_id.encode_into(1, &mut buf);
         assert_eq!(Envelope::decode(1, &buf).unwrap(), no_id);
@@ -554,7 +568,7 @@ mod tests {
         for tag in ["a", "payment", "order.placed.v2", "commande.passée", "é", "ascii then ünïcode"] {
             for id in [None, Some(5)] {
                 let env = Envelope {
-                    head: Head { type_tag: tag, id, ..head() },
+                    head: RecordHeader { type_tag: tag, id, ..head() },
                     content: Content::Plain { metadata: b"", body: Body::Inline(b"p") },
                 };
                 let mut buf = Vec::new();

@@ -48,7 +48,7 @@ pub(crate) type ReadTxn<'env> = RoTxn<'env, WithoutTls>;
 /// The single write transaction, owned by the writer thread.
 pub(crate) type WriteTxn<'env> = RwTxn<'env>;
 
-type Table = Database<Bytes, Bytes, KeyOrder>;
+type Table = Database<Bytes, Bytes, KeyComparator>;
 
 /// LMDB's default order of keys, computed 8 bytes at a time.
 ///
@@ -59,9 +59,9 @@ type Table = Database<Bytes, Bytes, KeyOrder>;
 /// default calls `memcmp` for every comparison, a dozen or more per lookup, on keys of 8 to
 /// 32 bytes; comparing big-endian words gives the same answer as comparing their bytes in
 /// order, in a few instructions.
-pub(crate) enum KeyOrder {}
+pub(crate) enum KeyComparator {}
 
-impl Comparator for KeyOrder {
+impl Comparator for KeyComparator {
     #[inline]
     fn compare(a: &[u8], b: &[u8]) -> Ordering {
         // Two seqs: the dozen or so comparisons of every lookup in the log.
@@ -103,8 +103,8 @@ pub(crate) struct Entries<'t> {
 }
 
 enum EntriesInner<'t> {
-    Forward(heed::RoRange<'t, Bytes, Bytes, KeyOrder>),
-    Backward(heed::RoRevRange<'t, Bytes, Bytes, KeyOrder>),
+    Forward(heed::RoRange<'t, Bytes, Bytes, KeyComparator>),
+    Backward(heed::RoRevRange<'t, Bytes, Bytes, KeyComparator>),
 }
 
 impl<'t> Iterator for Entries<'t> {
@@ -379,7 +379,7 @@ impl Storage {
         let create = |wtxn: &mut RwTxn<'_>, name: &str| -> Result<Table, Error> {
             env.database_options()
                 .types::<Bytes, Bytes>()
-                .key_comparator::<KeyOrder>()
+                .key_comparator::<KeyComparator>()
                 .name(name)
                 .create(wtxn)
                 .map_err(|e| storage_error(e, map_size))
@@ -458,6 +458,25 @@ impl Storage {
         k: &[u8],
     ) -> Result<Option<&'t [u8]>, Error> {
         table.get(txn, k).map_err(|e| self.err(e))
+    }
+
+    /// The payload blob a record of `seq` refers to by its BLAKE3 `hash`, checked against
+    /// the hash (content addressing doubles as the blob's checksum) and the length the
+    /// record states.
+    pub(crate) fn blob<'t>(
+        &self,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        seq: u64,
+        hash: &[u8; crate::record::HASH_LEN],
+        len: u32,
+    ) -> Result<&'t [u8], Error> {
+        let corrupt = |reason: &str| Error::Corrupt { seq, reason: reason.to_owned() };
+        let bytes =
+            self.get(txn, self.tables.blobs, hash)?.ok_or_else(|| corrupt("payload blob is missing"))?;
+        if bytes.len() != len as usize || &crate::record::blob_hash(bytes) != hash {
+            return Err(corrupt("payload blob does not match its hash"));
+        }
+        Ok(bytes)
     }
 
     pub(crate) fn put(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8], v: &[u8]) -> Result<(), Error> {
@@ -787,7 +806,7 @@ mod tests {
         .collect();
         for a in &keys {
             for b in &keys {
-                assert_eq!(KeyOrder::compare(a, b), default_order(a, b), "{a:?} {b:?}");
+                assert_eq!(KeyComparator::compare(a, b), default_order(a, b), "{a:?} {b:?}");
             }
         }
     }
@@ -802,8 +821,8 @@ mod tests {
             // A shared start, so that keys often agree on whole words before they differ.
             let a = [&common[..], &a[..]].concat();
             let b = [&common[..], &b[..]].concat();
-            proptest::prop_assert_eq!(KeyOrder::compare(&a, &b), default_order(&a, &b));
-            proptest::prop_assert_eq!(KeyOrder::compare(&a, &a), Ordering::Equal);
+            proptest::prop_assert_eq!(KeyComparator::compare(&a, &b), default_order(&a, &b));
+            proptest::prop_assert_eq!(KeyComparator::compare(&a, &a), Ordering::Equal);
         }
 
         #[test]
@@ -817,8 +836,8 @@ mod tests {
             let a = &a[..len];
             let mut b = a.to_vec();
             b[at % len] = byte;
-            proptest::prop_assert_eq!(KeyOrder::compare(a, &b), default_order(a, &b));
-            proptest::prop_assert_eq!(KeyOrder::compare(&b, a), default_order(&b, a));
+            proptest::prop_assert_eq!(KeyComparator::compare(a, &b), default_order(a, &b));
+            proptest::prop_assert_eq!(KeyComparator::compare(&b, a), default_order(&b, a));
         }
     }
 
@@ -909,8 +928,8 @@ mod tests {
     fn key_order_matches_byte_order_for_every_length_pair_and_difference() {
         let base: Vec<u8> = (0..40u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
         let check = |a: &[u8], b: &[u8]| {
-            assert_eq!(KeyOrder::compare(a, b), a.cmp(b), "{a:?} {b:?}");
-            assert_eq!(KeyOrder::compare(b, a), b.cmp(a), "{b:?} {a:?}");
+            assert_eq!(KeyComparator::compare(a, b), a.cmp(b), "{a:?} {b:?}");
+            assert_eq!(KeyComparator::compare(b, a), b.cmp(a), "{b:?} {a:?}");
         };
         for la in 0..=34usize {
             for lb in 0..=34usize {

@@ -7,13 +7,12 @@ use std::thread::JoinHandle;
 
 use aes_gcm::Aes256Gcm;
 
+use crate::batch::{Appended, Kind, SchemaId, StreamAppend, WriteBatch};
 use crate::crypto::{self, Encryption, Master, NoncePool, StreamKey};
 use crate::error::Error;
-use crate::record::{
-    Aad, BLOB_THRESHOLD, Body, Content, Envelope, Head as RecordHead, blob_hash, now_micros,
-};
+use crate::id::StreamId;
+use crate::record::{self, BLOB_THRESHOLD, Body, Content, Envelope, RecordHeader, blob_hash, now_micros};
 use crate::storage::{Storage, WriteTxn, key, value};
-use crate::types::{Appended, Kind, SchemaId, StreamAppend, StreamId, WriteBatch};
 
 /// Most requests folded into one commit. Bounds the latency a request waits behind others
 /// and the size of the transaction; a larger backlog simply takes several commits.
@@ -433,7 +432,7 @@ impl WriterState {
         // while this transaction is open.
         let master = self.crypto.as_ref().map(|c| Arc::clone(&c.encryption.read()));
         let master = master.as_deref();
-        crate::encryption::ensure_current(&storage, &txn, master)?;
+        crate::key_record::ensure_current(&storage, &txn, master)?;
         let mut next_seq = storage.last_seq(&txn)?.checked_add(1).ok_or_else(seq_exhausted)?;
         let mut results = Vec::with_capacity(batches.len());
         let mut events_written = 0u64;
@@ -754,18 +753,7 @@ impl WriterState {
         let crypto = self.crypto.as_mut().ok_or(Error::Internal("sealed record without encryption state"))?;
         let sealed = match body {
             Body::Inline(s) => s,
-            Body::Blob { hash, len } => {
-                let blob = storage
-                    .get(txn, storage.tables.blobs, hash)?
-                    .ok_or_else(|| Error::Corrupt { seq, reason: "payload blob is missing".into() })?;
-                if blob.len() != len as usize {
-                    return Err(Error::Corrupt {
-                        seq,
-                        reason: "payload blob does not match its hash".into(),
-                    });
-                }
-                blob
-            }
+            Body::Blob { hash, len } => storage.blob(txn, seq, hash, len)?,
         };
         let mut plain = std::mem::take(&mut crypto.plain);
         plain.clear();
@@ -774,9 +762,9 @@ impl WriterState {
             stream: StreamId::from(stream),
             reason: "the stream has encrypted events but no stored key",
         })?;
-        let opened = crypto::open_into(key, Aad::new(seq, aad_head).as_bytes(), sealed, &mut plain);
+        let opened = record::open_sealed(key, seq, aad_head, sealed, &mut plain);
         crypto.plain = plain;
-        opened.map_err(|()| Error::DecryptionFailed { seq })?;
+        opened?;
         Ok(crypto.plain.split_at((metadata_len as usize).min(crypto.plain.len())).into())
     }
 
@@ -801,7 +789,7 @@ impl WriterState {
                 let seq = pos.first_seq + i as u64; // within [first_seq, last_seq], checked in plan
                 let version = pos.first_version
                     + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
-                let head = RecordHead {
+                let head = RecordHeader {
                     stream,
                     version,
                     timestamp_micros,

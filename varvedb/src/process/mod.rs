@@ -16,7 +16,7 @@ pub(crate) mod table;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::read::RecordedEvent;
+use crate::event::RecordedEvent;
 use crate::storage::{Storage, WriteTxn, value};
 use crate::store::Varve;
 use crate::typed::{Event, EventInfo};
@@ -521,7 +521,7 @@ impl Processor {
         let (from, batch) = {
             let view = db.begin_read()?;
             let from = read_checkpoint(storage, view.txn(), &self.name)?;
-            let mut batch = crate::subscribe::OwnedBatch::default();
+            let mut batch = crate::event::OwnedBatch::default();
             let mut log = view.read_all(from.saturating_add(1))?;
             let mut buf = Vec::new();
             while batch.len() < self.batch

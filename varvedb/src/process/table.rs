@@ -9,9 +9,9 @@ use std::marker::PhantomData;
 use std::ops::Bound;
 
 use crate::error::Error;
+use crate::id::StreamId;
 use crate::read::ReadView;
 use crate::storage::Entries;
-use crate::types::StreamId;
 
 /// A key of a projection table. Encodings preserve order, so entries iterate in key order.
 pub trait Key: Sized {

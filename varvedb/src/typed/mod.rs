@@ -14,9 +14,9 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
+use crate::batch::{NewEvent, SchemaId};
 use crate::error::Error;
-use crate::read::RecordedEvent;
-use crate::types::{NewEvent, SchemaId};
+use crate::event::RecordedEvent;
 pub use schema::Schema;
 
 /// A domain event that can be stored: an rkyv archive with a stable type tag, a schema

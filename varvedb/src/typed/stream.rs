@@ -2,11 +2,13 @@
 
 use std::marker::PhantomData;
 
+use crate::batch::{Appended, ExpectedVersion, WriteBatch};
 use crate::error::Error;
-use crate::read::{ReadView, RecordedEvent, StreamEvents};
+use crate::event::RecordedEvent;
+use crate::id::StreamId;
+use crate::read::{ReadView, StreamEvents};
 use crate::store::Varve;
 use crate::typed::{Aggregate, EventInfo, EventOf, Handle, IntoPending, Pending};
-use crate::types::{Appended, ExpectedVersion, StreamId, WriteBatch};
 
 /// How many times [`Stream::execute`] reloads and retries after a concurrency conflict.
 pub const DEFAULT_EXECUTE_RETRIES: u32 = 5;

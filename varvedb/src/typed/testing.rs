@@ -43,10 +43,10 @@
 
 use std::fmt::Debug;
 
+use crate::batch::{ExpectedVersion, NewEvent};
 use crate::store::Varve;
 use crate::typed::stream::{Loaded, Stream};
 use crate::typed::{Aggregate, Handle, IntoPending, Pending};
-use crate::types::{ExpectedVersion, NewEvent};
 
 /// An aggregate with a history, on a temporary store.
 pub struct Scenario<A> {

@@ -4,12 +4,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
 use crate::crypto::{Encryption, MasterKey};
 use crate::error::Error;
+use crate::id::StreamId;
 use crate::read::ReadView;
 use crate::storage::{Storage, StorageConfig};
-use crate::types::{Appended, ExpectedVersion, NewEvent, StreamId, WriteBatch};
 use crate::writer::{Counters, Reply, Request, WriteResult, Writer, WriterConfig};
+
+mod keys;
 
 /// Options for opening a store.
 ///
@@ -124,7 +127,7 @@ impl Options {
             path,
             &StorageConfig { map_size: self.map_size, max_readers: self.max_readers },
         )?);
-        let encryption = crate::encryption::open(&storage, path, self.encryption.as_ref())?.map(Arc::new);
+        let encryption = crate::key_record::open(&storage, path, self.encryption.as_ref())?.map(Arc::new);
         let last_seq = storage.last_seq(&storage.read_txn()?)?;
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
         let counters = Arc::new(Counters::default());
