@@ -45,12 +45,12 @@ fn code(source: &str) -> String {
         let trimmed = line.trim_start();
         if trimmed.starts_with("#[cfg(test)]") {
             // Skip the item that follows: to the end of its braces.
-            let mut depth = 0i32;
+            let mut depth = 0usize;
             let mut opened = false;
             for l in lines.by_ref() {
-                depth += l.matches('{').count() as i32 - l.matches('}').count() as i32;
+                depth = (depth + l.matches('{').count()).saturating_sub(l.matches('}').count());
                 opened |= l.contains('{');
-                if (opened && depth <= 0) || (!opened && l.trim_end().ends_with(';')) {
+                if (opened && depth == 0) || (!opened && l.trim_end().ends_with(';')) {
                     break;
                 }
             }

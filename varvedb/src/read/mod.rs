@@ -1,0 +1,187 @@
+//! Read views: consistent snapshots over one LMDB read transaction, and the reads they
+//! offer. `decode` turns a stored record into an event (checksum, blob, decryption),
+//! `stream` reads a stream through its index, `log` reads the global log, `integrity`
+//! verifies the whole store.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::crypto::{Encryption, Master, StreamKey};
+use crate::error::Error;
+use crate::event::RecordedEvent;
+use crate::id::StreamId;
+use crate::record;
+use crate::storage::{ReadTxn, Storage, key, value};
+
+mod decode;
+mod integrity;
+mod log;
+mod stream;
+
+pub use integrity::IntegrityReport;
+pub use log::LogEvents;
+pub use stream::StreamEvents;
+
+/// A consistent snapshot of the store, over one read transaction.
+///
+/// Everything read through a view reflects the same instant, whatever commits meanwhile.
+/// Events borrow from the view: their payloads point into the store's memory map, with no
+/// copy. Keep views short-lived: an open view pins the pages it sees, so the file grows while
+/// it lives. A view is `Send`, but must not be held across an `.await` in a busy task.
+///
+/// In an encrypted store, an event read through a view is decrypted into memory the view
+/// owns until it is dropped (the one exception to zero-copy). Long reads of encrypted
+/// streams should use [`StreamEvents::next_reusing`] or [`LogEvents::next_reusing`], which
+/// decrypt into one reusable buffer instead; [`Stream::load`](crate::Stream::load) does.
+///
+/// ```
+/// use varvedb::{ExpectedVersion, NewEvent, Varve};
+/// # let dir = tempfile::tempdir()?;
+/// let db = Varve::open(dir.path())?;
+/// db.append(7u128, ExpectedVersion::NoStream, [NewEvent::new("opened", b"hi".to_vec())])?;
+/// let view = db.begin_read()?;
+/// for event in view.read_stream(7u128, 1)? {
+///     let event = event?;
+///     assert_eq!((event.version(), event.type_tag(), event.payload()), (1, "opened", &b"hi"[..]));
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ReadView<'db> {
+    storage: &'db Storage,
+    txn: ReadTxn<'db>,
+    crypto: Option<ViewCrypto>,
+}
+
+/// What a view of an encrypted store needs: the master its snapshot's keys are wrapped
+/// with, the data keys unwrapped so far, and memory for decrypted events.
+struct ViewCrypto {
+    master: Arc<Master>,
+    /// Data keys unwrapped so far, and the markers of shredded streams met.
+    keys: RefCell<HashMap<u128, StreamKey>>,
+    arena: bumpalo::Bump,
+}
+
+impl<'db> ReadView<'db> {
+    pub(crate) fn new(storage: &'db Storage, encryption: Option<&Encryption>) -> Result<Self, Error> {
+        let Some(encryption) = encryption else {
+            return Ok(ReadView { txn: storage.read_txn()?, storage, crypto: None });
+        };
+        // Held while the snapshot starts: a key rotation cannot commit in between, so the
+        // master matches the wrapped keys this snapshot sees.
+        let master = encryption.read();
+        let txn = storage.read_txn()?;
+        let crypto = ViewCrypto {
+            master: Arc::clone(&master),
+            keys: RefCell::new(HashMap::new()),
+            arena: bumpalo::Bump::new(),
+        };
+        Ok(ReadView { txn, storage, crypto: Some(crypto) })
+    }
+
+    pub(crate) fn storage(&self) -> &'db Storage {
+        self.storage
+    }
+
+    pub(crate) fn txn(&self) -> &ReadTxn<'db> {
+        &self.txn
+    }
+
+    /// The seq of the last committed event in this snapshot (0 if the store is empty).
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn last_seq(&self) -> Result<u64, Error> {
+        self.storage.last_seq(&self.txn)
+    }
+
+    /// The current version of `stream` (`None` if it has no events).
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`].
+    pub fn stream_version(&self, stream: impl Into<StreamId>) -> Result<Option<u32>, Error> {
+        Ok(self.stream_head(stream.into())?.map(|(v, _)| v))
+    }
+
+    /// The kind the stream was created with, if any (see
+    /// [`WriteBatch::append_kind`](crate::WriteBatch::append_kind)).
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`].
+    pub fn stream_kind(&self, stream: impl Into<StreamId>) -> Result<Option<&str>, Error> {
+        Ok(self.stream_head(stream.into())?.and_then(|(_, k)| k))
+    }
+
+    /// The version and kind of `stream`, in one lookup (`None` if it has no events).
+    pub(crate) fn stream_head(&self, stream: StreamId) -> Result<Option<(u32, Option<&str>)>, Error> {
+        let tables = self.storage.tables;
+        let Some(raw) = self.storage.get(&self.txn, tables.stream_heads, &key::stream(stream.as_u128()))?
+        else {
+            return Ok(None);
+        };
+        let head = value::StreamHead::decode(raw).ok_or_else(|| Error::CorruptIndex {
+            table: "stream_heads",
+            reason: format!("head of stream {stream} cannot be decoded"),
+        })?;
+        Ok(Some((head.version, head.kind)))
+    }
+
+    /// The fingerprint the store recorded for event type `tag` at schema `version`, if any
+    /// typed event of that type and version was ever appended.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`].
+    pub fn schema_fingerprint(&self, tag: &str, version: u32) -> Result<Option<u64>, Error> {
+        let Some(raw) =
+            self.storage.get(&self.txn, self.storage.tables.schema, &key::schema(tag, version))?
+        else {
+            return Ok(None);
+        };
+        value::decode_fingerprint(raw).map(Some).ok_or_else(|| Error::CorruptIndex {
+            table: "schema",
+            reason: format!("fingerprint of {tag:?} version {version} is not 8 bytes"),
+        })
+    }
+
+    /// The event with global sequence number `seq`, if committed in this snapshot.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the seq if the record fails its checksum.
+    pub fn event(&self, seq: u64) -> Result<Option<RecordedEvent<'_>>, Error> {
+        self.event_with(seq, |n| self.arena(n))
+    }
+
+    /// The event at `seq`; an encrypted one is decrypted into the buffer `plain` gives.
+    fn event_with<'a>(
+        &'a self,
+        seq: u64,
+        plain: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Result<Option<RecordedEvent<'a>>, Error> {
+        match self.storage.get(&self.txn, self.storage.tables.events, &key::seq(seq))? {
+            None => Ok(None),
+            Some(raw) => self.with_event(record::verify(seq, raw)?, plain, |event| event).map(Some),
+        }
+    }
+
+    /// `n` bytes of the view's memory for a decrypted event.
+    fn arena(&self, n: usize) -> &mut [u8] {
+        match &self.crypto {
+            Some(c) => c.arena.alloc_slice_fill_copy(n, 0u8),
+            // Only encrypted records ask for memory, and a store without a key refuses those
+            // before asking.
+            None => &mut [],
+        }
+    }
+}
+
+/// Gives a decrypting read `n` bytes of `buf`.
+fn reuse<'a>(buf: &'a mut Vec<u8>) -> impl FnOnce(usize) -> &'a mut [u8] {
+    move |n| {
+        buf.clear();
+        // At least 1 KiB on the first use: small events then never grow the buffer again,
+        // so a fold allocates the same whatever the number of events.
+        buf.reserve(n.max(1024));
+        buf.resize(n, 0);
+        buf.as_mut_slice()
+    }
+}

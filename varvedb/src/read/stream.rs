@@ -1,0 +1,389 @@
+//! Reads of one stream through the `streams` index, with index entries looked up ahead.
+
+use std::ops::Bound::{Included, Unbounded};
+
+use crate::error::Error;
+use crate::event::RecordedEvent;
+use crate::id::StreamId;
+use crate::record::{self, Verified};
+use crate::storage::{Entries, key, value};
+
+use super::{ReadView, reuse};
+
+impl ReadView<'_> {
+    /// Events of `stream` with version `>= from_version`, oldest first.
+    ///
+    /// # Errors
+    /// A storage error when starting; each item may be [`Error::Corrupt`] or
+    /// [`Error::CorruptIndex`].
+    pub fn read_stream(
+        &self,
+        stream: impl Into<StreamId>,
+        from_version: u32,
+    ) -> Result<StreamEvents<'_>, Error> {
+        let stream = stream.into();
+        let from = key::stream_version(stream.as_u128(), from_version);
+        // No upper bound: `StreamEvents` stops at the first key of another stream (the
+        // bound would be one more allocation, and a comparison per entry).
+        let raw = self.storage.entries(
+            &self.txn,
+            self.storage.tables.streams,
+            (Included(&from), Unbounded),
+            false,
+        )?;
+        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(true), ahead: Ahead::new() })
+    }
+
+    /// Events of `stream` with version `<= from_version`, newest first. Pass `u32::MAX` to
+    /// start at the end.
+    ///
+    /// # Errors
+    /// As [`read_stream`](Self::read_stream).
+    pub fn read_stream_backward(
+        &self,
+        stream: impl Into<StreamId>,
+        from_version: u32,
+    ) -> Result<StreamEvents<'_>, Error> {
+        let stream = stream.into();
+        let from = key::stream_version(stream.as_u128(), 0);
+        let to = key::stream_version(stream.as_u128(), from_version);
+        let raw = self.storage.entries(
+            &self.txn,
+            self.storage.tables.streams,
+            (Included(&from), Included(&to)),
+            true,
+        )?;
+        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(false), ahead: Ahead::new() })
+    }
+}
+
+/// Events of one stream, from [`ReadView::read_stream`] or
+/// [`ReadView::read_stream_backward`].
+pub struct StreamEvents<'v> {
+    view: &'v ReadView<'v>,
+    stream: StreamId,
+    raw: Entries<'v>,
+    log: LogSteps<'v>,
+    ahead: Ahead<'v>,
+}
+
+/// Most index entries a stream read looks up ahead of the event it hands out.
+const AHEAD: usize = 8;
+
+/// Index entries looked up ahead of use, with their records' cache lines asked for early,
+/// so that a read of events spread over the log waits for memory once per few records
+/// instead of once per record. The depth grows by one per event handed out, so a read
+/// stopped early has looked up at most as many records again as it used.
+///
+/// Lookups ahead can meet a damaged LMDB page before the events already looked up are
+/// handed out. LMDB then fails the read transaction as a whole, so those of them that still
+/// need the transaction (a payload blob, a stream's key) report the same storage error
+/// instead of their event; plain inline events are handed out as before.
+struct Ahead<'v> {
+    slots: [Fetched<'v>; AHEAD],
+    /// Slot of the oldest entry.
+    first: usize,
+    len: usize,
+    depth: usize,
+    /// An error met while looking ahead, after the entries in the slots: handed out once
+    /// they are, and nothing more is looked up until then.
+    error: Option<Box<Error>>,
+    /// The index has no more entries of the stream.
+    ended: bool,
+}
+
+impl Ahead<'_> {
+    fn new() -> Self {
+        Ahead { slots: Default::default(), first: 0, len: 0, depth: 1, error: None, ended: false }
+    }
+}
+
+/// An index entry of the stream read and the stored record it points at, unchecked.
+#[derive(Clone, Copy, Default)]
+struct Fetched<'v> {
+    stream: u128,
+    version: u32,
+    seq: u64,
+    raw: &'v [u8],
+}
+
+/// How a stream read reaches the records its index entries point at: a lookup from the
+/// root of the `events` table each, except along runs of consecutive seqs (a stream written
+/// in batches), which a forward read steps through with one cursor on the log.
+struct LogSteps<'v> {
+    forward: bool,
+    /// The seq of the previous record, 0 before the first.
+    prev: u64,
+    /// A cursor on the log and the seq of the record it gave last.
+    cursor: Option<(Entries<'v>, u64)>,
+    /// Records read since the cursor was opened ([`REOPEN_AFTER`] before the first opening).
+    /// A forward read opens it where a run of consecutive seqs starts; opening one allocates,
+    /// so it is reopened at a new run at most once per [`REOPEN_AFTER`] records: no
+    /// allocation per event, however a stream's seqs are spread, and none at all for a stream
+    /// whose events are all apart.
+    since_open: u32,
+}
+
+/// Least records read between two openings of a stream read's log cursor.
+const REOPEN_AFTER: u32 = 64;
+/// Farthest an open log cursor steps forward to reach the next record instead of a lookup.
+/// A cursor opens only where two consecutive seqs show a run, so a stream whose events are
+/// always apart (by 2 or by a thousand) is read by lookups alone.
+const STEP_AHEAD: u64 = 8;
+
+impl<'v> LogSteps<'v> {
+    fn new(forward: bool) -> Self {
+        LogSteps { forward, prev: 0, cursor: None, since_open: REOPEN_AFTER }
+    }
+
+    /// The stored record of `seq`, if any: the same bytes as a lookup in the view.
+    #[inline]
+    fn record(&mut self, view: &'v ReadView<'v>, seq: u64) -> Result<Option<&'v [u8]>, Error> {
+        let prev = std::mem::replace(&mut self.prev, seq);
+        self.since_open = self.since_open.saturating_add(1);
+        if self.forward
+            && (self.cursor.as_ref().is_some_and(|&(_, at)| seq > at && seq - at <= STEP_AHEAD)
+                || (prev.checked_add(1) == Some(seq) && self.since_open >= REOPEN_AFTER))
+            && let Some(record) = self.step(view, seq)?
+        {
+            return Ok(Some(record));
+        }
+        view.storage.get(&view.txn, view.storage.tables.events, &key::seq(seq))
+    }
+
+    /// `seq`'s record through the log cursor, stepped to it or opened at it; `None` (and no
+    /// cursor) if the cursor does not reach it, for a lookup to find it or report it missing.
+    #[inline(never)]
+    fn step(&mut self, view: &'v ReadView<'v>, seq: u64) -> Result<Option<&'v [u8]>, Error> {
+        if let Some((log, at)) = &mut self.cursor
+            && seq > *at
+            && seq - *at <= STEP_AHEAD
+        {
+            for entry in log.by_ref() {
+                let (k, v) = entry?;
+                match key::decode_seq(k) {
+                    Some(here) if here < seq => *at = here,
+                    Some(here) if here == seq => {
+                        *at = here;
+                        return Ok(Some(v));
+                    }
+                    // Past it (the log lacks `seq`) or a damaged key.
+                    _ => break,
+                }
+            }
+            self.cursor = None;
+            return Ok(None);
+        }
+        let from = key::seq(seq);
+        let mut log = view.storage.entries(
+            &view.txn,
+            view.storage.tables.events,
+            (Included(&from[..]), Unbounded),
+            false,
+        )?;
+        self.since_open = 0;
+        if let Some(entry) = log.next() {
+            let (k, v) = entry?;
+            if key::decode_seq(k) == Some(seq) {
+                self.cursor = Some((log, seq));
+                return Ok(Some(v));
+            }
+        }
+        self.cursor = None;
+        Ok(None)
+    }
+}
+
+impl<'v> Iterator for StreamEvents<'v> {
+    type Item = Result<RecordedEvent<'v>, Error>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let view = self.view;
+        self.next_with(|n| view.arena(n))
+    }
+}
+
+impl StreamEvents<'_> {
+    /// The next event, like [`next`](Iterator::next), except that an encrypted event is
+    /// decrypted into `buf`, reused from call to call, instead of into the view's memory. In
+    /// a store without encryption the two are the same and `buf` stays untouched.
+    ///
+    /// ```
+    /// use varvedb::{ExpectedVersion, MasterKey, NewEvent, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Options::new().encryption_key(MasterKey::generate()?).open(dir.path())?;
+    /// db.append(1u128, ExpectedVersion::Auto, (0..100).map(|i| NewEvent::new("n", vec![i; 64])))?;
+    /// let view = db.begin_read()?;
+    /// let mut events = view.read_stream(1u128, 1)?;
+    /// let mut buf = Vec::new();
+    /// let mut sum = 0u64;
+    /// while let Some(event) = events.next_reusing(&mut buf) {
+    ///     sum += u64::from(event?.payload()[0]);
+    /// }
+    /// assert_eq!(sum, (0..100).sum::<u64>());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    #[inline]
+    pub fn next_reusing<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> Option<Result<RecordedEvent<'a>, Error>> {
+        self.next_with(reuse(buf))
+    }
+}
+
+impl<'v> StreamEvents<'v> {
+    /// The event the next `streams` index entry points at, checked to be the one the entry
+    /// names.
+    #[inline]
+    fn next_with<'a>(
+        &mut self,
+        plain: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Option<Result<RecordedEvent<'a>, Error>>
+    where
+        'v: 'a,
+    {
+        let at = match self.locate()? {
+            Ok(at) => at,
+            Err(e) => return Some(Err(*e)),
+        };
+        let event = self.view.with_event(at.record, plain, |event| {
+            at.check(event.stream.as_u128(), event.version)?;
+            Ok(event)
+        });
+        Some(event.flatten())
+    }
+
+    /// Calls `f` with each event left, as [`next_reusing`](StreamEvents::next_reusing) gives
+    /// them, until the end, an error, or an error from `f`. Each event is built where `f`
+    /// reads it, not moved through an iterator's item: what a fold needs.
+    pub(crate) fn try_for_each_reusing(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(&RecordedEvent<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        while let Some(at) = self.locate() {
+            let at = at.map_err(|e| *e)?;
+            self.view
+                .with_event(at.record, reuse(buf), |event| {
+                    at.check(event.stream.as_u128(), event.version)?;
+                    f(&event)
+                })
+                .flatten()?;
+        }
+        Ok(())
+    }
+
+    /// The record the next index entry points at, its checksum verified. Errors are boxed:
+    /// unboxed, the large error type made every record travel through memory.
+    #[inline]
+    fn locate(&mut self) -> Option<Result<Located<'v>, Box<Error>>> {
+        while self.ahead.len < self.ahead.depth && !self.ahead.ended && self.ahead.error.is_none() {
+            match self.fetch() {
+                Some(Ok(fetched)) => {
+                    crate::storage::prefetch(fetched.raw);
+                    self.ahead.slots[(self.ahead.first + self.ahead.len) % AHEAD] = fetched;
+                    self.ahead.len += 1;
+                }
+                Some(Err(e)) => self.ahead.error = Some(e),
+                None => self.ahead.ended = true,
+            }
+        }
+        if self.ahead.len == 0 {
+            // The error after the last entry handed out, if any; the next call looks on.
+            return self.ahead.error.take().map(Err);
+        }
+        let Fetched { stream, version, seq, raw } = self.ahead.slots[self.ahead.first];
+        self.ahead.first = (self.ahead.first + 1) % AHEAD;
+        self.ahead.len -= 1;
+        self.ahead.depth = (self.ahead.depth + 1).min(AHEAD);
+        Some(match record::verify(seq, raw) {
+            Ok(record) => Ok(Located { wanted: self.stream.as_u128(), stream, version, seq, record }),
+            Err(e) => Err(Box::new(e)),
+        })
+    }
+
+    /// The next index entry and the record it points at. A forward read's range has no upper
+    /// bound: it ends at the first key of another stream.
+    #[inline]
+    fn fetch(&mut self) -> Option<Result<Fetched<'v>, Box<Error>>> {
+        let (k, v) = match self.raw.next()? {
+            Ok(kv) => kv,
+            Err(e) => return Some(Err(Box::new(e))),
+        };
+        let wanted = self.stream.as_u128();
+        if self.log.forward && k.get(..16) != Some(&key::stream(wanted)[..]) {
+            return None;
+        }
+        let bad = |reason: String| Box::new(Error::CorruptIndex { table: "streams", reason });
+        let Some((stream, version)) = key::decode_stream_version(k) else {
+            return Some(Err(bad("key is not 20 bytes".into())));
+        };
+        let Some(seq) = value::decode_seq(v) else {
+            return Some(Err(bad(format!("value at version {version} is not a seq"))));
+        };
+        Some(match self.log.record(self.view, seq) {
+            Ok(Some(raw)) => Ok(Fetched { stream, version, seq, raw }),
+            Ok(None) => Err(bad(format!("version {version} points at missing seq {seq}"))),
+            Err(e) => Err(Box::new(e)),
+        })
+    }
+}
+
+/// A record a stream read reached through an index entry, its checksum verified.
+struct Located<'v> {
+    /// The stream read.
+    wanted: u128,
+    /// The stream and version the entry names.
+    stream: u128,
+    version: u32,
+    seq: u64,
+    record: Verified<'v>,
+}
+
+impl Located<'_> {
+    /// That the record is the one the entry names, in the stream read.
+    #[inline]
+    fn check(&self, stream: u128, version: u32) -> Result<(), Error> {
+        if stream != self.stream || version != self.version || self.wanted != self.stream {
+            return Err(elsewhere(self.version, self.seq));
+        }
+        Ok(())
+    }
+}
+
+/// An index entry at `version` that points at `seq`, a record of another stream or version.
+#[cold]
+fn elsewhere(version: u32, seq: u64) -> Error {
+    Error::CorruptIndex {
+        table: "streams",
+        reason: format!("version {version} points at seq {seq}, which belongs elsewhere"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExpectedVersion, NewEvent, Varve, WriteBatch};
+
+    #[test]
+    fn a_stream_read_looks_up_no_more_than_twice_what_it_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        // Two streams interleaved, so that stream 1 is read by lookups alone.
+        let mut batch = WriteBatch::new();
+        for i in 0..40u8 {
+            batch.append(u128::from(i % 2) + 1, ExpectedVersion::Auto, [NewEvent::new("t", vec![i])]);
+        }
+        db.write(batch).unwrap();
+        let view = db.begin_read().unwrap();
+        let mut events = view.read_stream(1u128, 1).unwrap();
+        for k in 1..=20usize {
+            assert_eq!(events.next().unwrap().unwrap().version() as usize, k);
+            // Looked up so far: the `k` handed out and those waiting in the slots.
+            assert_eq!(events.ahead.len, (k.min(AHEAD) - 1).min(20 - k), "after {k}");
+            assert!(k + events.ahead.len < 2 * k);
+            assert_eq!(events.ahead.depth, (k + 1).min(AHEAD));
+        }
+        assert!(events.next().is_none());
+        assert!(events.ahead.ended);
+    }
+}
