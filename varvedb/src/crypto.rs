@@ -228,18 +228,24 @@ impl Master {
     pub(crate) fn new_data_key(&self, stream: u128) -> Result<(Box<Aes256Gcm>, [u8; WRAPPED_LEN]), Error> {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         fill_random(key.as_mut_slice())?;
+        let cipher = Box::new(Aes256Gcm::new(key.as_slice().into()));
+        Ok((cipher, self.wrap(stream, &key)?))
+    }
+
+    /// The `keys` table value of `stream`'s data key `key`, wrapped under this master with a
+    /// fresh nonce: `WRAPPED ‖ epoch ‖ nonce ‖ sealed key ‖ tag`.
+    fn wrap(&self, stream: u128, key: &[u8; KEY_LEN]) -> Result<[u8; WRAPPED_LEN], Error> {
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
-        let cipher = Box::new(Aes256Gcm::new(key.as_slice().into()));
         let mut out = [0u8; WRAPPED_LEN];
         out[0] = WRAPPED;
         out[1..5].copy_from_slice(&self.epoch.to_le_bytes());
         out[5..5 + NONCE_LEN].copy_from_slice(&nonce);
         let body = &mut out[5 + NONCE_LEN..5 + NONCE_LEN + KEY_LEN];
-        body.copy_from_slice(key.as_slice());
+        body.copy_from_slice(key);
         let tag = self.seal_raw(&nonce, &wrap_aad(stream, self.epoch), body)?;
         out[5 + NONCE_LEN + KEY_LEN..].copy_from_slice(&tag);
-        Ok((cipher, out))
+        Ok(out)
     }
 
     /// Opens a `keys` table value for `stream`. A value for another stream, another master
@@ -283,17 +289,7 @@ impl Master {
                     stream: StreamId::from(stream),
                     reason: "the wrapped key fails authentication",
                 })?;
-                let mut nonce = [0u8; NONCE_LEN];
-                fill_random(&mut nonce)?;
-                let mut out = vec![0u8; WRAPPED_LEN];
-                out[0] = WRAPPED;
-                out[1..5].copy_from_slice(&new.epoch.to_le_bytes());
-                out[5..5 + NONCE_LEN].copy_from_slice(&nonce);
-                let body = &mut out[5 + NONCE_LEN..5 + NONCE_LEN + KEY_LEN];
-                body.copy_from_slice(key.as_slice());
-                let tag = new.seal_raw(&nonce, &wrap_aad(stream, new.epoch), body)?;
-                out[5 + NONCE_LEN + KEY_LEN..].copy_from_slice(&tag);
-                Ok(out)
+                Ok(new.wrap(stream, &key)?.to_vec())
             }
         }
     }

@@ -20,7 +20,7 @@ pub enum Error {
 
     /// An error reported by the storage engine that has no more specific variant.
     #[error("storage engine error: {0}")]
-    Storage(StorageError),
+    Storage(#[source] StorageError),
 
     /// This process already has the store at `path` open. Share the [`Varve`](crate::Varve)
     /// handle (it is cheap to clone) instead of opening the store again.
@@ -297,17 +297,29 @@ pub enum Error {
     },
 }
 
-/// An opaque error from the storage engine. Its text names the engine's own error.
+/// An error of the storage engine (LMDB, through heed) that has no more specific variant.
+/// Its text is the engine's; the engine's error itself is its
+/// [`source`](std::error::Error::source), so that error reporters and downcasts reach it.
 #[derive(Debug)]
-pub struct StorageError(pub(crate) String);
+pub struct StorageError(Box<dyn std::error::Error + Send + Sync + 'static>);
 
-impl fmt::Display for StorageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl StorageError {
+    pub(crate) fn new(engine: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StorageError(Box::new(engine))
     }
 }
 
-impl std::error::Error for StorageError {}
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
 
 struct VersionDisplay(Option<u32>);
 

@@ -691,7 +691,7 @@ fn storage_error(e: heed::Error, map_size: usize) -> Error {
     match e {
         heed::Error::Mdb(MdbError::MapFull) => Error::StoreFull { map_size },
         heed::Error::Io(io) => Error::Io(io),
-        other => Error::Storage(StorageError(other.to_string())),
+        other => Error::Storage(StorageError::new(other)),
     }
 }
 
@@ -915,6 +915,22 @@ mod tests {
         expected.sort();
         expected.dedup();
         assert_eq!(left, expected);
+    }
+
+    #[test]
+    fn engine_errors_keep_the_engine_error_as_their_source() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        // Two pages of zeros: no valid meta page, which LMDB reports as its own error.
+        std::fs::write(dir.path().join("data.mdb"), vec![0u8; 8192]).unwrap();
+        let Err(err) = Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }) else {
+            panic!("a file of zeros opened");
+        };
+        let Error::Storage(engine) = &err else { panic!("{err:?}") };
+        let source = err.source().expect("the storage error is the source");
+        assert_eq!(source.to_string(), engine.to_string());
+        let heed = source.source().expect("the engine's error is the storage error's source");
+        assert!(heed.downcast_ref::<heed::Error>().is_some(), "{heed:?}");
     }
 
     #[test]
