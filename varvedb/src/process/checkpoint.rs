@@ -1,0 +1,59 @@
+//! Checkpoints: the last seq each projection or processor has processed, stored under its
+//! name in the store's `checkpoints` table as a `u64`.
+//!
+//! A projection writes its checkpoint in the same write transaction as its read model; a
+//! processor writes it after its handlers succeed. Both read and write it only through here.
+
+use crate::error::Error;
+use crate::storage::{ReadTxn, Storage, WriteTxn, value};
+use crate::store::Varve;
+
+impl Varve {
+    /// The last seq the processor or projection named `name` has processed (0 if none).
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`].
+    pub fn checkpoint(&self, name: &str) -> Result<u64, Error> {
+        let storage = self.storage();
+        let txn = storage.read_txn()?;
+        read_checkpoint(storage, &txn, name)
+    }
+
+    /// How far the processor named `name` is behind: last committed seq − its checkpoint.
+    ///
+    /// # Errors
+    /// As [`checkpoint`](Self::checkpoint).
+    pub fn lag(&self, name: &str) -> Result<u64, Error> {
+        let storage = self.storage();
+        let txn = storage.read_txn()?;
+        let head = storage.last_seq(&txn)?;
+        Ok(head.saturating_sub(read_checkpoint(storage, &txn, name)?))
+    }
+}
+
+/// The checkpoint of `name` as `txn` sees it; 0 if it has none.
+pub(super) fn read_checkpoint(storage: &Storage, txn: &ReadTxn<'_>, name: &str) -> Result<u64, Error> {
+    match storage.get(txn, storage.tables.checkpoints, name.as_bytes())? {
+        None => Ok(0),
+        Some(raw) => value::decode_seq(raw).ok_or_else(|| Error::CorruptIndex {
+            table: "checkpoints",
+            reason: format!("checkpoint of {name:?} is not 8 bytes"),
+        }),
+    }
+}
+
+/// Sets the checkpoint of `name` to `seq`, visible when `txn` commits.
+pub(super) fn write_checkpoint(
+    storage: &Storage,
+    txn: &mut WriteTxn<'_>,
+    name: &str,
+    seq: u64,
+) -> Result<(), Error> {
+    storage.put(txn, storage.tables.checkpoints, name.as_bytes(), &value::seq(seq))
+}
+
+/// Removes the checkpoint of `name`, so it reads as 0 once `txn` commits.
+pub(super) fn delete_checkpoint(storage: &Storage, txn: &mut WriteTxn<'_>, name: &str) -> Result<(), Error> {
+    storage.delete(txn, storage.tables.checkpoints, name.as_bytes())?;
+    Ok(())
+}
