@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::id::StreamId;
 use crate::record::RecordHeader;
 
-/// One stored event, borrowed from a [`ReadView`].
+/// One stored event, borrowed from a [`ReadView`](crate::ReadView).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordedEvent<'v> {
     pub(crate) seq: u64,
@@ -188,7 +188,7 @@ impl<'v> RecordedEvent<'v> {
     }
 }
 
-/// An event delivered by a [`Subscription`]: owned, so it can cross `.await` points.
+/// An event delivered by a [`Subscription`](crate::Subscription): owned, so it can cross `.await` points.
 ///
 /// The events of one batch share one buffer for their metadata and payloads, and one copy
 /// of each type tag: a subscription allocates per batch, not per event. Cloning an event is

@@ -82,7 +82,7 @@ pub use process::{
 };
 pub use read::{IntegrityReport, LogEvents, ReadView, StreamEvents};
 pub use store::{Options, Stats, Varve};
-pub use subscribe::{DEFAULT_BATCH, READ_AHEAD, Subscription};
+pub use subscribe::Subscription;
 pub use typed::schema::fingerprint;
 pub use typed::stream::{
     DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, TypedEvents,

@@ -13,11 +13,6 @@ use crate::error::Error;
 use crate::event::{OwnedBatch, OwnedEvent, SealedBatch};
 use crate::store::{Varve, WeakVarve};
 
-/// Events read per trip to the store; bounds a subscription's memory whatever the backlog.
-/// Large enough that handing a batch from the reading thread to the consumer costs little
-/// per event (catching up ran at 0.50 of a plain scan's rate with 512, 0.59 with 2,048).
-pub const DEFAULT_BATCH: usize = 2048;
-
 /// A batch also ends once its events' metadata and payloads reach this many bytes, so large
 /// payloads cannot make one batch hold `DEFAULT_BATCH` blobs in memory.
 const BATCH_BYTES: usize = 1 << 20;
@@ -27,18 +22,18 @@ const BATCH_BYTES: usize = 1 << 20;
 /// catching up to following.
 ///
 /// Implements [`futures_core::Stream`]; [`next_event`](Self::next_event) is the same as an
-/// inherent method. It reads the log in batches of up to [`DEFAULT_BATCH`] events, or about
-/// 1 MiB of metadata and payload, on tokio's blocking pool, so it never blocks the runtime's
-/// workers on LMDB. It needs a tokio runtime.
+/// inherent method. It reads the log in batches of up to [`DEFAULT_BATCH`](Self::DEFAULT_BATCH)
+/// events, or about 1 MiB of metadata and payload, on tokio's blocking pool, so it never
+/// blocks the runtime's workers on LMDB. It needs a tokio runtime.
 ///
 /// While it is behind, one blocking-pool task reads batch after batch, each in its own read
-/// transaction, [`READ_AHEAD`] batches ahead of the events handed out, so reading and
-/// handling overlap. That task ends as soon as the log is read to its end, when the
+/// transaction, [`READ_AHEAD`](Self::READ_AHEAD) batches ahead of the events handed out, so
+/// reading and handling overlap. That task ends as soon as the log is read to its end, when the
 /// read-ahead is full (the next call after the caller has drained it starts another), or
 /// after 16 batches (the next task starts at once), so neither a slow consumer nor a long
-/// catch-up keeps a thread of the pool. A subscription holds at most
-/// `READ_AHEAD + 1` batches in memory (the one being handed out, and the ones read or being
-/// read ahead), whatever the backlog.
+/// catch-up keeps a thread of the pool. A subscription holds at most `READ_AHEAD + 1`
+/// batches in memory (the one being handed out, and the ones read or being read ahead),
+/// whatever the backlog.
 ///
 /// It follows commits made through this process's [`Varve`] through the store's watch of the
 /// last committed seq. Commits by *other processes* are picked up by polling, every 100 ms by
@@ -60,17 +55,17 @@ const BATCH_BYTES: usize = 1 << 20;
 /// # Ok(()) }
 /// ```
 pub struct Subscription {
-    cursor: Option<Cursor>,
-    /// The `Stream` impl's call in flight; it owns the cursor until it completes.
+    state: Option<FeedState>,
+    /// The `Stream` impl's call in flight; it owns the state until it completes.
     pending: Option<InFlight>,
 }
 
-/// A `next_event` call owned by the `Stream` impl; it hands the cursor back when done.
+/// A `next_event` call owned by the `Stream` impl; it hands the state back when done.
 type InFlight =
-    Pin<Box<dyn std::future::Future<Output = (Cursor, Option<Result<OwnedEvent, Error>>)> + Send>>;
+    Pin<Box<dyn std::future::Future<Output = (FeedState, Option<Result<OwnedEvent, Error>>)> + Send>>;
 
 /// The subscription's state: where it is, what it holds, how it reads.
-struct Cursor {
+struct FeedState {
     db: WeakVarve,
     /// The seq after the newest batch received from the reader.
     next: u64,
@@ -96,14 +91,10 @@ struct Reader {
     received: bool,
 }
 
-/// Batches a subscription reads ahead of the events it hands out, counting the one being
-/// read (see [`Subscription`]).
-pub const READ_AHEAD: usize = 2;
-
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
-            .field("position", &self.cursor.as_ref().map(|c| c.next))
+            .field("position", &self.state.as_ref().map(|c| c.next))
             .finish_non_exhaustive()
     }
 }
@@ -128,11 +119,11 @@ impl Varve {
     #[must_use]
     pub fn subscribe(&self, from_seq: u64) -> Subscription {
         Subscription {
-            cursor: Some(Cursor {
+            state: Some(FeedState {
                 db: self.downgrade(),
                 next: from_seq.max(1),
                 filter: None,
-                batch: DEFAULT_BATCH,
+                batch: Subscription::DEFAULT_BATCH,
                 buffered: SealedBatch::default(),
                 watch: self.watch_last_seq(),
                 poll_interval: Duration::from_millis(100),
@@ -145,6 +136,15 @@ impl Varve {
 }
 
 impl Subscription {
+    /// Events read per trip to the store, unless [`batch_size`](Self::batch_size) says
+    /// otherwise; bounds a subscription's memory whatever the backlog. Large enough that
+    /// handing a batch from the reading thread to the consumer costs little per event.
+    pub const DEFAULT_BATCH: usize = 2048;
+
+    /// Batches a subscription reads ahead of the events it hands out, counting the one
+    /// being read.
+    pub const READ_AHEAD: usize = 2;
+
     /// Delivers only events with these type tags. Other events are skipped by their tag,
     /// without copying their payload (their checksum is still verified; in an encrypted
     /// store they are still decrypted).
@@ -154,10 +154,10 @@ impl Subscription {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let cursor = self.cursor_mut();
-        cursor.filter = Some(Arc::new(tags.into_iter().map(Into::into).collect()));
+        let state = self.state_mut();
+        state.filter = Some(Arc::new(tags.into_iter().map(Into::into).collect()));
         // Batches read ahead with the old filter are dropped (read again from `next`).
-        cursor.reader = None;
+        state.reader = None;
         self
     }
 
@@ -165,9 +165,9 @@ impl Subscription {
     /// metadata and payload.
     #[must_use]
     pub fn batch_size(mut self, events: usize) -> Self {
-        let cursor = self.cursor_mut();
-        cursor.batch = events.max(1);
-        cursor.reader = None;
+        let state = self.state_mut();
+        state.batch = events.max(1);
+        state.reader = None;
         self
     }
 
@@ -175,7 +175,7 @@ impl Subscription {
     /// the subscription at once).
     #[must_use]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.cursor_mut().poll_interval = interval.max(Duration::from_millis(1));
+        self.state_mut().poll_interval = interval.max(Duration::from_millis(1));
         self
     }
 
@@ -187,14 +187,14 @@ impl Subscription {
     /// If called while the `Stream` impl has a call in flight (between a `Pending` poll and
     /// its completion).
     pub fn position(&self) -> u64 {
-        let cursor = self.cursor.as_ref().expect("no Stream poll in flight");
+        let state = self.state.as_ref().expect("no Stream poll in flight");
         // Buffered events are read but not delivered yet: the position is the first of them.
-        cursor.buffered.peek_seq().unwrap_or(cursor.next)
+        state.buffered.peek_seq().unwrap_or(state.next)
     }
 
     #[inline]
-    fn cursor_mut(&mut self) -> &mut Cursor {
-        self.cursor.as_mut().expect("no Stream poll in flight")
+    fn state_mut(&mut self) -> &mut FeedState {
+        self.state.as_mut().expect("no Stream poll in flight")
     }
 
     /// The next event: at once if one is buffered or committed, otherwise when one commits.
@@ -210,29 +210,29 @@ impl Subscription {
     /// received, and events are handed out of the buffer only by a completed call.
     pub async fn next_event(&mut self) -> Option<Result<OwnedEvent, Error>> {
         if let Some(pending) = self.pending.as_mut() {
-            // Finish the `Stream` impl's call in flight first: it owns the cursor.
-            let (cursor, item) = pending.await;
+            // Finish the `Stream` impl's call in flight first: it owns the state.
+            let (state, item) = pending.await;
             self.pending = None;
-            self.cursor = Some(cursor);
+            self.state = Some(state);
             return item;
         }
-        let cursor = self.cursor_mut();
+        let state = self.state_mut();
         // Most calls find an event in the buffer: hand it out without entering the reading
         // state machine.
-        if let Some(event) = cursor.buffered.next() {
+        if let Some(event) = state.buffered.next() {
             return Some(Ok(event));
         }
-        cursor.next_event().await
+        state.next_event().await
     }
 }
 
-impl Cursor {
+impl FeedState {
     async fn next_event(&mut self) -> Option<Result<OwnedEvent, Error>> {
         loop {
             if let Some(event) = self.buffered.next() {
                 return Some(Ok(event));
             }
-            let batch = match self.read_batch().await {
+            let batch = match self.next_batch().await {
                 None => return None, // every `Varve` handle is gone: the store closed
                 Some(Ok(batch)) => batch,
                 Some(Err(e)) => return Some(Err(e)),
@@ -263,7 +263,7 @@ impl Cursor {
     }
 
     /// The next batch from the read-ahead task, starting one from `next` if none runs.
-    async fn read_batch(&mut self) -> Option<Result<Batch, Error>> {
+    async fn next_batch(&mut self) -> Option<Result<Batch, Error>> {
         loop {
             if self.reader.is_none() {
                 self.start_reader(self.next)?;
@@ -304,7 +304,7 @@ impl Cursor {
         // Mark the watch's current value as seen *before* the task reads: a commit that
         // lands after this point wakes the caught-up wait, so none is missed.
         self.watch.borrow_and_update();
-        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let (tx, rx) = tokio::sync::mpsc::channel(Subscription::READ_AHEAD);
         let (db, limit, filter, room) = (self.db.clone(), self.batch, self.filter.clone(), self.room);
         tokio::task::spawn_blocking(move || read_ahead(&db, from, limit, filter.as_deref(), room, &tx));
         self.reader = Some(Reader { batches: rx, received: false });
@@ -332,7 +332,7 @@ fn read_ahead(
     for n in 1..=TASK_BATCHES {
         let Ok(permit) = tx.try_reserve() else { return };
         let Some(db) = db.upgrade() else { return };
-        let mut read = read_batch(&db, from, limit, filter, room);
+        let mut read = read_log_batch(&db, from, limit, filter, room);
         drop(db);
         let more = match &mut read {
             Ok(batch) => {
@@ -350,7 +350,7 @@ fn read_ahead(
     }
 }
 
-fn read_batch(
+fn read_log_batch(
     db: &Varve,
     from: u64,
     limit: usize,
@@ -388,23 +388,23 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.pending.is_none() {
-            let mut cursor = self.cursor.take().expect("the cursor is home between calls");
-            if let Some(event) = cursor.buffered.next() {
-                self.cursor = Some(cursor);
+            let mut state = self.state.take().expect("the state is home between calls");
+            if let Some(event) = state.buffered.next() {
+                self.state = Some(state);
                 return Poll::Ready(Some(Ok(event)));
             }
-            // The future owns the cursor while it runs, so nothing borrows `self` across polls.
+            // The future owns the state while it runs, so nothing borrows `self` across polls.
             self.pending = Some(Box::pin(async move {
-                let item = cursor.next_event().await;
-                (cursor, item)
+                let item = state.next_event().await;
+                (state, item)
             }));
         }
         let fut = self.pending.as_mut().expect("set above");
         match fut.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready((cursor, item)) => {
+            Poll::Ready((state, item)) => {
                 self.pending = None;
-                self.cursor = Some(cursor);
+                self.state = Some(state);
                 Poll::Ready(item)
             }
         }
@@ -424,7 +424,7 @@ mod tests {
             NewEvent::new(if i % 2 == 0 { "even" } else { "odd" }, vec![i; 10]).with_metadata(vec![i; 3])
         });
         db.append(1u128, ExpectedVersion::NoStream, events).unwrap();
-        let batch = read_batch(&db, 1, DEFAULT_BATCH, None, (0, 0)).unwrap();
+        let batch = read_log_batch(&db, 1, Subscription::DEFAULT_BATCH, None, (0, 0)).unwrap();
         assert!(!batch.full, "ended at the end of the log");
         let events: Vec<_> = batch.events.collect();
         assert_eq!((events.len(), batch.next), (6, 7));
@@ -450,12 +450,12 @@ mod tests {
         let events = (1..=100u64).map(|seq| NewEvent::new("t", seq.to_le_bytes().to_vec()));
         db.append(1u128, ExpectedVersion::NoStream, events).unwrap();
         let weak = db.downgrade();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(Subscription::READ_AHEAD);
         // On a thread of its own: a read-ahead that waited for room would hang here.
         let reader = std::thread::spawn(move || read_ahead(&weak, 1, 10, None, (0, 0), &tx));
         reader.join().unwrap();
         let mut next = 1;
-        for _ in 0..READ_AHEAD {
+        for _ in 0..Subscription::READ_AHEAD {
             let batch = rx.try_recv().unwrap().unwrap();
             assert!(batch.full);
             assert_eq!(
@@ -495,7 +495,7 @@ mod tests {
         // The store closed: it reads nothing.
         let weak = db.downgrade();
         drop(db);
-        let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(Subscription::READ_AHEAD);
         read_ahead(&weak, 1, 10, None, (0, 0), &tx);
         drop(tx);
         assert!(rx.try_recv().is_err(), "a closed store yields no batch");
@@ -507,7 +507,7 @@ mod tests {
         let db = Varve::open(dir.path()).unwrap();
         db.append(1u128, ExpectedVersion::Auto, (0..10u8).map(|i| NewEvent::new("n", vec![i; 5]))).unwrap();
         let mut feed = db.subscribe(1).batch_size(4);
-        let room = |feed: &Subscription| feed.cursor.as_ref().unwrap().room;
+        let room = |feed: &Subscription| feed.state.as_ref().unwrap().room;
         feed.next_event().await.unwrap().unwrap();
         assert_eq!(room(&feed), (4, 20), "a full batch of four 5-byte payloads");
         for _ in 1..10 {
@@ -528,10 +528,10 @@ mod tests {
         for i in 0..5u8 {
             db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("big", vec![i; big])]).unwrap();
         }
-        let batch = read_batch(&db, 1, DEFAULT_BATCH, None, (0, 0)).unwrap();
+        let batch = read_log_batch(&db, 1, Subscription::DEFAULT_BATCH, None, (0, 0)).unwrap();
         assert!(batch.full);
         assert_eq!((batch.events.len(), batch.next), (3, 4), "three events pass the budget");
-        let rest = read_batch(&db, batch.next, DEFAULT_BATCH, None, (0, 0)).unwrap();
+        let rest = read_log_batch(&db, batch.next, Subscription::DEFAULT_BATCH, None, (0, 0)).unwrap();
         assert!(!rest.full);
         assert_eq!((rest.events.len(), rest.next), (2, 6));
         assert!(rest.events.into_iter().all(|e| e.payload.len() == big));

@@ -39,7 +39,7 @@ impl<'v> Iterator for LogEvents<'v> {
 impl<'v> LogEvents<'v> {
     /// The next event, like [`next`](Iterator::next), except that an encrypted event is
     /// decrypted into `buf`, reused from call to call, instead of into the view's memory (see
-    /// [`StreamEvents::next_reusing`]).
+    /// [`StreamEvents::next_reusing`](crate::StreamEvents::next_reusing)).
     pub fn next_reusing<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> Option<Result<RecordedEvent<'a>, Error>> {
         self.next_with(reuse(buf))
     }

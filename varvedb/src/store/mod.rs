@@ -233,7 +233,7 @@ impl Varve {
     ) -> Result<Appended, Error> {
         let mut batch = WriteBatch::new();
         batch.append(stream, expected, events);
-        first(self.write(batch)?)
+        only_append(self.write(batch)?)
     }
 
     /// Async form of [`append`](Self::append).
@@ -254,7 +254,7 @@ impl Varve {
     ) -> Result<Appended, Error> {
         let mut batch = WriteBatch::new();
         batch.append(stream, expected, events);
-        first(self.write_async(batch).await?)
+        only_append(self.write_async(batch).await?)
     }
 
     /// Commits a [`WriteBatch`] atomically: all its appends or none. Returns the position of
@@ -381,8 +381,13 @@ impl Varve {
     }
 }
 
-fn first(mut appended: Vec<Appended>) -> Result<Appended, Error> {
-    appended.pop().ok_or(Error::EmptyBatch)
+/// The position of a one-append batch's only append.
+fn only_append(appended: Vec<Appended>) -> Result<Appended, Error> {
+    let mut appended = appended.into_iter();
+    match (appended.next(), appended.next()) {
+        (Some(only), None) => Ok(only),
+        _ => Err(Error::Internal("a one-append request was answered with another number of positions")),
+    }
 }
 
 #[cfg(test)]
