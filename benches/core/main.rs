@@ -632,9 +632,9 @@ fn print_latency(latency: &[Vec<Latency>; 3], samples: u64) {
     }
 }
 
-/// The issue's targets, from the paired ratios, each marked met or not.
+/// The performance targets, from the paired ratios, each marked met or not.
 fn print_targets(rows: &[Row], latency: Option<&[Vec<Latency>; 3]>, single: u64) {
-    println!("\ntargets (issue 6; paired ratios of this run):");
+    println!("\ntargets (paired ratios of this run):");
     let find = |id: &str| rows.iter().find(|r| r.id == id);
     let check = |what: String, value: Option<f64>, target: f64, strict: bool| {
         let verdict = match value {

@@ -1,6 +1,7 @@
 //! The storage layer: the LMDB environment, every table, and their key encodings.
 //!
-//! This is the only module that names heed or LMDB types and the only one with `unsafe`.
+//! This is the only module that names heed or LMDB types. Of the crate's `unsafe` code, it
+//! holds the LMDB calls; `record` and `crc` hold the rest (see `docs/design.md`).
 //! The byte layout of every key and value is documented in `docs/design.md`; the format
 //! version stored in `meta` guards it.
 
@@ -177,8 +178,8 @@ impl<'t> Iterator for LogEntries<'t> {
             LogEntriesInner::Range(entries) => return entries.next(),
         };
         loop {
-            // Unpacked here, not mapped: moving heed's large error type through the result
-            // cost a dozen instructions per entry.
+            // Unpacked here, not mapped: mapping moves heed's large error type through the
+            // result on every entry.
             let (k, v) = match iter.next()? {
                 Ok(kv) => kv,
                 Err(e) => return Some(Err(storage_error(e, self.map_size))),
