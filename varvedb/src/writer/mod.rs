@@ -249,7 +249,7 @@ impl WriterState {
                 // Planning only reads, so any error but a failing read of the storage itself
                 // (a damaged key or record of one stream, say) concerns this request alone: the
                 // others of the group still commit, without being retried one by one.
-                Err(e) if e.is_request_local() || !matches!(e, Error::Storage(_) | Error::Io(_)) => {
+                Err(e) if !matches!(e, Error::Storage(_) | Error::Io(_)) => {
                     results.push(Err(e));
                 }
                 Err(e) => return Err(e),
