@@ -1,10 +1,10 @@
 //! The hasher of the writer's maps keyed by stream id.
 
 /// Hashing of stream ids for the writer's maps, which look up and insert several ids per
-/// appended event. std's `SipHash` took about 150 instructions per id (700 per event in a
-/// batch over many streams); this is two 64 × 64-bit multiplies, folded, with a key drawn
-/// once per process from std's random source, so ids chosen to collide cannot be computed
-/// without it. (Knowing the key, one could: an id half equal to a key word zeroes the first
+/// appended event. An id is a fixed 128-bit value, so the rounds of a general-purpose hash
+/// such as std's `SipHash` would weigh on every append; this is two 64 × 64-bit multiplies,
+/// folded, with a key drawn once per process from std's random source, so ids chosen to
+/// collide cannot be computed without it. (Knowing the key, one could: an id half equal to a key word zeroes the first
 /// product, and the product commutes. Even then the cost is a slow writer, never a wrong
 /// answer, and the head cache holds at most `HEAD_CACHE` entries.) All maps share the key:
 /// never fill one by iterating another, which is quadratic for hashbrown with shared keys.

@@ -5,8 +5,8 @@ use crate::batch::WriteBatch;
 use super::plan::PendingHead;
 
 /// A request's index entries and stream heads in key order, by a counting sort on the
-/// requests' heads (a comparison sort of every entry cost more than the descents it saved).
-/// Within a stream, entries come in version order already.
+/// request's heads (a comparison sort of every entry costs more than the descents it
+/// saves). Within a stream, entries come in version order already.
 #[derive(Default)]
 pub(super) struct IndexOrder {
     /// Indices of the request's heads, by stream id.
