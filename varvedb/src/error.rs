@@ -331,24 +331,3 @@ impl fmt::Display for VersionDisplay {
         }
     }
 }
-
-impl Error {
-    /// Whether this error concerns only the request that received it: nothing was written,
-    /// and other requests committed in the same group are unaffected.
-    pub(crate) fn is_request_local(&self) -> bool {
-        matches!(
-            self,
-            Error::ConcurrencyConflict { .. }
-                | Error::EmptyBatch
-                | Error::InvalidTag { .. }
-                | Error::EventTooLarge { .. }
-                | Error::VersionOverflow { .. }
-                | Error::IdempotencyMismatch { .. }
-                | Error::DuplicateEventId { .. }
-                | Error::StreamKindMismatch { .. }
-                | Error::SchemaMismatch { .. }
-                | Error::StreamMismatch { .. }
-                | Error::Shredded { .. }
-        )
-    }
-}

@@ -1,0 +1,112 @@
+//! The write step of a planned request: records, blobs, event ids, `streams` index entries
+//! and stream heads.
+
+use std::sync::Arc;
+
+use crate::batch::{Appended, WriteBatch};
+use crate::crypto::Master;
+use crate::error::Error;
+use crate::record::{BLOB_THRESHOLD, Body, Content, Envelope, RecordHeader, blob_hash};
+use crate::storage::{WriteTxn, key, value};
+
+use super::WriterState;
+use super::plan::PendingHead;
+
+impl WriterState {
+    /// Writes a planned request into `txn`: each event's record (and blob), its id, the
+    /// `streams` index entries and the new stream heads.
+    pub(super) fn write(
+        &mut self,
+        txn: &mut WriteTxn<'_>,
+        master: Option<&Master>,
+        batch: &WriteBatch,
+        appended: &[Appended],
+        (heads, slots): (&[PendingHead], &[u32]),
+        timestamp_micros: u64,
+    ) -> Result<(), Error> {
+        let storage = Arc::clone(&self.storage);
+        let tables = storage.tables;
+        self.index_order.prepare(batch, heads, slots);
+        for ((part, pos), &slot) in batch.appends.iter().zip(appended).zip(slots) {
+            let stream = part.stream.as_u128();
+            if let (Some(master), Some(crypto)) = (master, self.crypto.as_mut()) {
+                crypto.data_key_for_append(&storage, txn, master, stream, pos.first_version)?;
+            }
+            for (i, event) in batch.events_of(part).iter().enumerate() {
+                let seq = pos.first_seq + i as u64; // within [first_seq, last_seq], checked in plan
+                let version = pos.first_version
+                    + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
+                let header = RecordHeader {
+                    stream,
+                    version,
+                    timestamp_micros,
+                    schema_version: event.schema.map_or(0, |s| s.version),
+                    id: event.id,
+                    type_tag: &event.type_tag,
+                };
+                if let (Some(_), Some(crypto)) = (master, self.crypto.as_mut()) {
+                    let nonce = crypto.nonces.take()?;
+                    let cipher = crypto
+                        .keys
+                        .get(&stream)
+                        .map(|(_, c)| &**c)
+                        .ok_or(Error::Internal("no data key for a stream being appended to"))?;
+                    let blob = header.encode_sealed(
+                        seq,
+                        &event.metadata,
+                        &event.payload,
+                        cipher,
+                        &nonce,
+                        &mut self.record_buf,
+                        &mut crypto.sealed_blob,
+                    )?;
+                    if let Some(hash) = blob {
+                        // Unique per event (a fresh nonce), so there is nothing to share.
+                        storage.put(txn, tables.blobs, &hash, &crypto.sealed_blob)?;
+                    }
+                } else {
+                    let hash;
+                    let body = if event.payload.len() > BLOB_THRESHOLD {
+                        hash = blob_hash(&event.payload);
+                        if storage.get(txn, tables.blobs, &hash)?.is_none() {
+                            storage.put(txn, tables.blobs, &hash, &event.payload)?;
+                        }
+                        Body::Blob {
+                            hash: &hash,
+                            len: u32::try_from(event.payload.len()).unwrap_or(u32::MAX),
+                        }
+                    } else {
+                        Body::Inline(&event.payload)
+                    };
+                    Envelope { head: header, content: Content::Plain { metadata: &event.metadata, body } }
+                        .encode_into(seq, &mut self.record_buf);
+                }
+                storage.append(txn, tables.events, &key::seq(seq), &self.record_buf)?;
+                self.index_order.place(slot, (stream, version, seq));
+                if let Some(id) = event.id {
+                    storage.insert(txn, tables.event_ids, "event_ids", &key::id(id), &value::seq(seq))?;
+                }
+            }
+        }
+        // In key order through one cursor, an index entry or head mostly lands on the leaf
+        // page of the one before instead of descending from the root.
+        let mut index = storage.puts(txn, tables.streams, "streams")?;
+        for &(stream, version, seq) in &self.index_order.entries {
+            // Never overwrite: an existing entry means the stream head lied about the
+            // version (damage), and overwriting would unlink a stored event.
+            index.insert(&key::stream_version(stream, version), &value::seq(seq))?;
+        }
+        drop(index);
+        let mut stream_heads = storage.puts(txn, tables.stream_heads, "stream_heads")?;
+        for &at in &self.index_order.heads_by_stream {
+            let head = &heads[at as usize];
+            let version = head.version.unwrap_or(0);
+            value::StreamHead { version, kind: head.kind.as_deref() }.encode_into(&mut self.head_buf);
+            stream_heads.put(&key::stream(head.stream.as_u128()), &self.head_buf)?;
+            self.head_cache.insert(head.stream, version, head.kind.clone());
+        }
+        drop(stream_heads);
+        self.index_order.trim();
+        Ok(())
+    }
+}

@@ -1,0 +1,271 @@
+//! The writer thread: owns LMDB's single write transaction and commits requests in groups.
+//!
+//! This module holds the handle, the group-commit loop and the transaction around a group;
+//! the steps of one request live in the submodules: `plan` validates it, `dedup` answers
+//! an idempotent retry, `apply` writes it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use crate::batch::{Appended, WriteBatch};
+use crate::crypto::Encryption;
+use crate::error::Error;
+use crate::record::{Envelope, now_micros};
+use crate::storage::{Storage, key, value};
+
+mod apply;
+mod dedup;
+mod hash;
+mod head_cache;
+mod index_order;
+mod keys;
+mod plan;
+
+use head_cache::HeadCache;
+use index_order::IndexOrder;
+use keys::WriterCrypto;
+use plan::{Plan, seq_exhausted};
+
+/// Most requests folded into one commit. Bounds the latency a request waits behind others
+/// and the size of the transaction; a larger backlog simply takes several commits.
+const MAX_GROUP: usize = 1024;
+
+pub(crate) type WriteResult = Result<Vec<Appended>, Error>;
+
+/// Where the writer sends a request's answer.
+pub(crate) enum Reply {
+    Blocking(mpsc::SyncSender<WriteResult>),
+    Async(tokio::sync::oneshot::Sender<WriteResult>),
+}
+
+impl Reply {
+    fn send(self, result: WriteResult) {
+        // A closed receiver means the caller gave up (a dropped future); the write stands.
+        match self {
+            Reply::Blocking(tx) => drop(tx.send(result)),
+            Reply::Async(tx) => drop(tx.send(result)),
+        }
+    }
+}
+
+pub(crate) struct Request {
+    pub(crate) batch: WriteBatch,
+    pub(crate) reply: Reply,
+}
+
+/// Counters since the store was opened.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) events: AtomicU64,
+}
+
+pub(crate) struct WriterConfig {
+    pub(crate) max_event_size: usize,
+    pub(crate) encryption: Option<Arc<Encryption>>,
+}
+
+/// Longest a group waits for more requests, when fewer are waiting than joined the last one.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Moves the requests already waiting into `group`, up to [`MAX_GROUP`].
+fn drain(rx: &mpsc::Receiver<Request>, group: &mut Vec<Request>) {
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(r) => group.push(r),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Handle to the running writer thread. Dropping it stops the thread after it has answered
+/// every request already queued.
+pub(crate) struct Writer {
+    tx: Option<mpsc::Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(
+        storage: Arc<Storage>,
+        config: WriterConfig,
+        counters: Arc<Counters>,
+        watch: tokio::sync::watch::Sender<u64>,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let crypto = config.encryption.clone().map(WriterCrypto::new);
+        let mut state = WriterState {
+            storage,
+            config,
+            crypto,
+            counters,
+            watch,
+            record_buf: Vec::new(),
+            head_buf: Vec::new(),
+            index_order: IndexOrder::default(),
+            head_cache: HeadCache::default(),
+            last_timestamp: 0,
+        };
+        state.last_timestamp = state.last_stored_timestamp()?;
+        let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
+            // The size of the last group: while fewer requests wait than that, linger a
+            // little for the rest (writers that just had their answer are sending again).
+            let mut last_group_len = 1;
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                drain(&rx, &mut group);
+                if group.len() < last_group_len {
+                    let deadline = std::time::Instant::now() + LINGER;
+                    while group.len() < last_group_len {
+                        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                            Ok(r) => {
+                                group.push(r);
+                                drain(&rx, &mut group);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                last_group_len = group.len();
+                state.process(group);
+            }
+        })?;
+        Ok(Writer { tx: Some(tx), thread: Some(thread) })
+    }
+
+    pub(crate) fn submit(&self, request: Request) -> Result<(), Error> {
+        let tx = self.tx.as_ref().ok_or(Error::WriterStopped)?;
+        tx.send(request).map_err(|_| Error::WriterStopped)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            // A panicked writer has already failed every pending request; nothing to add.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Everything the writer thread owns across groups.
+struct WriterState {
+    storage: Arc<Storage>,
+    config: WriterConfig,
+    crypto: Option<WriterCrypto>,
+    counters: Arc<Counters>,
+    watch: tokio::sync::watch::Sender<u64>,
+    /// Scratch for the encoded record of one event.
+    record_buf: Vec<u8>,
+    /// Scratch for the encoded head of one stream.
+    head_buf: Vec<u8>,
+    index_order: IndexOrder,
+    head_cache: HeadCache,
+    /// The commit time of the newest stored event: a new event never gets an earlier one.
+    last_timestamp: u64,
+}
+
+impl WriterState {
+    /// The commit time of the newest event (0 in an empty store, or if that record is damaged:
+    /// a damaged record must not keep the store from opening; reads report it).
+    fn last_stored_timestamp(&self) -> Result<u64, Error> {
+        let txn = self.storage.read_txn()?;
+        let last = self.storage.last_seq(&txn)?;
+        Ok(match self.storage.get(&txn, self.storage.tables.events, &key::seq(last))? {
+            Some(raw) => Envelope::decode(last, raw).map_or(0, |e| e.head.timestamp_micros),
+            None => 0,
+        })
+    }
+
+    fn process(&mut self, group: Vec<Request>) {
+        let (batches, replies): (Vec<WriteBatch>, Vec<Reply>) =
+            group.into_iter().map(|r| (r.batch, r.reply)).unzip();
+        self.counters.requests.fetch_add(batches.len() as u64, Ordering::Relaxed);
+        let results = match self.commit(&batches) {
+            Ok(results) => results,
+            // A storage failure (map full, disk full, I/O) poisons the whole transaction.
+            // Retry each request alone so only the one that cannot fit fails.
+            Err(_) if batches.len() > 1 => batches
+                .iter()
+                .map(|b| match self.commit(std::slice::from_ref(b)) {
+                    Ok(mut one) => {
+                        one.pop().unwrap_or(Err(Error::Internal("a one-request group gave no answer")))
+                    }
+                    Err(e) => Err(e),
+                })
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            reply.send(result);
+        }
+    }
+
+    /// Applies `batches` in one transaction. `Err` means the transaction failed as a whole
+    /// and nothing was committed; request-level failures are inside the `Ok`.
+    fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
+        let storage = Arc::clone(&self.storage);
+        let mut txn = storage.write_txn()?;
+        // A write transaction's id is one past the last committed one, whichever process
+        // committed it. The cached heads are those our last commit left: they are the
+        // stored ones only if no other transaction committed since. Until this one commits,
+        // the cache counts as stale (it takes this transaction's heads as they are written).
+        let txn_id = txn.id();
+        if self.head_cache.committed_txn.take().and_then(|id| id.checked_add(1)) != Some(txn_id) {
+            self.head_cache.map.clear();
+        }
+        // Taken after LMDB's writer lock, as a key rotation does: the master cannot change
+        // while this transaction is open.
+        let master = self.crypto.as_ref().map(|c| Arc::clone(&c.encryption.read()));
+        let master = master.as_deref();
+        crate::key_record::ensure_current(&storage, &txn, master)?;
+        let mut next_seq = storage.last_seq(&txn)?.checked_add(1).ok_or_else(seq_exhausted)?;
+        let mut results = Vec::with_capacity(batches.len());
+        let mut events_written = 0u64;
+        // Timestamps never go backwards in the log, even if the wall clock does.
+        let timestamp = now_micros().max(self.last_timestamp);
+        for batch in batches {
+            match self.plan(&txn, master, batch, next_seq) {
+                Ok(Plan::Deduplicated(appended)) => results.push(Ok(appended)),
+                Ok(Plan::Write { appended, heads, slots, new_schemas }) => {
+                    self.write(&mut txn, master, batch, &appended, (&heads, &slots), timestamp)?;
+                    for (tag, schema) in &new_schemas {
+                        let k = key::schema(tag, schema.version);
+                        storage.put(
+                            &mut txn,
+                            storage.tables.schema,
+                            &k,
+                            &value::fingerprint(schema.fingerprint),
+                        )?;
+                    }
+                    let n = appended.iter().map(|a| a.last_seq - a.first_seq + 1).sum::<u64>();
+                    next_seq += n;
+                    events_written += n;
+                    results.push(Ok(appended));
+                }
+                // Planning only reads, so any error but a failing read of the storage itself
+                // (a damaged key or record of one stream, say) concerns this request alone: the
+                // others of the group still commit, without being retried one by one.
+                Err(e) if !matches!(e, Error::Storage(_) | Error::Io(_)) => {
+                    results.push(Err(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if events_written > 0 {
+            storage.commit(txn)?;
+            self.head_cache.committed_txn = Some(txn_id);
+            self.last_timestamp = timestamp;
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.counters.events.fetch_add(events_written, Ordering::Relaxed);
+            self.watch.send_replace(next_seq - 1);
+        } else {
+            // Nothing written, nothing committed: the store is still as the last commit left it.
+            self.head_cache.committed_txn = txn_id.checked_sub(1);
+        }
+        Ok(results)
+    }
+}

@@ -1,0 +1,281 @@
+//! Validation of a request and the plan of its writes: positions, new stream heads, new
+//! schemas. Planning only reads.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::batch::{Appended, Kind, SchemaId, StreamAppend, WriteBatch};
+use crate::crypto::Master;
+use crate::error::Error;
+use crate::id::StreamId;
+use crate::storage::{WriteTxn, key, value};
+
+use super::WriterState;
+use super::hash::StreamHashing;
+
+/// The error when the last stored seq is `u64::MAX`, so no further event can be numbered.
+pub(super) fn seq_exhausted() -> Error {
+    Error::CorruptIndex { table: "events", reason: "the last seq is u64::MAX: no seq is left".into() }
+}
+
+/// What validating a request decided.
+pub(super) enum Plan {
+    /// Every event's id is already stored: answer with the original positions.
+    Deduplicated(Vec<Appended>),
+    /// Append, with these positions and these new stream heads.
+    Write {
+        appended: Vec<Appended>,
+        heads: Vec<PendingHead>,
+        /// For each stream append, the index of its stream's head in `heads`.
+        slots: Vec<u32>,
+        /// Schemas the store does not know yet, registered with the request's writes.
+        new_schemas: Vec<(String, SchemaId)>,
+    },
+}
+
+/// A stream's head as a request leaves it: its version (`None` while the stream has no
+/// event) and its kind.
+#[derive(Clone)]
+pub(super) struct PendingHead {
+    pub(super) stream: StreamId,
+    pub(super) version: Option<u32>,
+    pub(super) kind: Option<Kind>,
+}
+
+/// The stream heads a request moves, in the order it first touches them, with an index by
+/// stream once there are more than a few (a linear search per append is quadratic).
+#[derive(Default)]
+struct PendingHeads {
+    list: Vec<PendingHead>,
+    index: HashMap<StreamId, usize, StreamHashing>,
+}
+
+impl PendingHeads {
+    /// Where `stream`'s head is in the list, if the request touched the stream already.
+    fn position(&mut self, stream: StreamId) -> Option<usize> {
+        if self.list.len() < 8 {
+            return self.list.iter().position(|h| h.stream == stream);
+        }
+        if self.index.is_empty() {
+            self.index.extend(self.list.iter().enumerate().map(|(i, h)| (h.stream, i)));
+        }
+        self.index.get(&stream).copied()
+    }
+
+    /// The head at `at`, left empty until [`set`](Self::set) puts the new one back.
+    fn take(&mut self, at: usize) -> PendingHead {
+        let stream = self.list[at].stream;
+        std::mem::replace(&mut self.list[at], PendingHead { stream, version: None, kind: None })
+    }
+
+    /// Puts `head` at `at`, or adds it if its stream was not in the list.
+    fn set(&mut self, at: Option<usize>, head: PendingHead) {
+        match at {
+            Some(i) => self.list[i] = head,
+            None => {
+                if !self.index.is_empty() {
+                    self.index.insert(head.stream, self.list.len());
+                }
+                self.list.push(head);
+            }
+        }
+    }
+}
+
+impl WriterState {
+    /// Validates a request against the current state, reading only. Request-local errors
+    /// mean nothing of the request is written.
+    pub(super) fn plan(
+        &mut self,
+        txn: &WriteTxn<'_>,
+        master: Option<&Master>,
+        batch: &WriteBatch,
+        first_seq: u64,
+    ) -> Result<Plan, Error> {
+        if batch.appends.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let tables = self.storage.tables;
+        if let (Some(master), Some(crypto)) = (master, self.crypto.as_mut()) {
+            for part in &batch.appends {
+                // Unwraps (and caches) the key, which also authenticates a shredded marker.
+                crypto.data_key(&self.storage, txn, master, part.stream.as_u128())?;
+            }
+        }
+        let mut seen_ids = HashSet::new();
+        let mut stored_ids: Vec<(u128, u64)> = Vec::new();
+        // Every (tag, version) checked in this request, and whether it is new to the store: a
+        // batch of thousands of one event type looks the registry up once, not per event.
+        let mut checked: Vec<(String, SchemaId, bool)> = Vec::new();
+        let mut total = 0usize;
+        for part in &batch.appends {
+            let events = batch.events_of(part);
+            if events.is_empty() {
+                return Err(Error::EmptyBatch);
+            }
+            if let Some(kind) = &part.kind {
+                check_tag("stream kind", kind)?;
+            }
+            for event in events {
+                check_tag("type tag", &event.type_tag)?;
+                let size = event.payload.len() + event.metadata.len();
+                if size > self.config.max_event_size {
+                    return Err(Error::EventTooLarge { index: total, size, max: self.config.max_event_size });
+                }
+                if let Some(schema) = event.schema {
+                    self.check_schema(txn, &event.type_tag, schema, &mut checked)?;
+                }
+                if let Some(id) = event.id {
+                    if !seen_ids.insert(id) {
+                        return Err(Error::DuplicateEventId { id });
+                    }
+                    if let Some(v) = self.storage.get(txn, tables.event_ids, &key::id(id))? {
+                        let seq = value::decode_seq(v).ok_or_else(|| Error::CorruptIndex {
+                            table: "event_ids",
+                            reason: format!("value for id {id:#x} is not a seq"),
+                        })?;
+                        stored_ids.push((id, seq));
+                    }
+                }
+                total += 1;
+            }
+        }
+        if let Some(&(id, seq)) = stored_ids.first() {
+            if stored_ids.len() != total {
+                return Err(Error::IdempotencyMismatch { id, seq });
+            }
+            return self.deduplicate(txn, master, batch, &stored_ids).map(Plan::Deduplicated);
+        }
+
+        let mut heads = PendingHeads::default();
+        let mut appended = Vec::with_capacity(batch.appends.len());
+        let mut slots = Vec::with_capacity(batch.appends.len());
+        let mut seq = first_seq;
+        for part in &batch.appends {
+            let at = heads.position(part.stream);
+            slots.push(at.unwrap_or(heads.list.len()) as u32);
+            let head = match at {
+                Some(i) => heads.take(i),
+                None => self.read_head(txn, part.stream, part.kind.as_ref())?,
+            };
+            check_kind(part, &head)?;
+            if !part.expected.is_satisfied_by(head.version) {
+                return Err(Error::ConcurrencyConflict {
+                    stream: part.stream,
+                    expected: part.expected,
+                    actual: head.version,
+                });
+            }
+            let n = u32::try_from(part.events.len())
+                .map_err(|_| Error::VersionOverflow { stream: part.stream })?;
+            let current = head.version.unwrap_or(0);
+            let last_version =
+                current.checked_add(n).ok_or(Error::VersionOverflow { stream: part.stream })?;
+            let next = seq.checked_add(u64::from(n)).ok_or_else(seq_exhausted)?;
+            appended.push(Appended {
+                stream: part.stream,
+                first_version: current + 1,
+                last_version,
+                first_seq: seq,
+                last_seq: next - 1,
+                deduplicated: false,
+            });
+            seq = next;
+            let kind = head.kind.or_else(|| part.kind.clone());
+            heads.set(at, PendingHead { stream: part.stream, version: Some(last_version), kind });
+        }
+        let new_schemas =
+            checked.into_iter().filter(|(_, _, new)| *new).map(|(tag, s, _)| (tag, s)).collect();
+        Ok(Plan::Write { appended, heads: heads.list, slots, new_schemas })
+    }
+
+    /// Checks a typed event's fingerprint against the registry, once per (tag, version) per
+    /// request; a first use is marked new, to be registered with the request's writes.
+    fn check_schema(
+        &self,
+        txn: &WriteTxn<'_>,
+        tag: &str,
+        schema: SchemaId,
+        checked: &mut Vec<(String, SchemaId, bool)>,
+    ) -> Result<(), Error> {
+        let mismatch = |stored: u64| Error::SchemaMismatch {
+            event: tag.to_owned(),
+            version: schema.version,
+            stored,
+            found: schema.fingerprint,
+        };
+        if let Some((_, known, _)) = checked.iter().find(|(t, s, _)| t == tag && s.version == schema.version)
+        {
+            return if known.fingerprint == schema.fingerprint {
+                Ok(())
+            } else {
+                Err(mismatch(known.fingerprint))
+            };
+        }
+        match self.storage.get(txn, self.storage.tables.schema, &key::schema(tag, schema.version))? {
+            Some(raw) => {
+                let stored = value::decode_fingerprint(raw).ok_or_else(|| Error::CorruptIndex {
+                    table: "schema",
+                    reason: format!("fingerprint of {tag:?} version {} is not 8 bytes", schema.version),
+                })?;
+                if stored != schema.fingerprint {
+                    return Err(mismatch(stored));
+                }
+                checked.push((tag.to_owned(), schema, false));
+                Ok(())
+            }
+            None => {
+                checked.push((tag.to_owned(), schema, true));
+                Ok(())
+            }
+        }
+    }
+
+    /// The stored head of `stream`; its kind shares `wanted`'s copy when they are the same.
+    fn read_head(
+        &self,
+        txn: &WriteTxn<'_>,
+        stream: StreamId,
+        wanted: Option<&Kind>,
+    ) -> Result<PendingHead, Error> {
+        if let Some((version, kind)) = self.head_cache.map.get(&stream) {
+            return Ok(PendingHead { stream, version: Some(*version), kind: kind.clone() });
+        }
+        let raw = self.storage.get(txn, self.storage.tables.stream_heads, &key::stream(stream.as_u128()))?;
+        Ok(match raw {
+            None => PendingHead { stream, version: None, kind: None },
+            Some(bytes) => {
+                let h = value::StreamHead::decode(bytes).ok_or_else(|| Error::CorruptIndex {
+                    table: "stream_heads",
+                    reason: format!("head of stream {stream} cannot be decoded"),
+                })?;
+                let kind = h.kind.map(|stored| match wanted {
+                    Some(wanted) if **wanted == *stored => wanted.clone(),
+                    _ => Kind::Shared(stored.into()),
+                });
+                PendingHead { stream, version: Some(h.version), kind }
+            }
+        })
+    }
+}
+
+/// Refuses an empty type tag or stream kind, or one longer than 255 bytes.
+fn check_tag(what: &'static str, tag: &str) -> Result<(), Error> {
+    if tag.is_empty() || tag.len() > 255 {
+        return Err(Error::InvalidTag { what, value: tag.to_owned() });
+    }
+    Ok(())
+}
+
+/// Refuses an append whose stated kind is not its stream's; a stream with no event yet
+/// takes the kind of its first append.
+fn check_kind(part: &StreamAppend, head: &PendingHead) -> Result<(), Error> {
+    let Some(wanted) = &part.kind else { return Ok(()) };
+    if head.version.is_none() || head.kind.as_deref() == Some(&**wanted) {
+        return Ok(());
+    }
+    Err(Error::StreamKindMismatch {
+        stream: part.stream,
+        expected: wanted.to_string(),
+        actual: head.kind.as_deref().map(str::to_owned),
+    })
+}
