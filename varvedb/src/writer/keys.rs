@@ -29,6 +29,15 @@ pub(super) struct WriterCrypto {
 }
 
 impl WriterCrypto {
+    /// Keeps `stream`'s key with the stored bytes it came from; past [`KEY_CACHE`] keys the
+    /// cache starts over, so memory stays bounded however many streams are written.
+    fn cache(&mut self, stream: u128, stored: Vec<u8>, cipher: Box<Aes256Gcm>) {
+        if self.keys.len() >= KEY_CACHE {
+            self.keys.clear();
+        }
+        self.keys.insert(stream, (stored, cipher));
+    }
+
     /// The state of a writer that has unwrapped no key yet.
     pub(super) fn new(encryption: Arc<Encryption>) -> Self {
         WriterCrypto {
@@ -61,10 +70,7 @@ impl WriterCrypto {
                     return Err(Error::Shredded { stream: StreamId::from(stream) });
                 }
             };
-            if self.keys.len() >= KEY_CACHE {
-                self.keys.clear();
-            }
-            self.keys.insert(stream, (stored.to_vec(), cipher));
+            self.cache(stream, stored.to_vec(), cipher);
         }
         Ok(self.keys.get(&stream).map(|(_, cipher)| &**cipher))
     }
@@ -87,10 +93,7 @@ impl WriterCrypto {
             }
             let (cipher, wrapped) = master.new_data_key(stream)?;
             storage.put(txn, storage.tables.keys, &key::stream(stream), &wrapped)?;
-            if self.keys.len() >= KEY_CACHE {
-                self.keys.clear();
-            }
-            self.keys.insert(stream, (wrapped.to_vec(), cipher));
+            self.cache(stream, wrapped.to_vec(), cipher);
         }
         self.keys
             .get(&stream)
