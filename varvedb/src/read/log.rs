@@ -12,11 +12,15 @@ use super::{ReadView, reuse};
 impl ReadView<'_> {
     /// The global log from `from_seq` on, in commit order.
     ///
+    /// Seqs run from 1 without gaps: a read that finds a seq missing (a record lost to
+    /// damage) reports [`Error::CorruptIndex`] in its place, then goes on.
+    ///
     /// # Errors
-    /// A storage error when starting; each item may be [`Error::Corrupt`].
+    /// A storage error when starting; each item may be [`Error::Corrupt`] or
+    /// [`Error::CorruptIndex`].
     pub fn read_all(&self, from_seq: u64) -> Result<LogEvents<'_>, Error> {
         let raw = self.storage.log_from(&self.txn, from_seq)?;
-        Ok(LogEvents { view: self, raw })
+        Ok(LogEvents { view: self, raw, next_seq: from_seq.max(1), held: None })
     }
 }
 
@@ -24,6 +28,10 @@ impl ReadView<'_> {
 pub struct LogEvents<'v> {
     view: &'v ReadView<'v>,
     raw: LogEntries<'v>,
+    /// The seq the next record must have: the log has no gaps.
+    next_seq: u64,
+    /// A record found past a gap, handed out after the gap is reported.
+    held: Option<(u64, &'v [u8])>,
 }
 
 impl<'v> Iterator for LogEvents<'v> {
@@ -52,15 +60,9 @@ impl<'v> LogEvents<'v> {
     where
         'v: 'a,
     {
-        let (k, v) = match self.raw.next()? {
-            Ok(kv) => kv,
+        let (seq, v) = match self.next_record()? {
+            Ok(record) => record,
             Err(e) => return Some(Err(e)),
-        };
-        let Some(seq) = key::decode_seq(k) else {
-            return Some(Err(Error::CorruptIndex {
-                table: "events",
-                reason: "key is not an 8-byte seq".into(),
-            }));
         };
         let checked = match record::verify(seq, v) {
             Ok(checked) => checked,
@@ -78,19 +80,60 @@ impl<'v> LogEvents<'v> {
         buf: &mut Vec<u8>,
         mut f: impl FnMut(&RecordedEvent<'_>) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, Error> {
-        for entry in self.raw.by_ref() {
-            let (k, v) = entry?;
-            let Some(seq) = key::decode_seq(k) else {
-                return Err(Error::CorruptIndex {
-                    table: "events",
-                    reason: "key is not an 8-byte seq".into(),
-                });
-            };
+        while let Some(record) = self.next_record() {
+            let (seq, v) = record?;
             let flow = self.view.with_event(record::verify(seq, v)?, reuse(buf), |event| f(&event))?;
             if flow.is_break() {
                 return Ok(flow);
             }
         }
         Ok(ControlFlow::Continue(()))
+    }
+
+    /// The next record of the log and its seq, checked to follow the last one: a gap is
+    /// reported first, and the record after it comes on the next call.
+    #[inline]
+    fn next_record(&mut self) -> Option<Result<(u64, &'v [u8]), Error>> {
+        let (seq, v) = match self.held.take() {
+            Some(held) => held,
+            None => {
+                let (k, v) = match self.raw.next()? {
+                    Ok(kv) => kv,
+                    Err(e) => return Some(Err(e)),
+                };
+                let Some(seq) = key::decode_seq(k) else {
+                    return Some(Err(Error::CorruptIndex {
+                        table: "events",
+                        reason: "key is not an 8-byte seq".into(),
+                    }));
+                };
+                if seq != self.next_seq {
+                    return Some(Err(self.gap(seq, v)));
+                }
+                (seq, v)
+            }
+        };
+        self.next_seq = seq.saturating_add(1);
+        Some(Ok((seq, v)))
+    }
+
+    /// The error for a record of `seq` where `next_seq` was due; the record is held for the
+    /// next call if it lies past the gap.
+    #[cold]
+    fn gap(&mut self, seq: u64, v: &'v [u8]) -> Error {
+        let expected = self.next_seq;
+        let reason = if seq > expected {
+            self.held = Some((seq, v));
+            if seq - 1 == expected {
+                format!("seq {expected} is missing: the log goes on at seq {seq}")
+            } else {
+                format!("seqs {expected} to {} are missing: the log goes on at seq {seq}", seq - 1)
+            }
+        } else {
+            // Only seq 0 sorts below the first seq of a read (any other would be out of order,
+            // which LMDB's sorted keys rule out).
+            format!("a record is stored under seq {seq}, where no event can be")
+        };
+        Error::CorruptIndex { table: "events", reason }
     }
 }

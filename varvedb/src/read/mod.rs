@@ -143,23 +143,23 @@ impl<'db> ReadView<'db> {
         })
     }
 
-    /// The event with global sequence number `seq`, if committed in this snapshot.
+    /// The event with global sequence number `seq`, if committed in this snapshot (`None`
+    /// for seq 0 and for seqs past the last one).
     ///
     /// # Errors
-    /// [`Error::Corrupt`] naming the seq if the record fails its checksum.
+    /// [`Error::Corrupt`] naming the seq if the record fails its checksum;
+    /// [`Error::CorruptIndex`] if a seq below the last one has no record.
     pub fn event(&self, seq: u64) -> Result<Option<RecordedEvent<'_>>, Error> {
-        self.event_with(seq, |n| self.arena(n))
-    }
-
-    /// The event at `seq`; an encrypted one is decrypted into the buffer `plain` gives.
-    fn event_with<'a>(
-        &'a self,
-        seq: u64,
-        plain: impl FnOnce(usize) -> &'a mut [u8],
-    ) -> Result<Option<RecordedEvent<'a>>, Error> {
         match self.storage.get(&self.txn, self.storage.tables.events, &key::seq(seq))? {
+            Some(raw) => {
+                self.with_event(record::verify(seq, raw)?, |n| self.arena(n), |event| event).map(Some)
+            }
+            // The log has no gaps: a seq up to the last one that has no record was lost.
+            None if seq != 0 && seq < self.last_seq()? => Err(Error::CorruptIndex {
+                table: "events",
+                reason: format!("seq {seq} is missing from the log"),
+            }),
             None => Ok(None),
-            Some(raw) => self.with_event(record::verify(seq, raw)?, plain, |event| event).map(Some),
         }
     }
 

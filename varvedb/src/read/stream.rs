@@ -13,6 +13,10 @@ use super::{ReadView, reuse};
 impl ReadView<'_> {
     /// Events of `stream` with version `>= from_version`, oldest first.
     ///
+    /// The read checks the stream index as it goes: versions run on without gaps up to the
+    /// stream's head, and each entry points at the event it names. A missing, surplus or
+    /// misplaced entry is an [`Error::CorruptIndex`] in its place, and the read goes on.
+    ///
     /// # Errors
     /// A storage error when starting; each item may be [`Error::Corrupt`] or
     /// [`Error::CorruptIndex`].
@@ -31,7 +35,8 @@ impl ReadView<'_> {
             (Included(&from), Unbounded),
             false,
         )?;
-        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(true), ahead: Ahead::new() })
+        let versions = Versions::forward(from_version, self.stream_version(stream)?);
+        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(true), ahead: Ahead::new(), versions })
     }
 
     /// Events of `stream` with version `<= from_version`, newest first. Pass `u32::MAX` to
@@ -53,7 +58,8 @@ impl ReadView<'_> {
             (Included(&from), Included(&to)),
             true,
         )?;
-        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(false), ahead: Ahead::new() })
+        let versions = Versions::backward(from_version, self.stream_version(stream)?);
+        Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(false), ahead: Ahead::new(), versions })
     }
 }
 
@@ -65,6 +71,102 @@ pub struct StreamEvents<'v> {
     raw: Entries<'v>,
     log: LogSteps<'v>,
     ahead: Ahead<'v>,
+    versions: Versions,
+}
+
+/// The versions a stream read must meet, in order: from where it starts to the stream's
+/// head (forward) or down to 1 (backward), each once. The index is checked against them, so
+/// an entry lost or moved by damage is reported instead of read past.
+#[derive(Clone, Copy)]
+struct Versions {
+    forward: bool,
+    /// The version the next entry must have; past the end of the range once it is met.
+    next: u64,
+    /// The last version of the range: the stream's head forward, 1 backward.
+    last: u64,
+    /// The stream's head (0: the stream has no events).
+    head: u64,
+    /// An entry found past a gap, held until the gap is reported.
+    held: Option<(u128, u32, u64)>,
+    /// The index has no more entries of the stream.
+    ended: bool,
+}
+
+impl Versions {
+    fn forward(from: u32, head: Option<u32>) -> Self {
+        let head = u64::from(head.unwrap_or(0));
+        Versions { forward: true, next: u64::from(from.max(1)), last: head, head, held: None, ended: false }
+    }
+
+    fn backward(from: u32, head: Option<u32>) -> Self {
+        let head = u64::from(head.unwrap_or(0));
+        Versions { forward: false, next: u64::from(from).min(head), last: 1, head, held: None, ended: false }
+    }
+
+    /// Checks the entry at `version`: `Err` with the reason if it is not the one due (it is
+    /// then held, if it lies past a gap, for the next call).
+    #[inline]
+    fn meet(&mut self, entry: (u128, u32, u64)) -> Result<(), String> {
+        let version = u64::from(entry.1);
+        if version == self.next && version != 0 && version <= self.head {
+            self.step(version);
+            return Ok(());
+        }
+        Err(self.mismatch(entry))
+    }
+
+    /// The entry held past a gap, now due.
+    fn take_held(&mut self) -> Option<(u128, u32, u64)> {
+        let entry = self.held.take()?;
+        self.step(u64::from(entry.1));
+        Some(entry)
+    }
+
+    fn step(&mut self, version: u64) {
+        self.next = if self.forward { version + 1 } else { version - 1 };
+    }
+
+    #[cold]
+    fn mismatch(&mut self, entry: (u128, u32, u64)) -> String {
+        let version = u64::from(entry.1);
+        if version == 0 || version > self.head {
+            return format!(
+                "an entry for version {version} lies outside the stream's versions 1 to {}",
+                self.head
+            );
+        }
+        let past_gap = if self.forward { version > self.next } else { version < self.next };
+        if !past_gap {
+            // Behind what is due: only damage can put it there (keys are unique and sorted).
+            return format!("an entry for version {version} is out of order");
+        }
+        let (low, high) = if self.forward { (self.next, version - 1) } else { (version + 1, self.next) };
+        self.held = Some(entry);
+        missing(low, high)
+    }
+
+    /// At the end of the index's entries: the versions still due, if any, have no entry.
+    #[cold]
+    fn finish(&mut self) -> Option<String> {
+        self.ended = true;
+        let due = if self.forward { self.next <= self.last } else { self.next >= self.last && self.next > 0 };
+        if !due {
+            return None;
+        }
+        let (low, high) = if self.forward { (self.next, self.last) } else { (self.last, self.next) };
+        // Reported once: the read then ends.
+        self.next = if self.forward { self.last + 1 } else { 0 };
+        Some(missing(low, high))
+    }
+}
+
+/// The reason for versions `low` to `high` of a stream having no index entry.
+fn missing(low: u64, high: u64) -> String {
+    if low == high {
+        format!("version {low} has no index entry")
+    } else {
+        format!("versions {low} to {high} have no index entry")
+    }
 }
 
 /// Most index entries a stream read looks up ahead of the event it hands out.
@@ -78,7 +180,7 @@ const AHEAD: usize = 8;
 /// Lookups ahead can meet a damaged LMDB page before the events already looked up are
 /// handed out. LMDB then fails the read transaction as a whole, so those of them that still
 /// need the transaction (a payload blob, a stream's key) report the same storage error
-/// instead of their event; plain inline events are handed out as before.
+/// instead of their event; plain inline events, which need nothing more, are still handed out.
 struct Ahead<'v> {
     slots: [Fetched<'v>; AHEAD],
     /// Slot of the oldest entry.
@@ -305,26 +407,48 @@ impl<'v> StreamEvents<'v> {
     /// bound: it ends at the first key of another stream.
     #[inline]
     fn fetch(&mut self) -> Option<Result<Fetched<'v>, Box<Error>>> {
-        let (k, v) = match self.raw.next()? {
-            Ok(kv) => kv,
-            Err(e) => return Some(Err(Box::new(e))),
-        };
-        let wanted = self.stream.as_u128();
-        if self.log.forward && k.get(..16) != Some(&key::stream(wanted)[..]) {
-            return None;
-        }
         let bad = |reason: String| Box::new(Error::CorruptIndex { table: "streams", reason });
-        let Some((stream, version)) = key::decode_stream_version(k) else {
-            return Some(Err(bad("key is not 20 bytes".into())));
-        };
-        let Some(seq) = value::decode_seq(v) else {
-            return Some(Err(bad(format!("value at version {version} is not a seq"))));
+        let (stream, version, seq) = match self.versions.take_held() {
+            Some(entry) => entry,
+            None => match self.next_entry()? {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(e)),
+            },
         };
         Some(match self.log.record(self.view, seq) {
             Ok(Some(raw)) => Ok(Fetched { stream, version, seq, raw }),
             Ok(None) => Err(bad(format!("version {version} points at missing seq {seq}"))),
             Err(e) => Err(Box::new(e)),
         })
+    }
+
+    /// The next entry of the stream's index, decoded and checked to be the version due.
+    #[inline]
+    fn next_entry(&mut self) -> Option<Result<(u128, u32, u64), Box<Error>>> {
+        let bad = |reason: String| Box::new(Error::CorruptIndex { table: "streams", reason });
+        if self.versions.ended {
+            return None;
+        }
+        let wanted = self.stream.as_u128();
+        let (k, v) = match self.raw.next() {
+            Some(Ok(kv)) => kv,
+            Some(Err(e)) => return Some(Err(Box::new(e))),
+            None => return self.versions.finish().map(|reason| Err(bad(reason))),
+        };
+        if self.log.forward && k.get(..16) != Some(&key::stream(wanted)[..]) {
+            return self.versions.finish().map(|reason| Err(bad(reason)));
+        }
+        let Some((stream, version)) = key::decode_stream_version(k) else {
+            return Some(Err(bad("key is not 20 bytes".into())));
+        };
+        let seq = value::decode_seq(v);
+        if let Err(reason) = self.versions.meet((stream, version, seq.unwrap_or(0))) {
+            return Some(Err(bad(reason)));
+        }
+        Some(
+            seq.map(|seq| (stream, version, seq))
+                .ok_or_else(|| bad(format!("value at version {version} is not a seq"))),
+        )
     }
 }
 

@@ -434,8 +434,17 @@ mod tests {
         assert!(matches!(r, Err(Error::CorruptIndex { table: "streams", .. })), "{r:?}");
         let view = db.begin_read().unwrap();
         assert_eq!(view.last_seq().unwrap(), 3, "nothing written");
-        let versions: Vec<u32> = view.read_stream(3u128, 1).unwrap().map(|e| e.unwrap().version()).collect();
-        assert_eq!(versions, [1, 2, 3], "every stored event is still reachable");
+        let log: Vec<u32> = view.read_all(1).unwrap().map(|e| e.unwrap().version()).collect();
+        assert_eq!(log, [1, 2, 3], "every stored event is still in the log");
+        // A stream read reports the entry the head does not cover, instead of passing it by.
+        let read: Vec<_> = view.read_stream(3u128, 1).unwrap().collect();
+        assert_eq!(read.len(), 3);
+        assert_eq!((read[0].as_ref().unwrap().version(), read[1].as_ref().unwrap().version()), (1, 2));
+        assert!(
+            matches!(&read[2], Err(Error::CorruptIndex { table: "streams", reason }) if reason.contains("version 3")),
+            "{:?}",
+            read[2]
+        );
     }
 
     #[test]

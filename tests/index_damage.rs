@@ -1,0 +1,238 @@
+//! A damaged index never reads as a shorter, longer or reordered history: stream reads check
+//! that versions run on without gaps to the stream's head, log reads that seqs run on
+//! without gaps, and each reports the damage in its place.
+
+#[path = "support/damage.rs"]
+mod damage;
+
+use varvedb::{Error, Event, ExpectedVersion, NewEvent, Varve, WriteBatch, aggregate};
+
+fn stream_version(stream: u128, version: u32) -> Vec<u8> {
+    [&stream.to_be_bytes()[..], &version.to_be_bytes()].concat()
+}
+
+/// 40 events in each of streams 26 and 27, interleaved: stream 26 has the odd seqs.
+fn two_streams(dir: &std::path::Path) {
+    let db = Varve::open(dir).unwrap();
+    let mut batch = WriteBatch::new();
+    for i in 0..80u32 {
+        let stream = if i % 2 == 0 { 26u128 } else { 27 };
+        batch.append(stream, ExpectedVersion::Auto, [NewEvent::new("n", (i / 2 + 1).to_le_bytes().to_vec())]);
+    }
+    db.write(batch).unwrap();
+}
+
+/// Each item of a read: the version and the payload's version, or the error's text.
+fn read(db: &Varve, stream: u128, backward: bool) -> Vec<Result<(u32, u32), String>> {
+    let view = db.begin_read().unwrap();
+    let events = if backward {
+        view.read_stream_backward(stream, u32::MAX).unwrap()
+    } else {
+        view.read_stream(stream, 1).unwrap()
+    };
+    events
+        .map(|e| match e {
+            Ok(e) => Ok((e.version(), u32::from_le_bytes(e.payload().try_into().unwrap()))),
+            Err(Error::CorruptIndex { table: "streams", reason }) => Err(reason),
+            Err(other) => panic!("unexpected error {other}"),
+        })
+        .collect()
+}
+
+/// Every event handed out is the one of its version: damage may only show as errors.
+fn assert_sound(items: &[Result<(u32, u32), String>]) {
+    for (version, content) in items.iter().flatten() {
+        assert_eq!(version, content, "{items:?}");
+    }
+}
+
+#[test]
+fn a_deleted_stream_index_entry_is_reported_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    two_streams(dir.path());
+    damage::raw::delete(dir.path(), "streams", &stream_version(27, 32));
+    let db = Varve::open(dir.path()).unwrap();
+
+    let forward = read(&db, 27, false);
+    assert_eq!(forward.len(), 40);
+    assert_sound(&forward);
+    for (i, item) in forward.iter().enumerate() {
+        match i {
+            31 => assert_eq!(item.as_ref().unwrap_err(), "version 32 has no index entry"),
+            i => assert_eq!(item.as_ref().unwrap().0 as usize, i + 1),
+        }
+    }
+    let backward = read(&db, 27, true);
+    assert_eq!(backward.len(), 40);
+    assert_sound(&backward);
+    assert_eq!(backward[8].as_ref().unwrap_err(), "version 32 has no index entry");
+    assert_eq!(backward[9].as_ref().unwrap().0, 31);
+
+    // From the middle, past the damage and up to it.
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.read_stream(27u128, 33).unwrap().flatten().count(), 8);
+    let first = view.read_stream(27u128, 32).unwrap().next().unwrap();
+    assert!(matches!(first, Err(Error::CorruptIndex { .. })), "{first:?}");
+    // The other stream is untouched.
+    assert_eq!(read(&db, 26, false).iter().filter(|r| r.is_ok()).count(), 40);
+}
+
+#[test]
+fn a_stream_whose_last_entries_are_gone_is_not_read_as_shorter() {
+    let dir = tempfile::tempdir().unwrap();
+    two_streams(dir.path());
+    for v in [39, 40] {
+        damage::raw::delete(dir.path(), "streams", &stream_version(27, v));
+    }
+    let db = Varve::open(dir.path()).unwrap();
+    let forward = read(&db, 27, false);
+    assert_eq!(forward.len(), 39);
+    assert_sound(&forward);
+    assert_eq!(forward[38].as_ref().unwrap_err(), "versions 39 to 40 have no index entry");
+    let backward = read(&db, 27, true);
+    assert_eq!(backward[0].as_ref().unwrap_err(), "versions 39 to 40 have no index entry");
+    assert_eq!(backward[1].as_ref().unwrap().0, 38);
+
+    // Nor one whose first entries are gone.
+    drop(db);
+    damage::raw::delete(dir.path(), "streams", &stream_version(26, 1));
+    let db = Varve::open(dir.path()).unwrap();
+    let forward = read(&db, 26, false);
+    assert_eq!(forward[0].as_ref().unwrap_err(), "version 1 has no index entry");
+    assert_eq!(forward[1].as_ref().unwrap().0, 2);
+    let backward = read(&db, 26, true);
+    assert_eq!(backward.last().unwrap().as_ref().unwrap_err(), "version 1 has no index entry");
+}
+
+#[test]
+fn a_bit_flip_that_moves_an_entry_to_another_stream_is_reported_in_both() {
+    // The flip of the example: key (27, v32) becomes (26, v32), the stored bytes
+    // changed in place (every copy LMDB left in the file), so the key sits out of order.
+    let dir = tempfile::tempdir().unwrap();
+    two_streams(dir.path());
+    // Stream 26 has a version 32 too: after the flip, its page holds that key twice.
+    let hits = damage::flip_in_file(dir.path(), &stream_version(27, 32), 15);
+    assert!(hits >= 1);
+    let db = Varve::open(dir.path()).unwrap();
+    for stream in [26u128, 27] {
+        for backward in [false, true] {
+            let items = read(&db, stream, backward);
+            assert_sound(&items);
+            if stream == 27 {
+                assert!(items.iter().any(Result::is_err), "stream {stream} backward {backward}: {items:?}");
+            }
+        }
+    }
+    // And the check of the whole store finds it.
+    assert!(db.begin_read().unwrap().check_integrity().is_err());
+}
+
+#[test]
+fn a_stream_head_and_index_that_disagree_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    two_streams(dir.path());
+    // An entry past the head (its key's version rewritten): outside the stream's versions.
+    let seq_of_40 = damage::raw::get(dir.path(), "streams", &stream_version(27, 40)).unwrap();
+    damage::raw::delete(dir.path(), "streams", &stream_version(27, 40));
+    damage::raw::put(dir.path(), "streams", &stream_version(27, 41), &seq_of_40);
+    let db = Varve::open(dir.path()).unwrap();
+    let forward = read(&db, 27, false);
+    assert_sound(&forward);
+    assert_eq!(forward.iter().filter(|r| r.is_ok()).count(), 39);
+    assert!(forward[39].as_ref().unwrap_err().contains("version 41 lies outside"), "{:?}", forward[39]);
+    assert_eq!(forward[40].as_ref().unwrap_err(), "version 40 has no index entry");
+}
+
+#[test]
+fn a_missing_seq_in_the_log_is_reported_by_every_log_read() {
+    let dir = tempfile::tempdir().unwrap();
+    two_streams(dir.path());
+    for seq in [10u64, 11, 12, 50] {
+        damage::raw::delete(dir.path(), "events", &seq.to_be_bytes());
+    }
+    let db = Varve::open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    let log: Vec<Result<u64, String>> = view
+        .read_all(0)
+        .unwrap()
+        .map(|e| match e {
+            Ok(e) => Ok(e.seq()),
+            Err(Error::CorruptIndex { table: "events", reason }) => Err(reason),
+            Err(other) => panic!("{other}"),
+        })
+        .collect();
+    let errors: Vec<&String> = log.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(
+        errors,
+        [
+            "seqs 10 to 12 are missing: the log goes on at seq 13",
+            "seq 50 is missing: the log goes on at seq 51"
+        ]
+    );
+    let seqs: Vec<u64> = log.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let want: Vec<u64> = (1..=80).filter(|s| ![10, 11, 12, 50].contains(s)).collect();
+    assert_eq!(seqs, want, "every stored event, in order, around the reports");
+    // From inside a gap, too.
+    let first = view.read_all(11).unwrap().next().unwrap();
+    assert!(matches!(first, Err(Error::CorruptIndex { table: "events", .. })), "{first:?}");
+    // A point lookup of a lost seq is an error, not "never written".
+    assert!(matches!(view.event(50), Err(Error::CorruptIndex { table: "events", .. })));
+    assert!(view.event(81).unwrap().is_none(), "past the last seq");
+    assert!(view.event(0).unwrap().is_none());
+    assert!(view.check_integrity().is_err());
+}
+
+#[tokio::test]
+async fn a_subscription_stops_at_a_missing_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    two_streams(dir.path());
+    damage::raw::delete(dir.path(), "events", &5u64.to_be_bytes());
+    let db = Varve::open(dir.path()).unwrap();
+    let mut feed = db.subscribe(1);
+    for seq in 1..=4 {
+        assert_eq!(feed.next_event().await.unwrap().unwrap().seq, seq);
+    }
+    for _ in 0..2 {
+        let e = feed.next_event().await.unwrap();
+        assert!(matches!(e, Err(Error::CorruptIndex { table: "events", .. })), "{e:?}");
+    }
+}
+
+#[derive(Event, Debug)]
+#[event(name = "counted", version = 1)]
+struct Counted {
+    n: u32,
+}
+
+#[derive(Default)]
+struct Counter {
+    seen: Vec<u32>,
+}
+
+#[aggregate]
+impl Counter {
+    fn counted(&mut self, e: &ArchivedCounted) {
+        self.seen.push(e.n.to_native());
+    }
+}
+
+#[test]
+fn a_typed_load_over_a_lost_index_entry_fails_instead_of_folding_less() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Varve::open(dir.path()).unwrap();
+        let counter = db.stream::<Counter>(9u128);
+        for n in 1..=20 {
+            counter.append(ExpectedVersion::Auto, Counted { n }).unwrap();
+        }
+        assert_eq!(counter.load().unwrap().state().seen, (1..=20).collect::<Vec<_>>());
+    }
+    damage::raw::delete(dir.path(), "streams", &stream_version(9, 20));
+    let db = Varve::open(dir.path()).unwrap();
+    let loaded = db.stream::<Counter>(9u128).load();
+    assert!(
+        matches!(&loaded, Err(Error::CorruptIndex { table: "streams", reason }) if reason == "version 20 has no index entry"),
+        "{:?}",
+        loaded.as_ref().map(varvedb::Loaded::version)
+    );
+}
