@@ -1,5 +1,6 @@
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::batch::ExpectedVersion;
 use crate::id::StreamId;
@@ -231,6 +232,30 @@ pub enum Error {
     /// The store's writer thread has stopped (the store is closing, or the thread panicked).
     #[error("the store's writer has stopped")]
     WriterStopped,
+
+    /// A commit failed while writing its last page, the one that makes it durable: the
+    /// request may or may not be stored, and the store must be reopened
+    /// ([`NeedsReopen`](Self::NeedsReopen)). After reopening, send the same request again
+    /// with the same event ids ([`NewEvent::with_id`](crate::NewEvent::with_id)): a stored
+    /// request answers with its original positions, one that was not stored is appended.
+    /// `source` is the storage engine's original error.
+    #[error("a commit failed while making itself durable; it may or may not be stored: {source}")]
+    OutcomeUnknown {
+        /// The error the commit failed with.
+        source: Arc<Error>,
+    },
+
+    /// The storage engine cannot go on in this process after a commit failed while writing
+    /// its last page ([`OutcomeUnknown`](Self::OutcomeUnknown)): every read and write of
+    /// this store fails with this error until every handle to it ([`Varve`](crate::Varve)
+    /// clones, read views, subscriptions, runners) is dropped and the store is opened again.
+    /// Nothing committed before is lost; other processes are not affected. `source` is the
+    /// error that stopped it.
+    #[error("the store must be reopened: a commit failed while making itself durable ({source})")]
+    NeedsReopen {
+        /// The error the failed commit returned.
+        source: Arc<Error>,
+    },
 
     /// The store is encrypted and was opened without a master key (or another process
     /// turned encryption on after this one opened the empty store). Nothing was read or

@@ -8,6 +8,7 @@
 use std::cmp::Ordering;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use heed::types::Bytes;
 use heed::{
@@ -344,6 +345,10 @@ pub(crate) struct Storage {
     env: Env<WithoutTls>,
     pub(crate) tables: Tables,
     map_size: usize,
+    /// Set when a commit failed while writing its meta page. LMDB then refuses every later
+    /// transaction of this environment (`MDB_PANIC`) until it is closed; what this holds is
+    /// the error that caused it, given as the source of every refusal.
+    fatal: OnceLock<Arc<Error>>,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -397,7 +402,7 @@ impl Storage {
             schema: create(&mut wtxn, name::SCHEMA)?,
             meta: create(&mut wtxn, name::META)?,
         };
-        let storage = Storage { env: env.clone(), tables, map_size };
+        let storage = Storage { env: env.clone(), tables, map_size, fatal: OnceLock::new() };
         if let Some(bytes) = storage.get(&wtxn, tables.meta, meta_key::FORMAT_VERSION)? {
             let found = bytes
                 .try_into()
@@ -438,8 +443,25 @@ impl Storage {
         self.env.write_txn().map_err(|e| self.err(e))
     }
 
+    /// Commits `txn`. An error means nothing of it is stored, except
+    /// [`Error::OutcomeUnknown`]: LMDB failed while writing the meta page that makes the
+    /// commit durable, so the commit may be in the file, and the environment refuses every
+    /// later transaction.
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
-        txn.commit().map_err(|e| self.err(e))
+        let Err(e) = txn.commit() else { return Ok(()) };
+        let error = self.err(e);
+        if matches!(error, Error::NeedsReopen { .. }) {
+            return Err(error);
+        }
+        // Only a failed meta-page write leaves LMDB's environment unusable; any other failure
+        // of a commit happens before that write and leaves the last commit in force.
+        match self.env.read_txn() {
+            Err(heed::Error::Mdb(MdbError::Panic)) => {
+                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(error)));
+                Err(Error::OutcomeUnknown { source })
+            }
+            _ => Err(error),
+        }
     }
 
     /// The highest seq in the log, 0 when empty. Read inside the caller's transaction so a
@@ -619,7 +641,18 @@ impl Storage {
     }
 
     fn err(&self, e: heed::Error) -> Error {
-        storage_error(e, self.map_size)
+        match e {
+            heed::Error::Mdb(MdbError::Panic) => {
+                let source = self.fatal.get().map_or_else(
+                    // Not through a commit of ours: another thread of this process made LMDB
+                    // give up (a transaction of a thread that died, say).
+                    || Arc::new(Error::Storage(StorageError::new(e))),
+                    Arc::clone,
+                );
+                Error::NeedsReopen { source }
+            }
+            e => storage_error(e, self.map_size),
+        }
     }
 }
 

@@ -223,8 +223,10 @@ impl Varve {
     /// [`Error::VersionOverflow`], [`Error::DuplicateEventId`], [`Error::IdempotencyMismatch`],
     /// [`Error::StreamKindMismatch`], [`Error::SchemaMismatch`]); [`Error::StoreFull`];
     /// damage found while writing ([`Error::Corrupt`], [`Error::CorruptIndex`]);
-    /// [`Error::WriterStopped`] while the store closes; I/O errors. Every error means nothing
-    /// of the request was written.
+    /// [`Error::WriterStopped`] while the store closes; I/O errors. Every error but one means
+    /// nothing of the request was written: [`Error::OutcomeUnknown`], when the disk failed
+    /// the very write that makes a commit durable, says the request may be stored; reopen
+    /// the store ([`Error::NeedsReopen`]) and resend it with event ids to learn which.
     pub fn append(
         &self,
         stream: impl Into<StreamId>,

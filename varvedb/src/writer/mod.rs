@@ -186,6 +186,12 @@ impl WriterState {
         self.counters.requests.fetch_add(batches.len() as u64, Ordering::Relaxed);
         let results = match self.commit(&batches) {
             Ok(results) => results,
+            // The commit may be in the file, and the environment takes no other: every
+            // request of the group shares the outcome and the original error.
+            Err(Error::OutcomeUnknown { source }) => batches
+                .iter()
+                .map(|_| Err(Error::OutcomeUnknown { source: Arc::clone(&source) }))
+                .collect(),
             // A storage failure (map full, disk full, I/O) poisons the whole transaction.
             // Retry each request alone so only the one that cannot fit fails.
             Err(_) if batches.len() > 1 => batches
@@ -205,7 +211,9 @@ impl WriterState {
     }
 
     /// Applies `batches` in one transaction. `Err` means the transaction failed as a whole
-    /// and nothing was committed; request-level failures are inside the `Ok`.
+    /// and nothing was committed, except [`Error::OutcomeUnknown`] (see
+    /// [`Storage::commit`](crate::storage::Storage::commit)); request-level failures are
+    /// inside the `Ok`.
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
         let storage = Arc::clone(&self.storage);
         let mut txn = storage.write_txn()?;
