@@ -31,6 +31,7 @@ use plan::{Plan, seq_exhausted};
 /// and the size of the transaction; a larger backlog simply takes several commits.
 const MAX_GROUP: usize = 1024;
 
+/// A request's answer: where each of its stream appends landed, or why nothing was written.
 pub(crate) type WriteResult = Result<Vec<Appended>, Error>;
 
 /// Where the writer sends a request's answer.
@@ -49,6 +50,7 @@ impl Reply {
     }
 }
 
+/// One write request queued for the writer thread, with where to send its answer.
 pub(crate) struct Request {
     pub(crate) batch: WriteBatch,
     pub(crate) reply: Reply,
@@ -62,6 +64,7 @@ pub(crate) struct Counters {
     pub(crate) events: AtomicU64,
 }
 
+/// What the writer takes from the store's options.
 pub(crate) struct WriterConfig {
     pub(crate) max_event_size: usize,
     pub(crate) encryption: Option<Arc<Encryption>>,
@@ -188,10 +191,9 @@ impl WriterState {
             Ok(results) => results,
             // The commit may be in the file, and the environment takes no other: every
             // request of the group shares the outcome and the original error.
-            Err(Error::OutcomeUnknown { source }) => batches
-                .iter()
-                .map(|_| Err(Error::OutcomeUnknown { source: Arc::clone(&source) }))
-                .collect(),
+            Err(Error::OutcomeUnknown { source }) => {
+                batches.iter().map(|_| Err(Error::OutcomeUnknown { source: Arc::clone(&source) })).collect()
+            }
             // A storage failure (map full, disk full, I/O) poisons the whole transaction.
             // Retry each request alone so only the one that cannot fit fails.
             Err(_) if batches.len() > 1 => batches
