@@ -273,9 +273,11 @@ pub enum Error {
 
     /// The call would wait for a lock this thread already holds: appending, or starting a
     /// write transaction, from inside a projection handler (which runs in the store's write
-    /// transaction). Record what to do in the read model and act on it elsewhere.
+    /// transaction), or appending from an [`Options::on_reader_lag`](crate::Options::on_reader_lag)
+    /// callback (which runs on the writer thread). Record what to do (in the read model, on a
+    /// channel) and act on it elsewhere.
     #[error(
-        "this call would deadlock: it needs the store's write lock, which this thread holds (inside a projection handler)"
+        "this call would deadlock: it needs the store's write lock, which this thread holds (inside a projection handler or a reader-lag callback)"
     )]
     WouldDeadlock,
 

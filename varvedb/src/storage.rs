@@ -1110,7 +1110,8 @@ mod sys {
     pub(super) fn lock_first_byte(file: &File, lock: bool) -> io::Result<bool> {
         // SAFETY: `flock` is plain integers; all zeros is a valid value.
         let mut range: libc::flock = unsafe { std::mem::zeroed() };
-        range.l_type = if lock { libc::F_WRLCK } else { libc::F_UNLCK } as _;
+        let kind = if lock { libc::F_WRLCK } else { libc::F_UNLCK };
+        range.l_type = kind as _;
         range.l_whence = libc::SEEK_SET as _;
         range.l_start = 0;
         range.l_len = 1;

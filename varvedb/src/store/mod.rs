@@ -126,6 +126,8 @@ impl Options {
     ///
     /// `warn` runs on the writer thread between commits: keep it short (log, count, send on
     /// a channel). Appending from it is [`Error::WouldDeadlock`]; a panic in it is caught.
+    /// The store keeps `warn` until it closes, so a `Varve` captured in it would keep the
+    /// store open for good.
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
