@@ -14,7 +14,7 @@ use crate::id::StreamId;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O error from the operating system (for example, the disk is full).
+    /// An I/O error from the operating system (a full disk is [`Error::DiskFull`] instead).
     /// The transaction in progress was aborted; nothing committed before it is lost.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -29,6 +29,57 @@ pub enum Error {
     AlreadyOpen {
         /// The canonical path of the store.
         path: PathBuf,
+    },
+
+    /// The path given for a store is not a directory (or lies below a file): often the
+    /// `data.mdb` file itself. A store is a directory; give the directory that holds (or is
+    /// to hold) `data.mdb` and `lock.mdb`.
+    #[error("{} is not a directory: a store is the directory that holds data.mdb, not a file", path.display())]
+    NotADirectory {
+        /// The path as given.
+        path: PathBuf,
+    },
+
+    /// The directory holds an LMDB file of another application: it has databases other than
+    /// a store's tables, and no store format version. Nothing was written to it. Open the
+    /// store in a directory of its own.
+    #[error("{} holds an LMDB file that is not a varvedb store; nothing was written to it", path.display())]
+    NotAStore {
+        /// The canonical path of the directory.
+        path: PathBuf,
+    },
+
+    /// The filesystem holding the store has no space left (or the user's quota is used
+    /// up). The operation was abandoned: a failed write stored nothing, and a store whose
+    /// creation failed does not exist. Free space, then retry; the store opens and works as
+    /// before.
+    ///
+    /// Reported when a write fails with ENOSPC or EDQUOT, and when it fails with EIO (which
+    /// is how LMDB reports a write cut short) while the filesystem has less than 1 MiB, or
+    /// less than 1% of its size if that is smaller, available to this process. Any other
+    /// EIO is [`Error::Io`].
+    #[error("the filesystem holding {} is full ({available} bytes available): free space, then retry", path.display())]
+    DiskFull {
+        /// The canonical path of the store's directory (or of the directory written to).
+        path: PathBuf,
+        /// Bytes available to this process right after the failure, as `statvfs` reported.
+        available: u64,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+
+    /// Another process grew the store past this process's memory map, and this process
+    /// cannot move its map yet: that needs a moment with no read view or transaction of
+    /// its own open. Nothing was read or written. Drop this process's read views (and let
+    /// running projection steps finish), then retry: the first read view or write that
+    /// begins with none open takes the new size. Reopening the store with a larger
+    /// [`Options::map_size`](crate::Options::map_size) also cures it.
+    #[error(
+        "another process grew the store past this process's map of {map_size} bytes; close this process's read views, then retry"
+    )]
+    MapResized {
+        /// The size of this process's map, in bytes.
+        map_size: usize,
     },
 
     /// The store was written by a version of varvedb with a different on-disk format.
@@ -223,9 +274,11 @@ pub enum Error {
 
     /// The call would wait for a lock this thread already holds: appending, or starting a
     /// write transaction, from inside a projection handler (which runs in the store's write
-    /// transaction). Record what to do in the read model and act on it elsewhere.
+    /// transaction), or appending from an [`Options::on_reader_lag`](crate::Options::on_reader_lag)
+    /// callback (which runs on the writer thread). Record what to do (in the read model, on a
+    /// channel) and act on it elsewhere.
     #[error(
-        "this call would deadlock: it needs the store's write lock, which this thread holds (inside a projection handler)"
+        "this call would deadlock: it needs the store's write lock, which this thread holds (inside a projection handler or a reader-lag callback)"
     )]
     WouldDeadlock,
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::crypto::{Encryption, Master, MasterKey};
 use crate::error::Error;
 use crate::record::{Content, Envelope};
-use crate::storage::{ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, ReadTxn, Storage, key, meta_key};
+use crate::storage::{ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, Storage, Txn, key, meta_key};
 
 /// Checks `key` against the store's record of its encryption, enabling encryption on a
 /// store that has no events yet. Reads no event.
@@ -85,11 +85,7 @@ pub(crate) fn open(
 /// store after this one opened it without a key, or rotated the master key: writing on
 /// regardless would store plaintext in an encrypted store, or data keys wrapped under a
 /// retired master. One small `meta` lookup per transaction.
-pub(crate) fn ensure_current(
-    storage: &Storage,
-    txn: &ReadTxn<'_>,
-    master: Option<&Master>,
-) -> Result<(), Error> {
+pub(crate) fn ensure_current(storage: &Storage, txn: &Txn<'_>, master: Option<&Master>) -> Result<(), Error> {
     let stored = storage.get(txn, storage.tables.meta, meta_key::ENCRYPTION)?;
     match (stored, master) {
         (None, None) => Ok(()),

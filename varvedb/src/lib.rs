@@ -81,6 +81,7 @@ pub use process::{
     HandlerError, Key, Processor, ProcessorError, Progress, Projection, ProjectionTxn, Retry, Table, Value,
 };
 pub use read::{IntegrityReport, LogEvents, ReadView, StreamEvents};
+pub use storage::ReaderLag;
 pub use store::{Options, Stats, Varve};
 pub use subscribe::Subscription;
 pub use typed::schema::fingerprint;

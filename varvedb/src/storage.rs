@@ -1,21 +1,28 @@
 //! The storage layer: the LMDB environment, every table, and their key encodings.
 //!
 //! This is the only module that names heed or LMDB types. Of the crate's `unsafe` code, it
-//! holds the LMDB calls; `record` and `crc` hold the rest (see `docs/design.md`).
+//! holds the LMDB calls and the operating system calls on the store's files (`sys`);
+//! `record` and `crc` hold the rest (see `docs/design.md`). The submodule `files` manages
+//! the store's directory and its files around LMDB: creation, the lock file, the reader
+//! table.
 //! The byte layout of every key and value is documented in `docs/design.md`; the format
 //! version stored in `meta` guards it.
 
 use std::cmp::Ordering;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, OnceLock};
 
 use heed::types::Bytes;
 use heed::{
-    CompactionOption, Comparator, Database, Env, EnvOpenOptions, MdbError, PutFlags, RoTxn, RwTxn, WithoutTls,
+    CompactionOption, Comparator, Database, Env, EnvFlags, EnvOpenOptions, MdbError, PutFlags, RoTxn, RwTxn,
+    WithoutTls,
 };
 
 use crate::error::{Error, StorageError};
+
+mod files;
 
 /// On-disk format version written to `meta` on creation and checked on every open.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -43,12 +50,49 @@ mod name {
     pub(super) const KEYS: &str = "keys";
     pub(super) const SCHEMA: &str = "schema";
     pub(super) const META: &str = "meta";
+    pub(super) const ALL: [&str; 10] =
+        [EVENTS, STREAMS, STREAM_HEADS, EVENT_IDS, BLOBS, CHECKPOINTS, PROJECTIONS, KEYS, SCHEMA, META];
 }
 
+/// A transaction as reads see it: a read transaction, or a write transaction with its own
+/// writes.
+pub(crate) type Txn<'env> = RoTxn<'env, WithoutTls>;
+
 /// A read transaction. Without thread-local reader slots, so it may move between threads.
-pub(crate) type ReadTxn<'env> = RoTxn<'env, WithoutTls>;
-/// The single write transaction, owned by the writer thread.
-pub(crate) type WriteTxn<'env> = RwTxn<'env>;
+pub(crate) struct ReadTxn<'env> {
+    // Ends before it stops counting as live.
+    txn: RoTxn<'env, WithoutTls>,
+    _live: Live<'env>,
+}
+
+impl<'env> std::ops::Deref for ReadTxn<'env> {
+    type Target = RoTxn<'env, WithoutTls>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.txn
+    }
+}
+
+/// A write transaction: the writer thread's, a projection step's, or a key operation's.
+pub(crate) struct WriteTxn<'env> {
+    // Ends before it stops counting as live.
+    txn: RwTxn<'env>,
+    _live: Live<'env>,
+}
+
+impl<'env> std::ops::Deref for WriteTxn<'env> {
+    type Target = RwTxn<'env>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.txn
+    }
+}
+
+impl std::ops::DerefMut for WriteTxn<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.txn
+    }
+}
 
 type Table = Database<Bytes, Bytes, KeyComparator>;
 
@@ -342,9 +386,17 @@ pub(crate) mod value {
 
 /// The LMDB environment and its tables.
 pub(crate) struct Storage {
+    // Field order is drop order. The environment closes first; only then may the lock file's
+    // descriptor close (closing any descriptor of `lock.mdb` drops every fcntl lock this
+    // process holds on it, LMDB's own included), and only then is the directory free for
+    // another open in this process.
     env: Env<WithoutTls>,
     pub(crate) tables: Tables,
-    map_size: usize,
+    /// The map's size; grows when the map is moved to a size another process set.
+    map_size: AtomicUsize,
+    txns: TxnGate,
+    lock_file: files::LockFile,
+    _claim: files::Claim,
     /// Set when a commit failed while writing its meta page. LMDB then refuses every later
     /// transaction of this environment (`MDB_PANIC`) until it is closed; what this holds is
     /// the error that caused it, given as the source of every refusal.
@@ -357,70 +409,67 @@ pub(crate) struct StorageConfig {
     pub(crate) max_readers: u32,
 }
 
+/// How far the oldest open read view of a store is behind its last commit: the oldest LMDB
+/// reader of any process using the store, as its reader table shows.
+///
+/// Until a view ends, LMDB keeps every page its snapshot can see, so the file grows with
+/// what is written meanwhile. See [`Varve::reader_lag`](crate::Varve::reader_lag) and
+/// [`Options::on_reader_lag`](crate::Options::on_reader_lag).
+///
+/// ```
+/// use varvedb::{ExpectedVersion, NewEvent, Varve};
+/// # let dir = tempfile::tempdir()?;
+/// let db = Varve::open(dir.path())?;
+/// let view = db.begin_read()?;
+/// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
+/// let lag = db.reader_lag()?.expect("a view is open");
+/// assert_eq!((lag.commits, lag.pid), (1, std::process::id()));
+/// drop(view);
+/// assert_eq!(db.reader_lag()?, None);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReaderLag {
+    /// Commits made to the store (by any process) since the view's snapshot was taken.
+    pub commits: u64,
+    /// The process that holds the view.
+    pub pid: u32,
+}
+
 impl Storage {
     /// Opens (creating if needed) the store in directory `path`.
     pub(crate) fn open(path: &Path, config: &StorageConfig) -> Result<Self, Error> {
-        std::fs::create_dir_all(path)?;
+        files::prepare_dir(path)?;
+        // Before anything touches the files: a second open in this process would close
+        // descriptors of `lock.mdb` that the first one's locks depend on.
+        let claim = files::Claim::take(path)?;
+        files::remove_abandoned(path);
         let map_size = round_up_to_page(config.map_size);
-        let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(map_size).max_dbs(16).max_readers(config.max_readers);
-        // SAFETY: heed's `open` requires that the mapped files are modified by nothing but LMDB
-        // (in this process or another) while the map is alive, because we hand out `&[u8]` and
-        // `&Archived<T>` into the map. That cannot be enforced from here; it is the documented
-        // precondition of `Options::open` (do not write to `data.mdb` by other means, no network
-        // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
-        // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`,
-        // `NO_LOCK`, `NO_SYNC`). A second open of the same path in this process is refused by
-        // heed (`Error::AlreadyOpen` below); LMDB's lock file coordinates other processes.
-        let env = unsafe { options.open(path) }.map_err(|e| match e {
+        if !files::has_data_file(path)? {
+            files::create_data_file(path, |build_dir| build_store(build_dir, path, map_size))?;
+        }
+        // Up to here an existing `data.mdb` has been neither mapped nor changed: checks of
+        // an existing file's bytes belong here, before LMDB maps it.
+        let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
+        let env = open_env(path, map_size, config.max_readers, Private::No).map_err(|e| match e {
             heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
-            other => storage_error(other, map_size),
+            other => engine_error(other, map_size, path),
         })?;
         // LMDB grows the map to the file's size if the file is larger than asked for.
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
-        env.clear_stale_readers().map_err(|e| storage_error(e, map_size))?;
-
-        let mut wtxn = env.write_txn().map_err(|e| storage_error(e, map_size))?;
-        let create = |wtxn: &mut RwTxn<'_>, name: &str| -> Result<Table, Error> {
-            env.database_options()
-                .types::<Bytes, Bytes>()
-                .key_comparator::<KeyComparator>()
-                .name(name)
-                .create(wtxn)
-                .map_err(|e| storage_error(e, map_size))
-        };
-        let tables = Tables {
-            events: create(&mut wtxn, name::EVENTS)?,
-            streams: create(&mut wtxn, name::STREAMS)?,
-            stream_heads: create(&mut wtxn, name::STREAM_HEADS)?,
-            event_ids: create(&mut wtxn, name::EVENT_IDS)?,
-            blobs: create(&mut wtxn, name::BLOBS)?,
-            checkpoints: create(&mut wtxn, name::CHECKPOINTS)?,
-            projections: create(&mut wtxn, name::PROJECTIONS)?,
-            keys: create(&mut wtxn, name::KEYS)?,
-            schema: create(&mut wtxn, name::SCHEMA)?,
-            meta: create(&mut wtxn, name::META)?,
-        };
-        let storage = Storage { env: env.clone(), tables, map_size, fatal: OnceLock::new() };
-        if let Some(bytes) = storage.get(&wtxn, tables.meta, meta_key::FORMAT_VERSION)? {
-            let found = bytes
-                .try_into()
-                .map(u32::from_le_bytes)
-                .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
-            if found != FORMAT_VERSION && found != ENCRYPTED_FORMAT_VERSION {
-                return Err(Error::IncompatibleFormat { found, supported: ENCRYPTED_FORMAT_VERSION });
-            }
-        } else {
-            if storage.last_seq(&wtxn)? != 0 {
-                return Err(Error::CorruptMeta { reason: "store holds events but no format version" });
-            }
-            let now = crate::record::now_micros();
-            storage.put(&mut wtxn, tables.meta, meta_key::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes())?;
-            storage.put(&mut wtxn, tables.meta, meta_key::CREATED_AT_MICROS, &now.to_le_bytes())?;
-        }
-        wtxn.commit().map_err(|e| storage_error(e, map_size))?;
-        Ok(storage)
+        env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
+        let tables = prepare_tables(&env, map_size, path)?;
+        Ok(Storage {
+            env,
+            tables,
+            map_size: AtomicUsize::new(map_size),
+            txns: TxnGate::default(),
+            lock_file,
+            _claim: claim,
+            fatal: OnceLock::new(),
+        })
     }
 
     /// The store's directory.
@@ -429,18 +478,20 @@ impl Storage {
     }
 
     pub(crate) fn map_size(&self) -> usize {
-        self.map_size
+        self.map_size.load(AtomicOrdering::Relaxed)
     }
 
     pub(crate) fn read_txn(&self) -> Result<ReadTxn<'_>, Error> {
-        self.env.read_txn().map_err(|e| self.err(e))
+        let (txn, live) = self.begin(Env::read_txn)?;
+        Ok(ReadTxn { txn, _live: live })
     }
 
     pub(crate) fn write_txn(&self) -> Result<WriteTxn<'_>, Error> {
         if holds_write_lock() {
             return Err(Error::WouldDeadlock);
         }
-        self.env.write_txn().map_err(|e| self.err(e))
+        let (txn, live) = self.begin(Env::write_txn)?;
+        Ok(WriteTxn { txn, _live: live })
     }
 
     /// Commits `txn`. An error means nothing of it is stored, except
@@ -448,6 +499,8 @@ impl Storage {
     /// commit durable, so the commit may be in the file, and the environment refuses every
     /// later transaction.
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
+        // The transaction ends before it stops counting as live.
+        let WriteTxn { txn, _live } = txn;
         let Err(e) = txn.commit() else { return Ok(()) };
         let error = self.err(e);
         if matches!(error, Error::NeedsReopen { .. }) {
@@ -455,13 +508,64 @@ impl Storage {
         }
         // Only a failed meta-page write leaves LMDB's environment unusable; any other failure
         // of a commit happens before that write and leaves the last commit in force.
-        match self.env.read_txn() {
-            Err(heed::Error::Mdb(MdbError::Panic)) => {
+        match self.begin(Env::read_txn) {
+            Err(Error::NeedsReopen { .. }) => {
                 let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(error)));
                 Err(Error::OutcomeUnknown { source })
             }
             _ => Err(error),
         }
+    }
+
+    /// Begins a transaction, counted as live until it ends. When another process has grown
+    /// the store past this process's map, moves the map first if no transaction of this
+    /// process is live (see [`Storage::adopt_map_size`]).
+    fn begin<'s, T>(
+        &'s self,
+        begin: impl Fn(&'s Env<WithoutTls>) -> heed::Result<T>,
+    ) -> Result<(T, Live<'s>), Error> {
+        let live = self.txns.enter();
+        match begin(&self.env) {
+            Ok(txn) => return Ok((txn, live)),
+            Err(heed::Error::Mdb(MdbError::MapResized)) => drop(live),
+            Err(e) => return Err(self.err(e)),
+        }
+        self.adopt_map_size()?;
+        let live = self.txns.enter();
+        begin(&self.env).map(|txn| (txn, live)).map_err(|e| self.err(e))
+    }
+
+    /// Takes the map size another process recorded in the store, when this process's map no
+    /// longer covers the store. LMDB can move the map only while the process has no
+    /// transaction, so this fails with [`Error::MapResized`] while one is live.
+    fn adopt_map_size(&self) -> Result<(), Error> {
+        let Some(_remapping) = self.txns.try_remap() else {
+            return Err(Error::MapResized { map_size: self.map_size() });
+        };
+        // SAFETY: `mdb_env_set_mapsize` unmaps and maps the file again: any transaction of
+        // this process alive across it would read (and have handed out slices of) the old
+        // map. LMDB allows it only with no transaction active, and checks that only for its
+        // write transaction. Every transaction of this process begins through `begin` above
+        // (and `copy_compacted`), counted by `txns` until it ends; `try_remap` succeeded only
+        // with none counted and keeps new ones from beginning until `_remapping` drops. The
+        // map is read outside a transaction only by `env.info()`, here and in `open` before
+        // the storage is shared. Size 0 takes the size recorded in the store's meta page.
+        unsafe { self.env.resize(0) }.map_err(|e| self.err(e))?;
+        self.map_size.store(self.env.info().map_size, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+
+    /// How far the oldest open read view of the store, in any process, is behind the last
+    /// commit (`None` when no view is open). Slots of killed processes are cleared first.
+    pub(crate) fn reader_lag(&self) -> Result<Option<ReaderLag>, Error> {
+        self.env.clear_stale_readers().map_err(|e| self.err(e))?;
+        self.lock_file.oldest_reader().map_err(|e| io_error(e, self.path()))
+    }
+
+    /// As [`Storage::reader_lag`], without clearing slots of killed processes first: cheap
+    /// enough to run after every commit.
+    pub(crate) fn reader_lag_unchecked(&self) -> Result<Option<ReaderLag>, Error> {
+        self.lock_file.oldest_reader().map_err(|e| io_error(e, self.path()))
     }
 
     /// The highest seq in the log, 0 when empty. Read inside the caller's transaction so a
@@ -527,13 +631,13 @@ impl Storage {
 
     /// A cursor on `table` for many inserts in one transaction (see [`Puts`]).
     pub(crate) fn puts<'t>(
-        &self,
+        &'t self,
         txn: &'t mut WriteTxn<'_>,
         table: Table,
         name: &'static str,
     ) -> Result<Puts<'t>, Error> {
         let cursor = table.iter_mut(txn).map_err(|e| self.err(e))?;
-        Ok(Puts { cursor, name, map_size: self.map_size })
+        Ok(Puts { cursor, name, storage: self })
     }
 
     /// Appends at the end of a table whose keys only grow (the log); LMDB then skips the
@@ -561,7 +665,7 @@ impl Storage {
         } else {
             EntriesInner::Forward(table.range(txn, &bounds).map_err(|e| self.err(e))?)
         };
-        Ok(Entries { inner, map_size: self.map_size })
+        Ok(Entries { inner, map_size: self.map_size() })
     }
 
     /// The log's entries with seqs from `from` on.
@@ -585,7 +689,7 @@ impl Storage {
                 false,
             )?)
         };
-        Ok(LogEntries { inner, map_size: self.map_size })
+        Ok(LogEntries { inner, map_size: self.map_size() })
     }
 
     pub(crate) fn delete(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8]) -> Result<bool, Error> {
@@ -607,7 +711,7 @@ impl Storage {
         let from = (Bound::Included(prefix), Bound::Unbounded);
         let mut iter = table.range_mut(txn, &from).map_err(|e| self.err(e))?;
         while let Some(entry) = iter.next() {
-            let (k, _) = entry.map_err(|e| storage_error(e, self.map_size))?;
+            let (k, _) = entry.map_err(|e| self.err(e))?;
             if !k.starts_with(prefix) {
                 break;
             }
@@ -623,12 +727,18 @@ impl Storage {
     /// Writes a compacted copy of the store to the new file `file` (free pages left out),
     /// synced to disk. Runs beside writers, on a consistent snapshot.
     pub(crate) fn copy_compacted(&self, file: &Path) -> Result<(), Error> {
-        let mut out = std::fs::File::options().write(true).create_new(true).open(file)?;
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let mut out =
+            std::fs::File::options().write(true).create_new(true).open(file).map_err(|e| io_error(e, dir))?;
+        // LMDB's copy reads the map in a transaction of its own: counted like ours, so the map
+        // cannot move under it.
+        let live = self.txns.enter();
         let copied = self
             .env
             .copy_to_file(&mut out, CompactionOption::Enabled)
-            .map_err(|e| self.err(e))
-            .and_then(|()| out.sync_all().map_err(Error::Io));
+            .map_err(|e| engine_error(e, self.map_size(), dir))
+            .and_then(|()| out.sync_all().map_err(|e| io_error(e, dir)));
+        drop(live);
         if copied.is_err() {
             // A partial copy must not pass for a backup.
             drop(std::fs::remove_file(file));
@@ -651,7 +761,7 @@ impl Storage {
                 );
                 Error::NeedsReopen { source }
             }
-            e => storage_error(e, self.map_size),
+            e => engine_error(e, self.map_size(), self.path()),
         }
     }
 }
@@ -663,7 +773,7 @@ impl Storage {
 pub(crate) struct Puts<'t> {
     cursor: heed::RwIter<'t, Bytes, Bytes>,
     name: &'static str,
-    map_size: usize,
+    storage: &'t Storage,
 }
 
 impl Puts<'_> {
@@ -680,7 +790,7 @@ impl Puts<'_> {
                 table: self.name,
                 reason: "an entry being written already exists (a stream head or id index is damaged)".into(),
             },
-            other => storage_error(other, self.map_size),
+            other => self.storage.err(other),
         })
     }
 
@@ -689,7 +799,7 @@ impl Puts<'_> {
         // SAFETY: as in `insert`; with no flags LMDB inserts or replaces the value of `k`
         // wherever it is, independently of the cursor's position.
         let put = unsafe { self.cursor.put_current_with_options::<Bytes>(PutFlags::empty(), k, v) };
-        put.map_err(|e| storage_error(e, self.map_size))
+        put.map_err(|e| self.storage.err(e))
     }
 }
 
@@ -726,6 +836,368 @@ fn storage_error(e: heed::Error, map_size: usize) -> Error {
         heed::Error::Mdb(MdbError::MapFull) => Error::StoreFull { map_size },
         heed::Error::Io(io) => Error::Io(io),
         other => Error::Storage(StorageError::new(other)),
+    }
+}
+
+/// An engine error of the store in `dir`, as the caller can act on it.
+#[cold]
+#[inline(never)]
+fn engine_error(e: heed::Error, map_size: usize, dir: &Path) -> Error {
+    match e {
+        heed::Error::Mdb(MdbError::MapFull) => Error::StoreFull { map_size },
+        heed::Error::Mdb(MdbError::MapResized) => Error::MapResized { map_size },
+        heed::Error::Io(io) => io_error(io, dir),
+        other => Error::Storage(StorageError::new(other)),
+    }
+}
+
+/// An I/O error of the store in `dir`: [`Error::DiskFull`] when the filesystem is out of
+/// space, else [`Error::Io`].
+///
+/// ENOSPC and EDQUOT say so themselves. EIO is also what LMDB reports when a write was cut
+/// short, which a full disk does; it counts as a full disk only when, right after it, the
+/// filesystem has less than 1 MiB (or 1% of its size, if that is less) available to this
+/// process. Any other EIO stays an I/O error.
+#[cold]
+#[inline(never)]
+fn io_error(e: std::io::Error, dir: &Path) -> Error {
+    let code = e.raw_os_error();
+    if !matches!(code, Some(libc::ENOSPC | libc::EDQUOT | libc::EIO)) {
+        return Error::Io(e);
+    }
+    let space = sys::space(dir).ok();
+    let full = match code {
+        Some(libc::EIO) => space.as_ref().is_some_and(sys::Space::nearly_full),
+        _ => true,
+    };
+    if full {
+        Error::DiskFull { path: canonical(dir), available: space.map_or(0, |s| s.available), source: e }
+    } else {
+        Error::Io(e)
+    }
+}
+
+/// Counts this process's live transactions, so that the map moves only while there is none.
+#[derive(Default)]
+struct TxnGate(AtomicUsize);
+
+/// Set in a [`TxnGate`] while the map moves: no transaction begins meanwhile.
+const REMAPPING: usize = 1 << (usize::BITS - 1);
+
+impl TxnGate {
+    fn enter(&self) -> Live<'_> {
+        let mut state = self.0.load(AtomicOrdering::Relaxed);
+        loop {
+            if state & REMAPPING != 0 {
+                // Moving the map is one munmap and one mmap: a short wait.
+                std::thread::yield_now();
+                state = self.0.load(AtomicOrdering::Relaxed);
+                continue;
+            }
+            match self.0.compare_exchange_weak(
+                state,
+                state + 1,
+                AtomicOrdering::Acquire,
+                AtomicOrdering::Relaxed,
+            ) {
+                Ok(_) => return Live(self),
+                Err(now) => state = now,
+            }
+        }
+    }
+
+    /// Holds off new transactions, if none is live.
+    fn try_remap(&self) -> Option<Remapping<'_>> {
+        self.0
+            .compare_exchange(0, REMAPPING, AtomicOrdering::Acquire, AtomicOrdering::Relaxed)
+            .ok()
+            .map(|_| Remapping(self))
+    }
+}
+
+/// A live transaction of this process, counted by its [`TxnGate`] until dropped.
+pub(crate) struct Live<'g>(&'g TxnGate);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, AtomicOrdering::Release);
+    }
+}
+
+/// The map may move: no transaction of this process is live, and none begins until dropped.
+struct Remapping<'g>(&'g TxnGate);
+
+impl Drop for Remapping<'_> {
+    fn drop(&mut self) {
+        self.0.0.store(0, AtomicOrdering::Release);
+    }
+}
+
+/// Whether an environment is a new store's private build, opened without a lock file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Private {
+    Yes,
+    No,
+}
+
+fn open_env(
+    dir: &Path,
+    map_size: usize,
+    max_readers: u32,
+    private: Private,
+) -> heed::Result<Env<WithoutTls>> {
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    options.map_size(map_size).max_dbs(16).max_readers(max_readers);
+    if private == Private::Yes {
+        // SAFETY: without a lock file, LMDB leaves all coordination to its user. Only a new
+        // store's build directory is opened so: a directory of its own, with a name no other
+        // open uses (see `files::create_data_file`), used by this one environment on one
+        // thread, and removed once it is closed.
+        unsafe { options.flags(EnvFlags::NO_LOCK) };
+    }
+    // SAFETY: heed's `open` requires that the mapped files are modified by nothing but LMDB
+    // (in this process or another) while the map is alive, because we hand out `&[u8]` and
+    // `&Archived<T>` into the map. That cannot be enforced from here; it is the documented
+    // precondition of `Options::open` (do not write to `data.mdb` by other means, no network
+    // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
+    // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`,
+    // `NO_SYNC`; `NO_LOCK` only for a private build, above). A second open of the same
+    // directory in this process is refused before this (`files::Claim`), and by heed
+    // (`Error::AlreadyOpen`); LMDB's lock file coordinates other processes.
+    unsafe { options.open(dir) }
+}
+
+/// Builds a new store's `data.mdb` in `build_dir`, an empty private directory: every table
+/// and the format version, committed durably. The environment is closed on return, so the
+/// file is complete and no longer mapped. Errors name `store_dir`, the store being created.
+fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize) -> Result<(), Error> {
+    let env =
+        open_env(build_dir, map_size, 1, Private::Yes).map_err(|e| engine_error(e, map_size, store_dir))?;
+    prepare_tables(&env, map_size, store_dir)?;
+    // `env` is the only handle: dropping it closes the environment.
+    Ok(())
+}
+
+/// Opens every table, creating those missing, and checks the format version, or records it
+/// in a store that has none: one write transaction, which commits nothing when the tables
+/// and the version are all there. A file that holds databases of another application and no
+/// format version is refused with [`Error::NotAStore`], and nothing is written to it.
+fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tables, Error> {
+    let err = |e| engine_error(e, map_size, dir);
+    let mut wtxn = env.write_txn().map_err(err)?;
+    if !ours_or_empty(env, &wtxn).map_err(err)? {
+        return Err(Error::NotAStore { path: canonical(dir) });
+    }
+    let create = |wtxn: &mut RwTxn<'_>, name: &str| -> Result<Table, Error> {
+        env.database_options()
+            .types::<Bytes, Bytes>()
+            .key_comparator::<KeyComparator>()
+            .name(name)
+            .create(wtxn)
+            .map_err(err)
+    };
+    let tables = Tables {
+        events: create(&mut wtxn, name::EVENTS)?,
+        streams: create(&mut wtxn, name::STREAMS)?,
+        stream_heads: create(&mut wtxn, name::STREAM_HEADS)?,
+        event_ids: create(&mut wtxn, name::EVENT_IDS)?,
+        blobs: create(&mut wtxn, name::BLOBS)?,
+        checkpoints: create(&mut wtxn, name::CHECKPOINTS)?,
+        projections: create(&mut wtxn, name::PROJECTIONS)?,
+        keys: create(&mut wtxn, name::KEYS)?,
+        schema: create(&mut wtxn, name::SCHEMA)?,
+        meta: create(&mut wtxn, name::META)?,
+    };
+    if let Some(bytes) = tables.meta.get(&wtxn, meta_key::FORMAT_VERSION).map_err(err)? {
+        let found = bytes
+            .try_into()
+            .map(u32::from_le_bytes)
+            .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
+        if found != FORMAT_VERSION && found != ENCRYPTED_FORMAT_VERSION {
+            return Err(Error::IncompatibleFormat { found, supported: ENCRYPTED_FORMAT_VERSION });
+        }
+    } else {
+        if tables.events.last(&wtxn).map_err(err)?.is_some() {
+            return Err(Error::CorruptMeta { reason: "store holds events but no format version" });
+        }
+        let now = crate::record::now_micros();
+        tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes()).map_err(err)?;
+        tables.meta.put(&mut wtxn, meta_key::CREATED_AT_MICROS, &now.to_le_bytes()).map_err(err)?;
+    }
+    wtxn.commit().map_err(err)?;
+    Ok(tables)
+}
+
+/// Whether an LMDB file is empty or a store: LMDB's main database names only our tables, or
+/// our `meta` table holds a format version.
+fn ours_or_empty(env: &Env<WithoutTls>, txn: &RwTxn<'_>) -> heed::Result<bool> {
+    let Some(main) = env.open_database::<Bytes, Bytes>(txn, None)? else {
+        return Ok(true);
+    };
+    let mut others = false;
+    for entry in main.iter(txn)? {
+        let (key, _) = entry?;
+        if !name::ALL.iter().any(|name| name.as_bytes() == key) {
+            others = true;
+            break;
+        }
+    }
+    if !others {
+        return Ok(true);
+    }
+    let meta = env
+        .database_options()
+        .types::<Bytes, Bytes>()
+        .key_comparator::<KeyComparator>()
+        .name(name::META)
+        .open(txn)?;
+    match meta {
+        Some(meta) => Ok(meta.get(txn, meta_key::FORMAT_VERSION)?.is_some()),
+        None => Ok(false),
+    }
+}
+
+/// The operating system calls the storage layer makes beyond what `std` offers.
+mod sys {
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    /// Bytes of a filesystem: those this process may still use, and its size.
+    pub(super) struct Space {
+        pub(super) available: u64,
+        pub(super) total: u64,
+    }
+
+    impl Space {
+        /// Less than 1 MiB left, or 1% of the filesystem if that is less: what is left after
+        /// a write was cut short for want of space.
+        pub(super) fn nearly_full(&self) -> bool {
+            self.available < (1 << 20).min(self.total / 100)
+        }
+    }
+
+    fn c_path(path: &Path) -> io::Result<CString> {
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
+    }
+
+    /// The space of the filesystem holding `path` (its reserve counts for root, which may
+    /// write into it).
+    // The field types of `statvfs` differ between platforms; on some they are `u64` already.
+    #[allow(clippy::useless_conversion)]
+    pub(super) fn space(path: &Path) -> io::Result<Space> {
+        let path = c_path(path)?;
+        let mut buf = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+        // SAFETY: `path` is NUL-terminated and outlives the call; `buf` is a writable
+        // `statvfs`, which the call fills in when it succeeds, and which is read only then.
+        if unsafe { libc::statvfs(path.as_ptr(), buf.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: filled in by the successful call above.
+        let buf = unsafe { buf.assume_init() };
+        // SAFETY: `geteuid` takes nothing and always succeeds.
+        let root = unsafe { libc::geteuid() } == 0;
+        let unit = u64::from(buf.f_frsize);
+        let free = if root { u64::from(buf.f_bfree) } else { u64::from(buf.f_bavail) };
+        Ok(Space {
+            available: free.saturating_mul(unit),
+            total: u64::from(buf.f_blocks).saturating_mul(unit),
+        })
+    }
+
+    /// Gives `file` disk blocks for `offset..offset + len`, extending it if it is shorter,
+    /// without changing a byte of it. `Unsupported` where the filesystem cannot.
+    pub(super) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let too_large = |_| io::Error::from(io::ErrorKind::InvalidInput);
+            let (offset, len) = (libc::off_t::try_from(offset).map_err(too_large)?, {
+                libc::off_t::try_from(len).map_err(too_large)?
+            });
+            loop {
+                // SAFETY: `fallocate` on a descriptor `file` keeps open, with mode 0: it
+                // allocates blocks (and extends the size) and changes no byte; no pointers.
+                if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } == 0 {
+                    return Ok(());
+                }
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(libc::EOPNOTSUPP) => return Err(io::ErrorKind::Unsupported.into()),
+                    _ => return Err(e),
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (file, offset, len);
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    /// Takes (`lock`) or releases a write lock on the first byte of `file`: the lock LMDB
+    /// tries first, to learn whether another process uses the lock file. `false` when
+    /// another process holds a lock there.
+    pub(super) fn lock_first_byte(file: &File, lock: bool) -> io::Result<bool> {
+        // SAFETY: `flock` is plain integers; all zeros is a valid value.
+        let mut range: libc::flock = unsafe { std::mem::zeroed() };
+        let kind = if lock { libc::F_WRLCK } else { libc::F_UNLCK };
+        range.l_type = kind as _;
+        range.l_whence = libc::SEEK_SET as _;
+        range.l_start = 0;
+        range.l_len = 1;
+        loop {
+            // SAFETY: `F_SETLK` on a descriptor `file` keeps open, with a pointer to an
+            // initialized `flock` that outlives the call and is only read.
+            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &raw const range) } == 0 {
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::EACCES | libc::EAGAIN) => return Ok(false),
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Gives the file `from` the name `to` too, unless `to` exists (`AlreadyExists`). A new
+    /// hard link; where the filesystem has none, a rename that replaces nothing.
+    pub(super) fn link_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+        match std::fs::hard_link(from, to) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error().is_some_and(|c| c == libc::EPERM || c == libc::EOPNOTSUPP) => {
+                rename_no_replace(from, to).map_err(|_| e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+        #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
+        {
+            let (from, to) = (c_path(from)?, c_path(to)?);
+            // SAFETY: both paths are NUL-terminated and outlive the call; `AT_FDCWD` makes
+            // them relative to the working directory, as `std` resolves paths.
+            let rc = unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        }
+        #[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
+        {
+            let _ = (from, to);
+            Err(io::ErrorKind::Unsupported.into())
+        }
     }
 }
 
@@ -965,6 +1437,50 @@ mod tests {
         assert_eq!(source.to_string(), engine.to_string());
         let heed = source.source().expect("the engine's error is the storage error's source");
         assert!(heed.downcast_ref::<heed::Error>().is_some(), "{heed:?}");
+    }
+
+    #[test]
+    fn the_lock_file_has_the_size_lmdb_gives_it() {
+        for readers in [1, 2, 62, 63, 64, 126, 1024, 5000] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut options = EnvOpenOptions::new();
+            options.map_size(1 << 20).max_readers(readers);
+            // SAFETY: a new directory that nothing else opens.
+            let env = unsafe { options.open(dir.path()) }.unwrap();
+            let len = std::fs::metadata(dir.path().join("lock.mdb")).unwrap().len();
+            assert_eq!(len, files::lock_file_size(readers), "{readers} readers");
+            assert_eq!(env.info().maximum_number_of_readers, readers);
+        }
+    }
+
+    #[test]
+    fn the_reader_table_gives_the_oldest_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 200 }).unwrap();
+        let commit = || {
+            let mut txn = storage.write_txn().unwrap();
+            storage.put(&mut txn, storage.tables.blobs, b"k", b"v").unwrap();
+            storage.commit(txn).unwrap();
+        };
+        assert_eq!(storage.reader_lag().unwrap(), None);
+        commit();
+        let oldest = storage.read_txn().unwrap();
+        // Past the first page of the lock file, where a never-written page would be a hole.
+        let mut views: Vec<_> = (0..100).map(|_| storage.read_txn().unwrap()).collect();
+        for _ in 0..5 {
+            commit();
+        }
+        views.push(storage.read_txn().unwrap());
+        let lag = storage.reader_lag().unwrap().unwrap();
+        assert_eq!((lag.commits, lag.pid), (5, std::process::id()));
+        drop(oldest);
+        drop(views.drain(..100));
+        assert_eq!(storage.reader_lag().unwrap().map(|l| l.commits), Some(0));
+        commit();
+        assert_eq!(storage.reader_lag_unchecked().unwrap().map(|l| l.commits), Some(1));
+        drop(views);
+        assert_eq!(storage.reader_lag().unwrap(), None);
     }
 
     #[test]

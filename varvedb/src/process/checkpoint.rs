@@ -5,7 +5,7 @@
 //! processor writes it after its handlers succeed. Both read and write it only through here.
 
 use crate::error::Error;
-use crate::storage::{ReadTxn, Storage, WriteTxn, value};
+use crate::storage::{Storage, Txn, WriteTxn, value};
 use crate::store::Varve;
 
 impl Varve {
@@ -32,7 +32,7 @@ impl Varve {
 }
 
 /// The checkpoint of `name` as `txn` sees it; 0 if it has none.
-pub(super) fn read_checkpoint(storage: &Storage, txn: &ReadTxn<'_>, name: &str) -> Result<u64, Error> {
+pub(super) fn read_checkpoint(storage: &Storage, txn: &Txn<'_>, name: &str) -> Result<u64, Error> {
     match storage.get(txn, storage.tables.checkpoints, name.as_bytes())? {
         None => Ok(0),
         Some(raw) => value::decode_seq(raw).ok_or_else(|| Error::CorruptIndex {

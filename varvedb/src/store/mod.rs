@@ -9,8 +9,8 @@ use crate::crypto::{Encryption, MasterKey};
 use crate::error::Error;
 use crate::id::StreamId;
 use crate::read::ReadView;
-use crate::storage::{Storage, StorageConfig};
-use crate::writer::{Counters, Reply, Request, WriteResult, Writer, WriterConfig};
+use crate::storage::{ReaderLag, Storage, StorageConfig};
+use crate::writer::{Counters, LagWarning, Reply, Request, WriteResult, Writer, WriterConfig};
 
 mod keys;
 
@@ -23,6 +23,7 @@ mod keys;
 /// - `max_readers`: 1024 concurrent read views (across all processes using the store).
 /// - `max_event_size`: 16 MiB of payload plus metadata per event.
 /// - no encryption; see [`encryption_key`](Self::encryption_key).
+/// - no warning about read views held open; see [`on_reader_lag`](Self::on_reader_lag).
 ///
 /// Commits are durable: a write returns only after LMDB has synced it to disk.
 ///
@@ -38,6 +39,7 @@ pub struct Options {
     max_readers: u32,
     max_event_size: usize,
     encryption: Option<MasterKey>,
+    lag_warning: Option<LagWarning>,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             max_readers: 1024,
             max_event_size: 16 << 20,
             encryption: None,
+            lag_warning: None,
         }
     }
 }
@@ -66,6 +69,11 @@ impl Options {
     }
 
     /// Most read views open at once, across every process using the store.
+    ///
+    /// The lock file that holds the readers' slots (64 bytes each) is allocated on disk
+    /// whole when the store is opened, so that a full disk fails the open rather than a
+    /// read view later. A lock file that another process already uses keeps its size, and
+    /// the number of readers that size holds.
     #[must_use]
     pub fn max_readers(mut self, readers: u32) -> Self {
         self.max_readers = readers.max(1);
@@ -107,6 +115,43 @@ impl Options {
         self
     }
 
+    /// Calls `warn` when a read view is held open while many commits land: after each commit,
+    /// the writer thread calls it once the oldest open read view (of any process using the
+    /// store) is more than `commits` commits behind, and again each time it falls another
+    /// `commits` behind, for as long as it stays open.
+    ///
+    /// Until a view ends, LMDB keeps every page its snapshot can see, so the store's file
+    /// grows with everything written meanwhile, and does not shrink afterwards (the pages
+    /// are reused). [`Varve::reader_lag`] gives the same figure on demand.
+    ///
+    /// `warn` runs on the writer thread between commits: keep it short (log, count, send on
+    /// a channel). Appending from it is [`Error::WouldDeadlock`]; a panic in it is caught.
+    /// The store keeps `warn` until it closes, so a `Varve` captured in it would keep the
+    /// store open for good.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use varvedb::{ExpectedVersion, NewEvent, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let warnings = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&warnings);
+    /// let db = Options::new()
+    ///     .on_reader_lag(2, move |lag| log.lock().unwrap().push((lag.commits, lag.pid)))
+    ///     .open(dir.path())?;
+    /// let view = db.begin_read()?; // held across the appends below
+    /// for _ in 0..3 {
+    ///     db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
+    /// }
+    /// assert_eq!(*warnings.lock().unwrap(), [(3, std::process::id())]);
+    /// drop(view);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    #[must_use]
+    pub fn on_reader_lag(mut self, commits: u64, warn: impl Fn(ReaderLag) + Send + Sync + 'static) -> Self {
+        self.lag_warning = Some(LagWarning { bound: commits, warn: Arc::new(warn) });
+        self
+    }
+
     /// Opens the store in directory `path`, creating the directory and the store if needed.
     ///
     /// Reads hand out references into the memory-mapped file. So while a store is open, its
@@ -115,12 +160,22 @@ impl Options {
     /// network filesystem. Opening runs a write transaction, so the directory must be
     /// writable.
     ///
+    /// A new store is created whole or not at all: it is built in a temporary directory
+    /// inside `path`, synced, and only then given its name `data.mdb`. A creation cut short
+    /// (a full disk, a crash) leaves no store behind, and what it left is removed by a later
+    /// open. Concurrent first opens by several processes create one store.
+    ///
+    /// The lock file (`lock.mdb`, which LMDB writes through a memory map) is allocated on
+    /// disk before LMDB maps it: on a full disk, opening fails with [`Error::DiskFull`]
+    /// instead of a read view crashing the process later.
+    ///
     /// # Errors
-    /// [`Error::AlreadyOpen`] if this process has it open already;
-    /// [`Error::IncompatibleFormat`] if it was written with another on-disk format;
+    /// [`Error::NotADirectory`] if `path` is a file; [`Error::AlreadyOpen`] if this process
+    /// has it open already; [`Error::NotAStore`] if it holds another application's LMDB
+    /// file; [`Error::IncompatibleFormat`] if it was written with another on-disk format;
     /// [`Error::KeyRequired`] if it is encrypted and no key was given; [`Error::WrongKey`];
     /// [`Error::NotEncrypted`] if a key was given for a store that holds unencrypted events;
-    /// I/O and storage errors.
+    /// [`Error::DiskFull`]; other I/O and storage errors.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Varve, Error> {
         let path = path.as_ref();
         let storage = Arc::new(Storage::open(
@@ -128,12 +183,16 @@ impl Options {
             &StorageConfig { map_size: self.map_size, max_readers: self.max_readers },
         )?);
         let encryption = crate::key_record::open(&storage, path, self.encryption.as_ref())?.map(Arc::new);
-        let last_seq = storage.last_seq(&storage.read_txn()?)?;
+        let last_seq = storage.last_seq(&*storage.read_txn()?)?;
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
         let counters = Arc::new(Counters::default());
         let writer = Writer::spawn(
             Arc::clone(&storage),
-            WriterConfig { max_event_size: self.max_event_size, encryption: encryption.clone() },
+            WriterConfig {
+                max_event_size: self.max_event_size,
+                encryption: encryption.clone(),
+                lag_warning: self.lag_warning.clone(),
+            },
             Arc::clone(&counters),
             watch_tx,
         )?;
@@ -223,10 +282,12 @@ impl Varve {
     /// [`Error::VersionOverflow`], [`Error::DuplicateEventId`], [`Error::IdempotencyMismatch`],
     /// [`Error::StreamKindMismatch`], [`Error::SchemaMismatch`]); [`Error::StoreFull`];
     /// damage found while writing ([`Error::Corrupt`], [`Error::CorruptIndex`]);
-    /// [`Error::WriterStopped`] while the store closes; I/O errors. Every error but one means
-    /// nothing of the request was written: [`Error::OutcomeUnknown`], when the disk failed
-    /// the very write that makes a commit durable, says the request may be stored; reopen
-    /// the store ([`Error::NeedsReopen`]) and resend it with event ids to learn which.
+    /// [`Error::DiskFull`]; [`Error::MapResized`] while another process has grown the store
+    /// and this one has read views open; [`Error::WriterStopped`] while the store closes;
+    /// I/O errors. Every error but one means nothing of the request was written:
+    /// [`Error::OutcomeUnknown`], when the disk failed the very write that makes a commit
+    /// durable, says the request may be stored; reopen the store ([`Error::NeedsReopen`])
+    /// and resend it with event ids to learn which.
     pub fn append(
         &self,
         stream: impl Into<StreamId>,
@@ -289,7 +350,9 @@ impl Varve {
     /// Starts a read view: a consistent snapshot of everything committed so far.
     ///
     /// # Errors
-    /// A storage error (for example, more than `max_readers` views open).
+    /// [`Error::MapResized`] when another process has grown the store past this process's
+    /// map while other views of this process are open; a storage error (for example, more
+    /// than `max_readers` views open).
     pub fn begin_read(&self) -> Result<ReadView<'_>, Error> {
         ReadView::new(&self.inner.storage, self.inner.encryption.as_deref())
     }
@@ -359,10 +422,38 @@ impl Varve {
         self.inner.storage.copy_compacted(&dir.join("data.mdb"))
     }
 
-    /// The map size actually in use (the option rounded up to whole pages).
+    /// The map size actually in use: the option rounded up to whole pages, or the larger
+    /// size another process using the store has set, once this process has taken it.
     #[must_use]
     pub fn map_size(&self) -> usize {
         self.inner.storage.map_size()
+    }
+
+    /// How far the oldest open read view of the store, in this or another process, is
+    /// behind the last commit (`None` when no view is open). Reader slots of processes
+    /// that died are cleared first.
+    ///
+    /// A view held open keeps every page its snapshot can see, so the store's file grows
+    /// with everything committed meanwhile. To be told when it gets large, see
+    /// [`Options::on_reader_lag`].
+    ///
+    /// # Errors
+    /// An I/O error reading the lock file; a storage error.
+    ///
+    /// ```
+    /// use varvedb::{ExpectedVersion, NewEvent, Varve};
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Varve::open(dir.path())?;
+    /// assert_eq!(db.reader_lag()?, None);
+    /// let view = db.begin_read()?;
+    /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
+    /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"y".to_vec())])?;
+    /// assert_eq!(db.reader_lag()?.map(|lag| lag.commits), Some(2));
+    /// drop(view);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn reader_lag(&self) -> Result<Option<ReaderLag>, Error> {
+        self.inner.storage.reader_lag()
     }
 }
 

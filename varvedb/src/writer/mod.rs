@@ -12,7 +12,7 @@ use crate::batch::{Appended, WriteBatch};
 use crate::crypto::Encryption;
 use crate::error::Error;
 use crate::record::{Envelope, now_micros};
-use crate::storage::{Storage, key, value};
+use crate::storage::{ReaderLag, Storage, WriteLockHeld, key, value};
 
 mod apply;
 mod dedup;
@@ -68,6 +68,21 @@ pub(crate) struct Counters {
 pub(crate) struct WriterConfig {
     pub(crate) max_event_size: usize,
     pub(crate) encryption: Option<Arc<Encryption>>,
+    pub(crate) lag_warning: Option<LagWarning>,
+}
+
+/// What the writer calls, after a commit, when the oldest open read view is more than
+/// `bound` commits behind.
+#[derive(Clone)]
+pub(crate) struct LagWarning {
+    pub(crate) bound: u64,
+    pub(crate) warn: Arc<dyn Fn(ReaderLag) + Send + Sync>,
+}
+
+impl std::fmt::Debug for LagWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LagWarning").field("bound", &self.bound).finish_non_exhaustive()
+    }
 }
 
 /// Longest a group waits for more requests, when fewer are waiting than joined the last one.
@@ -110,6 +125,7 @@ impl Writer {
             index_order: IndexOrder::default(),
             head_cache: HeadCache::default(),
             last_timestamp: 0,
+            lag_warned: None,
         };
         state.last_timestamp = state.last_stored_timestamp()?;
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
@@ -169,6 +185,8 @@ struct WriterState {
     head_cache: HeadCache,
     /// The commit time of the newest stored event: a new event never gets an earlier one.
     last_timestamp: u64,
+    /// The lag last reported to the lag warning, while the oldest view stays past its bound.
+    lag_warned: Option<u64>,
 }
 
 impl WriterState {
@@ -272,10 +290,37 @@ impl WriterState {
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
             self.watch.send_replace(next_seq - 1);
+            self.check_reader_lag();
         } else {
             // Nothing written, nothing committed: the store is still as the last commit left it.
             self.head_cache.committed_txn = txn_id.checked_sub(1);
         }
         Ok(results)
+    }
+
+    /// Calls the lag warning when the oldest open read view is past its bound: first when it
+    /// passes it, then each time it falls another bound behind.
+    fn check_reader_lag(&mut self) {
+        let Some(warning) = self.config.lag_warning.clone() else { return };
+        // A failed read of the reader table skips one check; the commit stands.
+        let behind =
+            |lag: Result<Option<ReaderLag>, Error>| lag.ok().flatten().filter(|l| l.commits > warning.bound);
+        let Some(lag) = behind(self.storage.reader_lag_unchecked()) else {
+            self.lag_warned = None;
+            return;
+        };
+        if self.lag_warned.is_some_and(|warned| lag.commits < warned.saturating_add(warning.bound)) {
+            return;
+        }
+        // Before warning, the slots of processes that died are cleared: they are no views.
+        let Some(lag) = behind(self.storage.reader_lag()) else {
+            self.lag_warned = None;
+            return;
+        };
+        self.lag_warned = Some(lag.commits);
+        // Appending from the callback would wait for this thread: marked, it is refused.
+        let _held = WriteLockHeld::mark();
+        // A panicking callback must not stop the writer.
+        drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (warning.warn)(lag))));
     }
 }
