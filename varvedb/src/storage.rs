@@ -355,7 +355,7 @@ pub(crate) struct StorageConfig {
 impl Storage {
     /// Opens (creating if needed) the store in directory `path`.
     pub(crate) fn open(path: &Path, config: &StorageConfig) -> Result<Self, Error> {
-        std::fs::create_dir_all(path)?;
+        create_dir_durable(path)?;
         let map_size = round_up_to_page(config.map_size);
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options.map_size(map_size).max_dbs(16).max_readers(config.max_readers);
@@ -415,6 +415,10 @@ impl Storage {
             storage.put(&mut wtxn, tables.meta, meta_key::CREATED_AT_MICROS, &now.to_le_bytes())?;
         }
         wtxn.commit().map_err(|e| storage_error(e, map_size))?;
+        // LMDB syncs what it writes into its files, never the directory that names them:
+        // until the directory is synced, a power loss may take `data.mdb` itself. Every
+        // open syncs it, since an open that created the files may have been cut short.
+        sync_dir(path)?;
         Ok(storage)
     }
 
@@ -606,7 +610,9 @@ impl Storage {
             .env
             .copy_to_file(&mut out, CompactionOption::Enabled)
             .map_err(|e| self.err(e))
-            .and_then(|()| out.sync_all().map_err(Error::Io));
+            .and_then(|()| out.sync_all().map_err(Error::Io))
+            // The copy's name is durable only once its directory is synced.
+            .and_then(|()| sync_dir(parent_dir(file)).map_err(Error::Io));
         if copied.is_err() {
             // A partial copy must not pass for a backup.
             drop(std::fs::remove_file(file));
@@ -683,6 +689,52 @@ impl WriteLockHeld {
 impl Drop for WriteLockHeld {
     fn drop(&mut self) {
         HOLDS_WRITE_LOCK.with(|h| h.set(false));
+    }
+}
+
+/// Creates directory `dir` and its missing parents, syncing each directory that gains an
+/// entry: a new name survives a power loss only once the directory holding it is synced.
+/// A directory that exists already is left as it is.
+pub(crate) fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = parent_dir(dir);
+    if parent != dir {
+        create_dir_durable(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        // Made by someone else meanwhile: synced below all the same.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        other => other?,
+    }
+    sync_dir(parent)
+}
+
+/// Syncs directory `dir`, making the names in it durable. A directory this process may not
+/// open for reading, or a filesystem that cannot sync directories, leaves them to the
+/// filesystem.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    match synced {
+        // `EINVAL` from `fsync`: the filesystem cannot sync a directory.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The directory that holds `path` (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
     }
 }
 
