@@ -103,6 +103,7 @@ struct file {
 };
 
 struct fault {
+	char name[32];  /* the OP it was given as */
 	unsigned ops;   /* OP_* mask */
 	unsigned long long nth, seen;
 	int repeat;     /* N+ */
@@ -195,6 +196,7 @@ static void parse_faults(const char *spec)
 		if (sscanf(tok, "%31[^:]:%31[^:]:%31s", op, count, kind) != 3)
 			die("bad IOFAULT_FAIL entry (want OP:N:KIND)", tok);
 		struct fault *f = &faults[nfaults++];
+		snprintf(f->name, sizeof f->name, "%s", op);
 		if (!strcmp(op, "write"))
 			f->ops = OP_WRITE | OP_PWRITE | OP_WRITEV | OP_PWRITEV;
 		else if (!strcmp(op, "pwrite"))
@@ -610,7 +612,7 @@ static void report(const char *call, int fd, struct fault *f)
 	char path[PATH_MAX] = "?";
 	(void)fd_path(fd, path, sizeof path);
 	char what[64];
-	snprintf(what, sizeof what, "%s #%llu ", call, f->seen);
+	snprintf(what, sizeof what, "%s #%llu (a %s) ", f->name, f->seen, call);
 	say(what, f->err == EIO ? "fails with EIO on " : f->err == ENOSPC ? "fails with ENOSPC on " : "is cut short on ",
 	    path);
 }
