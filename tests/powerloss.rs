@@ -185,6 +185,19 @@ struct CrashState {
     how: String,
 }
 
+impl CrashState {
+    /// Writes the state's directories and files under `root`, a new directory.
+    fn write_to(&self, root: &Path) {
+        std::fs::create_dir_all(root).unwrap();
+        for d in &self.dirs {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for (rel, bytes) in &self.files {
+            std::fs::write(root.join(rel), bytes).unwrap();
+        }
+    }
+}
+
 impl Recording {
     /// Whether the entry of something created at `created_at` in `parent` was made durable
     /// by a sync of `parent` that finished before `cut`.
@@ -393,13 +406,7 @@ fn check(rec: &Recording, states: &[CrashState], counts: &mut Counts) {
     let mut jobs: Vec<(usize, String)> = Vec::new();
     for state in states {
         let root = dir.path().join(state.id.to_string());
-        std::fs::create_dir(&root).unwrap();
-        for d in &state.dirs {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        for (rel, bytes) in &state.files {
-            std::fs::write(root.join(rel), bytes).unwrap();
-        }
+        state.write_to(&root);
         jobs.push((state.id, format!("{} {} {}\n", state.id, root.display(), rec.acked[state.cut])));
     }
     let mut verdicts: BTreeMap<usize, String> = BTreeMap::new();
@@ -449,12 +456,10 @@ fn check(rec: &Recording, states: &[CrashState], counts: &mut Counts) {
             other => panic!("unknown verdict {other:?}"),
         }
         if kind != "ok" && !counts.examples.contains_key(&format!("{} {kind}", rec.workload)) {
-            // Keep the first failing state of each kind for a look at its files.
-            let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join("powerloss-failures")
-                .join(format!("{}-{}", rec.workload, state.id));
-            drop(std::fs::remove_dir_all(&kept));
-            copy_dir(&dir.path().join(state.id.to_string()), &kept);
+            // Keep the first failing state of each kind for a look at its files, as it was
+            // before the check opened it.
+            let kept = failures_dir().join(format!("{}-{}", rec.workload, state.id));
+            state.write_to(&kept);
             counts.examples.insert(
                 format!("{} {kind}", rec.workload),
                 format!("{verdict}\n    made by: {}\n    kept at: {}", state.how, kept.display()),
@@ -463,17 +468,9 @@ fn check(rec: &Recording, states: &[CrashState], counts: &mut Counts) {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
+/// Where the first failing state of each kind is kept.
+fn failures_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("powerloss-failures")
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -485,6 +482,7 @@ fn power_loss_at_any_point_keeps_every_acknowledged_write() {
     let total = env_number("VARVEDB_POWERLOSS_STATES", 1_000) as usize;
     let seed = env_number("VARVEDB_POWERLOSS_SEED", 1);
     let started = std::time::Instant::now();
+    drop(std::fs::remove_dir_all(failures_dir()));
     let all = Mutex::new(Counts::default());
     // Two workloads at a time: recording and checking run in child processes, and two
     // keep both cores of a small machine busy.
