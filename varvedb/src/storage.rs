@@ -461,6 +461,10 @@ impl Storage {
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
         let tables = prepare_tables(&env, map_size, path)?;
+        // LMDB syncs what it writes into its files, never the directory that names them. A
+        // creation syncs it; an open after a creation that was cut short between its link
+        // and that sync must not leave `data.mdb`'s name to chance either.
+        sync_dir(path).map_err(|e| io_error(e, path))?;
         Ok(Storage {
             env,
             tables,
@@ -737,7 +741,9 @@ impl Storage {
             .env
             .copy_to_file(&mut out, CompactionOption::Enabled)
             .map_err(|e| engine_error(e, self.map_size(), dir))
-            .and_then(|()| out.sync_all().map_err(|e| io_error(e, dir)));
+            .and_then(|()| out.sync_all().map_err(|e| io_error(e, dir)))
+            // The copy's name is durable only once its directory is synced.
+            .and_then(|()| sync_dir(parent_dir(file)).map_err(|e| io_error(e, dir)));
         drop(live);
         if copied.is_err() {
             // A partial copy must not pass for a backup.
@@ -826,6 +832,52 @@ impl WriteLockHeld {
 impl Drop for WriteLockHeld {
     fn drop(&mut self) {
         HOLDS_WRITE_LOCK.with(|h| h.set(false));
+    }
+}
+
+/// Creates directory `dir` and its missing parents, syncing each directory that gains an
+/// entry: a new name survives a power loss only once the directory holding it is synced.
+/// A directory that exists already is left as it is.
+pub(crate) fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = parent_dir(dir);
+    if parent != dir {
+        create_dir_durable(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        // Made by someone else meanwhile: synced below all the same.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        other => other?,
+    }
+    sync_dir(parent)
+}
+
+/// Syncs directory `dir`, making the names in it durable. A directory this process may not
+/// open for reading, or a filesystem that cannot sync directories, leaves them to the
+/// filesystem.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    match synced {
+        // `EINVAL` from `fsync`: the filesystem cannot sync a directory.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The directory that holds `path` (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
     }
 }
 

@@ -396,7 +396,8 @@ impl Varve {
     }
 
     /// Writes a compacted copy of the store to `dir/data.mdb`, creating `dir` if needed; the
-    /// copy opens as a store of its own. Runs beside writers, on a consistent snapshot.
+    /// copy opens as a store of its own. Runs beside writers, on a consistent snapshot. When
+    /// it returns, the copy and the directory entries that name it are synced to disk.
     ///
     /// Compacting leaves out the pages LMDB has freed, which may still hold old bytes (for
     /// example a shredded stream's key); the live file keeps them until they are reused.
@@ -418,7 +419,7 @@ impl Varve {
     /// ```
     pub fn backup(&self, dir: impl AsRef<Path>) -> Result<(), Error> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir)?;
+        crate::storage::create_dir_durable(dir)?;
         self.inner.storage.copy_compacted(&dir.join("data.mdb"))
     }
 

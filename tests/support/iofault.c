@@ -1,0 +1,978 @@
+/*
+ * iofault: an LD_PRELOAD shim that records, or fails, the writes and flushes a process
+ * issues to chosen files. Used by the power-loss simulation (tests/powerloss.rs) and by
+ * tests of how the store handles failed writes; tests/support/iofault.rs builds it and
+ * parses its log.
+ *
+ *   cc -shared -fPIC -O2 -o libiofault.so iofault.c -ldl
+ *   LD_PRELOAD=./libiofault.so IOFAULT_LOG=/tmp/log IOFAULT_MARKER=acks program
+ *
+ * Environment (read once, at the first intercepted call):
+ *
+ *   IOFAULT_WATCH   colon-separated file basenames whose writes are watched; default
+ *                   "data.mdb". A file is watched from the moment it is opened through one
+ *                   of the calls below, whichever directory it is in.
+ *   IOFAULT_MARKER  colon-separated basenames of marker files; default none. Writes to a
+ *                   marker file go through to it and are also logged as marker records, so
+ *                   a program can put its acknowledgements into the same ordered stream as
+ *                   its I/O.
+ *   IOFAULT_LOG     path of the binary log to write (created, appended to). Unset: no log.
+ *                   With a log, calls the shim does not model (below) abort the process
+ *                   when they touch a watched file, instead of letting it pass unrecorded.
+ *   IOFAULT_FAIL    comma-separated faults to inject, each OP:N:KIND or OP:N+:KIND: the Nth
+ *                   matching call on a watched file (counted from 1 per fault; N+ means the
+ *                   Nth and every later one) fails. Works with or without a log.
+ *                   OP   write      any write call (write, pwrite, writev, pwritev)
+ *                        pwrite     pwrite, pwrite64
+ *                        writev     writev
+ *                        pwritev    pwritev, pwritev64, pwritev2, pwritev64v2
+ *                        syncwrite  any write through an O_DSYNC/O_SYNC descriptor (LMDB's
+ *                                   meta page writes)
+ *                        fsync      fsync
+ *                        fdatasync  fdatasync
+ *                        flush      fsync or fdatasync
+ *                   KIND eio        fails with EIO; nothing is written or flushed
+ *                        enospc     fails with ENOSPC; nothing is written or flushed
+ *                        short      (writes only) writes the first half of the bytes and
+ *                                   returns that length
+ *                   Each injected fault is reported on stderr as a line starting "iofault:".
+ *
+ * The log is a sequence of records in the machine's byte order (little-endian on the
+ * targets we test): u32 kind, u32 file, u64 offset, u64 length, then `length` bytes.
+ *
+ *   1 FILE       a watched file seen for the first time: file = its id, offset = 1 if this
+ *                open created it, bytes = its absolute path
+ *   2 WRITE      bytes written at offset (only the bytes the call really wrote)
+ *   3 SYNCWRITE  as WRITE, through an O_DSYNC/O_SYNC descriptor: durable when it returns
+ *   4 FLUSH      fsync or fdatasync of the file returned success
+ *   5 MARK       bytes written to a marker file (file = 0)
+ *   6 MKDIR      a directory was created; bytes = its absolute path
+ *   7 DIRSYNC    fsync or fdatasync of a directory returned success; bytes = its path
+ *   8 TRUNCATE   ftruncate of the file to offset bytes
+ *
+ * Each record is logged after its call returns, under one lock held across the call, so
+ * the log's order is the order in which the calls completed. Files are identified by
+ * device and inode, so all descriptors of a file (LMDB opens data.mdb twice) share an id.
+ *
+ * Intercepted: open, open64, openat, openat64, creat, creat64 (and the _2 fortified
+ * forms), close, dup, dup2, dup3, fcntl and fcntl64 (F_DUPFD*, F_SETFL), write, pwrite,
+ * pwrite64, writev, pwritev, pwritev64, pwritev2, pwritev64v2, fsync, fdatasync,
+ * ftruncate, ftruncate64, mkdir, mkdirat. Refused on a watched file while logging (the
+ * process aborts with a message): O_APPEND, a writable shared mmap, sync_file_range,
+ * fallocate, posix_fallocate, copy_file_range, sendfile, splice, truncate by path,
+ * unlink, rename, sync and syncfs; and any write or flush of a watched file through a
+ * descriptor the shim did not see opened. Calls made inside libc itself (stdio) are not
+ * seen by any LD_PRELOAD shim; do not use stdio on watched files.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+enum { REC_FILE = 1, REC_WRITE, REC_SYNCWRITE, REC_FLUSH, REC_MARK, REC_MKDIR, REC_DIRSYNC, REC_TRUNCATE };
+enum { FD_NONE = 0, FD_DATA, FD_MARKER };
+enum { OP_WRITE = 1, OP_PWRITE = 2, OP_WRITEV = 4, OP_PWRITEV = 8, OP_SYNCWRITE = 16, OP_FSYNC = 32, OP_FDATASYNC = 64 };
+
+#define MAX_FDS 65536
+#define MAX_FILES 4096
+#define MAX_FAULTS 16
+#define MAX_NAMES 16
+
+struct fdent {
+	unsigned char kind;  /* FD_* */
+	unsigned char dsync; /* opened with O_DSYNC or O_SYNC */
+	int file;            /* index into files */
+};
+
+struct file {
+	dev_t dev;
+	ino_t ino;
+	unsigned char marker;
+};
+
+struct fault {
+	char name[32];  /* the OP it was given as */
+	unsigned ops;   /* OP_* mask */
+	unsigned long long nth, seen;
+	int repeat;     /* N+ */
+	int err;        /* errno to fail with, or 0 for a short write */
+};
+
+static struct fdent fds[MAX_FDS];
+static struct file files[MAX_FILES];
+static int nfiles;
+static struct fault faults[MAX_FAULTS];
+static int nfaults;
+static char *watch[MAX_NAMES], *markers[MAX_NAMES];
+static int nwatch, nmarkers;
+static int logfd = -1;
+static int active; /* a log or a fault: anything to do at all */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static int (*real_open)(const char *, int, ...);
+static int (*real_openat)(int, const char *, int, ...);
+static int (*real_close)(int);
+static int (*real_dup)(int);
+static int (*real_dup2)(int, int);
+static int (*real_dup3)(int, int, int);
+static int (*real_fcntl)(int, int, ...);
+static ssize_t (*real_write)(int, const void *, size_t);
+static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
+static ssize_t (*real_writev)(int, const struct iovec *, int);
+static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
+static ssize_t (*real_pwritev2)(int, const struct iovec *, int, off_t, int);
+static int (*real_fsync)(int);
+static int (*real_fdatasync)(int);
+static int (*real_ftruncate)(int, off_t);
+static int (*real_mkdir)(const char *, mode_t);
+static int (*real_mkdirat)(int, const char *, mode_t);
+static void *(*real_mmap)(void *, size_t, int, int, int, off_t);
+static int (*real_sync_file_range)(int, off_t, off_t, unsigned int);
+static int (*real_fallocate)(int, int, off_t, off_t);
+static int (*real_posix_fallocate)(int, off_t, off_t);
+static ssize_t (*real_copy_file_range)(int, off_t *, int, off_t *, size_t, unsigned int);
+static ssize_t (*real_sendfile)(int, int, off_t *, size_t);
+static ssize_t (*real_splice)(int, off_t *, int, off_t *, size_t, unsigned int);
+static int (*real_truncate)(const char *, off_t);
+static int (*real_unlink)(const char *);
+static int (*real_unlinkat)(int, const char *, int);
+static int (*real_rename)(const char *, const char *);
+static int (*real_renameat)(int, const char *, int, const char *);
+static int (*real_renameat2)(int, const char *, int, const char *, unsigned int);
+static void (*real_sync)(void);
+static int (*real_syncfs)(int);
+
+static void say(const char *a, const char *b, const char *c)
+{
+	char line[PATH_MAX + 256];
+	snprintf(line, sizeof line, "iofault: %s%s%s\n", a, b ? b : "", c ? c : "");
+	if (real_write)
+		(void)!real_write(2, line, strlen(line));
+}
+
+static void die(const char *what, const char *detail)
+{
+	say(what, detail ? ": " : "", detail);
+	abort();
+}
+
+static void *need(const char *name)
+{
+	void *f = dlsym(RTLD_NEXT, name);
+	if (!f)
+		die("cannot find the real function ", name);
+	return f;
+}
+
+static int split_names(char *list, char **out)
+{
+	int n = 0;
+	for (char *tok = strtok(list, ":"); tok && n < MAX_NAMES; tok = strtok(NULL, ":"))
+		out[n++] = tok;
+	return n;
+}
+
+static void parse_faults(const char *spec)
+{
+	char *copy = strdup(spec);
+	char *save = NULL;
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (nfaults == MAX_FAULTS)
+			die("too many faults in IOFAULT_FAIL", NULL);
+		char op[32], kind[32], count[32];
+		if (sscanf(tok, "%31[^:]:%31[^:]:%31s", op, count, kind) != 3)
+			die("bad IOFAULT_FAIL entry (want OP:N:KIND)", tok);
+		struct fault *f = &faults[nfaults++];
+		snprintf(f->name, sizeof f->name, "%s", op);
+		if (!strcmp(op, "write"))
+			f->ops = OP_WRITE | OP_PWRITE | OP_WRITEV | OP_PWRITEV;
+		else if (!strcmp(op, "pwrite"))
+			f->ops = OP_PWRITE;
+		else if (!strcmp(op, "writev"))
+			f->ops = OP_WRITEV;
+		else if (!strcmp(op, "pwritev"))
+			f->ops = OP_PWRITEV;
+		else if (!strcmp(op, "syncwrite"))
+			f->ops = OP_SYNCWRITE;
+		else if (!strcmp(op, "fsync"))
+			f->ops = OP_FSYNC;
+		else if (!strcmp(op, "fdatasync"))
+			f->ops = OP_FDATASYNC;
+		else if (!strcmp(op, "flush"))
+			f->ops = OP_FSYNC | OP_FDATASYNC;
+		else
+			die("unknown operation in IOFAULT_FAIL", tok);
+		char *end;
+		f->nth = strtoull(count, &end, 10);
+		f->repeat = *end == '+';
+		if (f->nth == 0 || (*end && strcmp(end, "+")))
+			die("bad count in IOFAULT_FAIL (want N or N+, from 1)", tok);
+		if (!strcmp(kind, "eio"))
+			f->err = EIO;
+		else if (!strcmp(kind, "enospc"))
+			f->err = ENOSPC;
+		else if (!strcmp(kind, "short") && !(f->ops & (OP_FSYNC | OP_FDATASYNC)))
+			f->err = 0;
+		else
+			die("bad kind in IOFAULT_FAIL (eio, enospc, or short for writes)", tok);
+	}
+}
+
+static void init(void)
+{
+	real_open = need("open");
+	real_openat = need("openat");
+	real_close = need("close");
+	real_dup = need("dup");
+	real_dup2 = need("dup2");
+	real_dup3 = need("dup3");
+	real_fcntl = need("fcntl");
+	real_write = need("write");
+	real_pwrite = need("pwrite");
+	real_writev = need("writev");
+	real_pwritev = need("pwritev");
+	real_pwritev2 = need("pwritev2");
+	real_fsync = need("fsync");
+	real_fdatasync = need("fdatasync");
+	real_ftruncate = need("ftruncate");
+	real_mkdir = need("mkdir");
+	real_mkdirat = need("mkdirat");
+	real_mmap = need("mmap");
+	real_sync_file_range = need("sync_file_range");
+	real_fallocate = need("fallocate");
+	real_posix_fallocate = need("posix_fallocate");
+	real_copy_file_range = need("copy_file_range");
+	real_sendfile = need("sendfile");
+	real_splice = need("splice");
+	real_truncate = need("truncate");
+	real_unlink = need("unlink");
+	real_unlinkat = need("unlinkat");
+	real_rename = need("rename");
+	real_renameat = need("renameat");
+	real_renameat2 = need("renameat2");
+	real_sync = need("sync");
+	real_syncfs = need("syncfs");
+
+	const char *w = getenv("IOFAULT_WATCH");
+	nwatch = split_names(strdup(w && *w ? w : "data.mdb"), watch);
+	const char *m = getenv("IOFAULT_MARKER");
+	if (m && *m)
+		nmarkers = split_names(strdup(m), markers);
+	const char *f = getenv("IOFAULT_FAIL");
+	if (f && *f)
+		parse_faults(f);
+	const char *log = getenv("IOFAULT_LOG");
+	if (log && *log) {
+		/* Opened with the real call: the log is never a watched file. */
+		logfd = real_open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		if (logfd < 0)
+			die("cannot open IOFAULT_LOG ", log);
+	}
+	active = logfd >= 0 || nfaults > 0;
+}
+
+#define INIT() pthread_once(&once, init)
+
+/* ---- the log ---- */
+
+static void log_bytes(const void *p, size_t n)
+{
+	const char *c = p;
+	while (n > 0) {
+		ssize_t w = real_write(logfd, c, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			die("cannot write the log", strerror(errno));
+		c += w;
+		n -= (size_t)w;
+	}
+}
+
+/* Writes one record; `iov` holds the bytes, of which the first `len` are logged. */
+static void log_rec(uint32_t kind, int file, uint64_t off, const struct iovec *iov, int iovcnt, size_t len)
+{
+	if (logfd < 0)
+		return;
+	struct {
+		uint32_t kind, file;
+		uint64_t off, len;
+	} h = { kind, (uint32_t)file, off, len };
+	int saved = errno;
+	log_bytes(&h, sizeof h);
+	for (int i = 0; i < iovcnt && len > 0; i++) {
+		size_t n = iov[i].iov_len < len ? iov[i].iov_len : len;
+		log_bytes(iov[i].iov_base, n);
+		len -= n;
+	}
+	errno = saved;
+}
+
+static void log_path(uint32_t kind, int file, uint64_t off, const char *path)
+{
+	struct iovec v = { (void *)path, strlen(path) };
+	log_rec(kind, file, off, &v, 1, v.iov_len);
+}
+
+/* ---- which descriptors are watched ---- */
+
+static const char *base_name(const char *path)
+{
+	const char *s = strrchr(path, '/');
+	return s ? s + 1 : path;
+}
+
+static int listed(const char *path, char **names, int n)
+{
+	const char *b = base_name(path);
+	for (int i = 0; i < n; i++)
+		if (!strcmp(b, names[i]))
+			return 1;
+	return 0;
+}
+
+static int fd_path(int fd, char *out, size_t size)
+{
+	char link[64];
+	snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, out, size - 1);
+	if (n < 0)
+		return -1;
+	out[n] = 0;
+	return 0;
+}
+
+static int find_file(const struct stat *st)
+{
+	for (int i = 0; i < nfiles; i++)
+		if (files[i].dev == st->st_dev && files[i].ino == st->st_ino)
+			return i;
+	return -1;
+}
+
+/* The watched file behind `fd`, or -1. Checks the descriptor still names the file it was
+ * opened as: a number closed and reused by a call the shim does not see (a socket, libc's
+ * own opens) must not pass for the watched file. A descriptor the shim never saw opened
+ * that names a watched file is refused while logging: its writes would go unrecorded. */
+static int watched_fd(int fd, int *marker, int *dsync)
+{
+	if (nfiles == 0 || fd < 0)
+		return -1;
+	struct stat st;
+	if (fstat(fd, &st) != 0)
+		return -1;
+	if (fd < MAX_FDS && fds[fd].kind != FD_NONE) {
+		struct file *f = &files[fds[fd].file];
+		if (f->dev == st.st_dev && f->ino == st.st_ino) {
+			*marker = fds[fd].kind == FD_MARKER;
+			*dsync = fds[fd].dsync;
+			return fds[fd].file;
+		}
+		fds[fd].kind = FD_NONE;
+	}
+	int known = find_file(&st);
+	if (logfd >= 0 && known >= 0 && !files[known].marker)
+		die("a watched file is written or flushed through a descriptor the shim did not see opened", NULL);
+	return -1;
+}
+
+/* Called with the lock held, after a successful open of `fd`. */
+static void opened(int fd, const char *path, int flags, int existed)
+{
+	if (fd < 0 || fd >= MAX_FDS)
+		return;
+	fds[fd].kind = FD_NONE;
+	int marker = listed(path, markers, nmarkers);
+	if (!marker && !listed(path, watch, nwatch))
+		return;
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+		return;
+	if (logfd >= 0 && (flags & O_APPEND) && !marker)
+		die("O_APPEND on a watched file is not modelled: ", path);
+	int id = find_file(&st);
+	if (id < 0) {
+		if (nfiles == MAX_FILES)
+			die("too many watched files", NULL);
+		id = nfiles++;
+		files[id].dev = st.st_dev;
+		files[id].ino = st.st_ino;
+		files[id].marker = (unsigned char)marker;
+		char full[PATH_MAX];
+		if (!marker) {
+			if (fd_path(fd, full, sizeof full) != 0)
+				die("cannot resolve the path of ", path);
+			log_path(REC_FILE, id, !existed, full);
+		}
+	}
+	if (logfd >= 0 && (flags & O_TRUNC) && existed && !marker) {
+		log_rec(REC_TRUNCATE, id, 0, NULL, 0, 0);
+	}
+	fds[fd].kind = marker ? FD_MARKER : FD_DATA;
+	fds[fd].dsync = (flags & (O_DSYNC | O_SYNC)) != 0;
+	fds[fd].file = id;
+}
+
+static int do_open(int dirfd, const char *path, int flags, mode_t mode)
+{
+	INIT();
+	if (!active || !path || !(listed(path, watch, nwatch) || listed(path, markers, nmarkers)))
+		return real_openat(dirfd, path, flags, mode);
+	pthread_mutex_lock(&lock);
+	int existed = faccessat(dirfd, path, F_OK, 0) == 0;
+	int fd = real_openat(dirfd, path, flags, mode);
+	if (fd >= 0)
+		opened(fd, path, flags, existed);
+	pthread_mutex_unlock(&lock);
+	return fd;
+}
+
+/* A descriptor opened by a call the shim does not interpose must not keep a stale entry;
+ * `watched_fd` checks identity anyway, this only keeps the table tidy. */
+static void forget(int fd)
+{
+	if (fd >= 0 && fd < MAX_FDS)
+		fds[fd].kind = FD_NONE;
+}
+
+static mode_t mode_arg(int flags, va_list ap)
+{
+	return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+}
+
+int open(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	return do_open(AT_FDCWD, path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	return do_open(AT_FDCWD, path, flags, mode);
+}
+
+int openat(int dirfd, const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	return do_open(dirfd, path, flags, mode);
+}
+
+int openat64(int dirfd, const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	return do_open(dirfd, path, flags, mode);
+}
+
+int __open_2(const char *path, int flags) { return do_open(AT_FDCWD, path, flags, 0); }
+int __open64_2(const char *path, int flags) { return do_open(AT_FDCWD, path, flags, 0); }
+int __openat_2(int dirfd, const char *path, int flags) { return do_open(dirfd, path, flags, 0); }
+int __openat64_2(int dirfd, const char *path, int flags) { return do_open(dirfd, path, flags, 0); }
+
+int creat(const char *path, mode_t mode) { return do_open(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode); }
+int creat64(const char *path, mode_t mode) { return do_open(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode); }
+
+int close(int fd)
+{
+	INIT();
+	if (active) {
+		pthread_mutex_lock(&lock);
+		forget(fd);
+		pthread_mutex_unlock(&lock);
+	}
+	return real_close(fd);
+}
+
+static void copy_fd(int from, int to)
+{
+	if (to < 0 || to >= MAX_FDS)
+		return;
+	fds[to].kind = FD_NONE;
+	if (from >= 0 && from < MAX_FDS)
+		fds[to] = fds[from];
+}
+
+int dup(int fd)
+{
+	INIT();
+	if (!active)
+		return real_dup(fd);
+	pthread_mutex_lock(&lock);
+	int r = real_dup(fd);
+	if (r >= 0)
+		copy_fd(fd, r);
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int dup2(int fd, int to)
+{
+	INIT();
+	if (!active)
+		return real_dup2(fd, to);
+	pthread_mutex_lock(&lock);
+	int r = real_dup2(fd, to);
+	if (r >= 0 && r != fd)
+		copy_fd(fd, r);
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int dup3(int fd, int to, int flags)
+{
+	INIT();
+	if (!active)
+		return real_dup3(fd, to, flags);
+	pthread_mutex_lock(&lock);
+	int r = real_dup3(fd, to, flags);
+	if (r >= 0)
+		copy_fd(fd, r);
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+static int do_fcntl(int fd, int cmd, void *arg)
+{
+	INIT();
+	if (!active || (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC && cmd != F_SETFL))
+		return real_fcntl(fd, cmd, arg);
+	pthread_mutex_lock(&lock);
+	int marker = 0, dsync = 0;
+	if (cmd == F_SETFL && logfd >= 0 && ((long)arg & O_APPEND) && watched_fd(fd, &marker, &dsync) >= 0 && !marker)
+		die("O_APPEND on a watched file is not modelled", NULL);
+	int r = real_fcntl(fd, cmd, arg);
+	if (r >= 0 && cmd != F_SETFL)
+		copy_fd(fd, r);
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	return do_fcntl(fd, cmd, arg);
+}
+
+int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	return do_fcntl(fd, cmd, arg);
+}
+
+/* ---- faults ---- */
+
+/* The fault to inject into this call (counting it), or NULL. Called with the lock held. */
+static struct fault *fault_for(unsigned op)
+{
+	struct fault *hit = NULL;
+	for (int i = 0; i < nfaults; i++) {
+		struct fault *f = &faults[i];
+		if (!(f->ops & op))
+			continue;
+		f->seen++;
+		if (!hit && (f->seen == f->nth || (f->repeat && f->seen > f->nth)))
+			hit = f;
+	}
+	return hit;
+}
+
+static void report(const char *call, int fd, struct fault *f)
+{
+	char path[PATH_MAX] = "?";
+	(void)fd_path(fd, path, sizeof path);
+	char what[64];
+	snprintf(what, sizeof what, "%s #%llu (a %s) ", f->name, f->seen, call);
+	say(what, f->err == EIO ? "fails with EIO on " : f->err == ENOSPC ? "fails with ENOSPC on " : "is cut short on ",
+	    path);
+}
+
+/* ---- writes ---- */
+
+static size_t iov_total(const struct iovec *iov, int n)
+{
+	size_t t = 0;
+	for (int i = 0; i < n; i++)
+		t += iov[i].iov_len;
+	return t;
+}
+
+/* Cuts `iov` to its first `keep` bytes, in `out` (at most `n` entries); returns the count. */
+static int iov_prefix(const struct iovec *iov, int n, size_t keep, struct iovec *out)
+{
+	int m = 0;
+	for (int i = 0; i < n && keep > 0; i++) {
+		out[m] = iov[i];
+		if (out[m].iov_len > keep)
+			out[m].iov_len = keep;
+		keep -= out[m].iov_len;
+		m++;
+	}
+	return m;
+}
+
+/* The real call behind each wrapper, so an unwatched descriptor sees exactly the call its
+ * program made. */
+static ssize_t real_call(unsigned op, int v2, int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
+{
+	switch (op) {
+	case OP_WRITE:
+		return real_write(fd, iovcnt ? iov[0].iov_base : NULL, iovcnt ? iov[0].iov_len : 0);
+	case OP_PWRITE:
+		return real_pwrite(fd, iovcnt ? iov[0].iov_base : NULL, iovcnt ? iov[0].iov_len : 0, off);
+	case OP_WRITEV:
+		return v2 ? real_pwritev2(fd, iov, iovcnt, -1, flags) : real_writev(fd, iov, iovcnt);
+	default:
+		return v2 ? real_pwritev2(fd, iov, iovcnt, off, flags) : real_pwritev(fd, iov, iovcnt, off);
+	}
+}
+
+/* Every write-family call: `op` is its OP_*, `off` its offset (unused for write and writev,
+ * which write at the file position), `v2` and `flags` are pwritev2's. */
+static ssize_t do_write(unsigned op, int v2, const char *call, int fd, const struct iovec *iov, int iovcnt, off_t off,
+			int flags)
+{
+	INIT();
+	if (!active)
+		return real_call(op, v2, fd, iov, iovcnt, off, flags);
+	int marker = 0, dsync = 0;
+	pthread_mutex_lock(&lock);
+	int file = watched_fd(fd, &marker, &dsync);
+	if (file < 0) {
+		/* Not held across the call: an unwatched write may block (a full pipe). */
+		pthread_mutex_unlock(&lock);
+		return real_call(op, v2, fd, iov, iovcnt, off, flags);
+	}
+	ssize_t r;
+	if (marker) {
+		r = real_call(op, v2, fd, iov, iovcnt, off, flags);
+		if (r > 0)
+			log_rec(REC_MARK, 0, 0, iov, iovcnt, (size_t)r);
+		pthread_mutex_unlock(&lock);
+		return r;
+	}
+	if (flags & ~(RWF_DSYNC | RWF_SYNC | RWF_HIPRI | RWF_NOWAIT))
+		die("pwritev2 flags other than RWF_DSYNC and RWF_SYNC are not modelled", NULL);
+	if (flags & (RWF_DSYNC | RWF_SYNC))
+		dsync = 1;
+	off_t at = off;
+	if (op == OP_WRITE || op == OP_WRITEV) {
+		at = lseek(fd, 0, SEEK_CUR);
+		if (at < 0)
+			die("cannot read the file position of a watched file", strerror(errno));
+	}
+	struct fault *f = fault_for(op | (dsync ? OP_SYNCWRITE : 0));
+	struct iovec cut[IOV_MAX];
+	const struct iovec *use = iov;
+	int usecnt = iovcnt;
+	if (f && f->err) {
+		report(call, fd, f);
+		errno = f->err;
+		r = -1;
+	} else {
+		if (f) {
+			report(call, fd, f);
+			usecnt = iov_prefix(iov, iovcnt < IOV_MAX ? iovcnt : IOV_MAX, iov_total(iov, iovcnt) / 2, cut);
+			use = cut;
+		}
+		r = usecnt == 0 ? 0 : real_call(op, v2, fd, use, usecnt, off, flags);
+		if (r > 0)
+			log_rec(dsync ? REC_SYNCWRITE : REC_WRITE, file, (uint64_t)at, use, usecnt, (size_t)r);
+	}
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+ssize_t write(int fd, const void *buf, size_t n)
+{
+	struct iovec v = { (void *)buf, n };
+	return do_write(OP_WRITE, 0, "write", fd, &v, 1, 0, 0);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+	struct iovec v = { (void *)buf, n };
+	return do_write(OP_PWRITE, 0, "pwrite", fd, &v, 1, off, 0);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) { return pwrite(fd, buf, n, off); }
+
+ssize_t writev(int fd, const struct iovec *iov, int n) { return do_write(OP_WRITEV, 0, "writev", fd, iov, n, 0, 0); }
+
+ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t off)
+{
+	return do_write(OP_PWRITEV, 0, "pwritev", fd, iov, n, off, 0);
+}
+
+ssize_t pwritev64(int fd, const struct iovec *iov, int n, off_t off) { return pwritev(fd, iov, n, off); }
+
+ssize_t pwritev2(int fd, const struct iovec *iov, int n, off_t off, int flags)
+{
+	/* An offset of -1 writes at the file position, as writev does. */
+	return do_write(off == -1 ? OP_WRITEV : OP_PWRITEV, 1, "pwritev2", fd, iov, n, off, flags);
+}
+
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int n, off_t off, int flags) { return pwritev2(fd, iov, n, off, flags); }
+
+/* ---- flushes ---- */
+
+static int do_flush(unsigned op, const char *call, int fd)
+{
+	INIT();
+	int (*real)(int) = op == OP_FSYNC ? real_fsync : real_fdatasync;
+	if (!active)
+		return real(fd);
+	pthread_mutex_lock(&lock);
+	int marker = 0, dsync = 0, r;
+	int file = watched_fd(fd, &marker, &dsync);
+	if (file >= 0 && !marker) {
+		struct fault *f = fault_for(op);
+		if (f) {
+			report(call, fd, f);
+			errno = f->err;
+			r = -1;
+		} else {
+			r = real(fd);
+			if (r == 0)
+				log_rec(REC_FLUSH, file, 0, NULL, 0, 0);
+		}
+	} else {
+		r = real(fd);
+		struct stat st;
+		char path[PATH_MAX];
+		if (r == 0 && logfd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && fd_path(fd, path, sizeof path) == 0)
+			log_path(REC_DIRSYNC, 0, 0, path);
+	}
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int fsync(int fd) { return do_flush(OP_FSYNC, "fsync", fd); }
+int fdatasync(int fd) { return do_flush(OP_FDATASYNC, "fdatasync", fd); }
+
+int ftruncate(int fd, off_t len)
+{
+	INIT();
+	if (!active)
+		return real_ftruncate(fd, len);
+	pthread_mutex_lock(&lock);
+	int marker = 0, dsync = 0;
+	int file = watched_fd(fd, &marker, &dsync);
+	int r = real_ftruncate(fd, len);
+	if (r == 0 && file >= 0 && !marker)
+		log_rec(REC_TRUNCATE, file, (uint64_t)len, NULL, 0, 0);
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int ftruncate64(int fd, off_t len) { return ftruncate(fd, len); }
+
+/* ---- directories ---- */
+
+static void made_dir(int dirfd, const char *path)
+{
+	char full[PATH_MAX];
+	int fd = real_openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (fd_path(fd, full, sizeof full) == 0)
+		log_path(REC_MKDIR, 0, 0, full);
+	real_close(fd);
+}
+
+int mkdir(const char *path, mode_t mode)
+{
+	INIT();
+	if (logfd < 0)
+		return real_mkdir(path, mode);
+	pthread_mutex_lock(&lock);
+	int r = real_mkdir(path, mode);
+	if (r == 0)
+		made_dir(AT_FDCWD, path);
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int mkdirat(int dirfd, const char *path, mode_t mode)
+{
+	INIT();
+	if (logfd < 0)
+		return real_mkdirat(dirfd, path, mode);
+	pthread_mutex_lock(&lock);
+	int r = real_mkdirat(dirfd, path, mode);
+	if (r == 0)
+		made_dir(dirfd, path);
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+/* ---- refused while logging ---- */
+
+static void refuse_fd(int fd, const char *call)
+{
+	if (logfd < 0)
+		return;
+	pthread_mutex_lock(&lock);
+	int marker = 0, dsync = 0;
+	int file = watched_fd(fd, &marker, &dsync);
+	pthread_mutex_unlock(&lock);
+	if (file >= 0 && !marker)
+		die("not modelled on a watched file: ", call);
+}
+
+static void refuse_path(const char *path, const char *call)
+{
+	if (logfd >= 0 && path && listed(path, watch, nwatch))
+		die("not modelled on a watched file: ", call);
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	INIT();
+	if (fd >= 0 && (prot & PROT_WRITE) && (flags & MAP_SHARED))
+		refuse_fd(fd, "a writable shared mmap");
+	return real_mmap(addr, len, prot, flags, fd, off);
+}
+
+void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) { return mmap(addr, len, prot, flags, fd, off); }
+
+int sync_file_range(int fd, off_t off, off_t n, unsigned int flags)
+{
+	INIT();
+	refuse_fd(fd, "sync_file_range");
+	return real_sync_file_range(fd, off, n, flags);
+}
+
+int fallocate(int fd, int mode, off_t off, off_t len)
+{
+	INIT();
+	refuse_fd(fd, "fallocate");
+	return real_fallocate(fd, mode, off, len);
+}
+
+int fallocate64(int fd, int mode, off_t off, off_t len) { return fallocate(fd, mode, off, len); }
+
+int posix_fallocate(int fd, off_t off, off_t len)
+{
+	INIT();
+	refuse_fd(fd, "posix_fallocate");
+	return real_posix_fallocate(fd, off, len);
+}
+
+int posix_fallocate64(int fd, off_t off, off_t len) { return posix_fallocate(fd, off, len); }
+
+ssize_t copy_file_range(int in, off_t *inoff, int out, off_t *outoff, size_t n, unsigned int flags)
+{
+	INIT();
+	refuse_fd(out, "copy_file_range");
+	return real_copy_file_range(in, inoff, out, outoff, n, flags);
+}
+
+ssize_t sendfile(int out, int in, off_t *off, size_t n)
+{
+	INIT();
+	refuse_fd(out, "sendfile");
+	return real_sendfile(out, in, off, n);
+}
+
+ssize_t sendfile64(int out, int in, off_t *off, size_t n) { return sendfile(out, in, off, n); }
+
+ssize_t splice(int in, off_t *inoff, int out, off_t *outoff, size_t n, unsigned int flags)
+{
+	INIT();
+	refuse_fd(out, "splice");
+	return real_splice(in, inoff, out, outoff, n, flags);
+}
+
+int truncate(const char *path, off_t len)
+{
+	INIT();
+	refuse_path(path, "truncate");
+	return real_truncate(path, len);
+}
+
+int truncate64(const char *path, off_t len) { return truncate(path, len); }
+
+int unlink(const char *path)
+{
+	INIT();
+	refuse_path(path, "unlink");
+	return real_unlink(path);
+}
+
+int unlinkat(int dirfd, const char *path, int flags)
+{
+	INIT();
+	refuse_path(path, "unlinkat");
+	return real_unlinkat(dirfd, path, flags);
+}
+
+int rename(const char *from, const char *to)
+{
+	INIT();
+	refuse_path(from, "rename");
+	refuse_path(to, "rename");
+	return real_rename(from, to);
+}
+
+int renameat(int fromfd, const char *from, int tofd, const char *to)
+{
+	INIT();
+	refuse_path(from, "renameat");
+	refuse_path(to, "renameat");
+	return real_renameat(fromfd, from, tofd, to);
+}
+
+int renameat2(int fromfd, const char *from, int tofd, const char *to, unsigned int flags)
+{
+	INIT();
+	refuse_path(from, "renameat2");
+	refuse_path(to, "renameat2");
+	return real_renameat2(fromfd, from, tofd, to, flags);
+}
+
+void sync(void)
+{
+	INIT();
+	if (logfd >= 0 && nfiles > 0)
+		die("not modelled while watched files are open: ", "sync");
+	real_sync();
+}
+
+int syncfs(int fd)
+{
+	INIT();
+	if (logfd >= 0 && nfiles > 0)
+		die("not modelled while watched files are open: ", "syncfs");
+	return real_syncfs(fd);
+}
