@@ -60,6 +60,7 @@ mod error;
 mod event;
 mod id;
 mod key_record;
+mod lmdb_file;
 mod process;
 mod read;
 mod record;
@@ -75,6 +76,7 @@ pub use crypto::{KEY_LEN, MasterKey};
 pub use error::{Error, StorageError};
 pub use event::{OwnedEvent, RecordedEvent};
 pub use id::StreamId;
+pub use lmdb_file::{FileCoverage, FileReport, TableReport, verify_file};
 pub use process::runner::{DEFAULT_POLL, Runnable, Runner};
 pub use process::table::TableEntries;
 pub use process::{
