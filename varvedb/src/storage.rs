@@ -355,6 +355,8 @@ pub(crate) struct StorageConfig {
 impl Storage {
     /// Opens (creating if needed) the store in directory `path`.
     pub(crate) fn open(path: &Path, config: &StorageConfig) -> Result<Self, Error> {
+        // LMDB trusts the file it maps; damage it would read on the way in is refused first.
+        crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
         std::fs::create_dir_all(path)?;
         let map_size = round_up_to_page(config.map_size);
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
@@ -922,10 +924,19 @@ mod tests {
     fn engine_errors_keep_the_engine_error_as_their_source() {
         use std::error::Error as _;
         let dir = tempfile::tempdir().unwrap();
-        // Two pages of zeros: no valid meta page, which LMDB reports as its own error.
-        std::fs::write(dir.path().join("data.mdb"), vec![0u8; 8192]).unwrap();
+        // A sound file whose main table holds a plain value named like a table: LMDB refuses
+        // to open it as a table (`MDB_INCOMPATIBLE`), its own error.
+        {
+            // SAFETY: a new environment that nothing else maps; closed again below.
+            let env = unsafe { EnvOpenOptions::new().map_size(1 << 20).open(dir.path()) }.unwrap();
+            let mut txn = env.write_txn().unwrap();
+            let main: Database<Bytes, Bytes> = env.create_database(&mut txn, None).unwrap();
+            main.put(&mut txn, name::EVENTS.as_bytes(), b"not a table").unwrap();
+            txn.commit().unwrap();
+            env.prepare_for_closing().wait();
+        }
         let Err(err) = Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }) else {
-            panic!("a file of zeros opened");
+            panic!("a value opened as a table");
         };
         let Error::Storage(engine) = &err else { panic!("{err:?}") };
         let source = err.source().expect("the storage error is the source");
