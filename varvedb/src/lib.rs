@@ -17,7 +17,9 @@
 //!   are stored once, content-addressed by their BLAKE3 hash. A damaged record is an
 //!   [`Error::Corrupt`] naming the seq, not a wrong value or a panic; index entries are
 //!   checked against the records they point to ([`Error::CorruptIndex`]), and
-//!   [`ReadView::check_integrity`] verifies the whole store.
+//!   [`ReadView::check_integrity`] verifies the whole store. LMDB does not check its own
+//!   file: opening checks what it reads first, and [`verify_file`] checks every page of a
+//!   closed store or a backup ([`Error::CorruptFile`]).
 //! - **Encryption at rest (optional).** With [`Options::encryption_key`], every stream gets
 //!   its own AES-256-GCM data key and every event is sealed to its position; a stream can be
 //!   crypto-shredded ([`Varve::shred`]). See `docs/encryption.md`.
