@@ -24,6 +24,8 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("event", "read"),
     ("event", "subscribe"),
     ("key_record", "store"),
+    ("lmdb_file", "storage"),
+    ("lmdb_file", "store"),
 ];
 
 /// The top-level modules declared in `lib.rs`.

@@ -253,6 +253,21 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The store's file (`data.mdb`) is damaged: a meta page or a page of its B-trees fails
+    /// the structural check that runs before LMDB reads it (on open, in
+    /// [`ReadView::check_integrity`](crate::ReadView::check_integrity) and in
+    /// [`verify_file`](crate::verify_file)). Nothing was read through LMDB from the damaged
+    /// place. The file cannot be repaired in place: restore the store from a backup (check the
+    /// backup first with [`verify_file`](crate::verify_file)).
+    #[error("the store's file is damaged{}: {reason}", PageDisplay(*page))]
+    CorruptFile {
+        /// The damaged page, when the damage is in one (`None`: the file as a whole, such as
+        /// its length or the pair of meta pages).
+        page: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The event's payload is not a valid archive of the requested type.
     #[error("event at seq {seq} (type {type_tag:?}) is not a valid archive of the requested type: {message}")]
     InvalidArchive {
@@ -406,6 +421,17 @@ impl fmt::Display for VersionDisplay {
         match self.0 {
             None => f.write_str("no stream"),
             Some(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+struct PageDisplay(Option<u64>);
+
+impl fmt::Display for PageDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => Ok(()),
+            Some(page) => write!(f, " at page {page}"),
         }
     }
 }

@@ -17,7 +17,9 @@
 //!   are stored once, content-addressed by their BLAKE3 hash. A damaged record is an
 //!   [`Error::Corrupt`] naming the seq, not a wrong value or a panic; index entries are
 //!   checked against the records they point to ([`Error::CorruptIndex`]), and
-//!   [`ReadView::check_integrity`] verifies the whole store.
+//!   [`ReadView::check_integrity`] verifies the whole store. LMDB does not check its own
+//!   file: opening checks what it reads first, and [`verify_file`] checks every page of a
+//!   closed store or a backup ([`Error::CorruptFile`]).
 //! - **Encryption at rest (optional).** With [`Options::encryption_key`], every stream gets
 //!   its own AES-256-GCM data key and every event is sealed to its position; a stream can be
 //!   crypto-shredded ([`Varve::shred`]). See `docs/encryption.md`.
@@ -60,6 +62,7 @@ mod error;
 mod event;
 mod id;
 mod key_record;
+mod lmdb_file;
 mod process;
 mod read;
 mod record;
@@ -75,6 +78,7 @@ pub use crypto::{KEY_LEN, MasterKey};
 pub use error::{Error, StorageError};
 pub use event::{OwnedEvent, RecordedEvent};
 pub use id::StreamId;
+pub use lmdb_file::{FileCoverage, FileReport, TableReport, verify_file};
 pub use process::runner::{DEFAULT_POLL, Runnable, Runner};
 pub use process::table::TableEntries;
 pub use process::{

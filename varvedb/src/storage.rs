@@ -449,8 +449,9 @@ impl Storage {
         if !files::has_data_file(path)? {
             files::create_data_file(path, |build_dir| build_store(build_dir, path, map_size))?;
         }
-        // Up to here an existing `data.mdb` has been neither mapped nor changed: checks of
-        // an existing file's bytes belong here, before LMDB maps it.
+        // Up to here an existing `data.mdb` has been neither mapped nor changed. LMDB trusts
+        // the file it maps: damage it would read on the way in is refused first.
+        crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
         let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
         let env = open_env(path, map_size, config.max_readers, Private::No).map_err(|e| match e {
             heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
@@ -1479,10 +1480,19 @@ mod tests {
     fn engine_errors_keep_the_engine_error_as_their_source() {
         use std::error::Error as _;
         let dir = tempfile::tempdir().unwrap();
-        // Two pages of zeros: no valid meta page, which LMDB reports as its own error.
-        std::fs::write(dir.path().join("data.mdb"), vec![0u8; 8192]).unwrap();
+        // A sound file whose main table holds a plain value named like a table: LMDB refuses
+        // to open it as a table (`MDB_INCOMPATIBLE`), its own error.
+        {
+            // SAFETY: a new environment that nothing else maps; closed again below.
+            let env = unsafe { EnvOpenOptions::new().map_size(1 << 20).open(dir.path()) }.unwrap();
+            let mut txn = env.write_txn().unwrap();
+            let main: Database<Bytes, Bytes> = env.create_database(&mut txn, None).unwrap();
+            main.put(&mut txn, name::EVENTS.as_bytes(), b"not a table").unwrap();
+            txn.commit().unwrap();
+            env.prepare_for_closing().wait();
+        }
         let Err(err) = Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }) else {
-            panic!("a file of zeros opened");
+            panic!("a value opened as a table");
         };
         let Error::Storage(engine) = &err else { panic!("{err:?}") };
         let source = err.source().expect("the storage error is the source");

@@ -175,7 +175,9 @@ impl Options {
     /// file; [`Error::IncompatibleFormat`] if it was written with another on-disk format;
     /// [`Error::KeyRequired`] if it is encrypted and no key was given; [`Error::WrongKey`];
     /// [`Error::NotEncrypted`] if a key was given for a store that holds unencrypted events;
-    /// [`Error::DiskFull`]; other I/O and storage errors.
+    /// [`Error::CorruptFile`] if the file is damaged where opening reads it (LMDB does not
+    /// check its file; this is checked before LMDB maps it); [`Error::DiskFull`]; other I/O
+    /// and storage errors.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Varve, Error> {
         let path = path.as_ref();
         let storage = Arc::new(Storage::open(
