@@ -1,26 +1,31 @@
 /*
  * iofault: an LD_PRELOAD shim that records, or fails, the writes and flushes a process
- * issues to chosen files. Used by the power-loss simulation (tests/powerloss.rs) and by
- * tests of how the store handles failed writes; tests/support/iofault.rs builds it and
- * parses its log.
+ * issues to chosen files, and the names it gives them. Used by the power-loss simulation
+ * (tests/powerloss.rs) and by tests of how the store handles failed writes
+ * (tests/failed_commits.rs); tests/support/iofault.rs builds it and parses its log.
  *
  *   cc -shared -fPIC -O2 -o libiofault.so iofault.c -ldl
  *   LD_PRELOAD=./libiofault.so IOFAULT_LOG=/tmp/log IOFAULT_MARKER=acks program
  *
- * Environment (read once, at the first intercepted call):
+ * Environment (read once, at the first intercepted call). Lists are colon-separated
+ * basename patterns (fnmatch(3): `*`, `?`, `[...]`), matched against the last component of
+ * the path a file is opened, linked or renamed by.
  *
- *   IOFAULT_WATCH   colon-separated file basenames whose writes are watched; default
- *                   "data.mdb". A file is watched from the moment it is opened through one
- *                   of the calls below, whichever directory it is in.
- *   IOFAULT_MARKER  colon-separated basenames of marker files; default none. Writes to a
- *                   marker file go through to it and are also logged as marker records, so
- *                   a program can put its acknowledgements into the same ordered stream as
- *                   its I/O.
+ *   IOFAULT_WATCH   files whose writes are watched (data files); default "data.mdb". A file
+ *                   is watched from the moment it is opened through one of the calls below,
+ *                   whichever directory it is in, and under every name it gets later.
+ *   IOFAULT_NAMES   files whose names are watched but not their contents (name files); default
+ *                   none. Their creation, links, unlinks and renames are logged like a data
+ *                   file's; their writes, flushes, maps and allocations pass unrecorded. For
+ *                   files whose contents do not matter after a power loss (LMDB's lock.mdb).
+ *   IOFAULT_MARKER  marker files; default none. Writes to a marker file go through to it and
+ *                   are also logged as marker records, so a program can put its
+ *                   acknowledgements into the same ordered stream as its I/O.
  *   IOFAULT_LOG     path of the binary log to write (created, appended to). Unset: no log.
  *                   With a log, calls the shim does not model (below) abort the process
  *                   when they touch a watched file, instead of letting it pass unrecorded.
  *   IOFAULT_FAIL    comma-separated faults to inject, each OP:N:KIND or OP:N+:KIND: the Nth
- *                   matching call on a watched file (counted from 1 per fault; N+ means the
+ *                   matching call on a data file (counted from 1 per fault; N+ means the
  *                   Nth and every later one) fails. Works with or without a log.
  *                   OP   write      any write call (write, pwrite, writev, pwritev)
  *                        pwrite     pwrite, pwrite64
@@ -31,43 +36,64 @@
  *                        fsync      fsync
  *                        fdatasync  fdatasync
  *                        flush      fsync or fdatasync
- *                   KIND eio        fails with EIO; nothing is written or flushed
- *                        enospc     fails with ENOSPC; nothing is written or flushed
+ *                        link       link or linkat of a data or name file (counted over
+ *                                   both kinds)
+ *                   KIND eio        fails with EIO; nothing is written, flushed or linked
+ *                        enospc     fails with ENOSPC; nothing is written, flushed or linked
+ *                        eperm      (link only) fails with EPERM, as on a filesystem
+ *                                   without hard links
  *                        short      (writes only) writes the first half of the bytes and
  *                                   returns that length
+ *                        dies       (writes only) the bytes are written whole, then the
+ *                                   call fails with EIO, and so does every later write and
+ *                                   flush of a data file: a disk that failed right after
+ *                                   taking the write
  *                   Each injected fault is reported on stderr as a line starting "iofault:".
  *
  * The log is a sequence of records in the machine's byte order (little-endian on the
- * targets we test): u32 kind, u32 file, u64 offset, u64 length, then `length` bytes.
+ * targets we test): u32 kind, u32 file, u64 offset, u64 length, then `length` bytes. Paths
+ * are absolute, with every directory resolved (no symlinks, no `..`).
  *
- *   1 FILE       a watched file seen for the first time: file = its id, offset = 1 if this
- *                open created it, bytes = its absolute path
+ *   1 FILE       a watched file seen for the first time: file = its id, offset = flags
+ *                (1: this open created it, a new directory entry; 2: a name file), bytes =
+ *                its path
  *   2 WRITE      bytes written at offset (only the bytes the call really wrote)
  *   3 SYNCWRITE  as WRITE, through an O_DSYNC/O_SYNC descriptor: durable when it returns
  *   4 FLUSH      fsync or fdatasync of the file returned success
  *   5 MARK       bytes written to a marker file (file = 0)
- *   6 MKDIR      a directory was created; bytes = its absolute path
+ *   6 MKDIR      a directory was created; bytes = its path
  *   7 DIRSYNC    fsync or fdatasync of a directory returned success; bytes = its path
  *   8 TRUNCATE   ftruncate of the file to offset bytes
+ *   9 LINK       the file got another name: bytes = the new name's path, offset = the
+ *                file's size then
+ *  10 UNLINK     a name of the file was removed: bytes = its path
+ *  11 RMDIR      a directory was removed; bytes = its path
+ *  12 RENAME     a name of the file moved: bytes = the old path, a NUL, the new path
  *
  * Each record is logged after its call returns, under one lock held across the call, so
  * the log's order is the order in which the calls completed. Files are identified by
- * device and inode, so all descriptors of a file (LMDB opens data.mdb twice) share an id.
+ * device and inode, so all descriptors and names of a file (LMDB opens data.mdb twice; a
+ * file built under a temporary name is linked into place) share an id.
  *
  * Intercepted: open, open64, openat, openat64, creat, creat64 (and the _2 fortified
  * forms), close, dup, dup2, dup3, fcntl and fcntl64 (F_DUPFD*, F_SETFL), write, pwrite,
  * pwrite64, writev, pwritev, pwritev64, pwritev2, pwritev64v2, fsync, fdatasync,
- * ftruncate, ftruncate64, mkdir, mkdirat. Refused on a watched file while logging (the
- * process aborts with a message): O_APPEND, a writable shared mmap, sync_file_range,
- * fallocate, posix_fallocate, copy_file_range, sendfile, splice, truncate by path,
- * unlink, rename, sync and syncfs; and any write or flush of a watched file through a
- * descriptor the shim did not see opened. Calls made inside libc itself (stdio) are not
- * seen by any LD_PRELOAD shim; do not use stdio on watched files.
+ * ftruncate, ftruncate64, mkdir, mkdirat, rmdir, link, linkat, unlink, unlinkat, remove,
+ * rename, renameat, renameat2. Refused while logging (the process aborts with a message):
+ * on a data file O_APPEND, a writable shared mmap, sync_file_range, fallocate,
+ * posix_fallocate, copy_file_range, sendfile, splice, truncate by path, and any write or
+ * flush through a descriptor the shim did not see opened; on any watched file a rename that
+ * replaces or exchanges, a link by descriptor (AT_EMPTY_PATH) of a file with no name left;
+ * a watched name given to, or taken from, a file the shim has not seen opened (one that
+ * existed before); a rename of a directory; and sync and syncfs while watched files are
+ * open. Calls made inside libc itself (stdio) are not seen by any LD_PRELOAD shim; do not
+ * use stdio on watched files.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -81,9 +107,36 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-enum { REC_FILE = 1, REC_WRITE, REC_SYNCWRITE, REC_FLUSH, REC_MARK, REC_MKDIR, REC_DIRSYNC, REC_TRUNCATE };
-enum { FD_NONE = 0, FD_DATA, FD_MARKER };
-enum { OP_WRITE = 1, OP_PWRITE = 2, OP_WRITEV = 4, OP_PWRITEV = 8, OP_SYNCWRITE = 16, OP_FSYNC = 32, OP_FDATASYNC = 64 };
+enum {
+	REC_FILE = 1,
+	REC_WRITE,
+	REC_SYNCWRITE,
+	REC_FLUSH,
+	REC_MARK,
+	REC_MKDIR,
+	REC_DIRSYNC,
+	REC_TRUNCATE,
+	REC_LINK,
+	REC_UNLINK,
+	REC_RMDIR,
+	REC_RENAME
+};
+/* What a descriptor or a file is: FD_DATA and FD_NAME files have names the log follows. */
+enum { FD_NONE = 0, FD_DATA, FD_MARKER, FD_NAME };
+enum {
+	OP_WRITE = 1,
+	OP_PWRITE = 2,
+	OP_WRITEV = 4,
+	OP_PWRITEV = 8,
+	OP_SYNCWRITE = 16,
+	OP_FSYNC = 32,
+	OP_FDATASYNC = 64,
+	OP_LINK = 128
+};
+#define OP_WRITES (OP_WRITE | OP_PWRITE | OP_WRITEV | OP_PWRITEV | OP_SYNCWRITE)
+/* A fault's kind besides an errno: a short write, or a write that goes through and then
+ * fails, as does everything after it. */
+enum { KIND_SHORT = -1, KIND_DIES = -2 };
 
 #define MAX_FDS 65536
 #define MAX_FILES 4096
@@ -99,7 +152,10 @@ struct fdent {
 struct file {
 	dev_t dev;
 	ino_t ino;
-	unsigned char marker;
+	unsigned char kind; /* FD_DATA, FD_MARKER or FD_NAME */
+	/* Its last name was removed: once its descriptors are closed its inode may be reused,
+	 * so a new file with the same device and inode is another file. */
+	unsigned char gone;
 };
 
 struct fault {
@@ -107,7 +163,7 @@ struct fault {
 	unsigned ops;   /* OP_* mask */
 	unsigned long long nth, seen;
 	int repeat;     /* N+ */
-	int err;        /* errno to fail with, or 0 for a short write */
+	int err;        /* errno to fail with, or KIND_* */
 };
 
 static struct fdent fds[MAX_FDS];
@@ -115,10 +171,11 @@ static struct file files[MAX_FILES];
 static int nfiles;
 static struct fault faults[MAX_FAULTS];
 static int nfaults;
-static char *watch[MAX_NAMES], *markers[MAX_NAMES];
-static int nwatch, nmarkers;
+static char *watch[MAX_NAMES], *names[MAX_NAMES], *markers[MAX_NAMES];
+static int nwatch, nnames, nmarkers;
 static int logfd = -1;
 static int active; /* a log or a fault: anything to do at all */
+static int dead;   /* a `dies` fault fired: every later write and flush of a data file fails */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -139,6 +196,7 @@ static int (*real_fdatasync)(int);
 static int (*real_ftruncate)(int, off_t);
 static int (*real_mkdir)(const char *, mode_t);
 static int (*real_mkdirat)(int, const char *, mode_t);
+static int (*real_rmdir)(const char *);
 static void *(*real_mmap)(void *, size_t, int, int, int, off_t);
 static int (*real_sync_file_range)(int, off_t, off_t, unsigned int);
 static int (*real_fallocate)(int, int, off_t, off_t);
@@ -147,10 +205,8 @@ static ssize_t (*real_copy_file_range)(int, off_t *, int, off_t *, size_t, unsig
 static ssize_t (*real_sendfile)(int, int, off_t *, size_t);
 static ssize_t (*real_splice)(int, off_t *, int, off_t *, size_t, unsigned int);
 static int (*real_truncate)(const char *, off_t);
-static int (*real_unlink)(const char *);
+static int (*real_linkat)(int, const char *, int, const char *, int);
 static int (*real_unlinkat)(int, const char *, int);
-static int (*real_rename)(const char *, const char *);
-static int (*real_renameat)(int, const char *, int, const char *);
 static int (*real_renameat2)(int, const char *, int, const char *, unsigned int);
 static void (*real_sync)(void);
 static int (*real_syncfs)(int);
@@ -213,6 +269,8 @@ static void parse_faults(const char *spec)
 			f->ops = OP_FDATASYNC;
 		else if (!strcmp(op, "flush"))
 			f->ops = OP_FSYNC | OP_FDATASYNC;
+		else if (!strcmp(op, "link"))
+			f->ops = OP_LINK;
 		else
 			die("unknown operation in IOFAULT_FAIL", tok);
 		char *end;
@@ -220,14 +278,19 @@ static void parse_faults(const char *spec)
 		f->repeat = *end == '+';
 		if (f->nth == 0 || (*end && strcmp(end, "+")))
 			die("bad count in IOFAULT_FAIL (want N or N+, from 1)", tok);
+		int writes = (f->ops & OP_WRITES) != 0;
 		if (!strcmp(kind, "eio"))
 			f->err = EIO;
 		else if (!strcmp(kind, "enospc"))
 			f->err = ENOSPC;
-		else if (!strcmp(kind, "short") && !(f->ops & (OP_FSYNC | OP_FDATASYNC)))
-			f->err = 0;
+		else if (!strcmp(kind, "eperm") && f->ops == OP_LINK)
+			f->err = EPERM;
+		else if (!strcmp(kind, "short") && writes)
+			f->err = KIND_SHORT;
+		else if (!strcmp(kind, "dies") && writes)
+			f->err = KIND_DIES;
 		else
-			die("bad kind in IOFAULT_FAIL (eio, enospc, or short for writes)", tok);
+			die("bad kind in IOFAULT_FAIL (eio, enospc; eperm for link; short or dies for writes)", tok);
 	}
 }
 
@@ -250,6 +313,7 @@ static void init(void)
 	real_ftruncate = need("ftruncate");
 	real_mkdir = need("mkdir");
 	real_mkdirat = need("mkdirat");
+	real_rmdir = need("rmdir");
 	real_mmap = need("mmap");
 	real_sync_file_range = need("sync_file_range");
 	real_fallocate = need("fallocate");
@@ -258,16 +322,17 @@ static void init(void)
 	real_sendfile = need("sendfile");
 	real_splice = need("splice");
 	real_truncate = need("truncate");
-	real_unlink = need("unlink");
+	real_linkat = need("linkat");
 	real_unlinkat = need("unlinkat");
-	real_rename = need("rename");
-	real_renameat = need("renameat");
 	real_renameat2 = need("renameat2");
 	real_sync = need("sync");
 	real_syncfs = need("syncfs");
 
 	const char *w = getenv("IOFAULT_WATCH");
 	nwatch = split_names(strdup(w && *w ? w : "data.mdb"), watch);
+	const char *n = getenv("IOFAULT_NAMES");
+	if (n && *n)
+		nnames = split_names(strdup(n), names);
 	const char *m = getenv("IOFAULT_MARKER");
 	if (m && *m)
 		nmarkers = split_names(strdup(m), markers);
@@ -327,7 +392,7 @@ static void log_path(uint32_t kind, int file, uint64_t off, const char *path)
 	log_rec(kind, file, off, &v, 1, v.iov_len);
 }
 
-/* ---- which descriptors are watched ---- */
+/* ---- which descriptors and names are watched ---- */
 
 static const char *base_name(const char *path)
 {
@@ -335,13 +400,25 @@ static const char *base_name(const char *path)
 	return s ? s + 1 : path;
 }
 
-static int listed(const char *path, char **names, int n)
+static int listed(const char *path, char **list, int n)
 {
 	const char *b = base_name(path);
 	for (int i = 0; i < n; i++)
-		if (!strcmp(b, names[i]))
+		if (fnmatch(list[i], b, 0) == 0)
 			return 1;
 	return 0;
+}
+
+/* What a file opened by this name is watched as: FD_DATA, FD_NAME, FD_MARKER or FD_NONE. */
+static int kind_of_name(const char *path)
+{
+	if (listed(path, markers, nmarkers))
+		return FD_MARKER;
+	if (listed(path, watch, nwatch))
+		return FD_DATA;
+	if (listed(path, names, nnames))
+		return FD_NAME;
+	return FD_NONE;
 }
 
 static int fd_path(int fd, char *out, size_t size)
@@ -355,19 +432,60 @@ static int fd_path(int fd, char *out, size_t size)
 	return 0;
 }
 
+/* The resolved absolute path of `path` (relative to `dirfd`), without following its last
+ * component: its directory resolved, then its name. Works for a name about to be created
+ * or removed. Returns -1 if the directory cannot be opened. */
+static int abs_path_at(int dirfd, const char *path, char *out, size_t size)
+{
+	char copy[PATH_MAX];
+	snprintf(copy, sizeof copy, "%s", path);
+	size_t len = strlen(copy);
+	while (len > 1 && copy[len - 1] == '/')
+		copy[--len] = 0;
+	char *slash = strrchr(copy, '/');
+	const char *dir = ".", *name = copy;
+	if (slash) {
+		*slash = 0;
+		dir = slash == copy ? "/" : copy;
+		name = slash + 1;
+	}
+	if (!*name || !strcmp(name, ".") || !strcmp(name, ".."))
+		return -1;
+	int d = real_openat(dirfd, dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (d < 0)
+		return -1;
+	char parent[PATH_MAX];
+	int r = fd_path(d, parent, sizeof parent);
+	real_close(d);
+	if (r != 0)
+		return -1;
+	int n = snprintf(out, size, "%s/%s", strcmp(parent, "/") ? parent : "", name);
+	return n > 0 && (size_t)n < size ? 0 : -1;
+}
+
 static int find_file(const struct stat *st)
 {
 	for (int i = 0; i < nfiles; i++)
-		if (files[i].dev == st->st_dev && files[i].ino == st->st_ino)
+		if (!files[i].gone && files[i].dev == st->st_dev && files[i].ino == st->st_ino)
 			return i;
 	return -1;
 }
 
-/* The watched file behind `fd`, or -1. Checks the descriptor still names the file it was
- * opened as: a number closed and reused by a call the shim does not see (a socket, libc's
- * own opens) must not pass for the watched file. A descriptor the shim never saw opened
- * that names a watched file is refused while logging: its writes would go unrecorded. */
-static int watched_fd(int fd, int *marker, int *dsync)
+/* The watched file (data or name) a name refers to, or -1; `st` gets its stat. */
+static int file_at(int dirfd, const char *path, int flags, struct stat *st)
+{
+	if (fstatat(dirfd, path, st, flags) != 0 || !S_ISREG(st->st_mode))
+		return -1;
+	int f = find_file(st);
+	return f >= 0 && files[f].kind != FD_MARKER ? f : -1;
+}
+
+/* The watched file behind `fd`, or -1, with its kind. Checks the descriptor still names the
+ * file it was opened as: a number closed and reused by a call the shim does not see (a
+ * socket, libc's own opens) must not pass for the watched file. A descriptor the shim never
+ * saw opened that names a data file is refused while logging: its writes would go
+ * unrecorded. */
+static int watched_fd(int fd, int *kind, int *dsync)
 {
 	if (nfiles == 0 || fd < 0)
 		return -1;
@@ -377,32 +495,28 @@ static int watched_fd(int fd, int *marker, int *dsync)
 	if (fd < MAX_FDS && fds[fd].kind != FD_NONE) {
 		struct file *f = &files[fds[fd].file];
 		if (f->dev == st.st_dev && f->ino == st.st_ino) {
-			*marker = fds[fd].kind == FD_MARKER;
+			*kind = fds[fd].kind;
 			*dsync = fds[fd].dsync;
 			return fds[fd].file;
 		}
 		fds[fd].kind = FD_NONE;
 	}
 	int known = find_file(&st);
-	if (logfd >= 0 && known >= 0 && !files[known].marker)
+	if (logfd >= 0 && known >= 0 && files[known].kind == FD_DATA)
 		die("a watched file is written or flushed through a descriptor the shim did not see opened", NULL);
 	return -1;
 }
 
-/* Called with the lock held, after a successful open of `fd`. */
-static void opened(int fd, const char *path, int flags, int existed)
+/* Called with the lock held, after a successful open of `fd` by a name of kind `kind`. A
+ * file known already keeps the kind it was first seen as. */
+static void opened(int fd, const char *path, int flags, int existed, int kind)
 {
 	if (fd < 0 || fd >= MAX_FDS)
 		return;
 	fds[fd].kind = FD_NONE;
-	int marker = listed(path, markers, nmarkers);
-	if (!marker && !listed(path, watch, nwatch))
-		return;
 	struct stat st;
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
 		return;
-	if (logfd >= 0 && (flags & O_APPEND) && !marker)
-		die("O_APPEND on a watched file is not modelled: ", path);
 	int id = find_file(&st);
 	if (id < 0) {
 		if (nfiles == MAX_FILES)
@@ -410,18 +524,21 @@ static void opened(int fd, const char *path, int flags, int existed)
 		id = nfiles++;
 		files[id].dev = st.st_dev;
 		files[id].ino = st.st_ino;
-		files[id].marker = (unsigned char)marker;
+		files[id].kind = (unsigned char)kind;
+		files[id].gone = 0;
 		char full[PATH_MAX];
-		if (!marker) {
+		if (kind != FD_MARKER) {
 			if (fd_path(fd, full, sizeof full) != 0)
 				die("cannot resolve the path of ", path);
-			log_path(REC_FILE, id, !existed, full);
+			log_path(REC_FILE, id, (uint64_t)(!existed) | (kind == FD_NAME ? 2 : 0), full);
 		}
 	}
-	if (logfd >= 0 && (flags & O_TRUNC) && existed && !marker) {
+	kind = files[id].kind;
+	if (logfd >= 0 && (flags & O_APPEND) && kind == FD_DATA)
+		die("O_APPEND on a watched file is not modelled: ", path);
+	if (logfd >= 0 && (flags & O_TRUNC) && existed && kind == FD_DATA)
 		log_rec(REC_TRUNCATE, id, 0, NULL, 0, 0);
-	}
-	fds[fd].kind = marker ? FD_MARKER : FD_DATA;
+	fds[fd].kind = (unsigned char)kind;
 	fds[fd].dsync = (flags & (O_DSYNC | O_SYNC)) != 0;
 	fds[fd].file = id;
 }
@@ -429,13 +546,14 @@ static void opened(int fd, const char *path, int flags, int existed)
 static int do_open(int dirfd, const char *path, int flags, mode_t mode)
 {
 	INIT();
-	if (!active || !path || !(listed(path, watch, nwatch) || listed(path, markers, nmarkers)))
+	int kind = path ? kind_of_name(path) : FD_NONE;
+	if (!active || kind == FD_NONE)
 		return real_openat(dirfd, path, flags, mode);
 	pthread_mutex_lock(&lock);
 	int existed = faccessat(dirfd, path, F_OK, 0) == 0;
 	int fd = real_openat(dirfd, path, flags, mode);
 	if (fd >= 0)
-		opened(fd, path, flags, existed);
+		opened(fd, path, flags, existed, kind);
 	pthread_mutex_unlock(&lock);
 	return fd;
 }
@@ -562,8 +680,9 @@ static int do_fcntl(int fd, int cmd, void *arg)
 	if (!active || (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC && cmd != F_SETFL))
 		return real_fcntl(fd, cmd, arg);
 	pthread_mutex_lock(&lock);
-	int marker = 0, dsync = 0;
-	if (cmd == F_SETFL && logfd >= 0 && ((long)arg & O_APPEND) && watched_fd(fd, &marker, &dsync) >= 0 && !marker)
+	int kind = 0, dsync = 0;
+	if (cmd == F_SETFL && logfd >= 0 && ((long)arg & O_APPEND) && watched_fd(fd, &kind, &dsync) >= 0 &&
+	    kind == FD_DATA)
 		die("O_APPEND on a watched file is not modelled", NULL);
 	int r = real_fcntl(fd, cmd, arg);
 	if (r >= 0 && cmd != F_SETFL)
@@ -607,14 +726,23 @@ static struct fault *fault_for(unsigned op)
 	return hit;
 }
 
-static void report(const char *call, int fd, struct fault *f)
+static void report(const char *call, const char *path, struct fault *f)
+{
+	char what[64];
+	snprintf(what, sizeof what, "%s #%llu (a %s) ", f->name, f->seen, call);
+	const char *how = f->err == EIO        ? "fails with EIO on "
+			  : f->err == ENOSPC   ? "fails with ENOSPC on "
+			  : f->err == EPERM    ? "fails with EPERM on "
+			  : f->err == KIND_DIES ? "is written, then fails with EIO, as does every later write and flush, on "
+						: "is cut short on ";
+	say(what, how, path);
+}
+
+static void report_fd(const char *call, int fd, struct fault *f)
 {
 	char path[PATH_MAX] = "?";
 	(void)fd_path(fd, path, sizeof path);
-	char what[64];
-	snprintf(what, sizeof what, "%s #%llu (a %s) ", f->name, f->seen, call);
-	say(what, f->err == EIO ? "fails with EIO on " : f->err == ENOSPC ? "fails with ENOSPC on " : "is cut short on ",
-	    path);
+	report(call, path, f);
 }
 
 /* ---- writes ---- */
@@ -665,16 +793,16 @@ static ssize_t do_write(unsigned op, int v2, const char *call, int fd, const str
 	INIT();
 	if (!active)
 		return real_call(op, v2, fd, iov, iovcnt, off, flags);
-	int marker = 0, dsync = 0;
+	int kind = 0, dsync = 0;
 	pthread_mutex_lock(&lock);
-	int file = watched_fd(fd, &marker, &dsync);
-	if (file < 0) {
+	int file = watched_fd(fd, &kind, &dsync);
+	if (file < 0 || kind == FD_NAME) {
 		/* Not held across the call: an unwatched write may block (a full pipe). */
 		pthread_mutex_unlock(&lock);
 		return real_call(op, v2, fd, iov, iovcnt, off, flags);
 	}
 	ssize_t r;
-	if (marker) {
+	if (kind == FD_MARKER) {
 		r = real_call(op, v2, fd, iov, iovcnt, off, flags);
 		if (r > 0)
 			log_rec(REC_MARK, 0, 0, iov, iovcnt, (size_t)r);
@@ -691,23 +819,31 @@ static ssize_t do_write(unsigned op, int v2, const char *call, int fd, const str
 		if (at < 0)
 			die("cannot read the file position of a watched file", strerror(errno));
 	}
-	struct fault *f = fault_for(op | (dsync ? OP_SYNCWRITE : 0));
+	struct fault *f = dead ? NULL : fault_for(op | (dsync ? OP_SYNCWRITE : 0));
 	struct iovec cut[IOV_MAX];
 	const struct iovec *use = iov;
 	int usecnt = iovcnt;
-	if (f && f->err) {
-		report(call, fd, f);
-		errno = f->err;
+	if (dead || (f && f->err > 0)) {
+		if (f)
+			report_fd(call, fd, f);
+		errno = f ? f->err : EIO;
 		r = -1;
 	} else {
 		if (f) {
-			report(call, fd, f);
-			usecnt = iov_prefix(iov, iovcnt < IOV_MAX ? iovcnt : IOV_MAX, iov_total(iov, iovcnt) / 2, cut);
-			use = cut;
+			report_fd(call, fd, f);
+			if (f->err == KIND_SHORT) {
+				usecnt = iov_prefix(iov, iovcnt < IOV_MAX ? iovcnt : IOV_MAX, iov_total(iov, iovcnt) / 2, cut);
+				use = cut;
+			}
 		}
 		r = usecnt == 0 ? 0 : real_call(op, v2, fd, use, usecnt, off, flags);
 		if (r > 0)
 			log_rec(dsync ? REC_SYNCWRITE : REC_WRITE, file, (uint64_t)at, use, usecnt, (size_t)r);
+		if (f && f->err == KIND_DIES && r >= 0) {
+			dead = 1;
+			errno = EIO;
+			r = -1;
+		}
 	}
 	pthread_mutex_unlock(&lock);
 	return r;
@@ -753,13 +889,14 @@ static int do_flush(unsigned op, const char *call, int fd)
 	if (!active)
 		return real(fd);
 	pthread_mutex_lock(&lock);
-	int marker = 0, dsync = 0, r;
-	int file = watched_fd(fd, &marker, &dsync);
-	if (file >= 0 && !marker) {
-		struct fault *f = fault_for(op);
-		if (f) {
-			report(call, fd, f);
-			errno = f->err;
+	int kind = 0, dsync = 0, r;
+	int file = watched_fd(fd, &kind, &dsync);
+	if (file >= 0 && kind == FD_DATA) {
+		struct fault *f = dead ? NULL : fault_for(op);
+		if (dead || f) {
+			if (f)
+				report_fd(call, fd, f);
+			errno = f ? f->err : EIO;
 			r = -1;
 		} else {
 			r = real(fd);
@@ -786,10 +923,10 @@ int ftruncate(int fd, off_t len)
 	if (!active)
 		return real_ftruncate(fd, len);
 	pthread_mutex_lock(&lock);
-	int marker = 0, dsync = 0;
-	int file = watched_fd(fd, &marker, &dsync);
+	int kind = 0, dsync = 0;
+	int file = watched_fd(fd, &kind, &dsync);
 	int r = real_ftruncate(fd, len);
-	if (r == 0 && file >= 0 && !marker)
+	if (r == 0 && file >= 0 && kind == FD_DATA)
 		log_rec(REC_TRUNCATE, file, (uint64_t)len, NULL, 0, 0);
 	pthread_mutex_unlock(&lock);
 	return r;
@@ -836,17 +973,177 @@ int mkdirat(int dirfd, const char *path, mode_t mode)
 	return r;
 }
 
+/* rmdir: logged for every directory, as mkdir is. */
+static int do_rmdir(int dirfd, const char *path)
+{
+	INIT();
+	if (logfd < 0)
+		return dirfd == AT_FDCWD ? real_rmdir(path) : real_unlinkat(dirfd, path, AT_REMOVEDIR);
+	pthread_mutex_lock(&lock);
+	char full[PATH_MAX];
+	int named = abs_path_at(dirfd, path, full, sizeof full) == 0;
+	int r = dirfd == AT_FDCWD ? real_rmdir(path) : real_unlinkat(dirfd, path, AT_REMOVEDIR);
+	if (r == 0 && named)
+		log_path(REC_RMDIR, 0, 0, full);
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int rmdir(const char *path) { return do_rmdir(AT_FDCWD, path); }
+
+/* ---- names ---- */
+
+/* Refuses, while logging, a watched name that belongs to no file the shim has seen: the
+ * crash states know nothing of such a file. */
+static void refuse_unseen(const char *path, const char *call)
+{
+	if (logfd >= 0 && path && (listed(path, watch, nwatch) || listed(path, names, nnames)))
+		die("not modelled on a watched name of a file the shim has not seen opened: ", call);
+}
+
+static int do_unlink(int dirfd, const char *path)
+{
+	INIT();
+	if (!active)
+		return real_unlinkat(dirfd, path, 0);
+	pthread_mutex_lock(&lock);
+	struct stat st;
+	int file = file_at(dirfd, path, AT_SYMLINK_NOFOLLOW, &st);
+	char full[PATH_MAX] = "";
+	if (file < 0) {
+		if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+			refuse_unseen(path, "unlink");
+	} else if (logfd >= 0 && abs_path_at(dirfd, path, full, sizeof full) != 0) {
+		die("cannot resolve the path of a watched name being removed: ", path);
+	}
+	int r = real_unlinkat(dirfd, path, 0);
+	if (r == 0 && file >= 0) {
+		log_path(REC_UNLINK, file, 0, full);
+		if (st.st_nlink <= 1)
+			files[file].gone = 1;
+	}
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int unlink(const char *path) { return do_unlink(AT_FDCWD, path); }
+
+int unlinkat(int dirfd, const char *path, int flags)
+{
+	if (flags & AT_REMOVEDIR)
+		return do_rmdir(dirfd, path);
+	return do_unlink(dirfd, path);
+}
+
+int remove(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+		return do_rmdir(AT_FDCWD, path);
+	return do_unlink(AT_FDCWD, path);
+}
+
+static int do_link(int fromfd, const char *from, int tofd, const char *to, int flags)
+{
+	INIT();
+	if (!active)
+		return real_linkat(fromfd, from, tofd, to, flags);
+	pthread_mutex_lock(&lock);
+	struct stat st;
+	int follow = (flags & AT_SYMLINK_FOLLOW) ? 0 : AT_SYMLINK_NOFOLLOW;
+	int file = file_at(fromfd, from, follow | (flags & AT_EMPTY_PATH), &st);
+	if (file < 0 && (flags & AT_EMPTY_PATH) && logfd >= 0 && fstatat(fromfd, from, &st, AT_EMPTY_PATH) == 0) {
+		/* A file with no name left (unlinked, or O_TMPFILE) given one. */
+		for (int i = 0; i < nfiles; i++)
+			if (files[i].dev == st.st_dev && files[i].ino == st.st_ino && files[i].kind != FD_MARKER)
+				die("not modelled: a link of a watched file with no name left", NULL);
+	}
+	char full[PATH_MAX] = "";
+	if (file < 0)
+		refuse_unseen(to, "link");
+	else if (logfd >= 0 && abs_path_at(tofd, to, full, sizeof full) != 0)
+		die("cannot resolve the path of a new watched name: ", to);
+	struct fault *f = file >= 0 ? fault_for(OP_LINK) : NULL;
+	int r;
+	if (f) {
+		report("link", to, f);
+		errno = f->err;
+		r = -1;
+	} else {
+		r = real_linkat(fromfd, from, tofd, to, flags);
+	}
+	if (r == 0 && file >= 0 && fstatat(fromfd, from, &st, follow | (flags & AT_EMPTY_PATH)) == 0)
+		log_path(REC_LINK, file, (uint64_t)st.st_size, full);
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int link(const char *from, const char *to) { return do_link(AT_FDCWD, from, AT_FDCWD, to, 0); }
+
+int linkat(int fromfd, const char *from, int tofd, const char *to, int flags)
+{
+	return do_link(fromfd, from, tofd, to, flags);
+}
+
+static int do_rename(int fromfd, const char *from, int tofd, const char *to, unsigned int flags)
+{
+	INIT();
+	if (!active)
+		return real_renameat2(fromfd, from, tofd, to, flags);
+	pthread_mutex_lock(&lock);
+	struct stat st, target;
+	int file = file_at(fromfd, from, AT_SYMLINK_NOFOLLOW, &st);
+	int replaced = file_at(tofd, to, AT_SYMLINK_NOFOLLOW, &target);
+	char old[PATH_MAX], new[PATH_MAX];
+	if (logfd >= 0) {
+		if (fstatat(fromfd, from, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+			die("not modelled while logging: a rename of a directory: ", from);
+		if (file < 0) {
+			refuse_unseen(from, "rename");
+			refuse_unseen(to, "rename");
+		}
+		/* With RENAME_NOREPLACE an existing target only makes the call fail. */
+		int replaces = !(flags & RENAME_NOREPLACE) && faccessat(tofd, to, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+		if ((file >= 0 || replaced >= 0) && (replaces || (flags & ~RENAME_NOREPLACE)))
+			die("not modelled on a watched file: a rename that replaces or exchanges: ", to);
+		if (file >= 0 && (abs_path_at(fromfd, from, old, sizeof old) != 0 || abs_path_at(tofd, to, new, sizeof new) != 0))
+			die("cannot resolve the paths of a rename of a watched file: ", from);
+	}
+	int r = real_renameat2(fromfd, from, tofd, to, flags);
+	if (r == 0 && file >= 0 && logfd >= 0) {
+		size_t a = strlen(old), b = strlen(new);
+		struct iovec v[3] = { { old, a }, { "", 1 }, { new, b } };
+		log_rec(REC_RENAME, file, 0, v, 3, a + 1 + b);
+	}
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
+int rename(const char *from, const char *to) { return do_rename(AT_FDCWD, from, AT_FDCWD, to, 0); }
+
+int renameat(int fromfd, const char *from, int tofd, const char *to)
+{
+	return do_rename(fromfd, from, tofd, to, 0);
+}
+
+int renameat2(int fromfd, const char *from, int tofd, const char *to, unsigned int flags)
+{
+	return do_rename(fromfd, from, tofd, to, flags);
+}
+
 /* ---- refused while logging ---- */
 
+/* Refuses the call on a data file: name files may be mapped, allocated and the like, their
+ * contents are not modelled. */
 static void refuse_fd(int fd, const char *call)
 {
 	if (logfd < 0)
 		return;
 	pthread_mutex_lock(&lock);
-	int marker = 0, dsync = 0;
-	int file = watched_fd(fd, &marker, &dsync);
+	int kind = 0, dsync = 0;
+	int file = watched_fd(fd, &kind, &dsync);
 	pthread_mutex_unlock(&lock);
-	if (file >= 0 && !marker)
+	if (file >= 0 && kind == FD_DATA)
 		die("not modelled on a watched file: ", call);
 }
 
@@ -922,44 +1219,6 @@ int truncate(const char *path, off_t len)
 }
 
 int truncate64(const char *path, off_t len) { return truncate(path, len); }
-
-int unlink(const char *path)
-{
-	INIT();
-	refuse_path(path, "unlink");
-	return real_unlink(path);
-}
-
-int unlinkat(int dirfd, const char *path, int flags)
-{
-	INIT();
-	refuse_path(path, "unlinkat");
-	return real_unlinkat(dirfd, path, flags);
-}
-
-int rename(const char *from, const char *to)
-{
-	INIT();
-	refuse_path(from, "rename");
-	refuse_path(to, "rename");
-	return real_rename(from, to);
-}
-
-int renameat(int fromfd, const char *from, int tofd, const char *to)
-{
-	INIT();
-	refuse_path(from, "renameat");
-	refuse_path(to, "renameat");
-	return real_renameat(fromfd, from, tofd, to);
-}
-
-int renameat2(int fromfd, const char *from, int tofd, const char *to, unsigned int flags)
-{
-	INIT();
-	refuse_path(from, "renameat2");
-	refuse_path(to, "renameat2");
-	return real_renameat2(fromfd, from, tofd, to, flags);
-}
 
 void sync(void)
 {

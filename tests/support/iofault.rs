@@ -1,20 +1,24 @@
 //! The I/O shim `iofault.c` from Rust: build it, run a child process under it, read its log.
 //!
 //! The shim is an `LD_PRELOAD` library that watches the writes and flushes a process makes to
-//! chosen files (by basename, `data.mdb` by default). It can record them, in the order they
-//! completed, into a log that [`parse_log`] reads, and it can make the Nth write or flush of
-//! a watched file fail. The environment variables it reads (documented in full at the top
-//! of `iofault.c`):
+//! chosen files (by basename pattern, `data.mdb` by default), and the names it gives them
+//! and takes from them (links, unlinks, renames, directories made and removed). It can
+//! record them, in the order they completed, into a log that [`parse_log`] reads, and it
+//! can make the Nth write, flush or link of a watched file fail. The environment variables
+//! it reads (documented in full at the top of `iofault.c`); lists are basename patterns:
 //!
-//! - `IOFAULT_WATCH=data.mdb:other` basenames of the watched files;
-//! - `IOFAULT_MARKER=acks` basenames of marker files: each write to one is logged as a
-//!   [`Op::Mark`] with its bytes, so a child can put its acknowledgements into the op stream;
+//! - `IOFAULT_WATCH=data.mdb:other` the data files: writes, flushes and names watched;
+//! - `IOFAULT_NAMES=lock.mdb:.tmp-*` the name files: names watched, contents not;
+//! - `IOFAULT_MARKER=acks` marker files: each write to one is logged as a [`Op::Mark`] with
+//!   its bytes, so a child can put its acknowledgements into the op stream;
 //! - `IOFAULT_LOG=/path/log` record into this log;
 //! - `IOFAULT_FAIL=OP:N:KIND[,…]` inject faults: OP is `write`, `pwrite`, `writev`,
 //!   `pwritev`, `syncwrite` (a write through an `O_DSYNC` descriptor: LMDB's meta pages),
-//!   `fsync`, `fdatasync` or `flush`; N counts matching calls on watched files from 1
-//!   (`N+`: that one and every later one); KIND is `eio`, `enospc`, or `short` (writes
-//!   only: the first half is written and its length returned).
+//!   `fsync`, `fdatasync`, `flush` or `link`; N counts matching calls on watched files from
+//!   1 (`N+`: that one and every later one); KIND is `eio`, `enospc`, `eperm` (links only),
+//!   `short` (writes only: the first half is written and its length returned) or `dies`
+//!   (writes only: the write goes through, then it and every later write and flush of a
+//!   data file fail with EIO).
 //!
 //! ```ignore
 //! let mut cmd = Command::new(env!("CARGO_BIN_EXE_some-child"));
@@ -69,6 +73,7 @@ fn build() -> PathBuf {
 #[derive(Debug, Clone, Default)]
 pub struct Mode {
     watch: Vec<String>,
+    names: Vec<String>,
     markers: Vec<String>,
     log: Option<PathBuf>,
     faults: Vec<String>,
@@ -85,6 +90,14 @@ impl Mode {
     #[must_use]
     pub fn watch(mut self, basename: &str) -> Self {
         self.watch.push(basename.to_owned());
+        self
+    }
+
+    /// Watches the names of files with a basename that matches this pattern, not their
+    /// contents.
+    #[must_use]
+    pub fn names(mut self, pattern: &str) -> Self {
+        self.names.push(pattern.to_owned());
         self
     }
 
@@ -112,7 +125,11 @@ impl Mode {
     /// Runs `cmd` under the shim in this mode (builds the shim if needed).
     pub fn apply(&self, cmd: &mut Command) {
         cmd.env("LD_PRELOAD", shim());
-        for (var, list) in [("IOFAULT_WATCH", &self.watch), ("IOFAULT_MARKER", &self.markers)] {
+        for (var, list) in [
+            ("IOFAULT_WATCH", &self.watch),
+            ("IOFAULT_NAMES", &self.names),
+            ("IOFAULT_MARKER", &self.markers),
+        ] {
             if list.is_empty() {
                 cmd.env_remove(var);
             } else {
@@ -134,9 +151,10 @@ impl Mode {
 /// One record of the shim's log, in the order the calls completed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// A watched file seen for the first time: its id in later ops, its absolute path, and
-    /// whether this open created it (a new directory entry).
-    File { file: u32, path: PathBuf, created: bool },
+    /// A watched file seen for the first time: its id in later ops, its absolute path,
+    /// whether this open created it (a new directory entry), and whether only its names are
+    /// watched (a name file: no writes or flushes of it are logged).
+    File { file: u32, path: PathBuf, created: bool, names_only: bool },
     /// Bytes written at an offset; `sync` when written through an `O_DSYNC`/`O_SYNC`
     /// descriptor, durable once the call returned.
     Write { file: u32, offset: u64, data: Vec<u8>, sync: bool },
@@ -150,6 +168,14 @@ pub enum Op {
     DirSync(PathBuf),
     /// The file was truncated to this length.
     Truncate { file: u32, len: u64 },
+    /// The file got another name; `len` is its size then.
+    Link { file: u32, path: PathBuf, len: u64 },
+    /// A name of the file was removed.
+    Unlink { file: u32, path: PathBuf },
+    /// A directory was removed.
+    Rmdir(PathBuf),
+    /// A name of the file moved from `from` to `to`.
+    Rename { file: u32, from: PathBuf, to: PathBuf },
 }
 
 /// Parses a log the shim wrote.
@@ -171,13 +197,20 @@ pub fn parse_log(bytes: &[u8]) -> Vec<Op> {
         let body = bytes.get(at + 24..at + 24 + len).expect("truncated record");
         at += 24 + len;
         ops.push(match kind {
-            1 => Op::File { file, path: path(body), created: offset == 1 },
+            1 => Op::File { file, path: path(body), created: offset & 1 != 0, names_only: offset & 2 != 0 },
             2 | 3 => Op::Write { file, offset, data: body.to_vec(), sync: kind == 3 },
             4 => Op::Flush { file },
             5 => Op::Mark(body.to_vec()),
             6 => Op::Mkdir(path(body)),
             7 => Op::DirSync(path(body)),
             8 => Op::Truncate { file, len: offset },
+            9 => Op::Link { file, path: path(body), len: offset },
+            10 => Op::Unlink { file, path: path(body) },
+            11 => Op::Rmdir(path(body)),
+            12 => {
+                let nul = body.iter().position(|&b| b == 0).expect("a rename record holds two paths");
+                Op::Rename { file, from: path(&body[..nul]), to: path(&body[nul + 1..]) }
+            }
             other => panic!("unknown record kind {other} in the iofault log"),
         });
     }

@@ -103,7 +103,8 @@ fn run(workload: &str, root: &Path) {
     let db = open(workload, &root.join("store"), 0).expect("open a new store");
     acks.line("opened");
     match workload {
-        "appends" => appends(&db, &acks),
+        // The same workload; the parent has the shim refuse hard links.
+        "appends" | "renamed" => appends(&db, &acks),
         "group" => group(&db, &acks),
         "projection" => projection(&db, &acks),
         "shred" => shred(&db, &acks),
@@ -264,17 +265,21 @@ fn backup(db: &Varve, acks: &Acks, root: &Path) {
 /// - `ok`;
 /// - `unopenable`: the store (or an acknowledged backup) did not open;
 /// - `creation`: the store did not open because its `data.mdb` has no valid meta page
-///   (LMDB's `MDB_INVALID`), and the `open` that created it had not returned;
+///   (LMDB's `MDB_INVALID`), and the `open` that created it had not returned (a creation
+///   that was not all or nothing);
 /// - `integrity`: `check_integrity` failed, or a projection's read model disagrees with
 ///   its checkpoint;
-/// - `lost`: something acknowledged is missing: an event, a shred, a key rotation, a
-///   projection's progress, a backup;
+/// - `unclean`: the store opened, but temporary entries of a creation are left in its
+///   directory;
+/// - `lost`: something acknowledged is missing: the store's `data.mdb`, an event, a shred,
+///   a key rotation, a projection's progress, a backup;
 /// - `crash`: the check panicked (the parent also counts a child that died).
 enum Verdict {
     Ok,
     Unopenable(String),
     Creation(String),
     Integrity(String),
+    Unclean(String),
     Lost(u64, String),
 }
 
@@ -327,6 +332,7 @@ fn check_jobs(workload: &str, acks: &Path, jobs: &Path) {
             Ok(Verdict::Unopenable(e)) => format!("unopenable {e}"),
             Ok(Verdict::Creation(e)) => format!("creation {e}"),
             Ok(Verdict::Integrity(e)) => format!("integrity {e}"),
+            Ok(Verdict::Unclean(e)) => format!("unclean {e}"),
             Ok(Verdict::Lost(n, e)) => format!("lost {n} {e}"),
             Err(panic) => {
                 let msg = panic
@@ -344,38 +350,25 @@ fn check_jobs(workload: &str, acks: &Path, jobs: &Path) {
 
 fn check(workload: &str, root: &Path, p: &Promised) -> Verdict {
     let store = root.join("store");
-    // After an acknowledged rotation only its key or a later one (a rotation that committed
-    // before its acknowledgement) may open the store.
-    let epochs: Vec<u32> =
-        if encrypted(workload) { (p.rotated..=p.rotating.max(p.rotated)).collect() } else { vec![0] };
-    let mut first_error = None;
-    let mut db = None;
-    for &epoch in &epochs {
-        match open(workload, &store, epoch) {
-            Ok(opened) => {
-                db = Some(opened);
-                break;
-            }
-            Err(e) => _ = first_error.get_or_insert(e),
-        }
+    // Without data.mdb an open makes a new, empty store: right only if the creation of the
+    // first one was never acknowledged.
+    if p.opened && !store.join("data.mdb").exists() {
+        return Verdict::Lost(1, "the acknowledged store's data.mdb is missing".into());
     }
-    let Some(db) = db else {
-        let e = first_error.unwrap();
-        if let Some(old) = (0..p.rotated).find(|&epoch| open(workload, &store, epoch).is_ok()) {
-            return Verdict::Lost(
-                1,
-                format!("the acknowledged rotation to epoch {} is lost: epoch {old} opens", p.rotated),
-            );
-        }
-        // LMDB refuses a data.mdb without a valid meta page: what a new store's file holds
-        // when the power goes before its first commit is synced.
-        let torn_new_file = matches!(&e, Error::Storage(_)) && e.to_string().contains("MDB_INVALID");
-        return if p.opened || !torn_new_file {
-            Verdict::Unopenable(e.to_string())
-        } else {
-            Verdict::Creation(e.to_string())
-        };
+    let db = match open_state(workload, &store, p) {
+        Ok(db) => db,
+        Err(verdict) => return verdict,
     };
+    // What a creation cut short left, its build directory or a lock file being made, the
+    // open removed.
+    let left: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".varvedb-tmp-"))
+        .collect();
+    if !left.is_empty() {
+        return Verdict::Unclean(left.join(", "));
+    }
     let view = db.begin_read().unwrap();
     if let Err(e) = view.check_integrity() {
         return Verdict::Integrity(e.to_string());
@@ -436,13 +429,50 @@ fn check(workload: &str, root: &Path, p: &Promised) -> Verdict {
                 lost += n;
                 let _ = write!(detail, "{}backup {name}: {e}", if detail.is_empty() { "" } else { "; " });
             }
-            Verdict::Creation(e) | Verdict::Unopenable(e) => {
+            Verdict::Creation(e) | Verdict::Unopenable(e) | Verdict::Unclean(e) => {
                 return Verdict::Unopenable(format!("backup {name}: {e}"));
             }
             Verdict::Integrity(e) => return Verdict::Integrity(format!("backup {name}: {e}")),
         }
     }
     if lost > 0 { Verdict::Lost(lost, detail) } else { Verdict::Ok }
+}
+
+/// Opens a crash state's store, with the keys its acknowledgements allow.
+fn open_state(workload: &str, store: &Path, p: &Promised) -> Result<Varve, Verdict> {
+    // After an acknowledged rotation only its key or a later one (a rotation that committed
+    // before its acknowledgement) may open the store.
+    let epochs: Vec<u32> =
+        if encrypted(workload) { (p.rotated..=p.rotating.max(p.rotated)).collect() } else { vec![0] };
+    let mut first_error = None;
+    let mut db = None;
+    for &epoch in &epochs {
+        match open(workload, store, epoch) {
+            Ok(opened) => {
+                db = Some(opened);
+                break;
+            }
+            Err(e) => _ = first_error.get_or_insert(e),
+        }
+    }
+    let Some(db) = db else {
+        let e = first_error.unwrap();
+        if let Some(old) = (0..p.rotated).find(|&epoch| open(workload, store, epoch).is_ok()) {
+            return Err(Verdict::Lost(
+                1,
+                format!("the acknowledged rotation to epoch {} is lost: epoch {old} opens", p.rotated),
+            ));
+        }
+        // LMDB refuses a data.mdb without a valid meta page: what a new store's file would
+        // hold had it been given its name before its first commit was synced.
+        let torn_new_file = matches!(&e, Error::Storage(_)) && e.to_string().contains("MDB_INVALID");
+        return Err(if p.opened || !torn_new_file {
+            Verdict::Unopenable(e.to_string())
+        } else {
+            Verdict::Creation(e.to_string())
+        });
+    };
+    Ok(db)
 }
 
 /// An acknowledged backup: it opens and holds every event acknowledged before it started.

@@ -1,0 +1,328 @@
+//! Commits that fail on the disk, with real files and real processes: a child process
+//! (`support/failed_commit_child.rs`) appends under the I/O shim (`support/iofault.c`), which
+//! fails one write or flush of `data.mdb`; this process then opens the store the child left
+//! and checks it.
+//!
+//! LMDB makes a commit durable with one write of its meta page, through an `O_DSYNC`
+//! descriptor, after the commit's other pages are written and flushed. A failure of that
+//! write (the shim's `syncwrite`) leaves the outcome open: every request of the group that
+//! committed together is `Error::OutcomeUnknown`, and every later read or write of the
+//! process `Error::NeedsReopen`, both with the original error as source. A failure before
+//! it (a data page's write, the `fdatasync`) is a plain error: nothing of the request is
+//! stored, and the handle goes on working.
+//!
+//! `VARVEDB_FAILED_COMMIT_RUNS` sets how many runs fail a meta-page write at another commit
+//! (default 50).
+// The shim interposes glibc's functions through LD_PRELOAD.
+#![cfg(all(target_os = "linux", target_env = "gnu"))]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use varvedb::{ExpectedVersion, Varve};
+
+#[path = "support/iofault.rs"]
+#[allow(dead_code)]
+mod iofault;
+#[path = "support/requests.rs"]
+mod requests;
+
+use requests::{event_id, request, stream};
+
+const CHILD: &str = env!("CARGO_BIN_EXE_failed-commit-child");
+const EIO: &str = "io:5";
+const DISK_FULL: &str = "diskfull:28";
+
+/// Runs the child with `args` under the shim failing `fault`; returns its lines.
+fn child(args: &[&str], dir: &Path, fault: &str) -> Vec<String> {
+    let (command, rest) = args.split_first().unwrap();
+    let mut cmd = Command::new(CHILD);
+    cmd.arg(command).arg(dir).args(rest);
+    iofault::Mode::new().fail(fault).apply(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failed-commit-child {args:?} with {fault}: {}\n{stderr}", out.status);
+    assert!(stderr.contains("iofault:"), "{fault} was never injected: {stderr}");
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// The child's line that starts with `prefix` and a space, without them.
+fn line<'l>(lines: &'l [String], prefix: &str) -> &'l str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no line {prefix:?} in {lines:#?}"))
+}
+
+/// The requests' outcomes: (thread, k) to the outcome's words.
+fn requests(lines: &[String], prefix: &str) -> BTreeMap<(usize, usize), String> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(prefix)?.strip_prefix(' '))
+        .map(|rest| {
+            let mut f = rest.splitn(3, ' ');
+            let t = f.next().unwrap().parse().unwrap();
+            let k = f.next().unwrap().parse().unwrap();
+            ((t, k), f.next().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// The seqs of request (t, k)'s events in the store, if stored.
+fn stored(ids: &BTreeMap<u128, Vec<u64>>, t: usize, k: usize) -> [Option<u64>; 2] {
+    [0, 1].map(|j| ids.get(&event_id(t, k * 2 + j)).map(|seqs| seqs[0]))
+}
+
+/// Opens the store in this process, checks its integrity, and returns the seqs of each
+/// event id. Every event must be where its id says and hold its payload.
+fn open_and_read(dir: &Path) -> (Varve, BTreeMap<u128, Vec<u64>>) {
+    let db = Varve::open(dir).expect("the store opens after the failed commit");
+    let ids = read_ids(&db);
+    (db, ids)
+}
+
+fn read_ids(db: &Varve) -> BTreeMap<u128, Vec<u64>> {
+    let view = db.begin_read().unwrap();
+    let report = view.check_integrity().expect("integrity");
+    let mut ids: BTreeMap<u128, Vec<u64>> = BTreeMap::new();
+    for e in view.read_all(1).unwrap() {
+        let e = e.unwrap();
+        let id = e.id().expect("every event carries an id");
+        if id != 1 {
+            // Thread t's nth event: check its payload, as the child wrote it.
+            let (t, n) = ((id >> 64) as usize - 1, (id as u64) as usize);
+            let expected = request(t, n / 2).swap_remove(n % 2);
+            assert_eq!(e.payload(), expected.payload(), "event {id:#x} at seq {}", e.seq());
+            assert_eq!(e.stream().as_u128(), stream(t), "event {id:#x}");
+        }
+        ids.entry(id).or_default().push(e.seq());
+    }
+    assert_eq!(report.events, ids.values().map(Vec::len).sum::<usize>() as u64);
+    ids
+}
+
+fn resend(db: &Varve, t: usize, k: usize) -> varvedb::Appended {
+    db.append(stream(t), ExpectedVersion::Auto, request(t, k))
+        .unwrap_or_else(|e| panic!("resending request ({t}, {k}): {e:?}"))
+}
+
+/// Every id the child may have sent, for the first `count` requests of `threads` threads,
+/// is stored exactly once.
+fn assert_each_once(ids: &BTreeMap<u128, Vec<u64>>, threads: usize, count: usize) {
+    for t in 0..threads {
+        for n in 0..count * 2 {
+            let seqs = ids.get(&event_id(t, n)).map_or(0, Vec::len);
+            assert_eq!(seqs, 1, "event {n} of thread {t} is stored {seqs} times");
+        }
+    }
+}
+
+#[test]
+fn a_failed_meta_page_write_is_outcome_unknown_for_its_group_then_needs_reopen() {
+    const THREADS: usize = 4;
+    // (kind, the source every request then carries, reopen in the child)
+    let cases = [
+        ("eio", EIO, true),
+        // LMDB reports a meta page written in part as EIO.
+        ("short", EIO, true),
+        ("enospc", DISK_FULL, true),
+        // The write reaches the file and every later write fails: LMDB cannot write the old
+        // meta page back, so the commit is in the file. Reopened here, the disk good again.
+        ("dies", EIO, false),
+    ];
+    for (kind, source, reopen) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Varve::open(dir.path()).unwrap());
+        // The warm-up's commit is the first meta-page write of the child, the group's the
+        // second.
+        let fault = format!("syncwrite:2:{kind}");
+        let threads = THREADS.to_string();
+        let lines = child(&["group", &threads, if reopen { "reopen" } else { "stay" }], dir.path(), &fault);
+        let context = format!("{fault}: {lines:#?}");
+        assert_eq!(line(&lines, "warmup"), "ok 1 1 false", "{context}");
+        let group = requests(&lines, "req");
+        assert_eq!(group.len(), THREADS, "{context}");
+        for outcome in group.values() {
+            assert_eq!(outcome, &format!("unknown {source}"), "every request of the group; {context}");
+        }
+        assert_eq!(line(&lines, "read"), format!("reopen {source}"), "{context}");
+        assert_eq!(line(&lines, "append"), format!("reopen {source}"), "{context}");
+        assert_eq!(line(&lines, "sources"), "same", "one source, shared; {context}");
+
+        // The child reopened and sent the group again, or this process does: a stored
+        // request answers with its positions, deduplicated, one that is not is appended.
+        let (db, ids) = open_and_read(dir.path());
+        let before: Vec<[Option<u64>; 2]> = (0..THREADS).map(|t| stored(&ids, t, 0)).collect();
+        for (t, seqs) in before.iter().enumerate() {
+            assert_eq!(seqs[0].is_some(), seqs[1].is_some(), "all of a request or none; {context}");
+            let a = resend(&db, t, 0);
+            assert_eq!(a.deduplicated, seqs[0].is_some(), "{context}");
+            if a.deduplicated {
+                assert_eq!([Some(a.first_seq), Some(a.last_seq)], *seqs, "{context}");
+            }
+        }
+        let landed: Vec<bool> = if reopen {
+            assert_eq!(line(&lines, "reopened"), "1", "the store as the warm-up left it; {context}");
+            requests(&lines, "resent")
+                .values()
+                .map(|o| o.starts_with("ok ") && o.ends_with(" true"))
+                .collect()
+        } else {
+            before.iter().map(|seqs| seqs[0].is_some()).collect()
+        };
+        assert_eq!(landed.len(), THREADS, "{context}");
+        // With the old meta page written back, the commit is not in the file; without, it is.
+        assert!(landed.iter().all(|&l| l == (kind == "dies")), "{landed:?}; {context}");
+        let ids = read_ids(&db);
+        assert_each_once(&ids, THREADS, 1);
+        assert_eq!(ids.get(&1).map(Vec::len), Some(1), "the warm-up");
+        assert_eq!(stored(&ids, THREADS, 0), [None, None], "the append refused after the failure; {context}");
+        assert_eq!(ids.len(), 1 + 2 * THREADS, "{context}");
+    }
+}
+
+/// Runs the child's `appends` on `store`, creating it, under the shim failing `fault` if
+/// any; returns its lines and its stderr.
+fn appends(store: &Path, threads: usize, count: usize, fault: Option<&str>) -> (Vec<String>, String) {
+    let mut cmd = Command::new(CHILD);
+    cmd.arg("appends").arg(store).arg(threads.to_string()).arg(count.to_string());
+    let mode = iofault::Mode::new();
+    fault.map_or(mode.clone(), |f| mode.fail(f)).apply(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{fault:?}: {}\n{stderr}", out.status);
+    (String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect(), stderr)
+}
+
+#[test]
+fn failed_meta_page_writes_at_any_commit_never_lose_or_invent_a_request() {
+    const THREADS: usize = 3;
+    const COUNT: usize = 20;
+    let runs: usize =
+        std::env::var("VARVEDB_FAILED_COMMIT_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    // The commits of a run, give or take how its requests group: the fault points are spread
+    // over them, the first being the new store's own commit.
+    let probe = tempfile::tempdir().unwrap();
+    let (lines, _) = appends(&probe.path().join("store"), THREADS, COUNT, None);
+    let commits: usize = line(&lines, "commits").parse().unwrap();
+    let (mut failed_creations, mut at_creation, mut hit) = (0, 0, 0);
+    let (mut unknown, mut landed, mut resent_new) = (0, 0, 0);
+    for run in 0..runs {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let at = 1 + run * (commits + 1) / runs.max(1);
+        at_creation += usize::from(at == 1);
+        // Mostly a meta page written in part; every fourth run one written whole before the
+        // disk fails, which LMDB cannot undo: the commit is in the file.
+        let fault = format!("syncwrite:{at}:{}", if run % 4 == 3 { "dies" } else { "short" });
+        let (lines, stderr) = appends(&store, THREADS, COUNT, Some(&fault));
+        let context = format!("{fault}: {lines:#?}\n{stderr}");
+        hit += usize::from(stderr.contains("iofault:"));
+
+        if let Some(open) = lines.iter().find_map(|l| l.strip_prefix("open ")) {
+            // The creation's commit failed: nothing of it is left, and the next open creates
+            // the store.
+            assert_eq!(open, format!("err {EIO}"), "{context}");
+            let left: Vec<_> = std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(left.is_empty(), "a failed creation left {left:?}");
+            failed_creations += 1;
+            let (_db, ids) = open_and_read(&store);
+            assert!(ids.is_empty());
+            continue;
+        }
+        let outcomes = requests(&lines, "req");
+        assert_eq!(outcomes.len(), THREADS * COUNT, "{context}");
+        let (db, ids) = open_and_read(&store);
+        for t in 0..THREADS {
+            for k in 0..COUNT {
+                let outcome = &outcomes[&(t, k)];
+                let seqs = stored(&ids, t, k);
+                let words: Vec<&str> = outcome.split(' ').collect();
+                match words[0] {
+                    "ok" => {
+                        let (first, last) = (words[1].parse().unwrap(), words[2].parse().unwrap());
+                        assert_eq!(
+                            seqs,
+                            [Some(first), Some(last)],
+                            "an acknowledged request is lost: ({t}, {k}) {context}"
+                        );
+                    }
+                    "unknown" => {
+                        assert_eq!(words[1], EIO, "{context}");
+                        assert_eq!(
+                            seqs[0].is_some(),
+                            seqs[1].is_some(),
+                            "all of a request or none; {context}"
+                        );
+                        unknown += 1;
+                        landed += usize::from(seqs[0].is_some());
+                    }
+                    _ => {
+                        assert_eq!(outcome, &format!("reopen {EIO}"), "({t}, {k}); {context}");
+                        assert_eq!(
+                            seqs,
+                            [None, None],
+                            "a request that failed is stored: ({t}, {k}) {context}"
+                        );
+                    }
+                }
+                if words[0] != "ok" {
+                    let a = resend(&db, t, k);
+                    assert_eq!(a.deduplicated, seqs[0].is_some(), "({t}, {k}) {context}");
+                    resent_new += usize::from(!a.deduplicated);
+                }
+            }
+        }
+        assert_eq!(line(&lines, "sources"), "same", "{context}");
+        let ids = read_ids(&db);
+        assert_each_once(&ids, THREADS, COUNT);
+        assert_eq!(ids.len(), THREADS * COUNT * 2, "{context}");
+    }
+    eprintln!(
+        "{runs} runs over about {commits} commits, {hit} with the fault injected: {failed_creations} failed \
+         creations, {unknown} requests with an unknown outcome ({landed} of them stored), {resent_new} requests \
+         appended when resent"
+    );
+    // Grouping varies from run to run: the last fault points may lie past a run's commits.
+    assert!(hit * 4 >= runs * 3, "only {hit} of {runs} runs hit a commit");
+    assert_eq!(
+        failed_creations, at_creation,
+        "the runs that fail the first meta-page write fail the creation"
+    );
+    if runs >= 4 {
+        assert!(landed > 0, "no run stored a commit whose outcome was unknown");
+    }
+}
+
+#[test]
+fn a_failed_data_page_write_or_flush_is_a_plain_error_and_the_handle_goes_on() {
+    const COUNT: usize = 8;
+    // The third call of each kind: past the first commits, with commits after it.
+    for (fault, error) in [
+        ("writev:3:eio", EIO),
+        ("writev:3:short", EIO),
+        ("writev:3:enospc", DISK_FULL),
+        ("fdatasync:3:eio", EIO),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Varve::open(dir.path()).unwrap());
+        let lines = child(&["plain", &COUNT.to_string()], dir.path(), fault);
+        let context = format!("{fault}: {lines:#?}");
+        let outcomes = requests(&lines, "req");
+        let failed: Vec<usize> = (0..COUNT).filter(|k| !outcomes[&(0, *k)].starts_with("ok ")).collect();
+        assert_eq!(failed.len(), 1, "one commit failed; {context}");
+        let k = failed[0];
+        assert_eq!(outcomes[&(0, k)], format!("err {error}"), "a plain error; {context}");
+        assert!(k + 1 < COUNT, "appends follow the failed one; {context}");
+        // The failed request took no seqs: the next one has those it would have had.
+        let mut next = 1;
+        for j in (0..COUNT).filter(|&j| j != k) {
+            assert_eq!(outcomes[&(0, j)], format!("ok {next} {} false", next + 1), "{context}");
+            next += 2;
+        }
+        let (_db, ids) = open_and_read(dir.path());
+        assert_eq!(stored(&ids, 0, k), [None, None], "nothing of the failed request is stored; {context}");
+        assert_eq!(ids.len(), 2 * (COUNT - 1), "{context}");
+    }
+}
