@@ -231,7 +231,7 @@ impl FileReport {
 /// [`Error::Io`] if `dir/data.mdb` cannot be read (for example, it does not exist).
 pub fn verify_file(dir: impl AsRef<Path>) -> Result<FileReport, Error> {
     let file = File::open(dir.as_ref().join(DATA_FILE))?;
-    settled(&file, |pages, metas| {
+    settled(&file, failed_commit(dir.as_ref()), |pages, metas| {
         let (newest, older) = pair(metas)?;
         let (report, last_free_key) = deep(pages, &newest)?;
         check_older_free_list(pages, &newest, last_free_key, &older)?;
@@ -244,17 +244,53 @@ pub fn verify_file(dir: impl AsRef<Path>) -> Result<FileReport, Error> {
 /// opening and the first write transaction read: the main table and the free list whole,
 /// every named table's root page, the tables in `whole` whole, and those in `last` along the
 /// path to their last entry.
+///
+/// A commit whose meta-page write failed leaves a state of its own: LMDB writes the meta page
+/// back with the page's old transaction id and last page, but the failed commit's table
+/// records, which point at pages that snapshot does not have. LMDB never reads that page
+/// (it holds the older snapshot), but to the check it looks like damage, or like an older
+/// snapshot made to look newer. The store records such a failure beside the file
+/// ([`record_failed_commit`]); with that record, the written-back page is checked for
+/// everything but its table records, and the next commit rewrites it.
 pub(crate) fn check_before_open(dir: &Path, whole: &[&str], last: &[&str]) -> Result<(), Error> {
     let file = match File::open(dir.join(DATA_FILE)) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    settled(&file, |pages, metas| {
+    settled(&file, failed_commit(dir), |pages, metas| {
         let (newest, older) = pair(metas)?;
         let last_free_key = shallow(pages, &newest, whole, last)?;
         check_older_free_list(pages, &newest, last_free_key, &older)
     })
+}
+
+/// The file, beside `data.mdb`, that records a commit whose meta-page write failed: its
+/// transaction id, in decimal.
+const FAILED_COMMIT_FILE: &str = "failed-commit";
+
+/// Records, durably, that the commit of transaction `txnid` failed while LMDB wrote its meta
+/// page (see [`check_before_open`]).
+pub(crate) fn record_failed_commit(dir: &Path, txnid: u64) -> std::io::Result<()> {
+    let path = dir.join(FAILED_COMMIT_FILE);
+    let mut file = File::create(&path)?;
+    std::io::Write::write_all(&mut file, txnid.to_string().as_bytes())?;
+    file.sync_all()?;
+    File::open(dir)?.sync_all()
+}
+
+/// The transaction id [`record_failed_commit`] recorded, if any (an unreadable record is
+/// none: the check is then as strict as without it).
+pub(crate) fn failed_commit(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join(FAILED_COMMIT_FILE)).ok()?.trim().parse().ok()
+}
+
+/// Removes the record, once a commit has rewritten the meta page it is about.
+pub(crate) fn clear_failed_commit(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(FAILED_COMMIT_FILE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.and_then(|()| File::open(dir)?.sync_all()),
+    }
 }
 
 /// Walks every page of the snapshot of transaction `txnid`, the one a read transaction of the
@@ -304,12 +340,13 @@ pub(crate) fn check_snapshot(dir: &Path, txnid: u64) -> Result<Option<FileReport
 /// read during the check may be from two snapshots.
 fn settled<T>(
     file: &File,
+    failed_commit: Option<u64>,
     check: impl Fn(&PageFile<'_>, &[Meta; 2]) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mut attempt = 1;
     loop {
         let before = meta_fingerprint(file);
-        let result = read_metas(file).and_then(|metas| {
+        let result = read_metas(file, failed_commit).and_then(|metas| {
             let pages = PageFile::new(file, metas[0].page_size)?;
             check(&pages, &metas)
         });
@@ -431,8 +468,23 @@ fn read_meta_bytes(file: &File, index: u64, offset: u64) -> Result<[u8; META_BYT
     Ok(b)
 }
 
-fn read_meta(file: &File, index: u64, offset: u64) -> Result<Meta, Error> {
-    parse_meta(&read_meta_bytes(file, index, offset)?, index)
+fn read_meta(file: &File, index: u64, offset: u64, failed_commit: Option<u64>) -> Result<Meta, Error> {
+    let mut b = read_meta_bytes(file, index, offset)?;
+    if let Some(txnid) = failed_commit
+        && index == txnid & 1
+        && word_at(&b, META_TXNID) == txnid.wrapping_sub(2)
+    {
+        // LMDB's write-back after a failed meta-page write (see `check_before_open`): the
+        // page's own transaction id and last page, with the failed commit's table records.
+        // LMDB never reads them (the page holds the older snapshot); neither does the check.
+        for db in [META_FREE, META_MAIN] {
+            // Depth, page counts, entries: zero; root: none. The pad and flags stay: the free
+            // list's hold the page size and the environment's flags, checked as usual.
+            b[db + 6..db + DB_LEN - WORD].fill(0);
+            b[db + DB_LEN - WORD..db + DB_LEN].copy_from_slice(&NO_PAGE.to_ne_bytes()[..WORD]);
+        }
+    }
+    parse_meta(&b, index)
 }
 
 /// Parses and checks meta page `index` on its own.
@@ -488,12 +540,12 @@ fn parse_meta(b: &[u8; META_BYTES], index: u64) -> Result<Meta, Error> {
 
 /// Reads and checks both meta pages on their own: the second lies one page size (the first
 /// one's, as LMDB reads it) into the file.
-fn read_metas(file: &File) -> Result<[Meta; 2], Error> {
+fn read_metas(file: &File, failed_commit: Option<u64>) -> Result<[Meta; 2], Error> {
     let size = file.metadata()?.len();
     if size == 0 {
         return Err(corrupt(None, "data.mdb is empty: it has no meta pages"));
     }
-    let first = read_meta(file, 0, 0)?;
+    let first = read_meta(file, 0, 0, failed_commit)?;
     let page_size = u64::from(first.page_size);
     if size < META_PAGES * page_size {
         return Err(corrupt(
@@ -501,7 +553,7 @@ fn read_metas(file: &File) -> Result<[Meta; 2], Error> {
             format!("data.mdb is {size} bytes, shorter than its two meta pages of {page_size} bytes"),
         ));
     }
-    let second = read_meta(file, 1, page_size)?;
+    let second = read_meta(file, 1, page_size, failed_commit)?;
     let flags = |m: &Meta| m.free.flags;
     if second.page_size != first.page_size || flags(&second) != flags(&first) {
         return Err(corrupt(Some(1), "the meta pages disagree on the page size or the environment's flags"));

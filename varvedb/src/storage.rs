@@ -462,6 +462,10 @@ impl Storage {
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
         let tables = prepare_tables(&env, map_size, path)?;
+        if crate::lmdb_file::failed_commit(path).is_some() {
+            rewrite_meta_page(&env, tables, map_size, path)?;
+            crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
+        }
         // LMDB syncs what it writes into its files, never the directory that names them. A
         // creation syncs it; an open after a creation that was cut short between its link
         // and that sync must not leave `data.mdb`'s name to chance either.
@@ -506,6 +510,7 @@ impl Storage {
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
         // The transaction ends before it stops counting as live.
         let WriteTxn { txn, _live } = txn;
+        let txnid = txn.id() as u64;
         let Err(e) = txn.commit() else { return Ok(()) };
         let error = self.err(e);
         if matches!(error, Error::NeedsReopen { .. }) {
@@ -515,6 +520,10 @@ impl Storage {
         // of a commit happens before that write and leaves the last commit in force.
         match self.begin(Env::read_txn) {
             Err(Error::NeedsReopen { .. }) => {
+                // For the next open's file check: LMDB may have written the meta page back
+                // in a shape only this record explains. Best effort: a disk that failed the
+                // meta page may fail this too, and the check then reports the page.
+                drop(crate::lmdb_file::record_failed_commit(self.path(), txnid));
                 let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(error)));
                 Err(Error::OutcomeUnknown { source })
             }
@@ -1035,6 +1044,28 @@ fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize) -> Result<()
 /// in a store that has none: one write transaction, which commits nothing when the tables
 /// and the version are all there. A file that holds databases of another application and no
 /// format version is refused with [`Error::NotAStore`], and nothing is written to it.
+/// Commits a transaction that writes the format version again, as it is: after a commit
+/// whose meta-page write failed, the next commit rewrites the meta page LMDB wrote back (see
+/// `lmdb_file::check_before_open`), so the file needs no record of the failure any more.
+fn rewrite_meta_page(
+    env: &Env<WithoutTls>,
+    tables: Tables,
+    map_size: usize,
+    dir: &Path,
+) -> Result<(), Error> {
+    let err = |e| engine_error(e, map_size, dir);
+    let mut wtxn = env.write_txn().map_err(err)?;
+    let format = tables
+        .meta
+        .get(&wtxn, meta_key::FORMAT_VERSION)
+        .map_err(err)?
+        .ok_or(Error::CorruptMeta { reason: "the store has no format version" })?
+        .to_vec();
+    // LMDB copies the page it puts into, so even an unchanged value makes the commit write.
+    tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &format).map_err(err)?;
+    wtxn.commit().map_err(err)
+}
+
 fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tables, Error> {
     let err = |e| engine_error(e, map_size, dir);
     let mut wtxn = env.write_txn().map_err(err)?;
