@@ -188,10 +188,9 @@ impl WriterState {
             Ok(results) => results,
             // The commit may be in the file, and the environment takes no other: every
             // request of the group shares the outcome and the original error.
-            Err(Error::OutcomeUnknown { source }) => batches
-                .iter()
-                .map(|_| Err(Error::OutcomeUnknown { source: Arc::clone(&source) }))
-                .collect(),
+            Err(Error::OutcomeUnknown { source }) => {
+                batches.iter().map(|_| Err(Error::OutcomeUnknown { source: Arc::clone(&source) })).collect()
+            }
             // A storage failure (map full, disk full, I/O) poisons the whole transaction.
             // Retry each request alone so only the one that cannot fit fails.
             Err(_) if batches.len() > 1 => batches
