@@ -116,6 +116,66 @@ fn the_child_tells_a_clean_store_from_a_wrong_value() {
     assert_eq!(stages, ["read_all", "read_stream", "read_stream_backward", "event"], "{:?}", run.wrong);
 }
 
+/// The damage behind the hangs that random flips found: a branch page's child pointer made
+/// to point past the end of the file. LMDB then fails the read transaction, and a read that
+/// went on would meet that error at every step: each read reports it once and ends.
+#[test]
+fn a_read_that_meets_a_damaged_page_reports_it_once_and_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Varve::open(dir.path()).unwrap();
+        for batch in 0..6u8 {
+            let events = (0..500).map(|_| varvedb::NewEvent::new("n", vec![batch; 100]));
+            db.append(5u128, varvedb::ExpectedVersion::Auto, events).unwrap();
+        }
+    }
+    let path = dir.path().join("data.mdb");
+    let mut file = std::fs::read(&path).unwrap();
+    let root = pages::Map::new(&file).roots["events"] * pages::SIZE;
+    assert_eq!(pages::u16_at(&file, root + 10), pages::BRANCH, "the log spans several pages");
+    let children = (usize::from(pages::u16_at(&file, root + 12)) - pages::HEADER) / 2;
+    // A page in the middle of the log (the last one `open` reads); a branch node's first 6
+    // bytes are its child's page number.
+    let node = root + usize::from(pages::u16_at(&file, root + pages::HEADER + 2 * (children / 2)));
+    file[node..node + 6].fill(0xff);
+    std::fs::write(&path, &file).unwrap();
+
+    let db = Varve::open(dir.path()).unwrap();
+    let items =
+        |read: &dyn Fn(&varvedb::ReadView<'_>) -> Vec<Result<u64, String>>| read(&db.begin_read().unwrap());
+    let settle = |items: Vec<Result<u64, String>>| {
+        // Bounded: a read that does not end would yield errors forever.
+        assert!(items.len() < 3000, "{} items, the last {:?}", items.len(), items.last());
+        let errors: Vec<&String> = items.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("MDB_PAGE_NOTFOUND"), "{errors:?}");
+        assert!(items.last().unwrap().is_err(), "the error comes last");
+        items.iter().filter(|r| r.is_ok()).count()
+    };
+    let log = items(&|v| {
+        v.read_all(0).unwrap().take(10_000).map(|e| e.map(|e| e.seq()).map_err(|e| e.to_string())).collect()
+    });
+    let read_before = settle(log);
+    assert!(read_before > 0, "the events on the pages before are read");
+    let forward = items(&|v| {
+        v.read_stream(5u128, 1)
+            .unwrap()
+            .take(10_000)
+            .map(|e| e.map(|e| u64::from(e.version())).map_err(|e| e.to_string()))
+            .collect()
+    });
+    assert_eq!(settle(forward), read_before);
+    let backward = items(&|v| {
+        v.read_stream_backward(5u128, u32::MAX)
+            .unwrap()
+            .take(10_000)
+            .map(|e| e.map(|e| u64::from(e.version())).map_err(|e| e.to_string()))
+            .collect()
+    });
+    assert!(settle(backward) > 0, "the events on the pages after are read");
+    assert!(db.begin_read().unwrap().check_integrity().is_err());
+}
+
 /// Writes the template store and the expected file (each seq's timestamp, which only the
 /// writer knows), and checks that the store holds exactly the plan.
 fn build_template(dir: &Path) {
@@ -151,6 +211,8 @@ enum Class {
     Clean,
     Detected,
     Wrong,
+    /// A read that went on yielding items far past what was written.
+    Endless,
     Panic,
     Crash,
     Hang,
@@ -170,6 +232,7 @@ struct Run {
     /// Each stage's error kinds.
     errors: Vec<(String, String)>,
     wrong: Vec<String>,
+    endless: Vec<String>,
     stdout: Vec<String>,
     stderr: String,
 }
@@ -184,12 +247,15 @@ struct Trial {
 }
 
 impl Trial {
+    /// A wrong value or an endless read fails a trial whatever came after it, even a crash.
     fn fails(&self) -> bool {
-        match self.run.class {
-            Class::Clean | Class::Detected => false,
-            Class::Wrong | Class::Panic | Class::Exit => true,
-            Class::Crash | Class::Hang => matches!(self.run.stage.as_str(), "open" | "check_integrity"),
-        }
+        !self.run.wrong.is_empty()
+            || !self.run.endless.is_empty()
+            || match self.run.class {
+                Class::Clean | Class::Detected => false,
+                Class::Wrong | Class::Endless | Class::Panic | Class::Exit => true,
+                Class::Crash | Class::Hang => matches!(self.run.stage.as_str(), "open" | "check_integrity"),
+            }
     }
 
     fn line(&self) -> String {
@@ -207,6 +273,9 @@ impl Trial {
         );
         for w in &run.wrong {
             let _ = write!(s, "\n    wrong: {w}");
+        }
+        for e in &run.endless {
+            let _ = write!(s, "\n    endless: {e}");
         }
         if matches!(run.class, Class::Panic | Class::Exit) {
             let _ = write!(s, "\n    stderr: {}", run.stderr.trim());
@@ -279,7 +348,8 @@ fn run_child(dir: &Path, expected: &Path) -> Run {
     let stderr = err.join().unwrap();
 
     let mut last_stage = "(start)";
-    let (mut errors, mut wrong, mut integrity, mut done) = (Vec::new(), Vec::new(), None, false);
+    let (mut errors, mut wrong, mut endless, mut integrity, mut done) =
+        (Vec::new(), Vec::new(), Vec::new(), None, false);
     for line in &stdout {
         let (what, rest) = line.split_once(' ').unwrap_or((line, ""));
         match what {
@@ -290,6 +360,7 @@ fn run_child(dir: &Path, expected: &Path) -> Run {
                     .push((f.next().unwrap_or_default().to_owned(), f.next().unwrap_or_default().to_owned()));
             }
             "wrong" => wrong.push(rest.to_owned()),
+            "endless" => endless.push(rest.to_owned()),
             "integrity" => integrity = Some(rest == "ok"),
             "done" => done = true,
             _ => {}
@@ -304,12 +375,11 @@ fn run_child(dir: &Path, expected: &Path) -> Run {
         Some(s) if s.code() == Some(101) => (Class::Panic, last_stage, "exit 101".into()),
         Some(s) if !s.success() || !done => (Class::Exit, last_stage, format!("{s}")),
         Some(_) if !wrong.is_empty() => (Class::Wrong, first_stage(&wrong), "exit 0".into()),
+        Some(_) if !endless.is_empty() => (Class::Endless, first_stage(&endless), "exit 0".into()),
         Some(_) if !errors.is_empty() => (Class::Detected, errors[0].0.clone(), "exit 0".into()),
         Some(_) => (Class::Clean, "-".into(), "exit 0".into()),
     };
-    // A wrong value fails the trial whatever came after it.
-    let class = if wrong.is_empty() { class } else { class.max(Class::Wrong) };
-    Run { class, stage, status, integrity, errors, wrong, stdout, stderr }
+    Run { class, stage, status, integrity, errors, wrong, endless, stdout, stderr }
 }
 
 fn signal_name(signal: i32) -> String {
@@ -324,8 +394,16 @@ fn signal_name(signal: i32) -> String {
 
 fn summarize(results: &[Trial]) -> String {
     let mut s = String::new();
-    let classes =
-        [Class::Clean, Class::Detected, Class::Wrong, Class::Panic, Class::Crash, Class::Hang, Class::Exit];
+    let classes = [
+        Class::Clean,
+        Class::Detected,
+        Class::Wrong,
+        Class::Endless,
+        Class::Panic,
+        Class::Crash,
+        Class::Hang,
+        Class::Exit,
+    ];
     let _ = write!(s, "\n{:<10}{:>7}", "class", "total");
     for stage in STAGES {
         let _ = write!(s, "{stage:>22}");
@@ -371,8 +449,11 @@ fn summarize(results: &[Trial]) -> String {
             let _ = write!(s, "{:>9}", counts.get(&class).copied().unwrap_or(0));
         }
     }
-    let notable: Vec<String> =
-        results.iter().filter(|t| t.run.class > Class::Detected).map(Trial::line).collect();
+    let notable: Vec<String> = results
+        .iter()
+        .filter(|t| t.run.class > Class::Detected || !t.run.wrong.is_empty() || !t.run.endless.is_empty())
+        .map(Trial::line)
+        .collect();
     if !notable.is_empty() {
         let _ = write!(s, "\n\n{}", notable.join("\n"));
     }
@@ -383,9 +464,11 @@ fn summarize(results: &[Trial]) -> String {
 /// them (LMDB's 64-bit layout, 4 KiB pages), so that a flip can be told by where it landed:
 /// page header flags at bytes 10-11 say branch 0x01, leaf 0x02, overflow 0x04, meta 0x08.
 mod pages {
+    use std::collections::BTreeMap;
+
     pub const SIZE: usize = 4096;
-    const HEADER: usize = 16;
-    const BRANCH: u16 = 0x01;
+    pub const HEADER: usize = 16;
+    pub const BRANCH: u16 = 0x01;
     const LEAF: u16 = 0x02;
     const OVERFLOW: u16 = 0x04;
     const BIGDATA: u16 = 0x01;
@@ -397,7 +480,7 @@ mod pages {
     const ROOT: usize = 40;
     const TXNID: usize = 128;
 
-    fn u16_at(b: &[u8], at: usize) -> u16 {
+    pub fn u16_at(b: &[u8], at: usize) -> u16 {
         b.get(at..at + 2).map_or(0, |s| u16::from_le_bytes(s.try_into().unwrap()))
     }
 
@@ -412,6 +495,8 @@ mod pages {
     /// The owner of each page: `<table> branch|leaf|overflow`, `meta`, `free`, or empty for
     /// a page no tree reaches.
     pub struct Map {
+        /// The root page of each named table.
+        pub roots: BTreeMap<String, usize>,
         owners: Vec<String>,
         /// For each overflow page, where its value ends in the file.
         value_ends: Vec<usize>,
@@ -422,7 +507,12 @@ mod pages {
         pub fn new(file: &[u8]) -> Map {
             let pages = file.len() / SIZE;
             let newest_meta = usize::from(u64_at(file, SIZE + HEADER + TXNID) > u64_at(file, HEADER + TXNID));
-            let mut map = Map { owners: vec![String::new(); pages], value_ends: vec![0; pages], newest_meta };
+            let mut map = Map {
+                roots: BTreeMap::new(),
+                owners: vec![String::new(); pages],
+                value_ends: vec![0; pages],
+                newest_meta,
+            };
             let meta = newest_meta * SIZE + HEADER;
             map.walk(file, u64_at(file, meta + FREE_DB + ROOT), "free-list");
             map.walk(file, u64_at(file, meta + MAIN_DB + ROOT), "main");
@@ -540,7 +630,9 @@ mod pages {
                     }
                     if node_flags & SUBDATA != 0 {
                         let name = String::from_utf8_lossy(&file[n + 8..n + 8 + ksize]).into_owned();
-                        self.walk(file, u64_at(file, value + ROOT), &name);
+                        let root = u64_at(file, value + ROOT);
+                        self.roots.insert(name.clone(), root as usize);
+                        self.walk(file, root, &name);
                     } else if table == "free-list" {
                         // A list of free page numbers, its length first.
                         for j in 0..u64_at(file, value) as usize {

@@ -8,6 +8,8 @@
 //! - `errors <stage> <kind> <count> <first message>` after a stage that met errors;
 //! - `wrong <stage> <what>` for a value returned `Ok` that differs from what was written
 //!   (the first few of a stage; `wrong <stage> and <n> more` after them);
+//! - `endless <stage> <what>` for a read that goes on yielding items far past what was
+//!   written (then left);
 //! - `integrity ok` or `integrity failed` after `check_integrity`;
 //! - `done` at the end.
 //!
@@ -287,6 +289,10 @@ impl Stage {
         self.wrong += 1;
     }
 
+    fn endless(&mut self, what: &str) {
+        line(&format!("endless {} {what}", self.name));
+    }
+
     fn end(self) {
         for (kind, (count, first)) in &self.errors {
             line(&format!("errors {} {kind} {count} {first}", self.name));
@@ -394,6 +400,12 @@ fn check_integrity(db: &Varve, want: &Want) {
     line(if passed { "integrity ok" } else { "integrity failed" });
 }
 
+/// More items than a read of `written` events can yield, damage reported in place included
+/// (at most a gap report and an event per entry, and one report at the end).
+fn endless(written: usize) -> usize {
+    3 * written + 100
+}
+
 fn read_all(db: &Varve, want: &Want) {
     let mut stage = Stage::start("read_all");
     if let Some(view) = view(db, &mut stage) {
@@ -401,6 +413,10 @@ fn read_all(db: &Varve, want: &Want) {
             Ok(log) => {
                 let (mut last, mut handed, mut errors) = (0u64, 0usize, 0usize);
                 for item in log {
+                    if handed + errors > endless(EVENTS) {
+                        stage.endless(&format!("{handed} events and {errors} errors"));
+                        break;
+                    }
                     match item {
                         Ok(e) => {
                             let seq = e.seq();
@@ -448,6 +464,10 @@ fn read_streams(db: &Varve, want: &Want, backward: bool) {
         let mut last: u32 = if backward { u32::MAX } else { 0 };
         let (mut handed, mut errors) = (0usize, 0usize);
         for item in events {
+            if handed + errors > endless(seqs.len()) {
+                stage.endless(&format!("stream {stream:x}: {handed} events and {errors} errors"));
+                break;
+            }
             let e = match item {
                 Ok(e) => e,
                 Err(e) => {
