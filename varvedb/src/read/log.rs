@@ -7,20 +7,22 @@ use crate::event::RecordedEvent;
 use crate::record;
 use crate::storage::{LogEntries, key};
 
-use super::{ReadView, reuse};
+use super::{ReadView, fails_the_view, reuse};
 
 impl ReadView<'_> {
     /// The global log from `from_seq` on, in commit order.
     ///
     /// Seqs run from 1 without gaps: a read that finds a seq missing (a record lost to
-    /// damage) reports [`Error::CorruptIndex`] in its place, then goes on.
+    /// damage) reports [`Error::CorruptIndex`] in its place, then goes on. A storage error
+    /// (a damaged LMDB page) ends the read after it is reported: LMDB fails the whole
+    /// transaction on one, so nothing more can be read through this view.
     ///
     /// # Errors
     /// A storage error when starting; each item may be [`Error::Corrupt`] or
-    /// [`Error::CorruptIndex`].
+    /// [`Error::CorruptIndex`], and the last one a storage error.
     pub fn read_all(&self, from_seq: u64) -> Result<LogEvents<'_>, Error> {
         let raw = self.storage.log_from(&self.txn, from_seq)?;
-        Ok(LogEvents { view: self, raw, next_seq: from_seq.max(1), held: None })
+        Ok(LogEvents { view: self, raw, next_seq: from_seq.max(1), held: None, failed: false })
     }
 }
 
@@ -32,6 +34,8 @@ pub struct LogEvents<'v> {
     next_seq: u64,
     /// A record found past a gap, handed out after the gap is reported.
     held: Option<(u64, &'v [u8])>,
+    /// The storage engine failed the read's transaction: the read has ended.
+    failed: bool,
 }
 
 impl<'v> Iterator for LogEvents<'v> {
@@ -68,7 +72,18 @@ impl<'v> LogEvents<'v> {
             Ok(checked) => checked,
             Err(e) => return Some(Err(e)),
         };
-        Some(self.view.with_event(checked, plain, |event| event))
+        match self.view.with_event(checked, plain, |event| event) {
+            Ok(event) => Some(Ok(event)),
+            // A blob or a data key on a damaged page.
+            Err(e) => Some(Err(self.end_if_failed(e))),
+        }
+    }
+
+    /// `e`, having ended the read if the storage engine failed its transaction.
+    #[cold]
+    fn end_if_failed(&mut self, e: Error) -> Error {
+        self.failed |= fails_the_view(&e);
+        e
     }
 
     /// Calls `f` with each event left, as [`next_reusing`](LogEvents::next_reusing) gives
@@ -94,12 +109,15 @@ impl<'v> LogEvents<'v> {
     /// reported first, and the record after it comes on the next call.
     #[inline]
     fn next_record(&mut self) -> Option<Result<(u64, &'v [u8]), Error>> {
+        if self.failed {
+            return None;
+        }
         let (seq, v) = match self.held.take() {
             Some(held) => held,
             None => {
                 let (k, v) = match self.raw.next()? {
                     Ok(kv) => kv,
-                    Err(e) => return Some(Err(e)),
+                    Err(e) => return Some(Err(self.end_if_failed(e))),
                 };
                 let Some(seq) = key::decode_seq(k) else {
                     return Some(Err(Error::CorruptIndex {

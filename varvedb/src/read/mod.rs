@@ -174,6 +174,13 @@ impl<'db> ReadView<'db> {
     }
 }
 
+/// Whether `e` came from the storage engine rather than from a check of the data read. LMDB
+/// fails the whole read transaction on such an error (a damaged page, say), so every later
+/// step of a read would meet it again: a read reports it once and ends.
+fn fails_the_view(e: &Error) -> bool {
+    matches!(e, Error::Storage(_) | Error::Io(_) | Error::NeedsReopen { .. })
+}
+
 /// Gives a decrypting read `n` bytes of `buf`.
 fn reuse<'a>(buf: &'a mut Vec<u8>) -> impl FnOnce(usize) -> &'a mut [u8] {
     move |n| {

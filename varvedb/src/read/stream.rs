@@ -8,18 +8,20 @@ use crate::id::StreamId;
 use crate::record::{self, Verified};
 use crate::storage::{Entries, key, value};
 
-use super::{ReadView, reuse};
+use super::{ReadView, fails_the_view, reuse};
 
 impl ReadView<'_> {
     /// Events of `stream` with version `>= from_version`, oldest first.
     ///
     /// The read checks the stream index as it goes: versions run on without gaps up to the
     /// stream's head, and each entry points at the event it names. A missing, surplus or
-    /// misplaced entry is an [`Error::CorruptIndex`] in its place, and the read goes on.
+    /// misplaced entry is an [`Error::CorruptIndex`] in its place, and the read goes on. A
+    /// storage error (a damaged LMDB page) ends the read after it is reported: LMDB fails the
+    /// whole transaction on one, so nothing more can be read through this view.
     ///
     /// # Errors
     /// A storage error when starting; each item may be [`Error::Corrupt`] or
-    /// [`Error::CorruptIndex`].
+    /// [`Error::CorruptIndex`], and the last ones a storage error.
     pub fn read_stream(
         &self,
         stream: impl Into<StreamId>,
@@ -181,6 +183,7 @@ const AHEAD: usize = 8;
 /// handed out. LMDB then fails the read transaction as a whole, so those of them that still
 /// need the transaction (a payload blob, a stream's key) report the same storage error
 /// instead of their event; plain inline events, which need nothing more, are still handed out.
+/// Then the storage error itself, and the read ends.
 struct Ahead<'v> {
     slots: [Fetched<'v>; AHEAD],
     /// Slot of the oldest entry.
@@ -190,7 +193,8 @@ struct Ahead<'v> {
     /// An error met while looking ahead, after the entries in the slots: handed out once
     /// they are, and nothing more is looked up until then.
     error: Option<Box<Error>>,
-    /// The index has no more entries of the stream.
+    /// Nothing more is looked up: the index has no more entries of the stream, or the
+    /// storage engine failed the read's transaction.
     ended: bool,
 }
 
@@ -351,7 +355,15 @@ impl<'v> StreamEvents<'v> {
             at.check(event.stream.as_u128(), event.version)?;
             Ok(event)
         });
-        Some(event.flatten())
+        match event.flatten() {
+            Ok(event) => Some(Ok(event)),
+            // A blob or a data key on a damaged page: the entries already looked up are
+            // handed out, nothing more is looked up.
+            Err(e) => {
+                self.ahead.ended |= fails_the_view(&e);
+                Some(Err(e))
+            }
+        }
     }
 
     /// Calls `f` with each event left, as [`next_reusing`](StreamEvents::next_reusing) gives
@@ -385,7 +397,12 @@ impl<'v> StreamEvents<'v> {
                     self.ahead.slots[(self.ahead.first + self.ahead.len) % AHEAD] = fetched;
                     self.ahead.len += 1;
                 }
-                Some(Err(e)) => self.ahead.error = Some(e),
+                Some(Err(e)) => {
+                    // The entries before it are still handed out, then the error, and the read
+                    // ends there if the storage engine failed the transaction.
+                    self.ahead.ended |= fails_the_view(&e);
+                    self.ahead.error = Some(e);
+                }
                 None => self.ahead.ended = true,
             }
         }
