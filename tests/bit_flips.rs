@@ -124,7 +124,9 @@ fn a_read_that_meets_a_damaged_page_reports_it_once_and_ends() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = Varve::open(dir.path()).unwrap();
-        for batch in 0..6u8 {
+        // Enough for a log three pages deep: `open` reads its root and the path to its last
+        // entry, not the branch pages in between.
+        for batch in 0..40u8 {
             let events = (0..500).map(|_| varvedb::NewEvent::new("n", vec![batch; 100]));
             db.append(5u128, varvedb::ExpectedVersion::Auto, events).unwrap();
         }
@@ -133,10 +135,19 @@ fn a_read_that_meets_a_damaged_page_reports_it_once_and_ends() {
     let mut file = std::fs::read(&path).unwrap();
     let root = pages::Map::new(&file).roots["events"] * pages::SIZE;
     assert_eq!(pages::u16_at(&file, root + 10), pages::BRANCH, "the log spans several pages");
-    let children = (usize::from(pages::u16_at(&file, root + 12)) - pages::HEADER) / 2;
-    // A page in the middle of the log (the last one `open` reads); a branch node's first 6
-    // bytes are its child's page number.
-    let node = root + usize::from(pages::u16_at(&file, root + pages::HEADER + 2 * (children / 2)));
+    // A branch node's first 6 bytes are its child's page number.
+    let child = |file: &[u8], page: usize, i: usize| {
+        page + usize::from(pages::u16_at(file, page + pages::HEADER + 2 * i))
+    };
+    let children =
+        |file: &[u8], page: usize| (usize::from(pages::u16_at(file, page + 12)) - pages::HEADER) / 2;
+    let middle = child(&file, root, children(&file, root) / 2);
+    let mut number = [0u8; 8];
+    number[..6].copy_from_slice(&file[middle..middle + 6]);
+    let branch = usize::try_from(u64::from_le_bytes(number)).unwrap() * pages::SIZE;
+    assert_eq!(pages::u16_at(&file, branch + 10), pages::BRANCH, "the log is three pages deep");
+    // In a branch page off the path `open` reads, a child past the end of the file.
+    let node = child(&file, branch, children(&file, branch) / 2);
     file[node..node + 6].fill(0xff);
     std::fs::write(&path, &file).unwrap();
 
@@ -145,7 +156,7 @@ fn a_read_that_meets_a_damaged_page_reports_it_once_and_ends() {
         |read: &dyn Fn(&varvedb::ReadView<'_>) -> Vec<Result<u64, String>>| read(&db.begin_read().unwrap());
     let settle = |items: Vec<Result<u64, String>>| {
         // Bounded: a read that does not end would yield errors forever.
-        assert!(items.len() < 3000, "{} items, the last {:?}", items.len(), items.last());
+        assert!(items.len() < 25_000, "{} items, the last {:?}", items.len(), items.last());
         let errors: Vec<&String> = items.iter().filter_map(|r| r.as_ref().err()).collect();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("MDB_PAGE_NOTFOUND"), "{errors:?}");
@@ -153,14 +164,14 @@ fn a_read_that_meets_a_damaged_page_reports_it_once_and_ends() {
         items.iter().filter(|r| r.is_ok()).count()
     };
     let log = items(&|v| {
-        v.read_all(0).unwrap().take(10_000).map(|e| e.map(|e| e.seq()).map_err(|e| e.to_string())).collect()
+        v.read_all(0).unwrap().take(30_000).map(|e| e.map(|e| e.seq()).map_err(|e| e.to_string())).collect()
     });
     let read_before = settle(log);
     assert!(read_before > 0, "the events on the pages before are read");
     let forward = items(&|v| {
         v.read_stream(5u128, 1)
             .unwrap()
-            .take(10_000)
+            .take(30_000)
             .map(|e| e.map(|e| u64::from(e.version())).map_err(|e| e.to_string()))
             .collect()
     });
@@ -168,7 +179,7 @@ fn a_read_that_meets_a_damaged_page_reports_it_once_and_ends() {
     let backward = items(&|v| {
         v.read_stream_backward(5u128, u32::MAX)
             .unwrap()
-            .take(10_000)
+            .take(30_000)
             .map(|e| e.map(|e| u64::from(e.version())).map_err(|e| e.to_string()))
             .collect()
     });
