@@ -70,7 +70,6 @@ mod storage;
 mod store;
 mod subscribe;
 mod typed;
-
 mod writer;
 
 pub use batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
