@@ -28,6 +28,17 @@ impl ReadView<'_> {
         from_version: u32,
     ) -> Result<StreamEvents<'_>, Error> {
         let stream = stream.into();
+        self.read_stream_to_head(stream, from_version, self.stream_version(stream)?)
+    }
+
+    /// [`read_stream`](Self::read_stream) of a stream whose head (version) the caller has
+    /// just read in this view: the read is checked against it without a second lookup.
+    pub(crate) fn read_stream_to_head(
+        &self,
+        stream: StreamId,
+        from_version: u32,
+        head: Option<u32>,
+    ) -> Result<StreamEvents<'_>, Error> {
         let from = key::stream_version(stream.as_u128(), from_version);
         // No upper bound: `StreamEvents` stops at the first key of another stream (the
         // bound would be one more allocation, and a comparison per entry).
@@ -37,7 +48,7 @@ impl ReadView<'_> {
             (Included(&from), Unbounded),
             false,
         )?;
-        let versions = Versions::forward(from_version, self.stream_version(stream)?);
+        let versions = Versions::forward(from_version, head);
         Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(true), ahead: Ahead::new(), versions })
     }
 

@@ -266,10 +266,10 @@ impl<A: Aggregate> Stream<A> {
     /// # Errors
     /// As [`load`](Self::load).
     pub fn load_in(&self, view: &ReadView<'_>) -> Result<Loaded<A>, Error> {
-        self.check(view)?;
+        let head = self.check(view)?;
         let mut state = A::default();
         let mut version = 0;
-        let mut events = view.read_stream(self.id, 1)?;
+        let mut events = view.read_stream_to_head(self.id, 1, head)?;
         // Zeroed when dropped: decrypted events do not linger in freed memory.
         let mut buf = zeroize::Zeroizing::new(Vec::new());
         events.try_for_each_reusing(&mut buf, |event| {
@@ -324,8 +324,11 @@ impl<A: Aggregate> Stream<A> {
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     pub fn read<'v>(&self, view: &'v ReadView<'_>, from_version: u32) -> Result<TypedEvents<'v, A>, Error> {
-        self.check(view)?;
-        Ok(TypedEvents { inner: view.read_stream(self.id, from_version)?, _aggregate: PhantomData })
+        let head = self.check(view)?;
+        Ok(TypedEvents {
+            inner: view.read_stream_to_head(self.id, from_version, head)?,
+            _aggregate: PhantomData,
+        })
     }
 
     /// Runs a command: load, [`Handle::handle`], save; on a concurrency conflict, reload and
@@ -371,9 +374,12 @@ impl<A: Aggregate> Stream<A> {
 
     /// The stream must be `A`'s (or not exist), and the store must know `A`'s events with
     /// the shapes this build has.
-    fn check(&self, view: &ReadView<'_>) -> Result<(), Error> {
-        // One lookup of the stream's head for both its existence and its kind.
-        if let Some((_, kind)) = view.stream_head(self.id)?
+    /// Checks the stream's kind and `A`'s schemas against the store; returns the stream's
+    /// version, which a read of it is then checked against.
+    fn check(&self, view: &ReadView<'_>) -> Result<Option<u32>, Error> {
+        // One lookup of the stream's head for its existence, its kind and its version.
+        let head = view.stream_head(self.id)?;
+        if let Some((_, kind)) = head
             && kind != Some(A::KIND)
         {
             return Err(Error::StreamKindMismatch {
@@ -394,6 +400,6 @@ impl<A: Aggregate> Stream<A> {
                 });
             }
         }
-        Ok(())
+        Ok(head.map(|(version, _)| version))
     }
 }
