@@ -24,6 +24,8 @@ use crate::error::{Error, StorageError};
 
 mod files;
 
+pub(crate) use files::prepare_dir;
+
 /// On-disk format version written to `meta` on creation and checked on every open.
 pub(crate) const FORMAT_VERSION: u32 = 1;
 /// The format version of an encrypted store. Same layout, but every record is sealed: a
@@ -843,25 +845,6 @@ impl Drop for WriteLockHeld {
     fn drop(&mut self) {
         HOLDS_WRITE_LOCK.with(|h| h.set(false));
     }
-}
-
-/// Creates directory `dir` and its missing parents, syncing each directory that gains an
-/// entry: a new name survives a power loss only once the directory holding it is synced.
-/// A directory that exists already is left as it is.
-pub(crate) fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let parent = parent_dir(dir);
-    if parent != dir {
-        create_dir_durable(parent)?;
-    }
-    match std::fs::create_dir(dir) {
-        // Made by someone else meanwhile: synced below all the same.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-        other => other?,
-    }
-    sync_dir(parent)
 }
 
 /// Syncs directory `dir`, making the names in it durable. A directory this process may not

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use super::{ReaderLag, canonical, io_error, sys};
+use super::{ReaderLag, canonical, io_error, sync_dir, sys};
 use crate::error::Error;
 
 const DATA_FILE: &str = "data.mdb";
@@ -25,9 +25,10 @@ const TEMP_PREFIX: &str = ".varvedb-tmp-";
 /// The permissions LMDB (through heed) gives the files it creates.
 const FILE_MODE: u32 = 0o600;
 
-/// Creates the store's directory if it does not exist, durably. A path that names something
-/// other than a directory (or lies below a file) is [`Error::NotADirectory`].
-pub(super) fn prepare_dir(path: &Path) -> Result<(), Error> {
+/// Creates a store's (or a backup's) directory if it does not exist, durably: each directory
+/// that gains an entry is synced. A path that names something other than a directory (or
+/// lies below a file) is [`Error::NotADirectory`].
+pub(crate) fn prepare_dir(path: &Path) -> Result<(), Error> {
     let not_a_directory = || Error::NotADirectory { path: path.to_path_buf() };
     match fs::metadata(path) {
         Ok(meta) if meta.is_dir() => return Ok(()),
@@ -197,10 +198,6 @@ pub(super) fn create_data_file(
         Err(e) => return Err(io(e)),
     }
     sync_dir(dir).map_err(io)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// A reader slot of LMDB's lock file: a cache line.

@@ -421,7 +421,7 @@ impl Varve {
     /// ```
     pub fn backup(&self, dir: impl AsRef<Path>) -> Result<(), Error> {
         let dir = dir.as_ref();
-        crate::storage::create_dir_durable(dir)?;
+        crate::storage::prepare_dir(dir)?;
         self.inner.storage.copy_compacted(&dir.join("data.mdb"))
     }
 
