@@ -405,8 +405,8 @@ impl Varve {
     /// example a shredded stream's key); the live file keeps them until they are reused.
     ///
     /// # Errors
-    /// An I/O error if `dir/data.mdb` exists already (nothing is overwritten) or cannot be
-    /// written; a partial copy is removed.
+    /// [`Error::NotADirectory`] if `dir` is a file; an I/O error if `dir/data.mdb` exists
+    /// already (nothing is overwritten) or cannot be written; a partial copy is removed.
     ///
     /// ```
     /// use varvedb::{ExpectedVersion, NewEvent, Varve};
