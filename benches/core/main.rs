@@ -1,6 +1,10 @@
 //! `VarveDB` through its public typed API, side by side in one run with raw heed doing the
-//! same LMDB work (the limit) and with varvedb 0.4.2 from crates.io (the crate a user would
-//! pick instead). `docs/performance.md` describes the workloads and what bounds each.
+//! same LMDB work (the limit), with varvedb 0.4.2 from crates.io, and with the stores a Rust
+//! user keeping events in-process would more often pick instead: SQLite (WAL, durable
+//! `synchronous=FULL`, and `NORMAL` as a side column that is not durable on power loss) and
+//! redb (durable commits). `docs/performance.md` describes the workloads, the peers' schemas
+//! and what bounds each workload. The run also prints the disk floor (a 4 KiB flush, appending
+//! and in place) at its start and end, and each subject's bytes on disk per event.
 //!
 //! Run: `cargo bench --bench core` (full size, a few minutes) or
 //! `cargo bench --bench core -- --quick` (a smoke run, under a minute). Options:
@@ -8,19 +12,25 @@
 //! store: 1,000 streams of N/1,000 interleaved); `--single N` (the one long stream of W4b);
 //! `--samples N` (W5a appends per repetition); `--only W3` (workloads whose name starts so;
 //! may repeat); `--no-v04` (leave out varvedb 0.4.2, which is built on first use and needs
-//! crates.io). W6 (encrypted against plain) is `benches/encryption.rs`.
+//! crates.io); `--no-peers` (leave out SQLite and redb). W6 (encrypted against plain) is `benches/encryption.rs`.
 //!
 //! Every append measurement runs in a fresh store in its own temporary directory. The subjects
 //! alternate within each repetition, each taking each place in turn, and the tables report
 //! the median of the repetitions and the median of the per-repetition ratios ("paired": run
 //! back to back, less exposed to drifts of the disk or of other load).
 
+#![allow(clippy::doc_markdown, reason = "names such as SQLite are the products', not code")]
+
 mod alloc;
+mod disk;
 mod ours;
 mod raw;
+mod redb_store;
+mod sqlite;
 mod v04;
 
 use std::error::Error;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -148,6 +158,10 @@ struct Config {
     samples: u64,
     only: Vec<String>,
     v04: bool,
+    /// SQLite and redb.
+    peers: bool,
+    /// Flushes of each kind timed for the disk floor.
+    floor_samples: usize,
 }
 
 impl Config {
@@ -163,6 +177,8 @@ impl Config {
             samples: if quick { 30 } else { 300 },
             only: Vec::new(),
             v04: !args.iter().any(|a| a == "--no-v04"),
+            peers: !args.iter().any(|a| a == "--no-peers"),
+            floor_samples: if quick { 50 } else { 300 },
         };
         let value = |name: &str| -> Option<&str> {
             args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
@@ -223,29 +239,76 @@ fn proc_line(file: &str, prefix: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Alternating subjects
 
-/// How one subject runs one measurement; `None`: it cannot run this workload.
-type Run<'a, T> = Option<Box<dyn FnMut() -> Res<T> + 'a>>;
+/// The subjects, in the order of the table's columns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    Ours,
+    Raw,
+    V04,
+    /// SQLite in WAL mode with `synchronous=FULL`: durable commits.
+    Sqlite,
+    /// SQLite in WAL mode with `synchronous=NORMAL`: not durable on power loss, a side column.
+    SqliteNormal,
+    Redb,
+}
 
-const SUBJECTS: [&str; 3] = ["ours", "raw", "0.4.2"];
+impl Subject {
+    const COUNT: usize = 6;
+    const ALL: [Subject; Subject::COUNT] =
+        [Subject::Ours, Subject::Raw, Subject::V04, Subject::Sqlite, Subject::SqliteNormal, Subject::Redb];
 
-/// Runs `reps` repetitions of every subject that can run, rotating their order each
-/// repetition, and returns each subject's results in repetition order.
-fn alternate<T, const N: usize>(
+    fn label(self) -> &'static str {
+        match self {
+            Subject::Ours => "ours",
+            Subject::Raw => "raw heed",
+            Subject::V04 => "0.4.2",
+            Subject::Sqlite => "SQLite",
+            Subject::SqliteNormal => "SQLite NORMAL§",
+            Subject::Redb => "redb",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One value per subject, `None` or empty where a subject did not run.
+type PerSubject<T> = [T; Subject::COUNT];
+
+/// The measurements of one workload: how each subject that can run it runs it once.
+struct Runs<'a, T>(Vec<(Subject, Job<'a, T>)>);
+
+/// One measurement of one subject.
+type Job<'a, T> = Box<dyn FnMut() -> Res<T> + 'a>;
+
+impl<'a, T> Runs<'a, T> {
+    fn new() -> Self {
+        Runs(Vec::new())
+    }
+
+    fn add(&mut self, subject: Subject, run: impl FnMut() -> Res<T> + 'a) -> &mut Self {
+        self.0.push((subject, Box::new(run)));
+        self
+    }
+}
+
+/// Runs `reps` repetitions of every subject in `runs`, rotating their order each repetition,
+/// and returns each subject's results in repetition order.
+fn alternate<T>(
     name: &str,
-    labels: [&str; N],
     reps: usize,
-    mut runs: [Run<'_, T>; N],
+    mut runs: Runs<'_, T>,
     describe: impl Fn(&T) -> String,
-) -> Res<[Vec<T>; N]> {
-    let present: Vec<usize> = (0..N).filter(|&i| runs[i].is_some()).collect();
-    let mut out: [Vec<T>; N] = std::array::from_fn(|_| Vec::new());
+) -> Res<PerSubject<Vec<T>>> {
+    let mut out: PerSubject<Vec<T>> = std::array::from_fn(|_| Vec::new());
+    let present = runs.0.len();
     for rep in 0..reps {
-        for turn in 0..present.len() {
-            let i = present[(rep + turn) % present.len()];
-            let run = runs[i].as_mut().expect("only present subjects are listed");
+        for turn in 0..present {
+            let (subject, run) = &mut runs.0[(rep + turn) % present];
             let result = run()?;
-            eprintln!("  {name} rep {rep} {:<9} {}", labels[i], describe(&result));
-            out[i].push(result);
+            eprintln!("  {name} rep {rep} {:<14} {}", subject.label(), describe(&result));
+            out[subject.index()].push(result);
         }
     }
     Ok(out)
@@ -272,31 +335,43 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? / b?)
 }
 
-/// A row of the throughput table: ours, raw heed, varvedb 0.4.2.
+/// A row of the throughput table.
 struct Row {
     id: &'static str,
     name: String,
-    medians: [Option<f64>; 3],
-    /// Paired ours/raw and ours/0.4.2.
-    paired: [Option<f64>; 2],
+    medians: PerSubject<Option<f64>>,
+    /// Paired ours/subject (`None` for ours itself and for subjects that did not run).
+    paired: PerSubject<Option<f64>>,
     allocations_per_load: Option<f64>,
 }
 
-fn throughput(id: &'static str, name: &str, reps: usize, runs: [Run<'_, Sample>; 3]) -> Res<Row> {
+impl Row {
+    fn paired(&self, subject: Subject) -> Option<f64> {
+        self.paired[subject.index()]
+    }
+
+    fn median(&self, subject: Subject) -> Option<f64> {
+        self.medians[subject.index()]
+    }
+}
+
+fn throughput(id: &'static str, name: &str, reps: usize, runs: Runs<'_, Sample>) -> Res<Row> {
     let label = format!("{id} {name}");
-    let samples = alternate(&label, SUBJECTS, reps, runs, Sample::describe)?;
+    let samples = alternate(&label, reps, runs, Sample::describe)?;
     let rates = samples.each_ref().map(|s| s.iter().map(Sample::rate).collect::<Vec<_>>());
+    let ours = &rates[Subject::Ours.index()];
     Ok(Row {
         id,
         name: label,
         medians: rates.each_ref().map(|r| median(r.clone())),
-        paired: [paired(&rates[0], &rates[1]), paired(&rates[0], &rates[2])],
-        allocations_per_load: samples[0].iter().filter_map(|s| s.allocations).max_by(f64::total_cmp),
+        paired: std::array::from_fn(
+            |i| if i == Subject::Ours.index() { None } else { paired(ours, &rates[i]) },
+        ),
+        allocations_per_load: samples[Subject::Ours.index()]
+            .iter()
+            .filter_map(|s| s.allocations)
+            .max_by(f64::total_cmp),
     })
-}
-
-fn job<'a, T>(f: impl FnMut() -> Res<T> + 'a) -> Box<dyn FnMut() -> Res<T> + 'a> {
-    Box::new(f)
 }
 
 fn expect_events(sample: Sample, expected: u64) -> Res<Sample> {
@@ -319,58 +394,86 @@ fn append_rows(config: &Config, v04: &mut Option<V04>, rows: &mut Vec<Row>) -> R
         ("W2c", format!("batch of 100 over {SPREAD_STREAMS} streams †"), Shape::Spread { batch: 100 }),
         ("W2d", format!("batch of 10,000 over {SPREAD_STREAMS} streams †"), Shape::Spread { batch: 10_000 }),
     ];
+    let fresh = || tempfile::tempdir();
     for (id, name, shape) in shapes {
         if config.runs(id) {
-            rows.push(throughput(
-                id,
-                &name,
-                config.reps,
-                [
-                    Some(job(|| ours::append(tempfile::tempdir()?.path(), shape, time))),
-                    Some(job(|| raw::append(tempfile::tempdir()?.path(), shape, time))),
-                    v04.as_mut().map(|c| job(move || c.append(tempfile::tempdir()?.path(), shape, time))),
-                ],
-            )?);
+            let mut runs = Runs::new();
+            runs.add(Subject::Ours, || ours::append(fresh()?.path(), shape, time))
+                .add(Subject::Raw, || raw::append(fresh()?.path(), shape, time));
+            if let Some(c) = v04.as_mut() {
+                runs.add(Subject::V04, move || c.append(fresh()?.path(), shape, time));
+            }
+            if config.peers {
+                runs.add(Subject::Sqlite, || {
+                    sqlite::append(fresh()?.path(), sqlite::Sync::Full, shape, time)
+                })
+                .add(Subject::SqliteNormal, || {
+                    sqlite::append(fresh()?.path(), sqlite::Sync::Normal, shape, time)
+                })
+                .add(Subject::Redb, || redb_store::append(fresh()?.path(), shape, time));
+            }
+            rows.push(throughput(id, &name, config.reps, runs)?);
         }
         if id == "W1a" && config.runs("W1b") {
-            rows.push(throughput(
-                "W1b",
-                &format!("append 1 event/call, {CONCURRENT_WRITERS} writers (raw: 1*)"),
-                config.reps,
-                [
-                    Some(job(|| ours::concurrent(tempfile::tempdir()?.path(), time))),
-                    Some(job(|| {
-                        raw::append(tempfile::tempdir()?.path(), Shape::OneStream { batch: 1 }, time)
-                    })),
-                    v04.as_mut().map(|c| {
-                        job(move || c.concurrent(tempfile::tempdir()?.path(), CONCURRENT_WRITERS, time))
-                    }),
-                ],
-            )?);
+            let mut runs = Runs::new();
+            runs.add(Subject::Ours, || ours::concurrent(fresh()?.path(), time))
+                .add(Subject::Raw, || raw::append(fresh()?.path(), Shape::OneStream { batch: 1 }, time));
+            if let Some(c) = v04.as_mut() {
+                runs.add(Subject::V04, move || c.concurrent(fresh()?.path(), CONCURRENT_WRITERS, time));
+            }
+            if config.peers {
+                runs.add(Subject::Sqlite, || sqlite::concurrent(fresh()?.path(), sqlite::Sync::Full, time))
+                    .add(Subject::SqliteNormal, || {
+                        sqlite::concurrent(fresh()?.path(), sqlite::Sync::Normal, time)
+                    })
+                    .add(Subject::Redb, || redb_store::concurrent(fresh()?.path(), time));
+            }
+            let name = format!("append 1 event/call, {CONCURRENT_WRITERS} writers (raw: 1*)");
+            rows.push(throughput("W1b", &name, config.reps, runs)?);
         }
     }
     Ok(())
 }
 
+/// A read store of the peers: its directory and its open handle.
+type PeerStores = Option<((TempDir, rusqlite::Connection), (TempDir, redb::Database))>;
+
 /// The read stores of every subject: 1,000 streams interleaved (W3, W4a, W5b) and one long
-/// stream (W4b).
+/// stream (W4b). The peers' are `None` under `--no-peers`.
 struct ReadStores {
+    log_events: u64,
+    single: u64,
     ours_log: (TempDir, Varve),
     ours_single: (TempDir, Varve),
     raw_log: (TempDir, Raw),
     raw_single: (TempDir, Raw),
     v04_log: TempDir,
     v04_single: TempDir,
+    peers_log: PeerStores,
+    peers_single: PeerStores,
 }
 
 impl ReadStores {
-    fn populate(config: &Config, v04: &mut Option<V04>, ids: &[u128]) -> Res<Self> {
+    /// Fills every subject's read stores, prints each one's bytes on disk per event of the
+    /// interleaved store and returns them.
+    fn populate(
+        config: &Config,
+        v04: &mut Option<V04>,
+        ids: &[u128],
+    ) -> Res<(Self, PerSubject<Option<f64>>)> {
         let (per, single) = (config.per_stream, config.single);
+        let mut times = Vec::new();
+        let mut sizes = Vec::new();
         let t = Instant::now();
         let ours_log = {
             let dir = tempfile::tempdir()?;
             let db = ours::open(dir.path())?;
             ours::populate_log(&db, ids, per)?;
+            // The store closed, its file is read by LMDB's statistics, then opened again.
+            drop(db);
+            let usage = disk::LmdbUsage::of_closed(dir.path())?;
+            sizes.push((Subject::Ours, disk::dir_bytes(dir.path())?, Some(usage)));
+            let db = ours::open(dir.path())?;
             (dir, db)
         };
         let ours_single = {
@@ -379,12 +482,14 @@ impl ReadStores {
             ours::populate_single(&db, single)?;
             (dir, db)
         };
-        let ours_time = t.elapsed();
+        times.push((Subject::Ours, t.elapsed()));
         let t = Instant::now();
         let raw_log = {
             let dir = tempfile::tempdir()?;
             let mut db = Raw::open(dir.path())?;
             raw::populate_log(&mut db, ids, per)?;
+            let usage = disk::LmdbUsage::of(&db.env)?;
+            sizes.push((Subject::Raw, disk::dir_bytes(dir.path())?, Some(usage)));
             (dir, db)
         };
         let raw_single = {
@@ -393,124 +498,190 @@ impl ReadStores {
             raw::populate_single(&mut db, SINGLE_STREAM, single)?;
             (dir, db)
         };
-        let raw_time = t.elapsed();
+        times.push((Subject::Raw, t.elapsed()));
         let t = Instant::now();
         let (v04_log, v04_single) = (tempfile::tempdir()?, tempfile::tempdir()?);
         if let Some(c) = v04.as_mut() {
             c.load_log(v04_log.path(), SPREAD_STREAMS, per)?;
             c.load_single(v04_single.path(), single)?;
+            times.push((Subject::V04, t.elapsed()));
+            sizes.push((Subject::V04, disk::dir_bytes(v04_log.path())?, None));
         }
+        let (mut peers_log, mut peers_single) = (None, None);
+        if config.peers {
+            let t = Instant::now();
+            let (log_dir, single_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+            let mut log = sqlite::open(log_dir.path(), sqlite::Sync::Full)?;
+            sqlite::populate_log(&mut log, ids, per)?;
+            sizes.push((Subject::Sqlite, disk::dir_bytes(log_dir.path())?, None));
+            let mut one = sqlite::open(single_dir.path(), sqlite::Sync::Full)?;
+            sqlite::populate_single(&mut one, SINGLE_STREAM, single)?;
+            times.push((Subject::Sqlite, t.elapsed()));
+            let t = Instant::now();
+            let (redb_log_dir, redb_single_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+            let redb_log = redb_store::open(redb_log_dir.path())?;
+            redb_store::populate_log(&redb_log, ids, per)?;
+            sizes.push((Subject::Redb, disk::dir_bytes(redb_log_dir.path())?, None));
+            let redb_one = redb_store::open(redb_single_dir.path())?;
+            redb_store::populate_single(&redb_one, SINGLE_STREAM, single)?;
+            times.push((Subject::Redb, t.elapsed()));
+            peers_log = Some(((log_dir, log), (redb_log_dir, redb_log)));
+            peers_single = Some(((single_dir, one), (redb_single_dir, redb_one)));
+        }
+        let times: Vec<String> = times.iter().map(|(s, t)| format!("{} {t:.2?}", s.label())).collect();
         eprintln!(
-            "  populated {} events in {SPREAD_STREAMS} interleaved streams and {} in one: ours {ours_time:.2?}, \
-             raw {raw_time:.2?}, 0.4.2 {:.2?} (its interleaved store by the bulk loader)",
+            "  populated {} events in {SPREAD_STREAMS} interleaved streams and {} in one: {} (0.4.2's \
+             interleaved store by its bulk loader, in {POPULATE_BATCH}-event transactions everywhere)",
             thousands_u(config.log_events()),
             thousands_u(single),
-            t.elapsed()
+            times.join(", ")
         );
+        print_sizes(config.log_events(), &sizes);
+        let mut bytes_per_event = [None; Subject::COUNT];
+        for (subject, bytes, _) in &sizes {
+            #[expect(clippy::cast_precision_loss, reason = "byte counts far below 2^52")]
+            let per = *bytes as f64 / config.log_events() as f64;
+            bytes_per_event[subject.index()] = Some(per);
+        }
+        let stores = ReadStores {
+            log_events: config.log_events(),
+            single,
+            ours_log,
+            ours_single,
+            raw_log,
+            raw_single,
+            v04_log,
+            v04_single,
+            peers_log,
+            peers_single,
+        };
         // One untimed pass of each read so every subject starts with its files in the page
         // cache and mapped.
-        ours::scan(&ours_log.1)?;
-        ours::fold(&ours_log.1, ids)?;
-        ours::fold(&ours_single.1, &[SINGLE_STREAM])?;
-        raw::scan(&raw_log.1)?;
-        raw::fold(&raw_log.1, ids)?;
-        raw::fold(&raw_single.1, &[SINGLE_STREAM])?;
-        if let Some(c) = v04.as_mut() {
-            c.scan(v04_log.path())?;
-            c.fold(v04_log.path())?;
-            c.fold(v04_single.path())?;
+        for read in [Read::Scan, Read::Fold, Read::FoldSingle] {
+            for (_, run) in &mut stores.reads(read, ids, v04).0 {
+                run()?;
+            }
         }
-        Ok(ReadStores { ours_log, ours_single, raw_log, raw_single, v04_log, v04_single })
+        Ok((stores, bytes_per_event))
+    }
+
+    /// Every subject's run of `read`, each checking the count of events it read.
+    fn reads<'a>(&'a self, read: Read, ids: &'a [u128], v04: &'a mut Option<V04>) -> Runs<'a, Sample> {
+        let single = matches!(read, Read::FoldSingle);
+        let expected = if single { self.single } else { self.log_events };
+        let check = move |sample: Res<Sample>| expect_events(sample?, expected);
+        let (ours_db, raw_db, streams): (&Varve, &Raw, &[u128]) = if single {
+            (&self.ours_single.1, &self.raw_single.1, &[SINGLE_STREAM])
+        } else {
+            (&self.ours_log.1, &self.raw_log.1, ids)
+        };
+        let mut runs = Runs::new();
+        if let Read::Scan = read {
+            runs.add(Subject::Ours, move || check(ours::scan(ours_db)))
+                .add(Subject::Raw, move || check(raw::scan(raw_db)));
+        } else {
+            runs.add(Subject::Ours, move || check(ours::fold(ours_db, streams)))
+                .add(Subject::Raw, move || check(raw::fold(raw_db, streams)));
+        }
+        if let Some(c) = v04.as_mut() {
+            let dir = if single { self.v04_single.path() } else { self.v04_log.path() };
+            match read {
+                Read::Scan => runs.add(Subject::V04, move || check(c.scan(dir))),
+                Read::Fold | Read::FoldSingle => runs.add(Subject::V04, move || check(c.fold(dir))),
+            };
+        }
+        if let Some(((_, conn), (_, db))) = if single { &self.peers_single } else { &self.peers_log } {
+            if let Read::Scan = read {
+                runs.add(Subject::Sqlite, move || check(sqlite::scan(conn)))
+                    .add(Subject::Redb, move || check(redb_store::scan(db)));
+            } else {
+                runs.add(Subject::Sqlite, move || check(sqlite::fold(conn, streams)))
+                    .add(Subject::Redb, move || check(redb_store::fold(db, streams)));
+            }
+        }
+        runs
     }
 }
 
-fn read_rows(config: &Config, v04: &mut Option<V04>, rows: &mut Vec<Row>) -> Res<()> {
+/// The reads of W3 and W4, over the read stores.
+#[derive(Clone, Copy)]
+enum Read {
+    /// W3: the global log of the interleaved store.
+    Scan,
+    /// W4a: every stream of the interleaved store.
+    Fold,
+    /// W4b: the one long stream.
+    FoldSingle,
+}
+
+/// W3, W4a, W4b, W5b; returns each subject's bytes on disk per event of the interleaved store.
+fn read_rows(config: &Config, v04: &mut Option<V04>, rows: &mut Vec<Row>) -> Res<PerSubject<Option<f64>>> {
     let (n, single, reps) = (config.log_events(), config.single, config.reps);
     let ids = spread_ids();
-    let stores = ReadStores::populate(config, v04, &ids)?;
-    let ReadStores { ours_log, ours_single, raw_log, raw_single, v04_log, v04_single } = &stores;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_time().build()?;
-    if config.runs("W3") {
-        rows.push(throughput(
-            "W3",
-            &format!("scan global log, {} events", thousands_u(n)),
-            reps,
-            [
-                Some(job(|| expect_events(ours::scan(&ours_log.1)?, n))),
-                Some(job(|| expect_events(raw::scan(&raw_log.1)?, n))),
-                v04.as_mut().map(|c| job(move || c.scan(v04_log.path()))),
-            ],
-        )?);
-    }
-    if config.runs("W4a") {
-        rows.push(throughput(
+    let (stores, bytes_per_event) = ReadStores::populate(config, v04, &ids)?;
+    let reads = [
+        ("W3", format!("scan global log, {} events", thousands_u(n)), Read::Scan),
+        (
             "W4a",
-            &format!("load {SPREAD_STREAMS} streams of {} interleaved", thousands_u(config.per_stream)),
-            reps,
-            [
-                Some(job(|| expect_events(ours::fold(&ours_log.1, &ids)?, n))),
-                Some(job(|| expect_events(raw::fold(&raw_log.1, &ids)?, n))),
-                v04.as_mut().map(|c| job(move || c.fold(v04_log.path()))),
-            ],
-        )?);
-    }
-    if config.runs("W4b") {
-        rows.push(throughput(
-            "W4b",
-            &format!("load 1 stream of {}", thousands_u(single)),
-            reps,
-            [
-                Some(job(|| expect_events(ours::fold(&ours_single.1, &[SINGLE_STREAM])?, single))),
-                Some(job(|| expect_events(raw::fold(&raw_single.1, &[SINGLE_STREAM])?, single))),
-                v04.as_mut().map(|c| job(move || c.fold(v04_single.path()))),
-            ],
-        )?);
+            format!("load {SPREAD_STREAMS} streams of {} interleaved", thousands_u(config.per_stream)),
+            Read::Fold,
+        ),
+        ("W4b", format!("load 1 stream of {}", thousands_u(single)), Read::FoldSingle),
+    ];
+    for (id, name, read) in reads {
+        if config.runs(id) {
+            rows.push(throughput(id, &name, reps, stores.reads(read, &ids, v04))?);
+        }
     }
     if config.runs("W5b") {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_time().build()?;
+        let mut runs = Runs::new();
+        runs.add(Subject::Ours, || expect_events(ours::catch_up(&stores.ours_log.1, &runtime, n)?, n));
+        if let Some(c) = v04.as_mut() {
+            runs.add(Subject::V04, || c.scan(stores.v04_log.path()));
+        }
         rows.push(throughput(
             "W5b",
             &format!("subscriber catch-up, {} events ‡", thousands_u(n)),
             reps,
-            [
-                Some(job(|| expect_events(ours::catch_up(&ours_log.1, &runtime, n)?, n))),
-                None,
-                v04.as_mut().map(|c| job(move || c.scan(v04_log.path()))),
-            ],
+            runs,
         )?);
     }
     if let Some(c) = v04.as_mut() {
-        c.close(v04_log.path())?;
-        c.close(v04_single.path())?;
+        c.close(stores.v04_log.path())?;
+        c.close(stores.v04_single.path())?;
     }
-    Ok(())
+    Ok(bytes_per_event)
 }
 
 /// W5a: every subject's latencies, pooled over the repetitions (`None`: not run).
-fn latency_rows(config: &Config, v04: &mut Option<V04>) -> Res<Option<[Vec<Latency>; 3]>> {
+fn latency_rows(config: &Config, v04: &mut Option<V04>) -> Res<Option<PerSubject<Vec<Latency>>>> {
     if !config.runs("W5a") {
         return Ok(None);
     }
     let samples = config.samples;
-    let reps = alternate(
-        "W5a append→subscriber",
-        SUBJECTS,
-        config.reps,
-        [
-            Some(job(|| ours::latency(tempfile::tempdir()?.path(), samples))),
-            Some(job(|| raw::latency(tempfile::tempdir()?.path(), samples))),
-            v04.as_mut().map(|c| job(move || c.latency(tempfile::tempdir()?.path(), samples))),
-        ],
-        |l: &Vec<Latency>| {
-            let s = Percentiles::of(l);
-            format!(
-                "{} samples, p50 {:.0} µs, p99 {:.0} µs (commit p50 {:.0} µs)",
-                l.len(),
-                s.total.0,
-                s.total.1,
-                s.commit.0
-            )
-        },
-    )?;
+    let fresh = || tempfile::tempdir();
+    let mut runs = Runs::new();
+    runs.add(Subject::Ours, || ours::latency(fresh()?.path(), samples))
+        .add(Subject::Raw, || raw::latency(fresh()?.path(), samples));
+    if let Some(c) = v04.as_mut() {
+        runs.add(Subject::V04, move || c.latency(fresh()?.path(), samples));
+    }
+    if config.peers {
+        runs.add(Subject::Sqlite, || sqlite::latency(fresh()?.path(), sqlite::Sync::Full, samples))
+            .add(Subject::SqliteNormal, || sqlite::latency(fresh()?.path(), sqlite::Sync::Normal, samples))
+            .add(Subject::Redb, || redb_store::latency(fresh()?.path(), samples));
+    }
+    let reps = alternate("W5a append→subscriber", config.reps, runs, |l: &Vec<Latency>| {
+        let s = Percentiles::of(l);
+        format!(
+            "{} samples, p50 {:.0} µs, p99 {:.0} µs (commit p50 {:.0} µs)",
+            l.len(),
+            s.total.0,
+            s.total.1,
+            s.commit.0
+        )
+    })?;
     Ok(Some(reps.map(|r| r.into_iter().flatten().collect())))
 }
 
@@ -576,23 +747,39 @@ fn times(x: Option<f64>) -> String {
     x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}"))
 }
 
+/// The subjects that ran at least one workload of the table, ours first.
+fn shown(rows: &[Row]) -> Vec<Subject> {
+    Subject::ALL.into_iter().filter(|s| rows.iter().any(|r| r.median(*s).is_some())).collect()
+}
+
 fn print_rows(rows: &[Row]) {
-    println!(
-        "{:<52} {:>13} {:>13} {:>13} {:>9} {:>7} {:>11} {:>7}",
-        "workload", "ours ev/s", "raw heed ev/s", "0.4.2 ev/s", "ours/raw", "paired", "ours/0.4.2", "paired"
-    );
+    let subjects = shown(rows);
+    let peers: Vec<Subject> = subjects.iter().copied().filter(|s| *s != Subject::Ours).collect();
+    let mut header = format!("{:<52}", "workload");
+    for s in &subjects {
+        let _ = write!(header, " {:>15}", format!("{} ev/s", s.label()));
+    }
+    for s in &peers {
+        let _ = write!(header, " {:>22}", format!("ours/{} (paired)", s.label()));
+    }
+    println!("{header}");
     for row in rows {
-        println!(
-            "{:<52} {:>13} {:>13} {:>13} {:>9} {:>7} {:>11} {:>7}",
-            row.name,
-            cell(row.medians[0]),
-            cell(row.medians[1]),
-            cell(row.medians[2]),
-            times(ratio(row.medians[0], row.medians[1])),
-            times(row.paired[0]),
-            times(ratio(row.medians[0], row.medians[2])),
-            times(row.paired[1]),
-        );
+        let mut line = format!("{:<52}", row.name);
+        for s in &subjects {
+            let _ = write!(line, " {:>15}", cell(row.median(*s)));
+        }
+        for s in &peers {
+            let both = match row.paired(*s) {
+                Some(p) => format!(
+                    "{} ({})",
+                    times(ratio(row.median(Subject::Ours), row.median(*s))),
+                    times(Some(p))
+                ),
+                None => "n/a".to_owned(),
+            };
+            let _ = write!(line, " {both:>22}");
+        }
+        println!("{line}");
     }
     for row in rows.iter().filter(|r| r.allocations_per_load.is_some()) {
         println!(
@@ -603,9 +790,9 @@ fn print_rows(rows: &[Row]) {
     }
 }
 
-fn print_latency(latency: &[Vec<Latency>; 3], samples: u64) {
+fn print_latency(latency: &PerSubject<Vec<Latency>>, samples: u64) {
     println!(
-        "\n{:<56} {:>9} {:>9} {:>11} {:>11} {:>11} {:>11}",
+        "\n{:<64} {:>9} {:>9} {:>11} {:>11} {:>11} {:>11}",
         format!("W5a append→subscriber, µs ({samples} appends per rep)"),
         "p50",
         "p99",
@@ -614,26 +801,51 @@ fn print_latency(latency: &[Vec<Latency>; 3], samples: u64) {
         "beyond p50",
         "beyond p99"
     );
-    let labels = [
-        "ours: db.subscribe(1) on tokio",
-        "raw heed: channel after commit, reader thread (no API)",
-        "varvedb 0.4.2: notify watcher, reader thread",
-    ];
-    for (label, samples) in labels.iter().zip(latency) {
+    for subject in Subject::ALL {
+        let label = match subject {
+            Subject::Ours => "ours: db.subscribe(1) on tokio",
+            Subject::Raw => "raw heed: channel after commit, reader thread (no API)",
+            Subject::V04 => "varvedb 0.4.2: notify watcher, reader thread",
+            Subject::Sqlite => "SQLite FULL: channel after commit, reader connection",
+            Subject::SqliteNormal => "SQLite NORMAL§: channel after commit, reader connection",
+            Subject::Redb => "redb: channel after commit, reader thread",
+        };
+        let samples = &latency[subject.index()];
         if samples.is_empty() {
-            println!("{label:<56} {:>9}", "n/a");
+            println!("{label:<64} {:>9}", "n/a");
             continue;
         }
         let p = Percentiles::of(samples);
         println!(
-            "{label:<56} {:>9.0} {:>9.0} {:>11.0} {:>11.0} {:>11.0} {:>11.0}",
+            "{label:<64} {:>9.0} {:>9.0} {:>11.0} {:>11.0} {:>11.0} {:>11.0}",
             p.total.0, p.total.1, p.commit.0, p.commit.1, p.beyond.0, p.beyond.1
         );
     }
 }
 
+/// Bytes on disk per event of each subject's interleaved read store.
+fn print_sizes(events: u64, sizes: &[(Subject, u64, Option<disk::LmdbUsage>)]) {
+    println!(
+        "bytes on disk per event, read store of {} events in {SPREAD_STREAMS} streams:",
+        thousands_u(events)
+    );
+    for (subject, bytes, usage) in sizes {
+        #[expect(clippy::cast_precision_loss, reason = "byte counts far below 2^52")]
+        let per = *bytes as f64 / events as f64;
+        let detail = usage.as_ref().map_or_else(String::new, |u| format!(" ({})", u.describe(events)));
+        println!("  {:<8} {per:>7.1}{detail}", subject.label());
+    }
+}
+
+/// What each run measures against: the disk floor and the peers' stored bytes.
+struct Context {
+    floor: Option<disk::Floor>,
+    /// Bytes on disk per event of the interleaved read store, per subject.
+    bytes_per_event: PerSubject<Option<f64>>,
+}
+
 /// The performance targets, from the paired ratios, each marked met or not.
-fn print_targets(rows: &[Row], latency: Option<&[Vec<Latency>; 3]>, single: u64) {
+fn print_targets(rows: &[Row], latency: Option<&PerSubject<Vec<Latency>>>, single: u64, context: &Context) {
     println!("\ntargets (paired ratios of this run):");
     let find = |id: &str| rows.iter().find(|r| r.id == id);
     let check = |what: String, value: Option<f64>, target: f64, strict: bool| {
@@ -642,26 +854,27 @@ fn print_targets(rows: &[Row], latency: Option<&[Vec<Latency>; 3]>, single: u64)
             Some(v) if v > target || (!strict && (v - target).abs() < f64::EPSILON) => "met",
             Some(_) => "NOT met",
         };
-        println!("  {what:<64} {:>8}  {verdict}", times(value));
+        println!("  {what:<72} {:>8}  {verdict}", times(value));
     };
+    let (raw, v04) = (Subject::Raw, Subject::V04);
     if let Some(r) = find("W1b") {
-        check("W1b ours 16 writers / raw heed 1 writer ≥ 10".into(), r.paired[0], 10.0, false);
-        check("W1b ours 16 writers / 0.4.2 16 writers ≥ 10".into(), r.paired[1], 10.0, false);
+        check("W1b ours 16 writers / raw heed 1 writer ≥ 10".into(), r.paired(raw), 10.0, false);
+        check("W1b ours 16 writers / 0.4.2 16 writers ≥ 10".into(), r.paired(v04), 10.0, false);
     }
     for id in ["W2a", "W2b", "W2c", "W2d"] {
         if let Some(r) = find(id) {
-            check(format!("{id} ours / raw heed ≥ 0.85"), r.paired[0], 0.85, false);
-            check(format!("{id} ours / 0.4.2 > 1"), r.paired[1], 1.0, true);
+            check(format!("{id} ours / raw heed ≥ 0.85"), r.paired(raw), 0.85, false);
+            check(format!("{id} ours / 0.4.2 > 1"), r.paired(v04), 1.0, true);
         }
     }
     if let Some(r) = find("W3") {
-        check("W3 ours / raw heed ≥ 0.8".into(), r.paired[0], 0.8, false);
-        check("W3 ours / 0.4.2 ≥ 2".into(), r.paired[1], 2.0, false);
+        check("W3 ours / raw heed ≥ 0.8".into(), r.paired(raw), 0.8, false);
+        check("W3 ours / 0.4.2 ≥ 2".into(), r.paired(v04), 2.0, false);
     }
     for id in ["W4a", "W4b"] {
         if let Some(r) = find(id) {
-            check(format!("{id} ours / raw heed ≥ 1"), r.paired[0], 1.0, false);
-            check(format!("{id} ours / 0.4.2 > 1"), r.paired[1], 1.0, true);
+            check(format!("{id} ours / raw heed ≥ 1"), r.paired(raw), 1.0, false);
+            check(format!("{id} ours / 0.4.2 > 1"), r.paired(v04), 1.0, true);
         }
     }
     if let (Some(a), Some(b)) = (find("W4a"), find("W4b")) {
@@ -672,26 +885,75 @@ fn print_targets(rows: &[Row], latency: Option<&[Vec<Latency>; 3]>, single: u64)
         let per_event = b / single as f64;
         let verdict = if per_event < 0.001 { "met" } else { "NOT met" };
         println!(
-            "  {:<64} {:>8}  {verdict}",
+            "  {:<72} {:>8}  {verdict}",
             format!("W4 zero allocations per event ({a:.1}/load at W4a, {b:.1}/load at W4b)"),
             format!("{per_event:.5}")
         );
     }
-    if let Some([ours, _, _]) = latency
+    if let Some(ours) = latency.map(|l| &l[Subject::Ours.index()])
         && !ours.is_empty()
     {
         let p = Percentiles::of(ours);
         let value = Some(p.beyond.1 / 1000.0);
         let verdict = if p.beyond.1 < 1000.0 { "met" } else { "NOT met" };
-        println!("  {:<64} {:>8}  {verdict}", "W5a ours p99 beyond the commit < 1 ms (ms)", times(value));
+        println!("  {:<72} {:>8}  {verdict}", "W5a ours p99 beyond the commit < 1 ms (ms)", times(value));
     }
     if let (Some(c), Some(s)) = (find("W5b"), find("W3")) {
         check(
             "W5b ours catch-up / ours W3 scan ≥ 0.5 (ratio of medians)".into(),
-            ratio(c.medians[0], s.medians[0]),
+            ratio(c.median(Subject::Ours), s.median(Subject::Ours)),
             0.5,
             false,
         );
+    }
+    print_peer_goals(rows, context, &check);
+}
+
+/// The goals against the peers and the disk floor.
+fn print_peer_goals(rows: &[Row], context: &Context, check: &dyn Fn(String, Option<f64>, f64, bool)) {
+    let find = |id: &str| rows.iter().find(|r| r.id == id);
+    let (sqlite, redb) = (Subject::Sqlite, Subject::Redb);
+    if !rows.iter().any(|r| r.median(sqlite).is_some()) {
+        return;
+    }
+    println!("goals against the peers and the disk floor (paired ratios of this run):");
+    // The floor's rates: a commit needing two in-place flushes, and a group of all the
+    // writers' events per in-place flush.
+    let flush = context.floor.as_ref().map(|f| f.in_place.as_secs_f64());
+    if let Some(r) = find("W1a") {
+        let floor = flush.map(|f| 1.0 / (2.0 * f));
+        check(
+            "W1a ours / floor of two in-place flushes ≥ 0.9".into(),
+            ratio(r.median(Subject::Ours), floor),
+            0.9,
+            false,
+        );
+        check("W1a ours / SQLite ≥ 0.6".into(), r.paired(sqlite), 0.6, false);
+    }
+    if let Some(r) = find("W1b") {
+        #[expect(clippy::cast_precision_loss, reason = "a small count")]
+        let floor = flush.map(|f| CONCURRENT_WRITERS as f64 / f);
+        check("W1b ours / SQLite ≥ 8".into(), r.paired(sqlite), 8.0, false);
+        check(
+            "W1b ours / floor of one in-place flush per group ≥ 0.5".into(),
+            ratio(r.median(Subject::Ours), floor),
+            0.5,
+            false,
+        );
+    }
+    if let Some(r) = find("W2a") {
+        check("W2a ours / SQLite ≥ 1".into(), r.paired(sqlite), 1.0, false);
+    }
+    for id in ["W2b", "W2c", "W2d", "W3", "W4a", "W4b"] {
+        if let Some(r) = find(id) {
+            check(format!("{id} ours / SQLite ≥ 2"), r.paired(sqlite), 2.0, false);
+            check(format!("{id} ours / redb ≥ 1.5"), r.paired(redb), 1.5, false);
+        }
+    }
+    let bytes = |s: Subject| context.bytes_per_event[s.index()];
+    if let (Some(ours), Some(sqlite)) = (bytes(Subject::Ours), bytes(sqlite)) {
+        // Fewer bytes favour ours: the ratio is SQLite's over ours'.
+        check("bytes on disk per event: SQLite / ours ≥ 1".into(), Some(sqlite / ours), 1.0, false);
     }
 }
 
@@ -699,8 +961,10 @@ fn print_machine(config: &Config) {
     let tmp = std::env::temp_dir();
     let fs = fs_type(&tmp);
     println!(
-        "VarveDB benchmark ({} mode): ours (typed API) vs raw heed vs varvedb 0.4.2",
-        if config.quick { "quick" } else { "full" }
+        "VarveDB benchmark ({} mode): ours (typed API) vs raw heed{}{}",
+        if config.quick { "quick" } else { "full" },
+        if config.v04 { " vs varvedb 0.4.2" } else { "" },
+        if config.peers { " vs SQLite vs redb" } else { "" },
     );
     println!(
         "machine: {} cpus ({}), {} GiB RAM, Linux {}, load average at start {}; stores under {} ({fs})",
@@ -732,6 +996,23 @@ fn print_machine(config: &Config) {
         thousands_u(config.single),
         config.samples,
     );
+}
+
+/// Measures and prints the disk floor (`None` if it could not be measured).
+fn print_floor(when: &str, config: &Config) -> Option<disk::Floor> {
+    match tempfile::tempdir()
+        .map_err(Into::into)
+        .and_then(|dir| disk::Floor::measure(dir.path(), config.floor_samples))
+    {
+        Ok(floor) => {
+            println!("disk floor at {when} ({} of each): {}", config.floor_samples, floor.describe());
+            Some(floor)
+        }
+        Err(e) => {
+            println!("WARNING: the disk floor could not be measured at {when}: {e}");
+            None
+        }
+    }
 }
 
 /// Stored sizes of one event: the baseline must store values of our envelope's size.
@@ -777,22 +1058,32 @@ fn main() -> Res<()> {
         None
     };
     print_value_sizes()?;
+    let floor = print_floor("start", &config);
     println!();
 
     let mut rows = Vec::new();
     append_rows(&config, &mut v04, &mut rows)?;
+    let mut context = Context { floor, bytes_per_event: [None; Subject::COUNT] };
     if ["W3", "W4a", "W4b", "W5b"].iter().any(|w| config.runs(w)) {
-        read_rows(&config, &mut v04, &mut rows)?;
+        context.bytes_per_event = read_rows(&config, &mut v04, &mut rows)?;
     }
     let latency = latency_rows(&config, &mut v04)?;
     drop(v04);
+    println!();
+    let end_floor = print_floor("end", &config);
+    // The goals against the floor take the faster of the two measurements.
+    context.floor = match (context.floor, end_floor) {
+        (Some(a), Some(b)) => Some(if a.in_place <= b.in_place { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    println!();
 
     print_rows(&rows);
     if let Some(latency) = &latency {
         print_latency(latency, config.samples);
     }
     println!(
-        "\nours/raw, ours/0.4.2: ratio of the medians; paired: median of the per-repetition ratios.\n\
+        "\nours/X: ratio of the medians (in parentheses, paired: the median of the per-repetition ratios).\n\
          * W1b: raw heed has no group commit unless hand-coded; its column is the raw single-writer \
          rate (1 txn per event), measured alongside. 0.4.2 runs {CONCURRENT_WRITERS} writer threads.\n\
          † 0.4.2 cannot write several streams in one call: its column is one append_batch per stream \
@@ -802,10 +1093,13 @@ fn main() -> Res<()> {
          W4: Stream::load (ours); index range + get + validate + fold (raw heed; 0.4.2 iter_stream, \
          copying each payload to an aligned buffer).\n\
          ‡ W5b: raw heed has no subscription (n/a); 0.4.2 has none either, its column repeats its W3 \
-         (the log read through GlobalReader::iter_from).\n\
+         (the log read through GlobalReader::iter_from). SQLite and redb have none (n/a).\n\
+         § SQLite NORMAL syncs its WAL only at checkpoints: NOT durable on power loss (a side column, \
+         appends only; its reads would be SQLite's). SQLite's {CONCURRENT_WRITERS} writers share one \
+         connection behind a mutex, redb's one Database; each call commits on its own.\n\
          total wall time {:.1?}",
         wall.elapsed()
     );
-    print_targets(&rows, latency.as_ref(), config.single);
+    print_targets(&rows, latency.as_ref(), config.single, &context);
     Ok(())
 }

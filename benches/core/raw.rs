@@ -84,20 +84,8 @@ impl Raw {
                 self.staged.insert(stream, current + 1);
                 current + 1
             };
-            // Same size as our envelope: 48-byte header (4 unused bytes where we keep the
-            // checksum), type tag, payload.
-            let buf = &mut self.buf;
-            buf.clear();
-            buf.extend_from_slice(&[0, 0, 0, 0, 1, 0, TAG.len() as u8, 0]);
-            buf.extend_from_slice(&stream.to_le_bytes());
-            buf.extend_from_slice(&version.to_le_bytes());
-            buf.extend_from_slice(&timestamp.to_le_bytes());
-            buf.extend_from_slice(&0u32.to_le_bytes());
-            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&1u32.to_le_bytes());
-            buf.extend_from_slice(TAG.as_bytes());
-            buf.extend_from_slice(payload);
-            self.events.put_with_flags(&mut wtxn, PutFlags::APPEND, &seq.to_be_bytes(), buf)?;
+            encode(&mut self.buf, stream, version, timestamp, payload);
+            self.events.put_with_flags(&mut wtxn, PutFlags::APPEND, &seq.to_be_bytes(), &self.buf)?;
             let mut index_key = [0u8; 20];
             index_key[..16].copy_from_slice(&stream.to_be_bytes());
             index_key[16..].copy_from_slice(&version.to_be_bytes());
@@ -117,6 +105,22 @@ impl Raw {
     }
 }
 
+/// Writes into `buf` a value of the same size as our envelope: a 48-byte header (4 unused
+/// bytes where we keep the checksum; stream, version, timestamp, payload length), the type
+/// tag, the payload. The redb peer stores the same values.
+pub(crate) fn encode(buf: &mut Vec<u8>, stream: u128, version: u32, timestamp: u64, payload: &[u8]) {
+    buf.clear();
+    buf.extend_from_slice(&[0, 0, 0, 0, 1, 0, TAG.len() as u8, 0]);
+    buf.extend_from_slice(&stream.to_le_bytes());
+    buf.extend_from_slice(&version.to_le_bytes());
+    buf.extend_from_slice(&timestamp.to_le_bytes());
+    buf.extend_from_slice(&0u32.to_le_bytes());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&1u32.to_le_bytes());
+    buf.extend_from_slice(TAG.as_bytes());
+    buf.extend_from_slice(payload);
+}
+
 /// The payload inside a baseline value, parsed from its header.
 fn payload(value: &[u8]) -> Res<&[u8]> {
     let header = value.get(..HEADER_LEN).ok_or("short value")?;
@@ -126,7 +130,8 @@ fn payload(value: &[u8]) -> Res<&[u8]> {
     Ok(value.get(start..start + len).ok_or("short value")?)
 }
 
-fn access(value: &[u8]) -> Res<&ArchivedPayment> {
+/// The validated payload of a baseline value.
+pub(crate) fn access(value: &[u8]) -> Res<&ArchivedPayment> {
     Ok(rkyv::access::<ArchivedPayment, rkyv::rancor::Error>(payload(value)?)?)
 }
 
