@@ -118,8 +118,13 @@ impl LmdbUsage {
     pub(crate) fn describe(&self, events: u64) -> String {
         #[expect(clippy::cast_precision_loss, reason = "byte counts far below 2^52")]
         let per = |b: u64| b as f64 / events as f64;
+        // Tables under 0.1 byte per event are summed, not listed.
+        let (listed, small): (Vec<_>, Vec<_>) = self.tables.iter().partition(|(_, b)| per(*b) >= 0.1);
         let mut parts: Vec<String> =
-            self.tables.iter().map(|(name, b)| format!("{name} {:.1}", per(*b))).collect();
+            listed.iter().map(|(name, b)| format!("{name} {:.1}", per(*b))).collect();
+        if !small.is_empty() {
+            parts.push(format!("{} other tables {:.2}", small.len(), per(small.iter().map(|t| t.1).sum())));
+        }
         parts.push(format!("free and meta pages {:.1}", per(self.other)));
         format!("LMDB pages per event: {}", parts.join(", "))
     }

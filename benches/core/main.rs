@@ -12,7 +12,8 @@
 //! store: 1,000 streams of N/1,000 interleaved); `--single N` (the one long stream of W4b);
 //! `--samples N` (W5a appends per repetition); `--only W3` (workloads whose name starts so;
 //! may repeat); `--no-v04` (leave out varvedb 0.4.2, which is built on first use and needs
-//! crates.io); `--no-peers` (leave out SQLite and redb). W6 (encrypted against plain) is `benches/encryption.rs`.
+//! crates.io); `--no-peers` (leave out SQLite and redb). W6 (encrypted against plain) is
+//! `benches/encryption.rs`.
 //!
 //! Every append measurement runs in a fresh store in its own temporary directory. The subjects
 //! alternate within each repetition, each taking each place in turn, and the tables report
@@ -435,7 +436,7 @@ fn append_rows(config: &Config, v04: &mut Option<V04>, rows: &mut Vec<Row>) -> R
     Ok(())
 }
 
-/// A read store of the peers: its directory and its open handle.
+/// The peers' read stores, SQLite's and redb's: each one's directory and open handle.
 type PeerStores = Option<((TempDir, rusqlite::Connection), (TempDir, redb::Database))>;
 
 /// The read stores of every subject: 1,000 streams interleaved (W3, W4a, W5b) and one long
@@ -530,8 +531,8 @@ impl ReadStores {
         }
         let times: Vec<String> = times.iter().map(|(s, t)| format!("{} {t:.2?}", s.label())).collect();
         eprintln!(
-            "  populated {} events in {SPREAD_STREAMS} interleaved streams and {} in one: {} (0.4.2's \
-             interleaved store by its bulk loader, in {POPULATE_BATCH}-event transactions everywhere)",
+            "  populated {} events in {SPREAD_STREAMS} interleaved streams and {} in one, \
+             {POPULATE_BATCH} events per transaction: {} (0.4.2's interleaved store by its bulk loader)",
             thousands_u(config.log_events()),
             thousands_u(single),
             times.join(", ")
