@@ -392,19 +392,10 @@ fn swapped_wrapped_keys_of_two_streams_are_refused() {
     let (wa, wb) = (raw::get(p, "keys", &ka).unwrap(), raw::get(p, "keys", &kb).unwrap());
     raw::put(p, "keys", &ka, &wb);
     raw::put(p, "keys", &kb, &wa);
-    let db = open(p, 1).unwrap();
-    let view = db.begin_read().unwrap();
-    for seq in [1, 2, 3, 4] {
-        let e = view.event(seq).map(|e| e.map(|e| e.payload().to_vec()));
-        assert!(matches!(e, Err(Error::CorruptKey { .. })), "seq {seq}: {e:?}");
-    }
-    let by_stream = view.read_stream(1u128, 1).unwrap().next().unwrap().map(|e| e.payload().to_vec());
-    assert!(matches!(by_stream, Err(Error::CorruptKey { .. })), "{by_stream:?}");
-    // Writing to either stream is refused too, rather than sealing under the wrong key.
-    let r = db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]);
-    assert!(matches!(r, Err(Error::CorruptKey { .. })), "{r:?}");
-    drop(view);
-    drop(db);
+    // The keys table no longer matches its authenticator: the store does not open. (Each
+    // wrapped key is also bound to its stream: see the unit tests of `crypto`.)
+    let e = open(p, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
     raw::put(p, "keys", &ka, &wa);
     raw::put(p, "keys", &kb, &wb);
     assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
@@ -690,17 +681,8 @@ fn forged_or_moved_shredded_markers_do_not_hide_a_stream() {
     // stream 1 must not read as shredded, and must not take appends as if it were.
     for (name, fake) in [("bare marker byte", vec![2u8]), ("another stream's marker", marker.clone())] {
         raw::put(p, "keys", &ka, &fake);
-        let db = open(p, 1).unwrap();
-        let view = db.begin_read().unwrap();
-        let e = view.event(seq_of(1, 1)).map(|e| e.map(|e| e.is_shredded()));
-        assert!(matches!(e, Err(Error::CorruptKey { .. })), "{name}: {e:?}");
-        assert!(view.check_integrity().is_err(), "{name}");
-        let r = db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]);
-        assert!(matches!(r, Err(Error::CorruptKey { .. })), "{name}: {r:?}");
-        drop(view);
-        assert!(db.shred(1u128).unwrap(), "a forged marker is not taken for a real one");
-        assert!(db.begin_read().unwrap().event(seq_of(1, 1)).unwrap().unwrap().is_shredded());
-        drop(db);
+        let e = open(p, 1).map(|_| ());
+        assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{name}: {e:?}");
         raw::put(p, "keys", &ka, &wa);
     }
 
@@ -760,7 +742,7 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     let format = |dir: &Path| raw::get(dir, "meta", b"format_version").unwrap();
     // A build that knows only format 1 refuses an encrypted store rather than write plaintext.
     assert_eq!(format(plain.path()), 1u32.to_le_bytes());
-    assert_eq!(format(p), 2u32.to_le_bytes());
+    assert_eq!(format(p), 3u32.to_le_bytes());
 
     let check = raw::get(p, "meta", b"encryption").unwrap();
     raw::delete(p, "meta", b"encryption");
@@ -776,7 +758,7 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "both stripped, no key");
     assert!(matches!(open(p, 1), Err(Error::NotEncrypted { .. })), "both stripped, with the key");
     raw::put(p, "meta", b"encryption", &check);
-    raw::put(p, "meta", b"format_version", &2u32.to_le_bytes());
+    raw::put(p, "meta", b"format_version", &3u32.to_le_bytes());
     assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
 }
 

@@ -73,7 +73,7 @@ mod typed;
 mod writer;
 
 pub use batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
-pub use crypto::{KEY_LEN, MasterKey};
+pub use crypto::{KEY_LEN, MasterKey, StoreId};
 pub use error::{Error, StorageError};
 pub use event::{OwnedEvent, RecordedEvent};
 pub use id::StreamId;

@@ -28,9 +28,11 @@ pub(crate) use files::prepare_dir;
 
 /// On-disk format version written to `meta` on creation and checked on every open.
 pub(crate) const FORMAT_VERSION: u32 = 1;
-/// The format version of an encrypted store. Same layout, but every record is sealed: a
-/// build that knows only version 1 refuses such a store instead of appending plaintext to it.
-pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 2;
+/// The format version of an encrypted store. Same layout, but every record is sealed, every
+/// key derives from the master key and the store's identity, and the `keys` table is
+/// authenticated: a build that knows only version 1 refuses such a store instead of
+/// appending plaintext to it.
+pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 3;
 
 /// Keys of the `meta` table.
 pub(crate) mod meta_key {
@@ -38,6 +40,11 @@ pub(crate) mod meta_key {
     pub(crate) const CREATED_AT_MICROS: &[u8] = b"created_at_micros";
     /// Present in encrypted stores: the master key's epoch and a check value (see `crypto`).
     pub(crate) const ENCRYPTION: &[u8] = b"encryption";
+    /// The store's identity: 16 random bytes, written when the store is created (or when
+    /// encryption is turned on in a store without one).
+    pub(crate) const STORE_ID: &[u8] = b"store_id";
+    /// Present in encrypted stores: the authenticator of the `keys` table (see `crypto`).
+    pub(crate) const KEYS_AUTH: &[u8] = b"keys_auth";
 }
 
 /// Table names. Renaming one is a format change.
@@ -52,8 +59,20 @@ mod name {
     pub(super) const KEYS: &str = "keys";
     pub(super) const SCHEMA: &str = "schema";
     pub(super) const META: &str = "meta";
-    pub(super) const ALL: [&str; 10] =
-        [EVENTS, STREAMS, STREAM_HEADS, EVENT_IDS, BLOBS, CHECKPOINTS, PROJECTIONS, KEYS, SCHEMA, META];
+    pub(super) const SHREDDED_HEADERS: &str = "shredded_headers";
+    pub(super) const ALL: [&str; 11] = [
+        EVENTS,
+        STREAMS,
+        STREAM_HEADS,
+        EVENT_IDS,
+        BLOBS,
+        CHECKPOINTS,
+        PROJECTIONS,
+        KEYS,
+        SCHEMA,
+        META,
+        SHREDDED_HEADERS,
+    ];
 }
 
 /// A transaction as reads see it: a read transaction, or a write transaction with its own
@@ -274,6 +293,9 @@ pub(crate) struct Tables {
     pub(crate) schema: Table,
     /// `name` → value; holds the format version.
     pub(crate) meta: Table,
+    /// `seq u64 BE` → MAC of a shredded event's clear header, under a key derived from the
+    /// master key (see `crypto`): what keeps the header authenticated once its data key is gone.
+    pub(crate) shredded_headers: Table,
 }
 
 /// Key encodings. Big-endian so LMDB's byte-wise order is numeric order.
@@ -1074,6 +1096,7 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         keys: create(&mut wtxn, name::KEYS)?,
         schema: create(&mut wtxn, name::SCHEMA)?,
         meta: create(&mut wtxn, name::META)?,
+        shredded_headers: create(&mut wtxn, name::SHREDDED_HEADERS)?,
     };
     if let Some(bytes) = tables.meta.get(&wtxn, meta_key::FORMAT_VERSION).map_err(err)? {
         let found = bytes
@@ -1081,6 +1104,9 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
             .map(u32::from_le_bytes)
             .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
         if found != FORMAT_VERSION && found != ENCRYPTED_FORMAT_VERSION {
+            // Including the unbound encrypted format (2): it has no upgrade in place, since
+            // its wrapped keys would have to be re-wrapped under keys this build derives
+            // from the master key, which opening does not have yet.
             return Err(Error::IncompatibleFormat { found, supported: ENCRYPTED_FORMAT_VERSION });
         }
     } else {
@@ -1090,6 +1116,9 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         let now = crate::record::now_micros();
         tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes()).map_err(err)?;
         tables.meta.put(&mut wtxn, meta_key::CREATED_AT_MICROS, &now.to_le_bytes()).map_err(err)?;
+        let mut id = [0u8; 16];
+        crate::crypto::fill_random(&mut id)?;
+        tables.meta.put(&mut wtxn, meta_key::STORE_ID, &id).map_err(err)?;
     }
     wtxn.commit().map_err(err)?;
     Ok(tables)
