@@ -872,3 +872,201 @@ fn a_process_holding_the_old_master_key_stops_writing_after_another_rotates() {
     let payloads: Vec<Vec<u8>> = view.read_all(1).unwrap().map(|e| e.unwrap().payload().to_vec()).collect();
     assert_eq!(payloads, [b"one".to_vec(), b"written by the child to 2".to_vec(), b"four".to_vec()]);
 }
+
+/// Copies `name`'s entry `k` from the store in `from` to the store in `to`.
+fn copy_entry(from: &Path, to: &Path, name: &str, k: &[u8]) {
+    raw::put(to, name, k, &raw::get(from, name, k).unwrap());
+}
+
+#[test]
+fn keys_markers_and_files_of_another_store_under_the_same_master_key_are_refused() {
+    // Two stores under one master key (tenants, a staging clone): same stream ids, same
+    // seqs, both at master epoch 1.
+    let (x, y) = (interleaved(), interleaved());
+    let (px, py) = (x.path(), y.path());
+    let id = |p: &Path| open(p, 1).unwrap().store_id().unwrap();
+    let (idx, idy) = (id(px), id(py));
+    assert_ne!(idx, idy, "every store has an identity of its own");
+    let pristine = std::fs::read(py.join("data.mdb")).unwrap();
+    let restore = || std::fs::write(py.join("data.mdb"), &pristine).unwrap();
+
+    // X's stream 1 moved into Y whole: wrapped key, record, index entry and head.
+    let k1 = 1u128.to_be_bytes();
+    copy_entry(px, py, "keys", &k1);
+    for v in 1..=10u32 {
+        let seq = seq_of(1, u64::from(v));
+        copy_entry(px, py, "events", &seq.to_be_bytes());
+        copy_entry(px, py, "streams", &[k1.as_slice(), &v.to_be_bytes()].concat());
+    }
+    copy_entry(px, py, "stream_heads", &k1);
+    let e = open(py, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
+    // With X's authenticator of its keys table brought along too.
+    copy_entry(px, py, "meta", b"keys_auth");
+    let e = open(py, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
+    restore();
+
+    // X's shredded marker over Y's stream 2: Y's stream must not read as shredded.
+    open(px, 1).unwrap().shred(2u128).unwrap();
+    copy_entry(px, py, "keys", &2u128.to_be_bytes());
+    let e = open(py, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
+    restore();
+    assert_eq!(read(py, seq_of(2, 1)).unwrap(), b"stream 2 version 01", "Y untouched");
+
+    // X's whole file in Y's place: refused where Y's identity is pinned.
+    let pinned = |p: &Path| Options::new().encryption_key(key(1)).expect_store_id(idy).open(p).map(|_| ());
+    pinned(py).unwrap();
+    std::fs::copy(px.join("data.mdb"), py.join("data.mdb")).unwrap();
+    let e = pinned(py);
+    assert!(
+        matches!(&e, Err(Error::StoreMismatch { expected, found: Some(found), .. }) if *expected == idy && *found == idx),
+        "{e:?}"
+    );
+    // ...and with its identity edited to Y's, the master key no longer opens it.
+    raw::put(py, "meta", b"store_id", idy.as_bytes());
+    assert!(matches!(pinned(py), Err(Error::WrongKey)));
+    restore();
+    pinned(py).unwrap();
+}
+
+#[test]
+fn a_forged_header_of_a_shredded_event_is_refused_by_reads_and_check_integrity() {
+    let dir = interleaved();
+    let p = dir.path();
+    open(p, 1).unwrap().shred(2u128).unwrap();
+    let seq = seq_of(2, 4);
+    let record = raw::event(p, seq);
+    let forgeries: [(&str, usize, &[u8]); 3] = [
+        ("timestamp", 28, &1u64.to_le_bytes()),
+        ("schema version", 44, &7u32.to_le_bytes()),
+        ("type tag", 48, b"paid!"),
+    ];
+    for (field, at, bytes) in forgeries {
+        let mut forged = record.clone();
+        forged[at..at + bytes.len()].copy_from_slice(bytes);
+        raw::put_event(p, seq, forged);
+        let db = open(p, 1).unwrap();
+        let view = db.begin_read().unwrap();
+        let e = view.event(seq).map(|e| e.map(|e| e.is_shredded()));
+        assert!(
+            matches!(&e, Err(Error::Corrupt { reason, .. }) if reason.contains("header")),
+            "{field}: {e:?}"
+        );
+        let e = view.check_integrity();
+        assert!(matches!(&e, Err(Error::Corrupt { seq: s, .. }) if *s == seq), "{field}: {e:?}");
+        drop(view);
+        drop(db);
+        raw::put(p, "events", &seq.to_be_bytes(), &record);
+    }
+    // The MAC deleted, or another event's put in its place.
+    let mac = raw::get(p, "shredded_headers", &seq.to_be_bytes()).unwrap();
+    let other = raw::get(p, "shredded_headers", &seq_of(2, 5).to_be_bytes()).unwrap();
+    for (what, value) in [("deleted", None), ("another event's", Some(other))] {
+        match &value {
+            None => raw::delete(p, "shredded_headers", &seq.to_be_bytes()),
+            Some(v) => raw::put(p, "shredded_headers", &seq.to_be_bytes(), v),
+        }
+        let db = open(p, 1).unwrap();
+        let view = db.begin_read().unwrap();
+        assert!(matches!(view.event(seq), Err(Error::Corrupt { .. })), "{what}");
+        assert!(view.check_integrity().is_err(), "{what}");
+        drop(view);
+        drop(db);
+        raw::put(p, "shredded_headers", &seq.to_be_bytes(), &mac);
+    }
+    // Untouched, every shredded header verifies, also after the MACs moved to a new key.
+    let db = open(p, 1).unwrap();
+    assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().shredded_events, 10);
+    db.rotate_master_key(&key(2)).unwrap();
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.check_integrity().unwrap().shredded_events, 10);
+    assert_eq!(view.event(seq).unwrap().unwrap().type_tag(), "noted");
+}
+
+#[test]
+fn a_data_key_or_authenticator_written_back_after_shredding_is_refused() {
+    let dir = interleaved();
+    let p = dir.path();
+    let k2 = 2u128.to_be_bytes();
+    let mut app = Child::start(p, Some(1));
+    assert_eq!(app.ask(&format!("read {}", seq_of(2, 1))), "ok Some(19)");
+    // Another process keeps what the file held before the shred...
+    let (old_key, old_auth) = (raw::get(p, "keys", &k2).unwrap(), raw::get(p, "meta", b"keys_auth").unwrap());
+    assert_eq!(app.ask("shred 2"), "ok true");
+    let shred_auth = raw::get(p, "meta", b"keys_auth").unwrap();
+    // ...and writes the old wrapped key back while the application runs.
+    raw::put(p, "keys", &k2, &old_key);
+    let read2 = format!("read {}", seq_of(2, 1));
+    let answer = app.ask(&read2);
+    assert!(answer.starts_with("err CorruptKey"), "{answer}");
+    let answer = app.ask("append 2");
+    assert!(answer.starts_with("err CorruptKey"), "{answer}");
+    // With the old authenticator of the keys table too: the application has seen a newer one.
+    raw::put(p, "meta", b"keys_auth", &old_auth);
+    let answer = app.ask("append 9");
+    assert!(answer.starts_with("err CorruptIndex"), "a new stream's key: {answer}");
+    assert!(app.ask(&read2).starts_with("err CorruptKey"));
+    assert_eq!(app.ask(&format!("read {}", seq_of(1, 1))), "ok Some(19)", "other streams read on");
+    drop(app);
+
+    // The key alone, at the next open: the table no longer matches its authenticator.
+    raw::put(p, "meta", b"keys_auth", &shred_auth);
+    let e = open(p, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
+    // The old key with the old authenticator: the whole keys table rolled back together.
+    // Before a rotation, nothing in the file can tell (docs/encryption.md); the rotation
+    // below is what ends it.
+    raw::put(p, "meta", b"keys_auth", &old_auth);
+    let db = open(p, 1).unwrap();
+    assert!(db.shred(2u128).unwrap());
+    drop(db);
+    let (marker, auth) = (raw::get(p, "keys", &k2).unwrap(), raw::get(p, "meta", b"keys_auth").unwrap());
+    let db = open(p, 1).unwrap();
+    db.rotate_master_key(&key(2)).unwrap();
+    drop(db);
+    for (what, k, v) in [
+        ("the pre-rotation wrapped key", &k2[..], &old_key),
+        ("the pre-rotation marker", &k2[..], &marker),
+        ("the pre-rotation authenticator", &b"keys_auth"[..], &auth),
+    ] {
+        let name = if k == b"keys_auth" { "meta" } else { "keys" };
+        let now = raw::get(p, name, k).unwrap();
+        raw::put(p, name, k, v);
+        let e = open(p, 2).map(|_| ());
+        assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{what}: {e:?}");
+        raw::put(p, name, k, &now);
+    }
+    // The old key together with the old authenticator: also refused after the rotation.
+    let now = (raw::get(p, "keys", &k2).unwrap(), raw::get(p, "meta", b"keys_auth").unwrap());
+    raw::put(p, "keys", &k2, &old_key);
+    raw::put(p, "meta", b"keys_auth", &old_auth);
+    assert!(matches!(open(p, 2), Err(Error::CorruptIndex { table: "keys", .. })));
+    raw::put(p, "keys", &k2, &now.0);
+    raw::put(p, "meta", b"keys_auth", &now.1);
+    // A marker deleted: the table no longer matches either.
+    raw::delete(p, "keys", &k2);
+    assert!(matches!(open(p, 2), Err(Error::CorruptIndex { table: "keys", .. })));
+    raw::put(p, "keys", &k2, &now.0);
+    let db = open(p, 2).unwrap();
+    assert!(db.begin_read().unwrap().event(seq_of(2, 1)).unwrap().unwrap().is_shredded());
+}
+
+#[test]
+fn the_retired_master_key_is_not_kept_and_rotation_needs_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let db = open(&live, 1).unwrap();
+    db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]).unwrap();
+    db.backup(backup.path().join("before")).unwrap();
+    assert!(matches!(db.rotate_master_key(&key(1)), Err(Error::SameMasterKey)));
+    assert_eq!(db.rotate_master_key(&key(2)).unwrap(), 1);
+    // The options the store keeps hold no master key, so they open no pre-rotation copy.
+    let e = db.options().clone().open(backup.path().join("before")).map(|_| ());
+    assert!(matches!(e, Err(Error::KeyRequired { .. })), "{e:?}");
+    let e = db.options().clone().encryption_key(key(2)).open(backup.path().join("before")).map(|_| ());
+    assert!(matches!(e, Err(Error::WrongKey)), "{e:?}");
+    assert_eq!(db.begin_read().unwrap().event(1).unwrap().unwrap().payload(), b"x");
+}
