@@ -1070,3 +1070,162 @@ fn the_retired_master_key_is_not_kept_and_rotation_needs_a_new_key() {
     assert!(matches!(e, Err(Error::WrongKey)), "{e:?}");
     assert_eq!(db.begin_read().unwrap().event(1).unwrap().unwrap().payload(), b"x");
 }
+
+/// Every file under `dir`, with its path.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn after_the_erasure_procedure_no_file_of_the_store_holds_the_erased_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let email = |n: u128| format!("customer-{n:02}@example.com");
+    let mut projection = Projection::new("emails")
+        .on::<Registered>(|tx, e, meta| {
+            tx.insert(&EMAILS, &meta.stream().to_string(), &e.email.to_string())?;
+            Ok(())
+        })
+        .on_shredded(|tx, meta| {
+            tx.remove(&EMAILS, &meta.stream().to_string())?;
+            Ok(())
+        });
+    let db = open(p, 1).unwrap();
+    for n in 1..=40u128 {
+        let customer = db.stream::<Customer>(n);
+        customer.append(ExpectedVersion::NoStream, registered(&email(n))).unwrap();
+        customer.append(ExpectedVersion::Exact(1), Moved { address: format!("{n} Long Street") }).unwrap();
+        projection.catch_up(&db).unwrap();
+    }
+    let erased = email(7);
+    let wrapped = {
+        drop(db);
+        let key = raw::get(p, "keys", &7u128.to_be_bytes()).unwrap();
+        let found: usize = files_under(p).iter().map(|(_, bytes)| count(bytes, erased.as_bytes())).sum();
+        assert!(found >= 1, "control: the read model holds the address in the clear");
+        key
+    };
+
+    // The documented procedure: shred, rebuild the read model (its handler forgets the
+    // stream), rotate, close, compact in place.
+    let db = open(p, 1).unwrap();
+    assert!(db.shred(7u128).unwrap());
+    projection.rebuild(&db).unwrap();
+    db.rotate_master_key(&key(2)).unwrap();
+    drop(db);
+    let live_before = count(&std::fs::read(p.join("data.mdb")).unwrap(), erased.as_bytes());
+    varvedb::compact_in_place(p).unwrap();
+
+    for (path, bytes) in files_under(p) {
+        assert_eq!(count(&bytes, erased.as_bytes()), 0, "{}", path.display());
+        assert_eq!(count(&bytes, &wrapped), 0, "the shredded key in {}", path.display());
+    }
+    eprintln!("copies of the erased address in the live file before compacting: {live_before}");
+    let db = open(p, 2).unwrap();
+    let view = db.begin_read().unwrap();
+    assert!(view.event(seq_for_customer(7)).unwrap().unwrap().is_shredded());
+    assert_eq!(view.entries(&EMAILS).unwrap().count(), 39);
+    assert_eq!(view.check_integrity().unwrap().events, 80);
+    drop(view);
+    assert_eq!(db.stream::<Customer>(8u128).load().unwrap().state().email, email(8));
+}
+
+/// The seq of customer `n`'s first event in the erasure test (two events per customer).
+fn seq_for_customer(n: u64) -> u64 {
+    2 * n - 1
+}
+
+#[test]
+fn compacting_in_place_refuses_a_store_that_is_open() {
+    let dir = interleaved();
+    let p = dir.path();
+    let db = open(p, 1).unwrap();
+    assert!(matches!(varvedb::compact_in_place(p), Err(Error::StoreInUse { .. })), "open in this process");
+    drop(db);
+    let child = Child::start(p, Some(1));
+    assert!(matches!(varvedb::compact_in_place(p), Err(Error::StoreInUse { .. })), "open in another");
+    drop(child);
+    let before = open(p, 1).unwrap().store_id();
+    varvedb::compact_in_place(p).unwrap();
+    let db = open(p, 1).unwrap();
+    assert_eq!(db.store_id(), before, "the copy is the same store");
+    assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().events, 20);
+}
+
+/// SIGKILL lands at random points of `compact_in_place` (a child compacting in a loop): the
+/// store must open with every event after each kill. Kills: `VARVEDB_COMPACT_KILLS` (30).
+#[test]
+fn sigkill_during_compaction_never_loses_the_store() {
+    use std::io::Read;
+    let kills: usize = std::env::var("VARVEDB_COMPACT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let mut last = 0u64;
+    {
+        let db = open(p, 1).unwrap();
+        for stream in 1..=200u128 {
+            let events = (0..20)
+                .map(|v| NewEvent::new("noted", format!("{stream}/{v} {}", "x".repeat(300)).into_bytes()));
+            last = db.append(stream, ExpectedVersion::NoStream, events).unwrap().last_seq;
+        }
+        for stream in (1..=200u128).step_by(3) {
+            db.shred(stream).unwrap();
+        }
+    }
+    // How long one compaction takes here, to spread the kills over it.
+    let t = std::time::Instant::now();
+    varvedb::compact_in_place(p).unwrap();
+    let spread = (t.elapsed() * 3).as_micros().max(2_000) as u64 + 3_000;
+    let mut rng = fastrand::Rng::with_seed(16);
+    let (mut mid, mut done) = (0, 0);
+    for kill in 0..kills {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_compact-child"))
+            .arg(p)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(rng.u64(0..spread)));
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        let mut said = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut said).unwrap();
+        assert!(!status.success(), "kill {kill}: the child never ends on its own");
+        done += said.lines().filter(|l| *l == "done").count();
+        mid += usize::from(said.lines().last() == Some("start"));
+
+        let db = open(p, 1).unwrap_or_else(|e| panic!("kill {kill}: the store does not open: {e:?}"));
+        let view = db.begin_read().unwrap();
+        assert_eq!(view.last_seq().unwrap(), last, "kill {kill}");
+        let report = view.check_integrity().unwrap_or_else(|e| panic!("kill {kill}: {e:?}"));
+        assert_eq!(report.events, last);
+        assert!(view.event(21).unwrap().unwrap().payload().starts_with(b"2/0 "), "kill {kill}");
+        drop(view);
+        last = db
+            .append(
+                1000u128 + kill as u128,
+                ExpectedVersion::NoStream,
+                [NewEvent::new("noted", b"after".to_vec())],
+            )
+            .unwrap()
+            .last_seq;
+    }
+    eprintln!("{kills} kills: {mid} during a compaction, {done} compactions completed");
+    assert!(mid > 0, "no kill landed during a compaction: the test did not test anything");
+    let names: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "data.mdb" || n == "lock.mdb"),
+        "what crashed runs left is removed: {names:?}"
+    );
+}

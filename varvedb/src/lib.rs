@@ -85,7 +85,7 @@ pub use process::{
 };
 pub use read::{IntegrityReport, LogEvents, ReadView, StreamEvents};
 pub use storage::ReaderLag;
-pub use store::{Options, Stats, Varve};
+pub use store::{Options, Stats, Varve, compact_in_place};
 pub use subscribe::Subscription;
 pub use typed::schema::fingerprint;
 pub use typed::stream::{

@@ -786,6 +786,44 @@ impl Storage {
         copied
     }
 
+    /// Replaces the store in the closed directory `dir` with a compacted copy of itself (free
+    /// pages left out), and overwrites the old file (see `files::replace_data_file`).
+    pub(crate) fn compact_in_place(dir: &Path) -> Result<(), Error> {
+        if !files::has_data_file(dir)? {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no store at {}", dir.display()),
+            )));
+        }
+        // Opened once as usual first: what an open repairs (an abandoned creation, the meta
+        // page of a failed commit, stale reader slots) is repaired, and the file is checked.
+        let len = std::fs::metadata(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?.len();
+        let room = usize::try_from(len).unwrap_or(usize::MAX / 2).saturating_mul(2).saturating_add(64 << 20);
+        let storage = Storage::open(dir, &StorageConfig { map_size: room, max_readers: 1024 }).map_err(
+            |e| match e {
+                Error::AlreadyOpen { path } => Error::StoreInUse { path },
+                other => other,
+            },
+        )?;
+        drop(storage);
+        files::replace_data_file(dir, |new_file| {
+            let len = std::fs::metadata(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?.len();
+            let map_size = round_up_to_page(usize::try_from(len).unwrap_or(usize::MAX));
+            let env = open_env(dir, map_size, 1, Private::Yes).map_err(|e| engine_error(e, map_size, dir))?;
+            let mut out = std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(new_file)
+                .map_err(|e| io_error(e, dir))?;
+            let copied = env
+                .copy_to_file(&mut out, CompactionOption::Enabled)
+                .map_err(|e| engine_error(e, map_size, dir))
+                .and_then(|()| out.sync_all().map_err(|e| io_error(e, dir)));
+            env.prepare_for_closing().wait();
+            copied
+        })
+    }
+
     pub(crate) fn len(&self, txn: &RoTxn<'_, WithoutTls>, table: Table) -> Result<u64, Error> {
         table.len(txn).map_err(|e| self.err(e))
     }
@@ -1000,7 +1038,8 @@ impl Drop for Remapping<'_> {
     }
 }
 
-/// Whether an environment is a new store's private build, opened without a lock file.
+/// Whether an environment is opened without a lock file: a new store's private build, or a
+/// store this process has the exclusive use of (see `files::replace_data_file`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Private {
     Yes,
@@ -1016,10 +1055,14 @@ fn open_env(
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(map_size).max_dbs(16).max_readers(max_readers);
     if private == Private::Yes {
-        // SAFETY: without a lock file, LMDB leaves all coordination to its user. Only a new
-        // store's build directory is opened so: a directory of its own, with a name no other
-        // open uses (see `files::create_data_file`), used by this one environment on one
-        // thread, and removed once it is closed.
+        // SAFETY: without a lock file, LMDB leaves all coordination to its user. Only two
+        // kinds of directory are opened so, each used by this one environment on one thread:
+        // a new store's build directory, of its own, with a name no other open uses (see
+        // `files::create_data_file`), removed once it is closed; and a store being compacted
+        // in place, while this process holds the write lock on the first byte of its
+        // `lock.mdb` that LMDB in any other process holding the store open would hold shared,
+        // and that one opening it waits for, and its claim on the directory keeps every other
+        // open of this process out (see `files::replace_data_file`).
         unsafe { options.flags(EnvFlags::NO_LOCK) };
     }
     // SAFETY: heed's `open` requires that the mapped files are modified by nothing but LMDB

@@ -511,6 +511,38 @@ impl Varve {
     }
 }
 
+/// Replaces the store in directory `path` with a compacted copy of itself, and overwrites the
+/// replaced file: the step that removes, from the store's own file, the bytes LMDB has freed
+/// but not reused (old versions of pages: a shredded stream's wrapped key, read-model rows
+/// deleted or rewritten, keys wrapped under a retired master key). The store must be closed
+/// in every process; it keeps its identity, keys and events, and opens as before.
+///
+/// Crash-safe: the copy is written to a private directory inside `path`, synced, and only
+/// then renamed to `data.mdb`, so a crash at any point leaves either the old file or the
+/// whole copy (a later open removes what a crashed run left). Needs free disk space for the
+/// copy. On filesystems that do not write in place (copy-on-write filesystems, and SSDs
+/// below any filesystem) the old file's blocks may still hold its bytes: see
+/// `docs/encryption.md`.
+///
+/// # Errors
+/// [`Error::StoreInUse`] if the store is open in this or another process (nothing is
+/// changed); the errors of [`Options::open`] for a damaged file; I/O errors (a full disk: the
+/// old file stays).
+///
+/// ```
+/// use varvedb::{ExpectedVersion, NewEvent, Varve};
+/// # let dir = tempfile::tempdir()?;
+/// let db = Varve::open(dir.path())?;
+/// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
+/// drop(db);
+/// varvedb::compact_in_place(dir.path())?;
+/// assert_eq!(Varve::open(dir.path())?.begin_read()?.last_seq()?, 1);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+pub fn compact_in_place(path: impl AsRef<Path>) -> Result<(), Error> {
+    crate::storage::Storage::compact_in_place(path.as_ref())
+}
+
 /// A handle that does not keep the store open (for subscriptions and runners).
 #[derive(Clone)]
 pub(crate) struct WeakVarve(std::sync::Weak<Inner>);
