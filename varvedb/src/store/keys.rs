@@ -28,9 +28,15 @@ impl Varve {
     /// typed access to them is [`Error::Shredded`], and so is any new append to the stream.
     /// Other streams are unaffected.
     ///
+    /// The events' clear headers stay authenticated: each gets a MAC under a key derived from
+    /// the master key, which reads and [`ReadView::check_integrity`](crate::ReadView::check_integrity)
+    /// verify.
+    ///
     /// The old wrapped key stays in pages LMDB has freed but not yet reused, and in earlier
     /// backups, until a [`rotate_master_key`](Self::rotate_master_key) (old backups then need
-    /// the old master key, which you destroy) and a compacting [`backup`](Self::backup). See
+    /// the old master key, which you destroy) and [`compact_in_place`](crate::compact_in_place).
+    /// Written back into the file, it is refused (the `keys` table is authenticated), except
+    /// together with the whole table's old authenticator before a rotation. See
     /// `docs/encryption.md`.
     ///
     /// # Errors
@@ -137,10 +143,16 @@ impl Varve {
     /// writes with [`Error::WrongKey`]. After it, destroy the old key: backups made before
     /// the rotation then cannot be decrypted.
     ///
+    /// The retired key is not kept: reopening a copy made before the rotation needs it from
+    /// wherever you keep it.
+    ///
     /// # Errors
-    /// [`Error::NotEncrypted`]; [`Error::WrongKey`] if another process rotated the key since
-    /// this one opened the store; [`Error::CorruptKey`] for a stored key the current master
-    /// cannot open; storage errors. Nothing changes on error.
+    /// [`Error::NotEncrypted`]; [`Error::SameMasterKey`] if `new_key` is the key in use;
+    /// [`Error::WrongKey`] if another process rotated the key since this one opened the
+    /// store; [`Error::CorruptIndex`] if the `keys` table does not match its authenticator;
+    /// [`Error::CorruptKey`] for a stored key the current master cannot open;
+    /// [`Error::Corrupt`] for a shredded event whose header MAC does not verify; storage
+    /// errors. Nothing changes on error.
     ///
     /// ```
     /// use varvedb::{ExpectedVersion, MasterKey, NewEvent, Options};
