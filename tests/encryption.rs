@@ -992,6 +992,8 @@ fn a_data_key_or_authenticator_written_back_after_shredding_is_refused() {
     let k2 = 2u128.to_be_bytes();
     let mut app = Child::start(p, Some(1));
     assert_eq!(app.ask(&format!("read {}", seq_of(2, 1))), "ok Some(19)");
+    // The writer has the stream's key cached from this append.
+    assert_eq!(app.ask("append 2"), "ok 21");
     // Another process keeps what the file held before the shred...
     let (old_key, old_auth) = (raw::get(p, "keys", &k2).unwrap(), raw::get(p, "meta", b"keys_auth").unwrap());
     assert_eq!(app.ask("shred 2"), "ok true");

@@ -555,6 +555,11 @@ impl Master {
         value.len() == SHREDDED_LEN && value[0] == SHREDDED
     }
 
+    /// Whether this process has seen `stream` shredded.
+    pub(crate) fn known_shredded(&self, stream: u128) -> bool {
+        self.seen().shredded.contains(&stream)
+    }
+
     /// Notes streams found shredded in an authenticated `keys` table.
     pub(crate) fn saw_shredded(&self, streams: impl IntoIterator<Item = u128>) {
         self.seen().shredded.extend(streams);

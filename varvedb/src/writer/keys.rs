@@ -85,7 +85,10 @@ impl WriterCrypto {
         let Some(stored) = storage.get(txn, storage.tables.keys, &key::stream(stream))? else {
             return Ok(None);
         };
-        let cached = self.keys.get(&stream).is_some_and(|(bytes, _)| bytes.as_slice() == stored);
+        // A key cached before the stream was shredded (by `shred`, which does not go through
+        // the writer) must not be revived by its old bytes written back into the table.
+        let cached = self.keys.get(&stream).is_some_and(|(bytes, _)| bytes.as_slice() == stored)
+            && !master.known_shredded(stream);
         if !cached {
             let cipher = match master.unwrap(stream, stored)? {
                 StreamKey::Key(cipher) => cipher,
