@@ -1231,3 +1231,14 @@ fn sigkill_during_compaction_never_loses_the_store() {
         "what crashed runs left is removed: {names:?}"
     );
 }
+
+#[test]
+fn a_store_of_the_encrypted_format_without_identities_is_refused_with_a_typed_error() {
+    let dir = interleaved();
+    let p = dir.path();
+    raw::put(p, "meta", b"format_version", &2u32.to_le_bytes());
+    let before = std::fs::read(p.join("data.mdb")).unwrap();
+    let e = open(p, 1).map(|_| ());
+    assert!(matches!(e, Err(Error::IncompatibleFormat { found: 2, supported: 3 })), "{e:?}");
+    assert_eq!(std::fs::read(p.join("data.mdb")).unwrap(), before, "open wrote nothing");
+}
