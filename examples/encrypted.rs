@@ -8,8 +8,8 @@
 //! 3. nothing personal is readable in the raw `data.mdb`;
 //! 4. one customer asks to be forgotten: `shred` deletes their stream's key, the projection
 //!    drops their row, everyone else is untouched;
-//! 5. the master key is rotated and a compacting backup taken, so the erased key survives in
-//!    no backup made from now on.
+//! 5. the master key is rotated, the closed store compacted in place (freed pages gone from
+//!    the live file) and a compacting backup taken, so the erased key survives in neither.
 //!
 //! Run: `cargo run --example encrypted`
 
@@ -118,11 +118,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("members after the erasure: {}", member_count(&db)?);
     println!("Chen is untouched: {:?}", db.stream::<Customer>(ids[2]).load()?.state());
 
-    // 5. Rotate the master key, then take a compacting backup: the erased key's old bytes
-    // stay only in freed pages of the live file, and in older backups that need the old key.
+    // 5. Rotate the master key, compact the closed store in place (the erased key's old bytes
+    // leave the freed pages of the live file), then take a compacting backup. Older backups
+    // need the old key, which is destroyed.
     let new_key = MasterKey::generate()?;
     let rewrapped = db.rotate_master_key(&new_key)?;
     drop(key); // destroy the old key: older backups become unreadable
+    drop(db);
+    varvedb::compact_in_place(&path)?;
+    let db = Options::new().encryption_key(new_key.clone()).open(&path)?;
     let backup = dir.path().join("backup");
     db.backup(&backup)?;
     println!(

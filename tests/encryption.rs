@@ -392,19 +392,10 @@ fn swapped_wrapped_keys_of_two_streams_are_refused() {
     let (wa, wb) = (raw::get(p, "keys", &ka).unwrap(), raw::get(p, "keys", &kb).unwrap());
     raw::put(p, "keys", &ka, &wb);
     raw::put(p, "keys", &kb, &wa);
-    let db = open(p, 1).unwrap();
-    let view = db.begin_read().unwrap();
-    for seq in [1, 2, 3, 4] {
-        let e = view.event(seq).map(|e| e.map(|e| e.payload().to_vec()));
-        assert!(matches!(e, Err(Error::CorruptKey { .. })), "seq {seq}: {e:?}");
-    }
-    let by_stream = view.read_stream(1u128, 1).unwrap().next().unwrap().map(|e| e.payload().to_vec());
-    assert!(matches!(by_stream, Err(Error::CorruptKey { .. })), "{by_stream:?}");
-    // Writing to either stream is refused too, rather than sealing under the wrong key.
-    let r = db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]);
-    assert!(matches!(r, Err(Error::CorruptKey { .. })), "{r:?}");
-    drop(view);
-    drop(db);
+    // The keys table no longer matches its authenticator: the store does not open. (Each
+    // wrapped key is also bound to its stream: see the unit tests of `crypto`.)
+    let e = open(p, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
     raw::put(p, "keys", &ka, &wa);
     raw::put(p, "keys", &kb, &wb);
     assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
@@ -690,17 +681,8 @@ fn forged_or_moved_shredded_markers_do_not_hide_a_stream() {
     // stream 1 must not read as shredded, and must not take appends as if it were.
     for (name, fake) in [("bare marker byte", vec![2u8]), ("another stream's marker", marker.clone())] {
         raw::put(p, "keys", &ka, &fake);
-        let db = open(p, 1).unwrap();
-        let view = db.begin_read().unwrap();
-        let e = view.event(seq_of(1, 1)).map(|e| e.map(|e| e.is_shredded()));
-        assert!(matches!(e, Err(Error::CorruptKey { .. })), "{name}: {e:?}");
-        assert!(view.check_integrity().is_err(), "{name}");
-        let r = db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]);
-        assert!(matches!(r, Err(Error::CorruptKey { .. })), "{name}: {r:?}");
-        drop(view);
-        assert!(db.shred(1u128).unwrap(), "a forged marker is not taken for a real one");
-        assert!(db.begin_read().unwrap().event(seq_of(1, 1)).unwrap().unwrap().is_shredded());
-        drop(db);
+        let e = open(p, 1).map(|_| ());
+        assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{name}: {e:?}");
         raw::put(p, "keys", &ka, &wa);
     }
 
@@ -760,7 +742,7 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     let format = |dir: &Path| raw::get(dir, "meta", b"format_version").unwrap();
     // A build that knows only format 1 refuses an encrypted store rather than write plaintext.
     assert_eq!(format(plain.path()), 1u32.to_le_bytes());
-    assert_eq!(format(p), 2u32.to_le_bytes());
+    assert_eq!(format(p), 3u32.to_le_bytes());
 
     let check = raw::get(p, "meta", b"encryption").unwrap();
     raw::delete(p, "meta", b"encryption");
@@ -776,7 +758,7 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "both stripped, no key");
     assert!(matches!(open(p, 1), Err(Error::NotEncrypted { .. })), "both stripped, with the key");
     raw::put(p, "meta", b"encryption", &check);
-    raw::put(p, "meta", b"format_version", &2u32.to_le_bytes());
+    raw::put(p, "meta", b"format_version", &3u32.to_le_bytes());
     assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
 }
 
@@ -889,4 +871,374 @@ fn a_process_holding_the_old_master_key_stops_writing_after_another_rotates() {
     assert_eq!(view.check_integrity().unwrap().events, 3);
     let payloads: Vec<Vec<u8>> = view.read_all(1).unwrap().map(|e| e.unwrap().payload().to_vec()).collect();
     assert_eq!(payloads, [b"one".to_vec(), b"written by the child to 2".to_vec(), b"four".to_vec()]);
+}
+
+/// Copies `name`'s entry `k` from the store in `from` to the store in `to`.
+fn copy_entry(from: &Path, to: &Path, name: &str, k: &[u8]) {
+    raw::put(to, name, k, &raw::get(from, name, k).unwrap());
+}
+
+#[test]
+fn keys_markers_and_files_of_another_store_under_the_same_master_key_are_refused() {
+    // Two stores under one master key (tenants, a staging clone): same stream ids, same
+    // seqs, both at master epoch 1.
+    let (x, y) = (interleaved(), interleaved());
+    let (px, py) = (x.path(), y.path());
+    let id = |p: &Path| open(p, 1).unwrap().store_id().unwrap();
+    let (idx, idy) = (id(px), id(py));
+    assert_ne!(idx, idy, "every store has an identity of its own");
+    let pristine = std::fs::read(py.join("data.mdb")).unwrap();
+    let restore = || std::fs::write(py.join("data.mdb"), &pristine).unwrap();
+
+    // X's stream 1 moved into Y whole: wrapped key, record, index entry and head.
+    let k1 = 1u128.to_be_bytes();
+    copy_entry(px, py, "keys", &k1);
+    for v in 1..=10u32 {
+        let seq = seq_of(1, u64::from(v));
+        copy_entry(px, py, "events", &seq.to_be_bytes());
+        copy_entry(px, py, "streams", &[k1.as_slice(), &v.to_be_bytes()].concat());
+    }
+    copy_entry(px, py, "stream_heads", &k1);
+    let e = open(py, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
+    // With X's authenticator of its keys table brought along too.
+    copy_entry(px, py, "meta", b"keys_auth");
+    let e = open(py, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
+    restore();
+
+    // X's shredded marker over Y's stream 2: Y's stream must not read as shredded.
+    open(px, 1).unwrap().shred(2u128).unwrap();
+    copy_entry(px, py, "keys", &2u128.to_be_bytes());
+    let e = open(py, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
+    restore();
+    assert_eq!(read(py, seq_of(2, 1)).unwrap(), b"stream 2 version 01", "Y untouched");
+
+    // X's whole file in Y's place: refused where Y's identity is pinned.
+    let pinned = |p: &Path| Options::new().encryption_key(key(1)).expect_store_id(idy).open(p).map(|_| ());
+    pinned(py).unwrap();
+    std::fs::copy(px.join("data.mdb"), py.join("data.mdb")).unwrap();
+    let e = pinned(py);
+    assert!(
+        matches!(&e, Err(Error::StoreMismatch { expected, found: Some(found), .. }) if *expected == idy && *found == idx),
+        "{e:?}"
+    );
+    // ...and with its identity edited to Y's, the master key no longer opens it.
+    raw::put(py, "meta", b"store_id", idy.as_bytes());
+    assert!(matches!(pinned(py), Err(Error::WrongKey)));
+    restore();
+    pinned(py).unwrap();
+}
+
+#[test]
+fn a_forged_header_of_a_shredded_event_is_refused_by_reads_and_check_integrity() {
+    let dir = interleaved();
+    let p = dir.path();
+    open(p, 1).unwrap().shred(2u128).unwrap();
+    let seq = seq_of(2, 4);
+    let record = raw::event(p, seq);
+    let forgeries: [(&str, usize, &[u8]); 3] = [
+        ("timestamp", 28, &1u64.to_le_bytes()),
+        ("schema version", 44, &7u32.to_le_bytes()),
+        ("type tag", 48, b"paid!"),
+    ];
+    for (field, at, bytes) in forgeries {
+        let mut forged = record.clone();
+        forged[at..at + bytes.len()].copy_from_slice(bytes);
+        raw::put_event(p, seq, forged);
+        let db = open(p, 1).unwrap();
+        let view = db.begin_read().unwrap();
+        let e = view.event(seq).map(|e| e.map(|e| e.is_shredded()));
+        assert!(
+            matches!(&e, Err(Error::Corrupt { reason, .. }) if reason.contains("header")),
+            "{field}: {e:?}"
+        );
+        let e = view.check_integrity();
+        assert!(matches!(&e, Err(Error::Corrupt { seq: s, .. }) if *s == seq), "{field}: {e:?}");
+        drop(view);
+        drop(db);
+        raw::put(p, "events", &seq.to_be_bytes(), &record);
+    }
+    // The MAC deleted, or another event's put in its place.
+    let mac = raw::get(p, "shredded_headers", &seq.to_be_bytes()).unwrap();
+    let other = raw::get(p, "shredded_headers", &seq_of(2, 5).to_be_bytes()).unwrap();
+    for (what, value) in [("deleted", None), ("another event's", Some(other))] {
+        match &value {
+            None => raw::delete(p, "shredded_headers", &seq.to_be_bytes()),
+            Some(v) => raw::put(p, "shredded_headers", &seq.to_be_bytes(), v),
+        }
+        let db = open(p, 1).unwrap();
+        let view = db.begin_read().unwrap();
+        assert!(matches!(view.event(seq), Err(Error::Corrupt { .. })), "{what}");
+        assert!(view.check_integrity().is_err(), "{what}");
+        drop(view);
+        drop(db);
+        raw::put(p, "shredded_headers", &seq.to_be_bytes(), &mac);
+    }
+    // Untouched, every shredded header verifies, also after the MACs moved to a new key.
+    let db = open(p, 1).unwrap();
+    assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().shredded_events, 10);
+    db.rotate_master_key(&key(2)).unwrap();
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.check_integrity().unwrap().shredded_events, 10);
+    assert_eq!(view.event(seq).unwrap().unwrap().type_tag(), "noted");
+}
+
+#[test]
+fn a_data_key_or_authenticator_written_back_after_shredding_is_refused() {
+    let dir = interleaved();
+    let p = dir.path();
+    let k2 = 2u128.to_be_bytes();
+    let mut app = Child::start(p, Some(1));
+    assert_eq!(app.ask(&format!("read {}", seq_of(2, 1))), "ok Some(19)");
+    // The writer has the stream's key cached from this append.
+    assert_eq!(app.ask("append 2"), "ok 21");
+    // Another process keeps what the file held before the shred...
+    let (old_key, old_auth) = (raw::get(p, "keys", &k2).unwrap(), raw::get(p, "meta", b"keys_auth").unwrap());
+    assert_eq!(app.ask("shred 2"), "ok true");
+    let shred_auth = raw::get(p, "meta", b"keys_auth").unwrap();
+    // ...and writes the old wrapped key back while the application runs.
+    raw::put(p, "keys", &k2, &old_key);
+    let read2 = format!("read {}", seq_of(2, 1));
+    let answer = app.ask(&read2);
+    assert!(answer.starts_with("err CorruptKey"), "{answer}");
+    let answer = app.ask("append 2");
+    assert!(answer.starts_with("err CorruptKey"), "{answer}");
+    // With the old authenticator of the keys table too: the application has seen a newer one.
+    raw::put(p, "meta", b"keys_auth", &old_auth);
+    let answer = app.ask("append 9");
+    assert!(answer.starts_with("err CorruptIndex"), "a new stream's key: {answer}");
+    assert!(app.ask(&read2).starts_with("err CorruptKey"));
+    assert_eq!(app.ask(&format!("read {}", seq_of(1, 1))), "ok Some(19)", "other streams read on");
+    drop(app);
+
+    // The key alone, at the next open: the table no longer matches its authenticator.
+    raw::put(p, "meta", b"keys_auth", &shred_auth);
+    let e = open(p, 1).map(|_| ());
+    assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
+    // The old key with the old authenticator: the whole keys table rolled back together.
+    // Before a rotation, nothing in the file can tell (docs/encryption.md); the rotation
+    // below is what ends it.
+    raw::put(p, "meta", b"keys_auth", &old_auth);
+    let db = open(p, 1).unwrap();
+    assert!(db.shred(2u128).unwrap());
+    drop(db);
+    let (marker, auth) = (raw::get(p, "keys", &k2).unwrap(), raw::get(p, "meta", b"keys_auth").unwrap());
+    let db = open(p, 1).unwrap();
+    db.rotate_master_key(&key(2)).unwrap();
+    drop(db);
+    for (what, k, v) in [
+        ("the pre-rotation wrapped key", &k2[..], &old_key),
+        ("the pre-rotation marker", &k2[..], &marker),
+        ("the pre-rotation authenticator", &b"keys_auth"[..], &auth),
+    ] {
+        let name = if k == b"keys_auth" { "meta" } else { "keys" };
+        let now = raw::get(p, name, k).unwrap();
+        raw::put(p, name, k, v);
+        let e = open(p, 2).map(|_| ());
+        assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{what}: {e:?}");
+        raw::put(p, name, k, &now);
+    }
+    // The old key together with the old authenticator: also refused after the rotation.
+    let now = (raw::get(p, "keys", &k2).unwrap(), raw::get(p, "meta", b"keys_auth").unwrap());
+    raw::put(p, "keys", &k2, &old_key);
+    raw::put(p, "meta", b"keys_auth", &old_auth);
+    assert!(matches!(open(p, 2), Err(Error::CorruptIndex { table: "keys", .. })));
+    raw::put(p, "keys", &k2, &now.0);
+    raw::put(p, "meta", b"keys_auth", &now.1);
+    // A marker deleted: the table no longer matches either.
+    raw::delete(p, "keys", &k2);
+    assert!(matches!(open(p, 2), Err(Error::CorruptIndex { table: "keys", .. })));
+    raw::put(p, "keys", &k2, &now.0);
+    let db = open(p, 2).unwrap();
+    assert!(db.begin_read().unwrap().event(seq_of(2, 1)).unwrap().unwrap().is_shredded());
+}
+
+#[test]
+fn the_retired_master_key_is_not_kept_and_rotation_needs_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let db = open(&live, 1).unwrap();
+    db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]).unwrap();
+    db.backup(backup.path().join("before")).unwrap();
+    assert!(matches!(db.rotate_master_key(&key(1)), Err(Error::SameMasterKey)));
+    assert_eq!(db.rotate_master_key(&key(2)).unwrap(), 1);
+    // The options the store keeps hold no master key, so they open no pre-rotation copy.
+    let e = db.options().clone().open(backup.path().join("before")).map(|_| ());
+    assert!(matches!(e, Err(Error::KeyRequired { .. })), "{e:?}");
+    let e = db.options().clone().encryption_key(key(2)).open(backup.path().join("before")).map(|_| ());
+    assert!(matches!(e, Err(Error::WrongKey)), "{e:?}");
+    assert_eq!(db.begin_read().unwrap().event(1).unwrap().unwrap().payload(), b"x");
+}
+
+/// Every file under `dir`, with its path.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn after_the_erasure_procedure_no_file_of_the_store_holds_the_erased_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let email = |n: u128| format!("customer-{n:02}@example.com");
+    let mut projection = Projection::new("emails")
+        .on::<Registered>(|tx, e, meta| {
+            tx.insert(&EMAILS, &meta.stream().to_string(), &e.email.to_string())?;
+            Ok(())
+        })
+        .on_shredded(|tx, meta| {
+            tx.remove(&EMAILS, &meta.stream().to_string())?;
+            Ok(())
+        });
+    let db = open(p, 1).unwrap();
+    for n in 1..=40u128 {
+        let customer = db.stream::<Customer>(n);
+        customer.append(ExpectedVersion::NoStream, registered(&email(n))).unwrap();
+        customer.append(ExpectedVersion::Exact(1), Moved { address: format!("{n} Long Street") }).unwrap();
+        projection.catch_up(&db).unwrap();
+    }
+    let erased = email(7);
+    let wrapped = {
+        drop(db);
+        let key = raw::get(p, "keys", &7u128.to_be_bytes()).unwrap();
+        let found: usize = files_under(p).iter().map(|(_, bytes)| count(bytes, erased.as_bytes())).sum();
+        assert!(found >= 1, "control: the read model holds the address in the clear");
+        key
+    };
+
+    // The documented procedure: shred, rebuild the read model (its handler forgets the
+    // stream), rotate, close, compact in place.
+    let db = open(p, 1).unwrap();
+    assert!(db.shred(7u128).unwrap());
+    projection.rebuild(&db).unwrap();
+    db.rotate_master_key(&key(2)).unwrap();
+    drop(db);
+    let live_before = count(&std::fs::read(p.join("data.mdb")).unwrap(), erased.as_bytes());
+    varvedb::compact_in_place(p).unwrap();
+
+    for (path, bytes) in files_under(p) {
+        assert_eq!(count(&bytes, erased.as_bytes()), 0, "{}", path.display());
+        assert_eq!(count(&bytes, &wrapped), 0, "the shredded key in {}", path.display());
+    }
+    eprintln!("copies of the erased address in the live file before compacting: {live_before}");
+    let db = open(p, 2).unwrap();
+    let view = db.begin_read().unwrap();
+    assert!(view.event(seq_for_customer(7)).unwrap().unwrap().is_shredded());
+    assert_eq!(view.entries(&EMAILS).unwrap().count(), 39);
+    assert_eq!(view.check_integrity().unwrap().events, 80);
+    drop(view);
+    assert_eq!(db.stream::<Customer>(8u128).load().unwrap().state().email, email(8));
+}
+
+/// The seq of customer `n`'s first event in the erasure test (two events per customer).
+fn seq_for_customer(n: u64) -> u64 {
+    2 * n - 1
+}
+
+#[test]
+fn compacting_in_place_refuses_a_store_that_is_open() {
+    let dir = interleaved();
+    let p = dir.path();
+    let db = open(p, 1).unwrap();
+    assert!(matches!(varvedb::compact_in_place(p), Err(Error::StoreInUse { .. })), "open in this process");
+    drop(db);
+    let child = Child::start(p, Some(1));
+    assert!(matches!(varvedb::compact_in_place(p), Err(Error::StoreInUse { .. })), "open in another");
+    drop(child);
+    let before = open(p, 1).unwrap().store_id();
+    varvedb::compact_in_place(p).unwrap();
+    let db = open(p, 1).unwrap();
+    assert_eq!(db.store_id(), before, "the copy is the same store");
+    assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().events, 20);
+}
+
+/// SIGKILL lands at random points of `compact_in_place` (a child compacting in a loop): the
+/// store must open with every event after each kill. Kills: `VARVEDB_COMPACT_KILLS` (30).
+#[test]
+fn sigkill_during_compaction_never_loses_the_store() {
+    use std::io::Read;
+    let kills: usize = std::env::var("VARVEDB_COMPACT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let mut last = 0u64;
+    {
+        let db = open(p, 1).unwrap();
+        for stream in 1..=200u128 {
+            let events = (0..20)
+                .map(|v| NewEvent::new("noted", format!("{stream}/{v} {}", "x".repeat(300)).into_bytes()));
+            last = db.append(stream, ExpectedVersion::NoStream, events).unwrap().last_seq;
+        }
+        for stream in (1..=200u128).step_by(3) {
+            db.shred(stream).unwrap();
+        }
+    }
+    // How long one compaction takes here, to spread the kills over it.
+    let t = std::time::Instant::now();
+    varvedb::compact_in_place(p).unwrap();
+    let spread = (t.elapsed() * 3).as_micros().max(2_000) as u64 + 3_000;
+    let mut rng = fastrand::Rng::with_seed(16);
+    let (mut mid, mut done) = (0, 0);
+    for kill in 0..kills {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_compact-child"))
+            .arg(p)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(rng.u64(0..spread)));
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        let mut said = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut said).unwrap();
+        assert!(!status.success(), "kill {kill}: the child never ends on its own");
+        done += said.lines().filter(|l| *l == "done").count();
+        mid += usize::from(said.lines().last() == Some("start"));
+
+        let db = open(p, 1).unwrap_or_else(|e| panic!("kill {kill}: the store does not open: {e:?}"));
+        let view = db.begin_read().unwrap();
+        assert_eq!(view.last_seq().unwrap(), last, "kill {kill}");
+        let report = view.check_integrity().unwrap_or_else(|e| panic!("kill {kill}: {e:?}"));
+        assert_eq!(report.events, last);
+        assert!(view.event(21).unwrap().unwrap().payload().starts_with(b"2/0 "), "kill {kill}");
+        drop(view);
+        last = db
+            .append(
+                1000u128 + kill as u128,
+                ExpectedVersion::NoStream,
+                [NewEvent::new("noted", b"after".to_vec())],
+            )
+            .unwrap()
+            .last_seq;
+    }
+    eprintln!("{kills} kills: {mid} during a compaction, {done} compactions completed");
+    assert!(mid > 0, "no kill landed during a compaction: the test did not test anything");
+    let names: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "data.mdb" || n == "lock.mdb"),
+        "what crashed runs left is removed: {names:?}"
+    );
+}
+
+#[test]
+fn a_store_of_the_encrypted_format_without_identities_is_refused_with_a_typed_error() {
+    let dir = interleaved();
+    let p = dir.path();
+    raw::put(p, "meta", b"format_version", &2u32.to_le_bytes());
+    let before = std::fs::read(p.join("data.mdb")).unwrap();
+    let e = open(p, 1).map(|_| ());
+    assert!(matches!(e, Err(Error::IncompatibleFormat { found: 2, supported: 3 })), "{e:?}");
+    assert_eq!(std::fs::read(p.join("data.mdb")).unwrap(), before, "open wrote nothing");
 }

@@ -4,7 +4,7 @@
 //!
 //! Usage: `key-child <store dir> <key byte | none>`; prints `opened` once open.
 //! Commands: `append <stream>` (one event, `ExpectedVersion::Auto`), `read <seq>`,
-//! `rotate <key byte>`, `quit`. Answers: `ok <detail>` or `err <Debug of the error>`.
+//! `shred <stream>`, `rotate <key byte>`, `quit`. Answers: `ok <detail>` or `err <Debug of the error>`.
 
 use std::io::{BufRead, Write};
 
@@ -36,6 +36,10 @@ fn main() {
                 db.begin_read()
                     .and_then(|view| view.event(seq).map(|e| e.map(|e| e.payload().len())))
                     .map(|len| format!("{len:?}"))
+            }
+            "shred" => {
+                let stream: u128 = arg.parse().expect("a stream id");
+                db.shred(stream).map(|shredded| shredded.to_string())
             }
             "rotate" => {
                 let byte: u8 = arg.parse().expect("a key byte");

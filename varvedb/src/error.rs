@@ -89,7 +89,8 @@ pub enum Error {
     IncompatibleFormat {
         /// The format version recorded in the store.
         found: u32,
-        /// The newest format version this build reads and writes (1: plain, 2: encrypted).
+        /// The newest format version this build reads and writes (1: plain, 3: encrypted;
+        /// 2, the encrypted format before store identities, is refused).
         supported: u32,
     },
 
@@ -377,6 +378,40 @@ pub enum Error {
         stream: StreamId,
         /// What is wrong.
         reason: &'static str,
+    },
+
+    /// The store's identity is not the one [`Options::expect_store_id`](crate::Options::expect_store_id)
+    /// pinned: its `data.mdb` is another store's (swapped, or restored from the wrong backup),
+    /// or a store made by an older build that has no identity. Nothing was read or written.
+    #[error("the store at {} is not the store expected: its identity is {}, not {expected}", path.display(), found.map_or_else(|| "missing".to_owned(), |id| id.to_string()))]
+    StoreMismatch {
+        /// The store's directory.
+        path: PathBuf,
+        /// The identity pinned.
+        expected: crate::StoreId,
+        /// The identity the store holds, if any.
+        found: Option<crate::StoreId>,
+    },
+
+    /// A store identity in text is not 32 hex digits.
+    #[error("{text:?} is not a store identity (32 hex digits)")]
+    InvalidStoreId {
+        /// The text given (at most its first 64 characters).
+        text: String,
+    },
+
+    /// [`Varve::rotate_master_key`](crate::Varve::rotate_master_key) was given the master key
+    /// already in use: a rotation that changes no key would leave every old wrapped key
+    /// openable. Nothing was changed.
+    #[error("the new master key is the one already in use")]
+    SameMasterKey,
+
+    /// [`compact_in_place`](crate::compact_in_place) needs the store closed, and a process
+    /// (this one, or another) has it open. Nothing was changed.
+    #[error("the store at {} is open; close it in every process before compacting it in place", path.display())]
+    StoreInUse {
+        /// The store's directory.
+        path: PathBuf,
     },
 
     /// The stream was crypto-shredded ([`Varve::shred`](crate::Varve::shred)): its events

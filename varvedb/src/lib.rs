@@ -73,7 +73,7 @@ mod typed;
 mod writer;
 
 pub use batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
-pub use crypto::{KEY_LEN, MasterKey};
+pub use crypto::{KEY_LEN, MasterKey, StoreId};
 pub use error::{Error, StorageError};
 pub use event::{OwnedEvent, RecordedEvent};
 pub use id::StreamId;
@@ -85,7 +85,7 @@ pub use process::{
 };
 pub use read::{IntegrityReport, LogEvents, ReadView, StreamEvents};
 pub use storage::ReaderLag;
-pub use store::{Options, Stats, Varve};
+pub use store::{Options, Stats, Varve, compact_in_place};
 pub use subscribe::Subscription;
 pub use typed::schema::fingerprint;
 pub use typed::stream::{

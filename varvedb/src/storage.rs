@@ -28,9 +28,11 @@ pub(crate) use files::prepare_dir;
 
 /// On-disk format version written to `meta` on creation and checked on every open.
 pub(crate) const FORMAT_VERSION: u32 = 1;
-/// The format version of an encrypted store. Same layout, but every record is sealed: a
-/// build that knows only version 1 refuses such a store instead of appending plaintext to it.
-pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 2;
+/// The format version of an encrypted store. Same layout, but every record is sealed, every
+/// key derives from the master key and the store's identity, and the `keys` table is
+/// authenticated: a build that knows only version 1 refuses such a store instead of
+/// appending plaintext to it.
+pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 3;
 
 /// Keys of the `meta` table.
 pub(crate) mod meta_key {
@@ -38,6 +40,11 @@ pub(crate) mod meta_key {
     pub(crate) const CREATED_AT_MICROS: &[u8] = b"created_at_micros";
     /// Present in encrypted stores: the master key's epoch and a check value (see `crypto`).
     pub(crate) const ENCRYPTION: &[u8] = b"encryption";
+    /// The store's identity: 16 random bytes, written when the store is created (or when
+    /// encryption is turned on in a store without one).
+    pub(crate) const STORE_ID: &[u8] = b"store_id";
+    /// Present in encrypted stores: the authenticator of the `keys` table (see `crypto`).
+    pub(crate) const KEYS_AUTH: &[u8] = b"keys_auth";
 }
 
 /// Table names. Renaming one is a format change.
@@ -52,8 +59,20 @@ mod name {
     pub(super) const KEYS: &str = "keys";
     pub(super) const SCHEMA: &str = "schema";
     pub(super) const META: &str = "meta";
-    pub(super) const ALL: [&str; 10] =
-        [EVENTS, STREAMS, STREAM_HEADS, EVENT_IDS, BLOBS, CHECKPOINTS, PROJECTIONS, KEYS, SCHEMA, META];
+    pub(super) const SHREDDED_HEADERS: &str = "shredded_headers";
+    pub(super) const ALL: [&str; 11] = [
+        EVENTS,
+        STREAMS,
+        STREAM_HEADS,
+        EVENT_IDS,
+        BLOBS,
+        CHECKPOINTS,
+        PROJECTIONS,
+        KEYS,
+        SCHEMA,
+        META,
+        SHREDDED_HEADERS,
+    ];
 }
 
 /// A transaction as reads see it: a read transaction, or a write transaction with its own
@@ -274,6 +293,9 @@ pub(crate) struct Tables {
     pub(crate) schema: Table,
     /// `name` → value; holds the format version.
     pub(crate) meta: Table,
+    /// `seq u64 BE` → MAC of a shredded event's clear header, under a key derived from the
+    /// master key (see `crypto`): what keeps the header authenticated once its data key is gone.
+    pub(crate) shredded_headers: Table,
 }
 
 /// Key encodings. Big-endian so LMDB's byte-wise order is numeric order.
@@ -764,6 +786,44 @@ impl Storage {
         copied
     }
 
+    /// Replaces the store in the closed directory `dir` with a compacted copy of itself (free
+    /// pages left out), and overwrites the old file (see `files::replace_data_file`).
+    pub(crate) fn compact_in_place(dir: &Path) -> Result<(), Error> {
+        if !files::has_data_file(dir)? {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no store at {}", dir.display()),
+            )));
+        }
+        // Opened once as usual first: what an open repairs (an abandoned creation, the meta
+        // page of a failed commit, stale reader slots) is repaired, and the file is checked.
+        let len = std::fs::metadata(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?.len();
+        let room = usize::try_from(len).unwrap_or(usize::MAX / 2).saturating_mul(2).saturating_add(64 << 20);
+        let storage = Storage::open(dir, &StorageConfig { map_size: room, max_readers: 1024 }).map_err(
+            |e| match e {
+                Error::AlreadyOpen { path } => Error::StoreInUse { path },
+                other => other,
+            },
+        )?;
+        drop(storage);
+        files::replace_data_file(dir, |new_file| {
+            let len = std::fs::metadata(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?.len();
+            let map_size = round_up_to_page(usize::try_from(len).unwrap_or(usize::MAX));
+            let env = open_env(dir, map_size, 1, Private::Yes).map_err(|e| engine_error(e, map_size, dir))?;
+            let mut out = std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(new_file)
+                .map_err(|e| io_error(e, dir))?;
+            let copied = env
+                .copy_to_file(&mut out, CompactionOption::Enabled)
+                .map_err(|e| engine_error(e, map_size, dir))
+                .and_then(|()| out.sync_all().map_err(|e| io_error(e, dir)));
+            env.prepare_for_closing().wait();
+            copied
+        })
+    }
+
     pub(crate) fn len(&self, txn: &RoTxn<'_, WithoutTls>, table: Table) -> Result<u64, Error> {
         table.len(txn).map_err(|e| self.err(e))
     }
@@ -978,7 +1038,8 @@ impl Drop for Remapping<'_> {
     }
 }
 
-/// Whether an environment is a new store's private build, opened without a lock file.
+/// Whether an environment is opened without a lock file: a new store's private build, or a
+/// store this process has the exclusive use of (see `files::replace_data_file`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Private {
     Yes,
@@ -994,10 +1055,14 @@ fn open_env(
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(map_size).max_dbs(16).max_readers(max_readers);
     if private == Private::Yes {
-        // SAFETY: without a lock file, LMDB leaves all coordination to its user. Only a new
-        // store's build directory is opened so: a directory of its own, with a name no other
-        // open uses (see `files::create_data_file`), used by this one environment on one
-        // thread, and removed once it is closed.
+        // SAFETY: without a lock file, LMDB leaves all coordination to its user. Only two
+        // kinds of directory are opened so, each used by this one environment on one thread:
+        // a new store's build directory, of its own, with a name no other open uses (see
+        // `files::create_data_file`), removed once it is closed; and a store being compacted
+        // in place, while this process holds the write lock on the first byte of its
+        // `lock.mdb` that LMDB in any other process holding the store open would hold shared,
+        // and that one opening it waits for, and its claim on the directory keeps every other
+        // open of this process out (see `files::replace_data_file`).
         unsafe { options.flags(EnvFlags::NO_LOCK) };
     }
     // SAFETY: heed's `open` requires that the mapped files are modified by nothing but LMDB
@@ -1074,6 +1139,7 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         keys: create(&mut wtxn, name::KEYS)?,
         schema: create(&mut wtxn, name::SCHEMA)?,
         meta: create(&mut wtxn, name::META)?,
+        shredded_headers: create(&mut wtxn, name::SHREDDED_HEADERS)?,
     };
     if let Some(bytes) = tables.meta.get(&wtxn, meta_key::FORMAT_VERSION).map_err(err)? {
         let found = bytes
@@ -1081,6 +1147,9 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
             .map(u32::from_le_bytes)
             .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
         if found != FORMAT_VERSION && found != ENCRYPTED_FORMAT_VERSION {
+            // Including the unbound encrypted format (2): it has no upgrade in place, since
+            // its wrapped keys would have to be re-wrapped under keys this build derives
+            // from the master key, which opening does not have yet.
             return Err(Error::IncompatibleFormat { found, supported: ENCRYPTED_FORMAT_VERSION });
         }
     } else {
@@ -1090,6 +1159,9 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         let now = crate::record::now_micros();
         tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes()).map_err(err)?;
         tables.meta.put(&mut wtxn, meta_key::CREATED_AT_MICROS, &now.to_le_bytes()).map_err(err)?;
+        let mut id = [0u8; 16];
+        crate::crypto::fill_random(&mut id)?;
+        tables.meta.put(&mut wtxn, meta_key::STORE_ID, &id).map_err(err)?;
     }
     wtxn.commit().map_err(err)?;
     Ok(tables)

@@ -1,7 +1,7 @@
 //! Decoding a stored record into an event: the checksum, the payload blob, and in an
 //! encrypted store the stream's data key and the opening of the sealed body.
 
-use crate::crypto::{Master, StreamKey};
+use crate::crypto::{self, Master, StreamKey};
 use crate::error::Error;
 use crate::event::RecordedEvent;
 use crate::id::StreamId;
@@ -83,6 +83,18 @@ impl ReadView<'_> {
                             return Err(corrupt(
                                 "a record names a shredded stream the index does not place it in",
                             ));
+                        }
+                        // With the data key gone, the MAC made when it was shredded is what
+                        // vouches for the clear header (type tag, timestamp, schema version).
+                        let mac = self.storage.get(
+                            &self.txn,
+                            self.storage.tables.shredded_headers,
+                            &key::seq(seq),
+                        )?;
+                        if !mac.is_some_and(|mac| {
+                            crypto::constant_time_eq(mac, &crypto.master.header_mac(seq, aad_head))
+                        }) {
+                            return Err(corrupt("the clear header of a shredded event fails authentication"));
                         }
                         (&[][..], &[][..], true)
                     }

@@ -35,7 +35,9 @@ impl ReadView<'_> {
     /// reported rather than read through LMDB (which trusts its pages); then every record's
     /// checksum and blob hash, that seqs run from 1 without gaps, that every stream's
     /// versions run from 1 without gaps, and that the stream index, stream heads and
-    /// event-id index agree with the log exactly.
+    /// event-id index agree with the log exactly. In an encrypted store, also every event's
+    /// authentication (a shredded event's clear header against its MAC) and the `keys`
+    /// table against its authenticator.
     ///
     /// Reads every page and every event; takes time proportional to the store's size. LMDB
     /// records where a snapshot starts only until two more commits land: on a view older
@@ -129,6 +131,15 @@ impl ReadView<'_> {
         }
         report.streams = versions.len() as u64;
         let count = |table| self.storage.len(&self.txn, table);
+        if let Some(crypto) = &self.crypto {
+            crate::key_record::verify_keys(self.storage, &self.txn, &crypto.master, false)?;
+        }
+        if count(tables.shredded_headers)? != report.shredded_events {
+            return Err(bad(
+                "shredded_headers",
+                "holds header MACs of events that are not shredded events of the log".into(),
+            ));
+        }
         if count(tables.streams)? != report.events {
             return Err(bad("streams", "holds entries for events that are not in the log".into()));
         }

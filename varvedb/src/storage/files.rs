@@ -170,6 +170,62 @@ impl Drop for TempEntry {
     }
 }
 
+/// Replaces `dir/data.mdb` with the file `copy` writes (and syncs) at the path it is given,
+/// while no process has the store open, and then overwrites the replaced file's bytes.
+///
+/// Exclusive use: this process's claim on the directory, the directory's lock (no creation
+/// or clean-up runs meanwhile), and a write lock on the first byte of `lock.mdb`, where LMDB
+/// in every process that has the store open holds a shared lock, and which an LMDB opening
+/// the store waits for. Crash safety: the copy is built in a private directory and given the
+/// name `data.mdb` by one `rename`, after it is synced; a process that dies before the rename
+/// leaves the old file in place and the private directory for the next open to remove, one
+/// that dies after it leaves the copy. The old file is overwritten only once the directory
+/// that names the copy is synced.
+pub(super) fn replace_data_file(
+    dir: &Path,
+    copy: impl FnOnce(&Path) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let io = |e| io_error(e, dir);
+    let in_use = || Error::StoreInUse { path: canonical(dir) };
+    let _claim = Claim::take(dir).map_err(|e| match e {
+        Error::AlreadyOpen { .. } => in_use(),
+        other => other,
+    })?;
+    let _lock = lock_dir(dir, true).map_err(io)?;
+    let lock_file = match File::options().read(true).write(true).open(dir.join(LOCK_FILE)) {
+        Ok(file) => Some(file),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(e)),
+    };
+    if let Some(file) = &lock_file
+        && !sys::lock_first_byte(file, true).map_err(io)?
+    {
+        return Err(in_use());
+    }
+    remove_temp_entries(dir);
+    let build_dir = TempEntry::dir(dir).map_err(io)?;
+    let new_file = build_dir.path.join(DATA_FILE);
+    copy(&new_file)?;
+    let live = dir.join(DATA_FILE);
+    let old = File::options().read(true).write(true).open(&live).map_err(io)?;
+    fs::rename(&new_file, &live).map_err(io)?;
+    sync_dir(dir).map_err(io)?;
+    // The old file has no name any more; its bytes would linger in the blocks the
+    // filesystem frees. Overwritten in place, where the filesystem writes in place.
+    let len = old.metadata().map_err(io)?.len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(zeros.len() as u64) as usize;
+        old.write_all_at(&zeros[..n], at).map_err(io)?;
+        at += n as u64;
+    }
+    old.sync_all().map_err(io)?;
+    // Closing `lock_file` releases the lock on its first byte: openers waiting for it go on.
+    drop(lock_file);
+    Ok(())
+}
+
 /// Creates `data.mdb` in `dir` whole or not at all. `build` makes it in a private directory
 /// inside `dir`; the file is synced, linked into place under its name (never replacing one
 /// that appeared meanwhile), and the directory synced. A process that dies on the way

@@ -3,11 +3,11 @@
 use std::ops::Bound::{Included, Unbounded};
 use std::sync::Arc;
 
-use crate::crypto::{Master, MasterKey, StreamKey};
+use crate::crypto::{KeysAuth, MAC_LEN, MasterKey, StreamKey, constant_time_eq, xor_into};
 use crate::error::Error;
 use crate::id::StreamId;
-use crate::key_record::ensure_current;
-use crate::record::{Body, Content, Envelope, HASH_LEN};
+use crate::key_record::{ensure_current, stream_of, update_keys_auth, verify_keys};
+use crate::record::{self, Body, Content, Envelope, HASH_LEN};
 use crate::storage::{key, meta_key, value};
 use crate::store::Varve;
 
@@ -28,9 +28,15 @@ impl Varve {
     /// typed access to them is [`Error::Shredded`], and so is any new append to the stream.
     /// Other streams are unaffected.
     ///
+    /// The events' clear headers stay authenticated: each gets a MAC under a key derived from
+    /// the master key, which reads and [`ReadView::check_integrity`](crate::ReadView::check_integrity)
+    /// verify.
+    ///
     /// The old wrapped key stays in pages LMDB has freed but not yet reused, and in earlier
     /// backups, until a [`rotate_master_key`](Self::rotate_master_key) (old backups then need
-    /// the old master key, which you destroy) and a compacting [`backup`](Self::backup). See
+    /// the old master key, which you destroy) and [`compact_in_place`](crate::compact_in_place).
+    /// Written back into the file, it is refused (the `keys` table is authenticated), except
+    /// together with the whole table's old authenticator before a rotation. See
     /// `docs/encryption.md`.
     ///
     /// # Errors
@@ -60,13 +66,16 @@ impl Varve {
         let master = Arc::clone(&encryption.read());
         ensure_current(storage, &txn, Some(&master))?;
         let k = key::stream(stream);
+        let old = storage.get(&txn, tables.keys, &k)?.map(<[u8]>::to_vec);
         // A value that is not a valid marker (damaged, forged) is overwritten by a real one.
-        if let Some(stored) = storage.get(&txn, tables.keys, &k)?
-            && matches!(master.unwrap(stream, stored), Ok(StreamKey::Shredded { .. }))
-        {
-            return Ok(false);
-        }
+        let data_key = match old.as_deref().map(|v| master.unwrap(stream, v)) {
+            Some(Ok(StreamKey::Shredded { .. })) => return Ok(false),
+            Some(Ok(StreamKey::Key(cipher))) => Some(cipher),
+            Some(Err(_)) | None => None,
+        };
         let mut blobs: Vec<[u8; HASH_LEN]> = Vec::new();
+        let mut headers: Vec<(u64, [u8; MAC_LEN])> = Vec::new();
+        let mut plain = zeroize::Zeroizing::new(Vec::new());
         let mut last_version = 0u32;
         let from = key::stream_version(stream, 0);
         let to = key::stream_version(stream, u32::MAX);
@@ -79,18 +88,48 @@ impl Varve {
             let Some(raw) = storage.get(&txn, tables.events, &key::seq(seq))? else { continue };
             // A damaged record cannot name a blob, and one that is not this stream's (a
             // tampered index) must not lose its blob; shredding the key goes ahead regardless.
-            if let Ok(Envelope { head, content: Content::Sealed { body: Body::Blob { hash, .. }, .. } }) =
+            let Ok(Envelope { head, content: Content::Sealed { metadata_len, payload_len, aad_head, body } }) =
                 Envelope::decode(seq, raw)
-                && head.stream == stream
-            {
-                blobs.push(*hash);
+            else {
+                continue;
+            };
+            if head.stream != stream {
+                continue;
+            }
+            // The clear header stays authenticated once the key is gone: under a MAC, given
+            // only to a header its sealed body vouches for now. A record that fails to open
+            // gets none, and reads as damaged afterwards.
+            let sealed = match body {
+                Body::Blob { hash, len } => {
+                    blobs.push(*hash);
+                    storage.blob(&txn, seq, hash, len).ok()
+                }
+                Body::Inline(sealed) => Some(sealed),
+            };
+            if let (Some(cipher), Some(sealed)) = (&data_key, sealed) {
+                plain.clear();
+                plain.resize(metadata_len as usize + payload_len as usize, 0);
+                if record::open_sealed(cipher, seq, aad_head, sealed, &mut plain).is_ok() {
+                    headers.push((seq, master.header_mac(seq, aad_head)));
+                }
             }
         }
+        drop(plain);
         for hash in &blobs {
             storage.delete(&mut txn, tables.blobs, hash)?;
         }
-        storage.put(&mut txn, tables.keys, &k, &master.shredded_marker(stream, last_version)?)?;
+        for (seq, mac) in &headers {
+            storage.put(&mut txn, tables.shredded_headers, &key::seq(*seq), mac)?;
+        }
+        let marker = master.shredded_marker(stream, last_version)?;
+        let mut delta = master.keys_entry(stream, &marker);
+        if let Some(old) = &old {
+            xor_into(&mut delta, &master.keys_entry(stream, old));
+        }
+        storage.put(&mut txn, tables.keys, &k, &marker)?;
+        let generation = update_keys_auth(storage, &mut txn, &master, &delta)?;
         storage.commit(txn)?;
+        master.saw_keys_generation(generation);
         Ok(true)
     }
 
@@ -104,10 +143,16 @@ impl Varve {
     /// writes with [`Error::WrongKey`]. After it, destroy the old key: backups made before
     /// the rotation then cannot be decrypted.
     ///
+    /// The retired key is not kept: reopening a copy made before the rotation needs it from
+    /// wherever you keep it.
+    ///
     /// # Errors
-    /// [`Error::NotEncrypted`]; [`Error::WrongKey`] if another process rotated the key since
-    /// this one opened the store; [`Error::CorruptKey`] for a stored key the current master
-    /// cannot open; storage errors. Nothing changes on error.
+    /// [`Error::NotEncrypted`]; [`Error::SameMasterKey`] if `new_key` is the key in use;
+    /// [`Error::WrongKey`] if another process rotated the key since this one opened the
+    /// store; [`Error::CorruptIndex`] if the `keys` table does not match its authenticator;
+    /// [`Error::CorruptKey`] for a stored key the current master cannot open;
+    /// [`Error::Corrupt`] for a shredded event whose header MAC does not verify; storage
+    /// errors. Nothing changes on error.
     ///
     /// ```
     /// use varvedb::{ExpectedVersion, MasterKey, NewEvent, Options};
@@ -131,19 +176,53 @@ impl Varve {
         let mut txn = storage.write_txn()?;
         let current = Arc::clone(&encryption.read());
         ensure_current(storage, &txn, Some(&current))?;
-        let epoch =
-            current.epoch.checked_add(1).ok_or(Error::Internal("the master key epoch is exhausted"))?;
-        let new = Master::create(new_key, epoch)?;
+        let new = current.successor(new_key)?;
+        if new.same_key(&current) {
+            return Err(Error::SameMasterKey);
+        }
+        // Nothing written back into the table is re-wrapped (and so blessed) under the new key.
+        let auth = verify_keys(storage, &txn, &current, true)?;
         let wrapped: Vec<(Vec<u8>, Vec<u8>)> = storage
             .entries(&txn, tables.keys, (Unbounded, Unbounded), false)?
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<_, _>>()?;
+        let mut sum = [0u8; MAC_LEN];
         for (k, v) in &wrapped {
-            let stream = k.as_slice().try_into().map(u128::from_be_bytes).map_err(|_| {
-                Error::CorruptIndex { table: "keys", reason: "a key is not a 16-byte stream id".into() }
-            })?;
+            let stream = stream_of(k)?;
             let rewrapped = current.rewrap(&new, stream, v)?;
+            xor_into(&mut sum, &new.keys_entry(stream, &rewrapped));
             storage.put(&mut txn, tables.keys, k, &rewrapped)?;
+        }
+        let generation = auth
+            .generation
+            .checked_add(1)
+            .ok_or(Error::Internal("the keys table generation is exhausted"))?;
+        let auth = KeysAuth { generation, sum };
+        storage.put(&mut txn, tables.meta, meta_key::KEYS_AUTH, &new.keys_auth_value(auth))?;
+        // The MACs of shredded events' headers move to the new key too; one that does not
+        // verify under the old key is not re-made.
+        let macs: Vec<(Vec<u8>, Vec<u8>)> = storage
+            .entries(&txn, tables.shredded_headers, (Unbounded, Unbounded), false)?
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (k, mac) in &macs {
+            let seq = key::decode_seq(k).ok_or_else(|| Error::CorruptIndex {
+                table: "shredded_headers",
+                reason: "a key is not an 8-byte seq".into(),
+            })?;
+            let corrupt = || Error::Corrupt {
+                seq,
+                reason: "the clear header of a shredded event fails authentication".into(),
+            };
+            let raw = storage.get(&txn, tables.events, k)?.ok_or_else(corrupt)?;
+            let Content::Sealed { aad_head, .. } = Envelope::decode(seq, raw)?.content else {
+                return Err(corrupt());
+            };
+            if !constant_time_eq(&current.header_mac(seq, aad_head), mac) {
+                return Err(corrupt());
+            }
+            let remade = new.header_mac(seq, aad_head);
+            storage.put(&mut txn, tables.shredded_headers, k, &remade)?;
         }
         storage.put(&mut txn, tables.meta, meta_key::ENCRYPTION, new.check_value())?;
         // Readers take the read lock around starting their transaction: holding the write lock
@@ -151,6 +230,7 @@ impl Varve {
         // the new keys with the old master or the reverse.
         let mut slot = encryption.write();
         storage.commit(txn)?;
+        new.saw_keys_generation(generation);
         *slot = Arc::new(new);
         Ok(wrapped.len() as u64)
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
-use crate::crypto::{Encryption, MasterKey};
+use crate::crypto::{Encryption, MasterKey, StoreId};
 use crate::error::Error;
 use crate::id::StreamId;
 use crate::read::ReadView;
@@ -23,6 +23,7 @@ mod keys;
 /// - `max_readers`: 1024 concurrent read views (across all processes using the store).
 /// - `max_event_size`: 16 MiB of payload plus metadata per event.
 /// - no encryption; see [`encryption_key`](Self::encryption_key).
+/// - any store identity; see [`expect_store_id`](Self::expect_store_id).
 /// - no warning about read views held open; see [`on_reader_lag`](Self::on_reader_lag).
 ///
 /// Commits are durable: a write returns only after LMDB has synced it to disk.
@@ -39,6 +40,7 @@ pub struct Options {
     max_readers: u32,
     max_event_size: usize,
     encryption: Option<MasterKey>,
+    expect_store_id: Option<StoreId>,
     lag_warning: Option<LagWarning>,
 }
 
@@ -49,6 +51,7 @@ impl Default for Options {
             max_readers: 1024,
             max_event_size: 16 << 20,
             encryption: None,
+            expect_store_id: None,
             lag_warning: None,
         }
     }
@@ -97,6 +100,9 @@ impl Options {
     ///
     /// Reads of encrypted events decrypt into a buffer instead of reading in place.
     ///
+    /// The open store keeps only keys derived from `key` (for this store), not `key` itself:
+    /// [`Varve::options`] returns these options without it.
+    ///
     /// ```
     /// use varvedb::{ExpectedVersion, MasterKey, NewEvent, Options};
     /// # let dir = tempfile::tempdir()?;
@@ -112,6 +118,33 @@ impl Options {
     #[must_use]
     pub fn encryption_key(mut self, key: MasterKey) -> Self {
         self.encryption = Some(key);
+        self
+    }
+
+    /// Opens the store only if its identity ([`Varve::store_id`]) is `id`: a `data.mdb` of
+    /// another store in its place (swapped, or restored from the wrong backup) is
+    /// [`Error::StoreMismatch`] before anything is read or written.
+    ///
+    /// In an encrypted store the identity is bound into every key the master key derives, so
+    /// a file whose identity was edited to match does not open with the key either
+    /// ([`Error::WrongKey`]). In a plain store nothing authenticates it: there it guards
+    /// against mistakes, not attackers.
+    ///
+    /// ```
+    /// use varvedb::{Error, MasterKey, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let other = tempfile::tempdir()?;
+    /// let key = MasterKey::generate()?;
+    /// let id = Options::new().encryption_key(key.clone()).open(dir.path())?.store_id().unwrap();
+    /// Options::new().encryption_key(key.clone()).open(other.path())?; // same key, another store
+    /// let pinned = Options::new().encryption_key(key).expect_store_id(id);
+    /// assert!(pinned.clone().open(dir.path()).is_ok());
+    /// assert!(matches!(pinned.open(other.path()), Err(Error::StoreMismatch { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn expect_store_id(mut self, id: StoreId) -> Self {
+        self.expect_store_id = Some(id);
         self
     }
 
@@ -175,16 +208,24 @@ impl Options {
     /// file; [`Error::IncompatibleFormat`] if it was written with another on-disk format;
     /// [`Error::KeyRequired`] if it is encrypted and no key was given; [`Error::WrongKey`];
     /// [`Error::NotEncrypted`] if a key was given for a store that holds unencrypted events;
+    /// [`Error::StoreMismatch`] if the store is not the one
+    /// [`expect_store_id`](Self::expect_store_id) pinned; [`Error::CorruptIndex`] for the
+    /// `keys` table if an encrypted store's data keys do not match their authenticator (one
+    /// written back, added or removed behind the store's back);
     /// [`Error::CorruptFile`] if the file is damaged where opening reads it (LMDB does not
     /// check its file; this is checked before LMDB maps it); [`Error::DiskFull`]; other I/O
     /// and storage errors.
-    pub fn open(self, path: impl AsRef<Path>) -> Result<Varve, Error> {
+    pub fn open(mut self, path: impl AsRef<Path>) -> Result<Varve, Error> {
         let path = path.as_ref();
         let storage = Arc::new(Storage::open(
             path,
             &StorageConfig { map_size: self.map_size, max_readers: self.max_readers },
         )?);
-        let encryption = crate::key_record::open(&storage, path, self.encryption.as_ref())?.map(Arc::new);
+        let opened = crate::key_record::open(&storage, path, self.encryption.as_ref(), self.expect_store_id)?;
+        // The master key itself is not kept: only the keys derived from it for this store,
+        // which a rotation replaces.
+        self.encryption = None;
+        let encryption = opened.encryption.map(Arc::new);
         let last_seq = storage.last_seq(&*storage.read_txn()?)?;
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
         let counters = Arc::new(Counters::default());
@@ -206,6 +247,7 @@ impl Options {
                 counters,
                 watch: watch_rx,
                 path: path.to_path_buf(),
+                store_id: opened.store_id,
                 options: self,
             }),
         })
@@ -243,6 +285,7 @@ struct Inner {
     counters: Arc<Counters>,
     watch: tokio::sync::watch::Receiver<u64>,
     path: PathBuf,
+    store_id: Option<StoreId>,
     options: Options,
 }
 
@@ -383,10 +426,18 @@ impl Varve {
         &self.inner.path
     }
 
-    /// The options the store was opened with.
+    /// The options the store was opened with, without the master key: the store does not
+    /// keep it (see [`Options::encryption_key`]).
     #[must_use]
     pub fn options(&self) -> &Options {
         &self.inner.options
+    }
+
+    /// The store's identity, to pin with [`Options::expect_store_id`]. `None` for a plain
+    /// store made by a build without identities.
+    #[must_use]
+    pub fn store_id(&self) -> Option<StoreId> {
+        self.inner.store_id
     }
 
     pub(crate) fn storage(&self) -> &Storage {
@@ -460,6 +511,38 @@ impl Varve {
     }
 }
 
+/// Replaces the store in directory `path` with a compacted copy of itself, and overwrites the
+/// replaced file: the step that removes, from the store's own file, the bytes LMDB has freed
+/// but not reused (old versions of pages: a shredded stream's wrapped key, read-model rows
+/// deleted or rewritten, keys wrapped under a retired master key). The store must be closed
+/// in every process; it keeps its identity, keys and events, and opens as before.
+///
+/// Crash-safe: the copy is written to a private directory inside `path`, synced, and only
+/// then renamed to `data.mdb`, so a crash at any point leaves either the old file or the
+/// whole copy (a later open removes what a crashed run left). Needs free disk space for the
+/// copy. On filesystems that do not write in place (copy-on-write filesystems, and SSDs
+/// below any filesystem) the old file's blocks may still hold its bytes: see
+/// `docs/encryption.md`.
+///
+/// # Errors
+/// [`Error::StoreInUse`] if the store is open in this or another process (nothing is
+/// changed); the errors of [`Options::open`] for a damaged file; I/O errors (a full disk: the
+/// old file stays).
+///
+/// ```
+/// use varvedb::{ExpectedVersion, NewEvent, Varve};
+/// # let dir = tempfile::tempdir()?;
+/// let db = Varve::open(dir.path())?;
+/// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
+/// drop(db);
+/// varvedb::compact_in_place(dir.path())?;
+/// assert_eq!(Varve::open(dir.path())?.begin_read()?.last_seq()?, 1);
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+pub fn compact_in_place(path: impl AsRef<Path>) -> Result<(), Error> {
+    crate::storage::Storage::compact_in_place(path.as_ref())
+}
+
 /// A handle that does not keep the store open (for subscriptions and runners).
 #[derive(Clone)]
 pub(crate) struct WeakVarve(std::sync::Weak<Inner>);
@@ -516,7 +599,7 @@ mod tests {
         }
         let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
         let err = Varve::open(dir.path()).unwrap_err();
-        assert!(matches!(err, Error::IncompatibleFormat { found: 3, supported: 2 }), "{err:?}");
+        assert!(matches!(err, Error::IncompatibleFormat { found: 4, supported: 3 }), "{err:?}");
         assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
     }
 

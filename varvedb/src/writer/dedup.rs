@@ -51,13 +51,20 @@ impl WriterState {
                     (Content::Sealed { metadata_len, payload_len, aad_head, body }, Some(master)) => {
                         metadata_len as usize == event.metadata.len()
                             && payload_len as usize == event.payload.len()
-                            && self.open_stored(
-                                txn,
-                                master,
-                                seq,
-                                header.stream,
-                                (metadata_len, aad_head, body),
-                            )? == [event.metadata.as_slice(), event.payload.as_slice()]
+                            && {
+                                // In time independent of where the bytes differ: the answer
+                                // (stored, or a mismatch) tells the sender whether its bytes
+                                // equal the sealed ones, and nothing more.
+                                let [metadata, payload] = self.open_stored(
+                                    txn,
+                                    master,
+                                    seq,
+                                    header.stream,
+                                    (metadata_len, aad_head, body),
+                                )?;
+                                crypto::constant_time_eq(metadata, &event.metadata)
+                                    & crypto::constant_time_eq(payload, &event.payload)
+                            }
                     }
                     (_, None) => {
                         return Err(Error::Corrupt {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use aes_gcm::Aes256Gcm;
 
-use crate::crypto::{Encryption, Master, NoncePool, StreamKey};
+use crate::crypto::{Encryption, MAC_LEN, Master, NoncePool, StreamKey, xor_into};
 use crate::error::Error;
 use crate::id::StreamId;
 use crate::storage::{Storage, WriteTxn, key};
@@ -26,6 +26,9 @@ pub(super) struct WriterCrypto {
     pub(super) sealed_blob: Vec<u8>,
     /// Decrypted stored events (idempotent retries); zeroed when the writer stops.
     pub(super) plain: zeroize::Zeroizing<Vec<u8>>,
+    /// The XOR of the keyed hashes of the data keys this transaction stored, for the `keys`
+    /// table's authenticator; `None` while it stored none.
+    pub(super) keys_delta: Option<[u8; MAC_LEN]>,
 }
 
 impl WriterCrypto {
@@ -46,6 +49,28 @@ impl WriterCrypto {
             nonces: NoncePool::new(),
             sealed_blob: Vec::new(),
             plain: zeroize::Zeroizing::new(Vec::new()),
+            keys_delta: None,
+        }
+    }
+
+    /// Readies the state for a new transaction: no key stored yet, and no nonce drawn by
+    /// another process (a fork's parent).
+    pub(super) fn begin(&mut self) {
+        self.keys_delta = None;
+        self.nonces.check_process();
+    }
+
+    /// Brings the `keys` table's authenticator up to date with the keys this transaction
+    /// stored, if any; returns its new generation.
+    pub(super) fn finish(
+        &mut self,
+        storage: &Storage,
+        txn: &mut WriteTxn<'_>,
+        master: &Master,
+    ) -> Result<Option<u64>, Error> {
+        match self.keys_delta.take() {
+            Some(delta) => crate::key_record::update_keys_auth(storage, txn, master, &delta).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -60,7 +85,10 @@ impl WriterCrypto {
         let Some(stored) = storage.get(txn, storage.tables.keys, &key::stream(stream))? else {
             return Ok(None);
         };
-        let cached = self.keys.get(&stream).is_some_and(|(bytes, _)| bytes.as_slice() == stored);
+        // A key cached before the stream was shredded (by `shred`, which does not go through
+        // the writer) must not be revived by its old bytes written back into the table.
+        let cached = self.keys.get(&stream).is_some_and(|(bytes, _)| bytes.as_slice() == stored)
+            && !master.known_shredded(stream);
         if !cached {
             let cipher = match master.unwrap(stream, stored)? {
                 StreamKey::Key(cipher) => cipher,
@@ -93,6 +121,8 @@ impl WriterCrypto {
             }
             let (cipher, wrapped) = master.new_data_key(stream)?;
             storage.put(txn, storage.tables.keys, &key::stream(stream), &wrapped)?;
+            let delta = self.keys_delta.get_or_insert([0; MAC_LEN]);
+            xor_into(delta, &master.keys_entry(stream, &wrapped));
             self.cache(stream, wrapped.to_vec(), cipher);
         }
         self.keys

@@ -250,6 +250,9 @@ impl WriterState {
         let master = self.crypto.as_ref().map(|c| Arc::clone(&c.encryption.read()));
         let master = master.as_deref();
         crate::key_record::ensure_current(&storage, &txn, master)?;
+        if let Some(crypto) = self.crypto.as_mut() {
+            crypto.begin();
+        }
         let mut next_seq = storage.last_seq(&txn)?.checked_add(1).ok_or_else(seq_exhausted)?;
         let mut results = Vec::with_capacity(batches.len());
         let mut events_written = 0u64;
@@ -284,7 +287,14 @@ impl WriterState {
             }
         }
         if events_written > 0 {
+            let keys_generation = match (self.crypto.as_mut(), master) {
+                (Some(crypto), Some(master)) => crypto.finish(&storage, &mut txn, master)?,
+                _ => None,
+            };
             storage.commit(txn)?;
+            if let (Some(generation), Some(master)) = (keys_generation, master) {
+                master.saw_keys_generation(generation);
+            }
             self.head_cache.committed_txn = Some(txn_id);
             self.last_timestamp = timestamp;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
