@@ -226,6 +226,17 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
             }
         }
     });
+    // Stored versions read in place come first: an older version that has an apply
+    // function of its own goes there, not through another event's upcast chain.
+    let upcast_arms = applies.iter().map(|a| {
+        let (name, e) = (a.name, event_of(a.archived));
+        quote! {
+            if let ::core::option::Option::Some(archived) = #private::archived_as::<#e>(event, buf)? {
+                Self::#name(self, archived);
+                return ::core::result::Result::Ok(());
+            }
+        }
+    });
     let event_of_impls = applies.iter().map(|a| {
         let e = event_of(a.archived);
         quote!(#[automatically_derived] impl #private::EventOf<#self_ty> for #e {})
@@ -244,9 +255,14 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
                 fn apply_recorded(
                     &mut self,
                     event: &#private::RecordedEvent<'_>,
+                    buf: &mut #private::UpcastBuffer,
                 ) -> ::core::result::Result<(), #private::Error> {
                     #(#arms)*
-                    ::core::result::Result::Err(#private::unknown::<Self>(event))
+                    #(#upcast_arms)*
+                    ::core::result::Result::Err(
+                        #private::no_path(<Self as #private::Aggregate>::EVENTS, event)
+                            .unwrap_or_else(|| #private::unknown::<Self>(event)),
+                    )
                 }
             }
 

@@ -93,7 +93,10 @@ pub use typed::stream::{
 };
 #[cfg(feature = "testing")]
 pub use typed::testing;
-pub use typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Handle, IntoPending, Pending, Schema};
+pub use typed::{
+    Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Handle, IntoPending, Pending, Schema, Upcast,
+    UpcastBuffer,
+};
 
 /// The rkyv varvedb is built with. Derive your own archives with
 /// `#[rkyv(crate = varvedb::rkyv)]`, or use `#[derive(Event)]`, which needs no rkyv attribute.
@@ -115,10 +118,11 @@ pub use varvedb_derive::{Event, EventData, aggregate};
 pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::RecordedEvent;
-    pub use crate::typed::has_duplicate_identity;
     pub use crate::typed::schema::fingerprint;
     pub use crate::typed::stream::unknown;
+    pub use crate::typed::upcast::{archived_as, no_path, upcast_step};
     pub use crate::typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Schema};
+    pub use crate::typed::{UpcastBuffer, has_duplicate_identity, str_eq};
     pub use core;
     pub use rkyv;
 

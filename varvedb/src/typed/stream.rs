@@ -1,5 +1,6 @@
 //! `Stream<A>`: a typed handle on one aggregate's stream.
 
+use std::cell::OnceCell;
 use std::marker::PhantomData;
 
 use crate::batch::{Appended, ExpectedVersion, WriteBatch};
@@ -8,7 +9,8 @@ use crate::event::RecordedEvent;
 use crate::id::StreamId;
 use crate::read::{ReadView, StreamEvents};
 use crate::store::Varve;
-use crate::typed::{Aggregate, EventInfo, EventOf, Handle, IntoPending, Pending};
+use crate::typed::upcast::{archived_as, no_path};
+use crate::typed::{Aggregate, EventInfo, EventOf, Handle, IntoPending, Pending, UpcastBuffer};
 
 /// How many times [`Stream::execute`] reloads and retries after a concurrency conflict.
 pub const DEFAULT_EXECUTE_RETRIES: u32 = 5;
@@ -119,9 +121,14 @@ pub enum ExecuteError<E> {
 }
 
 /// One event of an aggregate's stream, read in place.
-#[derive(Debug, Clone, Copy)]
+///
+/// An event stored as an older version of one of `A`'s events (see [`Upcast`]) is upcast
+/// when [`get`](Self::get) first asks for it, into a buffer this value owns.
+#[derive(Debug, Clone)]
 pub struct TypedEvent<'v, A> {
     recorded: RecordedEvent<'v>,
+    /// Upcast forms, one slot per entry of `A::EVENTS`; made only for older versions.
+    upcast: OnceCell<Box<[OnceCell<UpcastBuffer>]>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -132,18 +139,41 @@ impl<'v, A: Aggregate> TypedEvent<'v, A> {
         &self.recorded
     }
 
-    /// Whether this is an event of type `E`.
+    /// Whether this event reads as an `E`: stored as `E`, or as an older version `E`
+    /// upcasts from.
     #[must_use]
     pub fn is<E: EventOf<A>>(&self) -> bool {
-        EventInfo::of::<E>().matches(&self.recorded)
+        EventInfo::of::<E>().accepts(self.recorded.type_tag(), self.recorded.schema_version())
     }
 
-    /// The archived `E`, if this event is an `E`, validated and read in place.
+    /// The archived `E`, if this event reads as an `E`: validated and read in place if it is
+    /// stored as `E`, upcast (once, then kept with this value) if it is stored as an older
+    /// version.
     ///
     /// # Errors
     /// [`Error::InvalidArchive`] if the payload does not validate.
-    pub fn get<E: EventOf<A>>(&self) -> Result<Option<&'v E::Archived>, Error> {
-        if self.is::<E>() { self.recorded.access::<E::Archived>().map(Some) } else { Ok(None) }
+    pub fn get<E: EventOf<A>>(&self) -> Result<Option<&E::Archived>, Error> {
+        let info = EventInfo::of::<E>();
+        if info.matches(&self.recorded) {
+            return self.recorded.access::<E::Archived>().map(Some);
+        }
+        if !self.is::<E>() {
+            return Ok(None);
+        }
+        let Some(slot) = A::EVENTS.iter().position(|i| *i == info) else { return Ok(None) };
+        let slots = self.upcast.get_or_init(|| A::EVENTS.iter().map(|_| OnceCell::new()).collect());
+        let cell = &slots[slot];
+        if cell.get().is_none() {
+            let mut buf = UpcastBuffer::new();
+            if archived_as::<E>(&self.recorded, &mut buf)?.is_none() {
+                return Ok(None);
+            }
+            let _ = cell.set(buf);
+        }
+        match cell.get() {
+            Some(buf) => buf.access::<E>(self.recorded.seq()).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -161,10 +191,10 @@ impl<'v, A: Aggregate> Iterator for TypedEvents<'v, A> {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
-        if !A::EVENTS.iter().any(|info| info.matches(&recorded)) {
-            return Some(Err(unknown::<A>(&recorded)));
+        if !A::EVENTS.iter().any(|info| info.accepts(recorded.type_tag(), recorded.schema_version())) {
+            return Some(Err(no_path(A::EVENTS, &recorded).unwrap_or_else(|| unknown::<A>(&recorded))));
         }
-        Some(Ok(TypedEvent { recorded, _aggregate: PhantomData }))
+        Some(Ok(TypedEvent { recorded, upcast: OnceCell::new(), _aggregate: PhantomData }))
     }
 }
 
@@ -272,8 +302,9 @@ impl<A: Aggregate> Stream<A> {
         let mut events = view.read_stream_to_head(self.id, 1, head)?;
         // Zeroed when dropped: decrypted events do not linger in freed memory.
         let mut buf = zeroize::Zeroizing::new(Vec::new());
+        let mut upcast = UpcastBuffer::new();
         events.try_for_each_reusing(&mut buf, |event| {
-            state.apply_recorded(event)?;
+            state.apply_recorded(event, &mut upcast)?;
             version = event.version();
             Ok(())
         })?;
@@ -388,7 +419,7 @@ impl<A: Aggregate> Stream<A> {
                 actual: kind.map(str::to_owned),
             });
         }
-        for info in A::EVENTS {
+        for info in A::EVENTS.iter().flat_map(EventInfo::chain) {
             if let Some(stored) = view.schema_fingerprint(info.name, info.version)?
                 && stored != info.fingerprint
             {
