@@ -51,9 +51,21 @@ mod name {
     pub(super) const PROJECTIONS: &str = "projections";
     pub(super) const KEYS: &str = "keys";
     pub(super) const SCHEMA: &str = "schema";
+    pub(super) const SNAPSHOTS: &str = "snapshots";
     pub(super) const META: &str = "meta";
-    pub(super) const ALL: [&str; 10] =
-        [EVENTS, STREAMS, STREAM_HEADS, EVENT_IDS, BLOBS, CHECKPOINTS, PROJECTIONS, KEYS, SCHEMA, META];
+    pub(super) const ALL: [&str; 11] = [
+        EVENTS,
+        STREAMS,
+        STREAM_HEADS,
+        EVENT_IDS,
+        BLOBS,
+        CHECKPOINTS,
+        PROJECTIONS,
+        KEYS,
+        SCHEMA,
+        SNAPSHOTS,
+        META,
+    ];
 }
 
 /// A transaction as reads see it: a read transaction, or a write transaction with its own
@@ -272,6 +284,9 @@ pub(crate) struct Tables {
     pub(crate) keys: Table,
     /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`.
     pub(crate) schema: Table,
+    /// `stream u128 BE` → the newest snapshot of the stream's aggregate state (see
+    /// `typed::snapshot`). Derived data: deleting any or all of it is always safe.
+    pub(crate) snapshots: Table,
     /// `name` → value; holds the format version.
     pub(crate) meta: Table,
 }
@@ -712,6 +727,13 @@ impl Storage {
         table.delete(txn, k).map_err(|e| self.err(e))
     }
 
+    /// Deletes every entry of `table`; returns how many there were.
+    pub(crate) fn clear(&self, txn: &mut WriteTxn<'_>, table: Table) -> Result<u64, Error> {
+        let n = table.len(txn).map_err(|e| self.err(e))?;
+        table.clear(txn).map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
     /// Deletes every key that starts with `prefix`; returns how many.
     pub(crate) fn delete_prefix(
         &self,
@@ -1073,6 +1095,7 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         projections: create(&mut wtxn, name::PROJECTIONS)?,
         keys: create(&mut wtxn, name::KEYS)?,
         schema: create(&mut wtxn, name::SCHEMA)?,
+        snapshots: create(&mut wtxn, name::SNAPSHOTS)?,
         meta: create(&mut wtxn, name::META)?,
     };
     if let Some(bytes) = tables.meta.get(&wtxn, meta_key::FORMAT_VERSION).map_err(err)? {

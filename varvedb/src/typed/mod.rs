@@ -1,6 +1,7 @@
 //! The typed layer: events, aggregates and typed stream handles.
 
 pub(crate) mod schema;
+pub(crate) mod snapshot;
 pub(crate) mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -19,6 +20,7 @@ use crate::batch::{NewEvent, SchemaId};
 use crate::error::Error;
 use crate::event::RecordedEvent;
 pub use schema::Schema;
+pub use snapshot::{SnapshotState, Snapshotted};
 pub use upcast::{Upcast, UpcastBuffer};
 
 /// A domain event that can be stored: an rkyv archive with a stable type tag, a schema
@@ -184,6 +186,10 @@ pub trait Aggregate: Default + Sized + 'static {
     const KIND: &'static str;
     /// Every event type this aggregate applies.
     const EVENTS: &'static [EventInfo];
+    /// How the aggregate's snapshots are made, if it has any (generated from the `snapshot*`
+    /// arguments of `#[aggregate]`).
+    #[doc(hidden)]
+    const SNAPSHOTS: Option<snapshot::SnapshotCodec<Self>> = None;
 
     /// Applies one stored event to the state; an older version of a handled event is upcast
     /// in `buf` (reuse one buffer for a whole fold).

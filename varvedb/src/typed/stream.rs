@@ -9,6 +9,7 @@ use crate::event::RecordedEvent;
 use crate::id::StreamId;
 use crate::read::{ReadView, StreamEvents};
 use crate::store::Varve;
+use crate::typed::snapshot::{self, Snapshotted};
 use crate::typed::upcast::{archived_as, no_path};
 use crate::typed::{Aggregate, EventInfo, EventOf, Handle, IntoPending, Pending, UpcastBuffer};
 
@@ -72,6 +73,7 @@ pub struct Loaded<A> {
     state: A,
     version: u32,
     stream: StreamId,
+    replayed: u32,
 }
 
 impl<A> Loaded<A> {
@@ -88,6 +90,12 @@ impl<A> Loaded<A> {
     /// The stream the state was loaded from.
     pub fn stream(&self) -> StreamId {
         self.stream
+    }
+
+    /// How many events this load folded: all of the stream's, or those after the snapshot
+    /// it started from.
+    pub fn replayed(&self) -> u32 {
+        self.replayed
     }
 
     /// The state, consuming the wrapper.
@@ -278,7 +286,13 @@ impl<A: Aggregate> Stream<A> {
 
     /// Folds the stream into `A`: every event is validated and applied in place from the
     /// memory map, with no copy and no allocation per event. In an encrypted store each
-    /// event is decrypted into one buffer reused for the whole fold.
+    /// event is decrypted into one buffer reused for the whole fold. Events stored as an
+    /// older version of one `A` applies are upcast into one buffer reused for the fold.
+    ///
+    /// An aggregate with snapshots starts from the stream's snapshot if it is valid for `A`
+    /// as built (same state shape, same events, same `snapshot_version`) and folds only the
+    /// events after it ([`Loaded::replayed`]); an invalid one is ignored. The result is the
+    /// same either way.
     ///
     /// # Errors
     /// [`Error::StreamKindMismatch`] if the id is another aggregate's stream;
@@ -297,18 +311,41 @@ impl<A: Aggregate> Stream<A> {
     /// As [`load`](Self::load).
     pub fn load_in(&self, view: &ReadView<'_>) -> Result<Loaded<A>, Error> {
         let head = self.check(view)?;
-        let mut state = A::default();
-        let mut version = 0;
-        let mut events = view.read_stream_to_head(self.id, 1, head)?;
+        let (mut state, mut version) = match head {
+            Some(head) => snapshot::load::<A>(view, self.id, head)?.unwrap_or_default(),
+            None => (A::default(), 0),
+        };
+        let mut replayed = 0;
+        let mut events = view.read_stream_to_head(self.id, version + 1, head)?;
         // Zeroed when dropped: decrypted events do not linger in freed memory.
         let mut buf = zeroize::Zeroizing::new(Vec::new());
         let mut upcast = UpcastBuffer::new();
         events.try_for_each_reusing(&mut buf, |event| {
             state.apply_recorded(event, &mut upcast)?;
             version = event.version();
+            replayed += 1;
             Ok(())
         })?;
-        Ok(Loaded { state, version, stream: self.id })
+        Ok(Loaded { state, version, stream: self.id, replayed })
+    }
+
+    /// Loads the stream and stores its state as the stream's snapshot, replacing the one
+    /// before. Returns the version it covers (0: the stream has no events, and nothing was
+    /// stored).
+    ///
+    /// Runs in a write transaction of its own. Snapshots are also made on
+    /// [`save`](Self::save) every `snapshot_every` events.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load); [`Error::Serialize`] if the state fails to archive;
+    /// [`Error::WouldDeadlock`] from inside a projection handler.
+    pub fn snapshot(&self) -> Result<u32, Error>
+    where
+        A: Snapshotted,
+    {
+        let loaded = self.load()?;
+        let stored = snapshot::store(&self.db, self.id, &loaded.state, loaded.version)?;
+        Ok(if stored { loaded.version } else { 0 })
     }
 
     /// Appends `events` if the stream is still at the version `loaded` reflects.
@@ -324,7 +361,23 @@ impl<A: Aggregate> Stream<A> {
         if loaded.stream != self.id {
             return Err(Error::StreamMismatch { loaded: loaded.stream, stream: self.id });
         }
-        self.append_all(ExpectedVersion::Exact(loaded.version), events)
+        let appended = self.append_all(ExpectedVersion::Exact(loaded.version), events)?;
+        self.snapshot_if_due(loaded.version, appended.last_version);
+        Ok(appended)
+    }
+
+    /// After a save from `from` to `to`: a snapshot if the save crossed a multiple of
+    /// `snapshot_every`. The events are stored whatever happens here, so a snapshot that
+    /// cannot be made (a store error, or a save from inside a projection handler) is left
+    /// for the next one; the load it costs starts from the previous snapshot.
+    fn snapshot_if_due(&self, from: u32, to: u32) {
+        let Some(codec) = &A::SNAPSHOTS else { return };
+        if codec.every == 0 || from / codec.every == to / codec.every {
+            return;
+        }
+        if let Ok(loaded) = self.load() {
+            let _ = snapshot::store(&self.db, self.id, &loaded.state, loaded.version);
+        }
     }
 
     /// The stream's events from `from_version` on, typed and read in place.
