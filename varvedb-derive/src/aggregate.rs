@@ -270,20 +270,10 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
     .then(|| {
         let every = args.snapshot_every.as_ref().map_or(0, |l| l.base10_parse::<u32>().unwrap_or(0));
         let version = args.snapshot_version.as_ref().map_or(0, |l| l.base10_parse::<u32>().unwrap_or(0));
-        let state = quote_spanned!(self_ty.span()=> <#self_ty as #private::SnapshotState>::STATE_FINGERPRINT);
+        let codec = quote_spanned!(self_ty.span()=> #private::snapshot_codec::<Self>(#every, #version));
         quote! {
             const SNAPSHOTS: ::core::option::Option<#private::SnapshotCodec<Self>> =
-                ::core::option::Option::Some(#private::SnapshotCodec {
-                    every: #every,
-                    fingerprint: #private::snapshot_fingerprint(
-                        #kind,
-                        #state,
-                        <Self as #private::Aggregate>::EVENTS,
-                        #version,
-                    ),
-                    encode: #private::encode_state::<Self>,
-                    decode: #private::decode_state::<Self>,
-                });
+                ::core::option::Option::Some(#codec);
         }
     });
     let snapshotted = snapshots

@@ -119,7 +119,7 @@ pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::RecordedEvent;
     pub use crate::typed::schema::fingerprint;
-    pub use crate::typed::snapshot::{SnapshotCodec, decode_state, encode_state, snapshot_fingerprint};
+    pub use crate::typed::snapshot::{SnapshotCodec, snapshot_codec};
     pub use crate::typed::stream::unknown;
     pub use crate::typed::upcast::{archived_as, no_path, upcast_step};
     pub use crate::typed::{

@@ -97,6 +97,22 @@ pub struct SnapshotCodec<A> {
     pub decode: fn(&[u8]) -> Result<A, Error>,
 }
 
+/// The snapshot codec of aggregate `A`: what `#[aggregate(snapshot..)]` generates, in one
+/// call so that a state that cannot be archived is reported once.
+#[doc(hidden)]
+#[must_use]
+pub const fn snapshot_codec<A: Aggregate + SnapshotState>(
+    every: u32,
+    snapshot_version: u32,
+) -> SnapshotCodec<A> {
+    SnapshotCodec {
+        every,
+        fingerprint: snapshot_fingerprint(A::KIND, A::STATE_FINGERPRINT, A::EVENTS, snapshot_version),
+        encode: encode_state::<A>,
+        decode: decode_state::<A>,
+    }
+}
+
 /// The state's archive.
 #[doc(hidden)]
 pub fn encode_state<A: SnapshotState>(state: &A) -> Result<AlignedVec, Error> {

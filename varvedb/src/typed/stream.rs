@@ -68,13 +68,24 @@ impl<A> std::fmt::Debug for Stream<A> {
 }
 
 /// An aggregate's state folded from its stream, with the version it reflects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Two loads are equal when their state, version and stream are: whether they started
+/// from a snapshot ([`replayed`](Self::replayed)) does not change what was loaded.
+#[derive(Debug, Clone)]
 pub struct Loaded<A> {
     state: A,
     version: u32,
     stream: StreamId,
     replayed: u32,
 }
+
+impl<A: PartialEq> PartialEq for Loaded<A> {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.state, self.version, self.stream) == (&other.state, other.version, other.stream)
+    }
+}
+
+impl<A: Eq> Eq for Loaded<A> {}
 
 impl<A> Loaded<A> {
     /// The folded state.
