@@ -55,6 +55,11 @@ struct ReadmeDoctests;
 #[doc = include_str!("../../docs/encryption.md")]
 struct EncryptionDoctests;
 
+// And those of the event evolution guide.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/evolution.md")]
+struct EvolutionDoctests;
+
 mod batch;
 mod crc;
 mod crypto;

@@ -141,7 +141,7 @@ pub enum ExecuteError<E> {
 
 /// One event of an aggregate's stream, read in place.
 ///
-/// An event stored as an older version of one of `A`'s events (see [`Upcast`]) is upcast
+/// An event stored as an older version of one of `A`'s events (see [`Upcast`](crate::Upcast)) is upcast
 /// when [`get`](Self::get) first asks for it, into a buffer this value owns.
 #[derive(Debug, Clone)]
 pub struct TypedEvent<'v, A> {
