@@ -396,3 +396,31 @@ fn the_registry_checks_the_fingerprints_of_every_version_on_the_chain() {
         Some(<OrderPlaced as Event>::FINGERPRINT)
     );
 }
+
+#[tokio::test]
+async fn a_subscriber_reads_older_versions_as_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    db.stream::<old_build::Order>(1u128).append_all(ExpectedVersion::NoStream, [v1(10), v1(20)]).unwrap();
+    db.stream::<old_build::Order>(1u128)
+        .append(ExpectedVersion::Exact(2), OrderShipped { carrier: "x".into() })
+        .unwrap();
+    db.stream::<Order>(1u128).append(ExpectedVersion::Exact(3), v2(30, "CHF")).unwrap();
+    let mut sub = db.subscribe(1).of_types([<OrderPlaced as Event>::NAME]);
+    let mut buf = varvedb::UpcastBuffer::new();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let event = sub.next_event().await.unwrap().unwrap();
+        let placed = event.read_as::<OrderPlaced>(&mut buf).unwrap().expect("an order.placed");
+        seen.push((event.schema_version, placed.amount_cents.to_native(), placed.currency.to_string()));
+    }
+    assert_eq!(seen, [(1, 10, "EUR".into()), (1, 20, "EUR".into()), (2, 30, "CHF".into())]);
+    // Another type is `None`; the tag at a version with no path is an error.
+    let event = db.subscribe(3).next_event().await.unwrap().unwrap();
+    assert!(event.read_as::<OrderPlaced>(&mut buf).unwrap().is_none());
+    let event = db.subscribe(1).next_event().await.unwrap().unwrap();
+    assert!(matches!(
+        event.read_as::<unlinked::OrderPlaced>(&mut buf),
+        Err(Error::NoUpcastPath { stored: 1, .. })
+    ));
+}

@@ -11,7 +11,7 @@ use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
 use crate::error::Error;
-use crate::event::RecordedEvent;
+use crate::event::{OwnedEvent, RecordedEvent};
 use crate::typed::{Event, EventInfo};
 
 /// Reads an older version of an event as this one: `impl Upcast<OrderPlacedV1> for
@@ -159,4 +159,27 @@ pub fn no_path(handled: &[EventInfo], event: &RecordedEvent<'_>) -> Option<Error
         stored: event.schema_version(),
         handled: newest,
     })
+}
+
+impl OwnedEvent {
+    /// The event as `E`, for a subscriber: read in place if it is stored as `E`'s version,
+    /// upcast into `buf` if it is stored as an older version on `E`'s chain, `None` if it is
+    /// another event. Reuse one `buf` for a whole subscription.
+    ///
+    /// # Errors
+    /// [`Error::NoUpcastPath`] if the event has `E`'s type tag at a version `E` cannot read;
+    /// [`Error::InvalidArchive`]; [`Error::Shredded`].
+    pub fn read_as<'a, E: Event>(
+        &'a self,
+        buf: &'a mut UpcastBuffer,
+    ) -> Result<Option<&'a E::Archived>, Error> {
+        let event = RecordedEvent::from_owned(self);
+        if let Some(archived) = archived_as::<E>(&event, buf)? {
+            return Ok(Some(archived));
+        }
+        match no_path(&[EventInfo::of::<E>()], &event) {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
 }
