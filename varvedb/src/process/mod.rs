@@ -129,13 +129,8 @@ fn handler_for<'h, H>(
 
 /// A handler was given an event it does not read: `handler_for` chose it, so this does not
 /// happen, but is an error rather than a panic.
-fn unknown_to(event: &RecordedEvent<'_>) -> Error {
-    Error::UnknownEvent {
-        seq: event.seq(),
-        type_tag: event.type_tag().to_owned(),
-        version: event.schema_version(),
-        aggregate: "(handler)",
-    }
+fn not_read() -> Error {
+    Error::Internal("a handler was given an event of a version it does not read")
 }
 
 /// Refuses a second handler for one event type, which would never run.

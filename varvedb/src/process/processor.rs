@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::checkpoint::{read_checkpoint, write_checkpoint};
-use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, runner, unknown_to};
+use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, not_read, runner};
 use crate::event::RecordedEvent;
 use crate::store::Varve;
 use crate::typed::upcast::{archived_as, no_path};
@@ -107,7 +107,7 @@ impl Processor {
             info,
             Box::new(move |event| match archived_as::<E>(event, &mut upcast)? {
                 Some(archived) => f(archived, event),
-                None => Err(no_path(&[info], event).unwrap_or_else(|| unknown_to(event)).into()),
+                None => Err(no_path(&[info], event).unwrap_or_else(not_read).into()),
             }),
         ));
         self

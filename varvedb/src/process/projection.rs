@@ -5,7 +5,7 @@
 
 use super::checkpoint::{delete_checkpoint, read_checkpoint, write_checkpoint};
 use super::table::{self, Key, Table, Value};
-use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, runner, unknown_to};
+use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, not_read, runner};
 use crate::error::Error;
 use crate::event::RecordedEvent;
 use crate::storage::{Storage, WriteTxn};
@@ -107,7 +107,7 @@ impl Projection {
             info,
             Box::new(move |tx, event| match archived_as::<E>(event, &mut upcast)? {
                 Some(archived) => f(tx, archived, event),
-                None => Err(no_path(&[info], event).unwrap_or_else(|| unknown_to(event)).into()),
+                None => Err(no_path(&[info], event).unwrap_or_else(not_read).into()),
             }),
         ));
         self

@@ -347,6 +347,31 @@ impl<A: Aggregate> Stream<A> {
     /// Runs in a write transaction of its own. Snapshots are also made on
     /// [`save`](Self::save) every `snapshot_every` events.
     ///
+    /// ```
+    /// use varvedb::{aggregate, Event, EventData, ExpectedVersion, Varve};
+    ///
+    /// #[derive(Event)]
+    /// struct Deposited { cents: u64 }
+    ///
+    /// #[derive(Default, EventData)]
+    /// struct Account { balance: u64 }
+    ///
+    /// #[aggregate(snapshot)]
+    /// impl Account {
+    ///     fn deposited(&mut self, e: &ArchivedDeposited) { self.balance += e.cents.to_native(); }
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Varve::open(dir.path())?;
+    /// let account = db.stream::<Account>(7u128);
+    /// account.append_all(ExpectedVersion::NoStream, (1..=100).map(|cents| Deposited { cents }))?;
+    /// assert_eq!(account.snapshot()?, 100);
+    /// account.append(ExpectedVersion::Exact(100), Deposited { cents: 1 })?;
+    /// let loaded = account.load()?;
+    /// assert_eq!((loaded.state().balance, loaded.replayed()), (5051, 1));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`load`](Self::load); [`Error::Serialize`] if the state fails to archive;
     /// [`Error::WouldDeadlock`] from inside a projection handler.
