@@ -312,6 +312,32 @@ fn a_damaged_or_misplaced_snapshot_is_ignored() {
     assert_eq!((l.replayed(), l.state().fields()), (14, want1.clone()));
     drop(db);
 
+    // The same, with its checksum recomputed for stream 1: it covers version 21, past
+    // stream 1's head.
+    let mut forged = snap2.clone();
+    varvedb::__private::forge_snapshot_checksum(1, &mut forged);
+    raw::put(dir.path(), "snapshots", &snapshot_key(1), &forged);
+    let db = Varve::open(dir.path()).unwrap();
+    let l = db.stream::<Every7>(1u128).load().unwrap();
+    assert_eq!((l.replayed(), l.state().fields()), (14, want1.clone()));
+    drop(db);
+
+    // A snapshot of stream 1 at version 14 from another store, whose stream 1 has other
+    // events, at other seqs: its checksum is valid here (same key), its kind, fingerprint
+    // and version fit, but the event at version 14 is not the one it covered.
+    let other = tempfile::tempdir().unwrap();
+    let db2 = Varve::open(other.path()).unwrap();
+    db2.stream::<Full>(9u128).append_all(ExpectedVersion::NoStream, (0..5).map(posted)).unwrap();
+    let s = db2.stream::<Every7>(1u128);
+    s.save(&s.load().unwrap(), (100..114).map(posted)).unwrap();
+    drop((s, db2));
+    let foreign = raw::get(other.path(), "snapshots", &snapshot_key(1)).unwrap();
+    raw::put(dir.path(), "snapshots", &snapshot_key(1), &foreign);
+    let db = Varve::open(dir.path()).unwrap();
+    let l = db.stream::<Every7>(1u128).load().unwrap();
+    assert_eq!((l.replayed(), l.state().fields()), (14, want1.clone()), "another event at the version");
+    drop(db);
+
     // A flipped byte anywhere in a snapshot.
     let good = raw::get(dir.path(), "snapshots", &snapshot_key(2)).unwrap();
     for at in [0, 4, 6, 10, 18, 27, good.len() - 1] {

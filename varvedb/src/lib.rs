@@ -149,4 +149,11 @@ pub mod __private {
     pub fn forge_checksum(seq: u64, record: &mut [u8]) {
         crate::record::forge_checksum(seq, record);
     }
+
+    /// Recomputes the checksum of a snapshot value stored under `stream`, as an attacker
+    /// who edits the file would.
+    #[cfg(feature = "testing")]
+    pub fn forge_snapshot_checksum(stream: u128, value: &mut [u8]) {
+        crate::typed::snapshot::forge_checksum(stream, value);
+    }
 }
