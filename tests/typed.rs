@@ -373,9 +373,10 @@ mod schema_safety {
             .unwrap();
         s.append(ExpectedVersion::Exact(1), OpenedV2 { owner: 42 }).unwrap();
         assert_eq!(s.load().unwrap().state().owners, ["ana", "42"]);
-        // The old-only aggregate meets an event version it does not know: a typed error.
+        // The old-only aggregate meets an event version it cannot read: a typed error naming
+        // both versions.
         let err = db.stream::<Before>(1u128).load().unwrap_err();
-        assert!(matches!(err, Error::UnknownEvent { seq: 2, version: 2, .. }), "{err:?}");
+        assert!(matches!(err, Error::NoUpcastPath { seq: 2, stored: 2, handled: 1, .. }), "{err:?}");
     }
 }
 

@@ -1,10 +1,11 @@
 //! `Stream::load` folds archived events in place: a counting allocator shows the number of
-//! heap allocations does not grow with the number of events.
+//! heap allocations does not grow with the number of events, nor with the number of older
+//! events upcast on the way.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use varvedb::{Event, ExpectedVersion, MasterKey, Options, Pending, Varve, aggregate};
+use varvedb::{Event, ExpectedVersion, MasterKey, Options, Pending, Upcast, Varve, aggregate};
 
 /// Counts allocations made by the current thread only, so the store's writer thread and
 /// the test harness do not disturb the measurement.
@@ -134,4 +135,87 @@ fn fold_allocations_do_not_grow(db: &Varve) {
         "the fold allocates per event: {small} allocations for 10 events, {large} for 10,000"
     );
     assert!(small < 20, "a load should allocate a handful of times, not {small}");
+}
+
+/// Stored by an older build.
+#[derive(Event)]
+#[event(name = "line.priced", version = 1)]
+struct PricedV1 {
+    amount_cents: u64,
+    quantity: u32,
+}
+
+#[derive(Event)]
+#[event(name = "line.priced", version = 2, upcast = PricedV1)]
+struct Priced {
+    amount_cents: u64,
+    quantity: u32,
+    currency: [u8; 3],
+}
+
+/// Allocates nothing itself, so what the fold allocates is the library's.
+impl Upcast<PricedV1> for Priced {
+    fn upcast(old: &ArchivedPricedV1) -> Self {
+        Priced {
+            amount_cents: old.amount_cents.to_native(),
+            quantity: old.quantity.to_native(),
+            currency: *b"EUR",
+        }
+    }
+}
+
+#[derive(Default)]
+struct OldLines {
+    count: u32,
+}
+
+#[aggregate(name = "lines")]
+impl OldLines {
+    fn priced(&mut self, _: &ArchivedPricedV1) {
+        self.count += 1;
+    }
+}
+
+#[derive(Default)]
+struct Lines {
+    total: u64,
+    eur: u32,
+}
+
+#[aggregate(name = "lines")]
+impl Lines {
+    fn priced(&mut self, e: &ArchivedPriced) {
+        self.total += e.amount_cents.to_native() * u64::from(e.quantity.to_native());
+        self.eur += u32::from(&e.currency == b"EUR");
+    }
+}
+
+#[test]
+fn upcasting_ten_thousand_v1_events_allocates_no_more_than_upcasting_ten() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    for (stream, n) in [(1u128, 10u32), (2, 10_000)] {
+        let s = db.stream::<OldLines>(stream);
+        let mut version = 0;
+        while version < n {
+            let batch: Vec<PricedV1> = (version..n.min(version + 1_000))
+                .map(|i| PricedV1 { amount_cents: u64::from(i), quantity: 2 })
+                .collect();
+            version = s.append_all(ExpectedVersion::Exact(version), batch).unwrap().last_version;
+        }
+    }
+    let load = |stream: u128| {
+        let s = db.stream::<Lines>(stream);
+        let before = allocations();
+        let loaded = s.load().unwrap();
+        (allocations() - before, loaded.into_state())
+    };
+    let _ = load(1); // warm up lazily initialised state
+    let (small, s) = load(1);
+    let (large, l) = load(2);
+    assert_eq!((s.eur, l.eur), (10, 10_000), "every v1 event reached the v2 apply function");
+    assert_eq!(l.total, (0..10_000u64).map(|i| i * 2).sum::<u64>());
+    eprintln!("allocations per upcasting load: {small} for 10 events, {large} for 10,000 events");
+    assert_eq!(large, small, "upcasting allocates per event: {small} for 10 events, {large} for 10,000");
+    assert!(small < 30, "an upcasting load should allocate a handful of times, not {small}");
 }

@@ -5,15 +5,19 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::parse::Parser;
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ImplItem, ItemImpl, LitStr, Path, ReturnType, Type};
+use syn::{FnArg, Ident, ImplItem, ItemImpl, LitInt, LitStr, Path, ReturnType, Type};
 
 use crate::attrs::Errors;
 
-/// `#[aggregate(name = "...", crate = path)]`.
+/// `#[aggregate(name = "...", snapshot, snapshot_every = N, snapshot_version = N, crate = path)]`.
 #[derive(Default)]
 struct Args {
     name: Option<LitStr>,
     krate: Option<Path>,
+    /// Any `snapshot*` argument: the aggregate has snapshots.
+    snapshot: Option<Path>,
+    snapshot_every: Option<LitInt>,
+    snapshot_version: Option<LitInt>,
 }
 
 /// One apply function: `fn name(&mut self, event: &ArchivedE)`.
@@ -58,6 +62,27 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
             } else if out.name.replace(lit).is_some() {
                 found.push(meta.error("`name` is given twice"));
             }
+        } else if meta.path.is_ident("snapshot") {
+            if out.snapshot.replace(meta.path.clone()).is_some() {
+                found.push(meta.error("`snapshot` is given twice"));
+            }
+        } else if meta.path.is_ident("snapshot_every") || meta.path.is_ident("snapshot_version") {
+            let every = meta.path.is_ident("snapshot_every");
+            let what = if every { "snapshot_every" } else { "snapshot_version" };
+            let lit: LitInt = meta.value()?.parse()?;
+            match lit.base10_parse::<u32>() {
+                Ok(0) if every => found.push(syn::Error::new_spanned(
+                    &lit,
+                    "`snapshot_every` must be at least 1; for snapshots made only by `Stream::snapshot`, write `snapshot`",
+                )),
+                Ok(_) => {
+                    let slot = if every { &mut out.snapshot_every } else { &mut out.snapshot_version };
+                    if slot.replace(lit).is_some() {
+                        found.push(meta.error(format!("`{what}` is given twice")));
+                    }
+                }
+                Err(_) => found.push(syn::Error::new_spanned(&lit, format!("`{what}` must fit in a u32"))),
+            }
         } else if meta.path.is_ident("crate") {
             let path: Path = meta.value()?.parse()?;
             if out.krate.replace(path).is_some() {
@@ -66,7 +91,9 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
         } else {
             let name = meta.path.get_ident().map_or_else(|| "?".to_owned(), ToString::to_string);
             found.push(
-                meta.error(format!("unknown `aggregate` argument `{name}`; expected `name` or `crate`")),
+                meta.error(format!(
+                    "unknown `aggregate` argument `{name}`; expected `name`, `snapshot`, `snapshot_every`, `snapshot_version` or `crate`"
+                )),
             );
             if meta.input.peek(syn::Token![=]) {
                 let _: syn::Expr = meta.value()?.parse()?;
@@ -226,6 +253,32 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
             }
         }
     });
+    // Stored versions read in place come first: an older version that has an apply
+    // function of its own goes there, not through another event's upcast chain.
+    let upcast_arms = applies.iter().map(|a| {
+        let (name, e) = (a.name, event_of(a.archived));
+        quote! {
+            if let ::core::option::Option::Some(archived) = #private::archived_as::<#e>(event, buf)? {
+                Self::#name(self, archived);
+                return ::core::result::Result::Ok(());
+            }
+        }
+    });
+    let snapshots = (args.snapshot.is_some()
+        || args.snapshot_every.is_some()
+        || args.snapshot_version.is_some())
+    .then(|| {
+        let every = args.snapshot_every.as_ref().map_or(0, |l| l.base10_parse::<u32>().unwrap_or(0));
+        let version = args.snapshot_version.as_ref().map_or(0, |l| l.base10_parse::<u32>().unwrap_or(0));
+        let codec = quote_spanned!(self_ty.span()=> #private::snapshot_codec::<Self>(#every, #version));
+        quote! {
+            const SNAPSHOTS: ::core::option::Option<#private::SnapshotCodec<Self>> =
+                ::core::option::Option::Some(#codec);
+        }
+    });
+    let snapshotted = snapshots
+        .as_ref()
+        .map(|_| quote!(#[automatically_derived] impl #private::Snapshotted for #self_ty {}));
     let event_of_impls = applies.iter().map(|a| {
         let e = event_of(a.archived);
         quote!(#[automatically_derived] impl #private::EventOf<#self_ty> for #e {})
@@ -240,17 +293,24 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
             impl #private::Aggregate for #self_ty {
                 const KIND: &'static str = #kind;
                 const EVENTS: &'static [#private::EventInfo] = &[#(#infos),*];
+                #snapshots
 
                 fn apply_recorded(
                     &mut self,
                     event: &#private::RecordedEvent<'_>,
+                    buf: &mut #private::UpcastBuffer,
                 ) -> ::core::result::Result<(), #private::Error> {
                     #(#arms)*
-                    ::core::result::Result::Err(#private::unknown::<Self>(event))
+                    #(#upcast_arms)*
+                    ::core::result::Result::Err(
+                        #private::no_path(<Self as #private::Aggregate>::EVENTS, event)
+                            .unwrap_or_else(|| #private::unknown::<Self>(event)),
+                    )
                 }
             }
 
             #(#event_of_impls)*
+            #snapshotted
 
             // Dispatch is by (type tag, schema version): two events sharing both could never
             // be told apart in the log.

@@ -26,6 +26,8 @@ impl Errors {
 pub(crate) struct EventAttrs {
     pub(crate) name: Option<LitStr>,
     pub(crate) version: Option<LitInt>,
+    /// `upcast = Old`: the older version this one reads.
+    pub(crate) upcast: Option<Path>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -57,11 +59,16 @@ impl EventAttrs {
                         Err(_) => errors
                             .push(syn::Error::new_spanned(&lit, "`#[event(version = ...)]` must fit in a u32")),
                     }
+                } else if identity && meta.path.is_ident("upcast") {
+                    let path: Path = meta.value()?.parse()?;
+                    note(errors, set(&mut out.upcast, path, &meta.path, "upcast"));
                 } else {
-                    let message = if !identity && (meta.path.is_ident("name") || meta.path.is_ident("version")) {
+                    let message = if !identity
+                        && (meta.path.is_ident("name") || meta.path.is_ident("version") || meta.path.is_ident("upcast"))
+                    {
                         "`EventData` types have no name or version: only `#[derive(Event)]` types are stored on their own".to_owned()
                     } else {
-                        let expected = if identity { "`name`, `version` or `crate`" } else { "`crate`" };
+                        let expected = if identity { "`name`, `version`, `upcast` or `crate`" } else { "`crate`" };
                         let path = &meta.path;
                         let found = quote!(#path).to_string().replace(' ', "");
                         format!("unknown `event` attribute `{found}`; expected {expected}")

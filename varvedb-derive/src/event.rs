@@ -53,6 +53,14 @@ pub(crate) fn expand(input: &DeriveInput, kind: Kind) -> TokenStream {
 fn parse(input: &DeriveInput, kind: Kind) -> syn::Result<Model<'_>> {
     let mut errors = Errors::default();
     let attrs = EventAttrs::parse(&input.attrs, kind == Kind::Event, &mut errors);
+    if let Some(old) = &attrs.upcast
+        && !input.generics.params.is_empty()
+    {
+        errors.push(syn::Error::new_spanned(
+            old,
+            "`#[event(upcast = ..)]` is not supported on generic events: give each version a concrete type",
+        ));
+    }
     let shape = match &input.data {
         Data::Struct(s) => Some(Shape::Struct(&s.fields)),
         Data::Enum(e) => {
@@ -196,12 +204,48 @@ fn generate(m: &Model<'_>, kind: Kind) -> TokenStream {
         // A generic event is an event for exactly the parameters that make its fields storable.
         let event_bounds = quote!(#(#field_storable)*);
         let archived_event_where = generic.then(|| quote!(#event_where #(#field_storable)*));
+        let upcast = m.attrs.upcast.as_ref().map(|old| {
+            quote_spanned! {old.span()=>
+                const INFO: #private::EventInfo = #private::EventInfo {
+                    name: #name,
+                    version: #version,
+                    fingerprint: <Self as #private::Schema>::FINGERPRINT,
+                    upcasts_from: ::core::option::Option::Some(&<#old as #private::Event>::INFO),
+                };
+
+                fn upcast_older(
+                    event: &#private::RecordedEvent<'_>,
+                    buf: &mut #private::UpcastBuffer,
+                ) -> ::core::result::Result<::core::option::Option<Self>, #private::Error> {
+                    #private::upcast_step::<Self, #old>(event, buf)
+                }
+            }
+        });
+        let upcast_checks = m.attrs.upcast.as_ref().map(|old| {
+            let old_text = quote!(#old).to_string().replace(' ', "");
+            let same_name = format!(
+                "`#[event(upcast = {old_text})]`: `{old_text}` must be an older version of this event, with the same name {name:?}"
+            );
+            let lower = format!(
+                "`#[event(upcast = {old_text})]`: `{old_text}` must have a lower version than this event's ({version})"
+            );
+            quote_spanned! {old.span()=>
+                const _: () = ::core::assert!(
+                    #private::str_eq(<#old as #private::Event>::NAME, #name),
+                    #same_name,
+                );
+                const _: () = ::core::assert!(<#old as #private::Event>::VERSION < #version, #lower);
+            }
+        });
         quote! {
             #[automatically_derived]
             impl #impl_generics #private::Event for #this #event_where #event_bounds {
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
+                #upcast
             }
+
+            #upcast_checks
 
             #[automatically_derived]
             impl #impl_generics #private::ArchivedEvent for #archived_ty #archived_event_where

@@ -25,7 +25,11 @@ use syn::{DeriveInput, parse_macro_input};
 /// (integers, floats, `bool`, `char`, `String`, `Vec`, `Option`, `Box`, arrays, tuples,
 /// `BTreeMap`, `HashMap`, `BTreeSet`, `uuid::Uuid`) do; derive `EventData` for your own.
 ///
-/// Attributes: `#[event(name = "order.placed", version = 2, crate = my::varvedb)]`.
+/// Attributes: `#[event(name = "order.placed", version = 2, upcast = OrderPlacedV1, crate =
+/// my::varvedb)]`. `upcast = Old` declares that stored events of `Old` (same `name`, lower
+/// `version`) are read as this type, through `impl varvedb::Upcast<Old> for ThisType`;
+/// handlers then name only this type. Links chain (v1 → v2 → v3). A missing `Upcast` impl,
+/// another name or a version that is not lower is a compile error.
 ///
 /// The default name is the bare type name, and names are global to a store: two types named
 /// `Opened` in different modules collide (an aggregate applying both fails to compile; two
@@ -71,6 +75,12 @@ pub fn derive_event_data(input: TokenStream) -> TokenStream {
 ///
 /// Arguments: `#[aggregate(name = "order")]` sets the stream kind recorded on disk (default:
 /// the type's name); `crate = path` as for `Event`.
+///
+/// Snapshots, for an aggregate whose state derives `EventData`: `snapshot_every = N` stores
+/// one on `save` every N events; `snapshot` only on `Stream::snapshot`; `snapshot_version = N`
+/// (default 0) invalidates earlier snapshots after a change of apply logic that no
+/// fingerprint sees. Changes of the state's fields or of the events applied invalidate them
+/// by themselves.
 #[proc_macro_attribute]
 pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
     aggregate::expand(args.into(), &item.into()).into()

@@ -211,6 +211,23 @@ pub enum Error {
         aggregate: &'static str,
     },
 
+    /// An event is stored at a version that no handler reads, directly or through an
+    /// upcast chain: the handler's version names no `upcast` path back to (or forward to)
+    /// the stored one. Nothing is skipped; add the `upcast` link or a handler.
+    #[error(
+        "event at seq {seq} has type {type_tag:?} version {stored}, which has no upcast path to the handled version {handled}"
+    )]
+    NoUpcastPath {
+        /// The event's global sequence number.
+        seq: u64,
+        /// The event's type tag.
+        type_tag: String,
+        /// The version the event is stored as.
+        stored: u32,
+        /// The (newest) version the handler reads.
+        handled: u32,
+    },
+
     /// A loaded state was saved to a different stream than it was loaded from.
     #[error("state loaded from stream {loaded} cannot be saved to stream {stream}")]
     StreamMismatch {

@@ -55,6 +55,11 @@ struct ReadmeDoctests;
 #[doc = include_str!("../../docs/encryption.md")]
 struct EncryptionDoctests;
 
+// And those of the event evolution guide.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/evolution.md")]
+struct EvolutionDoctests;
+
 mod batch;
 mod crc;
 mod crypto;
@@ -93,7 +98,10 @@ pub use typed::stream::{
 };
 #[cfg(feature = "testing")]
 pub use typed::testing;
-pub use typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Handle, IntoPending, Pending, Schema};
+pub use typed::{
+    Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Handle, IntoPending, Pending, Schema, Upcast,
+    UpcastBuffer,
+};
 
 /// The rkyv varvedb is built with. Derive your own archives with
 /// `#[rkyv(crate = varvedb::rkyv)]`, or use `#[derive(Event)]`, which needs no rkyv attribute.
@@ -115,10 +123,14 @@ pub use varvedb_derive::{Event, EventData, aggregate};
 pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::RecordedEvent;
-    pub use crate::typed::has_duplicate_identity;
     pub use crate::typed::schema::fingerprint;
+    pub use crate::typed::snapshot::{SnapshotCodec, snapshot_codec};
     pub use crate::typed::stream::unknown;
-    pub use crate::typed::{Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Schema};
+    pub use crate::typed::upcast::{archived_as, no_path, upcast_step};
+    pub use crate::typed::{
+        Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Schema, SnapshotState, Snapshotted,
+    };
+    pub use crate::typed::{UpcastBuffer, has_duplicate_identity, str_eq};
     pub use core;
     pub use rkyv;
 
@@ -136,5 +148,12 @@ pub mod __private {
     #[cfg(feature = "testing")]
     pub fn forge_checksum(seq: u64, record: &mut [u8]) {
         crate::record::forge_checksum(seq, record);
+    }
+
+    /// Recomputes the checksum of a snapshot value stored under `stream`, as an attacker
+    /// who edits the file would.
+    #[cfg(feature = "testing")]
+    pub fn forge_snapshot_checksum(stream: u128, value: &mut [u8]) {
+        crate::typed::snapshot::forge_checksum(stream, value);
     }
 }

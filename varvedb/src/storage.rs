@@ -58,9 +58,10 @@ mod name {
     pub(super) const PROJECTIONS: &str = "projections";
     pub(super) const KEYS: &str = "keys";
     pub(super) const SCHEMA: &str = "schema";
+    pub(super) const SNAPSHOTS: &str = "snapshots";
     pub(super) const META: &str = "meta";
     pub(super) const SHREDDED_HEADERS: &str = "shredded_headers";
-    pub(super) const ALL: [&str; 11] = [
+    pub(super) const ALL: [&str; 12] = [
         EVENTS,
         STREAMS,
         STREAM_HEADS,
@@ -70,6 +71,7 @@ mod name {
         PROJECTIONS,
         KEYS,
         SCHEMA,
+        SNAPSHOTS,
         META,
         SHREDDED_HEADERS,
     ];
@@ -291,6 +293,9 @@ pub(crate) struct Tables {
     pub(crate) keys: Table,
     /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`.
     pub(crate) schema: Table,
+    /// `stream u128 BE` → the newest snapshot of the stream's aggregate state (see
+    /// `typed::snapshot`). Derived data: deleting any or all of it is always safe.
+    pub(crate) snapshots: Table,
     /// `name` → value; holds the format version.
     pub(crate) meta: Table,
     /// `seq u64 BE` → MAC of a shredded event's clear header, under a key derived from the
@@ -734,6 +739,13 @@ impl Storage {
         table.delete(txn, k).map_err(|e| self.err(e))
     }
 
+    /// Deletes every entry of `table`; returns how many there were.
+    pub(crate) fn clear(&self, txn: &mut WriteTxn<'_>, table: Table) -> Result<u64, Error> {
+        let n = table.len(txn).map_err(|e| self.err(e))?;
+        table.clear(txn).map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
     /// Deletes every key that starts with `prefix`; returns how many.
     pub(crate) fn delete_prefix(
         &self,
@@ -1138,6 +1150,7 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         projections: create(&mut wtxn, name::PROJECTIONS)?,
         keys: create(&mut wtxn, name::KEYS)?,
         schema: create(&mut wtxn, name::SCHEMA)?,
+        snapshots: create(&mut wtxn, name::SNAPSHOTS)?,
         meta: create(&mut wtxn, name::META)?,
         shredded_headers: create(&mut wtxn, name::SHREDDED_HEADERS)?,
     };

@@ -52,9 +52,12 @@ pub enum ProcessorError {
         /// The handler's error.
         source: HandlerError,
     },
-    /// The processor handles events of this type, but not at this schema version: skipping
-    /// it would silently leave it out of the read model. Add a handler for the version.
-    #[error("processor {processor:?} has no handler for {type_tag:?} version {version} (seq {seq})")]
+    /// The processor handles events of this type, but not at this schema version, and no
+    /// handler's event upcasts from it: skipping it would silently leave it out of the read
+    /// model. Add a handler for the version, or an `upcast` link to it.
+    #[error(
+        "processor {processor:?} has no handler for {type_tag:?} version {version} (seq {seq}); it handles version {handled}, which has no upcast path from it"
+    )]
     UnhandledVersion {
         /// The processor's name.
         processor: String,
@@ -64,6 +67,8 @@ pub enum ProcessorError {
         type_tag: String,
         /// Its schema version.
         version: u32,
+        /// The (newest) version of the type the processor handles.
+        handled: u32,
     },
     /// Another instance of the processor moved its checkpoint meanwhile (from `expected` to
     /// `found`). Run one instance per name.
@@ -95,24 +100,37 @@ pub struct Progress {
     pub checkpoint: u64,
 }
 
-/// The handler for `event`, or an error if the processor handles its tag at other versions.
+/// The handler for `event` (one of its version first, else one that upcasts it), or an
+/// error if the processor handles its tag at other versions only.
 fn handler_for<'h, H>(
     processor: &str,
     handlers: &'h mut [(EventInfo, H)],
     event: &RecordedEvent<'_>,
 ) -> Result<Option<&'h mut H>, ProcessorError> {
-    if let Some(i) = handlers.iter().position(|(info, _)| info.matches(event)) {
+    let found = handlers.iter().position(|(info, _)| info.matches(event)).or_else(|| {
+        handlers.iter().position(|(info, _)| info.accepts(event.type_tag(), event.schema_version()))
+    });
+    if let Some(i) = found {
         return Ok(Some(&mut handlers[i].1));
     }
-    if handlers.iter().any(|(info, _)| info.name == event.type_tag()) {
+    if let Some(handled) =
+        handlers.iter().filter(|(info, _)| info.name == event.type_tag()).map(|(info, _)| info.version).max()
+    {
         return Err(ProcessorError::UnhandledVersion {
             processor: processor.to_owned(),
             seq: event.seq(),
             type_tag: event.type_tag().to_owned(),
             version: event.schema_version(),
+            handled,
         });
     }
     Ok(None)
+}
+
+/// A handler was given an event it does not read: `handler_for` chose it, so this does not
+/// happen, but is an error rather than a panic.
+fn not_read() -> Error {
+    Error::Internal("a handler was given an event of a version it does not read")
 }
 
 /// Refuses a second handler for one event type, which would never run.

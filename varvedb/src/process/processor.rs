@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use super::checkpoint::{read_checkpoint, write_checkpoint};
-use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, runner};
+use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, not_read, runner};
 use crate::event::RecordedEvent;
 use crate::store::Varve;
-use crate::typed::{Event, EventInfo};
+use crate::typed::upcast::{archived_as, no_path};
+use crate::typed::{Event, EventInfo, UpcastBuffer};
 
 /// A registered handler, its event type erased so one list holds handlers of every type.
 type EffectHandler = Box<dyn FnMut(&RecordedEvent<'_>) -> Result<(), HandlerError> + Send>;
@@ -98,12 +99,15 @@ impl Processor {
         mut self,
         mut f: impl FnMut(&E::Archived, &RecordedEvent<'_>) -> Result<(), HandlerError> + Send + 'static,
     ) -> Self {
-        assert_no_handler_yet(&self.handlers, EventInfo::of::<E>(), &self.name);
+        let info = EventInfo::of::<E>();
+        assert_no_handler_yet(&self.handlers, info, &self.name);
+        // Older stored versions of `E` are upcast into one buffer this handler keeps.
+        let mut upcast = UpcastBuffer::new();
         self.handlers.push((
-            EventInfo::of::<E>(),
-            Box::new(move |event| {
-                let archived = event.access::<E::Archived>()?;
-                f(archived, event)
+            info,
+            Box::new(move |event| match archived_as::<E>(event, &mut upcast)? {
+                Some(archived) => f(archived, event),
+                None => Err(no_path(&[info], event).unwrap_or_else(not_read).into()),
             }),
         ));
         self

@@ -5,12 +5,13 @@
 
 use super::checkpoint::{delete_checkpoint, read_checkpoint, write_checkpoint};
 use super::table::{self, Key, Table, Value};
-use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, runner};
+use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, not_read, runner};
 use crate::error::Error;
 use crate::event::RecordedEvent;
 use crate::storage::{Storage, WriteTxn};
 use crate::store::Varve;
-use crate::typed::{Event, EventInfo};
+use crate::typed::upcast::{archived_as, no_path};
+use crate::typed::{Event, EventInfo, UpcastBuffer};
 
 /// A registered handler, its event type erased so one list holds handlers of every type.
 type ProjectionHandler =
@@ -100,11 +101,13 @@ impl Projection {
     ) -> Self {
         let info = EventInfo::of::<E>();
         assert_no_handler_yet(&self.handlers, info, &self.name);
+        // Older stored versions of `E` are upcast into one buffer this handler keeps.
+        let mut upcast = UpcastBuffer::new();
         self.handlers.push((
             info,
-            Box::new(move |tx, event| {
-                let archived = event.access::<E::Archived>()?;
-                f(tx, archived, event)
+            Box::new(move |tx, event| match archived_as::<E>(event, &mut upcast)? {
+                Some(archived) => f(tx, archived, event),
+                None => Err(no_path(&[info], event).unwrap_or_else(not_read).into()),
             }),
         ));
         self

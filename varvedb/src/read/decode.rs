@@ -114,7 +114,7 @@ impl ReadView<'_> {
     }
 
     /// The data key of `stream` in this snapshot, or its shredded marker.
-    fn load_key(&self, master: &Master, stream: u128) -> Result<StreamKey, Error> {
+    pub(super) fn load_key(&self, master: &Master, stream: u128) -> Result<StreamKey, Error> {
         let wrapped = self.storage.get(&self.txn, self.storage.tables.keys, &key::stream(stream))?.ok_or(
             Error::CorruptKey {
                 stream: StreamId::from(stream),

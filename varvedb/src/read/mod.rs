@@ -17,6 +17,7 @@ use crate::storage::{ReadTxn, Storage, key, value};
 mod decode;
 mod integrity;
 mod log;
+pub(crate) mod snapshot;
 mod stream;
 
 pub use integrity::IntegrityReport;

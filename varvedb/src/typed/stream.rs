@@ -1,5 +1,6 @@
 //! `Stream<A>`: a typed handle on one aggregate's stream.
 
+use std::cell::OnceCell;
 use std::marker::PhantomData;
 
 use crate::batch::{Appended, ExpectedVersion, WriteBatch};
@@ -8,7 +9,9 @@ use crate::event::RecordedEvent;
 use crate::id::StreamId;
 use crate::read::{ReadView, StreamEvents};
 use crate::store::Varve;
-use crate::typed::{Aggregate, EventInfo, EventOf, Handle, IntoPending, Pending};
+use crate::typed::snapshot::{self, Snapshotted};
+use crate::typed::upcast::{archived_as, no_path};
+use crate::typed::{Aggregate, EventInfo, EventOf, Handle, IntoPending, Pending, UpcastBuffer};
 
 /// How many times [`Stream::execute`] reloads and retries after a concurrency conflict.
 pub const DEFAULT_EXECUTE_RETRIES: u32 = 5;
@@ -65,12 +68,24 @@ impl<A> std::fmt::Debug for Stream<A> {
 }
 
 /// An aggregate's state folded from its stream, with the version it reflects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Two loads are equal when their state, version and stream are: whether they started
+/// from a snapshot ([`replayed`](Self::replayed)) does not change what was loaded.
+#[derive(Debug, Clone)]
 pub struct Loaded<A> {
     state: A,
     version: u32,
     stream: StreamId,
+    replayed: u32,
 }
+
+impl<A: PartialEq> PartialEq for Loaded<A> {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.state, self.version, self.stream) == (&other.state, other.version, other.stream)
+    }
+}
+
+impl<A: Eq> Eq for Loaded<A> {}
 
 impl<A> Loaded<A> {
     /// The folded state.
@@ -86,6 +101,12 @@ impl<A> Loaded<A> {
     /// The stream the state was loaded from.
     pub fn stream(&self) -> StreamId {
         self.stream
+    }
+
+    /// How many events this load folded: all of the stream's, or those after the snapshot
+    /// it started from.
+    pub fn replayed(&self) -> u32 {
+        self.replayed
     }
 
     /// The state, consuming the wrapper.
@@ -119,9 +140,14 @@ pub enum ExecuteError<E> {
 }
 
 /// One event of an aggregate's stream, read in place.
-#[derive(Debug, Clone, Copy)]
+///
+/// An event stored as an older version of one of `A`'s events (see [`Upcast`](crate::Upcast)) is upcast
+/// when [`get`](Self::get) first asks for it, into a buffer this value owns.
+#[derive(Debug, Clone)]
 pub struct TypedEvent<'v, A> {
     recorded: RecordedEvent<'v>,
+    /// Upcast forms, one slot per entry of `A::EVENTS`; made only for older versions.
+    upcast: OnceCell<Box<[OnceCell<UpcastBuffer>]>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -132,18 +158,41 @@ impl<'v, A: Aggregate> TypedEvent<'v, A> {
         &self.recorded
     }
 
-    /// Whether this is an event of type `E`.
+    /// Whether this event reads as an `E`: stored as `E`, or as an older version `E`
+    /// upcasts from.
     #[must_use]
     pub fn is<E: EventOf<A>>(&self) -> bool {
-        EventInfo::of::<E>().matches(&self.recorded)
+        EventInfo::of::<E>().accepts(self.recorded.type_tag(), self.recorded.schema_version())
     }
 
-    /// The archived `E`, if this event is an `E`, validated and read in place.
+    /// The archived `E`, if this event reads as an `E`: validated and read in place if it is
+    /// stored as `E`, upcast (once, then kept with this value) if it is stored as an older
+    /// version.
     ///
     /// # Errors
     /// [`Error::InvalidArchive`] if the payload does not validate.
-    pub fn get<E: EventOf<A>>(&self) -> Result<Option<&'v E::Archived>, Error> {
-        if self.is::<E>() { self.recorded.access::<E::Archived>().map(Some) } else { Ok(None) }
+    pub fn get<E: EventOf<A>>(&self) -> Result<Option<&E::Archived>, Error> {
+        let info = EventInfo::of::<E>();
+        if info.matches(&self.recorded) {
+            return self.recorded.access::<E::Archived>().map(Some);
+        }
+        if !self.is::<E>() {
+            return Ok(None);
+        }
+        let Some(slot) = A::EVENTS.iter().position(|i| *i == info) else { return Ok(None) };
+        let slots = self.upcast.get_or_init(|| A::EVENTS.iter().map(|_| OnceCell::new()).collect());
+        let cell = &slots[slot];
+        if cell.get().is_none() {
+            let mut buf = UpcastBuffer::new();
+            if archived_as::<E>(&self.recorded, &mut buf)?.is_none() {
+                return Ok(None);
+            }
+            let _ = cell.set(buf);
+        }
+        match cell.get() {
+            Some(buf) => buf.access::<E>(self.recorded.seq()).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -161,10 +210,10 @@ impl<'v, A: Aggregate> Iterator for TypedEvents<'v, A> {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
-        if !A::EVENTS.iter().any(|info| info.matches(&recorded)) {
-            return Some(Err(unknown::<A>(&recorded)));
+        if !A::EVENTS.iter().any(|info| info.accepts(recorded.type_tag(), recorded.schema_version())) {
+            return Some(Err(no_path(A::EVENTS, &recorded).unwrap_or_else(|| unknown::<A>(&recorded))));
         }
-        Some(Ok(TypedEvent { recorded, _aggregate: PhantomData }))
+        Some(Ok(TypedEvent { recorded, upcast: OnceCell::new(), _aggregate: PhantomData }))
     }
 }
 
@@ -248,7 +297,13 @@ impl<A: Aggregate> Stream<A> {
 
     /// Folds the stream into `A`: every event is validated and applied in place from the
     /// memory map, with no copy and no allocation per event. In an encrypted store each
-    /// event is decrypted into one buffer reused for the whole fold.
+    /// event is decrypted into one buffer reused for the whole fold. Events stored as an
+    /// older version of one `A` applies are upcast into one buffer reused for the fold.
+    ///
+    /// An aggregate with snapshots starts from the stream's snapshot if it is valid for `A`
+    /// as built (same state shape, same events, same `snapshot_version`) and folds only the
+    /// events after it ([`Loaded::replayed`]); an invalid one is ignored. The result is the
+    /// same either way.
     ///
     /// # Errors
     /// [`Error::StreamKindMismatch`] if the id is another aggregate's stream;
@@ -267,17 +322,66 @@ impl<A: Aggregate> Stream<A> {
     /// As [`load`](Self::load).
     pub fn load_in(&self, view: &ReadView<'_>) -> Result<Loaded<A>, Error> {
         let head = self.check(view)?;
-        let mut state = A::default();
-        let mut version = 0;
-        let mut events = view.read_stream_to_head(self.id, 1, head)?;
+        let (mut state, mut version) = match head {
+            Some(head) => snapshot::load::<A>(view, self.id, head)?.unwrap_or_default(),
+            None => (A::default(), 0),
+        };
+        let mut replayed = 0;
+        let mut events = view.read_stream_to_head(self.id, version + 1, head)?;
         // Zeroed when dropped: decrypted events do not linger in freed memory.
         let mut buf = zeroize::Zeroizing::new(Vec::new());
+        let mut upcast = UpcastBuffer::new();
         events.try_for_each_reusing(&mut buf, |event| {
-            state.apply_recorded(event)?;
+            state.apply_recorded(event, &mut upcast)?;
             version = event.version();
+            replayed += 1;
             Ok(())
         })?;
-        Ok(Loaded { state, version, stream: self.id })
+        Ok(Loaded { state, version, stream: self.id, replayed })
+    }
+
+    /// Loads the stream and stores its state as the stream's snapshot, replacing the one
+    /// before. Returns the version it covers (0: the stream has no events, and nothing was
+    /// stored).
+    ///
+    /// Runs in a write transaction of its own. Snapshots are also made on
+    /// [`save`](Self::save) every `snapshot_every` events.
+    ///
+    /// ```
+    /// use varvedb::{aggregate, Event, EventData, ExpectedVersion, Varve};
+    ///
+    /// #[derive(Event)]
+    /// struct Deposited { cents: u64 }
+    ///
+    /// #[derive(Default, EventData)]
+    /// struct Account { balance: u64 }
+    ///
+    /// #[aggregate(snapshot)]
+    /// impl Account {
+    ///     fn deposited(&mut self, e: &ArchivedDeposited) { self.balance += e.cents.to_native(); }
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Varve::open(dir.path())?;
+    /// let account = db.stream::<Account>(7u128);
+    /// account.append_all(ExpectedVersion::NoStream, (1..=100).map(|cents| Deposited { cents }))?;
+    /// assert_eq!(account.snapshot()?, 100);
+    /// account.append(ExpectedVersion::Exact(100), Deposited { cents: 1 })?;
+    /// let loaded = account.load()?;
+    /// assert_eq!((loaded.state().balance, loaded.replayed()), (5051, 1));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`load`](Self::load); [`Error::Serialize`] if the state fails to archive;
+    /// [`Error::WouldDeadlock`] from inside a projection handler.
+    pub fn snapshot(&self) -> Result<u32, Error>
+    where
+        A: Snapshotted,
+    {
+        let loaded = self.load()?;
+        let stored = snapshot::store(&self.db, self.id, &loaded.state, loaded.version)?;
+        Ok(if stored { loaded.version } else { 0 })
     }
 
     /// Appends `events` if the stream is still at the version `loaded` reflects.
@@ -293,7 +397,23 @@ impl<A: Aggregate> Stream<A> {
         if loaded.stream != self.id {
             return Err(Error::StreamMismatch { loaded: loaded.stream, stream: self.id });
         }
-        self.append_all(ExpectedVersion::Exact(loaded.version), events)
+        let appended = self.append_all(ExpectedVersion::Exact(loaded.version), events)?;
+        self.snapshot_if_due(loaded.version, appended.last_version);
+        Ok(appended)
+    }
+
+    /// After a save from `from` to `to`: a snapshot if the save crossed a multiple of
+    /// `snapshot_every`. The events are stored whatever happens here, so a snapshot that
+    /// cannot be made (a store error, or a save from inside a projection handler) is left
+    /// for the next one; the load it costs starts from the previous snapshot.
+    fn snapshot_if_due(&self, from: u32, to: u32) {
+        let Some(codec) = &A::SNAPSHOTS else { return };
+        if codec.every == 0 || from / codec.every == to / codec.every {
+            return;
+        }
+        if let Ok(loaded) = self.load() {
+            let _ = snapshot::store(&self.db, self.id, &loaded.state, loaded.version);
+        }
     }
 
     /// The stream's events from `from_version` on, typed and read in place.
@@ -388,7 +508,7 @@ impl<A: Aggregate> Stream<A> {
                 actual: kind.map(str::to_owned),
             });
         }
-        for info in A::EVENTS {
+        for info in A::EVENTS.iter().flat_map(EventInfo::chain) {
             if let Some(stored) = view.schema_fingerprint(info.name, info.version)?
                 && stored != info.fingerprint
             {
