@@ -69,6 +69,7 @@ mod record;
 mod storage;
 mod store;
 mod subscribe;
+mod tlog;
 mod typed;
 mod writer;
 
@@ -87,6 +88,10 @@ pub use read::{IntegrityReport, LogEvents, ReadView, StreamEvents};
 pub use storage::ReaderLag;
 pub use store::{Options, Stats, Varve};
 pub use subscribe::Subscription;
+pub use tlog::{
+    Checkpoint, ConsistencyProof, Hash, InclusionProof, LeafFields, NoteError, NoteSigner, ProofError,
+    TreeHead, event_leaf, leaf_hash, node_hash, open_note, verify_consistency, verify_inclusion,
+};
 pub use typed::schema::fingerprint;
 pub use typed::stream::{
     DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, TypedEvents,

@@ -38,6 +38,9 @@ pub(crate) mod meta_key {
     pub(crate) const CREATED_AT_MICROS: &[u8] = b"created_at_micros";
     /// Present in encrypted stores: the master key's epoch and a check value (see `crypto`).
     pub(crate) const ENCRYPTION: &[u8] = b"encryption";
+    /// Whether the writer keeps the Merkle tree over the log (`merkle` table): one byte,
+    /// 1 or 0. Absent in a store created before the tree existed (see `tlog`).
+    pub(crate) const MERKLE_TREE: &[u8] = b"merkle_tree";
 }
 
 /// Table names. Renaming one is a format change.
@@ -52,8 +55,20 @@ mod name {
     pub(super) const KEYS: &str = "keys";
     pub(super) const SCHEMA: &str = "schema";
     pub(super) const META: &str = "meta";
-    pub(super) const ALL: [&str; 10] =
-        [EVENTS, STREAMS, STREAM_HEADS, EVENT_IDS, BLOBS, CHECKPOINTS, PROJECTIONS, KEYS, SCHEMA, META];
+    pub(super) const MERKLE: &str = "merkle";
+    pub(super) const ALL: [&str; 11] = [
+        EVENTS,
+        STREAMS,
+        STREAM_HEADS,
+        EVENT_IDS,
+        BLOBS,
+        CHECKPOINTS,
+        PROJECTIONS,
+        KEYS,
+        SCHEMA,
+        META,
+        MERKLE,
+    ];
 }
 
 /// A transaction as reads see it: a read transaction, or a write transaction with its own
@@ -274,6 +289,9 @@ pub(crate) struct Tables {
     pub(crate) schema: Table,
     /// `name` → value; holds the format version.
     pub(crate) meta: Table,
+    /// The Merkle tree over the log, in tiles: `tile level u8 ‖ tile index u64 BE` → up to
+    /// 16 node hashes of 32 bytes (see `tlog`).
+    pub(crate) merkle: Table,
 }
 
 /// Key encodings. Big-endian so LMDB's byte-wise order is numeric order.
@@ -1074,6 +1092,7 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         keys: create(&mut wtxn, name::KEYS)?,
         schema: create(&mut wtxn, name::SCHEMA)?,
         meta: create(&mut wtxn, name::META)?,
+        merkle: create(&mut wtxn, name::MERKLE)?,
     };
     if let Some(bytes) = tables.meta.get(&wtxn, meta_key::FORMAT_VERSION).map_err(err)? {
         let found = bytes

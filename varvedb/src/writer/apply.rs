@@ -8,6 +8,7 @@ use crate::crypto::Master;
 use crate::error::Error;
 use crate::record::{BLOB_THRESHOLD, Body, Content, Envelope, RecordHeader, blob_hash};
 use crate::storage::{WriteTxn, key, value};
+use crate::tlog::record_leaf_hash;
 
 use super::WriterState;
 use super::plan::PendingHead;
@@ -82,6 +83,9 @@ impl WriterState {
                         .encode_into(seq, &mut self.record_buf);
                 }
                 storage.append(txn, tables.events, &key::seq(seq), &self.record_buf)?;
+                if let Some(tree) = &mut self.tree {
+                    tree.push(record_leaf_hash(seq, &self.record_buf));
+                }
                 self.index_order.place(slot, (stream, version, seq));
                 if let Some(id) = event.id {
                     storage.insert(txn, tables.event_ids, "event_ids", &key::id(id), &value::seq(seq))?;

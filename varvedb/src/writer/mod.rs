@@ -13,6 +13,7 @@ use crate::crypto::Encryption;
 use crate::error::Error;
 use crate::record::{Envelope, now_micros};
 use crate::storage::{ReaderLag, Storage, WriteLockHeld, key, value};
+use crate::tlog::TreeWriter;
 
 mod apply;
 mod dedup;
@@ -69,6 +70,8 @@ pub(crate) struct WriterConfig {
     pub(crate) max_event_size: usize,
     pub(crate) encryption: Option<Arc<Encryption>>,
     pub(crate) lag_warning: Option<LagWarning>,
+    /// Whether the store keeps the Merkle tree over its log.
+    pub(crate) merkle_tree: bool,
 }
 
 /// What the writer calls, after a commit, when the oldest open read view is more than
@@ -114,6 +117,7 @@ impl Writer {
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel::<Request>();
         let crypto = config.encryption.clone().map(WriterCrypto::new);
+        let tree = config.merkle_tree.then(TreeWriter::default);
         let mut state = WriterState {
             storage,
             config,
@@ -124,6 +128,7 @@ impl Writer {
             head_buf: Vec::new(),
             index_order: IndexOrder::default(),
             head_cache: HeadCache::default(),
+            tree,
             last_timestamp: 0,
             lag_warned: None,
         };
@@ -183,6 +188,8 @@ struct WriterState {
     head_buf: Vec<u8>,
     index_order: IndexOrder,
     head_cache: HeadCache,
+    /// The growing edge of the Merkle tree over the log, when the store keeps one.
+    tree: Option<TreeWriter>,
     /// The commit time of the newest stored event: a new event never gets an earlier one.
     last_timestamp: u64,
     /// The lag last reported to the lag warning, while the oldest view stays past its bound.
@@ -250,7 +257,17 @@ impl WriterState {
         let master = self.crypto.as_ref().map(|c| Arc::clone(&c.encryption.read()));
         let master = master.as_deref();
         crate::key_record::ensure_current(&storage, &txn, master)?;
-        let mut next_seq = storage.last_seq(&txn)?.checked_add(1).ok_or_else(seq_exhausted)?;
+        let last_seq = storage.last_seq(&txn)?;
+        let mut next_seq = last_seq.checked_add(1).ok_or_else(seq_exhausted)?;
+        if let Some(tree) = &mut self.tree {
+            // As the head cache: valid only if our last commit is the last one. A failed
+            // commit left leaves in it that the store does not have.
+            if tree.committed_txn.take().and_then(|id| id.checked_add(1)) != Some(txn_id)
+                || tree.size() != last_seq
+            {
+                tree.load(&storage, &mut txn, last_seq)?;
+            }
+        }
         let mut results = Vec::with_capacity(batches.len());
         let mut events_written = 0u64;
         // Timestamps never go backwards in the log, even if the wall clock does.
@@ -284,8 +301,14 @@ impl WriterState {
             }
         }
         if events_written > 0 {
+            if let Some(tree) = &mut self.tree {
+                tree.flush(&storage, &mut txn)?;
+            }
             storage.commit(txn)?;
             self.head_cache.committed_txn = Some(txn_id);
+            if let Some(tree) = &mut self.tree {
+                tree.committed_txn = Some(txn_id);
+            }
             self.last_timestamp = timestamp;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
