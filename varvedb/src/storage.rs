@@ -427,6 +427,9 @@ pub(crate) struct Storage {
 pub(crate) struct StorageConfig {
     pub(crate) map_size: usize,
     pub(crate) max_readers: u32,
+    /// Whether a store created by this open keeps the Merkle tree (recorded with the
+    /// format version, in the creation's one commit).
+    pub(crate) merkle_tree: bool,
 }
 
 /// How far the oldest open read view of a store is behind its last commit: the oldest LMDB
@@ -467,7 +470,9 @@ impl Storage {
         files::remove_abandoned(path);
         let map_size = round_up_to_page(config.map_size);
         if !files::has_data_file(path)? {
-            files::create_data_file(path, |build_dir| build_store(build_dir, path, map_size))?;
+            files::create_data_file(path, |build_dir| {
+                build_store(build_dir, path, map_size, config.merkle_tree)
+            })?;
         }
         // Up to here an existing `data.mdb` has been neither mapped nor changed. LMDB trusts
         // the file it maps: damage it would read on the way in is refused first.
@@ -481,7 +486,7 @@ impl Storage {
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
-        let tables = prepare_tables(&env, map_size, path)?;
+        let tables = prepare_tables(&env, map_size, path, None)?;
         if crate::lmdb_file::failed_commit(path).is_some() {
             rewrite_meta_page(&env, tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
@@ -1033,10 +1038,10 @@ fn open_env(
 /// Builds a new store's `data.mdb` in `build_dir`, an empty private directory: every table
 /// and the format version, committed durably. The environment is closed on return, so the
 /// file is complete and no longer mapped. Errors name `store_dir`, the store being created.
-fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize) -> Result<(), Error> {
+fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize, merkle_tree: bool) -> Result<(), Error> {
     let env =
         open_env(build_dir, map_size, 1, Private::Yes).map_err(|e| engine_error(e, map_size, store_dir))?;
-    prepare_tables(&env, map_size, store_dir)?;
+    prepare_tables(&env, map_size, store_dir, Some(merkle_tree))?;
     // `env` is the only handle: dropping it closes the environment.
     Ok(())
 }
@@ -1067,7 +1072,14 @@ fn rewrite_meta_page(
     wtxn.commit().map_err(err)
 }
 
-fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tables, Error> {
+/// `merkle_tree`: for a new store, whether it keeps the Merkle tree (`None`: leave that to
+/// `tlog::open`).
+fn prepare_tables(
+    env: &Env<WithoutTls>,
+    map_size: usize,
+    dir: &Path,
+    merkle_tree: Option<bool>,
+) -> Result<Tables, Error> {
     let err = |e| engine_error(e, map_size, dir);
     let mut wtxn = env.write_txn().map_err(err)?;
     if !ours_or_empty(env, &wtxn).map_err(err)? {
@@ -1109,6 +1121,9 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         let now = crate::record::now_micros();
         tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes()).map_err(err)?;
         tables.meta.put(&mut wtxn, meta_key::CREATED_AT_MICROS, &now.to_le_bytes()).map_err(err)?;
+        if let Some(on) = merkle_tree {
+            tables.meta.put(&mut wtxn, meta_key::MERKLE_TREE, &[u8::from(on)]).map_err(err)?;
+        }
     }
     wtxn.commit().map_err(err)?;
     Ok(tables)
@@ -1341,8 +1356,11 @@ mod tests {
     #[test]
     fn log_entries_are_those_of_a_range_from_the_same_seq() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }).unwrap();
+        let storage = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false },
+        )
+        .unwrap();
         let events = storage.tables.events;
         let mut txn = storage.write_txn().unwrap();
         // Keys no sound log holds, below and among the seqs: a range skips those below its
@@ -1447,8 +1465,11 @@ mod tests {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         {
-            let storage =
-                Storage::open(dir.path(), &StorageConfig { map_size: 1 << 24, max_readers: 8 }).unwrap();
+            let storage = Storage::open(
+                dir.path(),
+                &StorageConfig { map_size: 1 << 24, max_readers: 8, merkle_tree: false },
+            )
+            .unwrap();
             let mut txn = storage.write_txn().unwrap();
             for (i, k) in keys.iter().enumerate() {
                 storage.put(&mut txn, storage.tables.blobs, k, &i.to_le_bytes()).unwrap();
@@ -1476,8 +1497,11 @@ mod tests {
     #[test]
     fn delete_prefix_deletes_exactly_the_keys_with_the_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 22, max_readers: 8 }).unwrap();
+        let storage = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 22, max_readers: 8, merkle_tree: false },
+        )
+        .unwrap();
         let table = storage.tables.projections;
         let keys: Vec<Vec<u8>> = (0..600u32)
             .flat_map(|i| {
@@ -1524,7 +1548,10 @@ mod tests {
             txn.commit().unwrap();
             env.prepare_for_closing().wait();
         }
-        let Err(err) = Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }) else {
+        let Err(err) = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false },
+        ) else {
             panic!("a value opened as a table");
         };
         let Error::Storage(engine) = &err else { panic!("{err:?}") };
@@ -1551,8 +1578,11 @@ mod tests {
     #[test]
     fn the_reader_table_gives_the_oldest_reader() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 200 }).unwrap();
+        let storage = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 20, max_readers: 200, merkle_tree: false },
+        )
+        .unwrap();
         let commit = || {
             let mut txn = storage.write_txn().unwrap();
             storage.put(&mut txn, storage.tables.blobs, b"k", b"v").unwrap();

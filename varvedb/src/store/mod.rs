@@ -209,7 +209,11 @@ impl Options {
         let path = path.as_ref();
         let storage = Arc::new(Storage::open(
             path,
-            &StorageConfig { map_size: self.map_size, max_readers: self.max_readers },
+            &StorageConfig {
+                map_size: self.map_size,
+                max_readers: self.max_readers,
+                merkle_tree: self.verifiable_log,
+            },
         )?);
         let encryption = crate::key_record::open(&storage, path, self.encryption.as_ref())?.map(Arc::new);
         let merkle_tree = crate::tlog::open(&storage, self.verifiable_log)?;

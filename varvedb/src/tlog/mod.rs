@@ -4,6 +4,7 @@
 //! `merkle` is the tree arithmetic and verification (no storage), `tiles` the stored tree,
 //! `note` signed notes and checkpoints. See `docs/audit.md`.
 
+mod feed;
 mod merkle;
 mod note;
 mod tiles;
@@ -11,6 +12,7 @@ mod tiles;
 pub use merkle::{Hash, ProofError, leaf_hash, node_hash, verify_consistency, verify_inclusion};
 pub use note::{Checkpoint, NoteError, NoteSigner, open_note};
 
+pub(crate) use feed::TreeFeed;
 pub(crate) use tiles::{TileCheck, TreeWriter, record_leaf, record_leaf_hash};
 
 use crate::error::Error;

@@ -8,7 +8,6 @@ use crate::crypto::Master;
 use crate::error::Error;
 use crate::record::{BLOB_THRESHOLD, Body, Content, Envelope, RecordHeader, blob_hash};
 use crate::storage::{WriteTxn, key, value};
-use crate::tlog::record_leaf_hash;
 
 use super::WriterState;
 use super::plan::PendingHead;
@@ -84,7 +83,7 @@ impl WriterState {
                 }
                 storage.append(txn, tables.events, &key::seq(seq), &self.record_buf)?;
                 if let Some(tree) = &mut self.tree {
-                    tree.push(record_leaf_hash(seq, &self.record_buf));
+                    tree.push(seq, &self.record_buf)?;
                 }
                 self.index_order.place(slot, (stream, version, seq));
                 if let Some(id) = event.id {

@@ -13,7 +13,7 @@ use crate::crypto::Encryption;
 use crate::error::Error;
 use crate::record::{Envelope, now_micros};
 use crate::storage::{ReaderLag, Storage, WriteLockHeld, key, value};
-use crate::tlog::TreeWriter;
+use crate::tlog::TreeFeed;
 
 mod apply;
 mod dedup;
@@ -117,7 +117,7 @@ impl Writer {
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel::<Request>();
         let crypto = config.encryption.clone().map(WriterCrypto::new);
-        let tree = config.merkle_tree.then(TreeWriter::default);
+        let tree = if config.merkle_tree { Some(TreeFeed::spawn()?) } else { None };
         let mut state = WriterState {
             storage,
             config,
@@ -189,7 +189,7 @@ struct WriterState {
     index_order: IndexOrder,
     head_cache: HeadCache,
     /// The growing edge of the Merkle tree over the log, when the store keeps one.
-    tree: Option<TreeWriter>,
+    tree: Option<TreeFeed>,
     /// The commit time of the newest stored event: a new event never gets an earlier one.
     last_timestamp: u64,
     /// The lag last reported to the lag warning, while the oldest view stays past its bound.
@@ -259,9 +259,10 @@ impl WriterState {
         crate::key_record::ensure_current(&storage, &txn, master)?;
         let last_seq = storage.last_seq(&txn)?;
         let mut next_seq = last_seq.checked_add(1).ok_or_else(seq_exhausted)?;
-        if let Some(tree) = &mut self.tree {
+        if let Some(feed) = &mut self.tree {
             // As the head cache: valid only if our last commit is the last one. A failed
             // commit left leaves in it that the store does not have.
+            let mut tree = feed.sync()?;
             if tree.committed_txn.take().and_then(|id| id.checked_add(1)) != Some(txn_id)
                 || tree.size() != last_seq
             {
@@ -301,14 +302,19 @@ impl WriterState {
             }
         }
         if events_written > 0 {
-            if let Some(tree) = &mut self.tree {
+            let mut tree = match &mut self.tree {
+                Some(feed) => Some(feed.sync()?),
+                None => None,
+            };
+            if let Some(tree) = &mut tree {
                 tree.flush(&storage, &mut txn)?;
             }
             storage.commit(txn)?;
             self.head_cache.committed_txn = Some(txn_id);
-            if let Some(tree) = &mut self.tree {
+            if let Some(tree) = &mut tree {
                 tree.committed_txn = Some(txn_id);
             }
+            drop(tree);
             self.last_timestamp = timestamp;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
