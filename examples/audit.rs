@@ -2,7 +2,8 @@
 //! log is signed at the end of the day and handed to an auditor, and the next day the store
 //! is verified against it. Read it top to bottom:
 //!
-//! 1. user actions are appended as events (one stream per user);
+//! 1. the store is opened with the Merkle tree on, and user actions are appended as events
+//!    (one stream per user);
 //! 2. at the end of the day, the log's tree head is signed as a checkpoint (a C2SP
 //!    `tlog-checkpoint` in a signed note); the note and the verifier key leave the machine;
 //! 3. the next day, more actions are logged; the store is checked against yesterday's
@@ -18,7 +19,7 @@
 
 use std::fmt::Write as _;
 
-use varvedb::{Checkpoint, Error, ExpectedVersion, NewEvent, NoteSigner, Varve, leaf_hash};
+use varvedb::{Checkpoint, Error, ExpectedVersion, NewEvent, NoteSigner, Options, Varve, leaf_hash};
 
 const ORIGIN: &str = "audit.example.com/varvedb";
 
@@ -62,7 +63,7 @@ fn json(s: &str) -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let db = Varve::open(dir.path())?;
+    let db = Options::new().verifiable_log(true).open(dir.path())?;
     // In real use the signing key comes from a secret manager, and only the verifier key is
     // published.
     let signer = NoteSigner::new(ORIGIN, [0x5a; 32])?;

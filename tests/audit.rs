@@ -15,6 +15,11 @@ use varvedb::{
 mod damage;
 use damage::raw;
 
+/// A store that keeps the tree.
+fn open(dir: impl AsRef<Path>) -> Result<Varve, Error> {
+    Options::new().verifiable_log(true).open(dir)
+}
+
 /// `MTH` by the definition of RFC 9162 §2.1.1.
 fn mth(leaves: &[Hash]) -> Hash {
     match leaves.len() {
@@ -73,7 +78,7 @@ fn fill(db: &Varve, n: u64, seed: u64) {
 #[test]
 fn tree_heads_and_inclusion_proofs_for_every_seq_and_size_up_to_300() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Varve::open(dir.path()).unwrap();
+    let db = open(dir.path()).unwrap();
     assert_eq!(db.begin_read().unwrap().tree_head().unwrap().root, leaf_hash_of_nothing());
     fill(&db, 300, 1);
     let view = db.begin_read().unwrap();
@@ -103,7 +108,7 @@ fn tree_heads_and_inclusion_proofs_for_every_seq_and_size_up_to_300() {
 #[test]
 fn consistency_proofs_for_every_pair_of_sizes_up_to_130() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Varve::open(dir.path()).unwrap();
+    let db = open(dir.path()).unwrap();
     fill(&db, 130, 2);
     let view = db.begin_read().unwrap();
     let heads: Vec<_> = (0..=130).map(|n| view.tree_head_at(n).unwrap()).collect();
@@ -131,7 +136,7 @@ fn consistency_proofs_for_every_pair_of_sizes_up_to_130() {
 #[test]
 fn every_single_byte_change_of_a_proof_root_or_leaf_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Varve::open(dir.path()).unwrap();
+    let db = open(dir.path()).unwrap();
     fill(&db, 77, 3);
     let view = db.begin_read().unwrap();
     let mut rng = fastrand::Rng::with_seed(3);
@@ -187,7 +192,7 @@ fn random_proofs_in_a_large_store_verify_against_a_recomputed_root() {
     let n = env_or("VARVEDB_AUDIT_EVENTS", 1_000_000);
     let pairs = env_or("VARVEDB_AUDIT_PAIRS", 2000);
     let dir = tempfile::tempdir().unwrap();
-    let db = Varve::open(dir.path()).unwrap();
+    let db = open(dir.path()).unwrap();
     let mut rng = fastrand::Rng::with_seed(4);
     let mut written = 0;
     while written < n {
@@ -214,7 +219,7 @@ fn random_proofs_in_a_large_store_verify_against_a_recomputed_root() {
 #[test]
 fn the_leaf_of_an_event_is_its_documented_encoding() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Varve::open(dir.path()).unwrap();
+    let db = open(dir.path()).unwrap();
     fill(&db, 200, 5);
     let view = db.begin_read().unwrap();
     for seq in 1..=200 {
@@ -274,7 +279,7 @@ fn checkpoint_of(db: &Varve) -> String {
 
 fn verify(dir: &Path, note: &str) -> Result<(), Error> {
     let checkpoint = Checkpoint::open(note, &signer().verifier_key()).unwrap();
-    let db = Varve::open(dir).unwrap();
+    let db = open(dir).unwrap();
     let view = db.begin_read()?;
     view.verify_checkpoint(&checkpoint)
 }
@@ -291,7 +296,7 @@ fn a_store_verifies_against_its_earlier_checkpoints_as_it_grows() {
     let dir = tempfile::tempdir().unwrap();
     let mut notes = Vec::new();
     {
-        let db = Varve::open(dir.path()).unwrap();
+        let db = open(dir.path()).unwrap();
         for round in 0..5 {
             fill(&db, 37, 10 + round);
             notes.push(checkpoint_of(&db));
@@ -310,7 +315,7 @@ fn a_store_verifies_against_its_earlier_checkpoints_as_it_grows() {
 fn a_store_truncated_by_one_event_fails_at_that_size() {
     let dir = tempfile::tempdir().unwrap();
     let note = {
-        let db = Varve::open(dir.path()).unwrap();
+        let db = open(dir.path()).unwrap();
         fill(&db, 50, 20);
         checkpoint_of(&db)
     };
@@ -323,7 +328,7 @@ fn a_store_rolled_back_to_an_older_copy_fails_past_the_copy() {
     let dir = tempfile::tempdir().unwrap();
     let copy = tempfile::tempdir().unwrap();
     let note = {
-        let db = Varve::open(dir.path()).unwrap();
+        let db = open(dir.path()).unwrap();
         fill(&db, 40, 21);
         db.backup(copy.path().join("old")).unwrap();
         fill(&db, 10, 22);
@@ -333,7 +338,7 @@ fn a_store_rolled_back_to_an_older_copy_fails_past_the_copy() {
     assert_eq!(diverged_at(verify(&copy.path().join("old"), &note)), 41);
     // Grown again past the checkpoint's size from the older copy: a fork.
     {
-        let db = Varve::open(copy.path().join("old")).unwrap();
+        let db = open(copy.path().join("old")).unwrap();
         fill(&db, 20, 23);
     }
     assert_eq!(diverged_at(verify(&copy.path().join("old"), &note)), 50);
@@ -343,7 +348,7 @@ fn a_store_rolled_back_to_an_older_copy_fails_past_the_copy() {
 fn a_replaced_record_fails_at_its_seq() {
     let dir = tempfile::tempdir().unwrap();
     let note = {
-        let db = Varve::open(dir.path()).unwrap();
+        let db = open(dir.path()).unwrap();
         fill(&db, 60, 24);
         checkpoint_of(&db)
     };
@@ -352,7 +357,7 @@ fn a_replaced_record_fails_at_its_seq() {
     record[30] ^= 1;
     raw::put_event(dir.path(), 33, record);
     assert_eq!(diverged_at(verify(dir.path(), &note)), 33);
-    let db = Varve::open(dir.path()).unwrap();
+    let db = open(dir.path()).unwrap();
     let err = db.begin_read().unwrap().check_integrity().unwrap_err();
     assert!(matches!(err, Error::CorruptIndex { table: "merkle", .. }), "{err}");
 }
@@ -361,13 +366,13 @@ fn a_replaced_record_fails_at_its_seq() {
 fn a_record_spliced_in_from_another_store_fails_at_its_seq() {
     let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let note = {
-        let db = Varve::open(dir.path()).unwrap();
+        let db = open(dir.path()).unwrap();
         fill(&db, 45, 25);
         checkpoint_of(&db)
     };
     {
         // The same appends: only the commit times differ.
-        let db = Varve::open(other.path()).unwrap();
+        let db = open(other.path()).unwrap();
         fill(&db, 45, 25);
     }
     raw::put_event(dir.path(), 12, raw::event(other.path(), 12));
@@ -378,11 +383,11 @@ fn a_record_spliced_in_from_another_store_fails_at_its_seq() {
 fn a_store_with_the_tree_rebuilt_over_other_events_fails_at_the_checkpoint_size() {
     let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let note = {
-        let db = Varve::open(dir.path()).unwrap();
+        let db = open(dir.path()).unwrap();
         fill(&db, 30, 26);
         checkpoint_of(&db)
     };
-    let db = Varve::open(other.path()).unwrap();
+    let db = open(other.path()).unwrap();
     fill(&db, 30, 26);
     drop(db);
     assert_eq!(diverged_at(verify(other.path(), &note)), 30);
@@ -391,7 +396,11 @@ fn a_store_with_the_tree_rebuilt_over_other_events_fails_at_the_checkpoint_size(
 #[test]
 fn the_tree_of_an_encrypted_store_covers_sealed_events_and_survives_shredding() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Options::new().encryption_key(MasterKey::from_bytes([5; 32])).open(dir.path()).unwrap();
+    let db = Options::new()
+        .encryption_key(MasterKey::from_bytes([5; 32]))
+        .verifiable_log(true)
+        .open(dir.path())
+        .unwrap();
     for i in 0..30u32 {
         let payload = vec![i as u8; if i % 4 == 0 { 2000 } else { 10 }];
         db.append(u128::from(i % 3), ExpectedVersion::Auto, [NewEvent::new("secret", payload)]).unwrap();
@@ -418,18 +427,51 @@ fn a_store_without_the_tree_says_so_and_stays_without_it() {
         assert!(matches!(db.begin_read().unwrap().tree_head(), Err(Error::NoMerkleTree)));
         assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().tree_head, None);
     }
-    let db = Options::new().verifiable_log(true).open(dir.path()).unwrap();
-    fill(&db, 1, 28);
-    assert!(matches!(db.begin_read().unwrap().inclusion_proof(1, 1), Err(Error::NoMerkleTree)));
-    drop(db);
     assert!(raw::all(dir.path(), "merkle").is_empty());
+    // Opened with the tree on, it gets one, built from its events, and keeps it.
+    {
+        let db = open(dir.path()).unwrap();
+        fill(&db, 1, 28);
+    }
+    let db = Options::new().verifiable_log(false).open(dir.path()).unwrap();
+    fill(&db, 2, 29);
+    let view = db.begin_read().unwrap();
+    let report = view.check_integrity().unwrap();
+    assert_eq!(report.tree_head.unwrap().size, 13);
+    assert_eq!(report.tree_head.unwrap().root, mth(&leaves(&view)));
+}
+
+#[test]
+fn a_writer_without_the_tree_keeps_it_once_another_process_turned_it_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Options::new().open(dir.path()).unwrap();
+    fill(&db, 5, 33);
+    // Another process opens the store with the tree on (building it), appends, and is
+    // killed; this one goes on appending.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_crash-child"))
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.starts_with("ack "), "{first:?}");
+    fill(&db, 7, 34);
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.tree_head().unwrap().root, mth(&leaves(&view)));
+    let report = view.check_integrity().unwrap();
+    assert_eq!(report.tree_head.unwrap().size, report.last_seq);
+    assert!(report.last_seq > 12);
 }
 
 #[test]
 fn a_store_from_before_the_tree_gets_it_built_when_opened() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = Varve::open(dir.path()).unwrap();
+        let db = open(dir.path()).unwrap();
         fill(&db, 123, 29);
     }
     // As a build without the tree leaves a store: no record of it, no tiles.
@@ -437,7 +479,11 @@ fn a_store_from_before_the_tree_gets_it_built_when_opened() {
     for (k, _) in raw::all(dir.path(), "merkle") {
         raw::delete(dir.path(), "merkle", &k);
     }
-    let db = Varve::open(dir.path()).unwrap();
+    assert!(matches!(
+        Varve::open(dir.path()).unwrap().begin_read().unwrap().tree_head(),
+        Err(Error::NoMerkleTree)
+    ));
+    let db = open(dir.path()).unwrap();
     fill(&db, 5, 30);
     let view = db.begin_read().unwrap();
     let report = view.check_integrity().unwrap();
@@ -449,12 +495,12 @@ fn a_store_from_before_the_tree_gets_it_built_when_opened() {
 fn events_appended_without_the_tree_are_added_to_it_on_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = Varve::open(dir.path()).unwrap();
+        let db = open(dir.path()).unwrap();
         fill(&db, 40, 31);
     }
     let tiles = raw::all(dir.path(), "merkle");
     {
-        let db = Varve::open(dir.path()).unwrap();
+        let db = open(dir.path()).unwrap();
         fill(&db, 25, 32);
     }
     // The tiles as a build that does not keep the tree leaves them after the last appends.
@@ -464,7 +510,7 @@ fn events_appended_without_the_tree_are_added_to_it_on_open() {
     for (k, v) in tiles {
         raw::put(dir.path(), "merkle", &k, &v);
     }
-    let db = Varve::open(dir.path()).unwrap();
+    let db = open(dir.path()).unwrap();
     let view = db.begin_read().unwrap();
     assert_eq!(view.tree_head().unwrap().root, mth(&leaves(&view)));
     assert_eq!(view.check_integrity().unwrap().tree_head.unwrap().size, 65);

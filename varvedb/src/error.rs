@@ -389,9 +389,11 @@ pub enum Error {
         stream: StreamId,
     },
 
-    /// The store keeps no Merkle tree over its log: it was created with
-    /// [`Options::verifiable_log`](crate::Options::verifiable_log) off.
-    #[error("the store keeps no Merkle tree over its log (created with `verifiable_log(false)`)")]
+    /// The store keeps no Merkle tree over its log: open it with
+    /// [`Options::verifiable_log`](crate::Options::verifiable_log) on to build one.
+    #[error(
+        "the store keeps no Merkle tree over its log; open it with `Options::verifiable_log(true)` to build one"
+    )]
     NoMerkleTree,
 
     /// A proof or tree head was asked for a tree size, or an event, beyond the tree at hand.

@@ -38,8 +38,8 @@ pub(crate) mod meta_key {
     pub(crate) const CREATED_AT_MICROS: &[u8] = b"created_at_micros";
     /// Present in encrypted stores: the master key's epoch and a check value (see `crypto`).
     pub(crate) const ENCRYPTION: &[u8] = b"encryption";
-    /// Whether the writer keeps the Merkle tree over the log (`merkle` table): one byte,
-    /// 1 or 0. Absent in a store created before the tree existed (see `tlog`).
+    /// Present, one byte 1, when the store keeps the Merkle tree over the log (the `merkle`
+    /// table; see `tlog`).
     pub(crate) const MERKLE_TREE: &[u8] = b"merkle_tree";
 }
 
@@ -1121,8 +1121,8 @@ fn prepare_tables(
         let now = crate::record::now_micros();
         tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes()).map_err(err)?;
         tables.meta.put(&mut wtxn, meta_key::CREATED_AT_MICROS, &now.to_le_bytes()).map_err(err)?;
-        if let Some(on) = merkle_tree {
-            tables.meta.put(&mut wtxn, meta_key::MERKLE_TREE, &[u8::from(on)]).map_err(err)?;
+        if merkle_tree == Some(true) {
+            tables.meta.put(&mut wtxn, meta_key::MERKLE_TREE, &[1]).map_err(err)?;
         }
     }
     wtxn.commit().map_err(err)?;

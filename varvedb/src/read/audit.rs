@@ -20,9 +20,9 @@ impl ReadView<'_> {
     /// and root hash (RFC 9162).
     ///
     /// ```
-    /// use varvedb::{ExpectedVersion, NewEvent, Varve};
+    /// use varvedb::{ExpectedVersion, NewEvent, Options};
     /// # let dir = tempfile::tempdir()?;
-    /// let db = Varve::open(dir.path())?;
+    /// let db = Options::new().verifiable_log(true).open(dir.path())?;
     /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
     /// let older = db.begin_read()?.tree_head()?;
     /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"y".to_vec())])?;
@@ -97,9 +97,9 @@ impl ReadView<'_> {
     /// [`Checkpoint::open`] first. Takes time proportional to the checkpoint's size.
     ///
     /// ```
-    /// use varvedb::{Checkpoint, ExpectedVersion, NewEvent, NoteSigner, Varve};
+    /// use varvedb::{Checkpoint, ExpectedVersion, NewEvent, NoteSigner, Options};
     /// # let dir = tempfile::tempdir()?;
-    /// let db = Varve::open(dir.path())?;
+    /// let db = Options::new().verifiable_log(true).open(dir.path())?;
     /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
     /// let head = db.begin_read()?.tree_head()?;
     /// let signer = NoteSigner::new("audit.example/log", [7; 32])?;

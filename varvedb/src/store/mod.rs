@@ -24,8 +24,7 @@ mod keys;
 /// - `max_event_size`: 16 MiB of payload plus metadata per event.
 /// - no encryption; see [`encryption_key`](Self::encryption_key).
 /// - no warning about read views held open; see [`on_reader_lag`](Self::on_reader_lag).
-/// - a Merkle tree over the log, for proofs and checkpoints; see
-///   [`verifiable_log`](Self::verifiable_log).
+/// - no Merkle tree over the log; see [`verifiable_log`](Self::verifiable_log).
 ///
 /// Commits are durable: a write returns only after LMDB has synced it to disk.
 ///
@@ -53,7 +52,7 @@ impl Default for Options {
             max_event_size: 16 << 20,
             encryption: None,
             lag_warning: None,
-            verifiable_log: true,
+            verifiable_log: false,
         }
     }
 }
@@ -156,21 +155,26 @@ impl Options {
         self
     }
 
-    /// Whether a new store keeps a Merkle tree over its log (RFC 9162), for inclusion and
-    /// consistency proofs and signed checkpoints (see `docs/audit.md`). On by default.
+    /// Keeps a Merkle tree over the store's log (RFC 9162), for inclusion and consistency
+    /// proofs and signed checkpoints (see `docs/audit.md`). Off by default.
     ///
-    /// Decided once per store and recorded in it: a store created with the tree keeps it,
-    /// one created without never gets it, whatever later opens ask. A store created by a
-    /// build that did not know the tree gets it (built from its events, in one transaction)
-    /// when first opened with this option on. Without the tree, proofs and checkpoint
-    /// checks fail with [`Error::NoMerkleTree`]; a commit does about 2 SHA-256 compressions
-    /// less per event and the file holds about 34 bytes less per event.
+    /// Once a store keeps the tree it always does, whatever later opens ask, and every
+    /// process writing to it maintains it. Opening a store that has no tree with this option
+    /// on builds the tree from its events, in one transaction, and keeps it from then on.
+    /// Without the tree, proofs and checkpoint checks fail with [`Error::NoMerkleTree`].
+    ///
+    /// It is off by default for its cost: each event adds about four SHA-256 compressions
+    /// to its commit (a large commit hashes them on a second thread) and about 37 bytes to
+    /// the file. `docs/performance.md` (W7) has the figures.
     ///
     /// ```
     /// use varvedb::{Error, Options};
     /// # let dir = tempfile::tempdir()?;
-    /// let db = Options::new().verifiable_log(false).open(dir.path())?;
+    /// let db = Options::new().open(dir.path())?;
     /// assert!(matches!(db.begin_read()?.tree_head(), Err(Error::NoMerkleTree)));
+    /// drop(db);
+    /// let db = Options::new().verifiable_log(true).open(dir.path())?;
+    /// assert_eq!(db.begin_read()?.tree_head()?.size, 0);
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     #[must_use]

@@ -128,9 +128,9 @@ impl<'a> LeafFields<'a> {
 /// gives the stored event's leaf.
 ///
 /// ```
-/// use varvedb::{ExpectedVersion, LeafFields, NewEvent, Varve, event_leaf, leaf_hash};
+/// use varvedb::{ExpectedVersion, LeafFields, NewEvent, Options, event_leaf, leaf_hash};
 /// # let dir = tempfile::tempdir()?;
-/// let db = Varve::open(dir.path())?;
+/// let db = Options::new().verifiable_log(true).open(dir.path())?;
 /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
 /// let view = db.begin_read()?;
 /// let event = view.event(1)?.unwrap();
@@ -163,38 +163,38 @@ pub fn event_leaf(fields: &LeafFields<'_>) -> Vec<u8> {
     record_leaf(fields.seq, &record)
 }
 
-/// Decides, when a store is opened, whether it keeps the tree, and records it: a store
-/// with no record takes `wanted`; a store that already holds events when it first meets a
-/// build with the tree gets its tree built here, in one transaction. A store's record is
-/// never changed afterwards. Events appended by a build that does not keep the tree are
-/// added to it here too. Returns whether the store keeps the tree.
+/// Whether the store keeps the tree, when it is opened: a store that keeps one (its `meta`
+/// record says so) always does, and a store without one gets it here, built from its events
+/// in one transaction, when `wanted`. Events appended by a build that does not keep the
+/// tree are added to it here too.
 pub(crate) fn open(storage: &Storage, wanted: bool) -> Result<bool, Error> {
     let behind = |txn: &Txn<'_>| -> Result<bool, Error> {
         Ok(tiles::stored_size(storage, txn)? < storage.last_seq(txn)?)
     };
     {
         let txn = storage.read_txn()?;
-        match tiles::recorded(storage, &txn)? {
-            Some(false) => return Ok(false),
-            Some(true) if !behind(&txn)? => return Ok(true),
-            _ => {}
+        let on = tiles::recorded(storage, &txn)?;
+        if (on && !behind(&txn)?) || (!on && !wanted) {
+            return Ok(on);
         }
     }
     let mut txn = storage.write_txn()?;
     // Another process may have got here first.
-    let on = match tiles::recorded(storage, &txn)? {
-        Some(on) => on,
-        None => {
-            storage.put(&mut txn, storage.tables.meta, meta_key::MERKLE_TREE, &[u8::from(wanted)])?;
-            wanted
-        }
-    };
-    if on && behind(&txn)? {
+    if !tiles::recorded(storage, &txn)? {
+        storage.put(&mut txn, storage.tables.meta, meta_key::MERKLE_TREE, &[1])?;
+    }
+    if behind(&txn)? {
         let last = storage.last_seq(&txn)?;
         TreeWriter::default().load(storage, &mut txn, last)?;
     }
     storage.commit(txn)?;
-    Ok(on)
+    Ok(true)
+}
+
+/// Whether the store keeps the tree: for a writer that did not, to notice that another
+/// process turned it on.
+pub(crate) fn kept(storage: &Storage, txn: &Txn<'_>) -> Result<bool, Error> {
+    tiles::recorded(storage, txn)
 }
 
 /// The stored tree of a store that keeps one, through a read transaction.
@@ -207,15 +207,19 @@ pub(crate) struct StoredTree<'a, 'e> {
 impl<'a, 'e> StoredTree<'a, 'e> {
     /// The stored tree, checked to cover the `last_seq` events of the transaction's log.
     pub(crate) fn new(storage: &'a Storage, txn: &'a Txn<'e>, last_seq: u64) -> Result<Self, Error> {
-        if tiles::recorded(storage, txn)? != Some(true) {
+        if !tiles::recorded(storage, txn)? {
             return Err(Error::NoMerkleTree);
         }
         let size = tiles::stored_size(storage, txn)?;
         if size != last_seq {
-            return Err(Error::CorruptIndex {
-                table: "merkle",
-                reason: format!("the tree has {size} leaves but the log {last_seq} events"),
-            });
+            let reason = if size < last_seq {
+                format!(
+                    "the tree has {size} leaves but the log {last_seq} events: events were appended by a build that does not keep the tree, and are added to it by the next open or commit"
+                )
+            } else {
+                format!("the tree has {size} leaves but the log only {last_seq} events")
+            };
+            return Err(Error::CorruptIndex { table: "merkle", reason });
         }
         Ok(StoredTree { nodes: tiles::StoredNodes { storage, txn }, size })
     }

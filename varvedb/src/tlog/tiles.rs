@@ -59,13 +59,12 @@ pub(crate) fn record_leaf(seq: u64, record: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Whether the store keeps the tree: `None` when the store predates it (no record).
-pub(crate) fn recorded(storage: &Storage, txn: &Txn<'_>) -> Result<Option<bool>, Error> {
+/// Whether the store keeps the tree (its `meta` record says 1).
+pub(crate) fn recorded(storage: &Storage, txn: &Txn<'_>) -> Result<bool, Error> {
     match storage.get(txn, storage.tables.meta, meta_key::MERKLE_TREE)? {
-        None => Ok(None),
-        Some([0]) => Ok(Some(false)),
-        Some([1]) => Ok(Some(true)),
-        Some(_) => Err(Error::CorruptMeta { reason: "the record of the Merkle tree is not 0 or 1" }),
+        None => Ok(false),
+        Some([1]) => Ok(true),
+        Some(_) => Err(Error::CorruptMeta { reason: "the record of the Merkle tree is not 1" }),
     }
 }
 

@@ -259,6 +259,10 @@ impl WriterState {
         crate::key_record::ensure_current(&storage, &txn, master)?;
         let last_seq = storage.last_seq(&txn)?;
         let mut next_seq = last_seq.checked_add(1).ok_or_else(seq_exhausted)?;
+        if self.tree.is_none() && crate::tlog::kept(&storage, &txn)? {
+            // Another process turned the tree on: from now on this writer keeps it too.
+            self.tree = Some(TreeFeed::spawn()?);
+        }
         if let Some(feed) = &mut self.tree {
             // As the head cache: valid only if our last commit is the last one. A failed
             // commit left leaves in it that the store does not have.
