@@ -18,7 +18,7 @@ use crate::error::Error;
 const CHUNK: usize = 64 * 1024;
 
 enum Message {
-    /// Records, each `seq u64 LE ‖ length u32 LE ‖ record`.
+    /// Records, each `seq u64 LE ‖ length u64 LE ‖ record`.
     Chunk(Vec<u8>),
     /// Answer once every chunk sent before is in the tree.
     Sync,
@@ -43,12 +43,13 @@ fn lost() -> Error {
 /// Adds the leaves of the records in `chunk` to `tree`.
 fn extend(tree: &mut TreeWriter, chunk: &[u8]) {
     let mut rest = chunk;
-    while let (Some(seq), Some(len)) = (rest.get(..8), rest.get(8..12)) {
+    while let (Some(seq), Some(len)) = (rest.get(..8), rest.get(8..16)) {
         let seq = u64::from_le_bytes(seq.try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
-        let Some(record) = rest.get(12..12 + len) else { break };
+        let len =
+            usize::try_from(u64::from_le_bytes(len.try_into().unwrap_or_default())).unwrap_or(usize::MAX);
+        let Some(record) = rest.get(16..16_usize.saturating_add(len)) else { break };
         tree.push(record_leaf_hash(seq, record));
-        rest = &rest[12 + len..];
+        rest = &rest[16 + len..];
     }
 }
 
@@ -93,7 +94,7 @@ impl TreeFeed {
     /// Adds the record stored under `seq` as the tree's next leaf.
     pub(crate) fn push(&mut self, seq: u64, record: &[u8]) -> Result<(), Error> {
         self.chunk.extend_from_slice(&seq.to_le_bytes());
-        self.chunk.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        self.chunk.extend_from_slice(&(record.len() as u64).to_le_bytes());
         self.chunk.extend_from_slice(record);
         if self.chunk.len() >= CHUNK {
             let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK + 4096));
