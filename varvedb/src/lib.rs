@@ -20,6 +20,12 @@
 //!   [`ReadView::check_integrity`] verifies the whole store. LMDB does not check its own
 //!   file: opening checks what it reads first, and [`verify_file`] checks every page of a
 //!   closed store or a backup ([`Error::CorruptFile`]).
+//! - **A verifiable log (optional).** With [`Options::verifiable_log`], the writer keeps an
+//!   RFC 9162 Merkle tree over every event: [`ReadView::tree_head`],
+//!   [`ReadView::inclusion_proof`] and [`ReadView::consistency_proof`], checked by
+//!   [`verify_inclusion`] and [`verify_consistency`] without a store; signed checkpoints
+//!   ([`Checkpoint`], [`NoteSigner`]) in the C2SP formats, and
+//!   [`ReadView::verify_checkpoint`]. See `docs/audit.md`.
 //! - **Encryption at rest (optional).** With [`Options::encryption_key`], every stream gets
 //!   its own AES-256-GCM data key and every event is sealed to its position; a stream can be
 //!   crypto-shredded ([`Varve::shred`]). See `docs/encryption.md`.
@@ -54,6 +60,11 @@ struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/encryption.md")]
 struct EncryptionDoctests;
+
+// And of the verifiable log's.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/audit.md")]
+struct AuditDoctests;
 
 mod batch;
 mod crc;

@@ -9,7 +9,7 @@
 //! `n × 16/15` hashes.
 //!
 //! A full tile is 3,840 bytes: with LMDB's page header, one overflow page of 4,096 bytes,
-//! so about 36 bytes per event in all. Tiles of 16 hashes (512 bytes) share leaf pages 7
+//! so about 37 bytes per event in all. Tiles of 16 hashes (512 bytes) share leaf pages 7
 //! to a page, and fewer after page splits: about 46 bytes per event, measured.
 
 use std::ops::Bound;
