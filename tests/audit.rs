@@ -492,6 +492,24 @@ fn a_store_from_before_the_tree_gets_it_built_when_opened() {
 }
 
 #[test]
+fn a_large_store_without_the_tree_gets_it_in_several_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Options::new().open(dir.path()).unwrap();
+        for chunk in 0..15u64 {
+            let events =
+                (0..10_000u64).map(|i| NewEvent::new("e", (chunk * 10_000 + i).to_le_bytes().to_vec()));
+            db.append(u128::from(chunk % 3), ExpectedVersion::Auto, events).unwrap();
+        }
+    }
+    let db = open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    let report = view.check_integrity().unwrap();
+    assert_eq!(report.tree_head.unwrap().size, 150_000);
+    assert_eq!(report.tree_head.unwrap().root, mth(&leaves(&view)));
+}
+
+#[test]
 fn events_appended_without_the_tree_are_added_to_it_on_open() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -160,7 +160,8 @@ impl Options {
     ///
     /// Once a store keeps the tree it always does, whatever later opens ask, and every
     /// process writing to it maintains it. Opening a store that has no tree with this option
-    /// on builds the tree from its events, in one transaction, and keeps it from then on.
+    /// on builds the tree from its events (in transactions of up to 65,536 events), and
+    /// keeps it from then on.
     /// Without the tree, proofs and checkpoint checks fail with [`Error::NoMerkleTree`].
     ///
     /// It is off by default for its cost: each event adds about four SHA-256 compressions

@@ -163,10 +163,14 @@ pub fn event_leaf(fields: &LeafFields<'_>) -> Vec<u8> {
     record_leaf(fields.seq, &record)
 }
 
+/// Events a transaction adds to a tree being built or caught up at open: a whole store in
+/// one transaction could pass LMDB's bound on a transaction's dirty pages.
+const BUILD_STEP: u64 = 1 << 16;
+
 /// Whether the store keeps the tree, when it is opened: a store that keeps one (its `meta`
 /// record says so) always does, and a store without one gets it here, built from its events
-/// in one transaction, when `wanted`. Events appended by a build that does not keep the
-/// tree are added to it here too.
+/// in transactions of up to [`BUILD_STEP`] events, when `wanted`. Events appended by a
+/// build that does not keep the tree are added to it here too.
 pub(crate) fn open(storage: &Storage, wanted: bool) -> Result<bool, Error> {
     let behind = |txn: &Txn<'_>| -> Result<bool, Error> {
         Ok(tiles::stored_size(storage, txn)? < storage.last_seq(txn)?)
@@ -178,17 +182,25 @@ pub(crate) fn open(storage: &Storage, wanted: bool) -> Result<bool, Error> {
             return Ok(on);
         }
     }
-    let mut txn = storage.write_txn()?;
-    // Another process may have got here first.
-    if !tiles::recorded(storage, &txn)? {
-        storage.put(&mut txn, storage.tables.meta, meta_key::MERKLE_TREE, &[1])?;
+    // A tree that covers a prefix of the log is sound: each step commits on its own, and
+    // a writer (of any process) catches up from wherever the last step ended.
+    loop {
+        let mut txn = storage.write_txn()?;
+        // Another process may have got here first.
+        if !tiles::recorded(storage, &txn)? {
+            storage.put(&mut txn, storage.tables.meta, meta_key::MERKLE_TREE, &[1])?;
+        }
+        let more = behind(&txn)?;
+        if more {
+            let last = storage.last_seq(&txn)?;
+            TreeWriter::default().load(storage, &mut txn, last, BUILD_STEP)?;
+        }
+        let done = !more || !behind(&txn)?;
+        storage.commit(txn)?;
+        if done {
+            return Ok(true);
+        }
     }
-    if behind(&txn)? {
-        let last = storage.last_seq(&txn)?;
-        TreeWriter::default().load(storage, &mut txn, last)?;
-    }
-    storage.commit(txn)?;
-    Ok(true)
 }
 
 /// Whether the store keeps the tree: for a writer that did not, to notice that another

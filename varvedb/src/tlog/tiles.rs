@@ -177,13 +177,15 @@ pub(crate) struct TreeWriter {
 }
 
 impl TreeWriter {
-    /// Reads the growing edge of the stored tree, extending the stored tree first with
-    /// the events of the log it lacks (appended by a build that did not keep the tree).
+    /// Reads the growing edge of the stored tree of a log of `last_seq` events, extending
+    /// the stored tree first with the events it lacks (appended by a build that did not keep
+    /// the tree), up to `limit` of them.
     pub(crate) fn load(
         &mut self,
         storage: &Storage,
         txn: &mut WriteTxn<'_>,
         last_seq: u64,
+        limit: u64,
     ) -> Result<(), Error> {
         let size = stored_size(storage, txn)?;
         if size > last_seq {
@@ -214,7 +216,7 @@ impl TreeWriter {
         }
         self.full_keys.clear();
         self.full_hashes.clear();
-        for seq in size + 1..=last_seq {
+        for seq in size + 1..=last_seq.min(size.saturating_add(limit)) {
             let record = storage.get(txn, storage.tables.events, &key::seq(seq))?.ok_or_else(|| {
                 Error::CorruptIndex { table: "events", reason: format!("seq {seq} is missing from the log") }
             })?;

@@ -270,7 +270,7 @@ impl WriterState {
             if tree.committed_txn.take().and_then(|id| id.checked_add(1)) != Some(txn_id)
                 || tree.size() != last_seq
             {
-                tree.load(&storage, &mut txn, last_seq)?;
+                tree.load(&storage, &mut txn, last_seq, u64::MAX)?;
             }
         }
         let mut results = Vec::with_capacity(batches.len());
