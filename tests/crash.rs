@@ -1,6 +1,7 @@
 //! Crash safety with real processes: a child appends durably and reports each acknowledged
 //! append; the parent SIGKILLs it at random moments and checks that every acknowledged event
-//! survived intact, seqs are contiguous, and the indexes agree with the log.
+//! survived intact, seqs are contiguous, the indexes agree with the log, and the Merkle tree
+//! over the log is the one its events give.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -88,6 +89,15 @@ fn verify(db: &Varve, acked: &[Ack], round: usize) {
     let report =
         view.check_integrity().unwrap_or_else(|e| panic!("round {round}: integrity check failed: {e}"));
     assert_eq!(report.events, report.last_seq);
+    // The stored tree's head is that of a tree computed here from every event's leaf.
+    let head = view.tree_head().unwrap();
+    let leaves: Vec<_> =
+        (1..=report.last_seq).map(|seq| varvedb::leaf_hash(&view.leaf(seq).unwrap().unwrap())).collect();
+    assert_eq!(head.size, report.last_seq, "round {round}: tree size");
+    if !leaves.is_empty() {
+        assert_eq!(head.root, mth(&leaves), "round {round}: tree head");
+    }
+    assert_eq!(report.tree_head, Some(head), "round {round}");
     for a in acked {
         assert_eq!(a.last_seq - a.first_seq, u64::from(a.last_version - a.first_version));
         for (i, seq) in (a.first_seq..=a.last_seq).enumerate() {
@@ -102,4 +112,13 @@ fn verify(db: &Varve, acked: &[Ack], round: usize) {
     }
     // Streams 100 and 101 are written only together: a torn batch would leave them apart.
     assert_eq!(view.stream_version(100u128).unwrap(), view.stream_version(101u128).unwrap(), "round {round}");
+}
+
+/// `MTH` by the definition of RFC 9162 §2.1.1 (for a log of at least one event).
+fn mth(leaves: &[varvedb::Hash]) -> varvedb::Hash {
+    if leaves.len() == 1 {
+        return leaves[0];
+    }
+    let k = 1 << (leaves.len() - 1).ilog2();
+    varvedb::node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
 }

@@ -365,7 +365,7 @@ fn a_large_store_passes_with_lmdb_page_counts() {
         }
         let report = db.begin_read().unwrap().check_integrity().unwrap();
         assert_eq!(report.events, u64::from(events));
-        assert_eq!(report.file.tables, 12);
+        assert_eq!(report.file.tables, 13);
         report
     };
     let file = verify_file(dir.path()).unwrap();

@@ -7,14 +7,14 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use varvedb::{ExpectedVersion, NewEvent, Varve, WriteBatch};
+use varvedb::{ExpectedVersion, NewEvent, Options, WriteBatch};
 
 /// Streams 100 and 101 are only ever written together, in one batch.
 const PAIR: (u128, u128) = (100, 101);
 
 fn main() {
     let dir = std::env::args().nth(1).expect("usage: crash-child <store dir>");
-    let db = Varve::open(&dir).expect("open store");
+    let db = Options::new().verifiable_log(true).open(&dir).expect("open store");
     let out = Mutex::new(std::io::stdout());
     let ack = |appended: &[varvedb::Appended]| {
         let mut out = out.lock().unwrap();

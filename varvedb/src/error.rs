@@ -440,6 +440,40 @@ pub enum Error {
         /// The shredded stream.
         stream: StreamId,
     },
+
+    /// The store keeps no Merkle tree over its log: open it with
+    /// [`Options::verifiable_log`](crate::Options::verifiable_log) on to build one.
+    #[error(
+        "the store keeps no Merkle tree over its log; open it with `Options::verifiable_log(true)` to build one"
+    )]
+    NoMerkleTree,
+
+    /// A proof or tree head was asked for a tree size, or an event, beyond the tree at hand.
+    #[error("{requested} is beyond the tree of size {tree_size}")]
+    BeyondTreeSize {
+        /// The size or seq asked for.
+        requested: u64,
+        /// The size of the tree it was asked of.
+        tree_size: u64,
+    },
+
+    /// The store does not contain the log of a checkpoint as a prefix: it was truncated,
+    /// rolled back, forked, or events in it were replaced.
+    #[error(
+        "the store's log diverges from the checkpoint of size {checkpoint_size} at size {first_diverging_size} (the store has {store_size} events)"
+    )]
+    LogDiverged {
+        /// The checkpoint's tree size.
+        checkpoint_size: u64,
+        /// The store's number of events.
+        store_size: u64,
+        /// The smallest tree size at which the store's log is shown to differ from the
+        /// checkpoint's: one past the store's last event if the store is shorter; the seq of
+        /// the first event whose record no longer matches the store's tree (a record
+        /// replaced or spliced in); otherwise the checkpoint's size, when the tree as a
+        /// whole differs (a fork: a checkpoint alone cannot say where it began).
+        first_diverging_size: u64,
+    },
 }
 
 /// An error of the storage engine (LMDB, through heed) that has no more specific variant.

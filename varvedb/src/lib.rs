@@ -20,6 +20,12 @@
 //!   [`ReadView::check_integrity`] verifies the whole store. LMDB does not check its own
 //!   file: opening checks what it reads first, and [`verify_file`] checks every page of a
 //!   closed store or a backup ([`Error::CorruptFile`]).
+//! - **A verifiable log (optional).** With [`Options::verifiable_log`], the writer keeps an
+//!   RFC 9162 Merkle tree over every event: [`ReadView::tree_head`],
+//!   [`ReadView::inclusion_proof`] and [`ReadView::consistency_proof`], checked by
+//!   [`verify_inclusion`] and [`verify_consistency`] without a store; signed checkpoints
+//!   ([`Checkpoint`], [`NoteSigner`]) in the C2SP formats, and
+//!   [`ReadView::verify_checkpoint`]. See `docs/audit.md`.
 //! - **Encryption at rest (optional).** With [`Options::encryption_key`], every stream gets
 //!   its own AES-256-GCM data key and every event is sealed to its position; a stream can be
 //!   crypto-shredded ([`Varve::shred`]). See `docs/encryption.md`.
@@ -59,6 +65,10 @@ struct EncryptionDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/evolution.md")]
 struct EvolutionDoctests;
+// And of the verifiable log's.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/audit.md")]
+struct AuditDoctests;
 
 mod batch;
 mod crc;
@@ -74,6 +84,7 @@ mod record;
 mod storage;
 mod store;
 mod subscribe;
+mod tlog;
 mod typed;
 mod writer;
 
@@ -92,6 +103,10 @@ pub use read::{IntegrityReport, LogEvents, ReadView, StreamEvents};
 pub use storage::ReaderLag;
 pub use store::{Options, Stats, Varve, compact_in_place};
 pub use subscribe::Subscription;
+pub use tlog::{
+    Checkpoint, ConsistencyProof, Hash, InclusionProof, LeafFields, NoteError, NoteSigner, ProofError,
+    TreeHead, event_leaf, leaf_hash, node_hash, open_note, verify_consistency, verify_inclusion,
+};
 pub use typed::schema::fingerprint;
 pub use typed::stream::{
     DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, TypedEvents,

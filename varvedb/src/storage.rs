@@ -45,6 +45,9 @@ pub(crate) mod meta_key {
     pub(crate) const STORE_ID: &[u8] = b"store_id";
     /// Present in encrypted stores: the authenticator of the `keys` table (see `crypto`).
     pub(crate) const KEYS_AUTH: &[u8] = b"keys_auth";
+    /// Present, one byte 1, when the store keeps the Merkle tree over the log (the `merkle`
+    /// table; see `tlog`).
+    pub(crate) const MERKLE_TREE: &[u8] = b"merkle_tree";
 }
 
 /// Table names. Renaming one is a format change.
@@ -61,7 +64,8 @@ mod name {
     pub(super) const SNAPSHOTS: &str = "snapshots";
     pub(super) const META: &str = "meta";
     pub(super) const SHREDDED_HEADERS: &str = "shredded_headers";
-    pub(super) const ALL: [&str; 12] = [
+    pub(super) const MERKLE: &str = "merkle";
+    pub(super) const ALL: [&str; 13] = [
         EVENTS,
         STREAMS,
         STREAM_HEADS,
@@ -74,6 +78,7 @@ mod name {
         SNAPSHOTS,
         META,
         SHREDDED_HEADERS,
+        MERKLE,
     ];
 }
 
@@ -301,6 +306,9 @@ pub(crate) struct Tables {
     /// `seq u64 BE` → MAC of a shredded event's clear header, under a key derived from the
     /// master key (see `crypto`): what keeps the header authenticated once its data key is gone.
     pub(crate) shredded_headers: Table,
+    /// The Merkle tree over the log, in tiles: `tile level u8 ‖ tile index u64 BE` → up to
+    /// 16 node hashes of 32 bytes (see `tlog`).
+    pub(crate) merkle: Table,
 }
 
 /// Key encodings. Big-endian so LMDB's byte-wise order is numeric order.
@@ -436,6 +444,9 @@ pub(crate) struct Storage {
 pub(crate) struct StorageConfig {
     pub(crate) map_size: usize,
     pub(crate) max_readers: u32,
+    /// Whether a store created by this open keeps the Merkle tree (recorded with the
+    /// format version, in the creation's one commit).
+    pub(crate) merkle_tree: bool,
 }
 
 /// How far the oldest open read view of a store is behind its last commit: the oldest LMDB
@@ -476,7 +487,9 @@ impl Storage {
         files::remove_abandoned(path);
         let map_size = round_up_to_page(config.map_size);
         if !files::has_data_file(path)? {
-            files::create_data_file(path, |build_dir| build_store(build_dir, path, map_size))?;
+            files::create_data_file(path, |build_dir| {
+                build_store(build_dir, path, map_size, config.merkle_tree)
+            })?;
         }
         // Up to here an existing `data.mdb` has been neither mapped nor changed. LMDB trusts
         // the file it maps: damage it would read on the way in is refused first.
@@ -490,7 +503,7 @@ impl Storage {
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
-        let tables = prepare_tables(&env, map_size, path)?;
+        let tables = prepare_tables(&env, map_size, path, None)?;
         if crate::lmdb_file::failed_commit(path).is_some() {
             rewrite_meta_page(&env, tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
@@ -811,12 +824,12 @@ impl Storage {
         // page of a failed commit, stale reader slots) is repaired, and the file is checked.
         let len = std::fs::metadata(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?.len();
         let room = usize::try_from(len).unwrap_or(usize::MAX / 2).saturating_mul(2).saturating_add(64 << 20);
-        let storage = Storage::open(dir, &StorageConfig { map_size: room, max_readers: 1024 }).map_err(
-            |e| match e {
-                Error::AlreadyOpen { path } => Error::StoreInUse { path },
-                other => other,
-            },
-        )?;
+        let storage =
+            Storage::open(dir, &StorageConfig { map_size: room, max_readers: 1024, merkle_tree: false })
+                .map_err(|e| match e {
+                    Error::AlreadyOpen { path } => Error::StoreInUse { path },
+                    other => other,
+                })?;
         drop(storage);
         files::replace_data_file(dir, |new_file| {
             let len = std::fs::metadata(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?.len();
@@ -1092,10 +1105,10 @@ fn open_env(
 /// Builds a new store's `data.mdb` in `build_dir`, an empty private directory: every table
 /// and the format version, committed durably. The environment is closed on return, so the
 /// file is complete and no longer mapped. Errors name `store_dir`, the store being created.
-fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize) -> Result<(), Error> {
+fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize, merkle_tree: bool) -> Result<(), Error> {
     let env =
         open_env(build_dir, map_size, 1, Private::Yes).map_err(|e| engine_error(e, map_size, store_dir))?;
-    prepare_tables(&env, map_size, store_dir)?;
+    prepare_tables(&env, map_size, store_dir, Some(merkle_tree))?;
     // `env` is the only handle: dropping it closes the environment.
     Ok(())
 }
@@ -1126,7 +1139,14 @@ fn rewrite_meta_page(
     wtxn.commit().map_err(err)
 }
 
-fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tables, Error> {
+/// `merkle_tree`: for a new store, whether it keeps the Merkle tree (`None`: leave that to
+/// `tlog::open`).
+fn prepare_tables(
+    env: &Env<WithoutTls>,
+    map_size: usize,
+    dir: &Path,
+    merkle_tree: Option<bool>,
+) -> Result<Tables, Error> {
     let err = |e| engine_error(e, map_size, dir);
     let mut wtxn = env.write_txn().map_err(err)?;
     if !ours_or_empty(env, &wtxn).map_err(err)? {
@@ -1153,6 +1173,7 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         snapshots: create(&mut wtxn, name::SNAPSHOTS)?,
         meta: create(&mut wtxn, name::META)?,
         shredded_headers: create(&mut wtxn, name::SHREDDED_HEADERS)?,
+        merkle: create(&mut wtxn, name::MERKLE)?,
     };
     if let Some(bytes) = tables.meta.get(&wtxn, meta_key::FORMAT_VERSION).map_err(err)? {
         let found = bytes
@@ -1175,6 +1196,9 @@ fn prepare_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<
         let mut id = [0u8; 16];
         crate::crypto::fill_random(&mut id)?;
         tables.meta.put(&mut wtxn, meta_key::STORE_ID, &id).map_err(err)?;
+        if merkle_tree == Some(true) {
+            tables.meta.put(&mut wtxn, meta_key::MERKLE_TREE, &[1]).map_err(err)?;
+        }
     }
     wtxn.commit().map_err(err)?;
     Ok(tables)
@@ -1407,8 +1431,11 @@ mod tests {
     #[test]
     fn log_entries_are_those_of_a_range_from_the_same_seq() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }).unwrap();
+        let storage = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false },
+        )
+        .unwrap();
         let events = storage.tables.events;
         let mut txn = storage.write_txn().unwrap();
         // Keys no sound log holds, below and among the seqs: a range skips those below its
@@ -1513,8 +1540,11 @@ mod tests {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         {
-            let storage =
-                Storage::open(dir.path(), &StorageConfig { map_size: 1 << 24, max_readers: 8 }).unwrap();
+            let storage = Storage::open(
+                dir.path(),
+                &StorageConfig { map_size: 1 << 24, max_readers: 8, merkle_tree: false },
+            )
+            .unwrap();
             let mut txn = storage.write_txn().unwrap();
             for (i, k) in keys.iter().enumerate() {
                 storage.put(&mut txn, storage.tables.blobs, k, &i.to_le_bytes()).unwrap();
@@ -1542,8 +1572,11 @@ mod tests {
     #[test]
     fn delete_prefix_deletes_exactly_the_keys_with_the_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 22, max_readers: 8 }).unwrap();
+        let storage = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 22, max_readers: 8, merkle_tree: false },
+        )
+        .unwrap();
         let table = storage.tables.projections;
         let keys: Vec<Vec<u8>> = (0..600u32)
             .flat_map(|i| {
@@ -1590,7 +1623,10 @@ mod tests {
             txn.commit().unwrap();
             env.prepare_for_closing().wait();
         }
-        let Err(err) = Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }) else {
+        let Err(err) = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false },
+        ) else {
             panic!("a value opened as a table");
         };
         let Error::Storage(engine) = &err else { panic!("{err:?}") };
@@ -1617,8 +1653,11 @@ mod tests {
     #[test]
     fn the_reader_table_gives_the_oldest_reader() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 200 }).unwrap();
+        let storage = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 20, max_readers: 200, merkle_tree: false },
+        )
+        .unwrap();
         let commit = || {
             let mut txn = storage.write_txn().unwrap();
             storage.put(&mut txn, storage.tables.blobs, b"k", b"v").unwrap();

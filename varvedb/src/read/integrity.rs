@@ -7,6 +7,7 @@ use crate::id::StreamId;
 use crate::lmdb_file::{self, FileCoverage};
 use crate::record::{Body, Content, Envelope};
 use crate::storage::{key, value};
+use crate::tlog::TreeHead;
 
 use super::ReadView;
 
@@ -27,13 +28,17 @@ pub struct IntegrityReport {
     /// What the structural check of the file covered: the pages and tables of the view's
     /// snapshot, checked before anything is read through LMDB.
     pub file: FileCoverage,
+    /// The head of the Merkle tree over the log, rebuilt from every event's record and
+    /// compared with the stored tree, tile by tile (`None` if the store keeps no tree).
+    pub tree_head: Option<TreeHead>,
 }
 
 impl ReadView<'_> {
     /// Verifies the whole store: first the structure of the file, every page of the view's
     /// snapshot, as [`verify_file`](crate::verify_file) does, so that damage to a page is
     /// reported rather than read through LMDB (which trusts its pages); then every record's
-    /// checksum and blob hash, that seqs run from 1 without gaps, that every stream's
+    /// checksum and blob hash, that seqs run from 1 without gaps, that the stored Merkle
+    /// tree is the one the events' records give (rebuilt, tile by tile), that every stream's
     /// versions run from 1 without gaps, and that the stream index, stream heads and
     /// event-id index agree with the log exactly. In an encrypted store, also every event's
     /// authentication (a shredded event's clear header against its MAC) and the `keys`
@@ -83,6 +88,7 @@ impl ReadView<'_> {
         let mut report = IntegrityReport { file, ..IntegrityReport::default() };
         let mut versions: HashMap<u128, u32> = HashMap::new();
         let mut with_ids = 0u64;
+        let mut tree = self.tree_check()?;
         let mut log = self.read_all(0)?;
         let mut buf = Vec::new();
         while let Some(event) = log.next_reusing(&mut buf) {
@@ -117,12 +123,16 @@ impl ReadView<'_> {
                     return Err(bad("event_ids", format!("id of seq {} is missing or wrong", e.seq)));
                 }
             }
+            let raw = self.storage.get(&self.txn, tables.events, &key::seq(e.seq))?.unwrap_or_default();
+            // The tree covers every record, a shredded stream's too: its headers stay checked.
+            if let Some(tree) = &mut tree {
+                self.tree_check_push(tree, e.seq, raw)?;
+            }
             if e.shredded {
                 // Shredding deletes the stream's blobs: their contents are unreadable anyway.
                 report.shredded_events += 1;
                 continue;
             }
-            let raw = self.storage.get(&self.txn, tables.events, &key::seq(e.seq))?.unwrap_or_default();
             if let Content::Plain { body: Body::Blob { .. }, .. }
             | Content::Sealed { body: Body::Blob { .. }, .. } = Envelope::decode(e.seq, raw)?.content
             {
@@ -130,6 +140,9 @@ impl ReadView<'_> {
             }
         }
         report.streams = versions.len() as u64;
+        if let Some(tree) = tree {
+            report.tree_head = Some(self.finish_tree_check(tree)?);
+        }
         let count = |table| self.storage.len(&self.txn, table);
         if let Some(crypto) = &self.crypto {
             crate::key_record::verify_keys(self.storage, &self.txn, &crypto.master, false)?;

@@ -14,6 +14,7 @@ use crate::id::StreamId;
 use crate::record;
 use crate::storage::{ReadTxn, Storage, key, value};
 
+mod audit;
 mod decode;
 mod integrity;
 mod log;

@@ -25,6 +25,7 @@ mod keys;
 /// - no encryption; see [`encryption_key`](Self::encryption_key).
 /// - any store identity; see [`expect_store_id`](Self::expect_store_id).
 /// - no warning about read views held open; see [`on_reader_lag`](Self::on_reader_lag).
+/// - no Merkle tree over the log; see [`verifiable_log`](Self::verifiable_log).
 ///
 /// Commits are durable: a write returns only after LMDB has synced it to disk.
 ///
@@ -42,6 +43,7 @@ pub struct Options {
     encryption: Option<MasterKey>,
     expect_store_id: Option<StoreId>,
     lag_warning: Option<LagWarning>,
+    verifiable_log: bool,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             encryption: None,
             expect_store_id: None,
             lag_warning: None,
+            verifiable_log: false,
         }
     }
 }
@@ -185,6 +188,35 @@ impl Options {
         self
     }
 
+    /// Keeps a Merkle tree over the store's log (RFC 9162), for inclusion and consistency
+    /// proofs and signed checkpoints (see `docs/audit.md`). Off by default.
+    ///
+    /// Once a store keeps the tree it always does, whatever later opens ask, and every
+    /// process writing to it maintains it. Opening a store that has no tree with this option
+    /// on builds the tree from its events (in transactions of up to 65,536 events), and
+    /// keeps it from then on.
+    /// Without the tree, proofs and checkpoint checks fail with [`Error::NoMerkleTree`].
+    ///
+    /// It is off by default for its cost: each event adds about four SHA-256 compressions
+    /// to its commit (a large commit hashes them on a second thread) and about 37 bytes to
+    /// the file. `docs/performance.md` (W7) has the figures.
+    ///
+    /// ```
+    /// use varvedb::{Error, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Options::new().open(dir.path())?;
+    /// assert!(matches!(db.begin_read()?.tree_head(), Err(Error::NoMerkleTree)));
+    /// drop(db);
+    /// let db = Options::new().verifiable_log(true).open(dir.path())?;
+    /// assert_eq!(db.begin_read()?.tree_head()?.size, 0);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    #[must_use]
+    pub fn verifiable_log(mut self, on: bool) -> Self {
+        self.verifiable_log = on;
+        self
+    }
+
     /// Opens the store in directory `path`, creating the directory and the store if needed.
     ///
     /// Reads hand out references into the memory-mapped file. So while a store is open, its
@@ -219,13 +251,18 @@ impl Options {
         let path = path.as_ref();
         let storage = Arc::new(Storage::open(
             path,
-            &StorageConfig { map_size: self.map_size, max_readers: self.max_readers },
+            &StorageConfig {
+                map_size: self.map_size,
+                max_readers: self.max_readers,
+                merkle_tree: self.verifiable_log,
+            },
         )?);
         let opened = crate::key_record::open(&storage, path, self.encryption.as_ref(), self.expect_store_id)?;
         // The master key itself is not kept: only the keys derived from it for this store,
         // which a rotation replaces.
         self.encryption = None;
         let encryption = opened.encryption.map(Arc::new);
+        let merkle_tree = crate::tlog::open(&storage, self.verifiable_log)?;
         let last_seq = storage.last_seq(&*storage.read_txn()?)?;
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
         let counters = Arc::new(Counters::default());
@@ -235,6 +272,7 @@ impl Options {
                 max_event_size: self.max_event_size,
                 encryption: encryption.clone(),
                 lag_warning: self.lag_warning.clone(),
+                merkle_tree,
             },
             Arc::clone(&counters),
             watch_tx,

@@ -82,6 +82,9 @@ impl WriterState {
                         .encode_into(seq, &mut self.record_buf);
                 }
                 storage.append(txn, tables.events, &key::seq(seq), &self.record_buf)?;
+                if let Some(tree) = &mut self.tree {
+                    tree.push(seq, &self.record_buf)?;
+                }
                 self.index_order.place(slot, (stream, version, seq));
                 if let Some(id) = event.id {
                     storage.insert(txn, tables.event_ids, "event_ids", &key::id(id), &value::seq(seq))?;

@@ -13,6 +13,7 @@ use crate::crypto::Encryption;
 use crate::error::Error;
 use crate::record::{Envelope, now_micros};
 use crate::storage::{ReaderLag, Storage, WriteLockHeld, key, value};
+use crate::tlog::TreeFeed;
 
 mod apply;
 mod dedup;
@@ -69,6 +70,8 @@ pub(crate) struct WriterConfig {
     pub(crate) max_event_size: usize,
     pub(crate) encryption: Option<Arc<Encryption>>,
     pub(crate) lag_warning: Option<LagWarning>,
+    /// Whether the store keeps the Merkle tree over its log.
+    pub(crate) merkle_tree: bool,
 }
 
 /// What the writer calls, after a commit, when the oldest open read view is more than
@@ -114,6 +117,7 @@ impl Writer {
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel::<Request>();
         let crypto = config.encryption.clone().map(WriterCrypto::new);
+        let tree = if config.merkle_tree { Some(TreeFeed::spawn()?) } else { None };
         let mut state = WriterState {
             storage,
             config,
@@ -124,6 +128,7 @@ impl Writer {
             head_buf: Vec::new(),
             index_order: IndexOrder::default(),
             head_cache: HeadCache::default(),
+            tree,
             last_timestamp: 0,
             lag_warned: None,
         };
@@ -183,6 +188,8 @@ struct WriterState {
     head_buf: Vec<u8>,
     index_order: IndexOrder,
     head_cache: HeadCache,
+    /// The growing edge of the Merkle tree over the log, when the store keeps one.
+    tree: Option<TreeFeed>,
     /// The commit time of the newest stored event: a new event never gets an earlier one.
     last_timestamp: u64,
     /// The lag last reported to the lag warning, while the oldest view stays past its bound.
@@ -253,7 +260,22 @@ impl WriterState {
         if let Some(crypto) = self.crypto.as_mut() {
             crypto.begin();
         }
-        let mut next_seq = storage.last_seq(&txn)?.checked_add(1).ok_or_else(seq_exhausted)?;
+        let last_seq = storage.last_seq(&txn)?;
+        let mut next_seq = last_seq.checked_add(1).ok_or_else(seq_exhausted)?;
+        if self.tree.is_none() && crate::tlog::kept(&storage, &txn)? {
+            // Another process turned the tree on: from now on this writer keeps it too.
+            self.tree = Some(TreeFeed::spawn()?);
+        }
+        if let Some(feed) = &mut self.tree {
+            // As the head cache: valid only if our last commit is the last one. A failed
+            // commit left leaves in it that the store does not have.
+            let mut tree = feed.sync()?;
+            if tree.committed_txn.take().and_then(|id| id.checked_add(1)) != Some(txn_id)
+                || tree.size() != last_seq
+            {
+                tree.load(&storage, &mut txn, last_seq, u64::MAX)?;
+            }
+        }
         let mut results = Vec::with_capacity(batches.len());
         let mut events_written = 0u64;
         // Timestamps never go backwards in the log, even if the wall clock does.
@@ -291,11 +313,22 @@ impl WriterState {
                 (Some(crypto), Some(master)) => crypto.finish(&storage, &mut txn, master)?,
                 _ => None,
             };
+            let mut tree = match &mut self.tree {
+                Some(feed) => Some(feed.sync()?),
+                None => None,
+            };
+            if let Some(tree) = &mut tree {
+                tree.flush(&storage, &mut txn)?;
+            }
             storage.commit(txn)?;
             if let (Some(generation), Some(master)) = (keys_generation, master) {
                 master.saw_keys_generation(generation);
             }
             self.head_cache.committed_txn = Some(txn_id);
+            if let Some(tree) = &mut tree {
+                tree.committed_txn = Some(txn_id);
+            }
+            drop(tree);
             self.last_timestamp = timestamp;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
