@@ -810,7 +810,14 @@ mod commands_and_registry_edges {
         let db = Varve::open(dir.path()).unwrap();
         let clock = db.stream::<Clock>(1u128);
         let err = clock.execute_with_retries(&Racy { db: db.clone(), stream: 1 }, 2).unwrap_err();
-        assert!(matches!(err, ExecuteError::Store(Error::ConcurrencyConflict { .. })), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                ExecuteError::RetriesExhausted { attempts: 3, last: Error::ConcurrencyConflict { .. } }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("gave up after 3 attempts"), "{err}");
         // Three attempts, each let one outside append in, none of the command's own events.
         assert_eq!(clock.load().unwrap().version(), 3);
 

@@ -196,12 +196,26 @@ impl std::ops::Deref for Kind {
     }
 }
 
+/// Identity of an event type, as an aggregate lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventInfo {
+    /// The type tag.
+    pub name: &'static str,
+    /// The schema version.
+    pub version: u32,
+    /// The structural fingerprint.
+    pub fingerprint: u64,
+}
+
 /// The events a request appends to one stream.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamAppend {
     pub(crate) stream: StreamId,
     pub(crate) expected: ExpectedVersion,
     pub(crate) kind: Option<Kind>,
+    /// Every event the aggregate of `kind` applies, when the typed layer made the append:
+    /// the writer records it as the kind's rule for untyped appends.
+    pub(crate) handles: Option<&'static [EventInfo]>,
     /// Where its events are in the batch's `events`.
     pub(crate) events: Range<usize>,
 }
@@ -269,11 +283,11 @@ impl WriteBatch {
     }
 
     /// [`append_kind`](Self::append_kind) with a kind known at compile time (an aggregate's
-    /// `KIND`): no allocation for it.
+    /// `KIND`, with the events it applies): no allocation for it.
     pub(crate) fn append_static_kind(
         &mut self,
         stream: StreamId,
-        kind: &'static str,
+        (kind, handles): (&'static str, &'static [EventInfo]),
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> &mut Self {
@@ -285,10 +299,14 @@ impl WriteBatch {
                 stream,
                 expected,
                 kind: Some(Kind::Static(kind)),
+                handles: Some(handles),
                 events: 0..end,
             });
         } else {
             self.push(stream, expected, Some(Kind::Static(kind)), events);
+            if let Some(last) = self.appends.last_mut() {
+                last.handles = Some(handles);
+            }
         }
         self
     }
@@ -302,7 +320,13 @@ impl WriteBatch {
     ) {
         let start = self.events.len();
         self.events.extend(events);
-        self.appends.push(StreamAppend { stream, expected, kind, events: start..self.events.len() });
+        self.appends.push(StreamAppend {
+            stream,
+            expected,
+            kind,
+            handles: None,
+            events: start..self.events.len(),
+        });
     }
 
     /// The events of `part`, one of this batch's appends.

@@ -210,6 +210,24 @@ pub enum Error {
         aggregate: &'static str,
     },
 
+    /// An append under an aggregate's stream kind named an event that aggregate does not
+    /// apply: stored, it would make every later load of the stream fail. Nothing was
+    /// written. Checked in the write transaction for every append to a stream of a kind the
+    /// typed layer has written (its events are recorded then), typed or untyped.
+    #[error(
+        "event {event:?} version {version} is not an event of aggregate {aggregate:?}, so it cannot be appended to its stream {stream}"
+    )]
+    ForeignEvent {
+        /// The stream appended to.
+        stream: StreamId,
+        /// The event's type tag.
+        event: String,
+        /// The event's schema version (0 for untyped bytes).
+        version: u32,
+        /// The aggregate's kind.
+        aggregate: String,
+    },
+
     /// A loaded state was saved to a different stream than it was loaded from.
     #[error("state loaded from stream {loaded} cannot be saved to stream {stream}")]
     StreamMismatch {

@@ -1,5 +1,6 @@
 //! The typed layer: events, aggregates and typed stream handles.
 
+pub(crate) mod command;
 pub(crate) mod schema;
 pub(crate) mod stream;
 #[cfg(feature = "testing")]
@@ -14,6 +15,7 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
+pub use crate::batch::EventInfo;
 use crate::batch::{NewEvent, SchemaId};
 use crate::error::Error;
 use crate::event::RecordedEvent;
@@ -54,17 +56,6 @@ pub trait Event:
 pub trait ArchivedEvent: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>> {
     /// The event this is the archived form of.
     type Event: Event<Archived = Self>;
-}
-
-/// Identity of an event type, as an aggregate lists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventInfo {
-    /// The type tag.
-    pub name: &'static str,
-    /// The schema version.
-    pub version: u32,
-    /// The structural fingerprint.
-    pub fingerprint: u64,
 }
 
 /// Whether two entries share a type tag and schema version (evaluated at compile time by

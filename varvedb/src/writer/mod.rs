@@ -258,7 +258,7 @@ impl WriterState {
         for batch in batches {
             match self.plan(&txn, master, batch, next_seq) {
                 Ok(Plan::Deduplicated(appended)) => results.push(Ok(appended)),
-                Ok(Plan::Write { appended, heads, slots, new_schemas }) => {
+                Ok(Plan::Write { appended, heads, slots, new_schemas, new_kinds }) => {
                     self.write(&mut txn, master, batch, &appended, (&heads, &slots), timestamp)?;
                     for (tag, schema) in &new_schemas {
                         let k = key::schema(tag, schema.version);
@@ -268,6 +268,9 @@ impl WriterState {
                             &k,
                             &value::fingerprint(schema.fingerprint),
                         )?;
+                    }
+                    for (k, list) in &new_kinds {
+                        storage.put(&mut txn, storage.tables.schema, k, list)?;
                     }
                     let n = appended.iter().map(|a| a.last_seq - a.first_seq + 1).sum::<u64>();
                     next_seq += n;
