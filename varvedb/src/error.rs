@@ -228,6 +228,22 @@ pub enum Error {
         aggregate: String,
     },
 
+    /// An event's metadata was read as a type of another shape (or it holds raw bytes):
+    /// typed metadata starts with its type's fingerprint, and a read with a type whose
+    /// fingerprint differs decodes nothing.
+    #[error(
+        "the metadata of the event at seq {seq} is not of the type read: it starts with {}, the type's fingerprint is {found:#018x}",
+        stored.map_or_else(|| "fewer than 8 bytes".to_owned(), |s| format!("{s:#018x}"))
+    )]
+    MetadataMismatch {
+        /// The event's global sequence number.
+        seq: u64,
+        /// The fingerprint the metadata starts with (`None`: shorter than a fingerprint).
+        stored: Option<u64>,
+        /// The fingerprint of the type read.
+        found: u64,
+    },
+
     /// A loaded state was saved to a different stream than it was loaded from.
     #[error("state loaded from stream {loaded} cannot be saved to stream {stream}")]
     StreamMismatch {

@@ -88,6 +88,7 @@ pub use storage::ReaderLag;
 pub use store::{Options, Stats, Varve};
 pub use subscribe::Subscription;
 pub use typed::command::{ExecuteOptions, RetryPolicy, Transacted, Transaction};
+pub use typed::metadata::Metadata;
 pub use typed::schema::fingerprint;
 pub use typed::stream::{
     DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, TypedEvents,

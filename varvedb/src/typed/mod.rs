@@ -1,6 +1,7 @@
 //! The typed layer: events, aggregates and typed stream handles.
 
 pub(crate) mod command;
+pub(crate) mod metadata;
 pub(crate) mod schema;
 pub(crate) mod stream;
 #[cfg(feature = "testing")]
