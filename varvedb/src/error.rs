@@ -244,6 +244,22 @@ pub enum Error {
         found: u64,
     },
 
+    /// A projection table's value was stored by a type of another shape than the table's
+    /// (a [`Data`](crate::Data) value whose type changed). Nothing was decoded. Rebuild the
+    /// projection after changing the type of its values.
+    #[error(
+        "a value of table {table} was stored with another type: it starts with {}, the table's type has fingerprint {found:#018x}",
+        stored.map_or_else(|| "fewer than 8 bytes".to_owned(), |s| format!("{s:#018x}"))
+    )]
+    TableValueMismatch {
+        /// The table, as `projection/table`.
+        table: String,
+        /// The fingerprint stored with the value (`None`: shorter than a fingerprint).
+        stored: Option<u64>,
+        /// The fingerprint of the table's value type.
+        found: u64,
+    },
+
     /// A loaded state was saved to a different stream than it was loaded from.
     #[error("state loaded from stream {loaded} cannot be saved to stream {stream}")]
     StreamMismatch {

@@ -79,7 +79,7 @@ pub use event::{OwnedEvent, RecordedEvent};
 pub use id::StreamId;
 pub use lmdb_file::{FileCoverage, FileReport, TableReport, verify_file};
 pub use process::runner::{DEFAULT_POLL, Runnable, Runner};
-pub use process::table::TableEntries;
+pub use process::table::{Data, TableEntries};
 pub use process::{
     HandlerError, Key, Processor, ProcessorError, Progress, Projection, ProjectionTxn, Retry, Table, Value,
 };

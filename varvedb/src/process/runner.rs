@@ -207,10 +207,20 @@ impl<P: Runnable> Runner<P> {
 }
 
 impl<P> Drop for Runner<P> {
-    /// A runner dropped without [`stop`](Runner::stop) stops after its current step, in the
-    /// background; the store stays open until it has.
+    /// A runner dropped without [`stop`](Runner::stop) stops after its current step.
+    ///
+    /// A thread runner ([`spawn_thread`](Runner::spawn_thread)) is waited for: when `drop`
+    /// returns, its thread has ended and holds the store no longer, so the store can be
+    /// reopened at once once the other handles are gone. A tokio runner
+    /// ([`spawn`](Runner::spawn)) cannot be waited for inside `drop` (that would block the
+    /// runtime); it stops in the background and keeps the store open until it has. Await
+    /// [`stop`](Runner::stop) to know it is done.
     fn drop(&mut self) {
         self.stop.send_replace(true);
+        if let Some(Task::Thread(thread)) = self.task.take() {
+            // Its error (if it failed) had no one to go to; the checkpoint holds the progress.
+            drop(thread.join());
+        }
     }
 }
 

@@ -74,6 +74,13 @@ pub(crate) fn encode<M: Metadata>(meta: &M) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// The archive after `bytes`' fingerprint, if it is `M`'s; else the fingerprint found
+/// (`None`: too short to hold one).
+pub(crate) fn archive_of<M: Metadata>(bytes: &[u8]) -> Result<&[u8], Option<u64>> {
+    let stored = bytes.get(..PREFIX).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    if stored == Some(M::FINGERPRINT) { Ok(&bytes[PREFIX..]) } else { Err(stored) }
+}
+
 /// Reads `bytes`, the metadata of the event at `seq`, as an `M`.
 fn decode<M: Metadata>(
     seq: u64,
@@ -87,13 +94,16 @@ fn decode<M: Metadata>(
     if bytes.is_empty() {
         return Ok(None);
     }
-    let stored = bytes.get(..PREFIX).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-    if stored != Some(M::FINGERPRINT) {
-        return Err(Error::MetadataMismatch { seq, stored, found: M::FINGERPRINT });
-    }
-    rkyv::access::<M::Archived, rancor::Error>(&bytes[PREFIX..])
-        .map(Some)
-        .map_err(|e| Error::InvalidArchive { seq, type_tag: "metadata".to_owned(), message: e.to_string() })
+    let archive = archive_of::<M>(bytes).map_err(|stored| Error::MetadataMismatch {
+        seq,
+        stored,
+        found: M::FINGERPRINT,
+    })?;
+    rkyv::access::<M::Archived, rancor::Error>(archive).map(Some).map_err(|e| Error::InvalidArchive {
+        seq,
+        type_tag: "metadata".to_owned(),
+        message: e.to_string(),
+    })
 }
 
 impl<'v> RecordedEvent<'v> {
