@@ -421,6 +421,27 @@ impl<A: Aggregate> Stream<A> {
     }
 }
 
+impl<A: Aggregate> Stream<A> {
+    /// The event at `version` of the stream, typed and read in place; `None` if the stream
+    /// has not reached it.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub fn event_at<'v>(
+        &self,
+        view: &'v ReadView<'_>,
+        version: u32,
+    ) -> Result<Option<TypedEvent<'v, A>>, Error> {
+        if version == 0 {
+            return Ok(None);
+        }
+        match self.read(view, version)?.next().transpose()? {
+            Some(event) if event.recorded().version() == version => Ok(Some(event)),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Runs blocking store work on tokio's blocking pool.
 async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
     match tokio::task::spawn_blocking(work).await {
