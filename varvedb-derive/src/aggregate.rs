@@ -226,6 +226,19 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
             }
         }
     });
+    let debug_arms = applies.iter().enumerate().map(|(i, a)| {
+        let archived = a.archived;
+        quote! {
+            if <Self as #private::Aggregate>::EVENTS[#i].matches(event) {
+                return match event.access::<#archived>() {
+                    ::core::result::Result::Ok(archived) => {
+                        (&#private::DebugArchived(archived)).fmt_archived(event, f)
+                    }
+                    ::core::result::Result::Err(_) => #private::debug_bytes(event, f),
+                };
+            }
+        }
+    });
     let event_of_impls = applies.iter().map(|a| {
         let e = event_of(a.archived);
         quote!(#[automatically_derived] impl #private::EventOf<#self_ty> for #e {})
@@ -247,6 +260,16 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
                 ) -> ::core::result::Result<(), #private::Error> {
                     #(#arms)*
                     ::core::result::Result::Err(#private::unknown::<Self>(event))
+                }
+
+                fn fmt_event(
+                    event: &#private::RecordedEvent<'_>,
+                    f: &mut #private::core::fmt::Formatter<'_>,
+                ) -> #private::core::fmt::Result {
+                    #[allow(unused_imports)]
+                    use #private::{DebugFallback as _, DebugViaDebug as _};
+                    #(#debug_arms)*
+                    #private::debug_bytes(event, f)
                 }
             }
 

@@ -117,6 +117,7 @@ pub use varvedb_derive::{Event, EventData, aggregate};
 pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::RecordedEvent;
+    pub use crate::typed::debug::{DebugArchived, DebugFallback, DebugViaDebug, debug_bytes};
     pub use crate::typed::has_duplicate_identity;
     pub use crate::typed::schema::fingerprint;
     pub use crate::typed::stream::unknown;

@@ -256,6 +256,16 @@ impl std::fmt::Debug for Transaction<'_> {
 }
 
 impl<'t> Transaction<'t> {
+    /// An attempt on `db`'s current state.
+    pub(crate) fn begin(db: &'t Varve, stamp: Option<&'t [u8]>) -> Result<Self, Error> {
+        Ok(Transaction { view: db.begin_read()?, batch: WriteBatch::new(), stamp })
+    }
+
+    /// The saves, with the snapshot closed.
+    pub(crate) fn into_batch(self) -> WriteBatch {
+        self.batch
+    }
+
     /// Folds `stream` into `A`, as of the snapshot all of this attempt's loads share.
     ///
     /// # Errors
@@ -372,11 +382,10 @@ impl Varve {
     {
         let stamp = options.stamp()?;
         options.retry.run(|attempts| {
-            let mut tx = Transaction { view: self.begin_read()?, batch: WriteBatch::new(), stamp };
+            let mut tx = Transaction::begin(self, stamp)?;
             let value = command(&mut tx)?;
-            let Transaction { view, batch, .. } = tx;
             // The snapshot must not stay open while the write waits for its commit.
-            drop(view);
+            let batch = tx.into_batch();
             if batch.is_empty() {
                 return Ok(Transacted { value, appended: Vec::new(), attempts });
             }
