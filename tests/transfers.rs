@@ -230,6 +230,43 @@ fn the_store_refuses_foreign_events_under_a_typed_kind_in_every_path() {
 }
 
 #[test]
+fn a_typed_handle_is_enough_for_the_writer_to_know_the_kind() {
+    let (dir, db) = open();
+    // No typed append yet: only a handle.
+    let account = db.stream::<Account>(1u128);
+    let kind = <Account as varvedb::Aggregate>::KIND;
+    let mut b = WriteBatch::new();
+    b.append_kind(
+        1u128,
+        kind,
+        ExpectedVersion::NoStream,
+        [NewEvent::from_event(&OrderPlaced { cents: 1 }).unwrap()],
+    );
+    let refused = db.write(b);
+    assert!(matches!(refused, Err(Error::ForeignEvent { .. })), "{refused:?}");
+    assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 0);
+    // An untyped append of an account's own event goes in, and records the kind's events.
+    let mut b = WriteBatch::new();
+    b.append_kind(
+        1u128,
+        kind,
+        ExpectedVersion::NoStream,
+        [NewEvent::from_event(&Deposited { cents: 3 }).unwrap()],
+    );
+    db.write(b).unwrap();
+    for (what, result) in foreign_appends(&db, 1, 2) {
+        assert!(matches!(result, Err(Error::ForeignEvent { .. })), "{what}: {result:?}");
+    }
+    drop((account, db));
+    let db = Varve::open(dir.path()).unwrap();
+    // A new process that never names `Account` still has the rule.
+    for (what, result) in foreign_appends(&db, 1, 3) {
+        assert!(matches!(result, Err(Error::ForeignEvent { .. })), "{what}: {result:?}");
+    }
+    assert_eq!(balance(&db, 1), 3);
+}
+
+#[test]
 fn contention_on_one_stream_is_resolved_by_the_default_policy() {
     let threads: usize =
         std::env::var("VARVEDB_CONTENTION_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);

@@ -207,6 +207,35 @@ pub struct EventInfo {
     pub fingerprint: u64,
 }
 
+/// The aggregates whose typed streams this process has opened: each kind with the events
+/// its aggregate applies. The writer treats an append under a registered kind as a typed
+/// append of that aggregate would be (it checks the events, and records the list).
+#[derive(Debug, Default)]
+pub(crate) struct KindRegistry(std::sync::RwLock<Vec<(&'static str, &'static [EventInfo])>>);
+
+impl KindRegistry {
+    /// Records `kind`'s events, unless it is recorded already.
+    pub(crate) fn register(&self, kind: &'static str, events: &'static [EventInfo]) {
+        let known = |list: &[(&str, &[EventInfo])]| list.iter().any(|(k, e)| *k == kind && *e == events);
+        if known(&self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            return;
+        }
+        let mut list = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !known(&list) {
+            // One build has one list per kind; a second list for a kind (two aggregates
+            // sharing a name) replaces the first, as their typed appends would.
+            list.retain(|(k, _)| *k != kind);
+            list.push((kind, events));
+        }
+    }
+
+    /// The events of `kind`, if registered.
+    pub(crate) fn get(&self, kind: &str) -> Option<&'static [EventInfo]> {
+        let list = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        list.iter().find(|(k, _)| *k == kind).map(|(_, e)| *e)
+    }
+}
+
 /// The events a request appends to one stream.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamAppend {

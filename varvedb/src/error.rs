@@ -212,8 +212,9 @@ pub enum Error {
 
     /// An append under an aggregate's stream kind named an event that aggregate does not
     /// apply: stored, it would make every later load of the stream fail. Nothing was
-    /// written. Checked in the write transaction for every append to a stream of a kind the
-    /// typed layer has written (its events are recorded then), typed or untyped.
+    /// written. Checked in the write transaction for every append, typed or untyped, to a
+    /// stream of a kind the typed layer knows: one this process has made a `Stream` of
+    /// ([`Varve::stream`](crate::Varve::stream)), or whose events an earlier write recorded.
     #[error(
         "event {event:?} version {version} is not an event of aggregate {aggregate:?}, so it cannot be appended to its stream {stream}"
     )]

@@ -172,7 +172,7 @@ impl Subscription {
     /// #[derive(Event)] struct Placed { cents: u64 }
     /// #[derive(Event)] struct Shipped;
     /// #[derive(Event)] struct Noted;
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dir = tempfile::tempdir()?;
     /// let db = Varve::open(dir.path())?;
     /// let events = [NewEvent::from_event(&Placed { cents: 5 })?, NewEvent::from_event(&Noted)?, NewEvent::from_event(&Shipped)?];
@@ -180,8 +180,9 @@ impl Subscription {
     /// let mut feed = db.subscribe(1).of::<Placed>().of::<Shipped>();
     /// assert_eq!(feed.next_event().await.unwrap()?.seq, 1);
     /// assert_eq!(feed.next_event().await.unwrap()?.seq, 3);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// # })
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
     /// ```
     #[must_use]
     pub fn of<E: Event>(mut self) -> Self {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
+use crate::batch::{Appended, ExpectedVersion, KindRegistry, NewEvent, WriteBatch};
 use crate::crypto::{Encryption, MasterKey};
 use crate::error::Error;
 use crate::id::StreamId;
@@ -188,10 +188,12 @@ impl Options {
         let last_seq = storage.last_seq(&*storage.read_txn()?)?;
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
         let counters = Arc::new(Counters::default());
+        let kinds = Arc::new(KindRegistry::default());
         let writer = Writer::spawn(
             Arc::clone(&storage),
             WriterConfig {
                 max_event_size: self.max_event_size,
+                kinds: Arc::clone(&kinds),
                 encryption: encryption.clone(),
                 lag_warning: self.lag_warning.clone(),
             },
@@ -204,6 +206,7 @@ impl Options {
                 storage,
                 encryption,
                 counters,
+                kinds,
                 watch: watch_rx,
                 path: path.to_path_buf(),
                 options: self,
@@ -241,6 +244,7 @@ struct Inner {
     storage: Arc<Storage>,
     encryption: Option<Arc<Encryption>>,
     counters: Arc<Counters>,
+    kinds: Arc<KindRegistry>,
     watch: tokio::sync::watch::Receiver<u64>,
     path: PathBuf,
     options: Options,
@@ -391,6 +395,11 @@ impl Varve {
 
     pub(crate) fn storage(&self) -> &Storage {
         &self.inner.storage
+    }
+
+    /// Records that this process uses `kind` as a typed aggregate's kind.
+    pub(crate) fn register_kind(&self, kind: &'static str, events: &'static [crate::batch::EventInfo]) {
+        self.inner.kinds.register(kind, events);
     }
 
     pub(crate) fn encryption(&self) -> Option<&Encryption> {

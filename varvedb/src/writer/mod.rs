@@ -67,6 +67,8 @@ pub(crate) struct Counters {
 /// What the writer takes from the store's options.
 pub(crate) struct WriterConfig {
     pub(crate) max_event_size: usize,
+    /// The aggregates this process has opened typed streams of.
+    pub(crate) kinds: Arc<crate::batch::KindRegistry>,
     pub(crate) encryption: Option<Arc<Encryption>>,
     pub(crate) lag_warning: Option<LagWarning>,
 }

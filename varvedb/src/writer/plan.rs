@@ -220,7 +220,10 @@ impl WriterState {
         rules: &mut Vec<KindRule>,
         new_kinds: &mut Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), Error> {
-        let typed = part.handles.filter(|_| part.kind.as_deref() == Some(kind));
+        let typed = part
+            .handles
+            .filter(|_| part.kind.as_deref() == Some(kind))
+            .or_else(|| self.config.kinds.get(kind));
         let at = match rules.iter().position(|r| r.kind == kind) {
             Some(at) => at,
             None => {
