@@ -177,3 +177,68 @@ fn metadata_of_another_shape_or_raw_bytes_is_a_typed_error() {
     assert_eq!(events[1].metadata(), b"{\"user\":7}");
     assert_eq!(events[0].meta::<RequestMeta>().unwrap().map(seen), Some(("ana".into(), 1)));
 }
+
+/// A processor reacting to an event appends with the same correlation and, as causation,
+/// the seq of the event it reacts to; the chain reads back from the store.
+#[test]
+fn a_processor_propagates_correlation_and_causation() {
+    #[derive(Event, Debug)]
+    #[event(name = "receipt.sent")]
+    struct ReceiptSent {
+        cents: u64,
+    }
+    #[derive(Default)]
+    struct Receipts {
+        sent: u32,
+    }
+    #[aggregate]
+    impl Receipts {
+        fn sent(&mut self, _: &ArchivedReceiptSent) {
+            self.sent += 1;
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    let account = db.stream::<Account>(1u128);
+    account.execute_with(&Deposit(10), &ExecuteOptions::new().metadata(&meta("ana", 77))).unwrap();
+
+    let receipts = db.stream::<Receipts>(9u128);
+    let out = receipts.clone();
+    let mut mailer = Processor::new("receipts").on::<Deposited>(move |e, ev| {
+        let asked = ev.meta::<RequestMeta>()?.expect("commands stamp their events");
+        let caused = RequestMeta {
+            user: "mailer".into(),
+            correlation: asked.correlation.to_native(),
+            causation: Some(ev.seq()),
+        };
+        let receipt = Pending::from(ReceiptSent { cents: e.cents.to_native() })
+            .with_meta(&caused)
+            .with_id(u128::from(ev.seq()));
+        out.append_all(ExpectedVersion::Auto, [receipt])?;
+        Ok(())
+    });
+    mailer.catch_up(&db).unwrap();
+
+    let view = db.begin_read().unwrap();
+    let mut chain = Vec::new();
+    for receipt in receipts.read(&view, 1).unwrap() {
+        let receipt = receipt.unwrap();
+        let m = receipt.meta::<RequestMeta>().unwrap().unwrap();
+        let cause_seq = m.causation.as_ref().map(|s| s.to_native()).unwrap();
+        let cause = view.event(cause_seq).unwrap().unwrap();
+        let cause_meta = cause.meta::<RequestMeta>().unwrap().unwrap();
+        chain.push((
+            cause_seq,
+            cause.type_tag().to_owned(),
+            cause_meta.correlation.to_native(),
+            m.correlation.to_native(),
+        ));
+    }
+    // The command decided two deposits (10 and 1 cents): two receipts, each naming its own.
+    assert_eq!(
+        chain,
+        [(1, "account.deposited".to_owned(), 77, 77), (2, "account.deposited".to_owned(), 77, 77)]
+    );
+    assert_eq!(receipts.load().unwrap().state().sent, 2);
+}

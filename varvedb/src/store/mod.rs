@@ -583,6 +583,11 @@ mod tests {
         send_sync::<crate::Runner<crate::Projection>>();
         send_sync::<crate::ProcessorError>();
         send_sync::<crate::OwnedEvent>();
+        send_sync::<crate::ExecuteOptions>();
+        send_sync::<crate::RetryPolicy>();
+        send_sync::<crate::Transacted<()>>();
+        send_sync::<crate::Table<u64, crate::Data<u64>>>();
+        send::<crate::Transaction<'static>>();
     }
 
     fn event() -> NewEvent {
