@@ -299,6 +299,30 @@ fn a_dropped_thread_runner_has_released_the_store_when_drop_returns() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tokio_runner_releases_the_store_without_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Varve::open(dir.path()).unwrap();
+        append_mix(&db, 0, 50);
+        let runner = Runner::spawn(&db, totals::projection(10));
+        wait_caught_up(&db, totals::NAME).await;
+        drop(runner);
+    }
+    // A step may be finishing; between steps the runner holds no handle on the store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match Varve::open(dir.path()) {
+            Ok(db) => break db,
+            Err(Error::AlreadyOpen { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("the dropped runner kept the store open: {e}"),
+        }
+    };
+    assert_eq!(db.lag(totals::NAME).unwrap(), 0);
+}
+
 #[test]
 fn a_projection_and_a_processor_cannot_share_a_name() {
     let dir = tempfile::tempdir().unwrap();
