@@ -333,6 +333,7 @@ fn async_forms_keep_a_current_thread_runtime_serving_other_tasks() {
         assert!(matches!(events[0].typed::<Order>(), Err(Error::UnknownEvent { .. })));
 
         let (f, t) = (from.clone(), to.clone());
+        let before = ticks_now();
         let done = db
             .transact_async(ExecuteOptions::new(), move |tx| {
                 let (a, b) = (tx.load(&f)?, tx.load(&t)?);
@@ -344,6 +345,7 @@ fn async_forms_keep_a_current_thread_runtime_serving_other_tasks() {
             .await
             .unwrap();
         assert_eq!(done.appended.len(), 2);
+        assert!(ticks_now() > before, "the runtime ran other tasks during transact_async");
         ticker.abort();
     });
     assert_eq!((balance(&db, 1), balance(&db, 2)), (75, 26));

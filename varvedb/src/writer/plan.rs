@@ -220,10 +220,6 @@ impl WriterState {
         rules: &mut Vec<KindRule>,
         new_kinds: &mut Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), Error> {
-        let typed = part
-            .handles
-            .filter(|_| part.kind.as_deref() == Some(kind))
-            .or_else(|| self.config.kinds.get(kind));
         let at = match rules.iter().position(|r| r.kind == kind) {
             Some(at) => at,
             None => {
@@ -234,8 +230,15 @@ impl WriterState {
             }
         };
         let rule = &mut rules[at];
-        if let Some(handles) = typed
-            && !matches!(rule.events, Some(KindEvents::Typed(_)))
+        // This build's list, from the append or from a typed handle of this process; looked
+        // up once per kind and request.
+        let typed = || {
+            part.handles
+                .filter(|_| part.kind.as_deref() == Some(kind))
+                .or_else(|| self.config.kinds.get(kind))
+        };
+        if !matches!(rule.events, Some(KindEvents::Typed(_)))
+            && let Some(handles) = typed()
         {
             let mut list = Vec::new();
             value::encode_kind_events(handles.iter().map(|e| (e.name, e.version)), &mut list);
