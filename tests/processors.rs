@@ -354,6 +354,11 @@ fn a_projection_and_a_processor_cannot_share_a_name() {
     assert!(matches!(projection.step(&db), Err(ProcessorError::NameInUse { wanted: "projection", .. })));
     append_mix(&db, 100, 110);
     assert!(matches!(projection.catch_up(&db), Err(ProcessorError::NameInUse { .. })));
+    // Resetting the clashing projection leaves the processor's checkpoint alone.
+    let mailer_at = db.checkpoint("mailer").unwrap();
+    projection.reset(&db).unwrap();
+    assert_eq!(db.checkpoint("mailer").unwrap(), mailer_at);
+    assert!(matches!(projection.rebuild(&db), Err(ProcessorError::NameInUse { .. })));
     // Each still runs under its own name.
     mailer.catch_up(&db).unwrap();
     totals::projection(10).catch_up(&db).unwrap();

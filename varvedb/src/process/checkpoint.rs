@@ -94,7 +94,7 @@ pub(super) fn check_owner(
     name: &str,
     owner: Owner,
 ) -> Result<bool, ProcessorError> {
-    match storage.get(txn, storage.tables.checkpoints, &owner_key(name))? {
+    match owner_of(storage, txn, name)? {
         None => Ok(false),
         Some(stored) if stored == owner.name().as_bytes() => Ok(true),
         Some(stored) => Err(ProcessorError::NameInUse {
@@ -103,6 +103,20 @@ pub(super) fn check_owner(
             owner: String::from_utf8_lossy(stored).into_owned(),
         }),
     }
+}
+
+/// What owns `name`, as stored (`None`: nothing has claimed it).
+pub(super) fn owner_of<'t>(
+    storage: &Storage,
+    txn: &'t Txn<'_>,
+    name: &str,
+) -> Result<Option<&'t [u8]>, Error> {
+    storage.get(txn, storage.tables.checkpoints, &owner_key(name))
+}
+
+/// Whether `owner` may change `name`'s checkpoint: it owns it, or nothing does.
+pub(super) fn may_use(storage: &Storage, txn: &Txn<'_>, name: &str, owner: Owner) -> Result<bool, Error> {
+    Ok(owner_of(storage, txn, name)?.is_none_or(|stored| stored == owner.name().as_bytes()))
 }
 
 /// Records that `owner` owns `name`, visible when `txn` commits.

@@ -4,7 +4,7 @@
 //! transaction, so the read model and its checkpoint never disagree, even after a crash.
 
 use super::checkpoint::{
-    Owner, check_owner, claim, delete_checkpoint, read_checkpoint, release, write_checkpoint,
+    Owner, check_owner, claim, delete_checkpoint, may_use, read_checkpoint, release, write_checkpoint,
 };
 use super::table::{self, Key, Table, Value};
 use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, runner};
@@ -226,8 +226,12 @@ impl Projection {
         let storage = db.storage();
         let mut txn = storage.write_txn()?;
         storage.delete_prefix(&mut txn, storage.tables.projections, &table::projection_prefix(&self.name))?;
-        delete_checkpoint(storage, &mut txn, &self.name)?;
-        release(storage, &mut txn, &self.name)?;
+        // A processor's checkpoint under this name is not the projection's to erase; its
+        // next step reports the clash.
+        if may_use(storage, &txn, &self.name, Owner::Projection)? {
+            delete_checkpoint(storage, &mut txn, &self.name)?;
+            release(storage, &mut txn, &self.name)?;
+        }
         storage.commit(txn)
     }
 

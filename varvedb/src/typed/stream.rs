@@ -201,8 +201,8 @@ impl Varve {
     /// A typed handle on stream `id` of aggregate `A`. Creates nothing until the first append.
     ///
     /// From then on, this process's writer refuses an append under `A`'s kind of an event
-    /// `A` does not apply ([`Error::ForeignEvent`]), typed or not, and the first such append
-    /// records `A`'s events in the store for other processes.
+    /// `A` does not apply ([`Error::ForeignEvent`]), typed or not; its first write under the
+    /// kind records `A`'s events in the store, for other processes too.
     #[must_use]
     pub fn stream<A: Aggregate>(&self, id: impl Into<StreamId>) -> Stream<A> {
         self.register_kind(A::KIND, A::EVENTS);
