@@ -218,7 +218,9 @@ impl Projection {
     }
 
     /// Erases the read model (every table of this projection) and the checkpoint, in one
-    /// transaction. The next steps replay the log from the start.
+    /// transaction. The next steps replay the log from the start. A checkpoint a processor
+    /// owns under the same name is left alone (steps then fail with
+    /// [`ProcessorError::NameInUse`]).
     ///
     /// # Errors
     /// A storage error; nothing is erased then.
