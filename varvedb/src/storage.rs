@@ -1342,6 +1342,24 @@ mod tests {
     }
 
     #[test]
+    fn kind_event_lists_round_trip_and_reject_garbage() {
+        let mut list = Vec::new();
+        value::encode_kind_events([("account.deposited", 1), ("account.withdrawn", 2), ("x", 0)], &mut list);
+        assert_eq!(value::kind_events_contain(&list, "account.withdrawn", 2), Some(true));
+        assert_eq!(value::kind_events_contain(&list, "account.withdrawn", 1), Some(false));
+        assert_eq!(value::kind_events_contain(&list, "x", 0), Some(true));
+        assert_eq!(value::kind_events_contain(&list, "account", 1), Some(false));
+        assert_eq!(value::kind_events_contain(&[], "x", 0), Some(false));
+        // Cut anywhere inside an entry, the list does not decode.
+        for cut in [1, 5, 17, 20, list.len() - 1] {
+            assert_eq!(value::kind_events_contain(&list[..cut], "zzz", 9), None, "cut at {cut}");
+        }
+        // The kind key cannot be an event's schema key: those start with a tag length of 1..=255.
+        assert_eq!(key::kind_events("account")[0], 0);
+        assert_ne!(key::schema("a", 1)[0], 0);
+    }
+
+    #[test]
     fn stream_head_round_trips_and_rejects_garbage() {
         let mut buf = Vec::new();
         for head in [
