@@ -360,3 +360,21 @@ impl Handle<SlowDeposit> for Account {
         Ok(vec![Deposited { cents: cmd.0 }.into()])
     }
 }
+
+/// The async forms can run on a multi-thread runtime's `spawn`: their futures are `Send`.
+#[test]
+fn async_futures_are_send() {
+    fn send<T: Send>(_: T) {}
+    let (_dir, db) = open();
+    let account = db.stream::<Account>(1u128);
+    send(account.load_async());
+    send(account.read_async(1));
+    send(account.execute_async(Deposit(1)));
+    send(account.execute_with_async(Deposit(1), ExecuteOptions::new()));
+    let other = account.clone();
+    send(db.transact_async(ExecuteOptions::new(), move |tx| {
+        let a = tx.load(&other)?;
+        tx.save(&other, &a, [Deposited { cents: 1 }])?;
+        Ok::<_, ExecuteError<String>>(())
+    }));
+}
