@@ -20,6 +20,12 @@
 //!   [`ReadView::check_integrity`] verifies the whole store. LMDB does not check its own
 //!   file: opening checks what it reads first, and [`verify_file`] checks every page of a
 //!   closed store or a backup ([`Error::CorruptFile`]).
+//! - **Typed event sourcing.** `#[derive(Event)]` structs, `#[aggregate]` folds, typed
+//!   stream handles ([`Stream`]) that take only their aggregate's events, commands with
+//!   retries ([`Stream::execute`]), commands over several aggregates written atomically
+//!   ([`Varve::transact`]), typed metadata ([`Metadata`]), and read models
+//!   ([`Projection`], [`Processor`]). The store itself refuses an event an aggregate does
+//!   not apply under its streams ([`Error::ForeignEvent`]).
 //! - **Encryption at rest (optional).** With [`Options::encryption_key`], every stream gets
 //!   its own AES-256-GCM data key and every event is sealed to its position; a stream can be
 //!   crypto-shredded ([`Varve::shred`]). See `docs/encryption.md`.

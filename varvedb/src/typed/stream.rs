@@ -21,6 +21,11 @@ pub const DEFAULT_EXECUTE_RETRIES: u32 = 99;
 /// aggregate type: using the same id as another aggregate's stream is
 /// [`Error::StreamKindMismatch`].
 ///
+/// Its calls block the calling thread (LMDB reads, and waiting for a commit). In async code
+/// use their async forms ([`load_async`](Self::load_async), [`read_async`](Self::read_async),
+/// [`execute_async`](Self::execute_async), [`append_all_async`](Self::append_all_async)),
+/// which leave the runtime's worker threads free.
+///
 /// ```
 /// use varvedb::{aggregate, Event, ExpectedVersion, Varve};
 ///
