@@ -284,25 +284,84 @@ fn a_stopped_processor_has_committed_exactly_what_it_handled() {
 }
 
 #[test]
-fn a_dropped_runner_stops_and_lets_the_store_close() {
+fn a_dropped_thread_runner_has_released_the_store_when_drop_returns() {
+    let rounds: u64 = std::env::var("VARVEDB_RUNNER_DROPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..rounds {
+        let db = Varve::open(dir.path()).unwrap();
+        append_mix(&db, round * 50, round * 50 + 50);
+        let runner = Runner::spawn_thread(&db, totals::projection(10));
+        drop(runner);
+        drop(db);
+        // No waiting: the store must open again at once.
+        let db = Varve::open(dir.path()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(db.checkpoint(totals::NAME).unwrap() <= (round + 1) * 50);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tokio_runner_releases_the_store_without_stop() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = Varve::open(dir.path()).unwrap();
         append_mix(&db, 0, 50);
-        let runner = Runner::spawn_thread(&db, totals::projection(10));
+        let runner = Runner::spawn(&db, totals::projection(10));
+        wait_caught_up(&db, totals::NAME).await;
         drop(runner);
     }
+    // A step may be finishing; between steps the runner holds no handle on the store.
     let deadline = Instant::now() + Duration::from_secs(10);
     let db = loop {
         match Varve::open(dir.path()) {
             Ok(db) => break db,
             Err(Error::AlreadyOpen { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(e) => panic!("the dropped runner kept the store open: {e}"),
         }
     };
-    assert!(db.checkpoint(totals::NAME).unwrap() <= 50);
+    assert_eq!(db.lag(totals::NAME).unwrap(), 0);
+}
+
+#[test]
+fn a_projection_and_a_processor_cannot_share_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    append_mix(&db, 0, 100);
+    let mut projection = totals::projection(10);
+    projection.catch_up(&db).unwrap();
+    let before = db.checkpoint(totals::NAME).unwrap();
+    let mut clash = Processor::new(totals::NAME).on::<totals::OrderPlaced>(|_e, _m| panic!("must not run"));
+    let err = clash.catch_up(&db).unwrap_err();
+    assert!(
+        matches!(&err, ProcessorError::NameInUse { name, wanted: "processor", owner } if name == totals::NAME && owner == "projection"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the name {:?} belongs to a projection; a processor cannot share its checkpoint",
+            totals::NAME
+        )
+    );
+    assert_eq!(db.checkpoint(totals::NAME).unwrap(), before, "the processor moved nothing");
+
+    // The other way round: a processor's name refuses a projection, even one with nothing
+    // new to process.
+    let mut mailer = Processor::new("mailer").on::<totals::OrderPlaced>(|_e, _m| Ok(()));
+    mailer.catch_up(&db).unwrap();
+    let mut projection = Projection::new("mailer").on::<totals::OrderPlaced>(|_tx, _e, _m| Ok(()));
+    assert!(matches!(projection.step(&db), Err(ProcessorError::NameInUse { wanted: "projection", .. })));
+    append_mix(&db, 100, 110);
+    assert!(matches!(projection.catch_up(&db), Err(ProcessorError::NameInUse { .. })));
+    // Resetting the clashing projection leaves the processor's checkpoint alone.
+    let mailer_at = db.checkpoint("mailer").unwrap();
+    projection.reset(&db).unwrap();
+    assert_eq!(db.checkpoint("mailer").unwrap(), mailer_at);
+    assert!(matches!(projection.rebuild(&db), Err(ProcessorError::NameInUse { .. })));
+    // Each still runs under its own name.
+    mailer.catch_up(&db).unwrap();
+    totals::projection(10).catch_up(&db).unwrap();
 }
 
 #[test]
@@ -365,4 +424,65 @@ fn a_handled_type_at_an_unhandled_version_stops_the_projection() {
     db.append(1u128, ExpectedVersion::Auto, [NewEvent::from_event(&v2).unwrap()]).unwrap();
     let err = totals::projection(100).catch_up(&db).unwrap_err();
     assert!(matches!(err, ProcessorError::UnhandledVersion { seq: 11, version: 2, .. }), "{err}");
+}
+
+mod struct_values {
+    use varvedb::{Data, Error, Event, EventData, ExpectedVersion, NewEvent, Projection, Table, Varve};
+
+    #[derive(Event)]
+    #[event(name = "account.deposited")]
+    struct Deposited {
+        account: String,
+        cents: u64,
+    }
+
+    #[derive(EventData, Debug)]
+    struct Balance {
+        cents: u64,
+        deposits: u32,
+        last_seq: u64,
+    }
+
+    #[derive(EventData)]
+    struct Renamed {
+        total: u64,
+    }
+
+    const BALANCES: Table<String, Data<Balance>> = Table::new("balances", "by_account");
+    const SAME_TABLE_OTHER_TYPE: Table<String, Data<Renamed>> = Table::new("balances", "by_account");
+
+    #[test]
+    fn a_struct_value_is_stored_and_read_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        let deposit = |account: &str, cents| {
+            NewEvent::from_event(&Deposited { account: account.into(), cents }).unwrap()
+        };
+        db.append(1u128, ExpectedVersion::Auto, [deposit("ana", 5), deposit("bo", 1), deposit("ana", 7)])
+            .unwrap();
+        let mut balances = Projection::new("balances").on::<Deposited>(|tx, e, meta| {
+            let key = e.account.to_string();
+            let (cents, deposits) = tx
+                .get_data(&BALANCES, &key)?
+                .map_or((0, 0), |b| (b.cents.to_native(), b.deposits.to_native()));
+            let next =
+                Balance { cents: cents + e.cents.to_native(), deposits: deposits + 1, last_seq: meta.seq() };
+            tx.put(&BALANCES, &key, &next)?;
+            Ok(())
+        });
+        balances.catch_up(&db).unwrap();
+        let view = db.begin_read().unwrap();
+        let ana = view.get_data(&BALANCES, &"ana".to_owned()).unwrap().unwrap();
+        assert_eq!((ana.cents.to_native(), ana.deposits.to_native(), ana.last_seq.to_native()), (12, 2, 3));
+        let bo = view.get_data(&BALANCES, &"bo".to_owned()).unwrap().unwrap();
+        assert_eq!((bo.cents.to_native(), bo.deposits.to_native()), (1, 1));
+        assert!(view.get_data(&BALANCES, &"cy".to_owned()).unwrap().is_none());
+
+        // Read with a type of another shape: a typed error, not a misread.
+        let err = view.get_data(&SAME_TABLE_OTHER_TYPE, &"ana".to_owned()).unwrap_err();
+        assert!(
+            matches!(&err, Error::TableValueMismatch { table, stored: Some(_), .. } if table == "balances/by_account"),
+            "{err:?}"
+        );
+    }
 }

@@ -125,3 +125,54 @@ fn streams_as_long_as_the_read_ahead_and_around_it_read_whole_and_in_part() {
         }
     }
 }
+
+#[test]
+fn a_point_lookup_by_stream_and_version_finds_the_event_or_nothing() {
+    use varvedb::{Event, aggregate};
+
+    #[derive(Event)]
+    #[event(name = "counter.added")]
+    struct Added {
+        n: u64,
+    }
+    #[derive(Default)]
+    struct Counter;
+    #[aggregate]
+    impl Counter {
+        #[allow(clippy::unused_self)]
+        fn added(&mut self, _: &ArchivedAdded) {}
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    let schedule = schedule();
+    for (i, &stream) in schedule.iter().take(600).enumerate() {
+        db.append(stream, ExpectedVersion::Auto, [NewEvent::new("e", (i as u64).to_le_bytes().to_vec())])
+            .unwrap();
+    }
+    let view = db.begin_read().unwrap();
+    for stream in 1..=7u128 {
+        let all: Vec<(u32, u64)> = view
+            .read_stream(stream, 1)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.version(), e.seq()))
+            .collect();
+        for &(version, seq) in &all {
+            let found = view.stream_event(stream, version).unwrap().expect("stored");
+            assert_eq!((found.stream(), found.version(), found.seq()), (stream.into(), version, seq));
+        }
+        let past = u32::try_from(all.len()).unwrap() + 1;
+        assert!(view.stream_event(stream, past).unwrap().is_none());
+        assert!(view.stream_event(stream, 0).unwrap().is_none());
+    }
+    assert!(view.stream_event(99u128, 1).unwrap().is_none());
+    drop(view);
+
+    let counter = db.stream::<Counter>(100u128);
+    counter.append_all(ExpectedVersion::NoStream, [Added { n: 1 }, Added { n: 2 }]).unwrap();
+    let view = db.begin_read().unwrap();
+    let second = counter.event_at(&view, 2).unwrap().expect("stored");
+    assert_eq!(second.get::<Added>().unwrap().map(|a| a.n.to_native()), Some(2));
+    assert!(counter.event_at(&view, 3).unwrap().is_none());
+}

@@ -262,3 +262,47 @@ async fn the_stream_impl_delivers_the_same_feed_and_ends_when_the_store_closes()
     let end = tokio::time::timeout(Duration::from_secs(5), live.next()).await.expect("the feed should end");
     assert!(end.is_none(), "a closed store ends the feed");
 }
+
+mod typed_filter {
+    use varvedb::{Event, ExpectedVersion, NewEvent, Varve};
+
+    #[derive(Event)]
+    #[event(name = "order.placed")]
+    struct OrderPlaced {
+        cents: u64,
+    }
+
+    #[derive(Event)]
+    #[event(name = "order.shipped")]
+    struct OrderShipped;
+
+    #[derive(Event)]
+    #[event(name = "order.noted")]
+    struct OrderNoted;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn of_filters_by_event_type_and_adds_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        let events = [
+            NewEvent::from_event(&OrderPlaced { cents: 5 }).unwrap(),
+            NewEvent::from_event(&OrderNoted).unwrap(),
+            NewEvent::from_event(&OrderShipped).unwrap(),
+            NewEvent::new("order.placed.raw", b"x".to_vec()),
+            NewEvent::from_event(&OrderPlaced { cents: 6 }).unwrap(),
+        ];
+        db.append(1u128, ExpectedVersion::Auto, events).unwrap();
+        let mut placed = db.subscribe(1).of::<OrderPlaced>();
+        let mut both = db.subscribe(1).of::<OrderPlaced>().of::<OrderShipped>();
+        let mut seqs = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            let e = placed.next_event().await.unwrap().unwrap();
+            assert_eq!(e.type_tag.as_ref(), "order.placed");
+            seqs.0.push(e.seq);
+        }
+        for _ in 0..3 {
+            seqs.1.push(both.next_event().await.unwrap().unwrap().seq);
+        }
+        assert_eq!(seqs, (vec![1, 5], vec![1, 3, 5]));
+    }
+}

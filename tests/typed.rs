@@ -531,6 +531,148 @@ mod kinds_and_commands {
             .when(&Withdraw(40))
             .then([Withdrawn { cents: 41 }]);
     }
+
+    /// Decides a withdrawal carrying an id and metadata: it differs from a plain one only there.
+    pub struct WithdrawTraced(pub u64);
+
+    impl Handle<WithdrawTraced> for Account {
+        type Error = Refused;
+        fn handle(&self, cmd: &WithdrawTraced) -> Result<Vec<Pending<Self>>, Refused> {
+            Ok(vec![Pending::from(Withdrawn { cents: cmd.0 }).with_id(0x14).with_metadata(vec![1, 2])])
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "the command decided other events (first difference at event 0)\n  \
+                               expected: Withdrawn { cents: 41 }\n  \
+                               decided:  Withdrawn { cents: 40 }")]
+    fn a_failed_then_prints_the_events_with_debug() {
+        let _ = Scenario::<Account>::given([Deposited { cents: 100 }])
+            .when(&Withdraw(40))
+            .then([Withdrawn { cents: 41 }]);
+    }
+
+    #[test]
+    #[should_panic(expected = "expected: Withdrawn { cents: 40 }\n  \
+                               decided:  Withdrawn { cents: 40 } with metadata [01, 02] with id 0x14")]
+    fn events_that_differ_only_in_metadata_and_id_print_differently() {
+        let _ = Scenario::<Account>::given([Deposited { cents: 100 }])
+            .when(&WithdrawTraced(40))
+            .then([Withdrawn { cents: 40 }]);
+    }
+
+    #[test]
+    #[should_panic(expected = "expected: nothing\n  decided:  Withdrawn { cents: 40 }")]
+    fn a_missing_event_prints_as_nothing() {
+        let _ = Scenario::<Account>::given([Deposited { cents: 100 }]).when(&Withdraw(40)).then_nothing();
+    }
+
+    mod same_debug_other_bytes {
+        use varvedb::testing::Scenario;
+        use varvedb::{Event, Handle, Pending, aggregate};
+
+        #[derive(Event, Debug)]
+        pub struct Measured {
+            pub value: f64,
+        }
+        #[derive(Default)]
+        pub struct Probe {
+            pub last: f64,
+        }
+        #[aggregate]
+        impl Probe {
+            fn measured(&mut self, e: &ArchivedMeasured) {
+                self.last = e.value.to_native();
+            }
+        }
+        pub struct Measure;
+        impl Handle<Measure> for Probe {
+            type Error = String;
+            fn handle(&self, _: &Measure) -> Result<Vec<Pending<Self>>, String> {
+                Ok(vec![Measured { value: f64::NAN }.into()])
+            }
+        }
+
+        /// Two NaNs with other bits print the same `Debug`: the message falls back to bytes.
+        #[test]
+        #[should_panic(
+            expected = "expected: Measured { value: NaN } [Measured v1, payload [00, 00, 00, 00, 00, 00, f8, ff]]\n  \
+                                   decided:  Measured { value: NaN } [Measured v1, payload [00, 00, 00, 00, 00, 00, f8, 7f]]"
+        )]
+        fn equal_debug_output_of_different_events_shows_the_bytes() {
+            let _ = Scenario::<Probe>::empty().when(&Measure).then([Measured { value: -f64::NAN }]);
+        }
+    }
+
+    mod world {
+        use varvedb::testing::World;
+        use varvedb::{ExecuteError, Stream, Transaction};
+
+        use super::{Account, Deposited, Withdrawn};
+
+        fn transfer(
+            tx: &mut Transaction<'_>,
+            from: &Stream<Account>,
+            to: &Stream<Account>,
+            cents: u64,
+        ) -> Result<u64, ExecuteError<String>> {
+            let (a, b) = (tx.load(from)?, tx.load(to)?);
+            if a.state().balance < cents {
+                return Err(ExecuteError::Rejected(format!("only {} available", a.state().balance)));
+            }
+            tx.save(from, &a, [Withdrawn { cents }])?;
+            tx.save(to, &b, [Deposited { cents }])?;
+            Ok(a.state().balance - cents)
+        }
+
+        #[test]
+        fn a_transfer_scenario_over_two_streams() {
+            let world = World::new();
+            let (ana, bo) = (world.stream::<Account>(1u128), world.stream::<Account>(2u128));
+            world.given(&ana, [Deposited { cents: 100 }]).given(&bo, [Deposited { cents: 5 }]);
+            let left = world
+                .when(|tx| transfer(tx, &ana, &bo, 30))
+                .then(&ana, [Withdrawn { cents: 30 }])
+                .then(&bo, [Deposited { cents: 30 }])
+                .commit();
+            assert_eq!(left, 70);
+            assert_eq!((ana.load().unwrap().state().balance, bo.load().unwrap().state().balance), (70, 35));
+            assert_eq!(world.when(|tx| transfer(tx, &bo, &ana, 50)).then_error(), "only 35 available");
+            // Nothing saved, nothing expected.
+            world
+                .when(|tx| transfer(tx, &ana, &bo, 0).map(drop))
+                .then(&ana, [Withdrawn { cents: 0 }])
+                .then(&bo, [Deposited { cents: 0 }])
+                .commit();
+        }
+
+        #[test]
+        #[should_panic(
+            expected = "the command saved other events to stream 00000000-0000-0000-0000-000000000002 (first difference at event 0)\n  \
+                                   expected: Deposited { cents: 31 }\n  \
+                                   decided:  Deposited { cents: 30 }"
+        )]
+        fn a_wrong_event_on_the_second_stream_names_the_stream() {
+            let world = World::new();
+            let (ana, bo) = (world.stream::<Account>(1u128), world.stream::<Account>(2u128));
+            world.given(&ana, [Deposited { cents: 100 }]);
+            let _ = world
+                .when(|tx| transfer(tx, &ana, &bo, 30))
+                .then(&ana, [Withdrawn { cents: 30 }])
+                .then(&bo, [Deposited { cents: 31 }]);
+        }
+
+        #[test]
+        #[should_panic(
+            expected = "the command also saved 1 event(s) to stream 00000000-0000-0000-0000-000000000002, which no `then` checked"
+        )]
+        fn an_unchecked_save_fails_the_commit() {
+            let world = World::new();
+            let (ana, bo) = (world.stream::<Account>(1u128), world.stream::<Account>(2u128));
+            world.given(&ana, [Deposited { cents: 100 }]);
+            world.when(|tx| transfer(tx, &ana, &bo, 30)).then(&ana, [Withdrawn { cents: 30 }]).commit();
+        }
+    }
 }
 
 mod fingerprints {
@@ -811,7 +953,14 @@ mod commands_and_registry_edges {
         let db = Varve::open(dir.path()).unwrap();
         let clock = db.stream::<Clock>(1u128);
         let err = clock.execute_with_retries(&Racy { db: db.clone(), stream: 1 }, 2).unwrap_err();
-        assert!(matches!(err, ExecuteError::Store(Error::ConcurrencyConflict { .. })), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                ExecuteError::RetriesExhausted { attempts: 3, last: Error::ConcurrencyConflict { .. } }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("gave up after 3 attempts"), "{err}");
         // Three attempts, each let one outside append in, none of the command's own events.
         assert_eq!(clock.load().unwrap().version(), 3);
 

@@ -226,6 +226,31 @@ fn validate<'a>(item: &'a ItemImpl, errors: &mut Errors) -> Vec<Apply<'a>> {
     applies
 }
 
+/// The `SNAPSHOTS` constant and the `Snapshotted` marker, when any `snapshot*` argument is
+/// given.
+fn snapshot_items(
+    args: &Args,
+    self_ty: &Type,
+    private: &TokenStream,
+) -> (Option<TokenStream>, Option<TokenStream>) {
+    let snapshots = (args.snapshot.is_some()
+        || args.snapshot_every.is_some()
+        || args.snapshot_version.is_some())
+    .then(|| {
+        let every = args.snapshot_every.as_ref().map_or(0, |l| l.base10_parse::<u32>().unwrap_or(0));
+        let version = args.snapshot_version.as_ref().map_or(0, |l| l.base10_parse::<u32>().unwrap_or(0));
+        let codec = quote_spanned!(self_ty.span()=> #private::snapshot_codec::<Self>(#every, #version));
+        quote! {
+            const SNAPSHOTS: ::core::option::Option<#private::SnapshotCodec<Self>> =
+                ::core::option::Option::Some(#codec);
+        }
+    });
+    let snapshotted = snapshots
+        .as_ref()
+        .map(|_| quote!(#[automatically_derived] impl #private::Snapshotted for #self_ty {}));
+    (snapshots, snapshotted)
+}
+
 fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream {
     let self_ty = &item.self_ty;
     let krate = args.krate.as_ref().map_or_else(|| quote!(::varvedb), |p| quote!(#p));
@@ -264,21 +289,20 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
             }
         }
     });
-    let snapshots = (args.snapshot.is_some()
-        || args.snapshot_every.is_some()
-        || args.snapshot_version.is_some())
-    .then(|| {
-        let every = args.snapshot_every.as_ref().map_or(0, |l| l.base10_parse::<u32>().unwrap_or(0));
-        let version = args.snapshot_version.as_ref().map_or(0, |l| l.base10_parse::<u32>().unwrap_or(0));
-        let codec = quote_spanned!(self_ty.span()=> #private::snapshot_codec::<Self>(#every, #version));
+    let (snapshots, snapshotted) = snapshot_items(args, self_ty, &private);
+    let debug_arms = applies.iter().enumerate().map(|(i, a)| {
+        let archived = a.archived;
         quote! {
-            const SNAPSHOTS: ::core::option::Option<#private::SnapshotCodec<Self>> =
-                ::core::option::Option::Some(#codec);
+            if <Self as #private::Aggregate>::EVENTS[#i].matches(event) {
+                return match event.access::<#archived>() {
+                    ::core::result::Result::Ok(archived) => {
+                        (&#private::DebugArchived(archived)).fmt_archived(event, f)
+                    }
+                    ::core::result::Result::Err(_) => #private::debug_bytes(event, f),
+                };
+            }
         }
     });
-    let snapshotted = snapshots
-        .as_ref()
-        .map(|_| quote!(#[automatically_derived] impl #private::Snapshotted for #self_ty {}));
     let event_of_impls = applies.iter().map(|a| {
         let e = event_of(a.archived);
         quote!(#[automatically_derived] impl #private::EventOf<#self_ty> for #e {})
@@ -306,6 +330,16 @@ fn generate(item: &ItemImpl, args: &Args, applies: &[Apply<'_>]) -> TokenStream 
                         #private::no_path(<Self as #private::Aggregate>::EVENTS, event)
                             .unwrap_or_else(|| #private::unknown::<Self>(event)),
                     )
+                }
+
+                fn fmt_event(
+                    event: &#private::RecordedEvent<'_>,
+                    f: &mut #private::core::fmt::Formatter<'_>,
+                ) -> #private::core::fmt::Result {
+                    #[allow(unused_imports)]
+                    use #private::{DebugFallback as _, DebugViaDebug as _};
+                    #(#debug_arms)*
+                    #private::debug_bytes(event, f)
                 }
             }
 

@@ -196,12 +196,72 @@ impl std::ops::Deref for Kind {
     }
 }
 
+/// Identity of an event type, as an aggregate lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventInfo {
+    /// The type tag.
+    pub name: &'static str,
+    /// The schema version.
+    pub version: u32,
+    /// The structural fingerprint.
+    pub fingerprint: u64,
+    /// The older version this one reads through [`Upcast`](crate::Upcast)
+    /// (`#[event(upcast = Old)]`), whose own entry names the one before it, and so on.
+    pub upcasts_from: Option<&'static EventInfo>,
+}
+
+impl EventInfo {
+    /// Whether events stored under `type_tag` at `version` read as this type: this version,
+    /// or an older one on its upcast chain.
+    #[must_use]
+    pub fn accepts(&self, type_tag: &str, version: u32) -> bool {
+        type_tag == self.name && self.chain().any(|info| info.version == version)
+    }
+
+    /// This version, then each older one it upcasts from, newest first.
+    pub fn chain(&self) -> impl Iterator<Item = &EventInfo> {
+        std::iter::successors(Some(self), |info| info.upcasts_from)
+    }
+}
+
+/// The aggregates whose typed streams this process has opened: each kind with the events
+/// its aggregate applies. The writer treats an append under a registered kind as a typed
+/// append of that aggregate would be (it checks the events, and records the list).
+#[derive(Debug, Default)]
+pub(crate) struct KindRegistry(std::sync::RwLock<Vec<(&'static str, &'static [EventInfo])>>);
+
+impl KindRegistry {
+    /// Records `kind`'s events, unless it is recorded already.
+    pub(crate) fn register(&self, kind: &'static str, events: &'static [EventInfo]) {
+        let known = |list: &[(&str, &[EventInfo])]| list.iter().any(|(k, e)| *k == kind && *e == events);
+        if known(&self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            return;
+        }
+        let mut list = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !known(&list) {
+            // One build has one list per kind; a second list for a kind (two aggregates
+            // sharing a name) replaces the first, as their typed appends would.
+            list.retain(|(k, _)| *k != kind);
+            list.push((kind, events));
+        }
+    }
+
+    /// The events of `kind`, if registered.
+    pub(crate) fn get(&self, kind: &str) -> Option<&'static [EventInfo]> {
+        let list = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        list.iter().find(|(k, _)| *k == kind).map(|(_, e)| *e)
+    }
+}
+
 /// The events a request appends to one stream.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamAppend {
     pub(crate) stream: StreamId,
     pub(crate) expected: ExpectedVersion,
     pub(crate) kind: Option<Kind>,
+    /// Every event the aggregate of `kind` applies, when the typed layer made the append:
+    /// the writer records it as the kind's rule for untyped appends.
+    pub(crate) handles: Option<&'static [EventInfo]>,
     /// Where its events are in the batch's `events`.
     pub(crate) events: Range<usize>,
 }
@@ -269,11 +329,11 @@ impl WriteBatch {
     }
 
     /// [`append_kind`](Self::append_kind) with a kind known at compile time (an aggregate's
-    /// `KIND`): no allocation for it.
+    /// `KIND`, with the events it applies): no allocation for it.
     pub(crate) fn append_static_kind(
         &mut self,
         stream: StreamId,
-        kind: &'static str,
+        (kind, handles): (&'static str, &'static [EventInfo]),
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> &mut Self {
@@ -285,10 +345,14 @@ impl WriteBatch {
                 stream,
                 expected,
                 kind: Some(Kind::Static(kind)),
+                handles: Some(handles),
                 events: 0..end,
             });
         } else {
             self.push(stream, expected, Some(Kind::Static(kind)), events);
+            if let Some(last) = self.appends.last_mut() {
+                last.handles = Some(handles);
+            }
         }
         self
     }
@@ -302,7 +366,13 @@ impl WriteBatch {
     ) {
         let start = self.events.len();
         self.events.extend(events);
-        self.appends.push(StreamAppend { stream, expected, kind, events: start..self.events.len() });
+        self.appends.push(StreamAppend {
+            stream,
+            expected,
+            kind,
+            handles: None,
+            events: start..self.events.len(),
+        });
     }
 
     /// The events of `part`, one of this batch's appends.

@@ -228,6 +228,57 @@ pub enum Error {
         handled: u32,
     },
 
+    /// An append under an aggregate's stream kind named an event that aggregate does not
+    /// apply: stored, it would make every later load of the stream fail. Nothing was
+    /// written. Checked in the write transaction for every append, typed or untyped, to a
+    /// stream of a kind the typed layer knows: one this process has made a `Stream` of
+    /// ([`Varve::stream`](crate::Varve::stream)), or whose events an earlier write recorded.
+    #[error(
+        "event {event:?} version {version} is not an event of aggregate {aggregate:?}, so it cannot be appended to its stream {stream}"
+    )]
+    ForeignEvent {
+        /// The stream appended to.
+        stream: StreamId,
+        /// The event's type tag.
+        event: String,
+        /// The event's schema version (0 for untyped bytes).
+        version: u32,
+        /// The aggregate's kind.
+        aggregate: String,
+    },
+
+    /// An event's metadata was read as a type of another shape (or it holds raw bytes):
+    /// typed metadata starts with its type's fingerprint, and a read with a type whose
+    /// fingerprint differs decodes nothing.
+    #[error(
+        "the metadata of the event at seq {seq} is not of the type read: it starts with {}, the type's fingerprint is {found:#018x}",
+        stored.map_or_else(|| "fewer than 8 bytes".to_owned(), |s| format!("{s:#018x}"))
+    )]
+    MetadataMismatch {
+        /// The event's global sequence number.
+        seq: u64,
+        /// The fingerprint the metadata starts with (`None`: shorter than a fingerprint).
+        stored: Option<u64>,
+        /// The fingerprint of the type read.
+        found: u64,
+    },
+
+    /// A projection table's value was stored by a type of another shape than the table's
+    /// (a [`Data`](crate::Data) value whose type changed). Nothing was decoded. Rebuild the
+    /// projection after changing the type of its values.
+    #[error(
+        "a value of table {table} was stored with another type: it starts with {}, the table's type has fingerprint {found:#018x}",
+        stored.map_or_else(|| "fewer than 8 bytes".to_owned(), |s| format!("{s:#018x}"))
+    )]
+    TableValueMismatch {
+        /// The table, as `projection/table`.
+        table: String,
+        /// The fingerprint stored with the value (`None`: shorter than a fingerprint).
+        stored: Option<u64>,
+        /// The fingerprint of the table's value type.
+        found: u64,
+    },
+
     /// A loaded state was saved to a different stream than it was loaded from.
     #[error("state loaded from stream {loaded} cannot be saved to stream {stream}")]
     StreamMismatch {

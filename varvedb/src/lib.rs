@@ -20,6 +20,12 @@
 //!   [`ReadView::check_integrity`] verifies the whole store. LMDB does not check its own
 //!   file: opening checks what it reads first, and [`verify_file`] checks every page of a
 //!   closed store or a backup ([`Error::CorruptFile`]).
+//! - **Typed event sourcing.** `#[derive(Event)]` structs, `#[aggregate]` folds, typed
+//!   stream handles ([`Stream`]) that take only their aggregate's events, commands with
+//!   retries ([`Stream::execute`]), commands over several aggregates written atomically
+//!   ([`Varve::transact`]), typed metadata ([`Metadata`]), and read models
+//!   ([`Projection`], [`Processor`]). The store itself refuses an event an aggregate does
+//!   not apply under its streams ([`Error::ForeignEvent`]).
 //! - **A verifiable log (optional).** With [`Options::verifiable_log`], the writer keeps an
 //!   RFC 9162 Merkle tree over every event: [`ReadView::tree_head`],
 //!   [`ReadView::inclusion_proof`] and [`ReadView::consistency_proof`], checked by
@@ -95,7 +101,7 @@ pub use event::{OwnedEvent, RecordedEvent};
 pub use id::StreamId;
 pub use lmdb_file::{FileCoverage, FileReport, TableReport, verify_file};
 pub use process::runner::{DEFAULT_POLL, Runnable, Runner};
-pub use process::table::TableEntries;
+pub use process::table::{Data, TableEntries};
 pub use process::{
     HandlerError, Key, Processor, ProcessorError, Progress, Projection, ProjectionTxn, Retry, Table, Value,
 };
@@ -107,6 +113,8 @@ pub use tlog::{
     Checkpoint, ConsistencyProof, Hash, InclusionProof, LeafFields, NoteError, NoteSigner, ProofError,
     TreeHead, event_leaf, leaf_hash, node_hash, open_note, verify_consistency, verify_inclusion,
 };
+pub use typed::command::{ExecuteOptions, RetryPolicy, Transacted, Transaction};
+pub use typed::metadata::Metadata;
 pub use typed::schema::fingerprint;
 pub use typed::stream::{
     DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, TypedEvents,
@@ -138,6 +146,7 @@ pub use varvedb_derive::{Event, EventData, aggregate};
 pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::RecordedEvent;
+    pub use crate::typed::debug::{DebugArchived, DebugFallback, DebugViaDebug, debug_bytes};
     pub use crate::typed::schema::fingerprint;
     pub use crate::typed::snapshot::{SnapshotCodec, snapshot_codec};
     pub use crate::typed::stream::unknown;

@@ -296,7 +296,8 @@ pub(crate) struct Tables {
     /// `stream u128 BE` → the stream's data key wrapped by the master key, or the shredded
     /// marker (see `crypto`).
     pub(crate) keys: Table,
-    /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`.
+    /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`; and, per
+    /// aggregate kind, the events it applies: `0u8 ‖ kind` → `value::KindEvents`.
     pub(crate) schema: Table,
     /// `stream u128 BE` → the newest snapshot of the stream's aggregate state (see
     /// `typed::snapshot`). Derived data: deleting any or all of it is always safe.
@@ -363,6 +364,15 @@ pub(crate) mod key {
         SchemaKey { buf, len: 5 + tag.len() }
     }
 
+    /// The `schema` key of a stream kind's event list. Type tags are never empty, so a
+    /// leading 0 cannot be the length byte of an event's key.
+    pub(crate) fn kind_events(kind: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(1 + kind.len());
+        k.push(0);
+        k.extend_from_slice(kind.as_bytes());
+        k
+    }
+
     pub(crate) fn decode_stream_version(bytes: &[u8]) -> Option<(u128, u32)> {
         if bytes.len() != STREAM_VERSION_LEN {
             return None;
@@ -389,6 +399,33 @@ pub(crate) mod value {
 
     pub(crate) fn decode_fingerprint(bytes: &[u8]) -> Option<u64> {
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+
+    /// A kind's event list: `(tag length u8 ‖ tag ‖ schema version u32 BE)*`.
+    pub(crate) fn encode_kind_events<'a>(
+        events: impl IntoIterator<Item = (&'a str, u32)>,
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
+        for (tag, version) in events {
+            // Type tags are validated to 1..=255 bytes before they reach here.
+            let tag = &tag.as_bytes()[..tag.len().min(255)];
+            out.push(u8::try_from(tag.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(tag);
+            out.extend_from_slice(&version.to_be_bytes());
+        }
+    }
+
+    /// Whether `(tag, version)` is in an encoded event list; `None` if it does not decode.
+    pub(crate) fn kind_events_contain(mut bytes: &[u8], tag: &str, version: u32) -> Option<bool> {
+        let mut found = false;
+        while let Some((&len, rest)) = bytes.split_first() {
+            let len = usize::from(len);
+            let entry = rest.get(..len + 4)?;
+            found |= &entry[..len] == tag.as_bytes() && entry[len..] == version.to_be_bytes();
+            bytes = &rest[len + 4..];
+        }
+        Some(found)
     }
 
     /// `stream_heads` value: `version u32 LE ‖ kind length u8 ‖ kind bytes (UTF-8)`.
@@ -1411,6 +1448,24 @@ mod tests {
         keys.sort_unstable();
         let decoded: Vec<_> = keys.iter().map(|k| key::decode_seq(k).unwrap()).collect();
         assert_eq!(decoded, vec![1, 255, 256, u64::MAX]);
+    }
+
+    #[test]
+    fn kind_event_lists_round_trip_and_reject_garbage() {
+        let mut list = Vec::new();
+        value::encode_kind_events([("account.deposited", 1), ("account.withdrawn", 2), ("x", 0)], &mut list);
+        assert_eq!(value::kind_events_contain(&list, "account.withdrawn", 2), Some(true));
+        assert_eq!(value::kind_events_contain(&list, "account.withdrawn", 1), Some(false));
+        assert_eq!(value::kind_events_contain(&list, "x", 0), Some(true));
+        assert_eq!(value::kind_events_contain(&list, "account", 1), Some(false));
+        assert_eq!(value::kind_events_contain(&[], "x", 0), Some(false));
+        // Cut anywhere inside an entry, the list does not decode.
+        for cut in [1, 5, 17, 20, list.len() - 1] {
+            assert_eq!(value::kind_events_contain(&list[..cut], "zzz", 9), None, "cut at {cut}");
+        }
+        // The kind key cannot be an event's schema key: those start with a tag length of 1..=255.
+        assert_eq!(key::kind_events("account")[0], 0);
+        assert_ne!(key::schema("a", 1)[0], 0);
     }
 
     #[test]

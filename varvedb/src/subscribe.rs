@@ -12,6 +12,7 @@ use futures_core::Stream;
 use crate::error::Error;
 use crate::event::{OwnedBatch, OwnedEvent, SealedBatch};
 use crate::store::{Varve, WeakVarve};
+use crate::typed::Event;
 
 /// A batch also ends once its events' metadata and payloads reach this many bytes, so large
 /// payloads cannot make one batch hold `DEFAULT_BATCH` blobs in memory.
@@ -157,6 +158,38 @@ impl Subscription {
         let state = self.state_mut();
         state.filter = Some(Arc::new(tags.into_iter().map(Into::into).collect()));
         // Batches read ahead with the old filter are dropped (read again from `next`).
+        state.reader = None;
+        self
+    }
+
+    /// Also delivers events of type `E` (by its type tag, at any schema version): the typed
+    /// form of [`of_types`](Self::of_types). Calls add up, so
+    /// `db.subscribe(1).of::<OrderPlaced>().of::<OrderShipped>()` delivers both types and
+    /// nothing else.
+    ///
+    /// ```
+    /// use varvedb::{Event, ExpectedVersion, NewEvent, Varve};
+    /// #[derive(Event)] struct Placed { cents: u64 }
+    /// #[derive(Event)] struct Shipped;
+    /// #[derive(Event)] struct Noted;
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Varve::open(dir.path())?;
+    /// let events = [NewEvent::from_event(&Placed { cents: 5 })?, NewEvent::from_event(&Noted)?, NewEvent::from_event(&Shipped)?];
+    /// db.append(1u128, ExpectedVersion::Auto, events)?;
+    /// let mut feed = db.subscribe(1).of::<Placed>().of::<Shipped>();
+    /// assert_eq!(feed.next_event().await.unwrap()?.seq, 1);
+    /// assert_eq!(feed.next_event().await.unwrap()?.seq, 3);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[must_use]
+    pub fn of<E: Event>(mut self) -> Self {
+        let state = self.state_mut();
+        let mut tags = state.filter.as_deref().cloned().unwrap_or_default();
+        tags.insert(E::NAME.to_owned());
+        state.filter = Some(Arc::new(tags));
         state.reader = None;
         self
     }

@@ -3,7 +3,12 @@
 //!
 //! A projection writes its checkpoint in the same write transaction as its read model; a
 //! processor writes it after its handlers succeed. Both read and write it only through here.
+//!
+//! Beside each checkpoint, the key `0xFF ‖ name` records which kind of processing owns the
+//! name (`projection` or `processor`): one kind's checkpoint moved by the other would make it
+//! skip events. No UTF-8 name contains the byte 0xFF, so the two keys cannot meet.
 
+use super::ProcessorError;
 use crate::error::Error;
 use crate::storage::{Storage, Txn, WriteTxn, value};
 use crate::store::Varve;
@@ -55,5 +60,77 @@ pub(super) fn write_checkpoint(
 /// Removes the checkpoint of `name`, so it reads as 0 once `txn` commits.
 pub(super) fn delete_checkpoint(storage: &Storage, txn: &mut WriteTxn<'_>, name: &str) -> Result<(), Error> {
     storage.delete(txn, storage.tables.checkpoints, name.as_bytes())?;
+    Ok(())
+}
+
+/// The kind of processing a checkpoint belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owner {
+    Projection,
+    Processor,
+}
+
+impl Owner {
+    fn name(self) -> &'static str {
+        match self {
+            Owner::Projection => "projection",
+            Owner::Processor => "processor",
+        }
+    }
+}
+
+fn owner_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(0xFF);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Refuses `name` if the other kind of processing owns it. Returns whether `owner` has
+/// claimed it already.
+pub(super) fn check_owner(
+    storage: &Storage,
+    txn: &Txn<'_>,
+    name: &str,
+    owner: Owner,
+) -> Result<bool, ProcessorError> {
+    match owner_of(storage, txn, name)? {
+        None => Ok(false),
+        Some(stored) if stored == owner.name().as_bytes() => Ok(true),
+        Some(stored) => Err(ProcessorError::NameInUse {
+            name: name.to_owned(),
+            wanted: owner.name(),
+            owner: String::from_utf8_lossy(stored).into_owned(),
+        }),
+    }
+}
+
+/// What owns `name`, as stored (`None`: nothing has claimed it).
+pub(super) fn owner_of<'t>(
+    storage: &Storage,
+    txn: &'t Txn<'_>,
+    name: &str,
+) -> Result<Option<&'t [u8]>, Error> {
+    storage.get(txn, storage.tables.checkpoints, &owner_key(name))
+}
+
+/// Whether `owner` may change `name`'s checkpoint: it owns it, or nothing does.
+pub(super) fn may_use(storage: &Storage, txn: &Txn<'_>, name: &str, owner: Owner) -> Result<bool, Error> {
+    Ok(owner_of(storage, txn, name)?.is_none_or(|stored| stored == owner.name().as_bytes()))
+}
+
+/// Records that `owner` owns `name`, visible when `txn` commits.
+pub(super) fn claim(
+    storage: &Storage,
+    txn: &mut WriteTxn<'_>,
+    name: &str,
+    owner: Owner,
+) -> Result<(), Error> {
+    storage.put(txn, storage.tables.checkpoints, &owner_key(name), owner.name().as_bytes())
+}
+
+/// Removes the record of who owns `name`.
+pub(super) fn release(storage: &Storage, txn: &mut WriteTxn<'_>, name: &str) -> Result<(), Error> {
+    storage.delete(txn, storage.tables.checkpoints, &owner_key(name))?;
     Ok(())
 }

@@ -83,6 +83,18 @@ pub enum ProcessorError {
         /// The checkpoint it found when committing.
         found: u64,
     },
+    /// A projection and a processor were given the same name: they would share one
+    /// checkpoint, and each would skip the events the other has processed. Nothing was
+    /// processed. Rename one of them.
+    #[error("the name {name:?} belongs to a {owner}; a {wanted} cannot share its checkpoint")]
+    NameInUse {
+        /// The name.
+        name: String,
+        /// The kind that wanted it (`projection` or `processor`).
+        wanted: &'static str,
+        /// The kind that owns it.
+        owner: String,
+    },
     /// A handler panicked; the batch in progress was not committed.
     #[error("a handler panicked: {0}")]
     Panicked(String),

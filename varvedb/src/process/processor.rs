@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::checkpoint::{read_checkpoint, write_checkpoint};
+use super::checkpoint::{Owner, check_owner, claim, read_checkpoint, write_checkpoint};
 use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, not_read, runner};
 use crate::event::RecordedEvent;
 use crate::store::Varve;
@@ -157,14 +157,15 @@ impl Processor {
     /// [`ProcessorError::Handler`] when an event's retries run out (the checkpoint then
     /// stands just before it); [`ProcessorError::UnhandledVersion`];
     /// [`ProcessorError::CheckpointMoved`] if another instance advanced the checkpoint;
-    /// [`ProcessorError::Store`].
+    /// [`ProcessorError::NameInUse`] if a projection has this name; [`ProcessorError::Store`].
     ///
     /// # Blocking
     /// Runs the handlers and sleeps between retries on the calling thread.
     pub fn step(&mut self, db: &Varve) -> Result<Progress, ProcessorError> {
         let storage = db.storage();
-        let (from, batch) = {
+        let (from, claimed, batch) = {
             let view = db.begin_read()?;
+            let claimed = check_owner(storage, view.txn(), &self.name, Owner::Processor)?;
             let from = read_checkpoint(storage, view.txn(), &self.name)?;
             let mut batch = crate::event::OwnedBatch::default();
             let mut log = view.read_all(from.saturating_add(1))?;
@@ -174,7 +175,7 @@ impl Processor {
             {
                 batch.push(&event?);
             }
-            (from, batch.finish())
+            (from, claimed, batch.finish())
         };
         let mut done = from;
         let mut failure = None;
@@ -229,6 +230,10 @@ impl Processor {
                 });
             }
             write_checkpoint(storage, &mut txn, &self.name, done)?;
+            if !claimed {
+                check_owner(storage, &txn, &self.name, Owner::Processor)?;
+                claim(storage, &mut txn, &self.name, Owner::Processor)?;
+            }
             storage.commit(txn)?;
         }
         match failure {

@@ -3,13 +3,16 @@
 //! A step applies a batch of events and writes the new checkpoint in one LMDB write
 //! transaction, so the read model and its checkpoint never disagree, even after a crash.
 
-use super::checkpoint::{delete_checkpoint, read_checkpoint, write_checkpoint};
+use super::checkpoint::{
+    Owner, check_owner, claim, delete_checkpoint, may_use, read_checkpoint, release, write_checkpoint,
+};
 use super::table::{self, Key, Table, Value};
 use super::{HandlerError, ProcessorError, Progress, assert_no_handler_yet, handler_for, not_read, runner};
 use crate::error::Error;
 use crate::event::RecordedEvent;
 use crate::storage::{Storage, WriteTxn};
 use crate::store::Varve;
+use crate::typed::metadata::Metadata;
 use crate::typed::upcast::{archived_as, no_path};
 use crate::typed::{Event, EventInfo, UpcastBuffer};
 
@@ -148,23 +151,30 @@ impl Projection {
     ///
     /// # Errors
     /// [`ProcessorError::Handler`] naming the seq if a handler fails (nothing of the batch
-    /// is kept); [`ProcessorError::UnhandledVersion`]; [`ProcessorError::Store`].
+    /// is kept); [`ProcessorError::UnhandledVersion`]; [`ProcessorError::NameInUse`] if a
+    /// processor has this name; [`ProcessorError::Store`].
     pub fn step(&mut self, db: &Varve) -> Result<Progress, ProcessorError> {
         let storage = db.storage();
         // Nothing new: answer from a read transaction, without taking the writer lock.
-        {
+        let claimed = {
             let txn = storage.read_txn()?;
+            let claimed = check_owner(storage, &txn, &self.name, Owner::Projection)?;
             let checkpoint = read_checkpoint(storage, &txn, &self.name)?;
             if checkpoint >= storage.last_seq(&txn)? {
                 return Ok(Progress { scanned: 0, checkpoint });
             }
-        }
+            claimed
+        };
         // The write transaction takes LMDB's writer lock first; a read snapshot opened after
         // it sees exactly the committed state the write transaction sees, and its pages stay
         // valid while the handlers write, so events are read in place.
         let mut txn = storage.write_txn()?;
         let _held = crate::storage::WriteLockHeld::mark();
         let view = db.begin_read()?;
+        if !claimed {
+            check_owner(storage, &txn, &self.name, Owner::Projection)?;
+            claim(storage, &mut txn, &self.name, Owner::Projection)?;
+        }
         let from = read_checkpoint(storage, &txn, &self.name)?;
         let mut checkpoint = from;
         let mut scanned = 0u64;
@@ -211,7 +221,9 @@ impl Projection {
     }
 
     /// Erases the read model (every table of this projection) and the checkpoint, in one
-    /// transaction. The next steps replay the log from the start.
+    /// transaction. The next steps replay the log from the start. A checkpoint a processor
+    /// owns under the same name is left alone (steps then fail with
+    /// [`ProcessorError::NameInUse`]).
     ///
     /// # Errors
     /// A storage error; nothing is erased then.
@@ -219,7 +231,12 @@ impl Projection {
         let storage = db.storage();
         let mut txn = storage.write_txn()?;
         storage.delete_prefix(&mut txn, storage.tables.projections, &table::projection_prefix(&self.name))?;
-        delete_checkpoint(storage, &mut txn, &self.name)?;
+        // A processor's checkpoint under this name is not the projection's to erase; its
+        // next step reports the clash.
+        if may_use(storage, &txn, &self.name, Owner::Projection)? {
+            delete_checkpoint(storage, &mut txn, &self.name)?;
+            release(storage, &mut txn, &self.name)?;
+        }
         storage.commit(txn)
     }
 
@@ -258,11 +275,47 @@ impl ProjectionTxn<'_, '_> {
         self.storage.put(self.txn, self.storage.tables.projections, &self.key_buf, &bytes)
     }
 
+    /// The [`Data`](table::Data) value under `key` in `table`, read in place, seeing this
+    /// transaction's own writes.
+    ///
+    /// # Errors
+    /// A storage error; [`Error::TableValueMismatch`]; [`Error::CorruptIndex`] if the value
+    /// does not validate.
+    pub fn get_data<K: Key, T: Metadata>(
+        &mut self,
+        table: &Table<K, table::Data<T>>,
+        key: &K,
+    ) -> Result<Option<&T::Archived>, Error> {
+        table.encode_key(key, &mut self.key_buf);
+        match self.storage.get(self.txn, self.storage.tables.projections, &self.key_buf)? {
+            None => Ok(None),
+            Some(raw) => table::decode_data(table, raw).map(Some),
+        }
+    }
+
+    /// Stores `value` under `key` in a table of [`Data`](table::Data) values, replacing any
+    /// previous value.
+    ///
+    /// # Errors
+    /// [`Error::ForeignTable`] if `table` belongs to another projection; [`Error::Serialize`];
+    /// storage errors.
+    pub fn put<K: Key, T: Metadata>(
+        &mut self,
+        table: &Table<K, table::Data<T>>,
+        key: &K,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.own(table)?;
+        let bytes = table::encode_data(value)?;
+        table.encode_key(key, &mut self.key_buf);
+        self.storage.put(self.txn, self.storage.tables.projections, &self.key_buf, &bytes)
+    }
+
     /// Removes `key` from `table`; returns whether it was there.
     ///
     /// # Errors
     /// As [`insert`](Self::insert).
-    pub fn remove<K: Key, V: Value>(&mut self, table: &Table<K, V>, key: &K) -> Result<bool, Error> {
+    pub fn remove<K: Key, V>(&mut self, table: &Table<K, V>, key: &K) -> Result<bool, Error> {
         self.own(table)?;
         table.encode_key(key, &mut self.key_buf);
         self.storage.delete(self.txn, self.storage.tables.projections, &self.key_buf)

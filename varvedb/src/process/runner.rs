@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::process::{Processor, ProcessorError, Progress, Projection};
-use crate::store::Varve;
+use crate::store::{Varve, WeakVarve};
 
 /// Something a [`Runner`] can drive: a [`Projection`] or a [`Processor`].
 pub trait Runnable: Send + 'static {
@@ -108,7 +108,7 @@ impl<P: Runnable> Runner<P> {
     pub fn spawn(db: &Varve, processor: P) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let name = processor.name().to_owned();
-        let task = tokio::spawn(run(db.clone(), processor, stopped, DEFAULT_POLL));
+        let task = tokio::spawn(run(db.downgrade(), processor, stopped, DEFAULT_POLL));
         Runner { name, db: db.clone(), stop, task: Some(Task::Tokio(task)) }
     }
 
@@ -119,7 +119,7 @@ impl<P: Runnable> Runner<P> {
     pub fn spawn_thread(db: &Varve, processor: P) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let name = processor.name().to_owned();
-        let thread_db = db.clone();
+        let thread_db = db.downgrade();
         let thread = std::thread::Builder::new()
             .name(format!("varvedb-{name}"))
             .spawn(move || {
@@ -207,10 +207,21 @@ impl<P: Runnable> Runner<P> {
 }
 
 impl<P> Drop for Runner<P> {
-    /// A runner dropped without [`stop`](Runner::stop) stops after its current step, in the
-    /// background; the store stays open until it has.
+    /// A runner dropped without [`stop`](Runner::stop) stops after its current step.
+    ///
+    /// A thread runner ([`spawn_thread`](Runner::spawn_thread)) is waited for: when `drop`
+    /// returns, its thread has ended and holds the store no longer, so the store can be
+    /// reopened at once once the other handles are gone. A tokio runner
+    /// ([`spawn`](Runner::spawn)) cannot be waited for inside `drop` (that would block the
+    /// runtime); it stops in the background. Between steps it does not hold the store, but
+    /// during a step it does, until the step ends: await [`stop`](Runner::stop) to know it
+    /// is done.
     fn drop(&mut self) {
         self.stop.send_replace(true);
+        if let Some(Task::Thread(thread)) = self.task.take() {
+            // Its error (if it failed) had no one to go to; the checkpoint holds the progress.
+            drop(thread.join());
+        }
     }
 }
 
@@ -218,20 +229,26 @@ fn join<P>(t: std::thread::JoinHandle<Result<P, ProcessorError>>) -> Result<P, P
     t.join().unwrap_or_else(|_| Err(Error::Internal("a runner thread panicked").into()))
 }
 
+/// The runner's loop. It holds the store only while a step runs: between steps, dropping
+/// every other handle closes the store, and the loop then ends.
 async fn run<P: Runnable>(
-    db: Varve,
+    db: WeakVarve,
     mut processor: P,
     mut stop: tokio::sync::watch::Receiver<bool>,
     poll: Duration,
 ) -> Result<P, ProcessorError> {
-    let mut commits = db.watch_last_seq();
+    let Some(mut commits) = db.upgrade().map(|db| db.watch_last_seq()) else {
+        return Ok(processor);
+    };
     loop {
         if *stop.borrow_and_update() {
             return Ok(processor);
         }
         // Seen before the step: a commit during the step wakes the wait below.
         commits.borrow_and_update();
-        let step_db = db.clone();
+        let Some(step_db) = db.upgrade() else {
+            return Ok(processor);
+        };
         let (back, result) = tokio::task::spawn_blocking(move || {
             let result = processor.step(&step_db);
             (processor, result)

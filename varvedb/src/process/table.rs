@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::id::StreamId;
 use crate::read::ReadView;
 use crate::storage::Entries;
+use crate::typed::metadata::{Metadata, archive_of};
 
 /// A key of a projection table. Encodings preserve order, so entries iterate in key order.
 pub trait Key: Sized {
@@ -139,6 +140,66 @@ impl Value for bool {
             _ => None,
         }
     }
+}
+
+/// A table value that is a `#[derive(EventData)]` struct (or any [`Metadata`] type), stored
+/// as its rkyv archive after its fingerprint and read in place: `Table<K, Data<T>>`, written
+/// with [`ProjectionTxn::put`](crate::ProjectionTxn::put) and read with
+/// [`ReadView::get_data`] / [`ProjectionTxn::get_data`](crate::ProjectionTxn::get_data),
+/// which hand out `&ArchivedT` borrowed from the store.
+///
+/// A value stored by a type of another shape reads as [`Error::TableValueMismatch`].
+///
+/// ```
+/// use varvedb::{Data, Event, EventData, ExpectedVersion, NewEvent, Projection, Table, Varve};
+///
+/// #[derive(Event)] struct Deposited { account: String, cents: u64 }
+/// #[derive(EventData)] struct Balance { cents: u64, deposits: u32 }
+/// const BALANCES: Table<String, Data<Balance>> = Table::new("balances", "by_account");
+///
+/// # let dir = tempfile::tempdir()?;
+/// let db = Varve::open(dir.path())?;
+/// let mut balances = Projection::new("balances").on::<Deposited>(|tx, e, _| {
+///     let key = e.account.to_string();
+///     let now = tx.get_data(&BALANCES, &key)?.map_or((0, 0), |b| (b.cents.to_native(), b.deposits.to_native()));
+///     tx.put(&BALANCES, &key, &Balance { cents: now.0 + e.cents.to_native(), deposits: now.1 + 1 })?;
+///     Ok(())
+/// });
+/// let deposit = |cents| NewEvent::from_event(&Deposited { account: "ana".into(), cents });
+/// db.append(1u128, ExpectedVersion::Auto, [deposit(5)?, deposit(7)?])?;
+/// balances.catch_up(&db)?;
+/// let view = db.begin_read()?;
+/// let b: &ArchivedBalance = view.get_data(&BALANCES, &"ana".to_owned())?.expect("stored");
+/// assert_eq!((b.cents.to_native(), b.deposits.to_native()), (12, 2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Data<T>(PhantomData<fn() -> T>);
+
+impl<T> std::fmt::Debug for Data<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Data<{}>", std::any::type_name::<T>())
+    }
+}
+
+/// The stored form of a [`Data`] value.
+pub(crate) fn encode_data<T: Metadata>(value: &T) -> Result<Vec<u8>, Error> {
+    crate::typed::metadata::encode(value)
+}
+
+/// Reads a stored [`Data`] value of `table` in place.
+pub(crate) fn decode_data<'a, K, T: Metadata>(
+    table: &Table<K, Data<T>>,
+    raw: &'a [u8],
+) -> Result<&'a T::Archived, Error> {
+    let archive = archive_of::<T>(raw).map_err(|stored| Error::TableValueMismatch {
+        table: table.describe(),
+        stored,
+        found: T::FINGERPRINT,
+    })?;
+    rkyv::access::<T::Archived, rkyv::rancor::Error>(archive).map_err(|e| Error::CorruptIndex {
+        table: "projections",
+        reason: format!("a value of {} does not validate as its type: {e}", table.describe()),
+    })
 }
 
 /// A typed table of a projection's read model, like a `TableDefinition`: a name and types,
@@ -270,6 +331,26 @@ impl ReadView<'_> {
         match storage.get(self.txn(), storage.tables.projections, &k)? {
             None => Ok(None),
             Some(raw) => table.decode_value(raw).map(Some),
+        }
+    }
+
+    /// The [`Data`] value under `key` in a projection's table, read in place from this
+    /// snapshot.
+    ///
+    /// # Errors
+    /// A storage error; [`Error::TableValueMismatch`] if the value was stored by a type of
+    /// another shape; [`Error::CorruptIndex`] if it does not validate.
+    pub fn get_data<K: Key, T: Metadata>(
+        &self,
+        table: &Table<K, Data<T>>,
+        key: &K,
+    ) -> Result<Option<&T::Archived>, Error> {
+        let mut k = Vec::new();
+        table.encode_key(key, &mut k);
+        let storage = self.storage();
+        match storage.get(self.txn(), storage.tables.projections, &k)? {
+            None => Ok(None),
+            Some(raw) => decode_data(table, raw).map(Some),
         }
     }
 

@@ -165,6 +165,36 @@ impl<'db> ReadView<'db> {
         }
     }
 
+    /// The event of `stream` at `version`, if the stream has reached it: a point lookup
+    /// through the stream index.
+    ///
+    /// # Errors
+    /// As [`read_stream`](Self::read_stream): corruption errors naming what is damaged.
+    ///
+    /// ```
+    /// use varvedb::{ExpectedVersion, NewEvent, Varve};
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Varve::open(dir.path())?;
+    /// db.append(7u128, ExpectedVersion::Auto, [NewEvent::new("a", b"1".to_vec()), NewEvent::new("b", b"2".to_vec())])?;
+    /// let view = db.begin_read()?;
+    /// assert_eq!(view.stream_event(7u128, 2)?.map(|e| e.type_tag()), Some("b"));
+    /// assert!(view.stream_event(7u128, 3)?.is_none());
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    pub fn stream_event(
+        &self,
+        stream: impl Into<StreamId>,
+        version: u32,
+    ) -> Result<Option<RecordedEvent<'_>>, Error> {
+        if version == 0 {
+            return Ok(None);
+        }
+        match self.read_stream(stream, version)?.next().transpose()? {
+            Some(event) if event.version() == version => Ok(Some(event)),
+            _ => Ok(None),
+        }
+    }
+
     /// `n` bytes of the view's memory for a decrypted event.
     fn arena(&self, n: usize) -> &mut [u8] {
         match &self.crypto {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
+use crate::batch::{Appended, ExpectedVersion, KindRegistry, NewEvent, WriteBatch};
 use crate::crypto::{Encryption, MasterKey, StoreId};
 use crate::error::Error;
 use crate::id::StreamId;
@@ -266,10 +266,12 @@ impl Options {
         let last_seq = storage.last_seq(&*storage.read_txn()?)?;
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
         let counters = Arc::new(Counters::default());
+        let kinds = Arc::new(KindRegistry::default());
         let writer = Writer::spawn(
             Arc::clone(&storage),
             WriterConfig {
                 max_event_size: self.max_event_size,
+                kinds: Arc::clone(&kinds),
                 encryption: encryption.clone(),
                 lag_warning: self.lag_warning.clone(),
                 merkle_tree,
@@ -283,6 +285,7 @@ impl Options {
                 storage,
                 encryption,
                 counters,
+                kinds,
                 watch: watch_rx,
                 path: path.to_path_buf(),
                 store_id: opened.store_id,
@@ -321,6 +324,7 @@ struct Inner {
     storage: Arc<Storage>,
     encryption: Option<Arc<Encryption>>,
     counters: Arc<Counters>,
+    kinds: Arc<KindRegistry>,
     watch: tokio::sync::watch::Receiver<u64>,
     path: PathBuf,
     store_id: Option<StoreId>,
@@ -480,6 +484,11 @@ impl Varve {
 
     pub(crate) fn storage(&self) -> &Storage {
         &self.inner.storage
+    }
+
+    /// Records that this process uses `kind` as a typed aggregate's kind.
+    pub(crate) fn register_kind(&self, kind: &'static str, events: &'static [crate::batch::EventInfo]) {
+        self.inner.kinds.register(kind, events);
     }
 
     pub(crate) fn encryption(&self) -> Option<&Encryption> {
@@ -695,6 +704,11 @@ mod tests {
         send_sync::<crate::Runner<crate::Projection>>();
         send_sync::<crate::ProcessorError>();
         send_sync::<crate::OwnedEvent>();
+        send_sync::<crate::ExecuteOptions>();
+        send_sync::<crate::RetryPolicy>();
+        send_sync::<crate::Transacted<()>>();
+        send_sync::<crate::Table<u64, crate::Data<u64>>>();
+        send::<crate::Transaction<'static>>();
     }
 
     fn event() -> NewEvent {

@@ -9,18 +9,25 @@ use crate::event::RecordedEvent;
 use crate::id::StreamId;
 use crate::read::{ReadView, StreamEvents};
 use crate::store::Varve;
+use crate::typed::command::{ExecuteOptions, RetryPolicy};
 use crate::typed::snapshot::{self, Snapshotted};
 use crate::typed::upcast::{archived_as, no_path};
 use crate::typed::{Aggregate, EventInfo, EventOf, Handle, IntoPending, Pending, UpcastBuffer};
 
-/// How many times [`Stream::execute`] reloads and retries after a concurrency conflict.
-pub const DEFAULT_EXECUTE_RETRIES: u32 = 5;
+/// How many times [`Stream::execute`] reloads and retries after a concurrency conflict
+/// ([`RetryPolicy::default`] makes one more attempt than this: the first).
+pub const DEFAULT_EXECUTE_RETRIES: u32 = 99;
 
 /// A typed handle on the stream of one aggregate `A`. Cheap to clone.
 ///
 /// It takes only `A`'s events (anything else fails to compile), and the stream remembers its
 /// aggregate type: using the same id as another aggregate's stream is
 /// [`Error::StreamKindMismatch`].
+///
+/// Its calls block the calling thread (LMDB reads, and waiting for a commit). In async code
+/// use their async forms ([`load_async`](Self::load_async), [`read_async`](Self::read_async),
+/// [`execute_async`](Self::execute_async), [`append_all_async`](Self::append_all_async)),
+/// which leave the runtime's worker threads free.
 ///
 /// ```
 /// use varvedb::{aggregate, Event, ExpectedVersion, Varve};
@@ -47,8 +54,8 @@ pub const DEFAULT_EXECUTE_RETRIES: u32 = 5;
 /// # Ok::<(), varvedb::Error>(())
 /// ```
 pub struct Stream<A> {
-    db: Varve,
-    id: StreamId,
+    pub(crate) db: Varve,
+    pub(crate) id: StreamId,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -73,10 +80,10 @@ impl<A> std::fmt::Debug for Stream<A> {
 /// from a snapshot ([`replayed`](Self::replayed)) does not change what was loaded.
 #[derive(Debug, Clone)]
 pub struct Loaded<A> {
-    state: A,
-    version: u32,
-    stream: StreamId,
-    replayed: u32,
+    pub(crate) state: A,
+    pub(crate) version: u32,
+    pub(crate) stream: StreamId,
+    pub(crate) replayed: u32,
 }
 
 impl<A: PartialEq> PartialEq for Loaded<A> {
@@ -134,9 +141,18 @@ pub enum ExecuteError<E> {
     /// The command handler rejected the command; nothing was written.
     #[error("command rejected: {0}")]
     Rejected(E),
-    /// A storage error, including a [`Error::ConcurrencyConflict`] that outlasted the retries.
+    /// A storage error.
     #[error(transparent)]
     Store(#[from] Error),
+    /// Every attempt the [`RetryPolicy`] allowed met a concurrency conflict; nothing was
+    /// written. Allow more attempts or longer waits, or have fewer writers on one stream.
+    #[error("gave up after {attempts} attempts, each in conflict with another writer: {last}")]
+    RetriesExhausted {
+        /// How many times the command was decided and saved.
+        attempts: u32,
+        /// The conflict of the last attempt.
+        last: Error,
+    },
 }
 
 /// One event of an aggregate's stream, read in place.
@@ -149,6 +165,13 @@ pub struct TypedEvent<'v, A> {
     /// Upcast forms, one slot per entry of `A::EVENTS`; made only for older versions.
     upcast: OnceCell<Box<[OnceCell<UpcastBuffer>]>>,
     _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<'v, A> TypedEvent<'v, A> {
+    /// An event already checked to be one of `A`'s.
+    pub(crate) fn new(recorded: RecordedEvent<'v>) -> Self {
+        TypedEvent { recorded, upcast: OnceCell::new(), _aggregate: PhantomData }
+    }
 }
 
 impl<'v, A: Aggregate> TypedEvent<'v, A> {
@@ -213,7 +236,7 @@ impl<'v, A: Aggregate> Iterator for TypedEvents<'v, A> {
         if !A::EVENTS.iter().any(|info| info.accepts(recorded.type_tag(), recorded.schema_version())) {
             return Some(Err(no_path(A::EVENTS, &recorded).unwrap_or_else(|| unknown::<A>(&recorded))));
         }
-        Some(Ok(TypedEvent { recorded, upcast: OnceCell::new(), _aggregate: PhantomData }))
+        Some(Ok(TypedEvent::new(recorded)))
     }
 }
 
@@ -230,8 +253,13 @@ pub fn unknown<A: Aggregate>(event: &RecordedEvent<'_>) -> Error {
 
 impl Varve {
     /// A typed handle on stream `id` of aggregate `A`. Creates nothing until the first append.
+    ///
+    /// From then on, this process's writer refuses an append under `A`'s kind of an event
+    /// `A` does not apply ([`Error::ForeignEvent`]), typed or not; its first write under the
+    /// kind records `A`'s events in the store, for other processes too.
     #[must_use]
     pub fn stream<A: Aggregate>(&self, id: impl Into<StreamId>) -> Stream<A> {
+        self.register_kind(A::KIND, A::EVENTS);
         Stream { db: self.clone(), id: id.into(), _aggregate: PhantomData }
     }
 }
@@ -291,7 +319,7 @@ impl<A: Aggregate> Stream<A> {
     {
         let events = events.into_iter().map(|e| e.into_pending().event).collect::<Result<Vec<_>, _>>()?;
         let mut batch = WriteBatch::new();
-        batch.append_static_kind(self.id, A::KIND, expected, events);
+        batch.append_static_kind(self.id, (A::KIND, A::EVENTS), expected, events);
         Ok(batch)
     }
 
@@ -451,20 +479,26 @@ impl<A: Aggregate> Stream<A> {
         })
     }
 
-    /// Runs a command: load, [`Handle::handle`], save; on a concurrency conflict, reload and
-    /// decide again, up to [`DEFAULT_EXECUTE_RETRIES`] times.
+    /// Runs a command: load, [`Handle::handle`], save; on a concurrency conflict, wait a
+    /// little (see [`RetryPolicy`]), reload and decide again, up to
+    /// [`DEFAULT_EXECUTE_RETRIES`] times.
+    ///
+    /// Blocks the calling thread (LMDB reads and the commit); in async code use
+    /// [`execute_async`](Self::execute_async).
     ///
     /// # Errors
-    /// [`ExecuteError::Rejected`] with the handler's error (nothing written), or
+    /// [`ExecuteError::Rejected`] with the handler's error (nothing written);
+    /// [`ExecuteError::RetriesExhausted`] when every attempt met a conflicting writer;
     /// [`ExecuteError::Store`].
     pub fn execute<C>(&self, command: &C) -> Result<Executed, ExecuteError<<A as Handle<C>>::Error>>
     where
         A: Handle<C>,
     {
-        self.execute_with_retries(command, DEFAULT_EXECUTE_RETRIES)
+        self.execute_with(command, &ExecuteOptions::new())
     }
 
-    /// [`execute`](Self::execute) with an explicit bound on retries after conflicts.
+    /// [`execute`](Self::execute) with an explicit bound on retries after conflicts, and the
+    /// default backoff.
     ///
     /// # Errors
     /// As [`execute`](Self::execute).
@@ -476,20 +510,8 @@ impl<A: Aggregate> Stream<A> {
     where
         A: Handle<C>,
     {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let loaded = self.load()?;
-            let events = loaded.state.handle(command).map_err(ExecuteError::Rejected)?;
-            if events.is_empty() {
-                return Ok(Executed { version: loaded.version, appended: None, attempts });
-            }
-            match self.save(&loaded, events) {
-                Ok(a) => return Ok(Executed { version: a.last_version, appended: Some(a), attempts }),
-                Err(Error::ConcurrencyConflict { .. }) if attempts <= retries => {}
-                Err(e) => return Err(ExecuteError::Store(e)),
-            }
-        }
+        let policy = RetryPolicy { attempts: retries.saturating_add(1), ..RetryPolicy::default() };
+        self.execute_with(command, &ExecuteOptions::new().retry(policy))
     }
 
     /// The stream must be `A`'s (or not exist), and the store must know `A`'s events with

@@ -68,6 +68,8 @@ pub(crate) struct Counters {
 /// What the writer takes from the store's options.
 pub(crate) struct WriterConfig {
     pub(crate) max_event_size: usize,
+    /// The aggregates this process has opened typed streams of.
+    pub(crate) kinds: Arc<crate::batch::KindRegistry>,
     pub(crate) encryption: Option<Arc<Encryption>>,
     pub(crate) lag_warning: Option<LagWarning>,
     /// Whether the store keeps the Merkle tree over its log.
@@ -283,7 +285,7 @@ impl WriterState {
         for batch in batches {
             match self.plan(&txn, master, batch, next_seq) {
                 Ok(Plan::Deduplicated(appended)) => results.push(Ok(appended)),
-                Ok(Plan::Write { appended, heads, slots, new_schemas }) => {
+                Ok(Plan::Write { appended, heads, slots, new_schemas, new_kinds }) => {
                     self.write(&mut txn, master, batch, &appended, (&heads, &slots), timestamp)?;
                     for (tag, schema) in &new_schemas {
                         let k = key::schema(tag, schema.version);
@@ -293,6 +295,9 @@ impl WriterState {
                             &k,
                             &value::fingerprint(schema.fingerprint),
                         )?;
+                    }
+                    for (k, list) in &new_kinds {
+                        storage.put(&mut txn, storage.tables.schema, k, list)?;
                     }
                     let n = appended.iter().map(|a| a.last_seq - a.first_seq + 1).sum::<u64>();
                     next_seq += n;

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::batch::{Appended, Kind, SchemaId, StreamAppend, WriteBatch};
+use crate::batch::{Appended, EventInfo, Kind, SchemaId, StreamAppend, WriteBatch};
 use crate::crypto::Master;
 use crate::error::Error;
 use crate::id::StreamId;
@@ -29,7 +29,23 @@ pub(super) enum Plan {
         slots: Vec<u32>,
         /// Schemas the store does not know yet, registered with the request's writes.
         new_schemas: Vec<(String, SchemaId)>,
+        /// Event lists of stream kinds to record (`schema` key, encoded list).
+        new_kinds: Vec<(Vec<u8>, Vec<u8>)>,
     },
+}
+
+/// The events a stream kind takes, as far as one request has looked them up.
+struct KindRule {
+    kind: String,
+    /// `None`: the typed layer has not written the kind, so any event goes.
+    events: Option<KindEvents>,
+}
+
+enum KindEvents {
+    /// This build's aggregate, from a typed append.
+    Typed(&'static [EventInfo]),
+    /// The list recorded in the store.
+    Stored(Vec<u8>),
 }
 
 /// A stream's head as a request leaves it: its version (`None` while the stream has no
@@ -150,6 +166,8 @@ impl WriterState {
         let mut appended = Vec::with_capacity(batch.appends.len());
         let mut slots = Vec::with_capacity(batch.appends.len());
         let mut seq = first_seq;
+        let mut rules: Vec<KindRule> = Vec::new();
+        let mut new_kinds = Vec::new();
         for part in &batch.appends {
             let at = heads.position(part.stream);
             slots.push(at.unwrap_or(heads.list.len()) as u32);
@@ -181,11 +199,79 @@ impl WriterState {
             });
             seq = next;
             let kind = head.kind.or_else(|| part.kind.clone());
+            if let Some(kind) = &kind {
+                self.check_events_of_kind(txn, batch, part, kind, &mut rules, &mut new_kinds)?;
+            }
             heads.set(at, PendingHead { stream: part.stream, version: Some(last_version), kind });
         }
         let new_schemas =
             checked.into_iter().filter(|(_, _, new)| *new).map(|(tag, s, _)| (tag, s)).collect();
-        Ok(Plan::Write { appended, heads: heads.list, slots, new_schemas })
+        Ok(Plan::Write { appended, heads: heads.list, slots, new_schemas, new_kinds })
+    }
+
+    /// Refuses an event the aggregate of the stream's `kind` does not apply, once the typed
+    /// layer has recorded what it applies; a typed append records (or updates) that list.
+    fn check_events_of_kind(
+        &self,
+        txn: &WriteTxn<'_>,
+        batch: &WriteBatch,
+        part: &StreamAppend,
+        kind: &str,
+        rules: &mut Vec<KindRule>,
+        new_kinds: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), Error> {
+        let at = match rules.iter().position(|r| r.kind == kind) {
+            Some(at) => at,
+            None => {
+                let k = key::kind_events(kind);
+                let stored = self.storage.get(txn, self.storage.tables.schema, &k)?.map(<[u8]>::to_vec);
+                rules.push(KindRule { kind: kind.to_owned(), events: stored.map(KindEvents::Stored) });
+                rules.len() - 1
+            }
+        };
+        let rule = &mut rules[at];
+        // This build's list, from the append or from a typed handle of this process; looked
+        // up once per kind and request.
+        let typed = || {
+            part.handles
+                .filter(|_| part.kind.as_deref() == Some(kind))
+                .or_else(|| self.config.kinds.get(kind))
+        };
+        if !matches!(rule.events, Some(KindEvents::Typed(_)))
+            && let Some(handles) = typed()
+        {
+            let mut list = Vec::new();
+            // Older versions an event upcasts from are the aggregate's too: a load reads them.
+            value::encode_kind_events(
+                handles.iter().flat_map(EventInfo::chain).map(|e| (e.name, e.version)),
+                &mut list,
+            );
+            if !matches!(&rule.events, Some(KindEvents::Stored(stored)) if *stored == list) {
+                new_kinds.push((key::kind_events(kind), list));
+            }
+            rule.events = Some(KindEvents::Typed(handles));
+        }
+        let Some(events) = &rule.events else { return Ok(()) };
+        for event in batch.events_of(part) {
+            let version = event.schema.map_or(0, |s| s.version);
+            let known = match events {
+                KindEvents::Typed(list) => list.iter().any(|e| e.accepts(&event.type_tag, version)),
+                KindEvents::Stored(list) => value::kind_events_contain(list, &event.type_tag, version)
+                    .ok_or_else(|| Error::CorruptIndex {
+                        table: "schema",
+                        reason: format!("the event list of stream kind {kind:?} cannot be decoded"),
+                    })?,
+            };
+            if !known {
+                return Err(Error::ForeignEvent {
+                    stream: part.stream,
+                    event: event.type_tag.to_string(),
+                    version,
+                    aggregate: kind.to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Checks a typed event's fingerprint against the registry, once per (tag, version) per
