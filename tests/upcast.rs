@@ -424,3 +424,40 @@ async fn a_subscriber_reads_older_versions_as_the_current_one() {
         Err(Error::NoUpcastPath { stored: 1, .. })
     ));
 }
+
+#[test]
+fn the_store_takes_untyped_appends_of_older_versions_under_the_current_aggregates_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    // Naming the current aggregate tells the writer its events, chains included.
+    let orders = db.stream::<Order>(7u128);
+    let kind = <Order as varvedb::Aggregate>::KIND;
+
+    // A v1 event, as an older build's untyped write would store it, reads upcast: accepted.
+    let mut batch = varvedb::WriteBatch::new();
+    batch.append_kind(
+        7u128,
+        kind,
+        ExpectedVersion::NoStream,
+        [varvedb::NewEvent::from_event(&v1(250)).unwrap()],
+    );
+    db.write(batch).unwrap();
+    orders.append(ExpectedVersion::Exact(1), v2(50, "USD")).unwrap();
+    let loaded = orders.load().unwrap();
+    assert_eq!((loaded.version(), loaded.state().total, loaded.state().lines), (2, 300, 2));
+
+    // A version on no chain of the aggregate would make the stream unloadable: refused.
+    let mut batch = varvedb::WriteBatch::new();
+    batch.append_kind(
+        7u128,
+        kind,
+        ExpectedVersion::Exact(2),
+        [varvedb::NewEvent::new("order.placed", vec![0u8; 8])],
+    );
+    let err = db.write(batch).unwrap_err();
+    assert!(
+        matches!(&err, Error::ForeignEvent { event, version: 0, .. } if event == "order.placed"),
+        "{err:?}"
+    );
+    assert_eq!(orders.load().unwrap().version(), 2, "nothing was written");
+}
