@@ -78,6 +78,29 @@ pub struct NewEvent {
 pub(crate) struct SchemaId {
     pub(crate) version: u32,
     pub(crate) fingerprint: u64,
+    /// The encoded layout description, made only when the registry first records the type.
+    pub(crate) layout: Option<LayoutFn>,
+}
+
+/// Builds an encoded layout description.
+#[derive(Clone, Copy)]
+pub(crate) struct LayoutFn(pub(crate) fn() -> Vec<u8>);
+
+impl std::fmt::Debug for LayoutFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LayoutFn")
+    }
+}
+
+// The description follows from the fingerprint's type: identities compare without it.
+impl PartialEq for LayoutFn {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for LayoutFn {}
+impl std::hash::Hash for LayoutFn {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 /// Largest archive buffer a thread keeps between `NewEvent::archive` calls.

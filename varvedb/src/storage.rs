@@ -289,7 +289,10 @@ pub(crate) struct Tables {
     /// `stream u128 BE` → the stream's data key wrapped by the master key, or the shredded
     /// marker (see `crypto`).
     pub(crate) keys: Table,
-    /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`.
+    /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`; and beside it
+    /// `0u8 ‖ tag length u8 ‖ tag ‖ schema version u32 BE` → the encoded layout description
+    /// (tags are never empty, so the two key forms cannot meet; stores written before
+    /// descriptions existed simply lack the second).
     pub(crate) schema: Table,
     /// `name` → value; holds the format version.
     pub(crate) meta: Table,
@@ -348,6 +351,28 @@ pub(crate) mod key {
         buf[1..=tag.len()].copy_from_slice(tag);
         buf[1 + tag.len()..5 + tag.len()].copy_from_slice(&version.to_be_bytes());
         SchemaKey { buf, len: 5 + tag.len() }
+    }
+
+    /// The `schema` key of a layout description: a zero byte, then the fingerprint's key.
+    pub(crate) fn schema_layout(tag: &str, version: u32) -> Vec<u8> {
+        let mut k = vec![0u8];
+        k.extend_from_slice(&schema(tag, version));
+        k
+    }
+
+    /// The tag and version of a `schema` key of either form, and whether it is a layout's.
+    pub(crate) fn decode_schema(bytes: &[u8]) -> Option<(&str, u32, bool)> {
+        let (layout, rest) = match bytes.split_first()? {
+            (0, rest) => (true, rest),
+            _ => (false, bytes),
+        };
+        let len = usize::from(*rest.first()?);
+        if rest.len() != 1 + len + 4 {
+            return None;
+        }
+        let tag = std::str::from_utf8(&rest[1..=len]).ok()?;
+        let version = u32::from_be_bytes(rest[1 + len..].try_into().ok()?);
+        Some((tag, version, layout))
     }
 
     pub(crate) fn decode_stream_version(bytes: &[u8]) -> Option<(u128, u32)> {

@@ -271,6 +271,10 @@ impl WriterState {
                             &k,
                             &value::fingerprint(schema.fingerprint),
                         )?;
+                        if let Some(layout) = schema.layout {
+                            let k = key::schema_layout(tag, schema.version);
+                            storage.put(&mut txn, storage.tables.schema, &k, &(layout.0)())?;
+                        }
                     }
                     let n = appended.iter().map(|a| a.last_seq - a.first_seq + 1).sum::<u64>();
                     next_seq += n;
