@@ -121,6 +121,11 @@ pub enum Collection {
 /// use varvedb::{Describe, Layout};
 /// assert_eq!(<Option<u32>>::layout(), Layout::Option(Box::new(Layout::U32)));
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored inside an event",
+    label = "`{Self}` has no layout description",
+    note = "add `#[derive(varvedb::EventData)]` to your own types used inside events"
+)]
 pub trait Describe {
     /// The layout of this type's archived form.
     fn layout() -> Layout;

@@ -85,7 +85,7 @@ pub use process::table::TableEntries;
 pub use process::{
     HandlerError, Key, Processor, ProcessorError, Progress, Projection, ProjectionTxn, Retry, Table, Value,
 };
-pub use read::{IntegrityReport, LogEvents, ReadView, SchemaEntry, StreamEvents};
+pub use read::{IntegrityReport, LogEvents, ReadView, SchemaEntry, StreamEvents, StreamInfo};
 pub use storage::ReaderLag;
 pub use store::{Options, Stats, Varve, compact_in_place};
 pub use subscribe::Subscription;

@@ -24,6 +24,18 @@ pub use integrity::IntegrityReport;
 pub use log::LogEvents;
 pub use stream::StreamEvents;
 
+/// A stream, as [`ReadView::streams`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamInfo {
+    /// The stream's id.
+    pub stream: StreamId,
+    /// Its current version (its number of events).
+    pub version: u32,
+    /// The kind it was created with, if any.
+    pub kind: Option<String>,
+}
+
 /// One entry of the schema registry ([`ReadView::schemas`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -204,6 +216,50 @@ impl<'db> ReadView<'db> {
             if let Some(e) = out.iter_mut().find(|e| e.type_tag == tag && e.version == version) {
                 e.layout = Some(layout);
             }
+        }
+        Ok(out)
+    }
+
+    /// Every stream with at least one event, in id order, with its version and kind.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`] if a stream head is damaged.
+    pub fn streams(&self) -> Result<Vec<StreamInfo>, Error> {
+        let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+        let mut out = Vec::new();
+        for entry in self.storage.entries(&self.txn, self.storage.tables.stream_heads, all, false)? {
+            let (k, v) = entry?;
+            let head = <[u8; 16]>::try_from(k).ok().zip(value::StreamHead::decode(v)).ok_or_else(|| {
+                Error::CorruptIndex {
+                    table: "stream_heads",
+                    reason: "a stream head cannot be decoded".to_owned(),
+                }
+            })?;
+            let (id, head) = head;
+            out.push(StreamInfo {
+                stream: StreamId::from(u128::from_be_bytes(id)),
+                version: head.version,
+                kind: head.kind.map(str::to_owned),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every checkpoint of a projection or processor: its name and the last seq it processed.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`] if a checkpoint is damaged.
+    pub fn checkpoints(&self) -> Result<Vec<(String, u64)>, Error> {
+        let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+        let mut out = Vec::new();
+        for entry in self.storage.entries(&self.txn, self.storage.tables.checkpoints, all, false)? {
+            let (k, v) = entry?;
+            let name = String::from_utf8_lossy(k).into_owned();
+            let seq = value::decode_seq(v).ok_or_else(|| Error::CorruptIndex {
+                table: "checkpoints",
+                reason: format!("checkpoint of {name:?} is not 8 bytes"),
+            })?;
+            out.push((name, seq));
         }
         Ok(out)
     }
