@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use varvedb::{Error, Layout, MasterKey, Options, ReadView, RecordedEvent, StreamId, Varve};
@@ -198,16 +199,21 @@ fn run(cli: &Cli) -> Result<u8> {
             let db = open(store)?;
             let view = db.begin_read()?;
             let mut printer = Printer::new(&view, *raw, true)?;
+            let bar = progress(view.last_seq()?, "export");
             let mut events = view.read_all(1)?;
             let mut buf = Vec::new();
             while let Some(event) = events.next_reusing(&mut buf) {
                 printer.print(&event?, &mut out)?;
+                bar.inc(1);
             }
+            bar.finish_and_clear();
             0
         }
         Command::Backup { store, dest } => {
             let db = open(store)?;
+            let bar = spinner("backup");
             db.backup(dest)?;
+            bar.finish_and_clear();
             let last = db.begin_read()?.last_seq()?;
             if cli.json {
                 writeln!(out, "{}", serde_json::json!({ "backup": dest, "last_seq": last }))?;
@@ -254,6 +260,24 @@ fn run(cli: &Cli) -> Result<u8> {
     };
     out.flush()?;
     Ok(code)
+}
+
+/// A progress bar on stderr; hidden when stderr is not a terminal, so scripts see nothing.
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({per_sec}, {eta} left)")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// A spinner on stderr for work whose length is unknown.
+fn spinner(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }
 
 /// Opens an existing store; never creates one.
@@ -398,12 +422,17 @@ fn verify(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
     let last = view.last_seq()?;
     // Every record on its own first, so that all damaged seqs are named, not the first only.
     let mut damaged = Vec::new();
+    let bar = progress(last, "records");
     for seq in 1..=last {
         if let Err(e) = view.event(seq) {
             damaged.push((seq, e.to_string()));
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
+    let bar = spinner("pages, indexes and blobs");
     let whole = view.check_integrity();
+    bar.finish_and_clear();
     if json {
         let seqs: Vec<_> = damaged.iter().map(|(s, e)| serde_json::json!({ "seq": s, "error": e })).collect();
         let report = match &whole {

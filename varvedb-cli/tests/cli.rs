@@ -40,8 +40,8 @@ fn placed(i: u64) -> Placed {
         customer: uuid::Uuid::from_u128(0x1234),
         lines: vec![Line { sku: format!("sku-{i}"), quantity: 2 }],
         total_cents: 1000 + i,
-        note: (i % 2 == 0).then(|| "leave it at the door, please".to_owned()),
-        delivery: if i % 2 == 0 {
+        note: i.is_multiple_of(2).then(|| "leave it at the door, please".to_owned()),
+        delivery: if i.is_multiple_of(2) {
             Delivery::Pickup
         } else {
             Delivery::Courier { address: "1 Main St".into(), express: true }
