@@ -264,6 +264,13 @@ fn known_bad_bytes_are_typed_errors() {
     let at = bytes.len() - 4;
     bytes[at..].copy_from_slice(&1000i32.to_le_bytes());
     assert!(matches!(String::layout().to_json(&bytes), Err(LayoutError::OutOfBounds { .. })));
+
+    // A damaged count of zero-sized values, which no bound check would catch.
+    let mut bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&vec![(); 3]).expect("archive").to_vec();
+    assert_eq!(<Vec<()>>::layout().to_json(&bytes), Ok("[null,null,null]".to_owned()));
+    let at = bytes.len() - 4;
+    bytes[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(<Vec<()>>::layout().to_json(&bytes), Err(LayoutError::InvalidValue { .. })));
 }
 
 #[test]

@@ -596,6 +596,16 @@ impl Decoder<'_> {
         Ok(target)
     }
 
+    /// Refuses more zero-sized values than the archive has bytes: their count is checked by
+    /// no bound, and a damaged one would make the output huge.
+    fn check_zero_sized(&self, size: usize, count: usize, at: usize) -> Result<(), LayoutError> {
+        if size == 0 && count > self.bytes.len() {
+            Err(LayoutError::InvalidValue { at, what: "count of zero-sized values" })
+        } else {
+            Ok(())
+        }
+    }
+
     /// `count` values of `item` at a relative pointer at `at`.
     fn sequence(
         &self,
@@ -606,6 +616,7 @@ impl Decoder<'_> {
         depth: usize,
     ) -> Result<(), LayoutError> {
         let size = item.archived_size()?;
+        self.check_zero_sized(size, count, at)?;
         let total = size.checked_mul(count).ok_or(LayoutError::OutOfBounds { at, len: usize::MAX })?;
         out.push('[');
         if count > 0 {
@@ -717,6 +728,7 @@ impl Decoder<'_> {
                 }
             },
             Layout::Array(n, item) => {
+                self.check_zero_sized(item.archived_size()?, *n as usize, at)?;
                 self.items(std::iter::repeat_n(&**item, *n as usize), at, out, depth)?;
             }
             Layout::Tuple(items) => self.items(items.iter(), at, out, depth)?,
