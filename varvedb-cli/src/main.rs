@@ -421,13 +421,19 @@ fn verify(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
     let view = db.begin_read()?;
     let last = view.last_seq()?;
     // Every record on its own first, so that all damaged seqs are named, not the first only.
+    // A view keeps what it decrypts until it ends: a fresh one per chunk bounds the memory.
     let mut damaged = Vec::new();
     let bar = progress(last, "records");
-    for seq in 1..=last {
-        if let Err(e) = view.event(seq) {
-            damaged.push((seq, e.to_string()));
+    let mut seq = 1;
+    while seq <= last {
+        let chunk = db.begin_read()?;
+        for s in seq..=last.min(seq + 4095) {
+            if let Err(e) = chunk.event(s) {
+                damaged.push((s, e.to_string()));
+            }
+            bar.inc(1);
         }
-        bar.inc(1);
+        seq += 4096;
     }
     bar.finish_and_clear();
     let bar = spinner("pages, indexes and blobs");

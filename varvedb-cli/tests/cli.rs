@@ -245,6 +245,10 @@ fn encrypted_stores_need_the_key() {
     assert_eq!(after[3]["shredded"], true);
     assert!(after[3].get("payload_base64").is_none());
     assert_eq!(after[0]["payload"]["total_cents"], 1001);
+    // Shredded events still pass their checksums and header MACs.
+    let verified = varve(&["verify", s, "--key-file", k]);
+    assert_eq!(verified.status.code(), Some(0), "{}", stdout(&verified));
+    assert_eq!(varve(&["verify", s]).status.code(), Some(1));
 
     let new_key = dir.path().join("new-key");
     std::fs::write(&new_key, "ab".repeat(32)).unwrap();
