@@ -300,7 +300,7 @@ impl WriterState {
                 master.saw_keys_generation(generation);
             }
             self.head_cache.committed_txn = Some(txn_id);
-            self.last_timestamp = timestamp;
+            // `last_timestamp` already holds the newest time written (`apply`).
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
             self.watch.send_replace(next_seq - 1);
