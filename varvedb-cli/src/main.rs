@@ -12,7 +12,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use varvedb::{Error, Layout, MasterKey, Options, ReadView, RecordedEvent, StreamId, Varve};
+use varvedb::{
+    Error, ExpectedVersion, Layout, MasterKey, NewEvent, Options, ReadView, RecordedEvent, StreamId, Varve,
+    WriteBatch,
+};
 
 /// Exit status: the command failed (the store could not be opened, a stream or seq does
 /// not exist, an I/O error). Usage errors exit with 2, from clap.
@@ -23,7 +26,8 @@ const EXIT_DAMAGED: u8 = 3;
 /// Inspect, verify, export and follow a varvedb store.
 ///
 /// Stores are opened for reading only, except by the commands that write (`backup` writes
-/// the copy, `rotate-key` and `shred` the store). A command never creates a store.
+/// the copy, `import` a new store, `rotate-key` and `shred` the store). No other command
+/// creates a store.
 #[derive(Parser)]
 #[command(name = "varve", version)]
 struct Cli {
@@ -106,6 +110,17 @@ enum Command {
         /// Keep payloads as base64 instead of decoding them.
         #[arg(long)]
         raw: bool,
+    },
+    /// Reads an export made with `--raw` into a new store, keeping seqs, versions, ids,
+    /// timestamps, kinds, metadata and schema versions.
+    Import {
+        /// The directory of the new store (must not hold a store yet).
+        store: PathBuf,
+        /// The JSON Lines file to read; `-` reads standard input.
+        input: PathBuf,
+        /// Encrypt the new store under this master key (32 bytes, or 64 hex digits).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
     },
     /// Writes a compacted copy of the store to DEST, beside running writers.
     Backup {
@@ -209,6 +224,7 @@ fn run(cli: &Cli) -> Result<u8> {
             bar.finish_and_clear();
             0
         }
+        Command::Import { store, input, key_file } => import(store, input, key_file.as_deref(), &mut out)?,
         Command::Backup { store, dest } => {
             let db = open(store)?;
             let bar = spinner("backup");
@@ -466,6 +482,137 @@ fn verify(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
     Ok(if damaged.is_empty() && whole.is_ok() { 0 } else { EXIT_DAMAGED })
 }
 
+/// A line of an export, as `import` reads it.
+#[derive(serde::Deserialize)]
+struct Imported {
+    seq: u64,
+    stream: String,
+    version: u32,
+    timestamp_micros: u64,
+    id: Option<String>,
+    kind: Option<String>,
+    #[serde(rename = "type")]
+    type_tag: String,
+    schema_version: u32,
+    fingerprint: Option<String>,
+    metadata_base64: Option<String>,
+    payload_base64: Option<String>,
+    #[serde(default)]
+    shredded: bool,
+}
+
+/// Events of one stream, consecutive in the log: one append.
+struct Run {
+    stream: StreamId,
+    kind: Option<String>,
+    first_version: u32,
+    first_seq: u64,
+    events: Vec<NewEvent>,
+}
+
+fn import(dir: &Path, input: &Path, key_file: Option<&Path>, out: &mut impl Write) -> Result<u8> {
+    if dir.join("data.mdb").exists() {
+        return Err(format!("{} holds a store already; import writes a new one", dir.display()).into());
+    }
+    let reader: Box<dyn std::io::BufRead> = if input == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(input)?))
+    };
+    let mut options = Options::new();
+    if let Some(file) = key_file {
+        options = options.encryption_key(read_key(file)?);
+    }
+    let db = options.open(dir)?;
+    let mut batch: Vec<Run> = Vec::new();
+    let mut in_batch = 0usize;
+    let mut count = 0u64;
+    for (n, line) in std::io::BufRead::lines(reader).enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e: Imported = serde_json::from_str(&line).map_err(|err| format!("line {}: {err}", n + 1))?;
+        let event = to_new_event(&e).map_err(|err| format!("line {} (seq {}): {err}", n + 1, e.seq))?;
+        let stream = parse_stream(&e.stream)?;
+        match batch.last_mut() {
+            Some(run) if run.stream == stream => run.events.push(event),
+            _ => {
+                // One append per stream and request: a stream met again starts a new request.
+                if batch.iter().any(|r| r.stream == stream) || in_batch >= 1000 {
+                    write_runs(&db, std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+                let run = Run {
+                    stream,
+                    kind: e.kind,
+                    first_version: e.version,
+                    first_seq: e.seq,
+                    events: vec![event],
+                };
+                batch.push(run);
+            }
+        }
+        in_batch += 1;
+        count += 1;
+    }
+    write_runs(&db, batch)?;
+    writeln!(out, "imported {count} events into {}", dir.display())?;
+    Ok(0)
+}
+
+fn to_new_event(e: &Imported) -> Result<NewEvent> {
+    if e.shredded {
+        return Err("a shredded event has no payload to import".into());
+    }
+    let payload =
+        e.payload_base64.as_deref().ok_or("no payload_base64: import reads exports made with --raw")?;
+    let mut event =
+        NewEvent::new(e.type_tag.clone(), BASE64.decode(payload)?).with_timestamp(e.timestamp_micros);
+    if let Some(meta) = &e.metadata_base64 {
+        event = event.with_metadata(BASE64.decode(meta)?);
+    }
+    if let Some(id) = &e.id {
+        event = event.with_id(u128::from_str_radix(id, 16)?);
+    }
+    if e.schema_version != 0 {
+        let fp = e.fingerprint.as_deref().ok_or("a typed event without its fingerprint")?;
+        let fp = u64::from_str_radix(fp.trim_start_matches("0x"), 16)?;
+        event = event.with_schema(e.schema_version, fp);
+    }
+    Ok(event)
+}
+
+/// Writes runs in one request and checks each landed at its recorded seq and version.
+fn write_runs(db: &Varve, runs: Vec<Run>) -> Result<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::new();
+    let mut wanted = Vec::with_capacity(runs.len());
+    for run in runs {
+        let expected = match run.first_version {
+            1 => ExpectedVersion::NoStream,
+            v => ExpectedVersion::Exact(v - 1),
+        };
+        wanted.push((run.first_seq, run.first_version));
+        match &run.kind {
+            Some(kind) if run.first_version == 1 => batch.append_kind(run.stream, kind, expected, run.events),
+            _ => batch.append(run.stream, expected, run.events),
+        };
+    }
+    for (appended, (seq, version)) in db.write(batch)?.iter().zip(wanted) {
+        if (appended.first_seq, appended.first_version) != (seq, version) {
+            return Err(format!(
+                "seq {seq} landed at seq {} (version {} for {version}): the export has gaps",
+                appended.first_seq, appended.first_version
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// One event as a line of JSON.
 #[derive(Serialize)]
 struct Line<'a> {
@@ -475,9 +622,13 @@ struct Line<'a> {
     timestamp_micros: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
     #[serde(rename = "type")]
     type_tag: &'a str,
     schema_version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata_base64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -491,17 +642,21 @@ struct Line<'a> {
 }
 
 /// Prints events, decoding payloads through the layouts the registry holds.
-struct Printer {
-    layouts: HashMap<(String, u32), Layout>,
+struct Printer<'v> {
+    view: &'v ReadView<'v>,
+    layouts: HashMap<(String, u32), (u64, Option<Layout>)>,
     raw: bool,
     json: bool,
 }
 
-impl Printer {
-    fn new(view: &ReadView<'_>, raw: bool, json: bool) -> Result<Self> {
-        let layouts =
-            view.schemas()?.into_iter().filter_map(|s| Some(((s.type_tag, s.version), s.layout?))).collect();
-        Ok(Printer { layouts, raw, json })
+impl<'v> Printer<'v> {
+    fn new(view: &'v ReadView<'v>, raw: bool, json: bool) -> Result<Self> {
+        let layouts = view
+            .schemas()?
+            .into_iter()
+            .map(|s| ((s.type_tag, s.version), (s.fingerprint, s.layout)))
+            .collect();
+        Ok(Printer { view, layouts, raw, json })
     }
 
     fn print(&mut self, e: &RecordedEvent<'_>, out: &mut impl Write) -> Result<()> {
@@ -511,20 +666,21 @@ impl Printer {
             version: e.version(),
             timestamp_micros: e.timestamp_micros(),
             id: e.id().map(|id| format!("{id:032x}")),
+            // The kind once per stream, on its first event: what an import needs.
+            kind: if e.version() == 1 { self.view.stream_kind(e.stream())?.map(str::to_owned) } else { None },
             type_tag: e.type_tag(),
             schema_version: e.schema_version(),
+            fingerprint: None,
             metadata_base64: (!e.metadata().is_empty()).then(|| BASE64.encode(e.metadata())),
             payload: None,
             payload_base64: None,
             payload_error: None,
             shredded: e.is_shredded(),
         };
+        let schema = self.layouts.get(&(e.type_tag().to_owned(), e.schema_version()));
+        line.fingerprint = schema.map(|(fp, _)| format!("{fp:#018x}"));
         if !e.is_shredded() {
-            let layout = if self.raw {
-                None
-            } else {
-                self.layouts.get(&(e.type_tag().to_owned(), e.schema_version()))
-            };
+            let layout = if self.raw { None } else { schema.and_then(|(_, l)| l.as_ref()) };
             match layout.map(|l| l.to_json(e.payload())) {
                 Some(Ok(json)) => line.payload = Some(RawValue::from_string(json)?),
                 Some(Err(err)) => {

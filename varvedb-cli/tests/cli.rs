@@ -260,6 +260,68 @@ fn encrypted_stores_need_the_key() {
 }
 
 #[test]
+fn export_import_export_is_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    write_store(&store, Options::new());
+    {
+        // A payload large enough to be stored as a blob, twice (one blob, two references).
+        let db = Varve::open(&store).unwrap();
+        let big = vec![0xa5u8; 5000];
+        db.append(
+            0xcc_u128,
+            ExpectedVersion::NoStream,
+            [NewEvent::new("big", big.clone()), NewEvent::new("big", big)],
+        )
+        .unwrap();
+        let mut later = placed(9);
+        later.lines.push(Line { sku: "extra".into(), quantity: 1 });
+        db.append(ORDER, ExpectedVersion::Exact(3), [NewEvent::from_event(&later).unwrap()]).unwrap();
+    }
+    let s = store.to_str().unwrap();
+    let first = varve(&["export", s, "--raw"]);
+    assert!(first.status.success());
+    let file = dir.path().join("export.jsonl");
+    std::fs::write(&file, &first.stdout).unwrap();
+
+    let copy = dir.path().join("copy");
+    let c = copy.to_str().unwrap();
+    let import = varve(&["import", c, file.to_str().unwrap()]);
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    assert!(stdout(&import).contains("imported 10 events"));
+    let second = varve(&["export", c, "--raw"]);
+    assert_eq!(stdout(&first), stdout(&second));
+    assert_eq!(varve(&["verify", c]).status.code(), Some(0));
+    // The kinds, versions and the typed events' registry entries came along.
+    assert_eq!(stdout(&varve(&["streams", s])), stdout(&varve(&["streams", c])));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&varve(&["info", c, "--json"]))).unwrap();
+    assert_eq!(info["schemas"][0]["fingerprint"], format!("{:#018x}", <Placed as Event>::FINGERPRINT));
+
+    // Into an existing store, or from a decoded export: refused, nothing written.
+    assert_eq!(varve(&["import", c, file.to_str().unwrap()]).status.code(), Some(1));
+    let decoded = dir.path().join("decoded.jsonl");
+    std::fs::write(&decoded, varve(&["export", s]).stdout).unwrap();
+    let refused = varve(&["import", dir.path().join("other").to_str().unwrap(), decoded.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--raw"));
+
+    // An encrypted store: exported with its key, imported under another.
+    let enc = dir.path().join("enc");
+    write_store(&enc, Options::new().encryption_key(MasterKey::from_bytes([3; 32])));
+    let key = dir.path().join("key");
+    std::fs::write(&key, [3u8; 32]).unwrap();
+    let k = key.to_str().unwrap();
+    let exported = varve(&["export", enc.to_str().unwrap(), "--raw", "--key-file", k]);
+    std::fs::write(&file, &exported.stdout).unwrap();
+    let enc_copy = dir.path().join("enc-copy");
+    let import = varve(&["import", enc_copy.to_str().unwrap(), file.to_str().unwrap(), "--key-file", k]);
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    let again = varve(&["export", enc_copy.to_str().unwrap(), "--raw", "--key-file", k]);
+    assert_eq!(stdout(&exported), stdout(&again));
+    assert_eq!(varve(&["export", enc_copy.to_str().unwrap()]).status.code(), Some(1));
+}
+
+#[test]
 fn backup_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
