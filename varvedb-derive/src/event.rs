@@ -255,6 +255,7 @@ fn generate(m: &Model<'_>, kind: Kind) -> TokenStream {
         }
     });
 
+    let layout = crate::layout::describe(input, &private);
     let what = if kind == Kind::Event { "event" } else { "event data" };
     let alias_doc = format!("The archived form of [`{ident}`], read in place from the store ({what}).");
     // Checked before rkyv's derive so that a field type without `#[derive(EventData)]` is
@@ -339,6 +340,8 @@ fn generate(m: &Model<'_>, kind: Kind) -> TokenStream {
             }
 
             #event_impls
+
+            #layout
         };
     }
 }

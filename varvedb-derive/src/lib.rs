@@ -5,6 +5,7 @@
 mod aggregate;
 mod attrs;
 mod event;
+mod layout;
 
 use proc_macro::TokenStream;
 use syn::{DeriveInput, parse_macro_input};

@@ -71,6 +71,8 @@ pub struct NewEvent {
     pub(crate) metadata: Vec<u8>,
     pub(crate) id: Option<u128>,
     pub(crate) schema: Option<SchemaId>,
+    /// The time to record instead of the commit's (restoring an exported store).
+    pub(crate) timestamp: Option<u64>,
 }
 
 /// A typed event's schema identity: its version and structural fingerprint.
@@ -78,6 +80,29 @@ pub struct NewEvent {
 pub(crate) struct SchemaId {
     pub(crate) version: u32,
     pub(crate) fingerprint: u64,
+    /// The encoded layout description, made only when the registry first records the type.
+    pub(crate) layout: Option<LayoutFn>,
+}
+
+/// Builds an encoded layout description.
+#[derive(Clone, Copy)]
+pub(crate) struct LayoutFn(pub(crate) fn() -> Vec<u8>);
+
+impl std::fmt::Debug for LayoutFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LayoutFn")
+    }
+}
+
+// The description follows from the fingerprint's type: identities compare without it.
+impl PartialEq for LayoutFn {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for LayoutFn {}
+impl std::hash::Hash for LayoutFn {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 /// Largest archive buffer a thread keeps between `NewEvent::archive` calls.
@@ -92,6 +117,7 @@ impl NewEvent {
             metadata: Vec::new(),
             id: None,
             schema: None,
+            timestamp: None,
         }
     }
 
@@ -149,6 +175,26 @@ impl NewEvent {
     #[must_use]
     pub fn with_id(mut self, id: u128) -> Self {
         self.id = Some(id);
+        self
+    }
+
+    /// Records the event with this schema version and fingerprint, as a typed event of that
+    /// version would be: the store checks the fingerprint against its registry (and registers
+    /// it on first use). For copying events between stores; typed events get theirs from
+    /// [`NewEvent::from_event`].
+    #[must_use]
+    pub fn with_schema(mut self, version: u32, fingerprint: u64) -> Self {
+        self.schema = Some(SchemaId { version, fingerprint, layout: None });
+        self
+    }
+
+    /// Records the event with this timestamp (microseconds since the Unix epoch) instead of
+    /// the commit's, for copying events between stores. Timestamps still never go backwards
+    /// in the log: one below the last recorded is raised to it, and one in the future holds
+    /// every later event's at least as high.
+    #[must_use]
+    pub fn with_timestamp(mut self, micros: u64) -> Self {
+        self.timestamp = Some(micros);
         self
     }
 

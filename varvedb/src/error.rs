@@ -572,3 +572,41 @@ impl fmt::Display for PageDisplay {
         }
     }
 }
+
+/// Why a layout description or an archive read through one was refused
+/// ([`Layout::decode`](crate::Layout::decode), [`Layout::to_json`](crate::Layout::to_json)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// The stored description is not one this version can read.
+    #[error("the layout description is damaged or of an unknown format (at byte {at})")]
+    BadDescription {
+        /// Offset in the description.
+        at: usize,
+    },
+    /// The archive ends before, or points outside itself for, a value the layout calls for.
+    #[error("the archive has no {len} bytes at offset {at}")]
+    OutOfBounds {
+        /// Offset in the archive.
+        at: usize,
+        /// Bytes needed there.
+        len: usize,
+    },
+    /// Bytes that are no valid value of their type (a `bool` of 2, an unknown enum tag).
+    #[error("invalid {what} at offset {at} of the archive")]
+    InvalidValue {
+        /// Offset in the archive.
+        at: usize,
+        /// What was expected there.
+        what: &'static str,
+    },
+    /// The layout holds a type the generic decoder does not read.
+    #[error("the generic decoder does not read {what}")]
+    Unsupported {
+        /// The type.
+        what: &'static str,
+    },
+    /// The archived size of the layout overflows.
+    #[error("the layout's archived size overflows")]
+    TooLarge,
+}

@@ -83,6 +83,7 @@ mod error;
 mod event;
 mod id;
 mod key_record;
+mod layout;
 mod lmdb_file;
 mod process;
 mod read;
@@ -96,16 +97,17 @@ mod writer;
 
 pub use batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
 pub use crypto::{KEY_LEN, MasterKey, StoreId};
-pub use error::{Error, StorageError};
+pub use error::{Error, LayoutError, StorageError};
 pub use event::{OwnedEvent, RecordedEvent};
 pub use id::StreamId;
+pub use layout::{Collection, Describe, Fields, Layout};
 pub use lmdb_file::{FileCoverage, FileReport, TableReport, verify_file};
 pub use process::runner::{DEFAULT_POLL, Runnable, Runner};
 pub use process::table::{Data, TableEntries};
 pub use process::{
     HandlerError, Key, Processor, ProcessorError, Progress, Projection, ProjectionTxn, Retry, Table, Value,
 };
-pub use read::{IntegrityReport, LogEvents, ReadView, StreamEvents};
+pub use read::{IntegrityReport, LogEvents, ReadView, SchemaEntry, StreamEvents, StreamInfo};
 pub use storage::ReaderLag;
 pub use store::{Options, Stats, Varve, compact_in_place};
 pub use subscribe::Subscription;
@@ -146,6 +148,7 @@ pub use varvedb_derive::{Event, EventData, aggregate};
 pub mod __private {
     pub use crate::error::Error;
     pub use crate::event::RecordedEvent;
+    pub use crate::layout::{Describe, Fields, Layout};
     pub use crate::typed::debug::{DebugArchived, DebugFallback, DebugViaDebug, debug_bytes};
     pub use crate::typed::schema::fingerprint;
     pub use crate::typed::snapshot::{SnapshotCodec, snapshot_codec};

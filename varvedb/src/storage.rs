@@ -296,8 +296,11 @@ pub(crate) struct Tables {
     /// `stream u128 BE` → the stream's data key wrapped by the master key, or the shredded
     /// marker (see `crypto`).
     pub(crate) keys: Table,
-    /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`; and, per
-    /// aggregate kind, the events it applies: `0u8 ‖ kind` → `value::KindEvents`.
+    /// `tag length u8 ‖ tag ‖ schema version u32 BE` → `fingerprint u64 LE`; beside it
+    /// `0u8 ‖ tag length u8 ‖ tag ‖ schema version u32 BE` → the encoded layout description;
+    /// and, per aggregate kind, the events it applies: `0u8 ‖ 0u8 ‖ kind` →
+    /// `value::KindEvents`. Tags are never empty, so a length byte is never 0 and the three
+    /// key forms cannot meet; stores written before descriptions existed lack the second.
     pub(crate) schema: Table,
     /// `stream u128 BE` → the newest snapshot of the stream's aggregate state (see
     /// `typed::snapshot`). Derived data: deleting any or all of it is always safe.
@@ -364,13 +367,44 @@ pub(crate) mod key {
         SchemaKey { buf, len: 5 + tag.len() }
     }
 
-    /// The `schema` key of a stream kind's event list. Type tags are never empty, so a
-    /// leading 0 cannot be the length byte of an event's key.
+    /// The `schema` key of a stream kind's event list. Type tags are never empty, so two
+    /// leading zeros can be neither an event's key (its length byte) nor a layout's.
     pub(crate) fn kind_events(kind: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(1 + kind.len());
-        k.push(0);
+        let mut k = Vec::with_capacity(2 + kind.len());
+        k.extend_from_slice(&[0, 0]);
         k.extend_from_slice(kind.as_bytes());
         k
+    }
+
+    /// Whether a `schema` key is a kind's event list (see [`kind_events`]).
+    pub(crate) fn is_kind_events(key: &[u8]) -> bool {
+        key.starts_with(&[0, 0])
+    }
+
+    /// The `schema` key of a layout description: a zero byte, then the fingerprint's key.
+    pub(crate) fn schema_layout(tag: &str, version: u32) -> Vec<u8> {
+        let mut k = vec![0u8];
+        k.extend_from_slice(&schema(tag, version));
+        k
+    }
+
+    /// The tag and version of a fingerprint's or a layout's `schema` key, and whether it is
+    /// a layout's; `None` for a kind's event list and anything else.
+    pub(crate) fn decode_schema(bytes: &[u8]) -> Option<(&str, u32, bool)> {
+        let (layout, rest) = match bytes.split_first()? {
+            (0, rest) => (true, rest),
+            _ => (false, bytes),
+        };
+        let len = usize::from(*rest.first()?);
+        if len == 0 {
+            return None;
+        }
+        if rest.len() != 1 + len + 4 {
+            return None;
+        }
+        let tag = std::str::from_utf8(&rest[1..=len]).ok()?;
+        let version = u32::from_be_bytes(rest[1 + len..].try_into().ok()?);
+        Some((tag, version, layout))
     }
 
     pub(crate) fn decode_stream_version(bytes: &[u8]) -> Option<(u128, u32)> {

@@ -11,6 +11,7 @@ use crate::crypto::{Encryption, Master, StreamKey};
 use crate::error::Error;
 use crate::event::RecordedEvent;
 use crate::id::StreamId;
+use crate::layout::Layout;
 use crate::record;
 use crate::storage::{ReadTxn, Storage, key, value};
 
@@ -24,6 +25,32 @@ mod stream;
 pub use integrity::IntegrityReport;
 pub use log::LogEvents;
 pub use stream::StreamEvents;
+
+/// A stream, as [`ReadView::streams`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamInfo {
+    /// The stream's id.
+    pub stream: StreamId,
+    /// Its current version (its number of events).
+    pub version: u32,
+    /// The kind it was created with, if any.
+    pub kind: Option<String>,
+}
+
+/// One entry of the schema registry ([`ReadView::schemas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SchemaEntry {
+    /// The event type's tag.
+    pub type_tag: String,
+    /// Its schema version.
+    pub version: u32,
+    /// The structural fingerprint recorded on its first append.
+    pub fingerprint: u64,
+    /// The layout description, if the store recorded one.
+    pub layout: Option<Layout>,
+}
 
 /// A consistent snapshot of the store, over one read transaction.
 ///
@@ -143,6 +170,104 @@ impl<'db> ReadView<'db> {
             table: "schema",
             reason: format!("fingerprint of {tag:?} version {version} is not 8 bytes"),
         })
+    }
+
+    /// The layout description the store recorded for event type `tag` at schema `version`
+    /// (`None` if the type was never appended, or was first appended by a version of varvedb
+    /// that recorded fingerprints only).
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`] if the description is damaged.
+    pub fn schema_layout(&self, tag: &str, version: u32) -> Result<Option<Layout>, Error> {
+        let k = key::schema_layout(tag, version);
+        let Some(raw) = self.storage.get(&self.txn, self.storage.tables.schema, &k)? else {
+            return Ok(None);
+        };
+        Layout::decode(raw).map(Some).map_err(|e| Error::CorruptIndex {
+            table: "schema",
+            reason: format!("layout of {tag:?} version {version}: {e}"),
+        })
+    }
+
+    /// Every schema in the registry, by type tag and version, with its layout description
+    /// where one was recorded.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`] if an entry is damaged.
+    pub fn schemas(&self) -> Result<Vec<SchemaEntry>, Error> {
+        let corrupt = |reason: String| Error::CorruptIndex { table: "schema", reason };
+        let mut out: Vec<SchemaEntry> = Vec::new();
+        let mut layouts = Vec::new();
+        let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+        for entry in self.storage.entries(&self.txn, self.storage.tables.schema, all, false)? {
+            let (k, v) = entry?;
+            if key::is_kind_events(k) {
+                // An aggregate kind's event list, not a schema.
+                continue;
+            }
+            let (tag, version, is_layout) =
+                key::decode_schema(k).ok_or_else(|| corrupt("a key cannot be decoded".to_owned()))?;
+            if is_layout {
+                let layout = Layout::decode(v)
+                    .map_err(|e| corrupt(format!("layout of {tag:?} version {version}: {e}")))?;
+                layouts.push((tag.to_owned(), version, layout));
+            } else {
+                let fingerprint = value::decode_fingerprint(v).ok_or_else(|| {
+                    corrupt(format!("fingerprint of {tag:?} version {version} is not 8 bytes"))
+                })?;
+                out.push(SchemaEntry { type_tag: tag.to_owned(), version, fingerprint, layout: None });
+            }
+        }
+        for (tag, version, layout) in layouts {
+            if let Some(e) = out.iter_mut().find(|e| e.type_tag == tag && e.version == version) {
+                e.layout = Some(layout);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stream with at least one event, in id order, with its version and kind.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`] if a stream head is damaged.
+    pub fn streams(&self) -> Result<Vec<StreamInfo>, Error> {
+        let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+        let mut out = Vec::new();
+        for entry in self.storage.entries(&self.txn, self.storage.tables.stream_heads, all, false)? {
+            let (k, v) = entry?;
+            let head = <[u8; 16]>::try_from(k).ok().zip(value::StreamHead::decode(v)).ok_or_else(|| {
+                Error::CorruptIndex {
+                    table: "stream_heads",
+                    reason: "a stream head cannot be decoded".to_owned(),
+                }
+            })?;
+            let (id, head) = head;
+            out.push(StreamInfo {
+                stream: StreamId::from(u128::from_be_bytes(id)),
+                version: head.version,
+                kind: head.kind.map(str::to_owned),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every checkpoint of a projection or processor: its name and the last seq it processed.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`] if a checkpoint is damaged.
+    pub fn checkpoints(&self) -> Result<Vec<(String, u64)>, Error> {
+        let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+        let mut out = Vec::new();
+        for entry in self.storage.entries(&self.txn, self.storage.tables.checkpoints, all, false)? {
+            let (k, v) = entry?;
+            let name = String::from_utf8_lossy(k).into_owned();
+            let seq = value::decode_seq(v).ok_or_else(|| Error::CorruptIndex {
+                table: "checkpoints",
+                reason: format!("checkpoint of {name:?} is not 8 bytes"),
+            })?;
+            out.push((name, seq));
+        }
+        Ok(out)
     }
 
     /// The event with global sequence number `seq`, if committed in this snapshot (`None`

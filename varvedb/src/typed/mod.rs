@@ -20,7 +20,7 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
 pub use crate::batch::EventInfo;
-use crate::batch::{NewEvent, SchemaId};
+use crate::batch::{LayoutFn, NewEvent, SchemaId};
 use crate::error::Error;
 use crate::event::RecordedEvent;
 pub use schema::Schema;
@@ -309,7 +309,15 @@ impl NewEvent {
         // rather than copied per event.
         let mut e = NewEvent::archive(String::new(), event)?;
         e.type_tag = std::borrow::Cow::Borrowed(E::NAME);
-        e.schema = Some(SchemaId { version: E::VERSION, fingerprint: <E as Event>::FINGERPRINT });
+        e.schema = Some(SchemaId {
+            version: E::VERSION,
+            fingerprint: <E as Event>::FINGERPRINT,
+            layout: Some(LayoutFn(encoded_layout::<E>)),
+        });
         Ok(e)
     }
+}
+
+fn encoded_layout<E: crate::layout::Describe>() -> Vec<u8> {
+    E::layout().encode()
 }

@@ -6,12 +6,15 @@
 /// change that alters how rkyv lays the type out changes it. Renaming the Rust type does not.
 /// Implemented for the standard types rkyv archives; derive it for your own types with
 /// `#[derive(EventData)]` (nested types) or `#[derive(Event)]` (events).
+///
+/// Every schema type also describes its layout ([`Describe`](crate::Describe)): the store
+/// records the description beside the fingerprint, so tools can read events without the type.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be stored inside an event",
     label = "`{Self}` has no schema fingerprint",
     note = "add `#[derive(varvedb::EventData)]` to your own types used inside events"
 )]
-pub trait Schema {
+pub trait Schema: crate::layout::Describe {
     /// The structural fingerprint.
     const FINGERPRINT: u64;
 }

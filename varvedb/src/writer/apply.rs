@@ -36,10 +36,13 @@ impl WriterState {
                 let seq = pos.first_seq + i as u64; // within [first_seq, last_seq], checked in plan
                 let version = pos.first_version
                     + u32::try_from(i).map_err(|_| Error::VersionOverflow { stream: part.stream })?;
+                // `last_timestamp` is the floor: a given time below it is raised to it.
+                let at = event.timestamp.unwrap_or(timestamp_micros).max(self.last_timestamp);
+                self.last_timestamp = at;
                 let header = RecordHeader {
                     stream,
                     version,
-                    timestamp_micros,
+                    timestamp_micros: at,
                     schema_version: event.schema.map_or(0, |s| s.version),
                     id: event.id,
                     type_tag: &event.type_tag,

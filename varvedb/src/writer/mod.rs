@@ -295,6 +295,10 @@ impl WriterState {
                             &k,
                             &value::fingerprint(schema.fingerprint),
                         )?;
+                        if let Some(layout) = schema.layout {
+                            let k = key::schema_layout(tag, schema.version);
+                            storage.put(&mut txn, storage.tables.schema, &k, &(layout.0)())?;
+                        }
                     }
                     for (k, list) in &new_kinds {
                         storage.put(&mut txn, storage.tables.schema, k, list)?;
@@ -334,7 +338,7 @@ impl WriterState {
                 tree.committed_txn = Some(txn_id);
             }
             drop(tree);
-            self.last_timestamp = timestamp;
+            // `last_timestamp` already holds the newest time written (`apply`).
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
             self.watch.send_replace(next_seq - 1);
