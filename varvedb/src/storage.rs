@@ -23,8 +23,10 @@ use heed::{
 use crate::error::{Error, StorageError};
 
 mod files;
+mod sync;
 
 pub(crate) use files::prepare_dir;
+pub(crate) use sync::Ticket;
 
 /// On-disk format version written to `meta` on creation and checked on every open.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -401,8 +403,12 @@ pub(crate) struct Storage {
     _claim: files::Claim,
     /// Set when a commit failed while writing its meta page. LMDB then refuses every later
     /// transaction of this environment (`MDB_PANIC`) until it is closed; what this holds is
-    /// the error that caused it, given as the source of every refusal.
+    /// the error that caused it, given as the source of every refusal. Also set when a
+    /// flush of `data.mdb` failed: what was written may never reach the disk, so every later
+    /// transaction is refused the same way.
     fatal: OnceLock<Arc<Error>>,
+    /// Which of the writer's commits are durable (see [`Storage::commit_deferred`]).
+    tickets: sync::Tickets,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -468,6 +474,8 @@ impl Storage {
             rewrite_meta_page(&env, tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
         }
+        // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
+        env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
         // LMDB syncs what it writes into its files, never the directory that names them. A
         // creation syncs it; an open after a creation that was cut short between its link
         // and that sync must not leave `data.mdb`'s name to chance either.
@@ -480,6 +488,7 @@ impl Storage {
             lock_file,
             _claim: claim,
             fatal: OnceLock::new(),
+            tickets: sync::Tickets::default(),
         })
     }
 
@@ -505,11 +514,53 @@ impl Storage {
         Ok(WriteTxn { txn, _live: live })
     }
 
-    /// Commits `txn`. An error means nothing of it is stored, except
+    /// Commits `txn` durably. An error means nothing of it is stored, except
     /// [`Error::OutcomeUnknown`]: LMDB failed while writing the meta page that makes the
-    /// commit durable, so the commit may be in the file, and the environment refuses every
-    /// later transaction.
+    /// commit durable, or the flush after it failed, so the commit may be in the file, and
+    /// the storage refuses every later transaction.
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
+        self.commit_unsynced(txn)?;
+        // The meta page was written without a flush (`MDB_NOMETASYNC`): this makes it durable.
+        self.sync()
+    }
+
+    /// Commits `txn` as [`Storage::commit`] does, except that the commit's meta page is
+    /// written and not flushed: the commit is in force (every transaction begun after this
+    /// sees it) but durable only once [`Storage::is_durable`] says so of the ticket returned,
+    /// that is after the next commit of this kind, or the next [`Storage::sync`]. A power
+    /// loss before that takes the store back to the commit before, whole. Only the writer
+    /// thread commits so: tickets count its commits in order.
+    pub(crate) fn commit_deferred(&self, txn: WriteTxn<'_>) -> Result<Ticket, Error> {
+        let before = self.tickets.last();
+        self.commit_unsynced(txn)?;
+        Ok(self.tickets.committed(before))
+    }
+
+    /// Flushes `data.mdb`: every commit made before is durable when this returns `Ok`. A
+    /// failed flush may have dropped what it was to write, so it leaves the storage refusing
+    /// every later transaction with [`Error::NeedsReopen`]; the error returned is
+    /// [`Error::OutcomeUnknown`].
+    pub(crate) fn sync(&self) -> Result<(), Error> {
+        let before = self.tickets.last();
+        if let Err(e) = self.env.force_sync() {
+            let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(self.err(e))));
+            return Err(Error::OutcomeUnknown { source });
+        }
+        self.tickets.flushed(before);
+        Ok(())
+    }
+
+    /// Whether the commit of `ticket` (from [`Storage::commit_deferred`]) is durable.
+    pub(crate) fn is_durable(&self, ticket: Ticket) -> bool {
+        self.tickets.is_durable(ticket)
+    }
+
+    /// The ticket of the writer's last commit.
+    pub(crate) fn last_ticket(&self) -> Ticket {
+        self.tickets.last()
+    }
+
+    fn commit_unsynced(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
         // The transaction ends before it stops counting as live.
         let WriteTxn { txn, _live } = txn;
         let txnid = txn.id() as u64;
@@ -540,6 +591,11 @@ impl Storage {
         &'s self,
         begin: impl Fn(&'s Env<WithoutTls>) -> heed::Result<T>,
     ) -> Result<(T, Live<'s>), Error> {
+        if let Some(source) = self.fatal.get() {
+            // LMDB refuses too after a failed meta-page write; after a failed flush only
+            // this does.
+            return Err(Error::NeedsReopen { source: Arc::clone(source) });
+        }
         let live = self.txns.enter();
         match begin(&self.env) {
             Ok(txn) => return Ok((txn, live)),
@@ -993,6 +1049,16 @@ fn open_env(
 ) -> heed::Result<Env<WithoutTls>> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(map_size).max_dbs(16).max_readers(max_readers);
+    if private == Private::No {
+        // SAFETY: `MDB_NOMETASYNC` changes only when a commit's meta page is flushed, not
+        // what is written or mapped: every page is still written through LMDB's copy-on-write
+        // transactions. What it weakens, durability, is restored by the storage layer:
+        // `Storage::commit` flushes after every commit, and the writer answers a request
+        // only once its commit is durable by the rules of `docs/design.md` ("Durability").
+        // A new store's private build keeps flushed meta pages: its creation is synced
+        // before the store gets its name.
+        unsafe { options.flags(EnvFlags::NO_META_SYNC) };
+    }
     if private == Private::Yes {
         // SAFETY: without a lock file, LMDB leaves all coordination to its user. Only a new
         // store's build directory is opened so: a directory of its own, with a name no other
@@ -1006,7 +1072,8 @@ fn open_env(
     // precondition of `Options::open` (do not write to `data.mdb` by other means, no network
     // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
     // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`,
-    // `NO_SYNC`; `NO_LOCK` only for a private build, above). A second open of the same
+    // `NO_SYNC`; `NO_LOCK` only for a private build, `NO_META_SYNC` only delays a flush,
+    // above). A second open of the same
     // directory in this process is refused before this (`files::Claim`), and by heed
     // (`Error::AlreadyOpen`); LMDB's lock file coordinates other processes.
     unsafe { options.open(dir) }

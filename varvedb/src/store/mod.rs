@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::id::StreamId;
 use crate::read::ReadView;
 use crate::storage::{ReaderLag, Storage, StorageConfig};
-use crate::writer::{Counters, LagWarning, Reply, Request, WriteResult, Writer, WriterConfig};
+use crate::writer::{Counters, Durability, LagWarning, Reply, Request, WriteResult, Writer, WriterConfig};
 
 mod keys;
 
@@ -24,8 +24,8 @@ mod keys;
 /// - `max_event_size`: 16 MiB of payload plus metadata per event.
 /// - no encryption; see [`encryption_key`](Self::encryption_key).
 /// - no warning about read views held open; see [`on_reader_lag`](Self::on_reader_lag).
-///
-/// Commits are durable: a write returns only after LMDB has synced it to disk.
+/// - `durability`: [`Durability::Immediate`], a write returns only once its commit is on
+///   disk; see [`durability`](Self::durability).
 ///
 /// ```
 /// use varvedb::Options;
@@ -40,6 +40,7 @@ pub struct Options {
     max_event_size: usize,
     encryption: Option<MasterKey>,
     lag_warning: Option<LagWarning>,
+    durability: Durability,
 }
 
 impl Default for Options {
@@ -50,6 +51,7 @@ impl Default for Options {
             max_event_size: 16 << 20,
             encryption: None,
             lag_warning: None,
+            durability: Durability::Immediate,
         }
     }
 }
@@ -152,6 +154,16 @@ impl Options {
         self
     }
 
+    /// When a write is acknowledged: once durable ([`Durability::Immediate`], the default),
+    /// or once in force, with its events on disk and the last commit at risk of a power loss
+    /// ([`Durability::Relaxed`]). A setting of this process's handle, not of the store:
+    /// other processes choose their own.
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
     /// Opens the store in directory `path`, creating the directory and the store if needed.
     ///
     /// Reads hand out references into the memory-mapped file. So while a store is open, its
@@ -194,6 +206,7 @@ impl Options {
                 max_event_size: self.max_event_size,
                 encryption: encryption.clone(),
                 lag_warning: self.lag_warning.clone(),
+                durability: self.durability,
             },
             Arc::clone(&counters),
             watch_tx,
@@ -359,8 +372,20 @@ impl Varve {
         ReadView::new(&self.inner.storage, self.inner.encryption.as_deref())
     }
 
-    /// A `watch` of the last committed seq, updated after every commit by this process.
-    /// Use it to wake up when new events arrive, then read them through a view.
+    /// Flushes the store: every write acknowledged before this call survives a power loss
+    /// once it returns. Needed only with [`Durability::Relaxed`], where the last commit
+    /// waits for the next one, or a pause in writes, to be flushed.
+    ///
+    /// # Errors
+    /// [`Error::OutcomeUnknown`] if the flush failed: writes acknowledged since the last
+    /// flush may be lost, and the store must be reopened ([`Error::NeedsReopen`]).
+    pub fn sync(&self) -> Result<(), Error> {
+        self.inner.storage.sync()
+    }
+
+    /// A `watch` of the last committed seq, updated after every acknowledged commit by this
+    /// process (with [`Durability::Immediate`], once the commit is durable). Use it to wake
+    /// up when new events arrive, then read them through a view.
     #[must_use]
     pub fn watch_last_seq(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.watch.clone()

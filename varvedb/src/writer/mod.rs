@@ -16,12 +16,15 @@ use crate::storage::{ReaderLag, Storage, WriteLockHeld, key, value};
 
 mod apply;
 mod dedup;
+mod durable;
 mod hash;
 mod head_cache;
 mod index_order;
 mod keys;
 mod plan;
 
+use durable::Answers;
+pub use durable::{Durability, RELAXED_IDLE_FLUSH};
 use head_cache::HeadCache;
 use index_order::IndexOrder;
 use keys::WriterCrypto;
@@ -69,6 +72,7 @@ pub(crate) struct WriterConfig {
     pub(crate) max_event_size: usize,
     pub(crate) encryption: Option<Arc<Encryption>>,
     pub(crate) lag_warning: Option<LagWarning>,
+    pub(crate) durability: Durability,
 }
 
 /// What the writer calls, after a commit, when the oldest open read view is more than
@@ -114,6 +118,7 @@ impl Writer {
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel::<Request>();
         let crypto = config.encryption.clone().map(WriterCrypto::new);
+        let answers = Answers::new(config.durability);
         let mut state = WriterState {
             storage,
             config,
@@ -126,16 +131,36 @@ impl Writer {
             head_cache: HeadCache::default(),
             last_timestamp: 0,
             lag_warned: None,
+            answers,
+            committed_seq: 0,
         };
         state.last_timestamp = state.last_stored_timestamp()?;
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
             // The size of the last group: while fewer requests wait than that, linger a
             // little for the rest (writers that just had their answer are sending again).
             let mut last_group_len = 1;
-            while let Ok(first) = rx.recv() {
+            loop {
+                // Answers waiting for a flush are sent by the next commit's, if a request
+                // comes in time; otherwise by a flush of their own.
+                let first = match state.answers.patience() {
+                    None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                    Some(patience) => rx.recv_timeout(patience),
+                };
+                let first = match first {
+                    Ok(first) => first,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        state.answers.flush(&state.storage, &state.watch);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        state.answers.flush(&state.storage, &state.watch);
+                        break;
+                    }
+                };
                 let mut group = vec![first];
                 drain(&rx, &mut group);
-                if group.len() < last_group_len {
+                // Writers whose answers are held cannot send yet: no use waiting for them.
+                if group.len() < last_group_len && !state.answers.holds_any() {
                     let deadline = std::time::Instant::now() + LINGER;
                     while group.len() < last_group_len {
                         match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
@@ -187,6 +212,10 @@ struct WriterState {
     last_timestamp: u64,
     /// The lag last reported to the lag warning, while the oldest view stays past its bound.
     lag_warned: Option<u64>,
+    /// Answers waiting for their commits to be durable.
+    answers: Answers,
+    /// The highest seq this writer committed.
+    committed_seq: u64,
 }
 
 impl WriterState {
@@ -225,9 +254,8 @@ impl WriterState {
                 .collect(),
             Err(e) => vec![Err(e)],
         };
-        for (reply, result) in replies.into_iter().zip(results) {
-            reply.send(result);
-        }
+        let answers = replies.into_iter().zip(results).collect();
+        self.answers.push(&self.storage, &self.watch, answers, self.committed_seq);
     }
 
     /// Applies `batches` in one transaction. `Err` means the transaction failed as a whole
@@ -284,12 +312,12 @@ impl WriterState {
             }
         }
         if events_written > 0 {
-            storage.commit(txn)?;
+            storage.commit_deferred(txn)?;
             self.head_cache.committed_txn = Some(txn_id);
             self.last_timestamp = timestamp;
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
-            self.watch.send_replace(next_seq - 1);
+            self.committed_seq = next_seq - 1;
             self.check_reader_lag();
         } else {
             // Nothing written, nothing committed: the store is still as the last commit left it.
