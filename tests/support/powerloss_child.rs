@@ -433,23 +433,13 @@ fn check(workload: &str, root: &Path, p: &Promised) -> Verdict {
     };
     let mut promised = p.appends.as_slice();
     if workload == "relaxed" {
-        // What survives is a prefix of the commits: whole, in order, with at most the last
-        // acknowledged request lost, and nothing acknowledged before a flush.
-        let last = view.last_seq().unwrap();
-        let kept = p.appends.iter().take_while(|a| a[4] <= last).count();
-        if let Some(torn) = p.appends.get(kept).filter(|a| a[3] <= last) {
-            return Verdict::Integrity(format!(
-                "seqs {}..={} are stored only up to {last}",
-                torn[3], torn[4]
-            ));
-        }
-        if kept < p.flushed {
-            miss(format!("seq {} was acknowledged before a sync and is lost", p.appends[kept][3]));
-        }
-        let requests: BTreeSet<u64> = p.requests[kept..].iter().copied().collect();
-        if requests.len() > 1 {
-            miss(format!("{} acknowledged requests are lost, at most the last may be", requests.len()));
-        }
+        let kept = match relaxed_prefix(p, view.last_seq().unwrap()) {
+            Ok((kept, misses)) => {
+                misses.into_iter().for_each(&mut miss);
+                kept
+            }
+            Err(verdict) => return verdict,
+        };
         promised = &p.appends[..kept];
     }
     for &[stream, first_version, _, first_seq, last_seq] in promised {
@@ -508,6 +498,29 @@ fn check(workload: &str, root: &Path, p: &Promised) -> Verdict {
         }
     }
     if lost > 0 { Verdict::Lost(lost, detail) } else { Verdict::Ok }
+}
+
+/// With `Durability::Relaxed`, what survives is a prefix of the commits: whole, in order,
+/// with at most the last acknowledged request lost, and nothing acknowledged before a
+/// flush. Returns how many acknowledged appends the store (whose log ends at `log_end`)
+/// holds, and what is lost that may not be.
+fn relaxed_prefix(p: &Promised, log_end: u64) -> Result<(usize, Vec<String>), Verdict> {
+    let kept = p.appends.iter().take_while(|a| a[4] <= log_end).count();
+    if let Some(torn) = p.appends.get(kept).filter(|a| a[3] <= log_end) {
+        return Err(Verdict::Integrity(format!(
+            "seqs {}..={} are stored only up to {log_end}",
+            torn[3], torn[4]
+        )));
+    }
+    let mut misses = Vec::new();
+    if kept < p.flushed {
+        misses.push(format!("seq {} was acknowledged before a sync and is lost", p.appends[kept][3]));
+    }
+    let requests: BTreeSet<u64> = p.requests[kept..].iter().copied().collect();
+    if requests.len() > 1 {
+        misses.push(format!("{} acknowledged requests are lost, at most the last may be", requests.len()));
+    }
+    Ok((kept, misses))
 }
 
 /// Opens a crash state's store, with the keys its acknowledgements allow.
