@@ -23,6 +23,7 @@ use heed::{
 use crate::error::{Error, StorageError};
 
 mod files;
+mod grow;
 mod sync;
 
 pub(crate) use files::prepare_dir;
@@ -409,6 +410,10 @@ pub(crate) struct Storage {
     fatal: OnceLock<Arc<Error>>,
     /// Which of the writer's commits are durable (see [`Storage::commit_deferred`]).
     tickets: sync::Tickets,
+    /// `data.mdb` opened to write zeros ahead of its pages (see [`Storage::grow_ahead`]);
+    /// `None` if it could not be opened for writing, and the file grows with each commit.
+    headroom: Option<grow::Headroom>,
+    page_size: u64,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -476,6 +481,8 @@ impl Storage {
         }
         // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
         env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
+        let headroom = grow::Headroom::open(&path.join("data.mdb")).ok();
+        let page_size = u64::from(env.stat().page_size);
         // LMDB syncs what it writes into its files, never the directory that names them. A
         // creation syncs it; an open after a creation that was cut short between its link
         // and that sync must not leave `data.mdb`'s name to chance either.
@@ -489,6 +496,8 @@ impl Storage {
             _claim: claim,
             fatal: OnceLock::new(),
             tickets: sync::Tickets::default(),
+            headroom,
+            page_size,
         })
     }
 
@@ -541,6 +550,11 @@ impl Storage {
     /// every later transaction with [`Error::NeedsReopen`]; the error returned is
     /// [`Error::OutcomeUnknown`].
     pub(crate) fn sync(&self) -> Result<(), Error> {
+        if let Some(source) = self.fatal.get() {
+            // After a failed flush a later one may succeed without having written what the
+            // failed one dropped.
+            return Err(Error::OutcomeUnknown { source: Arc::clone(source) });
+        }
         let before = self.tickets.last();
         if let Err(e) = self.env.force_sync() {
             let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(self.err(e))));
@@ -548,6 +562,32 @@ impl Storage {
         }
         self.tickets.flushed(before);
         Ok(())
+    }
+
+    /// Writes zeros past the last commit's pages when little written space is left there,
+    /// and flushes them (see the `grow` module): `Ok(true)` when it did, which also made
+    /// every commit before durable. A failed write of zeros is left to the commits that
+    /// follow (they report a full disk); a failed flush is as in [`Storage::sync`].
+    pub(crate) fn grow_ahead(&self) -> Result<bool, Error> {
+        let Some(headroom) = &self.headroom else { return Ok(false) };
+        let step = |info: heed::EnvInfo| {
+            let used = (info.last_page_number as u64 + 1) * self.page_size;
+            headroom.step(used, self.page_size, info.map_size as u64)
+        };
+        // `env.info()` reads the map: a live transaction keeps it from moving meanwhile.
+        if step(self.read_txn().map(|_txn| self.env.info())?).is_none() {
+            return Ok(false);
+        }
+        let txn = self.write_txn()?;
+        // No commit can come between this look at the last page and the zeros.
+        let Some(step) = step(self.env.info()) else { return Ok(false) };
+        let written = headroom.write(&step);
+        drop(txn);
+        if written.is_err() {
+            return Ok(false);
+        }
+        self.sync()?;
+        Ok(true)
     }
 
     /// Whether the commit of `ticket` (from [`Storage::commit_deferred`]) is durable.
