@@ -410,6 +410,8 @@ pub(crate) struct Storage {
     fatal: OnceLock<Arc<Error>>,
     /// Which of the writer's commits are durable (see [`Storage::commit_deferred`]).
     tickets: sync::Tickets,
+    /// As [`StorageConfig::defer_meta_sync`].
+    defer_meta_sync: bool,
     /// `data.mdb` opened to write zeros ahead of its pages (see [`Storage::grow_ahead`]);
     /// `None` if it could not be opened for writing, and the file grows with each commit.
     headroom: Option<grow::Headroom>,
@@ -420,6 +422,9 @@ pub(crate) struct Storage {
 pub(crate) struct StorageConfig {
     pub(crate) map_size: usize,
     pub(crate) max_readers: u32,
+    /// Commits write their meta page without a flush (`MDB_NOMETASYNC`), made durable by
+    /// the next flush: for relaxed durability (see [`Storage::commit_deferred`]).
+    pub(crate) defer_meta_sync: bool,
 }
 
 /// How far the oldest open read view of a store is behind its last commit: the oldest LMDB
@@ -466,10 +471,12 @@ impl Storage {
         // the file it maps: damage it would read on the way in is refused first.
         crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
         let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
-        let env = open_env(path, map_size, config.max_readers, Private::No).map_err(|e| match e {
-            heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
-            other => engine_error(other, map_size, path),
-        })?;
+        let env = open_env(path, map_size, config.max_readers, Private::No, config.defer_meta_sync).map_err(
+            |e| match e {
+                heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
+                other => engine_error(other, map_size, path),
+            },
+        )?;
         // LMDB grows the map to the file's size if the file is larger than asked for.
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
@@ -479,8 +486,10 @@ impl Storage {
             rewrite_meta_page(&env, tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
         }
-        // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
-        env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
+        if config.defer_meta_sync {
+            // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
+            env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
+        }
         let headroom = grow::Headroom::open(&path.join("data.mdb")).ok();
         let page_size = u64::from(env.stat().page_size);
         // LMDB syncs what it writes into its files, never the directory that names them. A
@@ -496,6 +505,7 @@ impl Storage {
             _claim: claim,
             fatal: OnceLock::new(),
             tickets: sync::Tickets::default(),
+            defer_meta_sync: config.defer_meta_sync,
             headroom,
             page_size,
         })
@@ -529,20 +539,25 @@ impl Storage {
     /// the storage refuses every later transaction.
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
         self.commit_unsynced(txn)?;
-        // The meta page was written without a flush (`MDB_NOMETASYNC`): this makes it durable.
-        self.sync()
+        // Without `MDB_NOMETASYNC` LMDB wrote the meta page through an `O_DSYNC` descriptor.
+        if self.defer_meta_sync { self.sync() } else { Ok(()) }
     }
 
-    /// Commits `txn` as [`Storage::commit`] does, except that the commit's meta page is
-    /// written and not flushed: the commit is in force (every transaction begun after this
-    /// sees it) but durable only once [`Storage::is_durable`] says so of the ticket returned,
-    /// that is after the next commit of this kind, or the next [`Storage::sync`]. A power
-    /// loss before that takes the store back to the commit before, whole. Only the writer
-    /// thread commits so: tickets count its commits in order.
+    /// Commits `txn` as [`Storage::commit`] does, except that with
+    /// [`StorageConfig::defer_meta_sync`] the commit's meta page is written and not flushed:
+    /// the commit is in force (every transaction begun after this sees it) but durable only
+    /// once [`Storage::is_durable`] says so of the ticket returned, that is after the next
+    /// commit of this kind, or the next [`Storage::sync`]. A power loss before that takes
+    /// the store back to the commit before, whole. Without it, the ticket is durable at
+    /// once. Only the writer thread commits so: tickets count its commits in order.
     pub(crate) fn commit_deferred(&self, txn: WriteTxn<'_>) -> Result<Ticket, Error> {
         let before = self.tickets.last();
         self.commit_unsynced(txn)?;
-        Ok(self.tickets.committed(before))
+        let ticket = self.tickets.committed(before);
+        if !self.defer_meta_sync {
+            self.tickets.flushed(ticket);
+        }
+        Ok(ticket)
     }
 
     /// Flushes `data.mdb`: every commit made before is durable when this returns `Ok`. A
@@ -550,6 +565,10 @@ impl Storage {
     /// every later transaction with [`Error::NeedsReopen`]; the error returned is
     /// [`Error::OutcomeUnknown`].
     pub(crate) fn sync(&self) -> Result<(), Error> {
+        if !self.defer_meta_sync {
+            // Every commit was flushed whole before it returned.
+            return Ok(());
+        }
         if let Some(source) = self.fatal.get() {
             // After a failed flush a later one may succeed without having written what the
             // failed one dropped.
@@ -586,8 +605,19 @@ impl Storage {
         if written.is_err() {
             return Ok(false);
         }
-        self.sync()?;
-        Ok(true)
+        let before = self.tickets.last();
+        match headroom.flush() {
+            Ok(()) => {
+                self.tickets.flushed(before);
+                Ok(true)
+            }
+            // Only zeros were unflushed: every commit was flushed whole.
+            Err(_) if !self.defer_meta_sync => Ok(false),
+            Err(e) => {
+                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(io_error(e, self.path()))));
+                Err(Error::OutcomeUnknown { source })
+            }
+        }
     }
 
     /// Whether the commit of `ticket` (from [`Storage::commit_deferred`]) is durable.
@@ -1086,15 +1116,16 @@ fn open_env(
     map_size: usize,
     max_readers: u32,
     private: Private,
+    defer_meta_sync: bool,
 ) -> heed::Result<Env<WithoutTls>> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(map_size).max_dbs(16).max_readers(max_readers);
-    if private == Private::No {
+    if defer_meta_sync && private == Private::No {
         // SAFETY: `MDB_NOMETASYNC` changes only when a commit's meta page is flushed, not
         // what is written or mapped: every page is still written through LMDB's copy-on-write
         // transactions. What it weakens, durability, is restored by the storage layer:
-        // `Storage::commit` flushes after every commit, and the writer answers a request
-        // only once its commit is durable by the rules of `docs/design.md` ("Durability").
+        // `Storage::commit` flushes after every commit, and the writer keeps the order of
+        // `docs/design.md` ("Durability").
         // A new store's private build keeps flushed meta pages: its creation is synced
         // before the store gets its name.
         unsafe { options.flags(EnvFlags::NO_META_SYNC) };
@@ -1123,8 +1154,8 @@ fn open_env(
 /// and the format version, committed durably. The environment is closed on return, so the
 /// file is complete and no longer mapped. Errors name `store_dir`, the store being created.
 fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize) -> Result<(), Error> {
-    let env =
-        open_env(build_dir, map_size, 1, Private::Yes).map_err(|e| engine_error(e, map_size, store_dir))?;
+    let env = open_env(build_dir, map_size, 1, Private::Yes, false)
+        .map_err(|e| engine_error(e, map_size, store_dir))?;
     prepare_tables(&env, map_size, store_dir)?;
     // `env` is the only handle: dropping it closes the environment.
     Ok(())
@@ -1429,8 +1460,11 @@ mod tests {
     #[test]
     fn log_entries_are_those_of_a_range_from_the_same_seq() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }).unwrap();
+        let storage = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 20, max_readers: 8, defer_meta_sync: false },
+        )
+        .unwrap();
         let events = storage.tables.events;
         let mut txn = storage.write_txn().unwrap();
         // Keys no sound log holds, below and among the seqs: a range skips those below its
@@ -1535,8 +1569,11 @@ mod tests {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         {
-            let storage =
-                Storage::open(dir.path(), &StorageConfig { map_size: 1 << 24, max_readers: 8 }).unwrap();
+            let storage = Storage::open(
+                dir.path(),
+                &StorageConfig { map_size: 1 << 24, max_readers: 8, defer_meta_sync: false },
+            )
+            .unwrap();
             let mut txn = storage.write_txn().unwrap();
             for (i, k) in keys.iter().enumerate() {
                 storage.put(&mut txn, storage.tables.blobs, k, &i.to_le_bytes()).unwrap();
@@ -1564,8 +1601,11 @@ mod tests {
     #[test]
     fn delete_prefix_deletes_exactly_the_keys_with_the_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 22, max_readers: 8 }).unwrap();
+        let storage = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 22, max_readers: 8, defer_meta_sync: false },
+        )
+        .unwrap();
         let table = storage.tables.projections;
         let keys: Vec<Vec<u8>> = (0..600u32)
             .flat_map(|i| {
@@ -1612,7 +1652,10 @@ mod tests {
             txn.commit().unwrap();
             env.prepare_for_closing().wait();
         }
-        let Err(err) = Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 8 }) else {
+        let Err(err) = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 20, max_readers: 8, defer_meta_sync: false },
+        ) else {
             panic!("a value opened as a table");
         };
         let Error::Storage(engine) = &err else { panic!("{err:?}") };
@@ -1639,8 +1682,11 @@ mod tests {
     #[test]
     fn the_reader_table_gives_the_oldest_reader() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(dir.path(), &StorageConfig { map_size: 1 << 20, max_readers: 200 }).unwrap();
+        let storage = Storage::open(
+            dir.path(),
+            &StorageConfig { map_size: 1 << 20, max_readers: 200, defer_meta_sync: false },
+        )
+        .unwrap();
         let commit = || {
             let mut txn = storage.write_txn().unwrap();
             storage.put(&mut txn, storage.tables.blobs, b"k", b"v").unwrap();

@@ -58,6 +58,12 @@ impl Headroom {
         (from < to).then_some(Step { from, to })
     }
 
+    /// Flushes the file, its new length with it. `fsync`, not `fdatasync`: the length is
+    /// what changed.
+    pub(super) fn flush(&self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+
     /// Writes zeros over the step. The caller holds LMDB's write lock and flushes after.
     pub(super) fn write(&self, step: &Step) -> std::io::Result<()> {
         // The file may be longer than last seen: another process's commits, or its steps.

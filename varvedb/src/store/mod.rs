@@ -194,7 +194,11 @@ impl Options {
         let path = path.as_ref();
         let storage = Arc::new(Storage::open(
             path,
-            &StorageConfig { map_size: self.map_size, max_readers: self.max_readers },
+            &StorageConfig {
+                map_size: self.map_size,
+                max_readers: self.max_readers,
+                defer_meta_sync: self.durability == Durability::Relaxed,
+            },
         )?);
         let encryption = crate::key_record::open(&storage, path, self.encryption.as_ref())?.map(Arc::new);
         let last_seq = storage.last_seq(&*storage.read_txn()?)?;
