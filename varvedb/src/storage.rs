@@ -552,7 +552,19 @@ impl Storage {
     /// once. Only the writer thread commits so: tickets count its commits in order.
     pub(crate) fn commit_deferred(&self, txn: WriteTxn<'_>) -> Result<Ticket, Error> {
         let before = self.tickets.last();
-        self.commit_unsynced(txn)?;
+        match self.commit_unsynced(txn) {
+            Err(e @ (Error::OutcomeUnknown { .. } | Error::NeedsReopen { .. })) => return Err(e),
+            // The failure may have been the data flush that was to carry the last meta page:
+            // after a failed flush no later one proves that page written, and a commit on top
+            // could reuse pages the commit before it still needs. So the storage stops, and
+            // the last commit's fate is open.
+            Err(e) if self.defer_meta_sync && !self.tickets.is_durable(before) => {
+                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
+                return Err(Error::OutcomeUnknown { source });
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
         let ticket = self.tickets.committed(before);
         if !self.defer_meta_sync {
             self.tickets.flushed(ticket);

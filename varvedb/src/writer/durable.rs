@@ -1,10 +1,13 @@
-//! When the writer answers a request: once its commit is durable, or at once in relaxed mode.
+//! When the writer answers a request, relative to when its commit is durable.
 //!
-//! A commit of the writer flushes its data pages and writes its meta page without a flush;
-//! it becomes durable with the next commit's data flush or an explicit flush (see
-//! `Storage::commit_deferred`). Under load each group is therefore answered after the next
-//! group's commit, one flush per group; when no request is waiting the writer flushes at
-//! once. The reasoning is in `docs/design.md` ("Durability").
+//! With [`Durability::Immediate`] LMDB flushes a commit whole (data pages, then the meta page
+//! through an `O_DSYNC` descriptor) before it returns, so every answer goes out at once. With
+//! [`Durability::Relaxed`] a commit flushes its data pages and writes its meta page without a
+//! flush (see `Storage::commit_deferred`); the answers still go out at once, and the meta page
+//! is flushed by the next commit's data flush or, once no request has come for
+//! [`RELAXED_IDLE_FLUSH`], by a flush of its own. The holding of answers until their ticket
+//! is durable is general: it is what a mode that answers only after the next flush needs.
+//! The reasoning is in `docs/design.md` ("Durability").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
