@@ -1470,6 +1470,38 @@ mod tests {
     }
 
     #[test]
+    fn growing_ahead_writes_zeros_past_the_pages_and_the_file_still_checks_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig { map_size: 1 << 24, max_readers: 8, defer_meta_sync: false };
+        let storage = Storage::open(dir.path(), &config).unwrap();
+        let data = dir.path().join("data.mdb");
+        let len = || std::fs::metadata(&data).unwrap().len();
+        let used = || {
+            let _txn = storage.read_txn().unwrap();
+            (storage.env.info().last_page_number as u64 + 1) * storage.page_size
+        };
+        assert!(storage.grow_ahead().unwrap(), "a new store has no space ahead");
+        let grown = len();
+        assert!(grown >= used() + (128 << 10), "{grown} bytes for {} used", used());
+        assert!(!storage.grow_ahead().unwrap(), "enough space ahead");
+        let mut txn = storage.write_txn().unwrap();
+        for seq in 1..=5_000u64 {
+            storage.append(&mut txn, storage.tables.events, &key::seq(seq), &[7; 100]).unwrap();
+        }
+        storage.commit(txn).unwrap();
+        // The commit's pages went into the written space, and then past it.
+        assert!(used() > grown);
+        assert!(storage.grow_ahead().unwrap());
+        let bytes = std::fs::read(&data).unwrap();
+        assert!(bytes.len() as u64 > used());
+        assert!(bytes[used() as usize..].iter().all(|&b| b == 0), "past the pages: zeros only");
+        drop(storage);
+        crate::lmdb_file::verify_file(dir.path()).unwrap();
+        let storage = Storage::open(dir.path(), &config).unwrap();
+        assert_eq!(storage.last_seq(&storage.read_txn().unwrap()).unwrap(), 5_000);
+    }
+
+    #[test]
     fn log_entries_are_those_of_a_range_from_the_same_seq() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(
