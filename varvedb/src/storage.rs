@@ -23,7 +23,6 @@ use heed::{
 use crate::error::{Error, StorageError};
 
 mod files;
-mod grow;
 mod sync;
 
 pub(crate) use files::prepare_dir;
@@ -412,10 +411,6 @@ pub(crate) struct Storage {
     tickets: sync::Tickets,
     /// As [`StorageConfig::defer_meta_sync`].
     defer_meta_sync: bool,
-    /// `data.mdb` opened to write zeros ahead of its pages (see [`Storage::grow_ahead`]);
-    /// `None` if it could not be opened for writing, and the file grows with each commit.
-    headroom: Option<grow::Headroom>,
-    page_size: u64,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -490,8 +485,6 @@ impl Storage {
             // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
             env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
         }
-        let headroom = grow::Headroom::open(&path.join("data.mdb")).ok();
-        let page_size = u64::from(env.stat().page_size);
         // LMDB syncs what it writes into its files, never the directory that names them. A
         // creation syncs it; an open after a creation that was cut short between its link
         // and that sync must not leave `data.mdb`'s name to chance either.
@@ -506,8 +499,6 @@ impl Storage {
             fatal: OnceLock::new(),
             tickets: sync::Tickets::default(),
             defer_meta_sync: config.defer_meta_sync,
-            headroom,
-            page_size,
         })
     }
 
@@ -593,43 +584,6 @@ impl Storage {
         }
         self.tickets.flushed(before);
         Ok(())
-    }
-
-    /// Writes zeros past the last commit's pages when little written space is left there,
-    /// and flushes them (see the `grow` module): `Ok(true)` when it did, which also made
-    /// every commit before durable. A failed write of zeros is left to the commits that
-    /// follow (they report a full disk); a failed flush is as in [`Storage::sync`].
-    pub(crate) fn grow_ahead(&self) -> Result<bool, Error> {
-        let Some(headroom) = &self.headroom else { return Ok(false) };
-        let step = |info: heed::EnvInfo| {
-            let used = (info.last_page_number as u64 + 1) * self.page_size;
-            headroom.step(used, self.page_size, info.map_size as u64)
-        };
-        // `env.info()` reads the map: a live transaction keeps it from moving meanwhile.
-        if step(self.read_txn().map(|_txn| self.env.info())?).is_none() {
-            return Ok(false);
-        }
-        let txn = self.write_txn()?;
-        // No commit can come between this look at the last page and the zeros.
-        let Some(step) = step(self.env.info()) else { return Ok(false) };
-        let written = headroom.write(&step);
-        drop(txn);
-        if written.is_err() {
-            return Ok(false);
-        }
-        let before = self.tickets.last();
-        match headroom.flush() {
-            Ok(()) => {
-                self.tickets.flushed(before);
-                Ok(true)
-            }
-            // Only zeros were unflushed: every commit was flushed whole.
-            Err(_) if !self.defer_meta_sync => Ok(false),
-            Err(e) => {
-                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(io_error(e, self.path()))));
-                Err(Error::OutcomeUnknown { source })
-            }
-        }
     }
 
     /// Whether the commit of `ticket` (from [`Storage::commit_deferred`]) is durable.
@@ -1467,38 +1421,6 @@ mod tests {
         assert_eq!(value::StreamHead::decode(&[1, 0, 0]), None);
         assert_eq!(value::StreamHead::decode(&[1, 0, 0, 0, 3, b'a']), None);
         assert_eq!(value::StreamHead::decode(&[1, 0, 0, 0, 1, 0xff]), None);
-    }
-
-    #[test]
-    fn growing_ahead_writes_zeros_past_the_pages_and_the_file_still_checks_and_reopens() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = StorageConfig { map_size: 1 << 24, max_readers: 8, defer_meta_sync: false };
-        let storage = Storage::open(dir.path(), &config).unwrap();
-        let data = dir.path().join("data.mdb");
-        let len = || std::fs::metadata(&data).unwrap().len();
-        let used = || {
-            let _txn = storage.read_txn().unwrap();
-            (storage.env.info().last_page_number as u64 + 1) * storage.page_size
-        };
-        assert!(storage.grow_ahead().unwrap(), "a new store has no space ahead");
-        let grown = len();
-        assert!(grown >= used() + (128 << 10), "{grown} bytes for {} used", used());
-        assert!(!storage.grow_ahead().unwrap(), "enough space ahead");
-        let mut txn = storage.write_txn().unwrap();
-        for seq in 1..=5_000u64 {
-            storage.append(&mut txn, storage.tables.events, &key::seq(seq), &[7; 100]).unwrap();
-        }
-        storage.commit(txn).unwrap();
-        // The commit's pages went into the written space, and then past it.
-        assert!(used() > grown);
-        assert!(storage.grow_ahead().unwrap());
-        let bytes = std::fs::read(&data).unwrap();
-        assert!(bytes.len() as u64 > used());
-        assert!(bytes[used() as usize..].iter().all(|&b| b == 0), "past the pages: zeros only");
-        drop(storage);
-        crate::lmdb_file::verify_file(dir.path()).unwrap();
-        let storage = Storage::open(dir.path(), &config).unwrap();
-        assert_eq!(storage.last_seq(&storage.read_txn().unwrap()).unwrap(), 5_000);
     }
 
     #[test]

@@ -139,11 +139,6 @@ impl Answers {
         }
     }
 
-    /// Sends the answers a flush of the store made durable.
-    pub(super) fn release_flushed(&mut self, storage: &Storage, watch: &tokio::sync::watch::Sender<u64>) {
-        self.release(storage, watch);
-    }
-
     /// Sends the held answers whose commits are durable, in order, and publishes the seq.
     fn release(&mut self, storage: &Storage, watch: &tokio::sync::watch::Sender<u64>) {
         let durable = self.held.iter().take_while(|h| storage.is_durable(h.ticket)).count();

@@ -174,12 +174,6 @@ impl Writer {
                 }
                 last_group_len = group.len();
                 state.process(group);
-                // Between commits, not inside one; its flush makes the held answers durable.
-                // A failed flush leaves the storage refusing, and the held answers fail at
-                // theirs.
-                if let Ok(true) = state.storage.grow_ahead() {
-                    state.answers.release_flushed(&state.storage, &state.watch);
-                }
             }
         })?;
         Ok(Writer { tx: Some(tx), thread: Some(thread) })
