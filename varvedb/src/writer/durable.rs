@@ -41,9 +41,10 @@ pub enum Durability {
     /// [`RELAXED_IDLE_FLUSH`](crate::RELAXED_IDLE_FLUSH) without writes, or by
     /// [`Varve::sync`](crate::Varve::sync), or when the store closes. A power loss (or an
     /// operating system crash) may therefore lose the last commit acknowledged before it,
-    /// with every write of its group, but never part of a commit, never an earlier commit
-    /// without the later ones, and it never leaves the store damaged. A crash of the process
-    /// alone loses nothing acknowledged.
+    /// with every write of its group, but never part of a commit, never a commit while a
+    /// later one stays, and it never leaves the store damaged. A crash of the process alone
+    /// loses nothing acknowledged. For stores that would otherwise be run like SQLite's
+    /// `synchronous=NORMAL`: one flush per commit instead of two.
     Relaxed,
 }
 
