@@ -529,7 +529,7 @@ impl Storage {
     /// commit durable, or the flush after it failed, so the commit may be in the file, and
     /// the storage refuses every later transaction.
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
-        self.commit_unsynced(txn)?;
+        self.commit_or_stop(txn, self.tickets.last())?;
         // Without `MDB_NOMETASYNC` LMDB wrote the meta page through an `O_DSYNC` descriptor.
         if self.defer_meta_sync { self.sync() } else { Ok(()) }
     }
@@ -543,19 +543,7 @@ impl Storage {
     /// once. Only the writer thread commits so: tickets count its commits in order.
     pub(crate) fn commit_deferred(&self, txn: WriteTxn<'_>) -> Result<Ticket, Error> {
         let before = self.tickets.last();
-        match self.commit_unsynced(txn) {
-            Err(e @ (Error::OutcomeUnknown { .. } | Error::NeedsReopen { .. })) => return Err(e),
-            // The failure may have been the data flush that was to carry the last meta page:
-            // after a failed flush no later one proves that page written, and a commit on top
-            // could reuse pages the commit before it still needs. So the storage stops, and
-            // the last commit's fate is open.
-            Err(e) if self.defer_meta_sync && !self.tickets.is_durable(before) => {
-                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
-                return Err(Error::OutcomeUnknown { source });
-            }
-            Err(e) => return Err(e),
-            Ok(()) => {}
-        }
+        self.commit_or_stop(txn, before)?;
         let ticket = self.tickets.committed(before);
         if !self.defer_meta_sync {
             self.tickets.flushed(ticket);
@@ -594,6 +582,23 @@ impl Storage {
     /// The ticket of the writer's last commit.
     pub(crate) fn last_ticket(&self) -> Ticket {
         self.tickets.last()
+    }
+
+    /// Commits `txn`, its meta page unflushed with [`StorageConfig::defer_meta_sync`].
+    /// `before` is the writer's last ticket, read before.
+    fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket) -> Result<(), Error> {
+        match self.commit_unsynced(txn) {
+            Err(e @ (Error::OutcomeUnknown { .. } | Error::NeedsReopen { .. })) => Err(e),
+            // The failure may have been the data flush that was to carry the writer's last
+            // meta page: after a failed flush no later one proves that page written, and a
+            // commit on top could reuse pages the commit before it still needs. So the
+            // storage stops, and the last commit's fate is open.
+            Err(e) if self.defer_meta_sync && !self.tickets.is_durable(before) => {
+                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
+                Err(Error::OutcomeUnknown { source })
+            }
+            other => other,
+        }
     }
 
     fn commit_unsynced(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
@@ -1091,9 +1096,8 @@ fn open_env(
         // what is written or mapped: every page is still written through LMDB's copy-on-write
         // transactions. What it weakens, durability, is restored by the storage layer:
         // `Storage::commit` flushes after every commit, and the writer keeps the order of
-        // `docs/design.md` ("Durability").
-        // A new store's private build keeps flushed meta pages: its creation is synced
-        // before the store gets its name.
+        // `docs/design.md` ("Durability"). A new store's private build keeps flushed meta
+        // pages: its creation is synced before the store gets its name.
         unsafe { options.flags(EnvFlags::NO_META_SYNC) };
     }
     if private == Private::Yes {
@@ -1110,9 +1114,9 @@ fn open_env(
     // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
     // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`,
     // `NO_SYNC`; `NO_LOCK` only for a private build, `NO_META_SYNC` only delays a flush,
-    // above). A second open of the same
-    // directory in this process is refused before this (`files::Claim`), and by heed
-    // (`Error::AlreadyOpen`); LMDB's lock file coordinates other processes.
+    // above). A second open of the same directory in this process is refused before this
+    // (`files::Claim`), and by heed (`Error::AlreadyOpen`); LMDB's lock file coordinates
+    // other processes.
     unsafe { options.open(dir) }
 }
 

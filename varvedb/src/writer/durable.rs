@@ -43,7 +43,7 @@ pub enum Durability {
     /// operating system crash) may therefore lose the last commit acknowledged before it,
     /// with every write of its group, but never part of a commit, never a commit while a
     /// later one stays, and it never leaves the store damaged. A crash of the process alone
-    /// loses nothing acknowledged. For stores that would otherwise be run like SQLite's
+    /// loses nothing acknowledged. For stores that would otherwise be run like `SQLite`'s
     /// `synchronous=NORMAL`: one flush per commit instead of two.
     Relaxed,
 }
