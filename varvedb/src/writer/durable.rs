@@ -64,7 +64,9 @@ struct Held {
 pub(super) struct Answers {
     durability: Durability,
     held: Vec<Held>,
-    /// When the oldest commit not yet durable was made, in relaxed mode.
+    /// When the last commit was made, in relaxed mode, while it is not durable: the idle
+    /// flush comes [`RELAXED_IDLE_FLUSH`] after it. Under steady load each commit's data
+    /// flush carries the one before, and no flush of its own is needed.
     unflushed_since: Option<Instant>,
 }
 
@@ -89,7 +91,7 @@ impl Answers {
             Durability::Immediate => self.held.push(Held { ticket, answers, seq: committed_seq }),
             Durability::Relaxed => {
                 if !storage.is_durable(ticket) {
-                    self.unflushed_since.get_or_insert_with(Instant::now);
+                    self.unflushed_since = Some(Instant::now());
                 }
                 // Subscribers see what is acknowledged.
                 publish(watch, committed_seq);
