@@ -140,8 +140,9 @@ impl Writer {
             // little for the rest (writers that just had their answer are sending again).
             let mut last_group_len = 1;
             loop {
-                // Answers waiting for a flush are sent by the next commit's, if a request
-                // comes in time; otherwise by a flush of their own.
+                // A commit not yet durable (relaxed durability) is made so by the next
+                // commit's data flush if a request comes in time, otherwise by a flush of its
+                // own; so are any answers held for it.
                 let first = match state.answers.patience() {
                     None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
                     Some(patience) => rx.recv_timeout(patience),
