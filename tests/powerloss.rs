@@ -37,7 +37,10 @@ use iofault::{Mode, Op};
 const CHILD: &str = env!("CARGO_BIN_EXE_powerloss-child");
 /// `renamed` is `appends` on a filesystem without hard links: the shim refuses every link,
 /// so new files are renamed into place.
-const WORKLOADS: [&str; 7] = ["appends", "group", "projection", "shred", "rotate", "backup", "renamed"];
+/// `relaxed` is `appends` with `Durability::Relaxed`: what survives must be a prefix of the
+/// commits, losing at most the last acknowledged one, and nothing acknowledged before a sync.
+const WORKLOADS: [&str; 8] =
+    ["appends", "group", "projection", "shred", "rotate", "backup", "renamed", "relaxed"];
 const SECTOR: u64 = 512;
 /// Crash states checked by one child process: it opens a store per state.
 const BATCH: usize = 25;

@@ -36,7 +36,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use varvedb::{Event, Varve, aggregate};
+use varvedb::{Durability, Event, Varve, aggregate};
 
 use crate::raw::Raw;
 use crate::v04::V04;
@@ -244,6 +244,8 @@ fn proc_line(file: &str, prefix: &str) -> String {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Subject {
     Ours,
+    /// Ours with `Durability::Relaxed`: the last commit may be lost on power loss, a side column.
+    OursRelaxed,
     Raw,
     V04,
     /// SQLite in WAL mode with `synchronous=FULL`: durable commits.
@@ -254,13 +256,21 @@ enum Subject {
 }
 
 impl Subject {
-    const COUNT: usize = 6;
-    const ALL: [Subject; Subject::COUNT] =
-        [Subject::Ours, Subject::Raw, Subject::V04, Subject::Sqlite, Subject::SqliteNormal, Subject::Redb];
+    const COUNT: usize = 7;
+    const ALL: [Subject; Subject::COUNT] = [
+        Subject::Ours,
+        Subject::OursRelaxed,
+        Subject::Raw,
+        Subject::V04,
+        Subject::Sqlite,
+        Subject::SqliteNormal,
+        Subject::Redb,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Subject::Ours => "ours",
+            Subject::OursRelaxed => "ours relaxed§",
             Subject::Raw => "raw heed",
             Subject::V04 => "0.4.2",
             Subject::Sqlite => "SQLite",
@@ -399,7 +409,8 @@ fn append_rows(config: &Config, v04: &mut Option<V04>, rows: &mut Vec<Row>) -> R
     for (id, name, shape) in shapes {
         if config.runs(id) {
             let mut runs = Runs::new();
-            runs.add(Subject::Ours, || ours::append(fresh()?.path(), shape, time))
+            runs.add(Subject::Ours, || ours::append(fresh()?.path(), Durability::Immediate, shape, time))
+                .add(Subject::OursRelaxed, || ours::append(fresh()?.path(), Durability::Relaxed, shape, time))
                 .add(Subject::Raw, || raw::append(fresh()?.path(), shape, time));
             if let Some(c) = v04.as_mut() {
                 runs.add(Subject::V04, move || c.append(fresh()?.path(), shape, time));
@@ -417,7 +428,8 @@ fn append_rows(config: &Config, v04: &mut Option<V04>, rows: &mut Vec<Row>) -> R
         }
         if id == "W1a" && config.runs("W1b") {
             let mut runs = Runs::new();
-            runs.add(Subject::Ours, || ours::concurrent(fresh()?.path(), time))
+            runs.add(Subject::Ours, || ours::concurrent(fresh()?.path(), Durability::Immediate, time))
+                .add(Subject::OursRelaxed, || ours::concurrent(fresh()?.path(), Durability::Relaxed, time))
                 .add(Subject::Raw, || raw::append(fresh()?.path(), Shape::OneStream { batch: 1 }, time));
             if let Some(c) = v04.as_mut() {
                 runs.add(Subject::V04, move || c.concurrent(fresh()?.path(), CONCURRENT_WRITERS, time));
@@ -805,6 +817,7 @@ fn print_latency(latency: &PerSubject<Vec<Latency>>, samples: u64) {
     for subject in Subject::ALL {
         let label = match subject {
             Subject::Ours => "ours: db.subscribe(1) on tokio",
+            Subject::OursRelaxed => "ours relaxed§: db.subscribe(1) on tokio",
             Subject::Raw => "raw heed: channel after commit, reader thread (no API)",
             Subject::V04 => "varvedb 0.4.2: notify watcher, reader thread",
             Subject::Sqlite => "SQLite FULL: channel after commit, reader connection",
@@ -1096,7 +1109,8 @@ fn main() -> Res<()> {
          ‡ W5b: raw heed has no subscription (n/a); 0.4.2 has none either, its column repeats its W3 \
          (the log read through GlobalReader::iter_from). SQLite and redb have none (n/a).\n\
          § SQLite NORMAL syncs its WAL only at checkpoints: NOT durable on power loss (a side column, \
-         appends only; its reads would be SQLite's). SQLite's {CONCURRENT_WRITERS} writers share one \
+         appends only; its reads would be SQLite's). Ours relaxed (Durability::Relaxed) may lose its \
+         last commit on power loss, never part of one (a side column, appends only). SQLite's {CONCURRENT_WRITERS} writers share one \
          connection behind a mutex, redb's one Database; each call commits on its own.\n\
          total wall time {:.1?}",
         wall.elapsed()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use heed::types::Bytes;
 use heed::{Database, EnvOpenOptions};
 use tokio::runtime::Runtime;
-use varvedb::{Aggregate, ExpectedVersion, NewEvent, Options, Varve, WriteBatch};
+use varvedb::{Aggregate, Durability, ExpectedVersion, NewEvent, Options, Varve, WriteBatch};
 
 use crate::{
     Account, ArchivedPayment, CONCURRENT_WRITERS, Latency, MAP_SIZE, POPULATE_BATCH, Res, SINGLE_STREAM,
@@ -19,16 +19,21 @@ use crate::{
 };
 
 pub(crate) fn open(dir: &Path) -> Res<Varve> {
-    Ok(Options::new().map_size(MAP_SIZE).open(dir)?)
+    open_with(dir, Durability::Immediate)
+}
+
+fn open_with(dir: &Path, durability: Durability) -> Res<Varve> {
+    Ok(Options::new().map_size(MAP_SIZE).durability(durability).open(dir)?)
 }
 
 fn event(i: u64) -> Res<NewEvent> {
     Ok(NewEvent::from_event(&payment(i))?)
 }
 
-/// Appends for `time`, each call a durable commit.
-pub(crate) fn append(dir: &Path, shape: Shape, time: Duration) -> Res<Sample> {
-    let db = open(dir)?;
+/// Appends for `time`, each call a commit (durable when acknowledged with
+/// `Durability::Immediate`).
+pub(crate) fn append(dir: &Path, durability: Durability, shape: Shape, time: Duration) -> Res<Sample> {
+    let db = open_with(dir, durability)?;
     let ids = crate::spread_ids();
     let mut n = 0u64;
     let start = Instant::now();
@@ -75,8 +80,8 @@ pub(crate) fn append(dir: &Path, shape: Shape, time: Duration) -> Res<Sample> {
 }
 
 /// `CONCURRENT_WRITERS` threads appending one event per call, each to its own stream.
-pub(crate) fn concurrent(dir: &Path, time: Duration) -> Res<Sample> {
-    let db = open(dir)?;
+pub(crate) fn concurrent(dir: &Path, durability: Durability, time: Duration) -> Res<Sample> {
+    let db = open_with(dir, durability)?;
     let stop = AtomicBool::new(false);
     let barrier = Barrier::new(CONCURRENT_WRITERS + 1);
     let commits_before = db.stats().commits;

@@ -19,7 +19,11 @@
 //! - `rotating <epoch>` before `rotate_master_key` to the key of that epoch, `rotated
 //!   <epoch>` after it returned;
 //! - `backup <name> <seq>`: `backup` to `<root>/backups/<name>` returned, and every event
-//!   up to `seq` was committed before it started.
+//!   up to `seq` was committed before it started;
+//! - `done`: the lines of one write request are all written (workload `relaxed`);
+//! - `synced`: `Varve::sync` returned, `closed`: the store was dropped (workload `relaxed`:
+//!   what was acknowledged before either is durable, what came after may be lost, from the
+//!   last request on).
 //!
 //! Events are a function of their stream and version, so the checker knows every byte.
 
@@ -30,7 +34,9 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use varvedb::{Appended, Error, ExpectedVersion, MasterKey, NewEvent, Options, Varve, WriteBatch};
+use varvedb::{
+    Appended, Durability, Error, ExpectedVersion, MasterKey, NewEvent, Options, Varve, WriteBatch,
+};
 
 #[path = "totals.rs"]
 #[allow(dead_code)]
@@ -57,6 +63,7 @@ fn key(epoch: u32) -> MasterKey {
 
 fn open(workload: &str, store: &Path, epoch: u32) -> Result<Varve, Error> {
     let options = Options::new();
+    let options = if workload == "relaxed" { options.durability(Durability::Relaxed) } else { options };
     if encrypted(workload) { options.encryption_key(key(epoch)) } else { options }.open(store)
 }
 
@@ -110,6 +117,11 @@ fn run(workload: &str, root: &Path) {
         "shred" => shred(&db, &acks),
         "rotate" => rotate(&db, &acks),
         "backup" => backup(&db, &acks, root),
+        "relaxed" => {
+            relaxed(&db, &acks);
+            drop(db);
+            acks.line("closed");
+        }
         other => panic!("unknown workload {other:?}"),
     }
 }
@@ -134,6 +146,35 @@ fn appends(db: &Varve, acks: &Acks) {
                 .expect("append");
             versions[s as usize] = a.last_version;
             acks.appended(&[a]);
+        }
+    }
+}
+
+/// As `appends`, with `Durability::Relaxed`, and a `sync` every seventh request.
+fn relaxed(db: &Varve, acks: &Acks) {
+    let mut versions = [0u32; 6];
+    for i in 0..36u32 {
+        if i % 4 == 3 {
+            let mut batch = WriteBatch::new();
+            for (k, s) in [i % 6, (i + 1) % 6, (i + 3) % 6].into_iter().enumerate() {
+                let (v, n) = (versions[s as usize], 1 + k as u32 % 2);
+                batch.append(u128::from(s), ExpectedVersion::Exact(v), events("relaxed", s.into(), v, n));
+                versions[s as usize] += n;
+            }
+            acks.appended(&db.write(batch).expect("batch"));
+        } else {
+            let s = i % 6;
+            let (v, n) = (versions[s as usize], 1 + i % 3);
+            let a = db
+                .append(u128::from(s), ExpectedVersion::Exact(v), events("relaxed", s.into(), v, n))
+                .expect("append");
+            versions[s as usize] = a.last_version;
+            acks.appended(&[a]);
+        }
+        acks.line("done");
+        if i % 7 == 6 {
+            db.sync().expect("sync");
+            acks.line("synced");
         }
     }
 }
@@ -294,6 +335,11 @@ struct Promised {
     rotating: u32,
     rotated: u32,
     backups: Vec<(String, u64)>,
+    /// Of each append, the write request it belongs to (counted by `done` lines).
+    requests: Vec<u64>,
+    done: u64,
+    /// How many appends were acknowledged before the last `synced` or `closed`.
+    flushed: usize,
 }
 
 fn promised(lines: &[String]) -> Promised {
@@ -303,7 +349,12 @@ fn promised(lines: &[String]) -> Promised {
         let n = |i: usize| -> u64 { f[i].parse().unwrap_or_else(|_| panic!("bad acknowledgement {line:?}")) };
         match f[0] {
             "opened" => p.opened = true,
-            "append" => p.appends.push([n(1), n(2), n(3), n(4), n(5)]),
+            "append" => {
+                p.appends.push([n(1), n(2), n(3), n(4), n(5)]);
+                p.requests.push(p.done);
+            }
+            "done" => p.done += 1,
+            "synced" | "closed" => p.flushed = p.appends.len(),
             "project" => p.checkpoint = p.checkpoint.max(n(1)),
             "shredding" => _ = p.shredding.insert(n(1).into()),
             "shredded" => _ = p.shredded.insert(n(1).into()),
@@ -380,7 +431,18 @@ fn check(workload: &str, root: &Path, p: &Promised) -> Verdict {
         }
         lost += 1;
     };
-    for &[stream, first_version, _, first_seq, last_seq] in &p.appends {
+    let mut promised = p.appends.as_slice();
+    if workload == "relaxed" {
+        let kept = match relaxed_prefix(p, view.last_seq().unwrap()) {
+            Ok((kept, misses)) => {
+                misses.into_iter().for_each(&mut miss);
+                kept
+            }
+            Err(verdict) => return verdict,
+        };
+        promised = &p.appends[..kept];
+    }
+    for &[stream, first_version, _, first_seq, last_seq] in promised {
         let stream = u128::from(stream);
         for (i, seq) in (first_seq..=last_seq).enumerate() {
             let version = first_version as u32 + i as u32;
@@ -436,6 +498,29 @@ fn check(workload: &str, root: &Path, p: &Promised) -> Verdict {
         }
     }
     if lost > 0 { Verdict::Lost(lost, detail) } else { Verdict::Ok }
+}
+
+/// With `Durability::Relaxed`, what survives is a prefix of the commits: whole, in order,
+/// with at most the last acknowledged request lost, and nothing acknowledged before a
+/// flush. Returns how many acknowledged appends the store (whose log ends at `log_end`)
+/// holds, and what is lost that may not be.
+fn relaxed_prefix(p: &Promised, log_end: u64) -> Result<(usize, Vec<String>), Verdict> {
+    let kept = p.appends.iter().take_while(|a| a[4] <= log_end).count();
+    if let Some(torn) = p.appends.get(kept).filter(|a| a[3] <= log_end) {
+        return Err(Verdict::Integrity(format!(
+            "seqs {}..={} are stored only up to {log_end}",
+            torn[3], torn[4]
+        )));
+    }
+    let mut misses = Vec::new();
+    if kept < p.flushed {
+        misses.push(format!("seq {} was acknowledged before a sync and is lost", p.appends[kept][3]));
+    }
+    let requests: BTreeSet<u64> = p.requests[kept..].iter().copied().collect();
+    if requests.len() > 1 {
+        misses.push(format!("{} acknowledged requests are lost, at most the last may be", requests.len()));
+    }
+    Ok((kept, misses))
 }
 
 /// Opens a crash state's store, with the keys its acknowledgements allow.

@@ -23,8 +23,10 @@ use heed::{
 use crate::error::{Error, StorageError};
 
 mod files;
+mod sync;
 
 pub(crate) use files::prepare_dir;
+pub(crate) use sync::Ticket;
 
 /// On-disk format version written to `meta` on creation and checked on every open.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -507,8 +509,14 @@ pub(crate) struct Storage {
     _claim: files::Claim,
     /// Set when a commit failed while writing its meta page. LMDB then refuses every later
     /// transaction of this environment (`MDB_PANIC`) until it is closed; what this holds is
-    /// the error that caused it, given as the source of every refusal.
+    /// the error that caused it, given as the source of every refusal. Also set when a
+    /// flush of `data.mdb` failed: what was written may never reach the disk, so every later
+    /// transaction is refused the same way.
     fatal: OnceLock<Arc<Error>>,
+    /// Which of the writer's commits are durable (see [`Storage::commit_deferred`]).
+    tickets: sync::Tickets,
+    /// As [`StorageConfig::defer_meta_sync`].
+    defer_meta_sync: bool,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -518,6 +526,9 @@ pub(crate) struct StorageConfig {
     /// Whether a store created by this open keeps the Merkle tree (recorded with the
     /// format version, in the creation's one commit).
     pub(crate) merkle_tree: bool,
+    /// Commits write their meta page without a flush (`MDB_NOMETASYNC`), made durable by
+    /// the next flush: for relaxed durability (see [`Storage::commit_deferred`]).
+    pub(crate) defer_meta_sync: bool,
 }
 
 /// How far the oldest open read view of a store is behind its last commit: the oldest LMDB
@@ -566,10 +577,12 @@ impl Storage {
         // the file it maps: damage it would read on the way in is refused first.
         crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
         let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
-        let env = open_env(path, map_size, config.max_readers, Private::No).map_err(|e| match e {
-            heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
-            other => engine_error(other, map_size, path),
-        })?;
+        let env = open_env(path, map_size, config.max_readers, Private::No, config.defer_meta_sync).map_err(
+            |e| match e {
+                heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
+                other => engine_error(other, map_size, path),
+            },
+        )?;
         // LMDB grows the map to the file's size if the file is larger than asked for.
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
@@ -578,6 +591,10 @@ impl Storage {
         if crate::lmdb_file::failed_commit(path).is_some() {
             rewrite_meta_page(&env, tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
+        }
+        if config.defer_meta_sync {
+            // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
+            env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
         }
         // LMDB syncs what it writes into its files, never the directory that names them. A
         // creation syncs it; an open after a creation that was cut short between its link
@@ -591,6 +608,8 @@ impl Storage {
             lock_file,
             _claim: claim,
             fatal: OnceLock::new(),
+            tickets: sync::Tickets::default(),
+            defer_meta_sync: config.defer_meta_sync,
         })
     }
 
@@ -616,11 +635,84 @@ impl Storage {
         Ok(WriteTxn { txn, _live: live })
     }
 
-    /// Commits `txn`. An error means nothing of it is stored, except
+    /// Commits `txn` durably. An error means nothing of it is stored, except
     /// [`Error::OutcomeUnknown`]: LMDB failed while writing the meta page that makes the
-    /// commit durable, so the commit may be in the file, and the environment refuses every
-    /// later transaction.
+    /// commit durable, or the flush after it failed, so the commit may be in the file, and
+    /// the storage refuses every later transaction.
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
+        self.commit_or_stop(txn, self.tickets.last())?;
+        // Without `MDB_NOMETASYNC` LMDB wrote the meta page through an `O_DSYNC` descriptor.
+        if self.defer_meta_sync { self.sync() } else { Ok(()) }
+    }
+
+    /// Commits `txn` as [`Storage::commit`] does, except that with
+    /// [`StorageConfig::defer_meta_sync`] the commit's meta page is written and not flushed:
+    /// the commit is in force (every transaction begun after this sees it) but durable only
+    /// once [`Storage::is_durable`] says so of the ticket returned, that is after the next
+    /// commit of this kind, or the next [`Storage::sync`]. A power loss before that takes
+    /// the store back to the commit before, whole. Without it, the ticket is durable at
+    /// once. Only the writer thread commits so: tickets count its commits in order.
+    pub(crate) fn commit_deferred(&self, txn: WriteTxn<'_>) -> Result<Ticket, Error> {
+        let before = self.tickets.last();
+        self.commit_or_stop(txn, before)?;
+        let ticket = self.tickets.committed(before);
+        if !self.defer_meta_sync {
+            self.tickets.flushed(ticket);
+        }
+        Ok(ticket)
+    }
+
+    /// Flushes `data.mdb`: every commit made before is durable when this returns `Ok`. A
+    /// failed flush may have dropped what it was to write, so it leaves the storage refusing
+    /// every later transaction with [`Error::NeedsReopen`]; the error returned is
+    /// [`Error::OutcomeUnknown`].
+    pub(crate) fn sync(&self) -> Result<(), Error> {
+        if !self.defer_meta_sync {
+            // Every commit was flushed whole before it returned.
+            return Ok(());
+        }
+        if let Some(source) = self.fatal.get() {
+            // After a failed flush a later one may succeed without having written what the
+            // failed one dropped.
+            return Err(Error::OutcomeUnknown { source: Arc::clone(source) });
+        }
+        let before = self.tickets.last();
+        if let Err(e) = self.env.force_sync() {
+            let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(self.err(e))));
+            return Err(Error::OutcomeUnknown { source });
+        }
+        self.tickets.flushed(before);
+        Ok(())
+    }
+
+    /// Whether the commit of `ticket` (from [`Storage::commit_deferred`]) is durable.
+    pub(crate) fn is_durable(&self, ticket: Ticket) -> bool {
+        self.tickets.is_durable(ticket)
+    }
+
+    /// The ticket of the writer's last commit.
+    pub(crate) fn last_ticket(&self) -> Ticket {
+        self.tickets.last()
+    }
+
+    /// Commits `txn`, its meta page unflushed with [`StorageConfig::defer_meta_sync`].
+    /// `before` is the writer's last ticket, read before.
+    fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket) -> Result<(), Error> {
+        match self.commit_unsynced(txn) {
+            Err(e @ (Error::OutcomeUnknown { .. } | Error::NeedsReopen { .. })) => Err(e),
+            // The failure may have been the data flush that was to carry the writer's last
+            // meta page: after a failed flush no later one proves that page written, and a
+            // commit on top could reuse pages the commit before it still needs. So the
+            // storage stops, and the last commit's fate is open.
+            Err(e) if self.defer_meta_sync && !self.tickets.is_durable(before) => {
+                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
+                Err(Error::OutcomeUnknown { source })
+            }
+            other => other,
+        }
+    }
+
+    fn commit_unsynced(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
         // The transaction ends before it stops counting as live.
         let WriteTxn { txn, _live } = txn;
         let txnid = txn.id() as u64;
@@ -651,6 +743,11 @@ impl Storage {
         &'s self,
         begin: impl Fn(&'s Env<WithoutTls>) -> heed::Result<T>,
     ) -> Result<(T, Live<'s>), Error> {
+        if let Some(source) = self.fatal.get() {
+            // LMDB refuses too after a failed meta-page write; after a failed flush only
+            // this does.
+            return Err(Error::NeedsReopen { source: Arc::clone(source) });
+        }
         let live = self.txns.enter();
         match begin(&self.env) {
             Ok(txn) => return Ok((txn, live)),
@@ -895,17 +992,20 @@ impl Storage {
         // page of a failed commit, stale reader slots) is repaired, and the file is checked.
         let len = std::fs::metadata(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?.len();
         let room = usize::try_from(len).unwrap_or(usize::MAX / 2).saturating_mul(2).saturating_add(64 << 20);
-        let storage =
-            Storage::open(dir, &StorageConfig { map_size: room, max_readers: 1024, merkle_tree: false })
-                .map_err(|e| match e {
-                    Error::AlreadyOpen { path } => Error::StoreInUse { path },
-                    other => other,
-                })?;
+        let storage = Storage::open(
+            dir,
+            &StorageConfig { map_size: room, max_readers: 1024, merkle_tree: false, defer_meta_sync: false },
+        )
+        .map_err(|e| match e {
+            Error::AlreadyOpen { path } => Error::StoreInUse { path },
+            other => other,
+        })?;
         drop(storage);
         files::replace_data_file(dir, |new_file| {
             let len = std::fs::metadata(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?.len();
             let map_size = round_up_to_page(usize::try_from(len).unwrap_or(usize::MAX));
-            let env = open_env(dir, map_size, 1, Private::Yes).map_err(|e| engine_error(e, map_size, dir))?;
+            let env = open_env(dir, map_size, 1, Private::Yes, false)
+                .map_err(|e| engine_error(e, map_size, dir))?;
             let mut out = std::fs::File::options()
                 .write(true)
                 .create_new(true)
@@ -1147,9 +1247,19 @@ fn open_env(
     map_size: usize,
     max_readers: u32,
     private: Private,
+    defer_meta_sync: bool,
 ) -> heed::Result<Env<WithoutTls>> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(map_size).max_dbs(16).max_readers(max_readers);
+    if defer_meta_sync && private == Private::No {
+        // SAFETY: `MDB_NOMETASYNC` changes only when a commit's meta page is flushed, not
+        // what is written or mapped: every page is still written through LMDB's copy-on-write
+        // transactions. What it weakens, durability, is restored by the storage layer:
+        // `Storage::commit` flushes after every commit, and the writer keeps the order of
+        // `docs/design.md` ("Durability"). A new store's private build keeps flushed meta
+        // pages: its creation is synced before the store gets its name.
+        unsafe { options.flags(EnvFlags::NO_META_SYNC) };
+    }
     if private == Private::Yes {
         // SAFETY: without a lock file, LMDB leaves all coordination to its user. Only two
         // kinds of directory are opened so, each used by this one environment on one thread:
@@ -1167,9 +1277,10 @@ fn open_env(
     // precondition of `Options::open` (do not write to `data.mdb` by other means, no network
     // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
     // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`,
-    // `NO_SYNC`; `NO_LOCK` only for a private build, above). A second open of the same
-    // directory in this process is refused before this (`files::Claim`), and by heed
-    // (`Error::AlreadyOpen`); LMDB's lock file coordinates other processes.
+    // `NO_SYNC`; `NO_LOCK` only for a private build, `NO_META_SYNC` only delays a flush,
+    // above). A second open of the same directory in this process is refused before this
+    // (`files::Claim`), and by heed (`Error::AlreadyOpen`); LMDB's lock file coordinates
+    // other processes.
     unsafe { options.open(dir) }
 }
 
@@ -1177,8 +1288,8 @@ fn open_env(
 /// and the format version, committed durably. The environment is closed on return, so the
 /// file is complete and no longer mapped. Errors name `store_dir`, the store being created.
 fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize, merkle_tree: bool) -> Result<(), Error> {
-    let env =
-        open_env(build_dir, map_size, 1, Private::Yes).map_err(|e| engine_error(e, map_size, store_dir))?;
+    let env = open_env(build_dir, map_size, 1, Private::Yes, false)
+        .map_err(|e| engine_error(e, map_size, store_dir))?;
     prepare_tables(&env, map_size, store_dir, Some(merkle_tree))?;
     // `env` is the only handle: dropping it closes the environment.
     Ok(())
@@ -1522,7 +1633,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(
             dir.path(),
-            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false },
+            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false, defer_meta_sync: false },
         )
         .unwrap();
         let events = storage.tables.events;
@@ -1631,7 +1742,12 @@ mod tests {
         {
             let storage = Storage::open(
                 dir.path(),
-                &StorageConfig { map_size: 1 << 24, max_readers: 8, merkle_tree: false },
+                &StorageConfig {
+                    map_size: 1 << 24,
+                    max_readers: 8,
+                    merkle_tree: false,
+                    defer_meta_sync: false,
+                },
             )
             .unwrap();
             let mut txn = storage.write_txn().unwrap();
@@ -1663,7 +1779,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(
             dir.path(),
-            &StorageConfig { map_size: 1 << 22, max_readers: 8, merkle_tree: false },
+            &StorageConfig { map_size: 1 << 22, max_readers: 8, merkle_tree: false, defer_meta_sync: false },
         )
         .unwrap();
         let table = storage.tables.projections;
@@ -1714,7 +1830,7 @@ mod tests {
         }
         let Err(err) = Storage::open(
             dir.path(),
-            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false },
+            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false, defer_meta_sync: false },
         ) else {
             panic!("a value opened as a table");
         };
@@ -1744,7 +1860,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(
             dir.path(),
-            &StorageConfig { map_size: 1 << 20, max_readers: 200, merkle_tree: false },
+            &StorageConfig {
+                map_size: 1 << 20,
+                max_readers: 200,
+                merkle_tree: false,
+                defer_meta_sync: false,
+            },
         )
         .unwrap();
         let commit = || {

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::id::StreamId;
 use crate::read::ReadView;
 use crate::storage::{ReaderLag, Storage, StorageConfig};
-use crate::writer::{Counters, LagWarning, Reply, Request, WriteResult, Writer, WriterConfig};
+use crate::writer::{Counters, Durability, LagWarning, Reply, Request, WriteResult, Writer, WriterConfig};
 
 mod keys;
 
@@ -26,8 +26,8 @@ mod keys;
 /// - any store identity; see [`expect_store_id`](Self::expect_store_id).
 /// - no warning about read views held open; see [`on_reader_lag`](Self::on_reader_lag).
 /// - no Merkle tree over the log; see [`verifiable_log`](Self::verifiable_log).
-///
-/// Commits are durable: a write returns only after LMDB has synced it to disk.
+/// - `durability`: [`Durability::Immediate`], a write returns only once its commit is on
+///   disk; see [`durability`](Self::durability).
 ///
 /// ```
 /// use varvedb::Options;
@@ -44,6 +44,7 @@ pub struct Options {
     expect_store_id: Option<StoreId>,
     lag_warning: Option<LagWarning>,
     verifiable_log: bool,
+    durability: Durability,
 }
 
 impl Default for Options {
@@ -56,6 +57,7 @@ impl Default for Options {
             expect_store_id: None,
             lag_warning: None,
             verifiable_log: false,
+            durability: Durability::Immediate,
         }
     }
 }
@@ -199,7 +201,7 @@ impl Options {
     ///
     /// It is off by default for its cost: each event adds about four SHA-256 compressions
     /// to its commit (a large commit hashes them on a second thread) and about 37 bytes to
-    /// the file. `docs/performance.md` (W7) has the figures.
+    /// the file. `docs/performance.md` (W8) has the figures.
     ///
     /// ```
     /// use varvedb::{Error, Options};
@@ -214,6 +216,16 @@ impl Options {
     #[must_use]
     pub fn verifiable_log(mut self, on: bool) -> Self {
         self.verifiable_log = on;
+        self
+    }
+
+    /// When a write is acknowledged: once durable ([`Durability::Immediate`], the default),
+    /// or once in force, with its events on disk and the last commit at risk of a power loss
+    /// ([`Durability::Relaxed`]). A setting of this process's handle, not of the store:
+    /// other processes choose their own.
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
         self
     }
 
@@ -255,6 +267,7 @@ impl Options {
                 map_size: self.map_size,
                 max_readers: self.max_readers,
                 merkle_tree: self.verifiable_log,
+                defer_meta_sync: self.durability == Durability::Relaxed,
             },
         )?);
         let opened = crate::key_record::open(&storage, path, self.encryption.as_ref(), self.expect_store_id)?;
@@ -275,6 +288,7 @@ impl Options {
                 encryption: encryption.clone(),
                 lag_warning: self.lag_warning.clone(),
                 merkle_tree,
+                durability: self.durability,
             },
             Arc::clone(&counters),
             watch_tx,
@@ -444,8 +458,20 @@ impl Varve {
         ReadView::new(&self.inner.storage, self.inner.encryption.as_deref())
     }
 
-    /// A `watch` of the last committed seq, updated after every commit by this process.
-    /// Use it to wake up when new events arrive, then read them through a view.
+    /// Flushes the store: every write acknowledged before this call survives a power loss
+    /// once it returns. Needed only with [`Durability::Relaxed`], where the last commit
+    /// waits for the next one, or a pause in writes, to be flushed.
+    ///
+    /// # Errors
+    /// [`Error::OutcomeUnknown`] if the flush failed: writes acknowledged since the last
+    /// flush may be lost, and the store must be reopened ([`Error::NeedsReopen`]).
+    pub fn sync(&self) -> Result<(), Error> {
+        self.inner.storage.sync()
+    }
+
+    /// A `watch` of the last committed seq, updated after every acknowledged commit by this
+    /// process (with [`Durability::Immediate`], once the commit is durable). Use it to wake
+    /// up when new events arrive, then read them through a view.
     #[must_use]
     pub fn watch_last_seq(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.watch.clone()

@@ -17,12 +17,15 @@ use crate::tlog::TreeFeed;
 
 mod apply;
 mod dedup;
+mod durable;
 mod hash;
 mod head_cache;
 mod index_order;
 mod keys;
 mod plan;
 
+use durable::Answers;
+pub use durable::{Durability, RELAXED_IDLE_FLUSH};
 use head_cache::HeadCache;
 use index_order::IndexOrder;
 use keys::WriterCrypto;
@@ -74,6 +77,7 @@ pub(crate) struct WriterConfig {
     pub(crate) lag_warning: Option<LagWarning>,
     /// Whether the store keeps the Merkle tree over its log.
     pub(crate) merkle_tree: bool,
+    pub(crate) durability: Durability,
 }
 
 /// What the writer calls, after a commit, when the oldest open read view is more than
@@ -120,6 +124,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel::<Request>();
         let crypto = config.encryption.clone().map(WriterCrypto::new);
         let tree = if config.merkle_tree { Some(TreeFeed::spawn()?) } else { None };
+        let answers = Answers::new(config.durability);
         let mut state = WriterState {
             storage,
             config,
@@ -133,16 +138,37 @@ impl Writer {
             tree,
             last_timestamp: 0,
             lag_warned: None,
+            answers,
+            committed_seq: 0,
         };
         state.last_timestamp = state.last_stored_timestamp()?;
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
             // The size of the last group: while fewer requests wait than that, linger a
             // little for the rest (writers that just had their answer are sending again).
             let mut last_group_len = 1;
-            while let Ok(first) = rx.recv() {
+            loop {
+                // A commit not yet durable (relaxed durability) is made so by the next
+                // commit's data flush if a request comes in time, otherwise by a flush of its
+                // own; so are any answers held for it.
+                let first = match state.answers.patience() {
+                    None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                    Some(patience) => rx.recv_timeout(patience),
+                };
+                let first = match first {
+                    Ok(first) => first,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        state.answers.flush(&state.storage, &state.watch);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        state.answers.flush(&state.storage, &state.watch);
+                        break;
+                    }
+                };
                 let mut group = vec![first];
                 drain(&rx, &mut group);
-                if group.len() < last_group_len {
+                // Writers whose answers are held cannot send yet: no use waiting for them.
+                if group.len() < last_group_len && !state.answers.holds_any() {
                     let deadline = std::time::Instant::now() + LINGER;
                     while group.len() < last_group_len {
                         match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
@@ -196,6 +222,10 @@ struct WriterState {
     last_timestamp: u64,
     /// The lag last reported to the lag warning, while the oldest view stays past its bound.
     lag_warned: Option<u64>,
+    /// Answers waiting for their commits to be durable.
+    answers: Answers,
+    /// The highest seq this writer committed.
+    committed_seq: u64,
 }
 
 impl WriterState {
@@ -234,9 +264,8 @@ impl WriterState {
                 .collect(),
             Err(e) => vec![Err(e)],
         };
-        for (reply, result) in replies.into_iter().zip(results) {
-            reply.send(result);
-        }
+        let answers = replies.into_iter().zip(results).collect();
+        self.answers.push(&self.storage, &self.watch, answers, self.committed_seq);
     }
 
     /// Applies `batches` in one transaction. `Err` means the transaction failed as a whole
@@ -329,7 +358,7 @@ impl WriterState {
             if let Some(tree) = &mut tree {
                 tree.flush(&storage, &mut txn)?;
             }
-            storage.commit(txn)?;
+            storage.commit_deferred(txn)?;
             if let (Some(generation), Some(master)) = (keys_generation, master) {
                 master.saw_keys_generation(generation);
             }
@@ -341,7 +370,7 @@ impl WriterState {
             // `last_timestamp` already holds the newest time written (`apply`).
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
-            self.watch.send_replace(next_seq - 1);
+            self.committed_seq = next_seq - 1;
             self.check_reader_lag();
         } else {
             // Nothing written, nothing committed: the store is still as the last commit left it.

@@ -1,0 +1,73 @@
+//! Which commits are durable.
+//!
+//! The environment is opened with LMDB's `MDB_NOMETASYNC`: a commit writes its data pages,
+//! flushes them (`fdatasync`), and then writes its meta page without a flush. That meta page
+//! becomes durable with the next flush of `data.mdb`: the data flush of the next commit (of
+//! any thread or process), or an explicit sync. Until then a power loss takes the store back
+//! to the commit before, whole: LMDB reuses no page the last two commits can reach (see
+//! "Durability" in `docs/design.md`).
+//!
+//! The writer's commits are counted with tickets: `written` is the ticket of the last
+//! commit whose meta page was written, `synced` the last ticket known flushed. A commit's
+//! own data flush makes every meta page written before it began durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A commit's place in the order of the writer's commits: durable once
+/// [`Tickets::is_durable`] says so.
+pub(crate) type Ticket = u64;
+
+#[derive(Default)]
+pub(super) struct Tickets {
+    written: AtomicU64,
+    synced: AtomicU64,
+}
+
+impl Tickets {
+    /// The last ticket handed out: a commit already made, durable or not.
+    pub(super) fn last(&self) -> Ticket {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Called with `before` = [`Tickets::last`] read before a commit began, once the commit
+    /// returned: its data flush made every meta page up to `before` durable; its own meta
+    /// page is not yet.
+    pub(super) fn committed(&self, before: Ticket) -> Ticket {
+        self.synced.fetch_max(before, Ordering::AcqRel);
+        // Only the writer thread commits with tickets, one commit at a time.
+        self.written.store(before + 1, Ordering::Release);
+        before + 1
+    }
+
+    /// Called with `before` = [`Tickets::last`] read before a flush of the whole file began,
+    /// once it returned.
+    pub(super) fn flushed(&self, before: Ticket) {
+        self.synced.fetch_max(before, Ordering::AcqRel);
+    }
+
+    pub(super) fn is_durable(&self, ticket: Ticket) -> bool {
+        ticket <= self.synced.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_is_durable_after_the_next_commit_or_a_flush() {
+        let t = Tickets::default();
+        assert!(t.is_durable(t.last()), "nothing committed is nothing to wait for");
+        let first = t.committed(t.last());
+        assert!(!t.is_durable(first));
+        let second = t.committed(t.last());
+        assert!(t.is_durable(first) && !t.is_durable(second));
+        let before = t.last();
+        let third = t.committed(t.last());
+        // A flush that began before the third commit says nothing of it.
+        t.flushed(before);
+        assert!(t.is_durable(second) && !t.is_durable(third));
+        t.flushed(t.last());
+        assert!(t.is_durable(third));
+    }
+}

@@ -1,0 +1,173 @@
+//! When the writer answers a request, relative to when its commit is durable.
+//!
+//! With [`Durability::Immediate`] LMDB flushes a commit whole (data pages, then the meta page
+//! through an `O_DSYNC` descriptor) before it returns, so every answer goes out at once. With
+//! [`Durability::Relaxed`] a commit flushes its data pages and writes its meta page without a
+//! flush (see `Storage::commit_deferred`); the answers still go out at once, and the meta page
+//! is flushed by the next commit's data flush or, once no request has come for
+//! [`RELAXED_IDLE_FLUSH`], by a flush of its own. The holding of answers until their ticket
+//! is durable is general: it is what a mode that answers only after the next flush needs.
+//! The reasoning is in `docs/design.md` ("Durability").
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Reply, WriteResult};
+use crate::error::Error;
+use crate::storage::{Storage, Ticket};
+
+/// When a write is acknowledged, relative to when it is durable. Set with
+/// [`Options::durability`](crate::Options::durability).
+///
+/// ```
+/// use varvedb::{Durability, ExpectedVersion, NewEvent, Options};
+/// # let dir = tempfile::tempdir()?;
+/// let db = Options::new().durability(Durability::Relaxed).open(dir.path())?;
+/// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
+/// // Everything acknowledged so far survives a power loss once this returns.
+/// db.sync()?;
+/// # Ok::<(), varvedb::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// A write returns only once its commit is on disk: a power loss at any moment keeps
+    /// every acknowledged write. The default.
+    #[default]
+    Immediate,
+    /// A write returns once its commit is in force (readers see it) and its events are on
+    /// disk, before the small write that makes the commit the store's current state is
+    /// flushed. That write is flushed with the next commit, or after
+    /// [`RELAXED_IDLE_FLUSH`](crate::RELAXED_IDLE_FLUSH) without writes, or by
+    /// [`Varve::sync`](crate::Varve::sync), or when the store closes. A power loss (or an
+    /// operating system crash) may therefore lose the last commit acknowledged before it,
+    /// with every write of its group, but never part of a commit, never a commit while a
+    /// later one stays, and it never leaves the store damaged. A crash of the process alone
+    /// loses nothing acknowledged. For stores that would otherwise be run like `SQLite`'s
+    /// `synchronous=NORMAL`: one flush per commit instead of two.
+    Relaxed,
+}
+
+/// How long a store with [`Durability::Relaxed`] leaves its last commit unflushed while no
+/// write comes.
+pub const RELAXED_IDLE_FLUSH: Duration = Duration::from_millis(10);
+
+/// The answers of one group, and what they wait for.
+struct Held {
+    ticket: Ticket,
+    answers: Vec<(Reply, WriteResult)>,
+    /// The highest seq committed when the group was done.
+    seq: u64,
+}
+
+/// Answers the writer holds back until their commits are durable.
+pub(super) struct Answers {
+    durability: Durability,
+    held: Vec<Held>,
+    /// When the last commit was made, in relaxed mode, while it is not durable: the idle
+    /// flush comes [`RELAXED_IDLE_FLUSH`] after it. Under steady load each commit's data
+    /// flush carries the one before, and no flush of its own is needed.
+    unflushed_since: Option<Instant>,
+}
+
+impl Answers {
+    pub(super) fn new(durability: Durability) -> Self {
+        Answers { durability, held: Vec::new(), unflushed_since: None }
+    }
+
+    /// Takes the answers of a group, once its commits are made (and `committed_seq` is the
+    /// highest seq they left), and sends those whose commits are durable.
+    pub(super) fn push(
+        &mut self,
+        storage: &Storage,
+        watch: &tokio::sync::watch::Sender<u64>,
+        answers: Vec<(Reply, WriteResult)>,
+        committed_seq: u64,
+    ) {
+        // Every answer of the group, a deduplicated one or a conflict too, may tell of a
+        // commit not yet durable: all wait for the last commit made.
+        let ticket = storage.last_ticket();
+        match self.durability {
+            Durability::Immediate => self.held.push(Held { ticket, answers, seq: committed_seq }),
+            Durability::Relaxed => {
+                if !storage.is_durable(ticket) {
+                    self.unflushed_since = Some(Instant::now());
+                }
+                // Subscribers see what is acknowledged.
+                publish(watch, committed_seq);
+                send(answers);
+            }
+        }
+        self.release(storage, watch);
+    }
+
+    /// How long the writer may wait for the next request before it must flush; `None`:
+    /// as long as it takes.
+    pub(super) fn patience(&self) -> Option<Duration> {
+        match self.durability {
+            Durability::Immediate => (!self.held.is_empty()).then_some(Duration::ZERO),
+            Durability::Relaxed => {
+                self.unflushed_since.map(|since| RELAXED_IDLE_FLUSH.saturating_sub(since.elapsed()))
+            }
+        }
+    }
+
+    /// Whether answers wait for a flush: the writers that sent them cannot send again yet.
+    pub(super) fn holds_any(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Flushes the store and sends every answer held. A failed flush turns each held
+    /// success into [`Error::OutcomeUnknown`]: the write is in the file, but may be lost.
+    pub(super) fn flush(&mut self, storage: &Storage, watch: &tokio::sync::watch::Sender<u64>) {
+        if self.held.is_empty() && self.unflushed_since.is_none() {
+            return;
+        }
+        match storage.sync() {
+            Ok(()) => self.release(storage, watch),
+            Err(e) => {
+                let source = match e {
+                    Error::OutcomeUnknown { source } => source,
+                    other => Arc::new(other),
+                };
+                for held in self.held.drain(..) {
+                    for (reply, result) in held.answers {
+                        reply.send(
+                            result.and_then(|_| Err(Error::OutcomeUnknown { source: Arc::clone(&source) })),
+                        );
+                    }
+                }
+                self.unflushed_since = None;
+            }
+        }
+    }
+
+    /// Sends the held answers whose commits are durable, in order, and publishes the seq.
+    fn release(&mut self, storage: &Storage, watch: &tokio::sync::watch::Sender<u64>) {
+        let durable = self.held.iter().take_while(|h| storage.is_durable(h.ticket)).count();
+        for held in self.held.drain(..durable) {
+            // Subscribers see what is acknowledged: in immediate mode, only what is durable.
+            publish(watch, held.seq);
+            send(held.answers);
+        }
+        if storage.is_durable(storage.last_ticket()) {
+            self.unflushed_since = None;
+        }
+    }
+}
+
+fn publish(watch: &tokio::sync::watch::Sender<u64>, seq: u64) {
+    watch.send_if_modified(|v| {
+        let newer = *v < seq;
+        if newer {
+            *v = seq;
+        }
+        newer
+    });
+}
+
+fn send(answers: Vec<(Reply, WriteResult)>) {
+    for (reply, result) in answers {
+        reply.send(result);
+    }
+}
