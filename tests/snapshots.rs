@@ -143,6 +143,65 @@ fn save_snapshots_every_n_events_and_load_folds_only_the_rest() {
     assert_eq!(db.stream::<Every7>(3u128).load().unwrap().replayed(), 30);
 }
 
+/// Posts `n` postings of 1 cent: a command for `Every7::execute`.
+struct PostMany(u64);
+
+impl varvedb::Handle<PostMany> for Every7 {
+    type Error = std::convert::Infallible;
+    fn handle(&self, command: &PostMany) -> Result<Vec<Pending<Self>>, Self::Error> {
+        Ok((0..command.0).map(|i| Pending::from(posted(i))).collect())
+    }
+}
+
+#[test]
+fn execute_and_transact_snapshot_every_n_events_as_save_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+
+    // `execute` decides and saves: crossing 7 leaves a snapshot at the version it reached.
+    let s = db.stream::<Every7>(1u128);
+    s.execute(&PostMany(5)).unwrap();
+    assert_eq!(s.load().unwrap().replayed(), 5, "below 7: no snapshot yet");
+    s.execute(&PostMany(4)).unwrap();
+    assert_eq!((s.load().unwrap().version(), s.load().unwrap().replayed()), (9, 0));
+
+    // A transaction's saves, each on its own stream, and only those that cross 7.
+    let (a, b) = (db.stream::<Every7>(2u128), db.stream::<Every7>(3u128));
+    let done = db
+        .transact(|tx| {
+            let (la, lb) = (tx.load(&a)?, tx.load(&b)?);
+            tx.save(&a, &la, (0..8).map(posted))?;
+            tx.save(&b, &lb, (0..3).map(posted))?;
+            Ok::<_, varvedb::ExecuteError<std::convert::Infallible>>(())
+        })
+        .unwrap();
+    assert_eq!(done.appended.len(), 2);
+    assert_eq!((a.load().unwrap().version(), a.load().unwrap().replayed()), (8, 0));
+    assert_eq!((b.load().unwrap().version(), b.load().unwrap().replayed()), (3, 3));
+    let full = db.stream::<Full>(2u128).load().unwrap();
+    assert_eq!(a.load().unwrap().state().fields(), full.state().fields());
+
+    // The testing harness commits a transaction's saves as `transact` does.
+    let world = varvedb::testing::World::new();
+    let d = world.stream::<Every7>(5u128);
+    world
+        .when(|tx| {
+            let loaded = tx.load(&d)?;
+            tx.save(&d, &loaded, (0..7).map(posted))?;
+            Ok::<_, varvedb::ExecuteError<std::convert::Infallible>>(())
+        })
+        .then(&d, (0..7).map(posted))
+        .commit();
+    assert_eq!((d.load().unwrap().version(), d.load().unwrap().replayed()), (7, 0));
+
+    // A plain batch write is not a save of the typed layer: no snapshot.
+    let c = db.stream::<Every7>(4u128);
+    let mut batch = db.batch();
+    batch.save(&c, &c.load().unwrap(), (0..8).map(posted)).unwrap();
+    db.write(batch).unwrap();
+    assert_eq!(c.load().unwrap().replayed(), 8);
+}
+
 #[test]
 fn stream_snapshot_stores_the_state_on_demand() {
     let dir = tempfile::tempdir().unwrap();

@@ -434,7 +434,7 @@ impl<A: Aggregate> Stream<A> {
     /// `snapshot_every`. The events are stored whatever happens here, so a snapshot that
     /// cannot be made (a store error, or a save from inside a projection handler) is left
     /// for the next one; the load it costs starts from the previous snapshot.
-    fn snapshot_if_due(&self, from: u32, to: u32) {
+    pub(crate) fn snapshot_if_due(&self, from: u32, to: u32) {
         let Some(codec) = &A::SNAPSHOTS else { return };
         if codec.every == 0 || from / codec.every == to / codec.every {
             return;
@@ -544,4 +544,10 @@ impl<A: Aggregate> Stream<A> {
         }
         Ok(head.map(|(version, _)| version))
     }
+}
+
+/// [`Stream::snapshot_if_due`] for a stream named by id, so a save of several aggregates
+/// ([`Varve::transact`]) can keep one plain function per save.
+pub(crate) fn snapshot_stream_if_due<A: Aggregate>(db: &Varve, id: StreamId, from: u32, to: u32) {
+    Stream::<A> { db: db.clone(), id, _aggregate: PhantomData }.snapshot_if_due(from, to);
 }
