@@ -514,10 +514,9 @@ impl<A: Aggregate> Stream<A> {
         self.execute_with(command, &ExecuteOptions::new().retry(policy))
     }
 
-    /// The stream must be `A`'s (or not exist), and the store must know `A`'s events with
-    /// the shapes this build has.
-    /// Checks the stream's kind and `A`'s schemas against the store; returns the stream's
-    /// version, which a read of it is then checked against.
+    /// Checks that the stream is `A`'s (or does not exist) and that the store knows `A`'s
+    /// events with the shapes this build has; returns the stream's version, which a read of
+    /// it is then checked against.
     fn check(&self, view: &ReadView<'_>) -> Result<Option<u32>, Error> {
         // One lookup of the stream's head for its existence, its kind and its version.
         let head = view.stream_head(self.id)?;
