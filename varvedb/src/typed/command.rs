@@ -25,7 +25,7 @@ use crate::typed::{Aggregate, Handle, IntoPending};
 ///
 /// ## Defaults
 /// `attempts`: [`DEFAULT_EXECUTE_RETRIES`] + 1 (100), `initial_backoff`: 1 ms,
-/// `max_backoff`: 50 ms: a command waits at most about 4.8 s in all before it gives up with
+/// `max_backoff`: 50 ms: a command waits at most about 4.7 s in all before it gives up with
 /// [`ExecuteError::RetriesExhausted`]. With these, 8 threads running 200 commands each on one
 /// stream all succeed; the unluckiest command needed 41 to 52 attempts (varvedb 0.1.0,
 /// 2026-12-06, 2 shared cores, durable commits; `tests/transfers.rs`). Every writer on the
