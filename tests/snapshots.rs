@@ -32,7 +32,7 @@ fn snapshot_key(stream: u128) -> [u8; 16] {
     stream.to_be_bytes()
 }
 
-/// The shape of the example: an aggregate snapshotted every 1,000 events.
+/// The shape of the evolution guide's example: an aggregate snapshotted every 1,000 events.
 mod orders {
     use varvedb::{Event, EventData, Upcast, aggregate};
 
