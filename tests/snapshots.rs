@@ -159,47 +159,47 @@ fn execute_and_transact_snapshot_every_n_events_as_save_does() {
     let db = Varve::open(dir.path()).unwrap();
 
     // `execute` decides and saves: crossing 7 leaves a snapshot at the version it reached.
-    let s = db.stream::<Every7>(1u128);
-    s.execute(&PostMany(5)).unwrap();
-    assert_eq!(s.load().unwrap().replayed(), 5, "below 7: no snapshot yet");
-    s.execute(&PostMany(4)).unwrap();
-    assert_eq!((s.load().unwrap().version(), s.load().unwrap().replayed()), (9, 0));
+    let executed = db.stream::<Every7>(1u128);
+    executed.execute(&PostMany(5)).unwrap();
+    assert_eq!(executed.load().unwrap().replayed(), 5, "below 7: no snapshot yet");
+    executed.execute(&PostMany(4)).unwrap();
+    assert_eq!((executed.load().unwrap().version(), executed.load().unwrap().replayed()), (9, 0));
 
     // A transaction's saves, each on its own stream, and only those that cross 7.
-    let (a, b) = (db.stream::<Every7>(2u128), db.stream::<Every7>(3u128));
+    let (big, small) = (db.stream::<Every7>(2u128), db.stream::<Every7>(3u128));
     let done = db
         .transact(|tx| {
-            let (la, lb) = (tx.load(&a)?, tx.load(&b)?);
-            tx.save(&a, &la, (0..8).map(posted))?;
-            tx.save(&b, &lb, (0..3).map(posted))?;
+            let (la, lb) = (tx.load(&big)?, tx.load(&small)?);
+            tx.save(&big, &la, (0..8).map(posted))?;
+            tx.save(&small, &lb, (0..3).map(posted))?;
             Ok::<_, varvedb::ExecuteError<std::convert::Infallible>>(())
         })
         .unwrap();
     assert_eq!(done.appended.len(), 2);
-    assert_eq!((a.load().unwrap().version(), a.load().unwrap().replayed()), (8, 0));
-    assert_eq!((b.load().unwrap().version(), b.load().unwrap().replayed()), (3, 3));
+    assert_eq!((big.load().unwrap().version(), big.load().unwrap().replayed()), (8, 0));
+    assert_eq!((small.load().unwrap().version(), small.load().unwrap().replayed()), (3, 3));
     let full = db.stream::<Full>(2u128).load().unwrap();
-    assert_eq!(a.load().unwrap().state().fields(), full.state().fields());
+    assert_eq!(big.load().unwrap().state().fields(), full.state().fields());
 
     // The testing harness commits a transaction's saves as `transact` does.
     let world = varvedb::testing::World::new();
-    let d = world.stream::<Every7>(5u128);
+    let harness = world.stream::<Every7>(5u128);
     world
         .when(|tx| {
-            let loaded = tx.load(&d)?;
-            tx.save(&d, &loaded, (0..7).map(posted))?;
+            let loaded = tx.load(&harness)?;
+            tx.save(&harness, &loaded, (0..7).map(posted))?;
             Ok::<_, varvedb::ExecuteError<std::convert::Infallible>>(())
         })
-        .then(&d, (0..7).map(posted))
+        .then(&harness, (0..7).map(posted))
         .commit();
-    assert_eq!((d.load().unwrap().version(), d.load().unwrap().replayed()), (7, 0));
+    assert_eq!((harness.load().unwrap().version(), harness.load().unwrap().replayed()), (7, 0));
 
     // A plain batch write is not a save of the typed layer: no snapshot.
-    let c = db.stream::<Every7>(4u128);
+    let batched = db.stream::<Every7>(4u128);
     let mut batch = db.batch();
-    batch.save(&c, &c.load().unwrap(), (0..8).map(posted)).unwrap();
+    batch.save(&batched, &batched.load().unwrap(), (0..8).map(posted)).unwrap();
     db.write(batch).unwrap();
-    assert_eq!(c.load().unwrap().replayed(), 8);
+    assert_eq!(batched.load().unwrap().replayed(), 8);
 }
 
 #[test]
