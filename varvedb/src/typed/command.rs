@@ -311,7 +311,8 @@ impl<'t> Transaction<'t> {
     /// on any of them writes none and runs the command again. An empty `events` saves nothing.
     ///
     /// # Errors
-    /// As [`WriteBatch::save`].
+    /// As [`WriteBatch::save`]; [`Error::SavedTwice`] if this attempt has saved events to
+    /// `stream` already (running the command again would meet the same conflict).
     pub fn save<A, I>(&mut self, stream: &Stream<A>, loaded: &Loaded<A>, events: I) -> Result<(), Error>
     where
         A: Aggregate,
@@ -323,6 +324,9 @@ impl<'t> Transaction<'t> {
         }
         let events = serialize(events, self.stamp)?;
         if !events.is_empty() {
+            if self.batch.appends.iter().any(|part| part.stream == stream.id) {
+                return Err(Error::SavedTwice { stream: stream.id });
+            }
             self.batch.append_static_kind(
                 stream.id,
                 (A::KIND, A::EVENTS),
