@@ -15,7 +15,7 @@ use varvedb::{Event, ExpectedVersion, MasterKey, Options, Varve, aggregate};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
-/// The event: `u64` id, `u32` amount, a 32-byte string.
+/// The measured event: `u64` id, `u32` amount, a 32-byte string.
 #[derive(Event)]
 struct Payment {
     id: u64,

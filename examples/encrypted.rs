@@ -136,7 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let restored = Options::new().encryption_key(new_key).open(&backup)?;
     let report = restored.begin_read()?.check_integrity()?;
     println!(
-        "backup verified: {} events in {} streams, {} of them shredded",
+        "backup verified: {} events in {} streams ({} of the events shredded)",
         report.events, report.streams, report.shredded_events
     );
     Ok(())

@@ -85,8 +85,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             db.append_async(stream, ExpectedVersion::Auto, [varvedb::NewEvent::from_event(&cancelled)?])
                 .await?;
         }
-        if i.is_multiple_of(200) {
-            println!("appended {i} orders; projection lag {} events", runner.lag()?);
+        if i % 200 == 199 {
+            println!("appended {} orders; projection lag {} events", i + 1, runner.lag()?);
         }
     }
     println!("subscription counted {} orders", counter.await??);

@@ -106,7 +106,7 @@ fn a_stream_whose_last_entries_are_gone_is_not_read_as_shorter() {
 
 #[test]
 fn a_bit_flip_that_moves_an_entry_to_another_stream_is_reported_in_both() {
-    // The flip of the example: key (27, v32) becomes (26, v32), the stored bytes
+    // One bit flipped in a key: (27, v32) becomes (26, v32), the stored bytes
     // changed in place (every copy LMDB left in the file), so the key sits out of order.
     let dir = tempfile::tempdir().unwrap();
     two_streams(dir.path());

@@ -32,7 +32,7 @@ fn snapshot_key(stream: u128) -> [u8; 16] {
     stream.to_be_bytes()
 }
 
-/// The shape of the example: an aggregate snapshotted every 1,000 events.
+/// The shape of the evolution guide's example: an aggregate snapshotted every 1,000 events.
 mod orders {
     use varvedb::{Event, EventData, Upcast, aggregate};
 
@@ -141,6 +141,65 @@ fn save_snapshots_every_n_events_and_load_folds_only_the_rest() {
     // Appends that are not saves make no snapshot.
     db.stream::<Every7>(3u128).append_all(ExpectedVersion::NoStream, (0..30).map(posted)).unwrap();
     assert_eq!(db.stream::<Every7>(3u128).load().unwrap().replayed(), 30);
+}
+
+/// Posts `n` postings of 1 cent: a command for `Every7::execute`.
+struct PostMany(u64);
+
+impl varvedb::Handle<PostMany> for Every7 {
+    type Error = std::convert::Infallible;
+    fn handle(&self, command: &PostMany) -> Result<Vec<Pending<Self>>, Self::Error> {
+        Ok((0..command.0).map(|i| Pending::from(posted(i))).collect())
+    }
+}
+
+#[test]
+fn execute_and_transact_snapshot_every_n_events_as_save_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+
+    // `execute` decides and saves: crossing 7 leaves a snapshot at the version it reached.
+    let executed = db.stream::<Every7>(1u128);
+    executed.execute(&PostMany(5)).unwrap();
+    assert_eq!(executed.load().unwrap().replayed(), 5, "below 7: no snapshot yet");
+    executed.execute(&PostMany(4)).unwrap();
+    assert_eq!((executed.load().unwrap().version(), executed.load().unwrap().replayed()), (9, 0));
+
+    // A transaction's saves, each on its own stream, and only those that cross 7.
+    let (big, small) = (db.stream::<Every7>(2u128), db.stream::<Every7>(3u128));
+    let done = db
+        .transact(|tx| {
+            let (la, lb) = (tx.load(&big)?, tx.load(&small)?);
+            tx.save(&big, &la, (0..8).map(posted))?;
+            tx.save(&small, &lb, (0..3).map(posted))?;
+            Ok::<_, varvedb::ExecuteError<std::convert::Infallible>>(())
+        })
+        .unwrap();
+    assert_eq!(done.appended.len(), 2);
+    assert_eq!((big.load().unwrap().version(), big.load().unwrap().replayed()), (8, 0));
+    assert_eq!((small.load().unwrap().version(), small.load().unwrap().replayed()), (3, 3));
+    let full = db.stream::<Full>(2u128).load().unwrap();
+    assert_eq!(big.load().unwrap().state().fields(), full.state().fields());
+
+    // The testing harness commits a transaction's saves as `transact` does.
+    let world = varvedb::testing::World::new();
+    let harness = world.stream::<Every7>(5u128);
+    world
+        .when(|tx| {
+            let loaded = tx.load(&harness)?;
+            tx.save(&harness, &loaded, (0..7).map(posted))?;
+            Ok::<_, varvedb::ExecuteError<std::convert::Infallible>>(())
+        })
+        .then(&harness, (0..7).map(posted))
+        .commit();
+    assert_eq!((harness.load().unwrap().version(), harness.load().unwrap().replayed()), (7, 0));
+
+    // A plain batch write is not a save of the typed layer: no snapshot.
+    let batched = db.stream::<Every7>(4u128);
+    let mut batch = db.batch();
+    batch.save(&batched, &batched.load().unwrap(), (0..8).map(posted)).unwrap();
+    db.write(batch).unwrap();
+    assert_eq!(batched.load().unwrap().replayed(), 8);
 }
 
 #[test]

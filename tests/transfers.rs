@@ -161,6 +161,43 @@ fn a_command_over_two_aggregates_retries_on_conflict_and_rejects_cleanly() {
 }
 
 /// Every untyped way of putting an event under `Account`'s kind.
+/// A transfer from an account to itself saves twice to one stream. Both saves expected the
+/// version both loads saw, so the second always conflicted with the first: the command was
+/// run again until its attempts ran out (about 4 s with the default policy).
+#[test]
+fn a_second_save_to_one_stream_in_a_transaction_fails_at_once() {
+    let (_dir, db) = open();
+    let (from, to) = (db.stream::<Account>(1u128), db.stream::<Account>(1u128));
+    from.append(ExpectedVersion::NoStream, Deposited { cents: 100 }).unwrap();
+    let mut attempts = 0;
+    let err = db
+        .transact(|tx| {
+            attempts += 1;
+            let (a, b) = (tx.load(&from)?, tx.load(&to)?);
+            tx.save(&from, &a, [Withdrawn { cents: 30 }])?;
+            tx.save(&to, &b, [Deposited { cents: 30 }])?;
+            Ok::<_, ExecuteError<String>>(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecuteError::Store(Error::SavedTwice { stream }) if stream == from.id()),
+        "{err:?}"
+    );
+    assert_eq!(attempts, 1, "not retried");
+    assert_eq!((balance(&db, 1), db.stream::<Account>(1u128).load().unwrap().version()), (100, 1));
+
+    // An empty save is no save: a second one after it is taken.
+    let done = db
+        .transact(|tx| {
+            let a = tx.load(&from)?;
+            tx.save(&from, &a, Vec::<Withdrawn>::new())?;
+            tx.save(&from, &a, [Withdrawn { cents: 30 }])?;
+            Ok::<_, ExecuteError<String>>(())
+        })
+        .unwrap();
+    assert_eq!((done.attempts, balance(&db, 1)), (1, 70));
+}
+
 fn foreign_appends(db: &Varve, existing: u128, fresh: u128) -> Vec<(&'static str, Result<(), Error>)> {
     let foreign_typed = || NewEvent::from_event(&OrderPlaced { cents: 1 }).unwrap();
     let raw_with_accounts_tag = || NewEvent::new("account.deposited", 5u64.to_le_bytes().to_vec());

@@ -31,7 +31,7 @@ impl Order {
     }
 }
 
-/// The program from the issue, as written.
+/// The typed API as a user first writes it: derive, aggregate, append, load.
 #[test]
 fn the_users_view_compiles_and_works_as_written() -> Result<(), varvedb::Error> {
     let dir = tempfile::tempdir().unwrap();

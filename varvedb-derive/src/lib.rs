@@ -78,7 +78,7 @@ pub fn derive_event_data(input: TokenStream) -> TokenStream {
 /// the type's name); `crate = path` as for `Event`.
 ///
 /// Snapshots, for an aggregate whose state derives `EventData`: `snapshot_every = N` stores
-/// one on `save` every N events; `snapshot` only on `Stream::snapshot`; `snapshot_version = N`
+/// one every N events saved by `save`, `execute` or `transact`; `snapshot` only on `Stream::snapshot`; `snapshot_version = N`
 /// (default 0) invalidates earlier snapshots after a change of apply logic that no
 /// fingerprint sees. Changes of the state's fields or of the events applied invalidate them
 /// by themselves.

@@ -288,6 +288,15 @@ pub enum Error {
         stream: StreamId,
     },
 
+    /// A [`Transaction`](crate::Transaction) saved to a stream it had already saved to: the
+    /// second save was decided on a state without the first one's events. Save all of a
+    /// stream's events in one call (a transfer from an account to itself is the usual case).
+    #[error("stream {stream} is saved to twice in one transaction; save its events in one call")]
+    SavedTwice {
+        /// The stream.
+        stream: StreamId,
+    },
+
     /// A projection tried to write a table that belongs to another projection.
     #[error("projection {projection:?} cannot write table {table}, which belongs to another projection")]
     ForeignTable {

@@ -811,6 +811,22 @@ impl Storage {
         table.get(txn, k).map_err(|e| self.err(e))
     }
 
+    /// The stored head of `stream` (its version and kind), `None` if it has no events; an
+    /// undecodable head is [`Error::CorruptIndex`]. Shared by reads and the writer.
+    pub(crate) fn stream_head<'t>(
+        &self,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        stream: crate::id::StreamId,
+    ) -> Result<Option<value::StreamHead<'t>>, Error> {
+        let Some(raw) = self.get(txn, self.tables.stream_heads, &key::stream(stream.as_u128()))? else {
+            return Ok(None);
+        };
+        value::StreamHead::decode(raw).map(Some).ok_or_else(|| Error::CorruptIndex {
+            table: "stream_heads",
+            reason: format!("head of stream {stream} cannot be decoded"),
+        })
+    }
+
     /// The payload blob a record of `seq` refers to by its BLAKE3 `hash`, checked against
     /// the hash (content addressing doubles as the blob's checksum) and the length the
     /// record states.

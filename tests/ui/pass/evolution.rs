@@ -1,4 +1,4 @@
-// The program from the event-evolution issue, compiled and run as a user would write it.
+// An upcast link and snapshots as a user writes them, compiled and run.
 use varvedb::{aggregate, Event, EventData, ExpectedVersion, Upcast, Varve};
 
 #[derive(Event, Debug)]

@@ -143,16 +143,7 @@ impl<'db> ReadView<'db> {
 
     /// The version and kind of `stream`, in one lookup (`None` if it has no events).
     pub(crate) fn stream_head(&self, stream: StreamId) -> Result<Option<(u32, Option<&str>)>, Error> {
-        let tables = self.storage.tables;
-        let Some(raw) = self.storage.get(&self.txn, tables.stream_heads, &key::stream(stream.as_u128()))?
-        else {
-            return Ok(None);
-        };
-        let head = value::StreamHead::decode(raw).ok_or_else(|| Error::CorruptIndex {
-            table: "stream_heads",
-            reason: format!("head of stream {stream} cannot be decoded"),
-        })?;
-        Ok(Some((head.version, head.kind)))
+        Ok(self.storage.stream_head(&self.txn, stream)?.map(|head| (head.version, head.kind)))
     }
 
     /// The fingerprint the store recorded for event type `tag` at schema `version`, if any

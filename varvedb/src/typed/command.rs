@@ -7,10 +7,12 @@ use std::time::Duration;
 use crate::batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
 use crate::error::Error;
 use crate::event::OwnedEvent;
+use crate::id::StreamId;
 use crate::read::ReadView;
 use crate::store::Varve;
 use crate::typed::stream::{
-    DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, unknown,
+    DEFAULT_EXECUTE_RETRIES, ExecuteError, Executed, Loaded, Stream, TypedEvent, snapshot_stream_if_due,
+    unknown,
 };
 use crate::typed::{Aggregate, Handle, IntoPending};
 
@@ -23,7 +25,7 @@ use crate::typed::{Aggregate, Handle, IntoPending};
 ///
 /// ## Defaults
 /// `attempts`: [`DEFAULT_EXECUTE_RETRIES`] + 1 (100), `initial_backoff`: 1 ms,
-/// `max_backoff`: 50 ms: a command waits at most about 4.8 s in all before it gives up with
+/// `max_backoff`: 50 ms: a command waits at most about 4.7 s in all before it gives up with
 /// [`ExecuteError::RetriesExhausted`]. With these, 8 threads running 200 commands each on one
 /// stream all succeed; the unluckiest command needed 41 to 52 attempts (varvedb 0.1.0,
 /// 2026-12-06, 2 shared cores, durable commits; `tests/transfers.rs`). Every writer on the
@@ -161,7 +163,9 @@ impl WriteBatch {
     /// compile-time check as [`Stream::save`]. A batch saving to several streams is written
     /// all or nothing: a conflict on any of them writes none.
     ///
-    /// An empty `events` adds nothing (and checks nothing).
+    /// An empty `events` adds nothing (and checks nothing). Unlike [`Stream::save`] and
+    /// [`Varve::transact`], writing the batch makes no aggregate snapshot
+    /// (`snapshot_every`); call [`Stream::snapshot`] after it if needed.
     ///
     /// # Errors
     /// [`Error::StreamMismatch`] if `loaded` is another stream's; [`Error::Serialize`].
@@ -247,6 +251,34 @@ pub struct Transaction<'t> {
     view: ReadView<'t>,
     batch: WriteBatch,
     stamp: Option<&'t [u8]>,
+    /// Saves of aggregates with `snapshot_every`, to snapshot after the write if they cross
+    /// a multiple: the stream, the version it was loaded at, and the aggregate's snapshot.
+    snapshots: Vec<(StreamId, u32, SnapshotIfDue)>,
+}
+
+/// Stores a snapshot of stream `id` of one aggregate type if a save from one version to
+/// another crossed a multiple of its `snapshot_every`.
+type SnapshotIfDue = fn(&Varve, StreamId, u32, u32);
+
+/// What a [`Transaction`] saved, to be written.
+pub(crate) struct Saves {
+    /// The events, one append per save.
+    pub(crate) batch: WriteBatch,
+    snapshots: Vec<(StreamId, u32, SnapshotIfDue)>,
+}
+
+impl Saves {
+    /// Writes the saves atomically, then stores the snapshots they call for, as
+    /// [`Stream::save`] does: the events are stored whether or not a snapshot can be.
+    pub(crate) fn write(self, db: &Varve) -> Result<Vec<Appended>, Error> {
+        let appended = db.write(self.batch)?;
+        for (stream, from, snapshot_if_due) in self.snapshots {
+            if let Some(to) = appended.iter().filter(|a| a.stream == stream).map(|a| a.last_version).max() {
+                snapshot_if_due(db, stream, from, to);
+            }
+        }
+        Ok(appended)
+    }
 }
 
 impl std::fmt::Debug for Transaction<'_> {
@@ -258,12 +290,12 @@ impl std::fmt::Debug for Transaction<'_> {
 impl<'t> Transaction<'t> {
     /// An attempt on `db`'s current state.
     pub(crate) fn begin(db: &'t Varve, stamp: Option<&'t [u8]>) -> Result<Self, Error> {
-        Ok(Transaction { view: db.begin_read()?, batch: WriteBatch::new(), stamp })
+        Ok(Transaction { view: db.begin_read()?, batch: WriteBatch::new(), stamp, snapshots: Vec::new() })
     }
 
     /// The saves, with the snapshot closed.
-    pub(crate) fn into_batch(self) -> WriteBatch {
-        self.batch
+    pub(crate) fn into_saves(self) -> Saves {
+        Saves { batch: self.batch, snapshots: self.snapshots }
     }
 
     /// Folds `stream` into `A`, as of the snapshot all of this attempt's loads share.
@@ -279,7 +311,8 @@ impl<'t> Transaction<'t> {
     /// on any of them writes none and runs the command again. An empty `events` saves nothing.
     ///
     /// # Errors
-    /// As [`WriteBatch::save`].
+    /// As [`WriteBatch::save`]; [`Error::SavedTwice`] if this attempt has saved events to
+    /// `stream` already (running the command again would meet the same conflict).
     pub fn save<A, I>(&mut self, stream: &Stream<A>, loaded: &Loaded<A>, events: I) -> Result<(), Error>
     where
         A: Aggregate,
@@ -291,12 +324,18 @@ impl<'t> Transaction<'t> {
         }
         let events = serialize(events, self.stamp)?;
         if !events.is_empty() {
+            if self.batch.appends.iter().any(|part| part.stream == stream.id) {
+                return Err(Error::SavedTwice { stream: stream.id });
+            }
             self.batch.append_static_kind(
                 stream.id,
                 (A::KIND, A::EVENTS),
                 ExpectedVersion::Exact(loaded.version),
                 events,
             );
+            if A::SNAPSHOTS.as_ref().is_some_and(|codec| codec.every != 0) {
+                self.snapshots.push((stream.id, loaded.version, snapshot_stream_if_due::<A>));
+            }
         }
         Ok(())
     }
@@ -322,7 +361,8 @@ impl Varve {
     /// state, as [`Stream::execute`] does for one stream (see [`RetryPolicy`]).
     ///
     /// Only saved streams are checked for conflicts: a stream the command loads but does not
-    /// save to may change before the write.
+    /// save to may change before the write. After the write, a saved aggregate with
+    /// `snapshot_every` is snapshotted when its save crossed a multiple, as by [`Stream::save`].
     ///
     /// The command must not have side effects: it may run several times. Blocks the calling
     /// thread; in async code use [`transact_async`](Self::transact_async).
@@ -385,11 +425,11 @@ impl Varve {
             let mut tx = Transaction::begin(self, stamp)?;
             let value = command(&mut tx)?;
             // The snapshot must not stay open while the write waits for its commit.
-            let batch = tx.into_batch();
-            if batch.is_empty() {
+            let saves = tx.into_saves();
+            if saves.batch.is_empty() {
                 return Ok(Transacted { value, appended: Vec::new(), attempts });
             }
-            let appended = self.write(batch)?;
+            let appended = saves.write(self)?;
             Ok(Transacted { value, appended, attempts })
         })
     }
@@ -425,6 +465,7 @@ impl<A: Aggregate> Stream<A> {
                 events,
             );
             let appended = self.db.write(batch)?.pop().ok_or(Error::EmptyBatch)?;
+            self.snapshot_if_due(loaded.version, appended.last_version);
             Ok(Executed { version: appended.last_version, appended: Some(appended), attempts })
         })
     }

@@ -434,7 +434,7 @@ impl<A: Aggregate> Stream<A> {
     /// `snapshot_every`. The events are stored whatever happens here, so a snapshot that
     /// cannot be made (a store error, or a save from inside a projection handler) is left
     /// for the next one; the load it costs starts from the previous snapshot.
-    fn snapshot_if_due(&self, from: u32, to: u32) {
+    pub(crate) fn snapshot_if_due(&self, from: u32, to: u32) {
         let Some(codec) = &A::SNAPSHOTS else { return };
         if codec.every == 0 || from / codec.every == to / codec.every {
             return;
@@ -514,10 +514,9 @@ impl<A: Aggregate> Stream<A> {
         self.execute_with(command, &ExecuteOptions::new().retry(policy))
     }
 
-    /// The stream must be `A`'s (or not exist), and the store must know `A`'s events with
-    /// the shapes this build has.
-    /// Checks the stream's kind and `A`'s schemas against the store; returns the stream's
-    /// version, which a read of it is then checked against.
+    /// Checks that the stream is `A`'s (or does not exist) and that the store knows `A`'s
+    /// events with the shapes this build has; returns the stream's version, which a read of
+    /// it is then checked against.
     fn check(&self, view: &ReadView<'_>) -> Result<Option<u32>, Error> {
         // One lookup of the stream's head for its existence, its kind and its version.
         let head = view.stream_head(self.id)?;
@@ -544,4 +543,10 @@ impl<A: Aggregate> Stream<A> {
         }
         Ok(head.map(|(version, _)| version))
     }
+}
+
+/// [`Stream::snapshot_if_due`] for a stream named by id, so a save of several aggregates
+/// ([`Varve::transact`]) can keep one plain function per save.
+pub(crate) fn snapshot_stream_if_due<A: Aggregate>(db: &Varve, id: StreamId, from: u32, to: u32) {
+    Stream::<A> { db: db.clone(), id, _aggregate: PhantomData }.snapshot_if_due(from, to);
 }

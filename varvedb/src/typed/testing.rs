@@ -47,11 +47,11 @@
 use std::fmt::{self, Debug, Write as _};
 use std::marker::PhantomData;
 
-use crate::batch::{ExpectedVersion, NewEvent, WriteBatch};
+use crate::batch::{ExpectedVersion, NewEvent};
 use crate::event::RecordedEvent;
 use crate::id::StreamId;
 use crate::store::Varve;
-use crate::typed::command::Transaction;
+use crate::typed::command::{Saves, Transaction};
 use crate::typed::stream::{ExecuteError, Loaded, Stream};
 use crate::typed::{Aggregate, Handle, IntoPending, Pending};
 
@@ -361,16 +361,16 @@ impl World {
     {
         let mut tx = Transaction::begin(&self.db, None).expect("open a read view");
         let result = command(&mut tx);
-        let batch = tx.into_batch();
-        let checked = vec![false; batch.appends.len()];
-        Outcome { world: self, result: result.map(|value| (value, batch)), checked }
+        let saves = tx.into_saves();
+        let checked = vec![false; saves.batch.appends.len()];
+        Outcome { world: self, result: result.map(|value| (value, saves)), checked }
     }
 }
 
 /// What a [`World::when`] command decided, to check.
 pub struct Outcome<'w, R, E> {
     world: &'w World,
-    result: Result<(R, WriteBatch), ExecuteError<E>>,
+    result: Result<(R, Saves), ExecuteError<E>>,
     /// Per save of the batch: whether a `then` has looked at it.
     checked: Vec<bool>,
 }
@@ -390,7 +390,7 @@ impl<R, E: Debug> Outcome<'_, R, E> {
         I::Item: IntoPending<A>,
     {
         let batch = match &self.result {
-            Ok((_, batch)) => batch,
+            Ok((_, saves)) => &saves.batch,
             Err(e) => panic!("expected events, but the command failed: {e:?}"),
         };
         let mut saved = Vec::new();
@@ -423,8 +423,11 @@ impl<R, E: Debug> Outcome<'_, R, E> {
         E: Debug,
     {
         match self.result {
-            Ok((_, batch)) => {
-                panic!("expected a rejection, but the command saved to {} stream(s)", batch.appends.len())
+            Ok((_, saves)) => {
+                panic!(
+                    "expected a rejection, but the command saved to {} stream(s)",
+                    saves.batch.appends.len()
+                )
             }
             Err(ExecuteError::Rejected(e)) => e,
             Err(e) => panic!("expected a rejection, but the command failed: {e:?}"),
@@ -438,19 +441,19 @@ impl<R, E: Debug> Outcome<'_, R, E> {
     /// the write fails.
     #[track_caller]
     pub fn commit(self) -> R {
-        let (value, batch) = match self.result {
+        let (value, saves) = match self.result {
             Ok(done) => done,
             Err(e) => panic!("expected events, but the command failed: {e:?}"),
         };
         if let Some(i) = self.checked.iter().position(|checked| !checked) {
             panic!(
                 "the command also saved {} event(s) to stream {}, which no `then` checked",
-                batch.appends[i].events.len(),
-                batch.appends[i].stream
+                saves.batch.appends[i].events.len(),
+                saves.batch.appends[i].stream
             );
         }
-        if !batch.is_empty() {
-            self.world.db.write(batch).expect("write the saved events");
+        if !saves.batch.is_empty() {
+            saves.write(&self.world.db).expect("write the saved events");
         }
         value
     }

@@ -326,14 +326,9 @@ impl WriterState {
         if let Some((version, kind)) = self.head_cache.map.get(&stream) {
             return Ok(PendingHead { stream, version: Some(*version), kind: kind.clone() });
         }
-        let raw = self.storage.get(txn, self.storage.tables.stream_heads, &key::stream(stream.as_u128()))?;
-        Ok(match raw {
+        Ok(match self.storage.stream_head(txn, stream)? {
             None => PendingHead { stream, version: None, kind: None },
-            Some(bytes) => {
-                let h = value::StreamHead::decode(bytes).ok_or_else(|| Error::CorruptIndex {
-                    table: "stream_heads",
-                    reason: format!("head of stream {stream} cannot be decoded"),
-                })?;
+            Some(h) => {
                 let kind = h.kind.map(|stored| match wanted {
                     Some(wanted) if **wanted == *stored => wanted.clone(),
                     _ => Kind::Shared(stored.into()),
