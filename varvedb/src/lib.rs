@@ -97,7 +97,7 @@ mod writer;
 pub use batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
 pub use crypto::{KEY_LEN, MasterKey, StoreId};
 pub use error::{Error, StorageError};
-pub use event::{OwnedEvent, RecordedEvent};
+pub use event::{OwnedEvent, RecordedEvent, ReplicatedEvent};
 pub use id::StreamId;
 pub use lmdb_file::{FileCoverage, FileReport, TableReport, verify_file};
 pub use process::runner::{DEFAULT_POLL, Runnable, Runner};

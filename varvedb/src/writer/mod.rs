@@ -19,11 +19,13 @@ mod apply;
 mod dedup;
 mod hash;
 mod head_cache;
+mod import;
 mod index_order;
 mod keys;
 mod plan;
 
 use head_cache::HeadCache;
+pub(crate) use import::import;
 use index_order::IndexOrder;
 use keys::WriterCrypto;
 use plan::{Plan, seq_exhausted};
