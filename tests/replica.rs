@@ -136,7 +136,7 @@ fn subscriptions_on_a_replica_see_imports() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         // Long poll: only the import's wake-up can deliver the events in time.
-        let mut sub = replica.subscribe(0).poll_interval(Duration::from_secs(3600));
+        let mut sub = replica.subscribe(0).poll_interval(Duration::from_hours(1));
         let events = leader.export_replicated(0, 50).unwrap();
         let db = replica.clone();
         tokio::task::spawn_blocking(move || {
