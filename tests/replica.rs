@@ -3,7 +3,13 @@
 
 use std::time::Duration;
 
-use varvedb::{Error, ExpectedVersion, NewEvent, Options, ReplicatedEvent, Varve};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use varvedb::{Error, ExpectedVersion, NewEvent, Options, Processor, ReplicatedEvent, Varve};
+
+#[path = "support/totals.rs"]
+mod totals;
 
 /// A leader with inline and blob payloads, event ids, metadata, a typed-like schema tag and
 /// several streams.
@@ -153,4 +159,38 @@ fn subscriptions_on_a_replica_see_imports() {
             assert_eq!(e.seq, seq);
         }
     });
+}
+
+#[test]
+fn projections_and_processors_on_a_replica_see_what_they_see_on_the_leader() {
+    let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Varve::open(l.path()).unwrap();
+    for n in 0..400u64 {
+        leader.append(u128::from(n % 9), ExpectedVersion::Auto, [totals::event(n)]).unwrap();
+    }
+    let replica = Options::new().replica(true).open(r.path()).unwrap();
+    replica.import_replicated(&leader.export_replicated(0, 1_000).unwrap()).unwrap();
+    for db in [&leader, &replica] {
+        assert_eq!(totals::projection(64).catch_up(db).unwrap(), 400);
+    }
+    let model = totals::stored(&leader.begin_read().unwrap());
+    assert!(!model.is_empty());
+    assert_eq!(totals::fold(&replica.begin_read().unwrap(), 400), model);
+    assert_eq!(totals::stored(&replica.begin_read().unwrap()), model);
+
+    let counts: Vec<u64> = [&leader, &replica]
+        .into_iter()
+        .map(|db| {
+            let seen = Arc::new(AtomicU64::new(0));
+            let counter = Arc::clone(&seen);
+            let mut p = Processor::new("count").on::<totals::OrderPlaced>(move |_e, meta| {
+                counter.fetch_add(meta.seq(), Ordering::Relaxed);
+                Ok(())
+            });
+            p.catch_up(db).unwrap();
+            seen.load(Ordering::Relaxed)
+        })
+        .collect();
+    assert!(counts[0] > 0);
+    assert_eq!(counts[0], counts[1]);
 }
