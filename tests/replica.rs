@@ -6,7 +6,9 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use varvedb::{Error, ExpectedVersion, NewEvent, Options, Processor, ReplicatedEvent, Varve};
+use varvedb::{
+    Error, Event, ExpectedVersion, NewEvent, Options, Processor, ReplicatedEvent, Varve, aggregate,
+};
 
 #[path = "support/totals.rs"]
 mod totals;
@@ -32,7 +34,13 @@ fn over_the_wire(events: &[ReplicatedEvent]) -> Vec<ReplicatedEvent> {
     events
         .iter()
         .map(|e| {
-            ReplicatedEvent::from_parts(e.seq(), e.record().to_vec(), e.blob().map(<[u8]>::to_vec)).unwrap()
+            ReplicatedEvent::from_parts(
+                e.seq(),
+                e.record().to_vec(),
+                e.blob().map(<[u8]>::to_vec),
+                e.stream_kind(),
+            )
+            .unwrap()
         })
         .collect()
 }
@@ -107,21 +115,21 @@ fn damaged_or_foreign_events_are_refused() {
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
     assert!(matches!(
-        ReplicatedEvent::from_parts(1, flipped, None),
+        ReplicatedEvent::from_parts(1, flipped, None, None),
         Err(Error::ReplicaMismatch { seq: 1, .. })
     ));
     // A record moved to another seq fails its checksum, which covers the seq.
     assert!(matches!(
-        ReplicatedEvent::from_parts(2, events[0].record().to_vec(), None),
+        ReplicatedEvent::from_parts(2, events[0].record().to_vec(), None, None),
         Err(Error::ReplicaMismatch { seq: 2, .. })
     ));
     // Seq 10 keeps its payload in a blob.
     let blob = events[9].blob().expect("a blob payload").to_vec();
-    assert!(ReplicatedEvent::from_parts(10, events[9].record().to_vec(), None).is_err());
+    assert!(ReplicatedEvent::from_parts(10, events[9].record().to_vec(), None, None).is_err());
     let mut other = blob.clone();
     other[0] ^= 1;
-    assert!(ReplicatedEvent::from_parts(10, events[9].record().to_vec(), Some(other)).is_err());
-    assert!(ReplicatedEvent::from_parts(1, events[0].record().to_vec(), Some(blob)).is_err());
+    assert!(ReplicatedEvent::from_parts(10, events[9].record().to_vec(), Some(other), None).is_err());
+    assert!(ReplicatedEvent::from_parts(1, events[0].record().to_vec(), Some(blob), None).is_err());
 
     // Another leader's log does not continue this replica's: its seqs start over.
     let other_leader = Varve::open(o.path()).unwrap();
@@ -193,4 +201,42 @@ fn projections_and_processors_on_a_replica_see_what_they_see_on_the_leader() {
         .collect();
     assert!(counts[0] > 0);
     assert_eq!(counts[0], counts[1]);
+}
+
+#[derive(Event, Debug)]
+struct Deposited {
+    cents: u64,
+}
+
+#[derive(Default)]
+struct Account {
+    balance: u64,
+}
+
+#[aggregate]
+impl Account {
+    fn deposited(&mut self, e: &ArchivedDeposited) {
+        self.balance += e.cents.to_native();
+    }
+}
+
+#[test]
+fn typed_streams_load_on_a_replica_with_their_kind() {
+    let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Varve::open(l.path()).unwrap();
+    for i in 1..=5u64 {
+        leader.stream::<Account>(9u128).append(ExpectedVersion::Auto, Deposited { cents: i }).unwrap();
+    }
+    leader.append(10u128, ExpectedVersion::Auto, [NewEvent::new("untyped", vec![1])]).unwrap();
+    let replica = Options::new().replica(true).open(r.path()).unwrap();
+    replica.import_replicated(&over_the_wire(&leader.export_replicated(0, 100).unwrap())).unwrap();
+    let view = replica.begin_read().unwrap();
+    assert_eq!(view.stream_kind(9u128).unwrap(), leader.begin_read().unwrap().stream_kind(9u128).unwrap());
+    assert!(view.stream_kind(9u128).unwrap().is_some());
+    assert_eq!(view.stream_kind(10u128).unwrap(), None);
+    let account = replica.stream::<Account>(9u128).load().unwrap();
+    assert_eq!((account.state().balance, account.version()), (15, 5));
+    // The replica refuses a typed append as any other.
+    let refused = replica.stream::<Account>(9u128).append(ExpectedVersion::Auto, Deposited { cents: 1 });
+    assert!(matches!(refused, Err(Error::ReadOnlyReplica)), "{refused:?}");
 }

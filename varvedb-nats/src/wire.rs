@@ -1,7 +1,7 @@
 //! How an event travels: its subject, its headers and its message body.
 //!
 //! Body: `format u8 (1) ‖ flags u8 (bit 0: a blob follows) ‖ record length u32 LE ‖ record ‖
-//! blob`. The record carries its own checksum, which covers its seq; the blob is checked
+//! stream kind length u8 (0: none) ‖ stream kind ‖ blob`. The record carries its own checksum, which covers its seq; the blob is checked
 //! against the hash the record names.
 
 use async_nats::HeaderMap;
@@ -48,6 +48,10 @@ pub(crate) fn encode(event: &ReplicatedEvent) -> Bytes {
     // A record is far below 4 GiB: the store caps events at `max_event_size`.
     out.put_u32_le(u32::try_from(record.len()).unwrap_or(u32::MAX));
     out.put_slice(record);
+    let kind = event.stream_kind().unwrap_or_default();
+    // A kind is at most 255 bytes: the store refuses longer ones.
+    out.put_u8(u8::try_from(kind.len()).unwrap_or(u8::MAX));
+    out.put_slice(kind.as_bytes());
     out.put_slice(blob);
     out.freeze()
 }
@@ -78,11 +82,21 @@ pub(crate) fn decode(
     if rest.len() < len {
         return Err(bad("record shorter than its length"));
     }
-    let (record, blob) = rest.split_at(len);
+    let (record, rest) = rest.split_at(len);
+    let (&[kind_len], rest) = rest.split_first_chunk::<1>().ok_or_else(|| bad("no stream kind length"))?;
+    let kind_len = usize::from(kind_len);
+    if rest.len() < kind_len {
+        return Err(bad("stream kind shorter than its length"));
+    }
+    let (kind, blob) = rest.split_at(kind_len);
+    let kind = match kind_len {
+        0 => None,
+        _ => Some(std::str::from_utf8(kind).map_err(|_| bad("stream kind is not UTF-8"))?),
+    };
     let blob = match (flags & HAS_BLOB != 0, blob.is_empty()) {
         (true, _) => Some(blob.to_vec()),
         (false, true) => None,
         (false, false) => return Err(bad("bytes after the record")),
     };
-    Ok(ReplicatedEvent::from_parts(seq, record.to_vec(), blob)?)
+    Ok(ReplicatedEvent::from_parts(seq, record.to_vec(), blob, kind)?)
 }

@@ -418,7 +418,8 @@ impl ExactSizeIterator for SealedBatch {}
 
 /// One event of a store's log as the store keeps it, for a read replica: its seq, its record
 /// (the bytes of the `events` table, checksum included) and, for a payload kept apart
-/// (over 1 KiB), the blob the record names.
+/// (over 1 KiB), the blob the record names; and the kind of its stream (the aggregate a
+/// typed stream belongs to), which the leader keeps in the stream's head.
 ///
 /// A leader hands these out ([`Varve::export_replicated`](crate::Varve::export_replicated));
 /// a replica writes them unchanged ([`Varve::import_replicated`](crate::Varve::import_replicated)),
@@ -433,7 +434,7 @@ impl ExactSizeIterator for SealedBatch {}
 /// leader.append(7u128, ExpectedVersion::Auto, [NewEvent::new("opened", b"{}".to_vec())])?;
 /// let events = leader.export_replicated(0, 100)?;
 /// // What travels: the seq, the record and the blob, as bytes.
-/// let copy = ReplicatedEvent::from_parts(1, events[0].record().to_vec(), None)?;
+/// let copy = ReplicatedEvent::from_parts(1, events[0].record().to_vec(), None, None)?;
 /// let replica = Options::new().replica(true).open(replica_dir.path())?;
 /// replica.import_replicated(&[copy])?;
 /// assert_eq!(replica.export_replicated(0, 100)?, events);
@@ -447,19 +448,29 @@ pub struct ReplicatedEvent {
     pub(crate) id: Option<u128>,
     pub(crate) record: Bytes,
     pub(crate) blob: Option<Bytes>,
+    pub(crate) stream_kind: Option<Arc<str>>,
 }
 
 impl ReplicatedEvent {
     /// An event received from a leader, checked: the record's checksum (which covers its
-    /// seq), its layout, and that `blob` is the one it names (present, same length and
-    /// hash), or absent if it names none.
+    /// seq), its layout, that `blob` is the one it names (present, same length and hash),
+    /// or absent if it names none, and that `stream_kind` is 1 to 255 bytes if given.
     ///
     /// # Errors
-    /// [`Error::ReplicaMismatch`] if the record is damaged or not stored under `seq`, or the
-    /// blob does not match; [`Error::ReplicationUnsupported`] for an encrypted record.
-    pub fn from_parts(seq: u64, record: impl Into<Bytes>, blob: Option<Vec<u8>>) -> Result<Self, Error> {
+    /// [`Error::ReplicaMismatch`] if the record is damaged or not stored under `seq`, the
+    /// blob does not match, or the kind is empty or too long;
+    /// [`Error::ReplicationUnsupported`] for an encrypted record.
+    pub fn from_parts(
+        seq: u64,
+        record: impl Into<Bytes>,
+        blob: Option<Vec<u8>>,
+        stream_kind: Option<&str>,
+    ) -> Result<Self, Error> {
         let record: Bytes = record.into();
         let mismatch = |reason: String| Error::ReplicaMismatch { seq, reason };
+        if stream_kind.is_some_and(|k| k.is_empty() || k.len() > 255) {
+            return Err(mismatch("a stream kind must be 1 to 255 bytes".into()));
+        }
         let env = crate::record::Envelope::decode(seq, &record).map_err(|e| mismatch(e.to_string()))?;
         match env.content {
             crate::record::Content::Sealed { .. } => {
@@ -486,6 +497,7 @@ impl ReplicatedEvent {
             id: env.head.id,
             blob: blob.map(Bytes::from),
             record,
+            stream_kind: stream_kind.map(Arc::from),
         })
     }
 
@@ -505,6 +517,12 @@ impl ReplicatedEvent {
     #[must_use]
     pub fn version(&self) -> u32 {
         self.version
+    }
+
+    /// The kind of the event's stream on the leader (the aggregate of a typed stream).
+    #[must_use]
+    pub fn stream_kind(&self) -> Option<&str> {
+        self.stream_kind.as_deref()
     }
 
     /// The stored record, as the leader keeps it.

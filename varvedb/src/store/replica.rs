@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 use super::Varve;
 use crate::error::Error;
 use crate::event::ReplicatedEvent;
+use crate::id::StreamId;
 use crate::record::{Body, Content, Envelope};
-use crate::storage::key;
+use crate::storage::{key, value};
 
 impl Varve {
     /// Up to `max` events of the log after seq `after`, as the store keeps them, for a
@@ -22,6 +23,9 @@ impl Varve {
         let storage = self.storage();
         let txn = storage.read_txn()?;
         let mut out = Vec::new();
+        // Kinds looked up once per stream; a stream's kind never changes once set.
+        let mut kinds: std::collections::HashMap<u128, Option<std::sync::Arc<str>>> =
+            std::collections::HashMap::new();
         for entry in storage.log_from(&txn, after.saturating_add(1))? {
             if out.len() >= max {
                 break;
@@ -41,6 +45,27 @@ impl Varve {
                     return Err(Error::ReplicationUnsupported { what: "encrypted stores" });
                 }
             };
+            let stream_kind = match kinds.get(&env.head.stream) {
+                Some(kind) => kind.clone(),
+                None => {
+                    let raw =
+                        storage.get(&txn, storage.tables.stream_heads, &key::stream(env.head.stream))?;
+                    let kind = raw
+                        .map(|raw| {
+                            value::StreamHead::decode(raw).ok_or_else(|| Error::CorruptIndex {
+                                table: "stream_heads",
+                                reason: format!(
+                                    "head of stream {} cannot be decoded",
+                                    StreamId::from(env.head.stream)
+                                ),
+                            })
+                        })
+                        .transpose()?
+                        .and_then(|h| h.kind.map(std::sync::Arc::from));
+                    kinds.insert(env.head.stream, kind.clone());
+                    kind
+                }
+            };
             out.push(ReplicatedEvent {
                 seq,
                 stream: env.head.stream.into(),
@@ -48,6 +73,7 @@ impl Varve {
                 id: env.head.id,
                 record: raw.to_vec().into(),
                 blob: blob.map(Into::into),
+                stream_kind,
             });
         }
         Ok(out)

@@ -46,6 +46,17 @@ pub(crate) fn import(storage: &Storage, events: &[ReplicatedEvent]) -> Result<u6
                 heads.entry(stream).or_insert(stored)
             }
         };
+        // A stream's kind is set by its first event, and never changes.
+        match (&head.1, event.stream_kind()) {
+            (None, Some(kind)) if head.0 == 0 => head.1 = Some(kind.to_owned()),
+            (stored, kind) if stored.as_deref() == kind => {}
+            (stored, kind) => {
+                return Err(mismatch(format!(
+                    "stream {} has kind {stored:?} on the replica and {kind:?} on the leader",
+                    event.stream
+                )));
+            }
+        }
         if Some(event.version) != head.0.checked_add(1) {
             return Err(mismatch(format!(
                 "stream {} is at version {}, and the event is version {}",
