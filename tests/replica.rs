@@ -240,3 +240,22 @@ fn typed_streams_load_on_a_replica_with_their_kind() {
     let refused = replica.stream::<Account>(9u128).append(ExpectedVersion::Auto, Deposited { cents: 1 });
     assert!(matches!(refused, Err(Error::ReadOnlyReplica)), "{refused:?}");
 }
+
+#[test]
+fn an_event_claiming_another_kind_for_its_stream_is_refused() {
+    let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Varve::open(l.path()).unwrap();
+    let replica = Options::new().replica(true).open(r.path()).unwrap();
+    let account = leader.stream::<Account>(11u128);
+    account.append(ExpectedVersion::Auto, Deposited { cents: 3 }).unwrap();
+    account.append(ExpectedVersion::Auto, Deposited { cents: 4 }).unwrap();
+    let events = over_the_wire(&leader.export_replicated(0, 10).unwrap());
+    replica.import_replicated(&events[..1]).unwrap();
+
+    let foreign = ReplicatedEvent::from_parts(2, events[1].record().to_vec(), None, Some("Other")).unwrap();
+    let refused = replica.import_replicated(&[foreign]);
+    assert!(matches!(refused, Err(Error::ReplicaMismatch { seq: 2, .. })), "{refused:?}");
+    assert_eq!(replica.begin_read().unwrap().last_seq().unwrap(), 1);
+    replica.import_replicated(&events[1..]).unwrap();
+    assert_eq!(replica.stream::<Account>(11u128).load().unwrap().state().balance, 7);
+}

@@ -46,16 +46,16 @@ pub(crate) fn import(storage: &Storage, events: &[ReplicatedEvent]) -> Result<u6
                 heads.entry(stream).or_insert(stored)
             }
         };
-        // A stream's kind is set by its first event, and never changes.
+        // The leader sets a stream's kind with its first append and never changes it.
         match (&head.1, event.stream_kind()) {
-            (None, Some(kind)) if head.0 == 0 => head.1 = Some(kind.to_owned()),
-            (stored, kind) if stored.as_deref() == kind => {}
-            (stored, kind) => {
+            (None, Some(kind)) => head.1 = Some(kind.to_owned()),
+            (Some(stored), Some(kind)) if stored != kind => {
                 return Err(mismatch(format!(
                     "stream {} has kind {stored:?} on the replica and {kind:?} on the leader",
                     event.stream
                 )));
             }
+            _ => {}
         }
         if Some(event.version) != head.0.checked_add(1) {
             return Err(mismatch(format!(
