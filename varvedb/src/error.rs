@@ -470,6 +470,48 @@ pub enum Error {
         found: Option<crate::StoreId>,
     },
 
+    /// The store was opened as a read replica ([`Options::replica`](crate::Options::replica)):
+    /// it takes events only from its leader, through
+    /// [`Varve::import_replicated`](crate::Varve::import_replicated). Nothing was written.
+    #[error("the store is a read replica: it takes events only from its leader (`import_replicated`)")]
+    ReadOnlyReplica,
+
+    /// [`Varve::import_replicated`](crate::Varve::import_replicated) was called on a store
+    /// not opened with [`Options::replica`](crate::Options::replica): events of another
+    /// store's log would mix with its own. Nothing was written.
+    #[error(
+        "the store is not opened as a replica (`Options::replica(true)`); it cannot import another store's events"
+    )]
+    NotAReplica,
+
+    /// A replicated event is not the one the replica takes next: a replica takes its
+    /// leader's log in order, with no gap and no repeat. Nothing was written.
+    #[error("the replica takes seq {expected} next, not {found}")]
+    ReplicaGap {
+        /// The seq the replica takes next (one past its last event).
+        expected: u64,
+        /// The seq offered.
+        found: u64,
+    },
+
+    /// A replicated event does not fit the replica's log (its record is damaged, its blob
+    /// missing or not the one its record names, its stream version not the next one, or
+    /// its id already stored). Nothing was written.
+    #[error("replicated event at seq {seq} does not fit the replica: {reason}")]
+    ReplicaMismatch {
+        /// The event's seq.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Replication does not cover this store's configuration. Nothing was written.
+    #[error("replication does not support {what}")]
+    ReplicationUnsupported {
+        /// What is not supported.
+        what: &'static str,
+    },
+
     /// A store identity in text is not 32 hex digits.
     #[error("{text:?} is not a store identity (32 hex digits)")]
     InvalidStoreId {

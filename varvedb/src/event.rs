@@ -415,3 +415,125 @@ impl Iterator for SealedBatch {
 }
 
 impl ExactSizeIterator for SealedBatch {}
+
+/// One event of a store's log as the store keeps it, for a read replica: its seq, its record
+/// (the bytes of the `events` table, checksum included) and, for a payload kept apart
+/// (over 1 KiB), the blob the record names; and the kind of its stream (the aggregate a
+/// typed stream belongs to), which the leader keeps in the stream's head.
+///
+/// A leader hands these out ([`Varve::export_replicated`](crate::Varve::export_replicated));
+/// a replica writes them unchanged ([`Varve::import_replicated`](crate::Varve::import_replicated)),
+/// so every field (seq, stream, version, timestamp, id, type tag, schema version, metadata,
+/// payload) and the bytes around them are the leader's.
+///
+/// ```
+/// use varvedb::{ExpectedVersion, NewEvent, Options, ReplicatedEvent, Varve};
+/// # let dir = tempfile::tempdir()?;
+/// # let replica_dir = tempfile::tempdir()?;
+/// let leader = Varve::open(dir.path())?;
+/// leader.append(7u128, ExpectedVersion::Auto, [NewEvent::new("opened", b"{}".to_vec())])?;
+/// let events = leader.export_replicated(0, 100)?;
+/// // What travels: the seq, the record and the blob, as bytes.
+/// let copy = ReplicatedEvent::from_parts(1, events[0].record().to_vec(), None, None)?;
+/// let replica = Options::new().replica(true).open(replica_dir.path())?;
+/// replica.import_replicated(&[copy])?;
+/// assert_eq!(replica.export_replicated(0, 100)?, events);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedEvent {
+    pub(crate) seq: u64,
+    pub(crate) stream: StreamId,
+    pub(crate) version: u32,
+    pub(crate) id: Option<u128>,
+    pub(crate) record: Bytes,
+    pub(crate) blob: Option<Bytes>,
+    pub(crate) stream_kind: Option<Arc<str>>,
+}
+
+impl ReplicatedEvent {
+    /// An event received from a leader, checked: the record's checksum (which covers its
+    /// seq), its layout, that `blob` is the one it names (present, same length and hash),
+    /// or absent if it names none, and that `stream_kind` is 1 to 255 bytes if given.
+    ///
+    /// # Errors
+    /// [`Error::ReplicaMismatch`] if the record is damaged or not stored under `seq`, the
+    /// blob does not match, or the kind is empty or too long;
+    /// [`Error::ReplicationUnsupported`] for an encrypted record.
+    pub fn from_parts(
+        seq: u64,
+        record: impl Into<Bytes>,
+        blob: Option<Vec<u8>>,
+        stream_kind: Option<&str>,
+    ) -> Result<Self, Error> {
+        let record: Bytes = record.into();
+        let mismatch = |reason: String| Error::ReplicaMismatch { seq, reason };
+        if stream_kind.is_some_and(|k| k.is_empty() || k.len() > 255) {
+            return Err(mismatch("a stream kind must be 1 to 255 bytes".into()));
+        }
+        let env = crate::record::Envelope::decode(seq, &record).map_err(|e| mismatch(e.to_string()))?;
+        match env.content {
+            crate::record::Content::Sealed { .. } => {
+                return Err(Error::ReplicationUnsupported { what: "encrypted stores" });
+            }
+            crate::record::Content::Plain { body: crate::record::Body::Inline(_), .. } => {
+                if blob.is_some() {
+                    return Err(mismatch("a blob came with a record that names none".into()));
+                }
+            }
+            crate::record::Content::Plain { body: crate::record::Body::Blob { hash, len }, .. } => {
+                let Some(blob) = &blob else {
+                    return Err(mismatch("the record names a blob that did not come with it".into()));
+                };
+                if blob.len() != len as usize || crate::record::blob_hash(blob) != *hash {
+                    return Err(mismatch("the blob is not the one the record names".into()));
+                }
+            }
+        }
+        Ok(ReplicatedEvent {
+            seq,
+            stream: StreamId::from(env.head.stream),
+            version: env.head.version,
+            id: env.head.id,
+            blob: blob.map(Bytes::from),
+            record,
+            stream_kind: stream_kind.map(Arc::from),
+        })
+    }
+
+    /// Global sequence number, the leader's.
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The stream the event belongs to.
+    #[must_use]
+    pub fn stream(&self) -> StreamId {
+        self.stream
+    }
+
+    /// Position inside its stream, from 1.
+    #[must_use]
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The kind of the event's stream on the leader (the aggregate of a typed stream).
+    #[must_use]
+    pub fn stream_kind(&self) -> Option<&str> {
+        self.stream_kind.as_deref()
+    }
+
+    /// The stored record, as the leader keeps it.
+    #[must_use]
+    pub fn record(&self) -> &[u8] {
+        &self.record
+    }
+
+    /// The payload kept apart from the record, for a payload over 1 KiB.
+    #[must_use]
+    pub fn blob(&self) -> Option<&[u8]> {
+        self.blob.as_deref()
+    }
+}

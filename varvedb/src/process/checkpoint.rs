@@ -36,6 +36,34 @@ impl Varve {
     }
 }
 
+impl Varve {
+    /// Records `seq` as the checkpoint of `name`, for a consumer outside the store (a
+    /// publisher to another system, say) that keeps its position in the store: read it back
+    /// with [`checkpoint`](Self::checkpoint), follow it with [`lag`](Self::lag).
+    ///
+    /// ```
+    /// use varvedb::Varve;
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Varve::open(dir.path())?;
+    /// db.save_checkpoint("exporter", 42)?;
+    /// assert_eq!(db.checkpoint("exporter")?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ProcessorError::NameInUse`] if a projection or processor owns `name`; storage errors.
+    pub fn save_checkpoint(&self, name: &str, seq: u64) -> Result<(), ProcessorError> {
+        let storage = self.storage();
+        let mut txn = storage.write_txn()?;
+        if !check_owner(storage, &txn, name, Owner::External)? {
+            claim(storage, &mut txn, name, Owner::External)?;
+        }
+        write_checkpoint(storage, &mut txn, name, seq)?;
+        storage.commit(txn)?;
+        Ok(())
+    }
+}
+
 /// The checkpoint of `name` as `txn` sees it; 0 if it has none.
 pub(super) fn read_checkpoint(storage: &Storage, txn: &Txn<'_>, name: &str) -> Result<u64, Error> {
     match storage.get(txn, storage.tables.checkpoints, name.as_bytes())? {
@@ -68,6 +96,8 @@ pub(super) fn delete_checkpoint(storage: &Storage, txn: &mut WriteTxn<'_>, name:
 pub(super) enum Owner {
     Projection,
     Processor,
+    /// A consumer outside the store that keeps its position in it ([`Varve::save_checkpoint`]).
+    External,
 }
 
 impl Owner {
@@ -75,6 +105,7 @@ impl Owner {
         match self {
             Owner::Projection => "projection",
             Owner::Processor => "processor",
+            Owner::External => "external",
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::storage::{ReaderLag, Storage, StorageConfig};
 use crate::writer::{Counters, Durability, LagWarning, Reply, Request, WriteResult, Writer, WriterConfig};
 
 mod keys;
+mod replica;
 
 /// Options for opening a store.
 ///
@@ -45,6 +46,7 @@ pub struct Options {
     lag_warning: Option<LagWarning>,
     verifiable_log: bool,
     durability: Durability,
+    replica: bool,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             lag_warning: None,
             verifiable_log: false,
             durability: Durability::Immediate,
+            replica: false,
         }
     }
 }
@@ -229,6 +232,31 @@ impl Options {
         self
     }
 
+    /// Opens the store as a read replica of another store (its leader): it takes events only
+    /// through [`Varve::import_replicated`], which keeps the leader's seqs, versions,
+    /// timestamps, ids and bytes, and refuses local appends with [`Error::ReadOnlyReplica`].
+    /// Reads, subscriptions, projections and processors work as on any store. Off by
+    /// default.
+    ///
+    /// The mode belongs to the handle, not to the file: a replica opened without it takes
+    /// appends, and its log then leaves its leader's for good (a later import fails with
+    /// [`Error::ReplicaMismatch`] or [`Error::ReplicaGap`]). Encrypted stores and stores
+    /// that keep a Merkle tree are not replicated ([`Error::ReplicationUnsupported`]).
+    ///
+    /// ```
+    /// use varvedb::{Error, ExpectedVersion, NewEvent, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let replica = Options::new().replica(true).open(dir.path())?;
+    /// let local = replica.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]);
+    /// assert!(matches!(local, Err(Error::ReadOnlyReplica)));
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
+    #[must_use]
+    pub fn replica(mut self, on: bool) -> Self {
+        self.replica = on;
+        self
+    }
+
     /// Opens the store in directory `path`, creating the directory and the store if needed.
     ///
     /// Reads hand out references into the memory-mapped file. So while a store is open, its
@@ -278,6 +306,7 @@ impl Options {
         let merkle_tree = crate::tlog::open(&storage, self.verifiable_log)?;
         let last_seq = storage.last_seq(&*storage.read_txn()?)?;
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
+        let import_watch = watch_tx.clone();
         let counters = Arc::new(Counters::default());
         let kinds = Arc::new(KindRegistry::default());
         let writer = Writer::spawn(
@@ -301,6 +330,7 @@ impl Options {
                 counters,
                 kinds,
                 watch: watch_rx,
+                import_watch,
                 path: path.to_path_buf(),
                 store_id: opened.store_id,
                 options: self,
@@ -340,6 +370,8 @@ struct Inner {
     counters: Arc<Counters>,
     kinds: Arc<KindRegistry>,
     watch: tokio::sync::watch::Receiver<u64>,
+    /// Wakes subscriptions after a replica's import, which commits outside the writer thread.
+    import_watch: tokio::sync::watch::Sender<u64>,
     path: PathBuf,
     store_id: Option<StoreId>,
     options: Options,
@@ -381,7 +413,8 @@ impl Varve {
     /// [`Error::ConcurrencyConflict`] if the stream is not at `expected` (nothing written);
     /// input errors ([`Error::EmptyBatch`], [`Error::EventTooLarge`], [`Error::InvalidTag`],
     /// [`Error::VersionOverflow`], [`Error::DuplicateEventId`], [`Error::IdempotencyMismatch`],
-    /// [`Error::StreamKindMismatch`], [`Error::SchemaMismatch`]); [`Error::StoreFull`];
+    /// [`Error::StreamKindMismatch`], [`Error::SchemaMismatch`]); [`Error::ReadOnlyReplica`]
+    /// on a replica; [`Error::StoreFull`];
     /// damage found while writing ([`Error::Corrupt`], [`Error::CorruptIndex`]);
     /// [`Error::DiskFull`]; [`Error::MapResized`] while another process has grown the store
     /// and this one has read views open; [`Error::WriterStopped`] while the store closes;
@@ -427,6 +460,9 @@ impl Varve {
     /// # Errors
     /// As [`append`](Self::append), for any stream of the batch.
     pub fn write(&self, batch: WriteBatch) -> Result<Vec<Appended>, Error> {
+        if self.inner.options.replica {
+            return Err(Error::ReadOnlyReplica);
+        }
         if crate::storage::holds_write_lock() {
             return Err(Error::WouldDeadlock);
         }
@@ -443,6 +479,9 @@ impl Varve {
     /// # Cancel safety
     /// As [`append_async`](Self::append_async).
     pub async fn write_async(&self, batch: WriteBatch) -> Result<Vec<Appended>, Error> {
+        if self.inner.options.replica {
+            return Err(Error::ReadOnlyReplica);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel::<WriteResult>();
         self.inner.writer.submit(Request { batch, reply: Reply::Async(tx) })?;
         rx.await.map_err(|_| Error::WriterStopped)?

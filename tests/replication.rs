@@ -1,0 +1,168 @@
+//! Read replicas over NATS JetStream, against a real `nats-server` (2.9): a leader's log
+//! published and imported whole, and the same with the server, the publisher and the
+//! follower killed (SIGKILL) at random moments.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use varvedb::{ExpectedVersion, NewEvent, Options, Varve};
+use varvedb_nats::{Follower, FollowerConfig, Publisher, PublisherConfig};
+
+#[path = "support/nats.rs"]
+mod nats;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Same log, byte for byte (records and blobs), and both stores pass the integrity check.
+fn assert_same_log(leader: &Varve, replica: &Varve, events: u64) {
+    let mut after = 0;
+    loop {
+        let l = leader.export_replicated(after, 10_000).unwrap();
+        let r = replica.export_replicated(after, 10_000).unwrap();
+        assert_eq!(l.len(), r.len(), "the logs differ in length after seq {after}");
+        for (a, b) in l.iter().zip(&r) {
+            assert!(a == b, "the logs differ at seq {}", a.seq());
+        }
+        match l.last() {
+            Some(last) => after = last.seq(),
+            None => break,
+        }
+    }
+    assert_eq!(after, events);
+    let (rl, rr) = (
+        leader.begin_read().unwrap().check_integrity().unwrap(),
+        replica.begin_read().unwrap().check_integrity().unwrap(),
+    );
+    assert_eq!((rl.events, rl.streams, rl.blob_references), (rr.events, rr.streams, rr.blob_references));
+    assert_eq!(rr.last_seq, events);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn a_replica_receives_the_leaders_log_byte_for_byte() {
+    let events = env("VARVEDB_REPLICA_EVENTS", 100_000);
+    let server = nats::NatsServer::start();
+    let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Varve::open(l.path()).unwrap();
+    let mut seq = 0u64;
+    while seq < events {
+        let n = (events - seq).min(100);
+        let batch: Vec<NewEvent> = (seq + 1..=seq + n)
+            .map(|s| {
+                let payload =
+                    if s.is_multiple_of(1000) { vec![s as u8; 4096] } else { s.to_le_bytes().to_vec() };
+                let e = NewEvent::new(if s % 3 == 0 { "fizz" } else { "plain" }, payload)
+                    .with_metadata(vec![s as u8; (s % 5) as usize]);
+                if s.is_multiple_of(7) { e.with_id(u128::from(s) << 32) } else { e }
+            })
+            .collect();
+        leader.append(u128::from(seq / 100 % 50), ExpectedVersion::Auto, batch).unwrap();
+        seq += n;
+    }
+    let replica = Options::new().replica(true).open(r.path()).unwrap();
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let publisher =
+            Publisher::new(leader.clone(), client.clone(), PublisherConfig::default()).await.unwrap();
+        let running = publisher.clone();
+        let task = tokio::spawn(async move { running.run().await });
+        let follower = Follower::new(replica.clone(), client.clone(), FollowerConfig::default());
+        let reached = tokio::time::timeout(Duration::from_mins(10), follower.follow_until(events)).await;
+        assert_eq!(reached.expect("the replica did not catch up within 10 minutes").unwrap(), events);
+        // The publisher saves its position after JetStream has acknowledged a round, which
+        // may come after the follower has already imported that round's events.
+        let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+        while publisher.stats().position < events && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        let (p, f) = (publisher.stats(), follower.stats());
+        assert_eq!((p.position, p.published, p.duplicates), (events, events, 0), "{p:?}");
+        assert_eq!((f.imported, f.skipped), (events, 0), "{f:?}");
+        assert_eq!(publisher.lag().unwrap(), 0);
+        assert_eq!(follower.lag().await.unwrap(), 0);
+
+        // A publisher started again resumes at its checkpoint; rewound, it publishes the
+        // last events again, and JetStream drops them.
+        let again = Publisher::new(leader.clone(), client.clone(), PublisherConfig::default()).await.unwrap();
+        assert_eq!(again.publish_available().await.unwrap(), events);
+        assert_eq!(again.stats().published, 0);
+        let rewound = events.saturating_sub(1000);
+        leader.save_checkpoint("varvedb-nats.publisher", rewound).unwrap();
+        let again = Publisher::new(leader.clone(), client, PublisherConfig::default()).await.unwrap();
+        assert_eq!(again.publish_available().await.unwrap(), events);
+        assert_eq!((again.stats().published, again.stats().duplicates), (0, events - rewound));
+    });
+    assert_same_log(&leader, &replica, events);
+}
+
+fn spawn(mode: &str, dir: &Path, url: &str, events: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_replica-child"))
+        .args([mode, dir.to_str().unwrap(), url, &events.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sigkills_of_server_publisher_and_follower_lose_and_repeat_nothing() {
+    let kills = env("VARVEDB_REPLICA_KILLS", 30);
+    let events = env("VARVEDB_REPLICA_KILL_EVENTS", 20_000);
+    let mut rng = fastrand::Rng::with_seed(env("VARVEDB_REPLICA_SEED", 19));
+    let mut server = nats::NatsServer::start();
+    let url = server.url();
+    let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut publisher = spawn("publish", l.path(), &url, events);
+    let mut follower = spawn("follow", r.path(), &url, events);
+    let mut killed = [0u32; 3];
+    // Kills while the replica is still catching up: the ones that test something.
+    let mut mid_stream = 0;
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
+        if follower.try_wait().unwrap().is_none() {
+            mid_stream += 1;
+        }
+        let victim = rng.usize(0..3);
+        killed[victim] += 1;
+        match victim {
+            0 => server.restart(),
+            1 => {
+                let _ = publisher.kill();
+                let _ = publisher.wait();
+                publisher = spawn("publish", l.path(), &url, events);
+            }
+            _ => {
+                let _ = follower.kill();
+                let _ = follower.wait();
+                follower = spawn("follow", r.path(), &url, events);
+            }
+        }
+    }
+    // Then both run to the end.
+    let deadline = Instant::now() + Duration::from_mins(5);
+    for child in [&mut publisher, &mut follower] {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "a child failed: {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the children did not finish within 5 minutes");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!(
+        "killed: server {}, publisher {}, follower {}; {mid_stream} of {kills} while the replica was behind",
+        killed[0], killed[1], killed[2]
+    );
+    assert!(mid_stream * 2 >= kills, "most kills came after the replica had caught up: make the log longer");
+    let leader = Varve::open(l.path()).unwrap();
+    let replica = Options::new().replica(true).open(r.path()).unwrap();
+    assert_same_log(&leader, &replica, events);
+}
