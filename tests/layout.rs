@@ -532,3 +532,36 @@ fn damaged_maps_and_sets_are_typed_errors() {
     bad[cap_at - 4..cap_at].copy_from_slice(&11u32.to_le_bytes());
     assert!(matches!(layout.to_json(&bad), Err(LayoutError::InvalidValue { .. })));
 }
+
+/// Typed metadata: its layout is recorded with its first use, keyed by its fingerprint, apart
+/// from the event schemas; the stored metadata decodes through it.
+#[test]
+fn the_registry_records_metadata_layouts() -> Result<(), Box<dyn std::error::Error>> {
+    use varvedb::Schema;
+    let dir = tempfile::tempdir()?;
+    let db = Varve::open(dir.path())?;
+    let meta = Inner { a: 3, b: Some("who asked, and why".into()), c: (-1, true) };
+    {
+        let view = db.begin_read()?;
+        assert_eq!(view.metadata_layout(<Inner as Schema>::FINGERPRINT)?, None);
+    }
+    let events = [
+        NewEvent::new("raw", b"x".to_vec()).with_meta(&meta)?,
+        NewEvent::new("raw", b"y".to_vec()).with_meta(&meta)?,
+        // Raw bytes record nothing, even after typed metadata was set.
+        NewEvent::new("raw", b"z".to_vec()).with_meta(&Wrapper(1))?.with_metadata(b"plain".to_vec()),
+    ];
+    db.append(1u128, ExpectedVersion::Auto, events)?;
+    let view = db.begin_read()?;
+    let layout = view.metadata_layout(<Inner as Schema>::FINGERPRINT)?.expect("recorded");
+    assert_eq!(layout, Inner::layout());
+    assert_eq!(view.metadata_layout(<Wrapper as Schema>::FINGERPRINT)?, None);
+    // The event schema listing is not disturbed by metadata entries.
+    assert!(view.schemas()?.is_empty());
+    let event = view.event(1)?.expect("stored");
+    let (fp, archive) = event.metadata().split_at(8);
+    assert_eq!(u64::from_le_bytes(fp.try_into()?), <Inner as Schema>::FINGERPRINT);
+    let json: serde_json::Value = serde_json::from_str(&layout.to_json(archive)?)?;
+    assert_eq!(json, serde_json::to_value(&meta)?);
+    Ok(())
+}

@@ -202,6 +202,11 @@ fn a_processor_propagates_correlation_and_causation() {
     let db = Varve::open(dir.path()).unwrap();
     let account = db.stream::<Account>(1u128);
     account.execute_with(&Deposit(10), &ExecuteOptions::new().metadata(&meta("ana", 77))).unwrap();
+    // A command's stamp records its type's layout in the registry, as `with_meta` does.
+    assert_eq!(
+        db.begin_read().unwrap().metadata_layout(<RequestMeta as varvedb::Schema>::FINGERPRINT).unwrap(),
+        Some(<RequestMeta as varvedb::Describe>::layout())
+    );
 
     let receipts = db.stream::<Receipts>(9u128);
     let out = receipts.clone();

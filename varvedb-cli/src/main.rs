@@ -630,7 +630,11 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     metadata_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -645,6 +649,8 @@ struct Line<'a> {
 struct Printer<'v> {
     view: &'v ReadView<'v>,
     layouts: HashMap<(String, u32), (u64, Option<Layout>)>,
+    /// Layouts of typed metadata by fingerprint, looked up when first met.
+    meta_layouts: HashMap<u64, Option<Layout>>,
     raw: bool,
     json: bool,
 }
@@ -656,7 +662,7 @@ impl<'v> Printer<'v> {
             .into_iter()
             .map(|s| ((s.type_tag, s.version), (s.fingerprint, s.layout)))
             .collect();
-        Ok(Printer { view, layouts, raw, json })
+        Ok(Printer { view, layouts, meta_layouts: HashMap::new(), raw, json })
     }
 
     fn print(&mut self, e: &RecordedEvent<'_>, out: &mut impl Write) -> Result<()> {
@@ -671,12 +677,15 @@ impl<'v> Printer<'v> {
             type_tag: e.type_tag(),
             schema_version: e.schema_version(),
             fingerprint: None,
-            metadata_base64: (!e.metadata().is_empty()).then(|| BASE64.encode(e.metadata())),
+            metadata: None,
+            metadata_base64: None,
+            metadata_error: None,
             payload: None,
             payload_base64: None,
             payload_error: None,
             shredded: e.is_shredded(),
         };
+        self.metadata(e.metadata(), &mut line)?;
         let schema = self.layouts.get(&(e.type_tag().to_owned(), e.schema_version()));
         line.fingerprint = schema.map(|(fp, _)| format!("{fp:#018x}"));
         if !e.is_shredded() {
@@ -700,11 +709,44 @@ impl<'v> Printer<'v> {
                 (None, Some(b)) => format!("base64:{b}"),
                 (None, None) => String::new(),
             };
+            let meta = match (&line.metadata, &line.metadata_base64) {
+                (Some(m), _) => format!(" meta {}", m.get()),
+                (None, Some(b)) => format!(" meta base64:{b}"),
+                (None, None) => String::new(),
+            };
             writeln!(
                 out,
-                "#{} {} v{} {} (schema v{}) {}",
+                "#{} {} v{} {} (schema v{}) {}{meta}",
                 line.seq, line.stream, line.version, line.type_tag, line.schema_version, payload
             )?;
+        }
+        Ok(())
+    }
+
+    /// Typed metadata (fingerprint ‖ archive) as JSON through the layout the registry holds
+    /// for its fingerprint; anything else, and everything under `--raw`, as base64.
+    fn metadata(&mut self, bytes: &[u8], line: &mut Line<'_>) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let typed = match bytes.split_first_chunk::<8>() {
+            Some((fp, archive)) if !self.raw => {
+                let fp = u64::from_le_bytes(*fp);
+                if !self.meta_layouts.contains_key(&fp) {
+                    let layout = self.view.metadata_layout(fp)?;
+                    self.meta_layouts.insert(fp, layout);
+                }
+                self.meta_layouts.get(&fp).and_then(Option::as_ref).map(|l| l.to_json(archive))
+            }
+            _ => None,
+        };
+        match typed {
+            Some(Ok(json)) => line.metadata = Some(RawValue::from_string(json)?),
+            Some(Err(err)) => {
+                line.metadata_error = Some(err.to_string());
+                line.metadata_base64 = Some(BASE64.encode(bytes));
+            }
+            None => line.metadata_base64 = Some(BASE64.encode(bytes)),
         }
         Ok(())
     }

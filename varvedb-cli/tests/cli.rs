@@ -1,5 +1,6 @@
 //! The `varve` binary, run on real stores written through the library.
 
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -32,6 +33,24 @@ struct Placed {
     weight: f64,
 }
 
+/// Typed metadata on the typed events.
+#[derive(EventData, Debug, Clone)]
+struct Audit {
+    user: u64,
+    reason: String,
+    tags: BTreeMap<String, u32>,
+    seen: HashSet<u16>,
+}
+
+fn audit(i: u64) -> Audit {
+    Audit {
+        user: 40 + i,
+        reason: format!("checkout {i}"),
+        tags: (0..i).map(|t| (format!("tag-{t}"), u32::try_from(t).unwrap())).collect(),
+        seen: [7, 9].into_iter().collect(),
+    }
+}
+
 const ORDER: u128 = 0x00aa;
 const NOTES: u128 = 0x00bb;
 
@@ -58,7 +77,8 @@ fn write_store(dir: &Path, options: Options) {
         ORDER,
         "order",
         ExpectedVersion::NoStream,
-        (1..=3).map(|i| NewEvent::from_event(&placed(i)).expect("archive")),
+        (1..=3)
+            .map(|i| NewEvent::from_event(&placed(i)).and_then(|e| e.with_meta(&audit(i))).expect("archive")),
     );
     db.write(batch).expect("typed events");
     for i in 0..4u8 {
@@ -205,9 +225,21 @@ fn export_decoded_and_raw() {
     // Events without a registered layout keep their bytes.
     assert_eq!(lines[3]["payload_base64"], "UkFXLU5PVEUtUEFZTE9BRC0w");
     assert_eq!(lines[3]["metadata_base64"], "AAAA");
+    // Typed metadata is decoded through the layout recorded with its first use.
+    assert_eq!(lines[2]["metadata"]["user"], 43);
+    assert_eq!(lines[2]["metadata"]["reason"], "checkout 3");
+    assert_eq!(lines[2]["metadata"]["tags"], serde_json::json!({"tag-0": 0, "tag-1": 1, "tag-2": 2}));
+    let mut seen: Vec<u64> =
+        lines[2]["metadata"]["seen"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [7, 9]);
+    assert!(lines[2].get("metadata_base64").is_none());
+    let text = stdout(&varve(&["get", s, "1"]));
+    assert!(text.contains(r#"meta {"user":41,"reason":"checkout 1","tags":{"tag-0":0}"#), "{text}");
 
     let raw = json_lines(&varve(&["export", s, "--raw"]));
     assert!(raw.iter().all(|l| l.get("payload").is_none() && l["payload_base64"].is_string()));
+    assert!(raw.iter().all(|l| l.get("metadata").is_none() && l["metadata_base64"].is_string()));
     // Everything but the payload is the same either way.
     for (a, b) in lines.iter().zip(&raw) {
         for field in ["seq", "stream", "version", "timestamp_micros", "id", "type", "schema_version"] {

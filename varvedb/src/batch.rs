@@ -73,6 +73,9 @@ pub struct NewEvent {
     pub(crate) schema: Option<SchemaId>,
     /// The time to record instead of the commit's (restoring an exported store).
     pub(crate) timestamp: Option<u64>,
+    /// Typed metadata's fingerprint and layout description, recorded in the registry on
+    /// first use so that tools can read the metadata without its type.
+    pub(crate) meta_layout: Option<(u64, LayoutFn)>,
 }
 
 /// A typed event's schema identity: its version and structural fingerprint.
@@ -118,6 +121,7 @@ impl NewEvent {
             id: None,
             schema: None,
             timestamp: None,
+            meta_layout: None,
         }
     }
 
@@ -167,6 +171,7 @@ impl NewEvent {
     #[must_use]
     pub fn with_metadata(mut self, metadata: impl Into<Vec<u8>>) -> Self {
         self.metadata = metadata.into();
+        self.meta_layout = None;
         self
     }
 

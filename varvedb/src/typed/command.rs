@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
+use crate::batch::{Appended, ExpectedVersion, LayoutFn, NewEvent, WriteBatch};
 use crate::error::Error;
 use crate::event::OwnedEvent;
 use crate::read::ReadView;
@@ -109,6 +109,15 @@ pub struct ExecuteOptions {
     pub(crate) retry: RetryPolicy,
     /// Encoded typed metadata, or why it failed to serialize.
     pub(crate) metadata: Option<Result<Vec<u8>, String>>,
+    /// The metadata type's fingerprint and layout description, for the registry.
+    pub(crate) meta_layout: Option<(u64, LayoutFn)>,
+}
+
+/// Metadata stamped on a command's events: its bytes and, for the registry, its layout.
+#[derive(Clone, Copy)]
+pub(crate) struct Stamp<'a> {
+    bytes: &'a [u8],
+    layout: Option<(u64, LayoutFn)>,
 }
 
 impl ExecuteOptions {
@@ -126,17 +135,17 @@ impl ExecuteOptions {
     }
 
     /// The stamp for events: `None` when there is no metadata.
-    fn stamp(&self) -> Result<Option<&[u8]>, Error> {
+    fn stamp(&self) -> Result<Option<Stamp<'_>>, Error> {
         match &self.metadata {
             None => Ok(None),
-            Some(Ok(bytes)) => Ok(Some(bytes)),
+            Some(Ok(bytes)) => Ok(Some(Stamp { bytes, layout: self.meta_layout })),
             Some(Err(e)) => Err(Error::Serialize(e.clone())),
         }
     }
 }
 
 /// Serializes typed events; those without metadata of their own get `stamp`.
-fn serialize<A, I>(events: I, stamp: Option<&[u8]>) -> Result<Vec<NewEvent>, Error>
+fn serialize<A, I>(events: I, stamp: Option<Stamp<'_>>) -> Result<Vec<NewEvent>, Error>
 where
     I: IntoIterator,
     I::Item: IntoPending<A>,
@@ -148,7 +157,8 @@ where
             if let Some(stamp) = stamp
                 && event.metadata.is_empty()
             {
-                event.metadata = stamp.to_vec();
+                event.metadata = stamp.bytes.to_vec();
+                event.meta_layout = stamp.layout;
             }
             Ok(event)
         })
@@ -246,7 +256,7 @@ pub struct Transacted<R> {
 pub struct Transaction<'t> {
     view: ReadView<'t>,
     batch: WriteBatch,
-    stamp: Option<&'t [u8]>,
+    stamp: Option<Stamp<'t>>,
 }
 
 impl std::fmt::Debug for Transaction<'_> {
@@ -257,7 +267,7 @@ impl std::fmt::Debug for Transaction<'_> {
 
 impl<'t> Transaction<'t> {
     /// An attempt on `db`'s current state.
-    pub(crate) fn begin(db: &'t Varve, stamp: Option<&'t [u8]>) -> Result<Self, Error> {
+    pub(crate) fn begin(db: &'t Varve, stamp: Option<Stamp<'t>>) -> Result<Self, Error> {
         Ok(Transaction { view: db.begin_read()?, batch: WriteBatch::new(), stamp })
     }
 
