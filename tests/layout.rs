@@ -565,3 +565,44 @@ fn the_registry_records_metadata_layouts() -> Result<(), Box<dyn std::error::Err
     assert_eq!(json, serde_json::to_value(&meta)?);
     Ok(())
 }
+
+/// Descriptions given with copied events are recorded like a type's own; a damaged one
+/// refuses the request, with nothing written.
+#[test]
+fn described_schemas_and_metadata_from_elsewhere() -> Result<(), Box<dyn std::error::Error>> {
+    use varvedb::Schema;
+    let dir = tempfile::tempdir()?;
+    let db = Varve::open(dir.path())?;
+    let layout: &'static [u8] = Box::leak(Inner::layout().encode().into_boxed_slice());
+    let meta = Wrapper(5);
+    let mut meta_bytes = <Wrapper as Schema>::FINGERPRINT.to_le_bytes().to_vec();
+    meta_bytes.extend_from_slice(&rkyv::to_bytes::<rkyv::rancor::Error>(&meta)?);
+    let wrapper_layout: &'static [u8] = Box::leak(Wrapper::layout().encode().into_boxed_slice());
+    let value = Inner { a: 1, b: None, c: (2, true) };
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&value)?.to_vec();
+
+    let bad: &'static [u8] = &[1, 200];
+    let refused = db.append(
+        1u128,
+        ExpectedVersion::Auto,
+        [NewEvent::new("copied", payload.clone()).with_described_schema(1, 77, bad)],
+    );
+    assert!(matches!(refused, Err(varvedb::Error::BadLayoutDescription { .. })), "{refused:?}");
+    let refused = db.append(
+        1u128,
+        ExpectedVersion::Auto,
+        [NewEvent::new("copied", payload.clone()).with_described_metadata(meta_bytes.clone(), bad)],
+    );
+    assert!(matches!(refused, Err(varvedb::Error::BadLayoutDescription { .. })), "{refused:?}");
+    assert_eq!(db.begin_read()?.last_seq()?, 0);
+
+    let event = NewEvent::new("copied", payload)
+        .with_described_schema(1, 77, layout)
+        .with_described_metadata(meta_bytes, wrapper_layout);
+    db.append(1u128, ExpectedVersion::Auto, [event])?;
+    let view = db.begin_read()?;
+    assert_eq!(view.schema_layout("copied", 1)?, Some(Inner::layout()));
+    assert_eq!(view.metadata_layout(<Wrapper as Schema>::FINGERPRINT)?, Some(Wrapper::layout()));
+    assert_eq!(view.metadata_layouts()?, vec![(<Wrapper as Schema>::FINGERPRINT, Wrapper::layout())]);
+    Ok(())
+}

@@ -103,16 +103,18 @@ enum Command {
     },
     /// Checks every record, index and page; exits with 3 naming each damaged seq.
     Verify(Store),
-    /// Every event as JSON Lines, payloads decoded through the schema registry.
+    /// Every event as JSON Lines, payloads and typed metadata decoded through the schema
+    /// registry.
     Export {
         #[command(flatten)]
         store: Store,
-        /// Keep payloads as base64 instead of decoding them.
+        /// Keep payloads and metadata as base64, after a line per layout description of the
+        /// registry: the form `import` reads.
         #[arg(long)]
         raw: bool,
     },
     /// Reads an export made with `--raw` into a new store, keeping seqs, versions, ids,
-    /// timestamps, kinds, metadata and schema versions.
+    /// timestamps, kinds, metadata, schema versions and layout descriptions.
     Import {
         /// The directory of the new store (must not hold a store yet).
         store: PathBuf,
@@ -214,6 +216,9 @@ fn run(cli: &Cli) -> Result<u8> {
             let db = open(store)?;
             let view = db.begin_read()?;
             let mut printer = Printer::new(&view, *raw, true)?;
+            if *raw {
+                write_layouts(&view, &mut out)?;
+            }
             let bar = progress(view.last_seq()?, "export");
             let mut events = view.read_all(1)?;
             let mut buf = Vec::new();
@@ -482,6 +487,82 @@ fn verify(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
     Ok(if damaged.is_empty() && whole.is_ok() { 0 } else { EXIT_DAMAGED })
 }
 
+/// A layout description at the head of a `--raw` export: of an event type's schema
+/// (`type`, `schema_version`, `fingerprint`) or of a typed metadata type
+/// (`metadata_fingerprint`).
+#[derive(Serialize, serde::Deserialize)]
+struct LayoutLine {
+    layout_base64: String,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none", default)]
+    type_tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    schema_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    metadata_fingerprint: Option<String>,
+}
+
+/// The registry's layout descriptions, one line each, so that an import records them too.
+fn write_layouts(view: &ReadView<'_>, out: &mut impl Write) -> Result<()> {
+    for s in view.schemas()? {
+        if let Some(layout) = &s.layout {
+            let line = LayoutLine {
+                layout_base64: BASE64.encode(layout.encode()),
+                type_tag: Some(s.type_tag.clone()),
+                schema_version: Some(s.version),
+                fingerprint: Some(format!("{:#018x}", s.fingerprint)),
+                metadata_fingerprint: None,
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            writeln!(out)?;
+        }
+    }
+    for (fp, layout) in view.metadata_layouts()? {
+        let line = LayoutLine {
+            layout_base64: BASE64.encode(layout.encode()),
+            type_tag: None,
+            schema_version: None,
+            fingerprint: None,
+            metadata_fingerprint: Some(format!("{fp:#018x}")),
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// Layout descriptions read from an export, to be recorded with the first event of each.
+#[derive(Default)]
+struct ImportedLayouts {
+    schemas: HashMap<(String, u32), &'static [u8]>,
+    metadata: HashMap<u64, &'static [u8]>,
+}
+
+impl ImportedLayouts {
+    fn add(&mut self, line: LayoutLine) -> Result<()> {
+        let bytes = BASE64.decode(&line.layout_base64)?;
+        Layout::decode(&bytes)?;
+        // The library takes descriptions as `'static`: one per schema of the export, kept
+        // until this short-lived process ends.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        match (line.type_tag, line.schema_version, line.metadata_fingerprint) {
+            (Some(tag), Some(version), None) => {
+                self.schemas.insert((tag, version), bytes);
+            }
+            (None, None, Some(fp)) => {
+                self.metadata.insert(parse_fingerprint(&fp)?, bytes);
+            }
+            _ => return Err("a layout line names neither a schema nor a metadata type".into()),
+        }
+        Ok(())
+    }
+}
+
+fn parse_fingerprint(s: &str) -> Result<u64> {
+    Ok(u64::from_str_radix(s.trim_start_matches("0x"), 16)?)
+}
+
 /// A line of an export, as `import` reads it.
 #[derive(serde::Deserialize)]
 struct Imported {
@@ -525,6 +606,7 @@ fn import(dir: &Path, input: &Path, key_file: Option<&Path>, out: &mut impl Writ
     }
     let db = options.open(dir)?;
     let mut batch: Vec<Run> = Vec::new();
+    let mut layouts = ImportedLayouts::default();
     let mut in_batch = 0usize;
     let mut count = 0u64;
     for (n, line) in std::io::BufRead::lines(reader).enumerate() {
@@ -532,8 +614,17 @@ fn import(dir: &Path, input: &Path, key_file: Option<&Path>, out: &mut impl Writ
         if line.trim().is_empty() {
             continue;
         }
-        let e: Imported = serde_json::from_str(&line).map_err(|err| format!("line {}: {err}", n + 1))?;
-        let event = to_new_event(&e).map_err(|err| format!("line {} (seq {}): {err}", n + 1, e.seq))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|err| format!("line {}: {err}", n + 1))?;
+        if value.get("layout_base64").is_some() {
+            let l: LayoutLine =
+                serde_json::from_value(value).map_err(|err| format!("line {}: {err}", n + 1))?;
+            layouts.add(l).map_err(|err| format!("line {}: {err}", n + 1))?;
+            continue;
+        }
+        let e: Imported = serde_json::from_value(value).map_err(|err| format!("line {}: {err}", n + 1))?;
+        let event =
+            to_new_event(&e, &layouts).map_err(|err| format!("line {} (seq {}): {err}", n + 1, e.seq))?;
         let stream = parse_stream(&e.stream)?;
         match batch.last_mut() {
             Some(run) if run.stream == stream => run.events.push(event),
@@ -561,7 +652,7 @@ fn import(dir: &Path, input: &Path, key_file: Option<&Path>, out: &mut impl Writ
     Ok(0)
 }
 
-fn to_new_event(e: &Imported) -> Result<NewEvent> {
+fn to_new_event(e: &Imported, layouts: &ImportedLayouts) -> Result<NewEvent> {
     if e.shredded {
         return Err("a shredded event has no payload to import".into());
     }
@@ -570,15 +661,23 @@ fn to_new_event(e: &Imported) -> Result<NewEvent> {
     let mut event =
         NewEvent::new(e.type_tag.clone(), BASE64.decode(payload)?).with_timestamp(e.timestamp_micros);
     if let Some(meta) = &e.metadata_base64 {
-        event = event.with_metadata(BASE64.decode(meta)?);
+        let meta = BASE64.decode(meta)?;
+        let described = meta.first_chunk::<8>().and_then(|fp| layouts.metadata.get(&u64::from_le_bytes(*fp)));
+        event = match described {
+            Some(layout) => event.with_described_metadata(meta, layout),
+            None => event.with_metadata(meta),
+        };
     }
     if let Some(id) = &e.id {
         event = event.with_id(u128::from_str_radix(id, 16)?);
     }
     if e.schema_version != 0 {
         let fp = e.fingerprint.as_deref().ok_or("a typed event without its fingerprint")?;
-        let fp = u64::from_str_radix(fp.trim_start_matches("0x"), 16)?;
-        event = event.with_schema(e.schema_version, fp);
+        let fp = parse_fingerprint(fp)?;
+        event = match layouts.schemas.get(&(e.type_tag.clone(), e.schema_version)) {
+            Some(layout) => event.with_described_schema(e.schema_version, fp, layout),
+            None => event.with_schema(e.schema_version, fp),
+        };
     }
     Ok(event)
 }

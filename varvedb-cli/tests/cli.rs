@@ -237,7 +237,13 @@ fn export_decoded_and_raw() {
     let text = stdout(&varve(&["get", s, "1"]));
     assert!(text.contains(r#"meta {"user":41,"reason":"checkout 1","tags":{"tag-0":0}"#), "{text}");
 
-    let raw = json_lines(&varve(&["export", s, "--raw"]));
+    let all = json_lines(&varve(&["export", s, "--raw"]));
+    // The registry's layouts come first: the event type's and the metadata type's.
+    assert_eq!(all[0]["type"], "order.placed");
+    assert!(all[0]["layout_base64"].is_string());
+    assert!(all[1]["metadata_fingerprint"].is_string());
+    let raw: Vec<_> = all.into_iter().filter(|l| l.get("seq").is_some()).collect();
+    assert_eq!(raw.len(), 7);
     assert!(raw.iter().all(|l| l.get("payload").is_none() && l["payload_base64"].is_string()));
     assert!(raw.iter().all(|l| l.get("metadata").is_none() && l["metadata_base64"].is_string()));
     // Everything but the payload is the same either way.
@@ -323,6 +329,13 @@ fn export_import_export_is_identical() {
     assert!(stdout(&import).contains("imported 10 events"));
     let second = varve(&["export", c, "--raw"]);
     assert_eq!(stdout(&first), stdout(&second));
+    // The layouts came along: the decoded exports are equal too, payloads and metadata decoded.
+    let decoded_original = varve(&["export", s]);
+    let decoded_copy = varve(&["export", c]);
+    assert_eq!(stdout(&decoded_original), stdout(&decoded_copy));
+    let lines = json_lines(&decoded_copy);
+    assert_eq!(lines[0]["payload"]["total_cents"], 1001);
+    assert_eq!(lines[0]["metadata"]["reason"], "checkout 1");
     assert_eq!(varve(&["verify", c]).status.code(), Some(0));
     // The kinds, versions and the typed events' registry entries came along.
     assert_eq!(stdout(&varve(&["streams", s])), stdout(&varve(&["streams", c])));
@@ -336,6 +349,20 @@ fn export_import_export_is_identical() {
     let refused = varve(&["import", dir.path().join("other").to_str().unwrap(), decoded.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--raw"));
+    // A damaged layout description: refused, naming the line.
+    let text = stdout(&first);
+    let (head, rest) = text.split_once('\n').unwrap();
+    let mut line: serde_json::Value = serde_json::from_str(head).unwrap();
+    line["layout_base64"] = "AcgA".into();
+    let damaged = dir.path().join("damaged.jsonl");
+    std::fs::write(&damaged, format!("{line}\n{rest}")).unwrap();
+    let refused = varve(&["import", dir.path().join("third").to_str().unwrap(), damaged.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("line 1"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     // An encrypted store: exported with its key, imported under another.
     let enc = dir.path().join("enc");

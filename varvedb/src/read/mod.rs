@@ -207,6 +207,30 @@ impl<'db> ReadView<'db> {
         })
     }
 
+    /// Every typed metadata type's layout description in the registry, by fingerprint.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`] if a description is damaged.
+    pub fn metadata_layouts(&self) -> Result<Vec<(u64, Layout)>, Error> {
+        let from = key::meta_layout(0);
+        let to = key::meta_layout(u64::MAX);
+        let range = (std::ops::Bound::Included(&from[..]), std::ops::Bound::Included(&to[..]));
+        let mut out = Vec::new();
+        for entry in self.storage.entries(&self.txn, self.storage.tables.schema, range, false)? {
+            let (k, v) = entry?;
+            if !key::is_meta_layout(k) {
+                continue;
+            }
+            let fingerprint = u64::from_be_bytes(k[2..].try_into().unwrap_or_default());
+            let layout = Layout::decode(v).map_err(|e| Error::CorruptIndex {
+                table: "schema",
+                reason: format!("layout of metadata {fingerprint:#018x}: {e}"),
+            })?;
+            out.push((fingerprint, layout));
+        }
+        Ok(out)
+    }
+
     /// Every schema in the registry, by type tag and version, with its layout description
     /// where one was recorded.
     ///

@@ -149,7 +149,7 @@ impl NewEvent {
     /// [`Error::Serialize`] if rkyv fails.
     pub fn with_meta<M: Metadata>(self, meta: &M) -> Result<Self, Error> {
         let mut event = self.with_metadata(encode(meta)?);
-        event.meta_layout = Some((M::FINGERPRINT, LayoutFn(encoded_layout::<M>)));
+        event.meta_layout = Some((M::FINGERPRINT, LayoutFn::Typed(encoded_layout::<M>)));
         Ok(event)
     }
 }
@@ -170,7 +170,7 @@ impl ExecuteOptions {
     #[must_use]
     pub fn metadata<M: Metadata>(mut self, meta: &M) -> Self {
         self.metadata = Some(encode(meta).map_err(|e| e.to_string()));
-        self.meta_layout = Some((M::FINGERPRINT, LayoutFn(encoded_layout::<M>)));
+        self.meta_layout = Some((M::FINGERPRINT, LayoutFn::Typed(encoded_layout::<M>)));
         self
     }
 }

@@ -297,7 +297,7 @@ impl WriterState {
                         )?;
                         if let Some(layout) = schema.layout {
                             let k = key::schema_layout(tag, schema.version);
-                            storage.put(&mut txn, storage.tables.schema, &k, &(layout.0)())?;
+                            storage.put(&mut txn, storage.tables.schema, &k, &layout.encode())?;
                         }
                     }
                     for (k, list) in &new_kinds {

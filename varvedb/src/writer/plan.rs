@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::batch::{Appended, EventInfo, Kind, NewEvent, SchemaId, StreamAppend, WriteBatch};
+use crate::batch::{Appended, EventInfo, Kind, LayoutFn, NewEvent, SchemaId, StreamAppend, WriteBatch};
 use crate::crypto::Master;
 use crate::error::Error;
 use crate::id::StreamId;
@@ -292,9 +292,10 @@ impl WriterState {
             && !checked.contains(&fingerprint)
         {
             checked.push(fingerprint);
+            check_given(layout, || format!("metadata {fingerprint:#018x}"))?;
             let k = key::meta_layout(fingerprint);
             if self.storage.get(txn, self.storage.tables.schema, &k)?.is_none() {
-                new.push((k.to_vec(), (layout.0)()));
+                new.push((k.to_vec(), layout.encode()));
             }
         }
         Ok(())
@@ -336,6 +337,9 @@ impl WriterState {
                 Ok(())
             }
             None => {
+                if let Some(layout) = schema.layout {
+                    check_given(layout, || format!("{tag:?} version {}", schema.version))?;
+                }
                 checked.push((tag.to_owned(), schema, true));
                 Ok(())
             }
@@ -390,4 +394,15 @@ fn check_kind(part: &StreamAppend, head: &PendingHead) -> Result<(), Error> {
         expected: wanted.to_string(),
         actual: head.kind.as_deref().map(str::to_owned),
     })
+}
+
+/// Refuses a caller-given layout description that does not decode: the registry would keep
+/// it, and every reader of the registry would meet it.
+fn check_given(layout: LayoutFn, what: impl FnOnce() -> String) -> Result<(), Error> {
+    match layout {
+        LayoutFn::Typed(_) => Ok(()),
+        LayoutFn::Given(bytes) => crate::layout::Layout::decode(bytes)
+            .map(drop)
+            .map_err(|source| Error::BadLayoutDescription { what: what(), source }),
+    }
 }
