@@ -350,6 +350,7 @@ fn info(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
     let last_seq = view.last_seq()?;
     let streams = view.streams()?.len();
     let schemas = view.schemas()?;
+    let metadata: Vec<u64> = view.metadata_layouts()?.into_iter().map(|(fp, _)| fp).collect();
     if json {
         let schemas: Vec<_> = schemas
             .iter()
@@ -371,6 +372,7 @@ fn info(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
             "encrypted": db.is_encrypted(),
             "store_id": db.store_id().map(|id| format!("{id:?}")),
             "schemas": schemas,
+            "metadata_types": metadata.iter().map(|fp| format!("{fp:#018x}")).collect::<Vec<_>>(),
         });
         writeln!(out, "{info}")?;
     } else {
@@ -383,6 +385,10 @@ fn info(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
         for s in &schemas {
             let described = if s.layout.is_some() { "described" } else { "fingerprint only" };
             writeln!(out, "  {} v{}  {:#018x}  {described}", s.type_tag, s.version, s.fingerprint)?;
+        }
+        writeln!(out, "metadata   {} described type(s)", metadata.len())?;
+        for fp in &metadata {
+            writeln!(out, "  {fp:#018x}")?;
         }
     }
     Ok(0)

@@ -138,6 +138,10 @@ fn info_streams_read_log_get() {
     assert_eq!(info["encrypted"], false);
     assert_eq!(info["schemas"][0]["type"], "order.placed");
     assert_eq!(info["schemas"][0]["described"], true);
+    assert_eq!(
+        info["metadata_types"],
+        serde_json::json!([format!("{:#018x}", <Audit as varvedb::Schema>::FINGERPRINT)])
+    );
     assert!(stdout(&varve(&["info", s])).contains("order.placed v1"));
 
     let streams = json_lines(&varve(&["streams", s, "--json", "--kind", "order"]));

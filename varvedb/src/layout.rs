@@ -861,8 +861,9 @@ impl Decoder<'_> {
         if len == 0 {
             return Ok(());
         }
-        // Every entry takes a node or a bucket of its own, so a valid archive has more bytes
-        // than entries; a larger count is damage, refused before any work is done for it.
+        // Every entry takes at least a byte (a B-tree node holds at most five entries and has
+        // at least five bytes, a hash bucket has a control byte), so a valid archive has more
+        // bytes than entries; a larger count is damage, refused before any work is done.
         if len > self.bytes.len() {
             return Err(LayoutError::InvalidValue { at: at + 4, what: "collection length" });
         }
