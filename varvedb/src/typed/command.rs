@@ -80,6 +80,7 @@ impl RetryPolicy {
     /// run out.
     pub(crate) fn run<T, E>(
         &self,
+        db: &Varve,
         mut attempt: impl FnMut(u32) -> Result<T, ExecuteError<E>>,
     ) -> Result<T, ExecuteError<E>> {
         let attempts = self.attempts.max(1);
@@ -91,6 +92,7 @@ impl RetryPolicy {
                         return Err(ExecuteError::RetriesExhausted { attempts: n, last: conflict });
                     }
                     std::thread::sleep(self.backoff(n));
+                    db.count_retry();
                     n += 1;
                 }
                 other => return other,
@@ -391,7 +393,7 @@ impl Varve {
         F: FnMut(&mut Transaction<'_>) -> Result<R, ExecuteError<E>>,
     {
         let stamp = options.stamp()?;
-        options.retry.run(|attempts| {
+        options.retry.run(self, |attempts| {
             let mut tx = Transaction::begin(self, stamp)?;
             let value = command(&mut tx)?;
             // The snapshot must not stay open while the write waits for its commit.
@@ -420,7 +422,7 @@ impl<A: Aggregate> Stream<A> {
         A: Handle<C>,
     {
         let stamp = options.stamp()?;
-        options.retry.run(|attempts| {
+        options.retry.run(&self.db, |attempts| {
             let loaded = self.load()?;
             let events = loaded.state.handle(command).map_err(ExecuteError::Rejected)?;
             if events.is_empty() {

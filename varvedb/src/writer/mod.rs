@@ -63,6 +63,10 @@ pub(crate) struct Counters {
     pub(crate) commits: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) events: AtomicU64,
+    /// Requests answered with a concurrency conflict (counted by the store, not the writer).
+    pub(crate) conflicts: AtomicU64,
+    /// Attempts of commands repeated after a conflict.
+    pub(crate) retries: AtomicU64,
 }
 
 /// What the writer takes from the store's options.
