@@ -1,7 +1,9 @@
 //! Layout descriptions: recorded in the schema registry beside the fingerprint, and enough to
 //! turn any stored event into JSON without its Rust type.
 
-use proptest::collection::vec;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use proptest::collection::{btree_map, btree_set, hash_map, hash_set, vec};
 use proptest::prelude::*;
 use serde::Serialize;
 use varvedb::{Describe, Event, EventData, ExpectedVersion, Layout, LayoutError, NewEvent, Varve, rkyv};
@@ -67,6 +69,83 @@ struct Everything {
     unit: (),
     #[expect(clippy::option_option, reason = "a shape the decoder must read like any other")]
     deep: Option<Option<Vec<Vec<String>>>>,
+}
+
+/// Every map and set the decoder reads, with keys that serde writes as object keys.
+#[derive(EventData, Serialize, Debug, Clone)]
+struct Collections {
+    by_name: BTreeMap<String, Inner>,
+    by_number: BTreeMap<u32, Vec<String>>,
+    signed: BTreeMap<i64, Shape>,
+    names: BTreeSet<String>,
+    numbers: BTreeSet<i16>,
+    hashed: HashMap<String, u64>,
+    hashed_numbers: HashMap<u16, Option<char>>,
+    hash_set: HashSet<u32>,
+    nested: Vec<BTreeMap<char, BTreeSet<u8>>>,
+    maybe: Option<HashMap<String, BTreeMap<String, bool>>>,
+    units: BTreeSet<()>,
+}
+
+/// Keys whose JSON is the same under both writers (serde writes some control characters as
+/// `\b` and `\f`), so B-tree order can be checked on the text itself.
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z]{0,8}", "[a-z0-9 ]{9,30}"]
+}
+
+/// Sizes reaching B-trees of one, two and three levels (5, 35 entries and more).
+const MANY: std::ops::Range<usize> = 0..60;
+
+fn collections() -> impl Strategy<Value = Collections> {
+    (
+        (
+            btree_map(key(), inner(), MANY),
+            btree_map(any::<u32>(), vec(text(), 0..3), 0..8),
+            btree_map(any::<i64>(), shape(), 0..40),
+            btree_set(key(), MANY),
+            btree_set(any::<i16>(), 0..200),
+        ),
+        (
+            hash_map(key(), any::<u64>(), MANY),
+            hash_map(any::<u16>(), proptest::option::of(any::<char>()), 0..20),
+            hash_set(any::<u32>(), 0..100),
+            vec(btree_map(any::<char>(), btree_set(any::<u8>(), 0..8), 0..8), 0..3),
+            proptest::option::of(hash_map(key(), btree_map(key(), any::<bool>(), 0..4), 0..6)),
+            btree_set(Just(()), 0..2),
+        ),
+    )
+        .prop_map(
+            |(
+                (by_name, by_number, signed, names, numbers),
+                (hashed, hashed_numbers, hash_set, nested, maybe, units),
+            )| Collections {
+                by_name,
+                by_number,
+                signed,
+                names,
+                numbers,
+                hashed,
+                hashed_numbers,
+                hash_set,
+                nested,
+                maybe,
+                units,
+            },
+        )
+}
+
+/// `value` with every array sorted by its elements' text: hash sets have no order of their own.
+fn unordered(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => {
+            let mut items: Vec<Value> = items.iter().map(unordered).collect();
+            items.sort_by_cached_key(Value::to_string);
+            Value::Array(items)
+        }
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), unordered(v))).collect()),
+        other => other.clone(),
+    }
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -205,6 +284,52 @@ proptest! {
         prop_assert_eq!(g, s);
         let (g, s) = both(&d);
         prop_assert_eq!(g, s);
+    }
+
+    /// Maps and sets: a B-tree in key order (checked on the JSON text, where order shows),
+    /// a hash table in any order (objects compare without order; lists are compared sorted,
+    /// which only hash sets need).
+    #[test]
+    fn generic_json_of_maps_and_sets(value in collections()) {
+        let (generic, serde) = both(&value);
+        prop_assert_eq!(unordered(&generic), unordered(&serde));
+        let (g, s) = both(&value.names);
+        prop_assert_eq!(g.to_string(), s.to_string());
+        let (g, s) = both(&value.numbers);
+        prop_assert_eq!(g.to_string(), s.to_string());
+        // Number keys, whose order a parsed object would not keep: compared as text.
+        let numbered: BTreeMap<i64, u64> = value.signed.keys().map(|&k| (k, k.unsigned_abs() % 7)).collect();
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&numbered).expect("archive");
+        let json = <BTreeMap<i64, u64>>::layout().to_json(&bytes).expect("decodes");
+        prop_assert_eq!(json, serde_json::to_string(&numbered).expect("serde"));
+    }
+
+    /// Keys serde cannot write as object keys: a list of `[key, value]` pairs, in key order.
+    #[test]
+    fn maps_with_other_keys_are_pair_lists(value in btree_map(any::<(u8, bool)>(), key(), MANY)) {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value).expect("archive");
+        let json = <BTreeMap<(u8, bool), String>>::layout().to_json(&bytes).expect("decodes");
+        let pairs: Vec<_> = value.iter().collect();
+        prop_assert_eq!(json, serde_json::to_string(&pairs).expect("serde"));
+    }
+
+    /// Damaged maps and sets: a JSON value or a typed error, never a panic.
+    #[test]
+    fn damaged_collections_never_panic(
+        value in collections(),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let layout = Collections::layout();
+        let mut bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value).expect("archive").to_vec();
+        for (at, b) in &flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= b | 1;
+        }
+        let _ = layout.to_json(&bytes);
+        let n = cut.index(bytes.len());
+        let _ = layout.to_json(&bytes[n..]);
+        let _ = layout.to_json(&bytes[..n]);
     }
 
     /// Damaged archives: any byte changed, or the archive cut short, gives a JSON value or a
@@ -357,5 +482,127 @@ fn the_registry_lists_schemas_beside_the_event_lists_of_aggregate_kinds()
     assert_eq!((schemas[0].type_tag.as_str(), schemas[0].version), ("test.noted", 1));
     assert_eq!(schemas[0].layout.as_ref(), Some(&Noted::layout()));
     assert_eq!(db.stream::<Notebook>(3u128).load()?.state().notes, 1);
+    Ok(())
+}
+
+#[test]
+fn damaged_maps_and_sets_are_typed_errors() {
+    // A B-tree set of 40 numbers: three levels. The root is eight bytes at the end.
+    let set: BTreeSet<u32> = (0..40).collect();
+    let layout = <BTreeSet<u32>>::layout();
+    let good = rkyv::to_bytes::<rkyv::rancor::Error>(&set).expect("archive").to_vec();
+    let expected = serde_json::to_string(&set).expect("serde");
+    assert_eq!(layout.to_json(&good).as_deref(), Ok(expected.as_str()));
+    let len_at = good.len() - 4;
+
+    // A length the tree does not hold, larger or smaller.
+    for len in [41u32, 39, 1, u32::MAX] {
+        let mut bad = good.clone();
+        bad[len_at..].copy_from_slice(&len.to_le_bytes());
+        assert!(
+            matches!(layout.to_json(&bad), Err(LayoutError::InvalidValue { .. })),
+            "length {len}: {:?}",
+            layout.to_json(&bad)
+        );
+    }
+    // The root pointer aimed at itself: not a node kind.
+    let mut bad = good.clone();
+    bad[len_at - 4..len_at].copy_from_slice(&0i32.to_le_bytes());
+    assert!(layout.to_json(&bad).is_err());
+    // The root pointer aimed outside the archive.
+    let mut bad = good.clone();
+    bad[len_at - 4..len_at].copy_from_slice(&1000i32.to_le_bytes());
+    assert!(matches!(layout.to_json(&bad), Err(LayoutError::OutOfBounds { .. })));
+
+    // A hash map: pointer, length, capacity. A capacity not above the length is damage.
+    let map: HashMap<String, u8> = (0..10u8).map(|i| (format!("key {i}"), i)).collect();
+    let layout = <HashMap<String, u8>>::layout();
+    let good = rkyv::to_bytes::<rkyv::rancor::Error>(&map).expect("archive").to_vec();
+    let decoded: HashMap<String, u8> =
+        serde_json::from_str(&layout.to_json(&good).expect("decodes")).expect("an object");
+    assert_eq!(decoded, map);
+    let cap_at = good.len() - 4;
+    for cap in [10u32, 0, u32::MAX] {
+        let mut bad = good.clone();
+        bad[cap_at..].copy_from_slice(&cap.to_le_bytes());
+        assert!(matches!(layout.to_json(&bad), Err(LayoutError::InvalidValue { .. })), "capacity {cap}");
+    }
+    // One more length than full buckets.
+    let mut bad = good.clone();
+    bad[cap_at - 4..cap_at].copy_from_slice(&11u32.to_le_bytes());
+    assert!(matches!(layout.to_json(&bad), Err(LayoutError::InvalidValue { .. })));
+}
+
+/// Typed metadata: its layout is recorded with its first use, keyed by its fingerprint, apart
+/// from the event schemas; the stored metadata decodes through it.
+#[test]
+fn the_registry_records_metadata_layouts() -> Result<(), Box<dyn std::error::Error>> {
+    use varvedb::Schema;
+    let dir = tempfile::tempdir()?;
+    let db = Varve::open(dir.path())?;
+    let meta = Inner { a: 3, b: Some("who asked, and why".into()), c: (-1, true) };
+    {
+        let view = db.begin_read()?;
+        assert_eq!(view.metadata_layout(<Inner as Schema>::FINGERPRINT)?, None);
+    }
+    let events = [
+        NewEvent::new("raw", b"x".to_vec()).with_meta(&meta)?,
+        NewEvent::new("raw", b"y".to_vec()).with_meta(&meta)?,
+        // Raw bytes record nothing, even after typed metadata was set.
+        NewEvent::new("raw", b"z".to_vec()).with_meta(&Wrapper(1))?.with_metadata(b"plain".to_vec()),
+    ];
+    db.append(1u128, ExpectedVersion::Auto, events)?;
+    let view = db.begin_read()?;
+    let layout = view.metadata_layout(<Inner as Schema>::FINGERPRINT)?.expect("recorded");
+    assert_eq!(layout, Inner::layout());
+    assert_eq!(view.metadata_layout(<Wrapper as Schema>::FINGERPRINT)?, None);
+    // The event schema listing is not disturbed by metadata entries.
+    assert!(view.schemas()?.is_empty());
+    let event = view.event(1)?.expect("stored");
+    let (fp, archive) = event.metadata().split_at(8);
+    assert_eq!(u64::from_le_bytes(fp.try_into()?), <Inner as Schema>::FINGERPRINT);
+    let json: serde_json::Value = serde_json::from_str(&layout.to_json(archive)?)?;
+    assert_eq!(json, serde_json::to_value(&meta)?);
+    Ok(())
+}
+
+/// Descriptions given with copied events are recorded like a type's own; a damaged one
+/// refuses the request, with nothing written.
+#[test]
+fn described_schemas_and_metadata_from_elsewhere() -> Result<(), Box<dyn std::error::Error>> {
+    use varvedb::Schema;
+    let dir = tempfile::tempdir()?;
+    let db = Varve::open(dir.path())?;
+    let layout: &'static [u8] = Box::leak(Inner::layout().encode().into_boxed_slice());
+    let meta = Wrapper(5);
+    let mut meta_bytes = <Wrapper as Schema>::FINGERPRINT.to_le_bytes().to_vec();
+    meta_bytes.extend_from_slice(&rkyv::to_bytes::<rkyv::rancor::Error>(&meta)?);
+    let wrapper_layout: &'static [u8] = Box::leak(Wrapper::layout().encode().into_boxed_slice());
+    let value = Inner { a: 1, b: None, c: (2, true) };
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&value)?.to_vec();
+
+    let bad: &'static [u8] = &[1, 200];
+    let refused = db.append(
+        1u128,
+        ExpectedVersion::Auto,
+        [NewEvent::new("copied", payload.clone()).with_described_schema(1, 77, bad)],
+    );
+    assert!(matches!(refused, Err(varvedb::Error::BadLayoutDescription { .. })), "{refused:?}");
+    let refused = db.append(
+        1u128,
+        ExpectedVersion::Auto,
+        [NewEvent::new("copied", payload.clone()).with_described_metadata(meta_bytes.clone(), bad)],
+    );
+    assert!(matches!(refused, Err(varvedb::Error::BadLayoutDescription { .. })), "{refused:?}");
+    assert_eq!(db.begin_read()?.last_seq()?, 0);
+
+    let event = NewEvent::new("copied", payload)
+        .with_described_schema(1, 77, layout)
+        .with_described_metadata(meta_bytes, wrapper_layout);
+    db.append(1u128, ExpectedVersion::Auto, [event])?;
+    let view = db.begin_read()?;
+    assert_eq!(view.schema_layout("copied", 1)?, Some(Inner::layout()));
+    assert_eq!(view.metadata_layout(<Wrapper as Schema>::FINGERPRINT)?, Some(Wrapper::layout()));
+    assert_eq!(view.metadata_layouts()?, vec![(<Wrapper as Schema>::FINGERPRINT, Wrapper::layout())]);
     Ok(())
 }

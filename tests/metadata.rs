@@ -202,6 +202,11 @@ fn a_processor_propagates_correlation_and_causation() {
     let db = Varve::open(dir.path()).unwrap();
     let account = db.stream::<Account>(1u128);
     account.execute_with(&Deposit(10), &ExecuteOptions::new().metadata(&meta("ana", 77))).unwrap();
+    // A command's stamp records its type's layout in the registry, as `with_meta` does.
+    assert_eq!(
+        db.begin_read().unwrap().metadata_layout(<RequestMeta as varvedb::Schema>::FINGERPRINT).unwrap(),
+        Some(<RequestMeta as varvedb::Describe>::layout())
+    );
 
     let receipts = db.stream::<Receipts>(9u128);
     let out = receipts.clone();
@@ -241,4 +246,35 @@ fn a_processor_propagates_correlation_and_causation() {
         [(1, "account.deposited".to_owned(), 77, 77), (2, "account.deposited".to_owned(), 77, 77)]
     );
     assert_eq!(receipts.load().unwrap().state().sent, 2);
+}
+
+/// `Varve::stats` counts refused requests and repeated command attempts.
+#[test]
+fn stats_count_conflicts_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Varve::open(dir.path()).unwrap();
+    let before = db.stats();
+    assert_eq!((before.conflicts, before.retries), (0, 0));
+    db.append(5u128, ExpectedVersion::NoStream, [NewEvent::new("x", b"1".to_vec())]).unwrap();
+    let refused = db.append(5u128, ExpectedVersion::NoStream, [NewEvent::new("x", b"2".to_vec())]);
+    assert!(matches!(refused, Err(Error::ConcurrencyConflict { .. })));
+    assert_eq!((db.stats().conflicts, db.stats().retries), (1, 0));
+
+    // A transaction whose first attempt loses a race: one conflict, one retry.
+    let account = db.stream::<Account>(2u128);
+    let mut first = true;
+    let done = db
+        .transact_with(&ExecuteOptions::new(), |tx| {
+            let loaded = tx.load(&account)?;
+            if std::mem::take(&mut first) {
+                account.append_all(ExpectedVersion::Auto, [Pending::from(Deposited { cents: 1 })])?;
+            }
+            tx.save(&account, &loaded, [Deposited { cents: 2 }])?;
+            Ok::<_, ExecuteError<String>>(())
+        })
+        .unwrap();
+    assert_eq!(done.attempts, 2);
+    let stats = db.stats();
+    assert_eq!((stats.conflicts, stats.retries), (2, 1));
+    assert_eq!(stats.events, 3);
 }

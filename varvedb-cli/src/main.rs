@@ -103,16 +103,18 @@ enum Command {
     },
     /// Checks every record, index and page; exits with 3 naming each damaged seq.
     Verify(Store),
-    /// Every event as JSON Lines, payloads decoded through the schema registry.
+    /// Every event as JSON Lines, payloads and typed metadata decoded through the schema
+    /// registry.
     Export {
         #[command(flatten)]
         store: Store,
-        /// Keep payloads as base64 instead of decoding them.
+        /// Keep payloads and metadata as base64, after a line per layout description of the
+        /// registry: the form `import` reads.
         #[arg(long)]
         raw: bool,
     },
     /// Reads an export made with `--raw` into a new store, keeping seqs, versions, ids,
-    /// timestamps, kinds, metadata and schema versions.
+    /// timestamps, kinds, metadata, schema versions and layout descriptions.
     Import {
         /// The directory of the new store (must not hold a store yet).
         store: PathBuf,
@@ -214,6 +216,9 @@ fn run(cli: &Cli) -> Result<u8> {
             let db = open(store)?;
             let view = db.begin_read()?;
             let mut printer = Printer::new(&view, *raw, true)?;
+            if *raw {
+                write_layouts(&view, &mut out)?;
+            }
             let bar = progress(view.last_seq()?, "export");
             let mut events = view.read_all(1)?;
             let mut buf = Vec::new();
@@ -345,6 +350,7 @@ fn info(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
     let last_seq = view.last_seq()?;
     let streams = view.streams()?.len();
     let schemas = view.schemas()?;
+    let metadata: Vec<u64> = view.metadata_layouts()?.into_iter().map(|(fp, _)| fp).collect();
     if json {
         let schemas: Vec<_> = schemas
             .iter()
@@ -366,6 +372,7 @@ fn info(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
             "encrypted": db.is_encrypted(),
             "store_id": db.store_id().map(|id| format!("{id:?}")),
             "schemas": schemas,
+            "metadata_types": metadata.iter().map(|fp| format!("{fp:#018x}")).collect::<Vec<_>>(),
         });
         writeln!(out, "{info}")?;
     } else {
@@ -378,6 +385,10 @@ fn info(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
         for s in &schemas {
             let described = if s.layout.is_some() { "described" } else { "fingerprint only" };
             writeln!(out, "  {} v{}  {:#018x}  {described}", s.type_tag, s.version, s.fingerprint)?;
+        }
+        writeln!(out, "metadata   {} described type(s)", metadata.len())?;
+        for fp in &metadata {
+            writeln!(out, "  {fp:#018x}")?;
         }
     }
     Ok(0)
@@ -482,6 +493,82 @@ fn verify(db: &Varve, json: bool, out: &mut impl Write) -> Result<u8> {
     Ok(if damaged.is_empty() && whole.is_ok() { 0 } else { EXIT_DAMAGED })
 }
 
+/// A layout description at the head of a `--raw` export: of an event type's schema
+/// (`type`, `schema_version`, `fingerprint`) or of a typed metadata type
+/// (`metadata_fingerprint`).
+#[derive(Serialize, serde::Deserialize)]
+struct LayoutLine {
+    layout_base64: String,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none", default)]
+    type_tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    schema_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    metadata_fingerprint: Option<String>,
+}
+
+/// The registry's layout descriptions, one line each, so that an import records them too.
+fn write_layouts(view: &ReadView<'_>, out: &mut impl Write) -> Result<()> {
+    for s in view.schemas()? {
+        if let Some(layout) = &s.layout {
+            let line = LayoutLine {
+                layout_base64: BASE64.encode(layout.encode()),
+                type_tag: Some(s.type_tag.clone()),
+                schema_version: Some(s.version),
+                fingerprint: Some(format!("{:#018x}", s.fingerprint)),
+                metadata_fingerprint: None,
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            writeln!(out)?;
+        }
+    }
+    for (fp, layout) in view.metadata_layouts()? {
+        let line = LayoutLine {
+            layout_base64: BASE64.encode(layout.encode()),
+            type_tag: None,
+            schema_version: None,
+            fingerprint: None,
+            metadata_fingerprint: Some(format!("{fp:#018x}")),
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// Layout descriptions read from an export, to be recorded with the first event of each.
+#[derive(Default)]
+struct ImportedLayouts {
+    schemas: HashMap<(String, u32), &'static [u8]>,
+    metadata: HashMap<u64, &'static [u8]>,
+}
+
+impl ImportedLayouts {
+    fn add(&mut self, line: LayoutLine) -> Result<()> {
+        let bytes = BASE64.decode(&line.layout_base64)?;
+        Layout::decode(&bytes)?;
+        // The library takes descriptions as `'static`: one per schema of the export, kept
+        // until this short-lived process ends.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        match (line.type_tag, line.schema_version, line.metadata_fingerprint) {
+            (Some(tag), Some(version), None) => {
+                self.schemas.insert((tag, version), bytes);
+            }
+            (None, None, Some(fp)) => {
+                self.metadata.insert(parse_fingerprint(&fp)?, bytes);
+            }
+            _ => return Err("a layout line names neither a schema nor a metadata type".into()),
+        }
+        Ok(())
+    }
+}
+
+fn parse_fingerprint(s: &str) -> Result<u64> {
+    Ok(u64::from_str_radix(s.trim_start_matches("0x"), 16)?)
+}
+
 /// A line of an export, as `import` reads it.
 #[derive(serde::Deserialize)]
 struct Imported {
@@ -525,6 +612,7 @@ fn import(dir: &Path, input: &Path, key_file: Option<&Path>, out: &mut impl Writ
     }
     let db = options.open(dir)?;
     let mut batch: Vec<Run> = Vec::new();
+    let mut layouts = ImportedLayouts::default();
     let mut in_batch = 0usize;
     let mut count = 0u64;
     for (n, line) in std::io::BufRead::lines(reader).enumerate() {
@@ -532,8 +620,17 @@ fn import(dir: &Path, input: &Path, key_file: Option<&Path>, out: &mut impl Writ
         if line.trim().is_empty() {
             continue;
         }
-        let e: Imported = serde_json::from_str(&line).map_err(|err| format!("line {}: {err}", n + 1))?;
-        let event = to_new_event(&e).map_err(|err| format!("line {} (seq {}): {err}", n + 1, e.seq))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|err| format!("line {}: {err}", n + 1))?;
+        if value.get("layout_base64").is_some() {
+            let l: LayoutLine =
+                serde_json::from_value(value).map_err(|err| format!("line {}: {err}", n + 1))?;
+            layouts.add(l).map_err(|err| format!("line {}: {err}", n + 1))?;
+            continue;
+        }
+        let e: Imported = serde_json::from_value(value).map_err(|err| format!("line {}: {err}", n + 1))?;
+        let event =
+            to_new_event(&e, &layouts).map_err(|err| format!("line {} (seq {}): {err}", n + 1, e.seq))?;
         let stream = parse_stream(&e.stream)?;
         match batch.last_mut() {
             Some(run) if run.stream == stream => run.events.push(event),
@@ -561,7 +658,7 @@ fn import(dir: &Path, input: &Path, key_file: Option<&Path>, out: &mut impl Writ
     Ok(0)
 }
 
-fn to_new_event(e: &Imported) -> Result<NewEvent> {
+fn to_new_event(e: &Imported, layouts: &ImportedLayouts) -> Result<NewEvent> {
     if e.shredded {
         return Err("a shredded event has no payload to import".into());
     }
@@ -570,15 +667,23 @@ fn to_new_event(e: &Imported) -> Result<NewEvent> {
     let mut event =
         NewEvent::new(e.type_tag.clone(), BASE64.decode(payload)?).with_timestamp(e.timestamp_micros);
     if let Some(meta) = &e.metadata_base64 {
-        event = event.with_metadata(BASE64.decode(meta)?);
+        let meta = BASE64.decode(meta)?;
+        let described = meta.first_chunk::<8>().and_then(|fp| layouts.metadata.get(&u64::from_le_bytes(*fp)));
+        event = match described {
+            Some(layout) => event.with_described_metadata(meta, layout),
+            None => event.with_metadata(meta),
+        };
     }
     if let Some(id) = &e.id {
         event = event.with_id(u128::from_str_radix(id, 16)?);
     }
     if e.schema_version != 0 {
         let fp = e.fingerprint.as_deref().ok_or("a typed event without its fingerprint")?;
-        let fp = u64::from_str_radix(fp.trim_start_matches("0x"), 16)?;
-        event = event.with_schema(e.schema_version, fp);
+        let fp = parse_fingerprint(fp)?;
+        event = match layouts.schemas.get(&(e.type_tag.clone(), e.schema_version)) {
+            Some(layout) => event.with_described_schema(e.schema_version, fp, layout),
+            None => event.with_schema(e.schema_version, fp),
+        };
     }
     Ok(event)
 }
@@ -630,7 +735,11 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     metadata_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -645,6 +754,8 @@ struct Line<'a> {
 struct Printer<'v> {
     view: &'v ReadView<'v>,
     layouts: HashMap<(String, u32), (u64, Option<Layout>)>,
+    /// Layouts of typed metadata by fingerprint, looked up when first met.
+    meta_layouts: HashMap<u64, Option<Layout>>,
     raw: bool,
     json: bool,
 }
@@ -656,7 +767,7 @@ impl<'v> Printer<'v> {
             .into_iter()
             .map(|s| ((s.type_tag, s.version), (s.fingerprint, s.layout)))
             .collect();
-        Ok(Printer { view, layouts, raw, json })
+        Ok(Printer { view, layouts, meta_layouts: HashMap::new(), raw, json })
     }
 
     fn print(&mut self, e: &RecordedEvent<'_>, out: &mut impl Write) -> Result<()> {
@@ -671,12 +782,15 @@ impl<'v> Printer<'v> {
             type_tag: e.type_tag(),
             schema_version: e.schema_version(),
             fingerprint: None,
-            metadata_base64: (!e.metadata().is_empty()).then(|| BASE64.encode(e.metadata())),
+            metadata: None,
+            metadata_base64: None,
+            metadata_error: None,
             payload: None,
             payload_base64: None,
             payload_error: None,
             shredded: e.is_shredded(),
         };
+        self.metadata(e.metadata(), &mut line)?;
         let schema = self.layouts.get(&(e.type_tag().to_owned(), e.schema_version()));
         line.fingerprint = schema.map(|(fp, _)| format!("{fp:#018x}"));
         if !e.is_shredded() {
@@ -700,11 +814,44 @@ impl<'v> Printer<'v> {
                 (None, Some(b)) => format!("base64:{b}"),
                 (None, None) => String::new(),
             };
+            let meta = match (&line.metadata, &line.metadata_base64) {
+                (Some(m), _) => format!(" meta {}", m.get()),
+                (None, Some(b)) => format!(" meta base64:{b}"),
+                (None, None) => String::new(),
+            };
             writeln!(
                 out,
-                "#{} {} v{} {} (schema v{}) {}",
+                "#{} {} v{} {} (schema v{}) {}{meta}",
                 line.seq, line.stream, line.version, line.type_tag, line.schema_version, payload
             )?;
+        }
+        Ok(())
+    }
+
+    /// Typed metadata (fingerprint ‖ archive) as JSON through the layout the registry holds
+    /// for its fingerprint; anything else, and everything under `--raw`, as base64.
+    fn metadata(&mut self, bytes: &[u8], line: &mut Line<'_>) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let typed = match bytes.split_first_chunk::<8>() {
+            Some((fp, archive)) if !self.raw => {
+                let fp = u64::from_le_bytes(*fp);
+                if !self.meta_layouts.contains_key(&fp) {
+                    let layout = self.view.metadata_layout(fp)?;
+                    self.meta_layouts.insert(fp, layout);
+                }
+                self.meta_layouts.get(&fp).and_then(Option::as_ref).map(|l| l.to_json(archive))
+            }
+            _ => None,
+        };
+        match typed {
+            Some(Ok(json)) => line.metadata = Some(RawValue::from_string(json)?),
+            Some(Err(err)) => {
+                line.metadata_error = Some(err.to_string());
+                line.metadata_base64 = Some(BASE64.encode(bytes));
+            }
+            None => line.metadata_base64 = Some(BASE64.encode(bytes)),
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! The `varve` binary, run on real stores written through the library.
 
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -32,6 +33,24 @@ struct Placed {
     weight: f64,
 }
 
+/// Typed metadata on the typed events.
+#[derive(EventData, Debug, Clone)]
+struct Audit {
+    user: u64,
+    reason: String,
+    tags: BTreeMap<String, u32>,
+    seen: HashSet<u16>,
+}
+
+fn audit(i: u64) -> Audit {
+    Audit {
+        user: 40 + i,
+        reason: format!("checkout {i}"),
+        tags: (0..i).map(|t| (format!("tag-{t}"), u32::try_from(t).unwrap())).collect(),
+        seen: [7, 9].into_iter().collect(),
+    }
+}
+
 const ORDER: u128 = 0x00aa;
 const NOTES: u128 = 0x00bb;
 
@@ -58,7 +77,8 @@ fn write_store(dir: &Path, options: Options) {
         ORDER,
         "order",
         ExpectedVersion::NoStream,
-        (1..=3).map(|i| NewEvent::from_event(&placed(i)).expect("archive")),
+        (1..=3)
+            .map(|i| NewEvent::from_event(&placed(i)).and_then(|e| e.with_meta(&audit(i))).expect("archive")),
     );
     db.write(batch).expect("typed events");
     for i in 0..4u8 {
@@ -118,6 +138,10 @@ fn info_streams_read_log_get() {
     assert_eq!(info["encrypted"], false);
     assert_eq!(info["schemas"][0]["type"], "order.placed");
     assert_eq!(info["schemas"][0]["described"], true);
+    assert_eq!(
+        info["metadata_types"],
+        serde_json::json!([format!("{:#018x}", <Audit as varvedb::Schema>::FINGERPRINT)])
+    );
     assert!(stdout(&varve(&["info", s])).contains("order.placed v1"));
 
     let streams = json_lines(&varve(&["streams", s, "--json", "--kind", "order"]));
@@ -205,9 +229,27 @@ fn export_decoded_and_raw() {
     // Events without a registered layout keep their bytes.
     assert_eq!(lines[3]["payload_base64"], "UkFXLU5PVEUtUEFZTE9BRC0w");
     assert_eq!(lines[3]["metadata_base64"], "AAAA");
+    // Typed metadata is decoded through the layout recorded with its first use.
+    assert_eq!(lines[2]["metadata"]["user"], 43);
+    assert_eq!(lines[2]["metadata"]["reason"], "checkout 3");
+    assert_eq!(lines[2]["metadata"]["tags"], serde_json::json!({"tag-0": 0, "tag-1": 1, "tag-2": 2}));
+    let mut seen: Vec<u64> =
+        lines[2]["metadata"]["seen"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [7, 9]);
+    assert!(lines[2].get("metadata_base64").is_none());
+    let text = stdout(&varve(&["get", s, "1"]));
+    assert!(text.contains(r#"meta {"user":41,"reason":"checkout 1","tags":{"tag-0":0}"#), "{text}");
 
-    let raw = json_lines(&varve(&["export", s, "--raw"]));
+    let all = json_lines(&varve(&["export", s, "--raw"]));
+    // The registry's layouts come first: the event type's and the metadata type's.
+    assert_eq!(all[0]["type"], "order.placed");
+    assert!(all[0]["layout_base64"].is_string());
+    assert!(all[1]["metadata_fingerprint"].is_string());
+    let raw: Vec<_> = all.into_iter().filter(|l| l.get("seq").is_some()).collect();
+    assert_eq!(raw.len(), 7);
     assert!(raw.iter().all(|l| l.get("payload").is_none() && l["payload_base64"].is_string()));
+    assert!(raw.iter().all(|l| l.get("metadata").is_none() && l["metadata_base64"].is_string()));
     // Everything but the payload is the same either way.
     for (a, b) in lines.iter().zip(&raw) {
         for field in ["seq", "stream", "version", "timestamp_micros", "id", "type", "schema_version"] {
@@ -291,6 +333,13 @@ fn export_import_export_is_identical() {
     assert!(stdout(&import).contains("imported 10 events"));
     let second = varve(&["export", c, "--raw"]);
     assert_eq!(stdout(&first), stdout(&second));
+    // The layouts came along: the decoded exports are equal too, payloads and metadata decoded.
+    let decoded_original = varve(&["export", s]);
+    let decoded_copy = varve(&["export", c]);
+    assert_eq!(stdout(&decoded_original), stdout(&decoded_copy));
+    let lines = json_lines(&decoded_copy);
+    assert_eq!(lines[0]["payload"]["total_cents"], 1001);
+    assert_eq!(lines[0]["metadata"]["reason"], "checkout 1");
     assert_eq!(varve(&["verify", c]).status.code(), Some(0));
     // The kinds, versions and the typed events' registry entries came along.
     assert_eq!(stdout(&varve(&["streams", s])), stdout(&varve(&["streams", c])));
@@ -304,6 +353,20 @@ fn export_import_export_is_identical() {
     let refused = varve(&["import", dir.path().join("other").to_str().unwrap(), decoded.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--raw"));
+    // A damaged layout description: refused, naming the line.
+    let text = stdout(&first);
+    let (head, rest) = text.split_once('\n').unwrap();
+    let mut line: serde_json::Value = serde_json::from_str(head).unwrap();
+    line["layout_base64"] = "AcgA".into();
+    let damaged = dir.path().join("damaged.jsonl");
+    std::fs::write(&damaged, format!("{line}\n{rest}")).unwrap();
+    let refused = varve(&["import", dir.path().join("third").to_str().unwrap(), damaged.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("line 1"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     // An encrypted store: exported with its key, imported under another.
     let enc = dir.path().join("enc");

@@ -73,6 +73,9 @@ pub struct NewEvent {
     pub(crate) schema: Option<SchemaId>,
     /// The time to record instead of the commit's (restoring an exported store).
     pub(crate) timestamp: Option<u64>,
+    /// Typed metadata's fingerprint and layout description, recorded in the registry on
+    /// first use so that tools can read the metadata without its type.
+    pub(crate) meta_layout: Option<(u64, LayoutFn)>,
 }
 
 /// A typed event's schema identity: its version and structural fingerprint.
@@ -84,9 +87,25 @@ pub(crate) struct SchemaId {
     pub(crate) layout: Option<LayoutFn>,
 }
 
-/// Builds an encoded layout description.
+/// Where an encoded layout description comes from: a typed event's or metadata type's
+/// own description, or one read from elsewhere (an export being imported).
 #[derive(Clone, Copy)]
-pub(crate) struct LayoutFn(pub(crate) fn() -> Vec<u8>);
+pub(crate) enum LayoutFn {
+    /// Built from the type, only when the registry first records it.
+    Typed(fn() -> Vec<u8>),
+    /// Given by the caller, encoded; checked when the request is planned.
+    Given(&'static [u8]),
+}
+
+impl LayoutFn {
+    /// The description as the registry stores it.
+    pub(crate) fn encode(self) -> Vec<u8> {
+        match self {
+            LayoutFn::Typed(f) => f(),
+            LayoutFn::Given(bytes) => bytes.to_vec(),
+        }
+    }
+}
 
 impl std::fmt::Debug for LayoutFn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,6 +137,7 @@ impl NewEvent {
             id: None,
             schema: None,
             timestamp: None,
+            meta_layout: None,
         }
     }
 
@@ -167,6 +187,7 @@ impl NewEvent {
     #[must_use]
     pub fn with_metadata(mut self, metadata: impl Into<Vec<u8>>) -> Self {
         self.metadata = metadata.into();
+        self.meta_layout = None;
         self
     }
 
@@ -186,6 +207,34 @@ impl NewEvent {
     pub fn with_schema(mut self, version: u32, fingerprint: u64) -> Self {
         self.schema = Some(SchemaId { version, fingerprint, layout: None });
         self
+    }
+
+    /// [`with_schema`](Self::with_schema), with the layout description the registry records
+    /// beside the fingerprint if this is the schema's first use in the store: for copying
+    /// events of types this program does not have (an import). The description is taken on
+    /// trust (only its encoding is checked, and a request with a damaged one is refused with
+    /// [`Error::BadLayoutDescription`]); a wrong one makes tools decode the events wrongly
+    /// or fail to, never the store. `layout` is an encoded description, as
+    /// [`Layout::encode`](crate::Layout::encode) writes it.
+    #[must_use]
+    pub fn with_described_schema(mut self, version: u32, fingerprint: u64, layout: &'static [u8]) -> Self {
+        self.schema = Some(SchemaId { version, fingerprint, layout: Some(LayoutFn::Given(layout)) });
+        self
+    }
+
+    /// Metadata bytes in the typed form (fingerprint `u64` LE ‖ rkyv archive, as
+    /// [`Pending::with_meta`](crate::Pending::with_meta) stores it), with the layout
+    /// description the registry records for that fingerprint on its first use: for copying
+    /// typed metadata whose type this program does not have. Bytes shorter than a
+    /// fingerprint are stored as plain metadata. `layout` is encoded and checked as for
+    /// [`with_described_schema`](Self::with_described_schema).
+    #[must_use]
+    pub fn with_described_metadata(self, metadata: impl Into<Vec<u8>>, layout: &'static [u8]) -> Self {
+        let mut event = self.with_metadata(metadata);
+        if let Some(fp) = event.metadata.first_chunk::<8>() {
+            event.meta_layout = Some((u64::from_le_bytes(*fp), LayoutFn::Given(layout)));
+        }
+        event
     }
 
     /// Records the event with this timestamp (microseconds since the Unix epoch) instead of

@@ -119,6 +119,18 @@ pub enum Error {
     #[error("empty batch: a write needs at least one event in every stream it names")]
     EmptyBatch,
 
+    /// A layout description given with an event
+    /// ([`NewEvent::with_described_schema`](crate::NewEvent::with_described_schema) or
+    /// [`with_described_metadata`](crate::NewEvent::with_described_metadata)) cannot be
+    /// decoded; nothing of the request is written.
+    #[error("the layout description given for {what} cannot be decoded: {source}")]
+    BadLayoutDescription {
+        /// The event type and version, or the metadata fingerprint.
+        what: String,
+        /// Why.
+        source: LayoutError,
+    },
+
     /// An event's type tag or a stream kind is empty or longer than 255 bytes.
     #[error("invalid {what} {value:?}: must be 1 to 255 bytes of UTF-8")]
     InvalidTag {

@@ -62,7 +62,10 @@ pub enum Layout {
     Array(u32, Box<Layout>),
     /// A tuple.
     Tuple(Vec<Layout>),
-    /// A map (`BTreeMap` or `HashMap`): recorded, but not decoded by [`Layout::to_json`].
+    /// A map (`BTreeMap` or `HashMap`). [`Layout::to_json`] writes it as a JSON object when its
+    /// keys are texts, chars or integers (integers quoted, as serde does), and as a list of
+    /// `[key, value]` pairs otherwise; a `BTreeMap` in key order, a `HashMap` in the order of
+    /// its archived buckets.
     Map {
         /// Which map.
         kind: Collection,
@@ -71,7 +74,8 @@ pub enum Layout {
         /// The value type.
         value: Box<Layout>,
     },
-    /// A set (`BTreeSet` or `HashSet`): recorded, but not decoded by [`Layout::to_json`].
+    /// A set (`BTreeSet` or `HashSet`), written by [`Layout::to_json`] as a JSON list: a
+    /// `BTreeSet` in order, a `HashSet` in the order of its archived buckets.
     Set(Collection, Box<Layout>),
     /// A struct, by its Rust name.
     Struct {
@@ -180,6 +184,11 @@ impl<T: Describe> Describe for std::collections::BTreeSet<T> {
         Layout::Set(Collection::BTree, Box::new(T::layout()))
     }
 }
+impl<T: Describe, S> Describe for std::collections::HashSet<T, S> {
+    fn layout() -> Layout {
+        Layout::Set(Collection::Hash, Box::new(T::layout()))
+    }
+}
 #[cfg(feature = "uuid")]
 impl Describe for uuid::Uuid {
     fn layout() -> Layout {
@@ -212,7 +221,7 @@ impl Layout {
     /// The size of the archived value in bytes (alignment is 1, so there is no padding).
     ///
     /// # Errors
-    /// [`LayoutError::Unsupported`] for maps, sets and unsized types;
+    /// [`LayoutError::Unsupported`] for unsized types;
     /// [`LayoutError::TooLarge`] if the size overflows.
     pub fn archived_size(&self) -> Result<usize, LayoutError> {
         let size = match self {
@@ -228,7 +237,15 @@ impl Layout {
                     4
                 }
             }
-            Layout::U64 | Layout::I64 | Layout::F64 | Layout::String | Layout::Vec(_) => 8,
+            // A B-tree is a root pointer and a length; a hash table a pointer, a length and a
+            // capacity.
+            Layout::U64
+            | Layout::I64
+            | Layout::F64
+            | Layout::String
+            | Layout::Vec(_)
+            | Layout::Map { kind: Collection::BTree, .. }
+            | Layout::Set(Collection::BTree, _) => 8,
             Layout::U128 | Layout::I128 | Layout::Uuid => 16,
             Layout::Option(inner) => inner.archived_size()?.checked_add(1).ok_or(LayoutError::TooLarge)?,
             Layout::Array(n, inner) => {
@@ -243,9 +260,7 @@ impl Layout {
                 }
                 max.checked_add(1).ok_or(LayoutError::TooLarge)?
             }
-            Layout::Map { .. } | Layout::Set(..) => {
-                return Err(LayoutError::Unsupported { what: "maps and sets" });
-            }
+            Layout::Map { kind: Collection::Hash, .. } | Layout::Set(Collection::Hash, _) => 12,
             Layout::Str | Layout::Slice(_) => {
                 return Err(LayoutError::Unsupported { what: "an unsized type outside a Box" });
             }
@@ -562,6 +577,37 @@ impl Reader<'_> {
     }
 }
 
+/// Entries per node of an archived B-tree (rkyv's default).
+const BTREE_ENTRIES: usize = 5;
+
+/// The height of the B-tree rkyv builds for `len` entries: `1 + log6(len)`.
+fn btree_height(len: usize) -> u32 {
+    1 + len.max(1).ilog(BTREE_ENTRIES + 1)
+}
+
+/// What a map or set holds.
+struct Entry<'l> {
+    key: &'l Layout,
+    /// `None` for a set.
+    value: Option<&'l Layout>,
+    /// Keys as object keys rather than `[key, value]` pairs.
+    as_object: bool,
+}
+
+/// The fixed facts of one archived B-tree.
+struct BTree {
+    key_size: usize,
+    value_size: usize,
+    len: usize,
+    height: u32,
+}
+
+impl BTree {
+    fn entry_size(&self) -> usize {
+        self.key_size.saturating_add(self.value_size)
+    }
+}
+
 /// Walks archived bytes along a layout, writing JSON.
 struct Decoder<'a> {
     bytes: &'a [u8],
@@ -748,12 +794,230 @@ impl Decoder<'_> {
                     out.push('}');
                 }
             }
-            Layout::Map { .. } | Layout::Set(..) => {
-                return Err(LayoutError::Unsupported { what: "maps and sets" });
-            }
+            Layout::Map { .. } | Layout::Set(..) => self.map_or_set(layout, at, out, depth)?,
             Layout::Str | Layout::Slice(_) => {
                 return Err(LayoutError::Unsupported { what: "an unsized type outside a Box" });
             }
+        }
+        Ok(())
+    }
+
+    /// A map as a JSON object or list of pairs, a set as a list.
+    fn map_or_set(
+        &self,
+        layout: &Layout,
+        at: usize,
+        out: &mut String,
+        depth: usize,
+    ) -> Result<(), LayoutError> {
+        match layout {
+            Layout::Map { kind, key, value } => {
+                let as_object = matches!(
+                    **key,
+                    Layout::String
+                        | Layout::Char
+                        | Layout::U8
+                        | Layout::U16
+                        | Layout::U32
+                        | Layout::U64
+                        | Layout::U128
+                        | Layout::I8
+                        | Layout::I16
+                        | Layout::I32
+                        | Layout::I64
+                        | Layout::I128
+                ) || matches!(&**key, Layout::Box(inner) if **inner == Layout::Str);
+                let entry = Entry { key, value: Some(value), as_object };
+                out.push(if as_object { '{' } else { '[' });
+                self.collection(*kind, &entry, at, out, depth)?;
+                out.push(if as_object { '}' } else { ']' });
+            }
+            Layout::Set(kind, item) => {
+                let entry = Entry { key: item, value: None, as_object: false };
+                out.push('[');
+                self.collection(*kind, &entry, at, out, depth)?;
+                out.push(']');
+            }
+            _ => return Err(LayoutError::Unsupported { what: "this layout as a map or set" }),
+        }
+        Ok(())
+    }
+
+    /// The entries of a map or set, without the brackets around them.
+    fn collection(
+        &self,
+        kind: Collection,
+        entry: &Entry<'_>,
+        at: usize,
+        out: &mut String,
+        depth: usize,
+    ) -> Result<(), LayoutError> {
+        let key_size = entry.key.archived_size()?;
+        let value_size = match entry.value {
+            Some(v) => v.archived_size()?,
+            None => 0,
+        };
+        let len = self.u32(at + 4)? as usize;
+        if len == 0 {
+            return Ok(());
+        }
+        // Every entry takes at least a byte (a B-tree node holds at most five entries and has
+        // at least five bytes, a hash bucket has a control byte), so a valid archive has more
+        // bytes than entries; a larger count is damage, refused before any work is done.
+        if len > self.bytes.len() {
+            return Err(LayoutError::InvalidValue { at: at + 4, what: "collection length" });
+        }
+        let mut seen = 0;
+        match kind {
+            Collection::BTree => {
+                let tree = BTree { key_size, value_size, len, height: btree_height(len) };
+                let root = self.follow(at, 1)?;
+                self.btree_node(&tree, entry, root, 1, &mut seen, out, depth)?;
+            }
+            Collection::Hash => {
+                self.hash_table(entry, key_size, value_size, at, len, &mut seen, out, depth)?;
+            }
+        }
+        if seen != len {
+            return Err(LayoutError::InvalidValue { at: at + 4, what: "collection length" });
+        }
+        Ok(())
+    }
+
+    /// One entry of a map or set, its key at `key` and its value at `value`, preceded by a
+    /// comma unless it is the first.
+    fn entry(
+        &self,
+        entry: &Entry<'_>,
+        key: usize,
+        value: usize,
+        seen: &mut usize,
+        out: &mut String,
+        depth: usize,
+    ) -> Result<(), LayoutError> {
+        if *seen > 0 {
+            out.push(',');
+        }
+        *seen += 1;
+        let Some(value_layout) = entry.value else {
+            return self.value(entry.key, key, out, depth + 1);
+        };
+        if entry.as_object {
+            let mut k = String::new();
+            self.value(entry.key, key, &mut k, depth + 1)?;
+            // Object keys are strings: a number key is quoted, as serde writes it.
+            if k.starts_with('"') {
+                out.push_str(&k);
+            } else {
+                write_json_str(&k, out);
+            }
+            out.push(':');
+            self.value(value_layout, value, out, depth + 1)
+        } else {
+            out.push('[');
+            self.value(entry.key, key, out, depth + 1)?;
+            out.push(',');
+            self.value(value_layout, value, out, depth + 1)?;
+            out.push(']');
+            Ok(())
+        }
+    }
+
+    /// A node of an archived B-tree and, in key order, everything below it. A node is a kind
+    /// byte (0 leaf, 1 inner), [`BTREE_ENTRIES`] keys, as many values, then for a leaf its
+    /// `u32` count of entries, for an inner node (always full) a relative pointer to the
+    /// subtree before each entry and one to the subtree after the last; `1` marks a missing
+    /// subtree.
+    #[expect(clippy::too_many_arguments, reason = "the walk's state, threaded through the recursion")]
+    fn btree_node(
+        &self,
+        tree: &BTree,
+        entry: &Entry<'_>,
+        node: usize,
+        level: u32,
+        seen: &mut usize,
+        out: &mut String,
+        depth: usize,
+    ) -> Result<(), LayoutError> {
+        // rkyv builds the tree no higher than its length calls for; deeper nodes (a pointer
+        // back up the tree among them) are damage.
+        if level > tree.height {
+            return Err(LayoutError::InvalidValue { at: node, what: "B-tree node" });
+        }
+        let entries_len = tree.entry_size().checked_mul(BTREE_ENTRIES).ok_or(LayoutError::TooLarge)?;
+        let keys = node + 1;
+        let values = keys + tree.key_size * BTREE_ENTRIES;
+        let tail = keys + entries_len;
+        let at_entry = |i: usize| (keys + i * tree.key_size, values + i * tree.value_size);
+        match self.take(node, 1)?[0] {
+            0 => {
+                self.take(node, 1 + entries_len + 4)?;
+                let count = self.u32(tail)? as usize;
+                if count == 0 || count > BTREE_ENTRIES || *seen + count > tree.len {
+                    return Err(LayoutError::InvalidValue { at: tail, what: "B-tree leaf length" });
+                }
+                for i in 0..count {
+                    let (k, v) = at_entry(i);
+                    self.entry(entry, k, v, seen, out, depth)?;
+                }
+            }
+            1 => {
+                self.take(node, 1 + entries_len + 4 * (BTREE_ENTRIES + 1))?;
+                if *seen + BTREE_ENTRIES > tree.len {
+                    return Err(LayoutError::InvalidValue { at: node, what: "B-tree node" });
+                }
+                for i in 0..=BTREE_ENTRIES {
+                    let ptr = tail + 4 * i;
+                    if self.u32(ptr)? != 1 {
+                        let child = self.follow(ptr, 1)?;
+                        self.btree_node(tree, entry, child, level + 1, seen, out, depth)?;
+                    }
+                    if i < BTREE_ENTRIES {
+                        let (k, v) = at_entry(i);
+                        self.entry(entry, k, v, seen, out, depth)?;
+                    }
+                }
+            }
+            _ => return Err(LayoutError::InvalidValue { at: node, what: "B-tree node kind" }),
+        }
+        Ok(())
+    }
+
+    /// An archived Swiss table: a relative pointer to its control bytes, its length and its
+    /// capacity. The control bytes (capacity rounded up to a multiple of 16, plus 15 that
+    /// repeat the first ones) mark a full bucket with a clear top bit; bucket `i` (key then
+    /// value) ends where bucket `i - 1` begins, the first right before the control bytes.
+    #[expect(clippy::too_many_arguments, reason = "the walk's state")]
+    fn hash_table(
+        &self,
+        entry: &Entry<'_>,
+        key_size: usize,
+        value_size: usize,
+        at: usize,
+        len: usize,
+        seen: &mut usize,
+        out: &mut String,
+        depth: usize,
+    ) -> Result<(), LayoutError> {
+        let cap = self.u32(at + 8)? as usize;
+        if cap <= len || cap > self.bytes.len() {
+            return Err(LayoutError::InvalidValue { at: at + 8, what: "hash table capacity" });
+        }
+        let bucket = key_size.checked_add(value_size).ok_or(LayoutError::TooLarge)?;
+        let buckets = bucket.checked_mul(cap).ok_or(LayoutError::OutOfBounds { at, len: usize::MAX })?;
+        let controls = self.follow(at, cap)?;
+        let first =
+            controls.checked_sub(buckets).ok_or(LayoutError::OutOfBounds { at: controls, len: buckets })?;
+        let control = self.take(controls, cap)?;
+        for (i, &c) in control.iter().enumerate() {
+            if c & 0x80 != 0 {
+                continue;
+            }
+            if *seen == len {
+                return Err(LayoutError::InvalidValue { at: at + 4, what: "collection length" });
+            }
+            let start = first + (cap - 1 - i) * bucket;
+            self.entry(entry, start, start + key_size, seen, out, depth)?;
         }
         Ok(())
     }

@@ -390,6 +390,22 @@ pub(crate) mod key {
         k
     }
 
+    /// The `schema` key of a typed metadata type's layout description: `0 ‖ 255 ‖ fingerprint
+    /// u64 BE`. Ten bytes, where an event layout's key with a tag length of 255 has 261 and a
+    /// kind's event list has a zero second byte, so it meets neither (nor a fingerprint's key,
+    /// whose first byte is a non-zero tag length).
+    pub(crate) fn meta_layout(fingerprint: u64) -> [u8; 10] {
+        let mut k = [0u8; 10];
+        k[1] = u8::MAX;
+        k[2..].copy_from_slice(&fingerprint.to_be_bytes());
+        k
+    }
+
+    /// Whether a `schema` key is a metadata type's layout (see [`meta_layout`]).
+    pub(crate) fn is_meta_layout(key: &[u8]) -> bool {
+        key.len() == 10 && key[..2] == [0, u8::MAX]
+    }
+
     /// The tag and version of a fingerprint's or a layout's `schema` key, and whether it is
     /// a layout's; `None` for a kind's event list and anything else.
     pub(crate) fn decode_schema(bytes: &[u8]) -> Option<(&str, u32, bool)> {

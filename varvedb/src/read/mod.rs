@@ -180,6 +180,48 @@ impl<'db> ReadView<'db> {
         })
     }
 
+    /// The layout description of the typed metadata type with this fingerprint (the first
+    /// 8 bytes, little-endian, of metadata attached with
+    /// [`Pending::with_meta`](crate::Pending::with_meta)), recorded when the type was first
+    /// stored; `None` for types first stored by a varvedb that did not record them.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`] if the description is damaged.
+    pub fn metadata_layout(&self, fingerprint: u64) -> Result<Option<Layout>, Error> {
+        let k = key::meta_layout(fingerprint);
+        let Some(raw) = self.storage.get(&self.txn, self.storage.tables.schema, &k)? else {
+            return Ok(None);
+        };
+        Layout::decode(raw).map(Some).map_err(|e| Error::CorruptIndex {
+            table: "schema",
+            reason: format!("layout of metadata {fingerprint:#018x}: {e}"),
+        })
+    }
+
+    /// Every typed metadata type's layout description in the registry, by fingerprint.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptIndex`] if a description is damaged.
+    pub fn metadata_layouts(&self) -> Result<Vec<(u64, Layout)>, Error> {
+        let from = key::meta_layout(0);
+        let to = key::meta_layout(u64::MAX);
+        let range = (std::ops::Bound::Included(&from[..]), std::ops::Bound::Included(&to[..]));
+        let mut out = Vec::new();
+        for entry in self.storage.entries(&self.txn, self.storage.tables.schema, range, false)? {
+            let (k, v) = entry?;
+            if !key::is_meta_layout(k) {
+                continue;
+            }
+            let fingerprint = u64::from_be_bytes(k[2..].try_into().unwrap_or_default());
+            let layout = Layout::decode(v).map_err(|e| Error::CorruptIndex {
+                table: "schema",
+                reason: format!("layout of metadata {fingerprint:#018x}: {e}"),
+            })?;
+            out.push((fingerprint, layout));
+        }
+        Ok(out)
+    }
+
     /// Every schema in the registry, by type tag and version, with its layout description
     /// where one was recorded.
     ///
@@ -192,8 +234,8 @@ impl<'db> ReadView<'db> {
         let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
         for entry in self.storage.entries(&self.txn, self.storage.tables.schema, all, false)? {
             let (k, v) = entry?;
-            if key::is_kind_events(k) {
-                // An aggregate kind's event list, not a schema.
+            if key::is_kind_events(k) || key::is_meta_layout(k) {
+                // An aggregate kind's event list or a metadata type's layout, not a schema.
                 continue;
             }
             let (tag, version, is_layout) =

@@ -387,6 +387,10 @@ pub struct Stats {
     pub requests: u64,
     /// Events appended.
     pub events: u64,
+    /// Write requests refused with [`Error::ConcurrencyConflict`].
+    pub conflicts: u64,
+    /// Command attempts repeated after a conflict ([`RetryPolicy`](crate::RetryPolicy)).
+    pub retries: u64,
 }
 
 impl std::fmt::Debug for Varve {
@@ -468,7 +472,20 @@ impl Varve {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.inner.writer.submit(Request { batch, reply: Reply::Blocking(tx) })?;
-        rx.recv().map_err(|_| Error::WriterStopped)?
+        self.counted(rx.recv().map_err(|_| Error::WriterStopped)?)
+    }
+
+    /// `result`, counted in [`Stats::conflicts`] if it is a conflict.
+    fn counted(&self, result: WriteResult) -> WriteResult {
+        if matches!(result, Err(Error::ConcurrencyConflict { .. })) {
+            self.inner.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Counts a command attempt repeated after a conflict.
+    pub(crate) fn count_retry(&self) {
+        self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Async form of [`write`](Self::write).
@@ -484,7 +501,7 @@ impl Varve {
         }
         let (tx, rx) = tokio::sync::oneshot::channel::<WriteResult>();
         self.inner.writer.submit(Request { batch, reply: Reply::Async(tx) })?;
-        rx.await.map_err(|_| Error::WriterStopped)?
+        self.counted(rx.await.map_err(|_| Error::WriterStopped)?)
     }
 
     /// Starts a read view: a consistent snapshot of everything committed so far.
@@ -524,6 +541,8 @@ impl Varve {
             commits: c.commits.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             events: c.events.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
         }
     }
 

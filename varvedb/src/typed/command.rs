@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
+use crate::batch::{Appended, ExpectedVersion, LayoutFn, NewEvent, WriteBatch};
 use crate::error::Error;
 use crate::event::OwnedEvent;
 use crate::id::StreamId;
@@ -82,6 +82,7 @@ impl RetryPolicy {
     /// run out.
     pub(crate) fn run<T, E>(
         &self,
+        db: &Varve,
         mut attempt: impl FnMut(u32) -> Result<T, ExecuteError<E>>,
     ) -> Result<T, ExecuteError<E>> {
         let attempts = self.attempts.max(1);
@@ -93,6 +94,7 @@ impl RetryPolicy {
                         return Err(ExecuteError::RetriesExhausted { attempts: n, last: conflict });
                     }
                     std::thread::sleep(self.backoff(n));
+                    db.count_retry();
                     n += 1;
                 }
                 other => return other,
@@ -111,6 +113,15 @@ pub struct ExecuteOptions {
     pub(crate) retry: RetryPolicy,
     /// Encoded typed metadata, or why it failed to serialize.
     pub(crate) metadata: Option<Result<Vec<u8>, String>>,
+    /// The metadata type's fingerprint and layout description, for the registry.
+    pub(crate) meta_layout: Option<(u64, LayoutFn)>,
+}
+
+/// Metadata stamped on a command's events: its bytes and, for the registry, its layout.
+#[derive(Clone, Copy)]
+pub(crate) struct Stamp<'a> {
+    bytes: &'a [u8],
+    layout: Option<(u64, LayoutFn)>,
 }
 
 impl ExecuteOptions {
@@ -128,17 +139,17 @@ impl ExecuteOptions {
     }
 
     /// The stamp for events: `None` when there is no metadata.
-    fn stamp(&self) -> Result<Option<&[u8]>, Error> {
+    fn stamp(&self) -> Result<Option<Stamp<'_>>, Error> {
         match &self.metadata {
             None => Ok(None),
-            Some(Ok(bytes)) => Ok(Some(bytes)),
+            Some(Ok(bytes)) => Ok(Some(Stamp { bytes, layout: self.meta_layout })),
             Some(Err(e)) => Err(Error::Serialize(e.clone())),
         }
     }
 }
 
 /// Serializes typed events; those without metadata of their own get `stamp`.
-fn serialize<A, I>(events: I, stamp: Option<&[u8]>) -> Result<Vec<NewEvent>, Error>
+fn serialize<A, I>(events: I, stamp: Option<Stamp<'_>>) -> Result<Vec<NewEvent>, Error>
 where
     I: IntoIterator,
     I::Item: IntoPending<A>,
@@ -150,7 +161,8 @@ where
             if let Some(stamp) = stamp
                 && event.metadata.is_empty()
             {
-                event.metadata = stamp.to_vec();
+                event.metadata = stamp.bytes.to_vec();
+                event.meta_layout = stamp.layout;
             }
             Ok(event)
         })
@@ -250,7 +262,7 @@ pub struct Transacted<R> {
 pub struct Transaction<'t> {
     view: ReadView<'t>,
     batch: WriteBatch,
-    stamp: Option<&'t [u8]>,
+    stamp: Option<Stamp<'t>>,
     /// Saves of aggregates with `snapshot_every`, to snapshot after the write if they cross
     /// a multiple: the stream, the version it was loaded at, and the aggregate's snapshot.
     snapshots: Vec<(StreamId, u32, SnapshotIfDue)>,
@@ -289,7 +301,7 @@ impl std::fmt::Debug for Transaction<'_> {
 
 impl<'t> Transaction<'t> {
     /// An attempt on `db`'s current state.
-    pub(crate) fn begin(db: &'t Varve, stamp: Option<&'t [u8]>) -> Result<Self, Error> {
+    pub(crate) fn begin(db: &'t Varve, stamp: Option<Stamp<'t>>) -> Result<Self, Error> {
         Ok(Transaction { view: db.begin_read()?, batch: WriteBatch::new(), stamp, snapshots: Vec::new() })
     }
 
@@ -421,7 +433,7 @@ impl Varve {
         F: FnMut(&mut Transaction<'_>) -> Result<R, ExecuteError<E>>,
     {
         let stamp = options.stamp()?;
-        options.retry.run(|attempts| {
+        options.retry.run(self, |attempts| {
             let mut tx = Transaction::begin(self, stamp)?;
             let value = command(&mut tx)?;
             // The snapshot must not stay open while the write waits for its commit.
@@ -450,7 +462,7 @@ impl<A: Aggregate> Stream<A> {
         A: Handle<C>,
     {
         let stamp = options.stamp()?;
-        options.retry.run(|attempts| {
+        options.retry.run(&self.db, |attempts| {
             let loaded = self.load()?;
             let events = loaded.state.handle(command).map_err(ExecuteError::Rejected)?;
             if events.is_empty() {

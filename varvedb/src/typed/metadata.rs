@@ -12,7 +12,7 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
-use crate::batch::NewEvent;
+use crate::batch::{LayoutFn, NewEvent};
 use crate::error::Error;
 use crate::event::{OwnedEvent, RecordedEvent};
 use crate::id::StreamId;
@@ -81,6 +81,10 @@ pub(crate) fn archive_of<M: Metadata>(bytes: &[u8]) -> Result<&[u8], Option<u64>
     if stored == Some(M::FINGERPRINT) { Ok(&bytes[PREFIX..]) } else { Err(stored) }
 }
 
+fn encoded_layout<M: Metadata>() -> Vec<u8> {
+    M::layout().encode()
+}
+
 /// Reads `bytes`, the metadata of the event at `seq`, as an `M`.
 fn decode<M: Metadata>(
     seq: u64,
@@ -144,7 +148,9 @@ impl NewEvent {
     /// # Errors
     /// [`Error::Serialize`] if rkyv fails.
     pub fn with_meta<M: Metadata>(self, meta: &M) -> Result<Self, Error> {
-        Ok(self.with_metadata(encode(meta)?))
+        let mut event = self.with_metadata(encode(meta)?);
+        event.meta_layout = Some((M::FINGERPRINT, LayoutFn::Typed(encoded_layout::<M>)));
+        Ok(event)
     }
 }
 
@@ -164,6 +170,7 @@ impl ExecuteOptions {
     #[must_use]
     pub fn metadata<M: Metadata>(mut self, meta: &M) -> Self {
         self.metadata = Some(encode(meta).map_err(|e| e.to_string()));
+        self.meta_layout = Some((M::FINGERPRINT, LayoutFn::Typed(encoded_layout::<M>)));
         self
     }
 }

@@ -312,7 +312,7 @@ impl NewEvent {
         e.schema = Some(SchemaId {
             version: E::VERSION,
             fingerprint: <E as Event>::FINGERPRINT,
-            layout: Some(LayoutFn(encoded_layout::<E>)),
+            layout: Some(LayoutFn::Typed(encoded_layout::<E>)),
         });
         Ok(e)
     }

@@ -89,6 +89,9 @@ impl<K: Schema, V: Schema, S> Schema for std::collections::HashMap<K, V, S> {
 impl<T: Schema> Schema for std::collections::BTreeSet<T> {
     const FINGERPRINT: u64 = number(leaf("BTreeSet"), T::FINGERPRINT);
 }
+impl<T: Schema, S> Schema for std::collections::HashSet<T, S> {
+    const FINGERPRINT: u64 = number(leaf("HashSet"), T::FINGERPRINT);
+}
 #[cfg(feature = "uuid")]
 impl Schema for uuid::Uuid {
     const FINGERPRINT: u64 = leaf("Uuid");

@@ -68,6 +68,10 @@ pub(crate) struct Counters {
     pub(crate) commits: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) events: AtomicU64,
+    /// Requests answered with a concurrency conflict (counted by the store, not the writer).
+    pub(crate) conflicts: AtomicU64,
+    /// Attempts of commands repeated after a conflict.
+    pub(crate) retries: AtomicU64,
 }
 
 /// What the writer takes from the store's options.
@@ -328,7 +332,7 @@ impl WriterState {
                         )?;
                         if let Some(layout) = schema.layout {
                             let k = key::schema_layout(tag, schema.version);
-                            storage.put(&mut txn, storage.tables.schema, &k, &(layout.0)())?;
+                            storage.put(&mut txn, storage.tables.schema, &k, &layout.encode())?;
                         }
                     }
                     for (k, list) in &new_kinds {

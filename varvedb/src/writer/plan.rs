@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::batch::{Appended, EventInfo, Kind, SchemaId, StreamAppend, WriteBatch};
+use crate::batch::{Appended, EventInfo, Kind, LayoutFn, NewEvent, SchemaId, StreamAppend, WriteBatch};
 use crate::crypto::Master;
 use crate::error::Error;
 use crate::id::StreamId;
@@ -29,7 +29,8 @@ pub(super) enum Plan {
         slots: Vec<u32>,
         /// Schemas the store does not know yet, registered with the request's writes.
         new_schemas: Vec<(String, SchemaId)>,
-        /// Event lists of stream kinds to record (`schema` key, encoded list).
+        /// Other `schema` entries to record (key, value): event lists of stream kinds, and
+        /// layout descriptions of typed metadata types met for the first time.
         new_kinds: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }
@@ -122,6 +123,9 @@ impl WriterState {
         // Every (tag, version) checked in this request, and whether it is new to the store: a
         // batch of thousands of one event type looks the registry up once, not per event.
         let mut checked: Vec<(String, SchemaId, bool)> = Vec::new();
+        // Likewise typed metadata: each fingerprint looked up once, new layouts kept here.
+        let mut meta_checked: Vec<u64> = Vec::new();
+        let mut new_meta: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut total = 0usize;
         for part in &batch.appends {
             let events = batch.events_of(part);
@@ -140,6 +144,7 @@ impl WriterState {
                 if let Some(schema) = event.schema {
                     self.check_schema(txn, &event.type_tag, schema, &mut checked)?;
                 }
+                self.check_meta_layout(txn, event, &mut meta_checked, &mut new_meta)?;
                 if let Some(id) = event.id {
                     if !seen_ids.insert(id) {
                         return Err(Error::DuplicateEventId { id });
@@ -167,7 +172,7 @@ impl WriterState {
         let mut slots = Vec::with_capacity(batch.appends.len());
         let mut seq = first_seq;
         let mut rules: Vec<KindRule> = Vec::new();
-        let mut new_kinds = Vec::new();
+        let mut new_kinds = new_meta;
         for part in &batch.appends {
             let at = heads.position(part.stream);
             slots.push(at.unwrap_or(heads.list.len()) as u32);
@@ -274,6 +279,28 @@ impl WriterState {
         Ok(())
     }
 
+    /// Notes the layout of an event's typed metadata for the registry if the store does not
+    /// hold it yet; each fingerprint is looked up once per request.
+    fn check_meta_layout(
+        &self,
+        txn: &WriteTxn<'_>,
+        event: &NewEvent,
+        checked: &mut Vec<u64>,
+        new: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), Error> {
+        if let Some((fingerprint, layout)) = event.meta_layout
+            && !checked.contains(&fingerprint)
+        {
+            checked.push(fingerprint);
+            check_given(layout, || format!("metadata {fingerprint:#018x}"))?;
+            let k = key::meta_layout(fingerprint);
+            if self.storage.get(txn, self.storage.tables.schema, &k)?.is_none() {
+                new.push((k.to_vec(), layout.encode()));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks a typed event's fingerprint against the registry, once per (tag, version) per
     /// request; a first use is marked new, to be registered with the request's writes.
     fn check_schema(
@@ -310,6 +337,9 @@ impl WriterState {
                 Ok(())
             }
             None => {
+                if let Some(layout) = schema.layout {
+                    check_given(layout, || format!("{tag:?} version {}", schema.version))?;
+                }
                 checked.push((tag.to_owned(), schema, true));
                 Ok(())
             }
@@ -359,4 +389,15 @@ fn check_kind(part: &StreamAppend, head: &PendingHead) -> Result<(), Error> {
         expected: wanted.to_string(),
         actual: head.kind.as_deref().map(str::to_owned),
     })
+}
+
+/// Refuses a caller-given layout description that does not decode: the registry would keep
+/// it, and every reader of the registry would meet it.
+fn check_given(layout: LayoutFn, what: impl FnOnce() -> String) -> Result<(), Error> {
+    match layout {
+        LayoutFn::Typed(_) => Ok(()),
+        LayoutFn::Given(bytes) => crate::layout::Layout::decode(bytes)
+            .map(drop)
+            .map_err(|source| Error::BadLayoutDescription { what: what(), source }),
+    }
 }
