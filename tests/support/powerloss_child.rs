@@ -111,14 +111,14 @@ fn run(workload: &str, root: &Path) {
     acks.line("opened");
     match workload {
         // The same workload; the parent has the shim refuse hard links.
-        "appends" | "renamed" => appends(&db, &acks),
+        "appends" | "renamed" => appends(&db, &acks, "appends", false),
         "group" => group(&db, &acks),
         "projection" => projection(&db, &acks),
         "shred" => shred(&db, &acks),
         "rotate" => rotate(&db, &acks),
         "backup" => backup(&db, &acks, root),
         "relaxed" => {
-            relaxed(&db, &acks);
+            appends(&db, &acks, "relaxed", true);
             drop(db);
             acks.line("closed");
         }
@@ -126,15 +126,16 @@ fn run(workload: &str, root: &Path) {
     }
 }
 
-/// Single appends and batches over several streams, one writer.
-fn appends(db: &Varve, acks: &Acks) {
+/// Single appends and batches over several streams, one writer. With `syncs` (the relaxed
+/// workload), each request is followed by a "done" line and every seventh by `Varve::sync`.
+fn appends(db: &Varve, acks: &Acks, workload: &str, syncs: bool) {
     let mut versions = [0u32; 6];
     for i in 0..36u32 {
         if i % 4 == 3 {
             let mut batch = WriteBatch::new();
             for (k, s) in [i % 6, (i + 1) % 6, (i + 3) % 6].into_iter().enumerate() {
                 let (v, n) = (versions[s as usize], 1 + k as u32 % 2);
-                batch.append(u128::from(s), ExpectedVersion::Exact(v), events("appends", s.into(), v, n));
+                batch.append(u128::from(s), ExpectedVersion::Exact(v), events(workload, s.into(), v, n));
                 versions[s as usize] += n;
             }
             acks.appended(&db.write(batch).expect("batch"));
@@ -142,39 +143,17 @@ fn appends(db: &Varve, acks: &Acks) {
             let s = i % 6;
             let (v, n) = (versions[s as usize], 1 + i % 3);
             let a = db
-                .append(u128::from(s), ExpectedVersion::Exact(v), events("appends", s.into(), v, n))
+                .append(u128::from(s), ExpectedVersion::Exact(v), events(workload, s.into(), v, n))
                 .expect("append");
             versions[s as usize] = a.last_version;
             acks.appended(&[a]);
         }
-    }
-}
-
-/// As `appends`, with `Durability::Relaxed`, and a `sync` every seventh request.
-fn relaxed(db: &Varve, acks: &Acks) {
-    let mut versions = [0u32; 6];
-    for i in 0..36u32 {
-        if i % 4 == 3 {
-            let mut batch = WriteBatch::new();
-            for (k, s) in [i % 6, (i + 1) % 6, (i + 3) % 6].into_iter().enumerate() {
-                let (v, n) = (versions[s as usize], 1 + k as u32 % 2);
-                batch.append(u128::from(s), ExpectedVersion::Exact(v), events("relaxed", s.into(), v, n));
-                versions[s as usize] += n;
+        if syncs {
+            acks.line("done");
+            if i % 7 == 6 {
+                db.sync().expect("sync");
+                acks.line("synced");
             }
-            acks.appended(&db.write(batch).expect("batch"));
-        } else {
-            let s = i % 6;
-            let (v, n) = (versions[s as usize], 1 + i % 3);
-            let a = db
-                .append(u128::from(s), ExpectedVersion::Exact(v), events("relaxed", s.into(), v, n))
-                .expect("append");
-            versions[s as usize] = a.last_version;
-            acks.appended(&[a]);
-        }
-        acks.line("done");
-        if i % 7 == 6 {
-            db.sync().expect("sync");
-            acks.line("synced");
         }
     }
 }
