@@ -92,6 +92,7 @@ mod storage;
 mod store;
 mod subscribe;
 mod tlog;
+mod trace;
 mod typed;
 mod writer;
 
@@ -115,6 +116,7 @@ pub use tlog::{
     Checkpoint, ConsistencyProof, Hash, InclusionProof, LeafFields, NoteError, NoteSigner, ProofError,
     TreeHead, event_leaf, leaf_hash, node_hash, open_note, verify_consistency, verify_inclusion,
 };
+pub use trace::SLOW_SYNC;
 pub use typed::command::{ExecuteOptions, RetryPolicy, Transacted, Transaction};
 pub use typed::metadata::Metadata;
 pub use typed::schema::fingerprint;

@@ -533,6 +533,8 @@ pub(crate) struct Storage {
     tickets: sync::Tickets,
     /// As [`StorageConfig::defer_meta_sync`].
     defer_meta_sync: bool,
+    /// Time spent in commits and flushes of `data.mdb`, for `Varve::stats`.
+    pub(crate) flushes: sync::FlushTimes,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -626,6 +628,7 @@ impl Storage {
             fatal: OnceLock::new(),
             tickets: sync::Tickets::default(),
             defer_meta_sync: config.defer_meta_sync,
+            flushes: sync::FlushTimes::default(),
         })
     }
 
@@ -693,7 +696,10 @@ impl Storage {
             return Err(Error::OutcomeUnknown { source: Arc::clone(source) });
         }
         let before = self.tickets.last();
-        if let Err(e) = self.env.force_sync() {
+        let started = std::time::Instant::now();
+        let flushed = self.env.force_sync();
+        self.flushes.record(started.elapsed());
+        if let Err(e) = flushed {
             let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(self.err(e))));
             return Err(Error::OutcomeUnknown { source });
         }
@@ -732,7 +738,11 @@ impl Storage {
         // The transaction ends before it stops counting as live.
         let WriteTxn { txn, _live } = txn;
         let txnid = txn.id() as u64;
-        let Err(e) = txn.commit() else { return Ok(()) };
+        // LMDB's commit writes the transaction's pages and flushes them: the cost of durability.
+        let started = std::time::Instant::now();
+        let committed = txn.commit();
+        self.flushes.record(started.elapsed());
+        let Err(e) = committed else { return Ok(()) };
         let error = self.err(e);
         if matches!(error, Error::NeedsReopen { .. }) {
             return Err(error);

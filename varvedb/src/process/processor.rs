@@ -162,6 +162,12 @@ impl Processor {
     /// # Blocking
     /// Runs the handlers and sleeps between retries on the calling thread.
     pub fn step(&mut self, db: &Varve) -> Result<Progress, ProcessorError> {
+        let name = self.name.clone();
+        crate::trace::step("processor", &name, || self.step_untraced(db), |p| (p.scanned, p.checkpoint))
+    }
+
+    /// [`step`](Self::step), untraced.
+    fn step_untraced(&mut self, db: &Varve) -> Result<Progress, ProcessorError> {
         let storage = db.storage();
         let (from, claimed, batch) = {
             let view = db.begin_read()?;

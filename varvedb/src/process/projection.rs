@@ -154,6 +154,12 @@ impl Projection {
     /// is kept); [`ProcessorError::UnhandledVersion`]; [`ProcessorError::NameInUse`] if a
     /// processor has this name; [`ProcessorError::Store`].
     pub fn step(&mut self, db: &Varve) -> Result<Progress, ProcessorError> {
+        let name = self.name.clone();
+        crate::trace::step("projection", &name, || self.step_untraced(db), |p| (p.scanned, p.checkpoint))
+    }
+
+    /// [`step`](Self::step), untraced.
+    fn step_untraced(&mut self, db: &Varve) -> Result<Progress, ProcessorError> {
         let storage = db.storage();
         // Nothing new: answer from a read transaction, without taking the writer lock.
         let claimed = {

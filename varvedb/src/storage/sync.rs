@@ -50,6 +50,33 @@ impl Tickets {
     }
 }
 
+/// Time spent flushing `data.mdb`: in LMDB's commits (which write a transaction's pages and
+/// flush them) and in explicit flushes.
+#[derive(Default)]
+pub(crate) struct FlushTimes {
+    pub(crate) count: AtomicU64,
+    pub(crate) total_nanos: AtomicU64,
+    pub(crate) max_nanos: AtomicU64,
+}
+
+impl FlushTimes {
+    pub(super) fn record(&self, took: std::time::Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.total_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+        if took > crate::trace::SLOW_SYNC {
+            crate::trace::event!(
+                target: "varvedb::sync",
+                tracing::Level::WARN,
+                duration_ms = took.as_millis() as u64,
+                threshold_ms = crate::trace::SLOW_SYNC.as_millis() as u64,
+                "slow flush of data.mdb"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -391,6 +391,19 @@ pub struct Stats {
     pub conflicts: u64,
     /// Command attempts repeated after a conflict ([`RetryPolicy`](crate::RetryPolicy)).
     pub retries: u64,
+    /// Bytes of event records and new blobs committed by this process (payloads, metadata
+    /// and record headers; not index entries or LMDB's pages).
+    pub bytes_written: u64,
+    /// Flushes of the store's file by this process: each commit (LMDB's commit writes the
+    /// transaction's pages and flushes them, so this includes the writes) and each explicit
+    /// flush ([`Varve::sync`], relaxed durability's idle flush). Commits of projections and
+    /// checkpoints count too.
+    pub syncs: u64,
+    /// Total time of the `syncs`.
+    pub sync_time: std::time::Duration,
+    /// The longest of the `syncs`. One over [`SLOW_SYNC`](crate::SLOW_SYNC) is also
+    /// reported through `tracing`.
+    pub max_sync: std::time::Duration,
 }
 
 impl std::fmt::Debug for Varve {
@@ -477,8 +490,12 @@ impl Varve {
 
     /// `result`, counted in [`Stats::conflicts`] if it is a conflict.
     fn counted(&self, result: WriteResult) -> WriteResult {
-        if matches!(result, Err(Error::ConcurrencyConflict { .. })) {
+        if let Err(conflict @ Error::ConcurrencyConflict { .. }) = &result {
             self.inner.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "tracing")]
+            tracing::debug!(target: "varvedb::conflict", %conflict, "write refused");
+            #[cfg(not(feature = "tracing"))]
+            let _ = conflict;
         }
         result
     }
@@ -533,16 +550,34 @@ impl Varve {
         self.inner.watch.clone()
     }
 
-    /// Write counters since the store was opened.
+    /// Write counters since the store was opened by this process.
+    ///
+    /// ```
+    /// use varvedb::{ExpectedVersion, NewEvent, Varve};
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = Varve::open(dir.path())?;
+    /// let before = db.stats();
+    /// db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
+    /// let after = db.stats();
+    /// assert_eq!(after.events - before.events, 1);
+    /// assert!(after.bytes_written > before.bytes_written);
+    /// assert!(after.syncs > before.syncs);
+    /// # Ok::<(), varvedb::Error>(())
+    /// ```
     #[must_use]
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
+        let flushes = &self.inner.storage.flushes;
         Stats {
             commits: c.commits.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             events: c.events.load(Ordering::Relaxed),
             conflicts: c.conflicts.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            syncs: flushes.count.load(Ordering::Relaxed),
+            sync_time: std::time::Duration::from_nanos(flushes.total_nanos.load(Ordering::Relaxed)),
+            max_sync: std::time::Duration::from_nanos(flushes.max_nanos.load(Ordering::Relaxed)),
         }
     }
 

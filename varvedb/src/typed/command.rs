@@ -93,7 +93,15 @@ impl RetryPolicy {
                     if n >= attempts {
                         return Err(ExecuteError::RetriesExhausted { attempts: n, last: conflict });
                     }
-                    std::thread::sleep(self.backoff(n));
+                    let backoff = self.backoff(n);
+                    crate::trace::event!(
+                        target: "varvedb::retry",
+                        tracing::Level::DEBUG,
+                        attempt = n,
+                        backoff_us = backoff.as_micros() as u64,
+                        "command conflicted, retrying"
+                    );
+                    std::thread::sleep(backoff);
                     db.count_retry();
                     n += 1;
                 }

@@ -66,6 +66,7 @@ impl WriterState {
                     if let Some(hash) = blob {
                         // Unique per event (a fresh nonce), so there is nothing to share.
                         storage.put(txn, tables.blobs, &hash, &crypto.sealed_blob)?;
+                        self.bytes_written += crypto.sealed_blob.len() as u64;
                     }
                 } else {
                     let hash;
@@ -73,6 +74,7 @@ impl WriterState {
                         hash = blob_hash(&event.payload);
                         if storage.get(txn, tables.blobs, &hash)?.is_none() {
                             storage.put(txn, tables.blobs, &hash, &event.payload)?;
+                            self.bytes_written += event.payload.len() as u64;
                         }
                         Body::Blob {
                             hash: &hash,
@@ -85,6 +87,7 @@ impl WriterState {
                         .encode_into(seq, &mut self.record_buf);
                 }
                 storage.append(txn, tables.events, &key::seq(seq), &self.record_buf)?;
+                self.bytes_written += self.record_buf.len() as u64;
                 if let Some(tree) = &mut self.tree {
                     tree.push(seq, &self.record_buf)?;
                 }

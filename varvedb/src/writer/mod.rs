@@ -72,6 +72,8 @@ pub(crate) struct Counters {
     pub(crate) conflicts: AtomicU64,
     /// Attempts of commands repeated after a conflict.
     pub(crate) retries: AtomicU64,
+    /// Bytes of records and new blobs committed.
+    pub(crate) bytes_written: AtomicU64,
 }
 
 /// What the writer takes from the store's options.
@@ -146,6 +148,7 @@ impl Writer {
             lag_warned: None,
             answers,
             committed_seq: 0,
+            bytes_written: 0,
         };
         state.last_timestamp = state.last_stored_timestamp()?;
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
@@ -232,6 +235,8 @@ struct WriterState {
     answers: Answers,
     /// The highest seq this writer committed.
     committed_seq: u64,
+    /// Bytes of records and blobs written by the transaction under way.
+    bytes_written: u64,
 }
 
 impl WriterState {
@@ -279,6 +284,33 @@ impl WriterState {
     /// [`Storage::commit`](crate::storage::Storage::commit)); request-level failures are
     /// inside the `Ok`.
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
+        crate::trace::enter_span!(target: "varvedb::commit", tracing::Level::DEBUG, "commit", requests = batches.len());
+        #[cfg(feature = "tracing")]
+        let started = std::time::Instant::now();
+        self.bytes_written = 0;
+        #[cfg(feature = "tracing")]
+        let events_before = self.counters.events.load(Ordering::Relaxed);
+        let committed = self.commit_group(batches);
+        #[cfg(feature = "tracing")]
+        match &committed {
+            Ok(_) if self.bytes_written > 0 => tracing::debug!(
+                target: "varvedb::commit",
+                requests = batches.len(),
+                events = self.counters.events.load(Ordering::Relaxed) - events_before,
+                bytes = self.bytes_written,
+                duration_us = started.elapsed().as_micros() as u64,
+                "committed"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target: "varvedb::commit", requests = batches.len(), error = %e, "commit failed")
+            }
+        }
+        committed
+    }
+
+    /// [`commit`](Self::commit), untraced.
+    fn commit_group(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
         let storage = Arc::clone(&self.storage);
         let mut txn = storage.write_txn()?;
         // A write transaction's id is one past the last committed one, whichever process
@@ -376,6 +408,7 @@ impl WriterState {
             // `last_timestamp` already holds the newest time written (`apply`).
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.events.fetch_add(events_written, Ordering::Relaxed);
+            self.counters.bytes_written.fetch_add(self.bytes_written, Ordering::Relaxed);
             self.committed_seq = next_seq - 1;
             self.check_reader_lag();
         } else {
