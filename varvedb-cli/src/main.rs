@@ -25,9 +25,9 @@ const EXIT_DAMAGED: u8 = 3;
 
 /// Inspect, verify, export and follow a varvedb store.
 ///
-/// Stores are opened for reading only, except by the commands that write (`backup` writes
-/// the copy, `import` a new store, `rotate-key` and `shred` the store). No other command
-/// creates a store.
+/// Stores are opened read-only (the library's read-only mode: no writer lock, `data.mdb`
+/// never written), except by the commands that change them (`rotate-key`, `shred`); `import`
+/// writes a new store, `backup` a copy. No other command creates a store.
 #[derive(Parser)]
 #[command(name = "varve", version)]
 struct Cli {
@@ -168,10 +168,12 @@ fn run(cli: &Cli) -> Result<u8> {
     let out = std::io::stdout().lock();
     let mut out = BufWriter::new(out);
     let code = match &cli.command {
-        Command::Info(store) => info(&open(store)?, cli.json, &mut out)?,
-        Command::Streams { store, kind } => streams(&open(store)?, kind.as_deref(), cli.json, &mut out)?,
+        Command::Info(store) => info(&open(store, Access::Read)?, cli.json, &mut out)?,
+        Command::Streams { store, kind } => {
+            streams(&open(store, Access::Read)?, kind.as_deref(), cli.json, &mut out)?
+        }
         Command::Read { store, stream, from } => {
-            let db = open(store)?;
+            let db = open(store, Access::Read)?;
             let view = db.begin_read()?;
             let stream = parse_stream(stream)?;
             if view.stream_version(stream)?.is_none() {
@@ -186,7 +188,7 @@ fn run(cli: &Cli) -> Result<u8> {
             0
         }
         Command::Log { store, from, limit } => {
-            let db = open(store)?;
+            let db = open(store, Access::Read)?;
             let view = db.begin_read()?;
             let mut printer = Printer::new(&view, false, cli.json)?;
             let mut events = view.read_all(*from)?;
@@ -201,19 +203,24 @@ fn run(cli: &Cli) -> Result<u8> {
             0
         }
         Command::Get { store, seq } => {
-            let db = open(store)?;
+            let db = open(store, Access::Read)?;
             let view = db.begin_read()?;
             let mut printer = Printer::new(&view, false, cli.json)?;
             let event = view.event(*seq)?.ok_or_else(|| format!("no event with seq {seq}"))?;
             printer.print(&event, &mut out)?;
             0
         }
-        Command::Tail { store, follow, lines, poll_ms } => {
-            tail(&open(store)?, *follow, *lines, Duration::from_millis(*poll_ms), cli.json, &mut out)?
-        }
-        Command::Verify(store) => verify(&open(store)?, cli.json, &mut out)?,
+        Command::Tail { store, follow, lines, poll_ms } => tail(
+            &open(store, Access::Read)?,
+            *follow,
+            *lines,
+            Duration::from_millis(*poll_ms),
+            cli.json,
+            &mut out,
+        )?,
+        Command::Verify(store) => verify(&open(store, Access::Read)?, cli.json, &mut out)?,
         Command::Export { store, raw } => {
-            let db = open(store)?;
+            let db = open(store, Access::Read)?;
             let view = db.begin_read()?;
             let mut printer = Printer::new(&view, *raw, true)?;
             if *raw {
@@ -231,7 +238,7 @@ fn run(cli: &Cli) -> Result<u8> {
         }
         Command::Import { store, input, key_file } => import(store, input, key_file.as_deref(), &mut out)?,
         Command::Backup { store, dest } => {
-            let db = open(store)?;
+            let db = open(store, Access::Read)?;
             let bar = spinner("backup");
             db.backup(dest)?;
             bar.finish_and_clear();
@@ -244,7 +251,7 @@ fn run(cli: &Cli) -> Result<u8> {
             0
         }
         Command::Checkpoints(store) => {
-            let db = open(store)?;
+            let db = open(store, Access::Read)?;
             let view = db.begin_read()?;
             let last = view.last_seq()?;
             for (name, seq) in view.checkpoints()? {
@@ -261,14 +268,14 @@ fn run(cli: &Cli) -> Result<u8> {
             if store.key_file.is_none() {
                 return Err("rotate-key needs the current key: --key-file".into());
             }
-            let db = open(store)?;
+            let db = open(store, Access::Write)?;
             let new_key = read_key(new_key_file)?;
             let streams = db.rotate_master_key(&new_key)?;
             writeln!(out, "rotated the master key; {streams} stream keys re-wrapped")?;
             0
         }
         Command::Shred { store, stream } => {
-            let db = open(store)?;
+            let db = open(store, Access::Write)?;
             let stream = parse_stream(stream)?;
             let shredded = db.shred(stream)?;
             if shredded {
@@ -301,12 +308,21 @@ fn spinner(what: &str) -> ProgressBar {
     bar
 }
 
+/// How a command opens its store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Read-only (`Options::read_only`): never writes `data.mdb`, takes no writer lock.
+    Read,
+    /// For the commands that change the store.
+    Write,
+}
+
 /// Opens an existing store; never creates one.
-fn open(store: &Store) -> Result<Varve> {
+fn open(store: &Store, access: Access) -> Result<Varve> {
     if !store.store.join("data.mdb").is_file() {
         return Err(format!("no store at {} (no data.mdb)", store.store.display()).into());
     }
-    let mut options = Options::new();
+    let mut options = Options::new().read_only(access == Access::Read);
     if let Some(file) = &store.key_file {
         options = options.encryption_key(read_key(file)?);
     }

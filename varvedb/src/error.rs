@@ -588,6 +588,29 @@ pub enum Error {
         /// whole differs (a fork: a checkpoint alone cannot say where it began).
         first_diverging_size: u64,
     },
+
+    /// The store was opened read-only ([`Options::read_only`](crate::Options::read_only)).
+    /// Nothing was written.
+    #[error("the store is opened read-only")]
+    ReadOnly,
+
+    /// A read-only open found a store that must first be opened for writing: it misses
+    /// what an open adds or repairs (named by `reason`). Nothing was read or written.
+    #[error("the store at {} cannot be opened read-only: {reason}; open it once for writing", path.display())]
+    NeedsWriteOpen {
+        /// The store's directory.
+        path: PathBuf,
+        /// What an open for writing would do.
+        reason: &'static str,
+    },
+
+    /// There is no store in the directory (no `data.mdb`), and a read-only open creates
+    /// none.
+    #[error("no store at {} (no data.mdb)", path.display())]
+    NoStore {
+        /// The directory.
+        path: PathBuf,
+    },
 }
 
 /// An error of the storage engine (LMDB, through heed) that has no more specific variant.

@@ -26,18 +26,26 @@ pub(crate) fn open(
     expected: Option<StoreId>,
 ) -> Result<Opened, Error> {
     let tables = storage.tables;
-    // A write transaction, so that enabling cannot race another process's first append.
-    let mut txn = storage.write_txn()?;
-    let store_id = stored_id(storage, &txn)?;
+    // A write transaction, so that enabling cannot race another process's first append. A
+    // read-only store checks in a read transaction, and cannot enable.
+    let read;
+    let mut write = None;
+    let txn: &Txn<'_> = if storage.is_read_only() {
+        read = storage.read_txn()?;
+        &read
+    } else {
+        write.insert(storage.write_txn()?)
+    };
+    let store_id = stored_id(storage, txn)?;
     if let Some(expected) = expected
         && store_id != Some(expected)
     {
         return Err(Error::StoreMismatch { path: path.to_path_buf(), expected, found: store_id });
     }
     let format = storage
-        .get(&txn, tables.meta, meta_key::FORMAT_VERSION)?
+        .get(txn, tables.meta, meta_key::FORMAT_VERSION)?
         .and_then(|b| b.try_into().ok().map(u32::from_le_bytes));
-    let stored = storage.get(&txn, tables.meta, meta_key::ENCRYPTION)?;
+    let stored = storage.get(txn, tables.meta, meta_key::ENCRYPTION)?;
     // The format version and the check value must agree: either one alone means the record
     // of the store's encryption was damaged or stripped, and guessing could write plaintext.
     match (stored.is_some(), format) {
@@ -55,10 +63,9 @@ pub(crate) fn open(
         (None, None) => {
             // Stripping both records would otherwise let a keyless process append plaintext
             // beside sealed events: data keys or a sealed newest event give the store away.
-            let has_keys =
-                storage.entries(&txn, tables.keys, (Unbounded, Unbounded), false)?.next().is_some();
-            let last = storage.last_seq(&txn)?;
-            let newest_sealed = match storage.get(&txn, tables.events, &key::seq(last))? {
+            let has_keys = storage.entries(txn, tables.keys, (Unbounded, Unbounded), false)?.next().is_some();
+            let last = storage.last_seq(txn)?;
+            let newest_sealed = match storage.get(txn, tables.events, &key::seq(last))? {
                 Some(raw) => matches!(
                     Envelope::decode(last, raw),
                     Ok(Envelope { content: Content::Sealed { .. }, .. })
@@ -77,10 +84,16 @@ pub(crate) fn open(
             let store =
                 store_id.ok_or(Error::CorruptMeta { reason: "an encrypted store lost its identity" })?;
             let master = Master::open_check(key, store, check)?;
-            verify_keys(storage, &txn, &master, true)?;
+            verify_keys(storage, txn, &master, true)?;
             Some(Encryption::new(master))
         }
         (None, Some(key)) => {
+            let Some(mut txn) = write else {
+                return Err(Error::NeedsWriteOpen {
+                    path: path.to_path_buf(),
+                    reason: "a key was given for a store that is not encrypted yet, and only an open for writing enables encryption",
+                });
+            };
             if storage.last_seq(&txn)? != 0 {
                 return Err(Error::NotEncrypted {
                     reason: "it already holds unencrypted events, which a master key cannot protect",

@@ -535,6 +535,8 @@ pub(crate) struct Storage {
     defer_meta_sync: bool,
     /// Time spent in commits and flushes of `data.mdb`, for `Varve::stats`.
     pub(crate) flushes: sync::FlushTimes,
+    /// As [`StorageConfig::read_only`].
+    read_only: bool,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -547,6 +549,8 @@ pub(crate) struct StorageConfig {
     /// Commits write their meta page without a flush (`MDB_NOMETASYNC`), made durable by
     /// the next flush: for relaxed durability (see [`Storage::commit_deferred`]).
     pub(crate) defer_meta_sync: bool,
+    /// Opens an existing store with LMDB's `MDB_RDONLY` (see [`Storage::open_read_only`]).
+    pub(crate) read_only: bool,
 }
 
 /// How far the oldest open read view of a store is behind its last commit: the oldest LMDB
@@ -580,6 +584,9 @@ pub struct ReaderLag {
 impl Storage {
     /// Opens (creating if needed) the store in directory `path`.
     pub(crate) fn open(path: &Path, config: &StorageConfig) -> Result<Self, Error> {
+        if config.read_only {
+            return Self::open_read_only(path, config);
+        }
         files::prepare_dir(path)?;
         // Before anything touches the files: a second open in this process would close
         // descriptors of `lock.mdb` that the first one's locks depend on.
@@ -595,12 +602,11 @@ impl Storage {
         // the file it maps: damage it would read on the way in is refused first.
         crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
         let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
-        let env = open_env(path, map_size, config.max_readers, Private::No, config.defer_meta_sync).map_err(
-            |e| match e {
-                heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
-                other => engine_error(other, map_size, path),
-            },
-        )?;
+        let mode = if config.defer_meta_sync { Mode::DeferMetaSync } else { Mode::Write };
+        let env = open_env(path, map_size, config.max_readers, Private::No, mode).map_err(|e| match e {
+            heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
+            other => engine_error(other, map_size, path),
+        })?;
         // LMDB grows the map to the file's size if the file is larger than asked for.
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
@@ -629,7 +635,64 @@ impl Storage {
             tickets: sync::Tickets::default(),
             defer_meta_sync: config.defer_meta_sync,
             flushes: sync::FlushTimes::default(),
+            read_only: false,
         })
+    }
+
+    /// Opens the existing store in directory `path` with LMDB's `MDB_RDONLY`: LMDB never
+    /// takes the writer lock and cannot write `data.mdb`, and nothing here does either.
+    /// Nothing is created, recovered or upgraded; a store that needs any of it is
+    /// [`Error::NeedsWriteOpen`]. Only `lock.mdb` is written, as by every reader: the reader
+    /// table lives in it.
+    fn open_read_only(path: &Path, config: &StorageConfig) -> Result<Self, Error> {
+        match std::fs::metadata(path) {
+            Ok(meta) if !meta.is_dir() => return Err(Error::NotADirectory { path: path.to_path_buf() }),
+            Ok(_) if files::has_data_file(path)? => {}
+            Ok(_) => return Err(Error::NoStore { path: path.to_path_buf() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoStore { path: path.to_path_buf() });
+            }
+            Err(e) => return Err(Error::Io(e)),
+        }
+        let claim = files::Claim::take(path)?;
+        crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
+        if crate::lmdb_file::failed_commit(path).is_some() {
+            return Err(Error::NeedsWriteOpen {
+                path: canonical(path),
+                reason: "its last commit failed while writing the meta page, and an open for writing repairs that",
+            });
+        }
+        let map_size = round_up_to_page(config.map_size);
+        let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
+        let env =
+            open_env(path, map_size, config.max_readers, Private::No, Mode::ReadOnly).map_err(
+                |e| match e {
+                    heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
+                    other => engine_error(other, map_size, path),
+                },
+            )?;
+        let map_size = env.info().map_size;
+        // Stale reader slots live in `lock.mdb`, which readers write anyway.
+        env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
+        let tables = open_tables(&env, map_size, path)?;
+        Ok(Storage {
+            env,
+            tables,
+            map_size: AtomicUsize::new(map_size),
+            txns: TxnGate::default(),
+            lock_file,
+            _claim: claim,
+            fatal: OnceLock::new(),
+            tickets: sync::Tickets::default(),
+            defer_meta_sync: false,
+            flushes: sync::FlushTimes::default(),
+            read_only: true,
+        })
+    }
+
+    /// Whether the storage was opened read-only: every write transaction is refused.
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The store's directory.
@@ -647,6 +710,9 @@ impl Storage {
     }
 
     pub(crate) fn write_txn(&self) -> Result<WriteTxn<'_>, Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         if holds_write_lock() {
             return Err(Error::WouldDeadlock);
         }
@@ -686,7 +752,7 @@ impl Storage {
     /// every later transaction with [`Error::NeedsReopen`]; the error returned is
     /// [`Error::OutcomeUnknown`].
     pub(crate) fn sync(&self) -> Result<(), Error> {
-        if !self.defer_meta_sync {
+        if !self.defer_meta_sync || self.read_only {
             // Every commit was flushed whole before it returned.
             return Ok(());
         }
@@ -1036,7 +1102,13 @@ impl Storage {
         let room = usize::try_from(len).unwrap_or(usize::MAX / 2).saturating_mul(2).saturating_add(64 << 20);
         let storage = Storage::open(
             dir,
-            &StorageConfig { map_size: room, max_readers: 1024, merkle_tree: false, defer_meta_sync: false },
+            &StorageConfig {
+                map_size: room,
+                max_readers: 1024,
+                merkle_tree: false,
+                defer_meta_sync: false,
+                read_only: false,
+            },
         )
         .map_err(|e| match e {
             Error::AlreadyOpen { path } => Error::StoreInUse { path },
@@ -1046,7 +1118,7 @@ impl Storage {
         files::replace_data_file(dir, |new_file| {
             let len = std::fs::metadata(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?.len();
             let map_size = round_up_to_page(usize::try_from(len).unwrap_or(usize::MAX));
-            let env = open_env(dir, map_size, 1, Private::Yes, false)
+            let env = open_env(dir, map_size, 1, Private::Yes, Mode::Write)
                 .map_err(|e| engine_error(e, map_size, dir))?;
             let mut out = std::fs::File::options()
                 .write(true)
@@ -1276,6 +1348,16 @@ impl Drop for Remapping<'_> {
     }
 }
 
+/// What an environment may write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Write,
+    /// Writes, with `MDB_NOMETASYNC` (relaxed durability).
+    DeferMetaSync,
+    /// `MDB_RDONLY`: no write transaction, no writer lock.
+    ReadOnly,
+}
+
 /// Whether an environment is opened without a lock file: a new store's private build, or a
 /// store this process has the exclusive use of (see `files::replace_data_file`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1289,11 +1371,19 @@ fn open_env(
     map_size: usize,
     max_readers: u32,
     private: Private,
-    defer_meta_sync: bool,
+    mode: Mode,
 ) -> heed::Result<Env<WithoutTls>> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(map_size).max_dbs(16).max_readers(max_readers);
-    if defer_meta_sync && private == Private::No {
+    if mode == Mode::ReadOnly {
+        // SAFETY: `MDB_RDONLY` only takes abilities away: LMDB refuses write transactions
+        // (and never takes the writer lock) and maps and opens `data.mdb` read-only. Readers
+        // of this environment see each commit of a writing process whole, as any reader
+        // does, through the lock file shared with it; what heed's `open` below requires of
+        // the mapped file is unchanged.
+        unsafe { options.flags(EnvFlags::READ_ONLY) };
+    }
+    if mode == Mode::DeferMetaSync && private == Private::No {
         // SAFETY: `MDB_NOMETASYNC` changes only when a commit's meta page is flushed, not
         // what is written or mapped: every page is still written through LMDB's copy-on-write
         // transactions. What it weakens, durability, is restored by the storage layer:
@@ -1330,7 +1420,7 @@ fn open_env(
 /// and the format version, committed durably. The environment is closed on return, so the
 /// file is complete and no longer mapped. Errors name `store_dir`, the store being created.
 fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize, merkle_tree: bool) -> Result<(), Error> {
-    let env = open_env(build_dir, map_size, 1, Private::Yes, false)
+    let env = open_env(build_dir, map_size, 1, Private::Yes, Mode::Write)
         .map_err(|e| engine_error(e, map_size, store_dir))?;
     prepare_tables(&env, map_size, store_dir, Some(merkle_tree))?;
     // `env` is the only handle: dropping it closes the environment.
@@ -1400,16 +1490,7 @@ fn prepare_tables(
         merkle: create(&mut wtxn, name::MERKLE)?,
     };
     if let Some(bytes) = tables.meta.get(&wtxn, meta_key::FORMAT_VERSION).map_err(err)? {
-        let found = bytes
-            .try_into()
-            .map(u32::from_le_bytes)
-            .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
-        if found != FORMAT_VERSION && found != ENCRYPTED_FORMAT_VERSION {
-            // Including the unbound encrypted format (2): it has no upgrade in place, since
-            // its wrapped keys would have to be re-wrapped under keys this build derives
-            // from the master key, which opening does not have yet.
-            return Err(Error::IncompatibleFormat { found, supported: ENCRYPTED_FORMAT_VERSION });
-        }
+        check_format(bytes)?;
     } else {
         if tables.events.last(&wtxn).map_err(err)?.is_some() {
             return Err(Error::CorruptMeta { reason: "store holds events but no format version" });
@@ -1428,9 +1509,68 @@ fn prepare_tables(
     Ok(tables)
 }
 
+/// Checks a stored format version against the formats this build reads.
+fn check_format(bytes: &[u8]) -> Result<(), Error> {
+    let found = bytes
+        .try_into()
+        .map(u32::from_le_bytes)
+        .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
+    if found != FORMAT_VERSION && found != ENCRYPTED_FORMAT_VERSION {
+        // Including the unbound encrypted format (2): it has no upgrade in place, since
+        // its wrapped keys would have to be re-wrapped under keys this build derives
+        // from the master key, which opening does not have yet.
+        return Err(Error::IncompatibleFormat { found, supported: ENCRYPTED_FORMAT_VERSION });
+    }
+    Ok(())
+}
+
+/// Opens every table of a store read-only, and checks its format version. What
+/// [`prepare_tables`] would add (a table, the format version) is [`Error::NeedsWriteOpen`].
+fn open_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tables, Error> {
+    let err = |e| engine_error(e, map_size, dir);
+    let needs_write = |reason| Error::NeedsWriteOpen { path: canonical(dir), reason };
+    let rtxn = env.read_txn().map_err(err)?;
+    if !ours_or_empty(env, &rtxn).map_err(err)? {
+        return Err(Error::NotAStore { path: canonical(dir) });
+    }
+    let open = |name: &str| -> Result<Table, Error> {
+        env.database_options()
+            .types::<Bytes, Bytes>()
+            .key_comparator::<KeyComparator>()
+            .name(name)
+            .open(&rtxn)
+            .map_err(err)?
+            .ok_or_else(|| {
+                needs_write("it lacks a table that this version adds when it opens a store for writing")
+            })
+    };
+    let tables = Tables {
+        events: open(name::EVENTS)?,
+        streams: open(name::STREAMS)?,
+        stream_heads: open(name::STREAM_HEADS)?,
+        event_ids: open(name::EVENT_IDS)?,
+        blobs: open(name::BLOBS)?,
+        checkpoints: open(name::CHECKPOINTS)?,
+        projections: open(name::PROJECTIONS)?,
+        keys: open(name::KEYS)?,
+        schema: open(name::SCHEMA)?,
+        snapshots: open(name::SNAPSHOTS)?,
+        meta: open(name::META)?,
+        shredded_headers: open(name::SHREDDED_HEADERS)?,
+        merkle: open(name::MERKLE)?,
+    };
+    match tables.meta.get(&rtxn, meta_key::FORMAT_VERSION).map_err(err)? {
+        Some(bytes) => check_format(bytes)?,
+        None => return Err(needs_write("it has no format version yet")),
+    }
+    // Committing a read transaction keeps the tables it opened open for the environment.
+    rtxn.commit().map_err(err)?;
+    Ok(tables)
+}
+
 /// Whether an LMDB file is empty or a store: LMDB's main database names only our tables, or
 /// our `meta` table holds a format version.
-fn ours_or_empty(env: &Env<WithoutTls>, txn: &RwTxn<'_>) -> heed::Result<bool> {
+fn ours_or_empty(env: &Env<WithoutTls>, txn: &Txn<'_>) -> heed::Result<bool> {
     let Some(main) = env.open_database::<Bytes, Bytes>(txn, None)? else {
         return Ok(true);
     };

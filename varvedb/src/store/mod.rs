@@ -29,6 +29,7 @@ mod replica;
 /// - no Merkle tree over the log; see [`verifiable_log`](Self::verifiable_log).
 /// - `durability`: [`Durability::Immediate`], a write returns only once its commit is on
 ///   disk; see [`durability`](Self::durability).
+/// - opened for writing; see [`read_only`](Self::read_only).
 ///
 /// ```
 /// use varvedb::Options;
@@ -47,6 +48,7 @@ pub struct Options {
     verifiable_log: bool,
     durability: Durability,
     replica: bool,
+    read_only: bool,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             verifiable_log: false,
             durability: Durability::Immediate,
             replica: false,
+            read_only: false,
         }
     }
 }
@@ -257,6 +260,41 @@ impl Options {
         self
     }
 
+    /// Opens an existing store for reading only, beside processes that write to it. Off by
+    /// default.
+    ///
+    /// The store's file is opened and mapped read-only (LMDB's `MDB_RDONLY`): this handle
+    /// never takes the writer lock and writes nothing to `data.mdb`; only `lock.mdb`, where
+    /// every reader takes its slot, is written, as by any read view. Every read view starts
+    /// at the last commit of any process, so commits made by a writing process meanwhile
+    /// are seen by the next view. Every write ([`Varve::append`], projections, checkpoints,
+    /// key operations) is [`Error::ReadOnly`], and [`Stats`] stay at zero.
+    ///
+    /// Nothing is created, upgraded or repaired: a missing store is [`Error::NoStore`], and a
+    /// store an open for writing would change first (one made by an older version that lacks
+    /// a table or its format version, one whose last commit failed while writing its meta
+    /// page, an unencrypted empty store given a key, a store without the Merkle tree with
+    /// [`verifiable_log`](Self::verifiable_log) on) is [`Error::NeedsWriteOpen`].
+    ///
+    /// ```
+    /// use varvedb::{Error, ExpectedVersion, NewEvent, Options, Varve};
+    /// # let dir = tempfile::tempdir()?;
+    /// # {
+    /// #     let db = Varve::open(dir.path())?;
+    /// #     db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
+    /// # }
+    /// let db = Options::new().read_only(true).open(dir.path())?;
+    /// assert_eq!(db.begin_read()?.last_seq()?, 1);
+    /// let refused = db.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"y".to_vec())]);
+    /// assert!(matches!(refused, Err(Error::ReadOnly)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
+
     /// Opens the store in directory `path`, creating the directory and the store if needed.
     ///
     /// Reads hand out references into the memory-mapped file. So while a store is open, its
@@ -296,6 +334,7 @@ impl Options {
                 max_readers: self.max_readers,
                 merkle_tree: self.verifiable_log,
                 defer_meta_sync: self.durability == Durability::Relaxed,
+                read_only: self.read_only,
             },
         )?);
         let opened = crate::key_record::open(&storage, path, self.encryption.as_ref(), self.expect_store_id)?;
@@ -303,25 +342,40 @@ impl Options {
         // which a rotation replaces.
         self.encryption = None;
         let encryption = opened.encryption.map(Arc::new);
-        let merkle_tree = crate::tlog::open(&storage, self.verifiable_log)?;
+        let merkle_tree = if self.read_only {
+            let kept = crate::tlog::kept(&storage, &*storage.read_txn()?)?;
+            if self.verifiable_log && !kept {
+                return Err(Error::NeedsWriteOpen {
+                    path: path.to_path_buf(),
+                    reason: "the verifiable log is asked for, and the store keeps no Merkle tree yet",
+                });
+            }
+            kept
+        } else {
+            crate::tlog::open(&storage, self.verifiable_log)?
+        };
         let last_seq = storage.last_seq(&*storage.read_txn()?)?;
         let (watch_tx, watch_rx) = tokio::sync::watch::channel(last_seq);
         let import_watch = watch_tx.clone();
         let counters = Arc::new(Counters::default());
         let kinds = Arc::new(KindRegistry::default());
-        let writer = Writer::spawn(
-            Arc::clone(&storage),
-            WriterConfig {
-                max_event_size: self.max_event_size,
-                kinds: Arc::clone(&kinds),
-                encryption: encryption.clone(),
-                lag_warning: self.lag_warning.clone(),
-                merkle_tree,
-                durability: self.durability,
-            },
-            Arc::clone(&counters),
-            watch_tx,
-        )?;
+        let writer = if self.read_only {
+            Writer::none()
+        } else {
+            Writer::spawn(
+                Arc::clone(&storage),
+                WriterConfig {
+                    max_event_size: self.max_event_size,
+                    kinds: Arc::clone(&kinds),
+                    encryption: encryption.clone(),
+                    lag_warning: self.lag_warning.clone(),
+                    merkle_tree,
+                    durability: self.durability,
+                },
+                Arc::clone(&counters),
+                watch_tx,
+            )?
+        };
         Ok(Varve {
             inner: Arc::new(Inner {
                 writer,
@@ -477,6 +531,9 @@ impl Varve {
     /// # Errors
     /// As [`append`](Self::append), for any stream of the batch.
     pub fn write(&self, batch: WriteBatch) -> Result<Vec<Appended>, Error> {
+        if self.inner.options.read_only {
+            return Err(Error::ReadOnly);
+        }
         if self.inner.options.replica {
             return Err(Error::ReadOnlyReplica);
         }
@@ -513,6 +570,9 @@ impl Varve {
     /// # Cancel safety
     /// As [`append_async`](Self::append_async).
     pub async fn write_async(&self, batch: WriteBatch) -> Result<Vec<Appended>, Error> {
+        if self.inner.options.read_only {
+            return Err(Error::ReadOnly);
+        }
         if self.inner.options.replica {
             return Err(Error::ReadOnlyReplica);
         }

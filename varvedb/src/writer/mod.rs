@@ -196,6 +196,11 @@ impl Writer {
         Ok(Writer { tx: Some(tx), thread: Some(thread) })
     }
 
+    /// No writer: the handle of a store opened read-only.
+    pub(crate) fn none() -> Self {
+        Writer { tx: None, thread: None }
+    }
+
     pub(crate) fn submit(&self, request: Request) -> Result<(), Error> {
         let tx = self.tx.as_ref().ok_or(Error::WriterStopped)?;
         tx.send(request).map_err(|_| Error::WriterStopped)
