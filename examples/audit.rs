@@ -17,6 +17,8 @@
 //!
 //! Run: `cargo run --example audit`
 
+use std::path::{Path, PathBuf};
+
 use std::fmt::Write as _;
 
 use varvedb::{Checkpoint, Error, ExpectedVersion, NewEvent, NoteSigner, Options, Varve, leaf_hash};
@@ -61,9 +63,18 @@ fn json(s: &str) -> String {
     out
 }
 
+/// Runs the example in a temporary directory, or keeps its store in `VARVEDB_EXAMPLE_DIR`
+/// (to look at with `varve`).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let db = Options::new().verifiable_log(true).open(dir.path())?;
+    let temp = tempfile::tempdir()?;
+    let dir =
+        std::env::var_os("VARVEDB_EXAMPLE_DIR").map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    run(&dir)
+}
+
+/// The example, with its store in `dir`.
+pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let db = Options::new().verifiable_log(true).open(dir)?;
     // In real use the signing key comes from a secret manager, and only the verifier key is
     // published.
     let signer = NoteSigner::new(ORIGIN, [0x5a; 32])?;

@@ -12,6 +12,8 @@
 //!
 //! Run: `cargo run --example bank`
 
+use std::path::{Path, PathBuf};
+
 use varvedb::{
     Data, Error, Event, EventData, ExecuteError, ExecuteOptions, ExpectedVersion, Handle, NewEvent, Pending,
     Processor, Projection, Stream, Table, Varve, aggregate,
@@ -168,9 +170,18 @@ fn notifier(db: &Varve) -> Processor {
     })
 }
 
+/// Runs the example in a temporary directory, or keeps its store in `VARVEDB_EXAMPLE_DIR`
+/// (to look at with `varve`).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let db = Varve::open(dir.path())?;
+    let temp = tempfile::tempdir()?;
+    let dir =
+        std::env::var_os("VARVEDB_EXAMPLE_DIR").map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    run(&dir)
+}
+
+/// The example, with its store in `dir`.
+pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let db = Varve::open(dir)?;
     let (ana, bo) = (db.stream::<Account>(1u128), db.stream::<Account>(2u128));
     let teller = |correlation| RequestMeta { user: "teller-7".into(), correlation, causation: None };
 

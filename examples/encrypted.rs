@@ -13,6 +13,8 @@
 //!
 //! Run: `cargo run --example encrypted`
 
+use std::path::{Path, PathBuf};
+
 use varvedb::{
     Error, Event, ExpectedVersion, MasterKey, Options, Projection, StreamId, Table, Varve, aggregate,
 };
@@ -66,9 +68,24 @@ fn members() -> Projection {
         })
 }
 
+/// Runs the example in a temporary directory, or keeps its stores in `VARVEDB_EXAMPLE_DIR`
+/// (to look at with `varve --key-file`): then, and only for that, the master key is written
+/// beside them, to `master.key`. Never store a real key next to its store.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("customers");
+    let temp = tempfile::tempdir()?;
+    let kept = std::env::var_os("VARVEDB_EXAMPLE_DIR").map(PathBuf::from);
+    let dir = kept.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let key = run(&dir)?;
+    if let Some(kept) = kept {
+        std::fs::write(kept.join("master.key"), key.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The example, with the store in `dir/customers` and its backup in `dir/backup`. Returns the
+/// master key they end up under.
+pub fn run(dir: &Path) -> Result<MasterKey, Box<dyn std::error::Error>> {
+    let path = dir.join("customers");
 
     // 1. In production the key comes from a secret manager; it is never written to the store.
     let key = MasterKey::generate()?;
@@ -127,19 +144,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(db);
     varvedb::compact_in_place(&path)?;
     let db = Options::new().encryption_key(new_key.clone()).open(&path)?;
-    let backup = dir.path().join("backup");
+    let backup = dir.join("backup");
     db.backup(&backup)?;
     println!(
         "rotated the master key ({rewrapped} data keys re-wrapped) and backed up to {}",
         backup.display()
     );
-    let restored = Options::new().encryption_key(new_key).open(&backup)?;
+    let restored = Options::new().encryption_key(new_key.clone()).open(&backup)?;
     let report = restored.begin_read()?.check_integrity()?;
     println!(
         "backup verified: {} events in {} streams ({} of the events shredded)",
         report.events, report.streams, report.shredded_events
     );
-    Ok(())
+    Ok(new_key)
 }
 
 fn member_count(db: &Varve) -> Result<usize, Error> {

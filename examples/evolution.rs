@@ -9,6 +9,8 @@
 //!
 //! Run: `cargo run --example evolution`
 
+use std::path::{Path, PathBuf};
+
 use varvedb::{Event, EventData, ExpectedVersion, Projection, Table, Upcast, Varve, aggregate};
 
 // --- 1. The older build. ------------------------------------------------------------------
@@ -84,9 +86,18 @@ impl Order {
 
 const BY_CURRENCY: Table<String, u64> = Table::new("sales", "by_currency");
 
+/// Runs the example in a temporary directory, or keeps its store in `VARVEDB_EXAMPLE_DIR`
+/// (to look at with `varve`).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let db = Varve::open(dir.path())?;
+    let temp = tempfile::tempdir()?;
+    let dir =
+        std::env::var_os("VARVEDB_EXAMPLE_DIR").map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    run(&dir)
+}
+
+/// The example, with its store in `dir`.
+pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let db = Varve::open(dir)?;
     let id = 1u128;
 
     // The older build stores 250 orders, as v1.

@@ -9,6 +9,8 @@
 //!
 //! Run: `cargo run --example orders`
 
+use std::path::{Path, PathBuf};
+
 use varvedb::{Event, EventData, ExecuteError, Handle, Pending, Stream, Varve, aggregate};
 
 // --- 1. Events: what happened, in the past tense. -----------------------------------------
@@ -202,9 +204,18 @@ fn print_history(db: &Varve, order: &Stream<Order>) -> Result<(), varvedb::Error
     Ok(())
 }
 
+/// Runs the example in a temporary directory, or keeps its store in `VARVEDB_EXAMPLE_DIR`
+/// (to look at with `varve`).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let db = Varve::open(dir.path())?;
+    let temp = tempfile::tempdir()?;
+    let dir =
+        std::env::var_os("VARVEDB_EXAMPLE_DIR").map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    run(&dir)
+}
+
+/// The example, with its store in `dir`.
+pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let db = Varve::open(dir)?;
 
     // A stream per order; its id is a UUID (a u128 works too).
     let order = db.stream::<Order>(varvedb::uuid::Uuid::new_v4());

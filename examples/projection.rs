@@ -8,6 +8,7 @@
 //!
 //! Run: `cargo run --example projection`
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -49,10 +50,19 @@ fn customer_totals() -> Projection {
         })
 }
 
+/// Runs the example in a temporary directory, or keeps its store in `VARVEDB_EXAMPLE_DIR`
+/// (to look at with `varve`).
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let db = Varve::open(dir.path())?;
+    let temp = tempfile::tempdir()?;
+    let dir =
+        std::env::var_os("VARVEDB_EXAMPLE_DIR").map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    run(&dir).await
+}
+
+/// The example, with its store in `dir`.
+pub async fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let db = Varve::open(dir)?;
 
     let runner = Runner::spawn(&db, customer_totals());
 

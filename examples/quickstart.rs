@@ -5,8 +5,10 @@
 //! each reads an account's version, decides, and appends with `ExpectedVersion::Exact`,
 //! retrying on conflict. Transfers touch two accounts in one atomic batch.
 //!
-//! Run: `cargo run --example quickstart [STORE_DIR]` (default: a fresh temporary directory).
+//! Run: `cargo run --example quickstart [STORE_DIR]` (default: `VARVEDB_EXAMPLE_DIR`, else a
+//! fresh temporary directory).
 
+use std::path::Path;
 use std::time::Instant;
 
 use varvedb::{Error, ExpectedVersion, NewEvent, ReadView, Varve, WriteBatch, rkyv};
@@ -74,10 +76,19 @@ fn transfer(db: &Varve, from: u128, to: u128, cents: u64) -> Result<bool, Error>
     }
 }
 
+/// Runs the example in `STORE_DIR`, or `VARVEDB_EXAMPLE_DIR`, or a temporary directory.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let temp = tempfile::tempdir()?;
-    let path = std::env::args().nth(1).map_or_else(|| temp.path().to_path_buf(), Into::into);
-    let db = Varve::open(&path)?;
+    let path = std::env::args_os()
+        .nth(1)
+        .or_else(|| std::env::var_os("VARVEDB_EXAMPLE_DIR"))
+        .map_or_else(|| temp.path().to_path_buf(), Into::into);
+    run(&path)
+}
+
+/// The example, with its store in `path`.
+pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let db = Varve::open(path)?;
     println!("store at {}", path.display());
 
     for account in 0..u128::from(ACCOUNTS) {

@@ -293,6 +293,11 @@ impl<'db> ReadView<'db> {
         let mut out = Vec::new();
         for entry in self.storage.entries(&self.txn, self.storage.tables.checkpoints, all, false)? {
             let (k, v) = entry?;
+            // `0xFF ‖ name` records which kind of processing owns `name`: no checkpoint (a
+            // name is UTF-8, which never begins with that byte).
+            if k.first() == Some(&0xFF) {
+                continue;
+            }
             let name = String::from_utf8_lossy(k).into_owned();
             let seq = value::decode_seq(v).ok_or_else(|| Error::CorruptIndex {
                 table: "checkpoints",
