@@ -1,5 +1,6 @@
 //! Layout descriptions: recorded in the schema registry beside the fingerprint, and enough to
-//! turn any stored event into JSON without its Rust type.
+//! turn any stored event into JSON without its Rust type. And, with varvedb's `serde`
+//! feature, the archived types' own `Serialize`: JSON from Rust without the registry.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -256,6 +257,25 @@ where
     (generic, serde_json::to_value(value).expect("serde"))
 }
 
+/// The JSON of `value`'s archive through `ArchivedX: Serialize` (varvedb's `serde` feature).
+fn archived_json<T>(value: &T) -> serde_json::Value
+where
+    T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+    rkyv::Archived<T>: Serialize
+        + rkyv::Portable
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>,
+{
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(value).expect("archive");
+    let archived = rkyv::access::<rkyv::Archived<T>, rkyv::rancor::Error>(&bytes).expect("valid");
+    serde_json::to_value(archived).expect("serializes")
+}
+
 fn cases() -> u32 {
     std::env::var("VARVEDB_LAYOUT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
 }
@@ -266,7 +286,8 @@ proptest! {
     #[test]
     fn generic_json_equals_serde_json(value in everything()) {
         let (generic, serde) = both(&value);
-        prop_assert_eq!(generic, serde);
+        prop_assert_eq!(&generic, &serde);
+        prop_assert_eq!(archived_json(&value), serde);
     }
 
     #[test]
@@ -293,6 +314,7 @@ proptest! {
     fn generic_json_of_maps_and_sets(value in collections()) {
         let (generic, serde) = both(&value);
         prop_assert_eq!(unordered(&generic), unordered(&serde));
+        prop_assert_eq!(unordered(&archived_json(&value)), unordered(&serde));
         let (g, s) = both(&value.names);
         prop_assert_eq!(g.to_string(), s.to_string());
         let (g, s) = both(&value.numbers);
@@ -448,6 +470,9 @@ fn the_registry_records_the_description() -> Result<(), Box<dyn std::error::Erro
     let event = view.event(1)?.expect("stored");
     let json: serde_json::Value = serde_json::from_str(&Everything::layout().to_json(event.payload())?)?;
     assert_eq!(json, serde_json::to_value(&value)?);
+    // The archived event read in place from the store serializes as the event does.
+    let archived = event.access::<ArchivedEverything>()?;
+    assert_eq!(serde_json::to_string(archived)?, serde_json::to_string(&value)?);
     Ok(())
 }
 

@@ -30,7 +30,7 @@ struct Model<'a> {
     shape: Shape<'a>,
 }
 
-enum Shape<'a> {
+pub(crate) enum Shape<'a> {
     Struct(&'a Fields),
     Enum(Vec<(&'a Ident, &'a Fields)>),
 }
@@ -167,6 +167,11 @@ fn generate(m: &Model<'_>, kind: Kind) -> TokenStream {
     };
     // rkyv derives Debug on the archived type only where no bound on a type parameter is needed.
     let archived_debug = generics.type_params().next().is_none().then(|| quote!(#[rkyv(derive(Debug))]));
+    // Likewise `Serialize` (varvedb's `serde` feature), which generic types would need bounds for.
+    let archived_serde = generics
+        .params
+        .is_empty()
+        .then(|| crate::archived_serde::expand(ident, &archived, &m.shape, &private));
 
     let schema_where = extend_where(generics, |t| quote!(#t: #private::Schema));
     let fingerprint = fingerprint(&m.shape, &private);
@@ -287,6 +292,8 @@ fn generate(m: &Model<'_>, kind: Kind) -> TokenStream {
             #archived_debug
             #[doc(hidden)]
             #shadow_body
+
+            #archived_serde
 
             #[automatically_derived]
             impl #impl_generics ::core::convert::From<#shadow_ty> for #this #where_clause {

@@ -3,6 +3,7 @@
 //! `::varvedb` (override with `#[event(crate = path)]` / `#[aggregate(crate = path)]`).
 
 mod aggregate;
+mod archived_serde;
 mod attrs;
 mod event;
 mod layout;

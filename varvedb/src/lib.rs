@@ -149,11 +149,14 @@ pub use varvedb_derive::{Event, EventData, aggregate};
 /// Items the derive macros' generated code refers to. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::__serde_archived as serde_archived;
     pub use crate::error::Error;
     pub use crate::event::RecordedEvent;
     pub use crate::layout::{Describe, Fields, Layout};
     pub use crate::typed::debug::{DebugArchived, DebugFallback, DebugViaDebug, debug_bytes};
     pub use crate::typed::schema::fingerprint;
+    #[cfg(feature = "serde")]
+    pub use crate::typed::serde_archived::{AsSerde, SerializeArchived};
     pub use crate::typed::snapshot::{SnapshotCodec, snapshot_codec};
     pub use crate::typed::stream::unknown;
     pub use crate::typed::upcast::{archived_as, no_path, upcast_step};
@@ -163,6 +166,8 @@ pub mod __private {
     pub use crate::typed::{UpcastBuffer, has_duplicate_identity, str_eq};
     pub use core;
     pub use rkyv;
+    #[cfg(feature = "serde")]
+    pub use serde;
 
     /// The serializer events are written with.
     pub type Serializer<'a> = rkyv::api::high::HighSerializer<

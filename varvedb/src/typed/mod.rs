@@ -4,6 +4,8 @@ pub(crate) mod command;
 pub(crate) mod debug;
 pub(crate) mod metadata;
 pub(crate) mod schema;
+#[cfg(feature = "serde")]
+pub(crate) mod serde_archived;
 pub(crate) mod snapshot;
 pub(crate) mod stream;
 #[cfg(feature = "testing")]
@@ -320,4 +322,12 @@ impl NewEvent {
 
 fn encoded_layout<E: crate::layout::Describe>() -> Vec<u8> {
     E::layout().encode()
+}
+
+/// Without the `serde` feature, the `Serialize` impls the derives write are dropped.
+#[cfg(not(feature = "serde"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __serde_archived {
+    ($($impl:tt)*) => {};
 }
