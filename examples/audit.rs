@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The example, with its store in `dir`.
-pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let db = Options::new().verifiable_log(true).open(dir)?;
     // In real use the signing key comes from a secret manager, and only the verifier key is
     // published.

@@ -180,7 +180,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The example, with its store in `dir`.
-pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let db = Varve::open(dir)?;
     let (ana, bo) = (db.stream::<Account>(1u128), db.stream::<Account>(2u128));
     let teller = |correlation| RequestMeta { user: "teller-7".into(), correlation, causation: None };

@@ -84,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The example, with the store in `dir/customers` and its backup in `dir/backup`. Returns the
 /// master key they end up under.
-pub fn run(dir: &Path) -> Result<MasterKey, Box<dyn std::error::Error>> {
+pub(crate) fn run(dir: &Path) -> Result<MasterKey, Box<dyn std::error::Error>> {
     let path = dir.join("customers");
 
     // 1. In production the key comes from a secret manager; it is never written to the store.

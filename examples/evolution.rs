@@ -96,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The example, with its store in `dir`.
-pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let db = Varve::open(dir)?;
     let id = 1u128;
 

@@ -214,7 +214,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The example, with its store in `dir`.
-pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let db = Varve::open(dir)?;
 
     // A stream per order; its id is a UUID (a u128 works too).

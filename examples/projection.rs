@@ -61,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The example, with its store in `dir`.
-pub async fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let db = Varve::open(dir)?;
 
     let runner = Runner::spawn(&db, customer_totals());

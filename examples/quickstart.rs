@@ -87,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The example, with its store in `path`.
-pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let db = Varve::open(path)?;
     println!("store at {}", path.display());
 

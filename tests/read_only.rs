@@ -48,8 +48,8 @@ fn reads_beside_a_writing_process_and_sees_its_commits() {
     };
     assert!(later > first, "the read-only handle sees the other process's commits ({first} -> {later})");
     let view = db.begin_read().unwrap();
-    let read = view.read_all(1).unwrap().take(later as usize).map(|e| e.unwrap().seq()).count();
-    assert_eq!(read as u64, later);
+    let seqs: Vec<u64> = view.read_all(1).unwrap().take(later as usize).map(|e| e.unwrap().seq()).collect();
+    assert_eq!(seqs, (1..=later).collect::<Vec<_>>(), "every event up to the view's last, readable");
     drop(view);
 
     // Writes are refused while the writer goes on.

@@ -21,7 +21,9 @@ use syn::{DeriveInput, parse_macro_input};
 ///   the schema version (`#[event(version = N)]`, default 1);
 /// - `varvedb::Schema`: a fingerprint of field names, order and types, computed at compile
 ///   time. The store refuses an event whose fingerprint differs from the one recorded for its
-///   (name, version).
+///   (name, version);
+/// - with varvedb's `serde` feature, `serde::Serialize` for `ArchivedX`, giving the JSON (or
+///   any serde format) that serde's own derive gives `X` (not for generic types).
 ///
 /// Every field type must implement `varvedb::Schema`: the standard types rkyv archives
 /// (integers, floats, `bool`, `char`, `String`, `Vec`, `Option`, `Box`, arrays, tuples,

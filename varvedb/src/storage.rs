@@ -1815,7 +1815,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(
             dir.path(),
-            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false, defer_meta_sync: false },
+            &StorageConfig {
+                map_size: 1 << 20,
+                max_readers: 8,
+                merkle_tree: false,
+                defer_meta_sync: false,
+                read_only: false,
+            },
         )
         .unwrap();
         let events = storage.tables.events;
@@ -1929,6 +1935,7 @@ mod tests {
                     max_readers: 8,
                     merkle_tree: false,
                     defer_meta_sync: false,
+                    read_only: false,
                 },
             )
             .unwrap();
@@ -1961,7 +1968,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(
             dir.path(),
-            &StorageConfig { map_size: 1 << 22, max_readers: 8, merkle_tree: false, defer_meta_sync: false },
+            &StorageConfig {
+                map_size: 1 << 22,
+                max_readers: 8,
+                merkle_tree: false,
+                defer_meta_sync: false,
+                read_only: false,
+            },
         )
         .unwrap();
         let table = storage.tables.projections;
@@ -2012,7 +2025,13 @@ mod tests {
         }
         let Err(err) = Storage::open(
             dir.path(),
-            &StorageConfig { map_size: 1 << 20, max_readers: 8, merkle_tree: false, defer_meta_sync: false },
+            &StorageConfig {
+                map_size: 1 << 20,
+                max_readers: 8,
+                merkle_tree: false,
+                defer_meta_sync: false,
+                read_only: false,
+            },
         ) else {
             panic!("a value opened as a table");
         };
@@ -2047,6 +2066,7 @@ mod tests {
                 max_readers: 200,
                 merkle_tree: false,
                 defer_meta_sync: false,
+                read_only: false,
             },
         )
         .unwrap();

@@ -308,7 +308,7 @@ impl WriterState {
             ),
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(target: "varvedb::commit", requests = batches.len(), error = %e, "commit failed")
+                tracing::warn!(target: "varvedb::commit", requests = batches.len(), error = %e, "commit failed");
             }
         }
         committed
