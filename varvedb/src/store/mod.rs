@@ -324,7 +324,8 @@ impl Options {
     /// written back, added or removed behind the store's back);
     /// [`Error::CorruptFile`] if the file is damaged where opening reads it (LMDB does not
     /// check its file; this is checked before LMDB maps it); [`Error::DiskFull`]; other I/O
-    /// and storage errors.
+    /// and storage errors. Opened [`read_only`](Self::read_only): also [`Error::NoStore`] and
+    /// [`Error::NeedsWriteOpen`].
     pub fn open(mut self, path: impl AsRef<Path>) -> Result<Varve, Error> {
         let path = path.as_ref();
         let storage = Arc::new(Storage::open(
