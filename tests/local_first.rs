@@ -1,0 +1,334 @@
+//! Local-first sync through a real `nats-server` (2.9): nodes write offline, then sync,
+//! with conflicts on shared streams, the server killed and restarted, and syncs cut off
+//! mid-way.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use varvedb::{Event, Handle, Pending, ReplicatedEvent, Stream, aggregate};
+use varvedb_nats::{
+    ConflictOutcome, EventStatus, LocalExecuteError, Resolution, SyncConfig, SyncError, SyncNode, SyncReport,
+};
+
+#[path = "support/nats.rs"]
+mod nats;
+
+#[derive(Event, Debug)]
+struct Deposited {
+    cents: u64,
+    nonce: u64,
+}
+
+#[derive(Event, Debug)]
+struct Withdrawn {
+    cents: u64,
+    nonce: u64,
+}
+
+#[derive(Event, Debug)]
+struct Deposit {
+    cents: u64,
+    nonce: u64,
+}
+
+#[derive(Event, Debug)]
+struct Withdraw {
+    cents: u64,
+    nonce: u64,
+}
+
+/// A bank account whose balance must never go below zero; `lowest` remembers whether it
+/// ever did in the events folded.
+#[derive(Default, Debug)]
+struct Account {
+    balance: i64,
+    lowest: i64,
+}
+
+#[aggregate]
+impl Account {
+    fn deposited(&mut self, e: &ArchivedDeposited) {
+        self.balance += e.cents.to_native() as i64;
+    }
+    fn withdrawn(&mut self, e: &ArchivedWithdrawn) {
+        self.balance -= e.cents.to_native() as i64;
+        self.lowest = self.lowest.min(self.balance);
+    }
+}
+
+#[derive(Debug)]
+struct Overdrawn;
+
+impl std::fmt::Display for Overdrawn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the balance does not cover the withdrawal")
+    }
+}
+
+impl Handle<Deposit> for Account {
+    type Error = Overdrawn;
+    fn handle(&self, c: &Deposit) -> Result<Vec<Pending<Self>>, Overdrawn> {
+        Ok(vec![Deposited { cents: c.cents, nonce: c.nonce }.into()])
+    }
+}
+
+impl Handle<Withdraw> for Account {
+    type Error = Overdrawn;
+    fn handle(&self, c: &Withdraw) -> Result<Vec<Pending<Self>>, Overdrawn> {
+        if self.balance < c.cents as i64 {
+            return Err(Overdrawn);
+        }
+        Ok(vec![Withdrawn { cents: c.cents, nonce: c.nonce }.into()])
+    }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn open(dir: &std::path::Path) -> SyncNode {
+    let node = SyncNode::open(dir, SyncConfig { timeout: Duration::from_secs(2), ..SyncConfig::default() }).unwrap();
+    node.register::<Account, Deposit>().unwrap();
+    node.register::<Account, Withdraw>().unwrap();
+    node
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Syncs `node` until it has nothing pending, reconnecting after every failure; with
+/// `cut`, some attempts are dropped mid-way (the client with them) after a random time.
+async fn sync_until_done(node: &SyncNode, url: &str, mut cut: Option<fastrand::Rng>) -> Vec<SyncReport> {
+    let mut reports = Vec::new();
+    for _ in 0..400 {
+        let Ok(client) = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_millis(500))
+            .connect(url)
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let limit = cut.as_mut().and_then(|rng| rng.bool().then(|| Duration::from_millis(rng.u64(1..60))));
+        let result = match limit {
+            Some(limit) => match tokio::time::timeout(limit, node.sync(&client)).await {
+                Ok(r) => r,
+                Err(_) => continue, // dropped mid-way, and the client with it
+            },
+            None => node.sync(&client).await,
+        };
+        match result {
+            Ok(report) => {
+                let done = report.pending == 0;
+                reports.push(report);
+                if done {
+                    return reports;
+                }
+            }
+            Err(SyncError::Nats(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("sync failed: {e}"),
+        }
+    }
+    panic!("a node did not finish syncing in 400 attempts");
+}
+
+/// Every accepted record of `node`, as stored.
+fn accepted_log(node: &SyncNode) -> Vec<ReplicatedEvent> {
+    node.accepted().export_replicated(0, usize::MAX).unwrap()
+}
+
+/// The nonces of the commands a conflict dropped.
+fn dropped_nonces(outcome: &ConflictOutcome) -> Vec<u64> {
+    outcome
+        .dropped
+        .iter()
+        .map(|(id, _)| {
+            let command = outcome.conflict.pending.iter().find(|p| p.event_id == *id).unwrap();
+            match (command.decode::<Deposit>().unwrap(), command.decode::<Withdraw>().unwrap()) {
+                (Some(d), _) => d.nonce,
+                (_, Some(w)) => w.nonce,
+                _ => panic!("a dropped command is neither a deposit nor a withdrawal"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn three_nodes_converge_on_one_accepted_log() {
+    let seed = env("VARVEDB_SYNC_SEED", fastrand::u64(..));
+    let rounds = env("VARVEDB_SYNC_ROUNDS", 4);
+    let ops = env("VARVEDB_SYNC_OPS", 30);
+    // Shown when the test fails.
+    println!("seed {seed} (VARVEDB_SYNC_SEED={seed}), {rounds} rounds of {ops} commands per node");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let server = Arc::new(Mutex::new(nats::NatsServer::start()));
+    let url = server.lock().unwrap().url();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<SyncNode> = dirs.iter().map(|d| open(d.path())).collect();
+    let shared = [1u128, 2, 3];
+    let own = |n: usize| 100 + n as u128;
+    let rt = runtime();
+
+    let mut decided: HashSet<u64> = HashSet::new();
+    let mut nonce = 0;
+    let mut reports: Vec<SyncReport> = Vec::new();
+    let mut kills = 0;
+    for _ in 0..rounds {
+        // Offline: each node writes to shared streams and its own.
+        for (n, node) in nodes.iter().enumerate() {
+            for _ in 0..ops {
+                let id = if rng.bool() { shared[rng.usize(..shared.len())] } else { own(n) };
+                let account = node.stream::<Account>(id);
+                nonce += 1;
+                let cents = rng.u64(1..200);
+                let executed = if rng.u8(..100) < 50 {
+                    account.execute(&Deposit { cents, nonce })
+                } else {
+                    account.execute(&Withdraw { cents, nonce })
+                };
+                match executed {
+                    Ok(e) => {
+                        assert!(e.event_id.is_some());
+                        decided.insert(nonce);
+                    }
+                    Err(LocalExecuteError::Rejected(Overdrawn)) => {}
+                    Err(e) => panic!("seed {seed}: execute failed: {e}"),
+                }
+                let loaded = account.load().unwrap();
+                assert!(loaded.state().balance >= 0, "seed {seed}: a local balance went negative");
+            }
+            // What the node wrote is visible, and marked pending.
+            let pending: usize = shared
+                .iter()
+                .chain([&own(n)])
+                .map(|id| {
+                    let history = node.stream::<Account>(*id).history().unwrap();
+                    history.iter().filter(|e| e.status == EventStatus::Pending).count()
+                })
+                .sum();
+            assert_eq!(pending, node.pending_count());
+        }
+        // Online: in a random order, some nodes at once, while the server may be killed and
+        // restarted and syncs may be cut off.
+        let mut order: Vec<usize> = (0..nodes.len()).collect();
+        rng.shuffle(&mut order);
+        let together = rng.bool();
+        let kill = rng.bool().then(|| (rng.u64(0..40), rng.u64(0..300)));
+        kills += u32::from(kill.is_some());
+        let cuts: Vec<fastrand::Rng> = order.iter().map(|_| fastrand::Rng::with_seed(rng.u64(..))).collect();
+        let round = rt.block_on(async {
+            let chaos = {
+                let server = Arc::clone(&server);
+                async move {
+                    if let Some((after, down)) = kill {
+                        tokio::time::sleep(Duration::from_millis(after)).await;
+                        let s = Arc::clone(&server);
+                        tokio::task::spawn_blocking(move || s.lock().unwrap().kill()).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(down)).await;
+                        tokio::task::spawn_blocking(move || server.lock().unwrap().restart()).await.unwrap();
+                    }
+                }
+            };
+            let syncs = async {
+                let mut all = Vec::new();
+                if together {
+                    let runs = order.iter().zip(cuts).map(|(n, cut)| sync_until_done(&nodes[*n], &url, Some(cut)));
+                    for r in futures_util::future::join_all(runs).await {
+                        all.extend(r);
+                    }
+                } else {
+                    for (n, cut) in order.iter().zip(cuts) {
+                        all.extend(sync_until_done(&nodes[*n], &url, Some(cut)).await);
+                    }
+                }
+                all
+            };
+            tokio::join!(chaos, syncs).1
+        });
+        reports.extend(round);
+    }
+    // Online for good: a pass that pushes what is left, and one that imports it everywhere.
+    rt.block_on(async {
+        for _ in 0..2 {
+            for node in &nodes {
+                reports.extend(sync_until_done(node, &url, None).await);
+            }
+        }
+    });
+
+    // One accepted log, byte for byte, on every node, and it is the hub's.
+    let logs: Vec<Vec<ReplicatedEvent>> = nodes.iter().map(accepted_log).collect();
+    for (n, log) in logs.iter().enumerate().skip(1) {
+        assert_eq!(log.len(), logs[0].len(), "seed {seed}: node {n} has another number of accepted events");
+        for (a, b) in log.iter().zip(&logs[0]) {
+            assert!(a == b, "seed {seed}: node {n} differs at seq {}", a.seq());
+        }
+    }
+    let hub_end = rt.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("VARVE_SYNC").await.unwrap();
+        stream.info().await.unwrap().state.last_sequence
+    });
+    assert_eq!(logs[0].len() as u64, hub_end, "seed {seed}: the accepted log is not the hub's");
+    for node in &nodes {
+        node.accepted().begin_read().unwrap().check_integrity().unwrap();
+        assert_eq!(node.pending_count(), 0, "seed {seed}: events left pending");
+    }
+
+    // No command lost or accepted twice: each one that decided an event is accepted once
+    // or was dropped, and reported, after a conflict.
+    let view = nodes[0].accepted().begin_read().unwrap();
+    let mut accepted: HashMap<u64, u64> = HashMap::new();
+    for id in shared.iter().copied().chain((0..3).map(own)) {
+        for event in Stream::<Account>::read(&nodes[0].accepted().stream::<Account>(id), &view, 1).unwrap() {
+            let event = event.unwrap();
+            let nonce = match (event.get::<Deposited>().unwrap(), event.get::<Withdrawn>().unwrap()) {
+                (Some(d), _) => d.nonce.to_native(),
+                (_, Some(w)) => w.nonce.to_native(),
+                _ => panic!("an unknown event"),
+            };
+            let seq = event.recorded().seq();
+            assert!(accepted.insert(nonce, seq).is_none(), "seed {seed}: command {nonce} accepted twice");
+        }
+    }
+    assert_eq!(accepted.len(), logs[0].len(), "seed {seed}: accepted events outside the accounts");
+    let outcomes: Vec<&ConflictOutcome> = reports.iter().flat_map(|r| &r.conflicts).collect();
+    let mut dropped = HashSet::new();
+    for outcome in &outcomes {
+        assert_eq!(outcome.resolution, Resolution::Rerun);
+        for n in dropped_nonces(outcome) {
+            assert!(dropped.insert(n), "seed {seed}: command {n} dropped twice");
+            assert!(!accepted.contains_key(&n), "seed {seed}: command {n} dropped and accepted");
+        }
+    }
+    for n in &decided {
+        assert!(
+            accepted.contains_key(n) || dropped.contains(n),
+            "seed {seed}: command {n} was neither accepted nor reported dropped"
+        );
+    }
+    assert_eq!(accepted.len() + dropped.len(), decided.len(), "seed {seed}: events from nowhere");
+
+    // The domain invariant holds on every node's accepted log and local view.
+    for node in &nodes {
+        for id in shared.iter().copied().chain((0..3).map(own)) {
+            let state = node.accepted().stream::<Account>(id).load().unwrap().into_state();
+            assert!(state.lowest >= 0, "seed {seed}: account {id} went negative");
+            assert_eq!(node.stream::<Account>(id).load().unwrap().state().balance, state.balance);
+        }
+    }
+    assert!(!outcomes.is_empty(), "seed {seed}: no conflict was exercised");
+    let refused: u64 = reports.iter().map(|r| r.refused).sum();
+    let duplicates: u64 = reports.iter().map(|r| r.duplicates).sum();
+    println!(
+        "{} commands decided, {} accepted, {} dropped after {} conflicts; {refused} pushes refused, \
+         {duplicates} duplicates; {kills} server kills",
+        decided.len(),
+        accepted.len(),
+        dropped.len(),
+        outcomes.len()
+    );
+}
