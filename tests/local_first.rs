@@ -158,8 +158,8 @@ fn dropped_nonces(outcome: &ConflictOutcome) -> Vec<u64> {
 #[test]
 fn three_nodes_converge_on_one_accepted_log() {
     let seed = env("VARVEDB_SYNC_SEED", fastrand::u64(..));
-    let rounds = env("VARVEDB_SYNC_ROUNDS", 4);
-    let ops = env("VARVEDB_SYNC_OPS", 30);
+    let rounds = env("VARVEDB_SYNC_ROUNDS", 8);
+    let ops = env("VARVEDB_SYNC_OPS", 40);
     // Shown when the test fails.
     println!("seed {seed} (VARVEDB_SYNC_SEED={seed}), {rounds} rounds of {ops} commands per node");
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -331,4 +331,118 @@ fn three_nodes_converge_on_one_accepted_log() {
         dropped.len(),
         outcomes.len()
     );
+}
+
+/// One sync over a fresh connection, which must succeed.
+fn sync_once(rt: &tokio::runtime::Runtime, node: &SyncNode, url: &str) -> Result<SyncReport, SyncError> {
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        node.sync(&client).await
+    })
+}
+
+/// Two nodes that share account 1 with 100 on it, both synced.
+fn two_nodes(rt: &tokio::runtime::Runtime, url: &str) -> (SyncNode, SyncNode, [tempfile::TempDir; 2]) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (a, b) = (open(dirs[0].path()), open(dirs[1].path()));
+    a.stream::<Account>(1u128).execute(&Deposit { cents: 100, nonce: 1 }).unwrap();
+    sync_once(rt, &a, url).unwrap();
+    sync_once(rt, &b, url).unwrap();
+    assert_eq!(b.stream::<Account>(1u128).load().unwrap().state().balance, 100);
+    (a, b, dirs)
+}
+
+#[test]
+fn the_loser_of_a_conflict_reruns_its_commands_and_reports_what_the_new_state_rejects() {
+    let server = nats::NatsServer::start();
+    let rt = runtime();
+    let (a, b, _dirs) = two_nodes(&rt, &server.url());
+    // Offline, both withdraw: each alone is covered, both together are not.
+    a.stream::<Account>(1u128).execute(&Withdraw { cents: 80, nonce: 2 }).unwrap();
+    a.stream::<Account>(1u128).execute(&Deposit { cents: 5, nonce: 3 }).unwrap();
+    b.stream::<Account>(1u128).execute(&Withdraw { cents: 50, nonce: 4 }).unwrap();
+    let local = a.stream::<Account>(1u128).load().unwrap();
+    assert_eq!((local.state().balance, local.accepted_version(), local.pending(), local.version()), (25, 1, 2, 3));
+    let history = a.stream::<Account>(1u128).history().unwrap();
+    let status: Vec<EventStatus> = history.iter().map(|e| e.status).collect();
+    assert_eq!(status, [EventStatus::Accepted { seq: 1 }, EventStatus::Pending, EventStatus::Pending]);
+
+    let won = sync_once(&rt, &b, &server.url()).unwrap();
+    assert_eq!((won.pushed, won.conflicts.len()), (1, 0));
+    let lost = sync_once(&rt, &a, &server.url()).unwrap();
+    assert_eq!(lost.conflicts.len(), 1);
+    let outcome = &lost.conflicts[0];
+    assert_eq!(outcome.conflict.base_version, 1);
+    assert_eq!(outcome.conflict.remote.len(), 1, "the remote event is b's withdrawal");
+    assert_eq!(&*outcome.conflict.remote[0].type_tag, "Withdrawn");
+    assert_eq!(outcome.conflict.pending.len(), 2);
+    assert_eq!((outcome.resolution, outcome.kept, outcome.dropped.len()), (Resolution::Rerun, 1, 1));
+    assert!(outcome.dropped[0].1.contains("does not cover"), "{}", outcome.dropped[0].1);
+    assert_eq!(lost.pending, 0);
+    sync_once(&rt, &b, &server.url()).unwrap();
+    for node in [&a, &b] {
+        let loaded = node.stream::<Account>(1u128).load().unwrap();
+        assert_eq!((loaded.state().balance, loaded.version(), loaded.pending()), (55, 3, 0));
+    }
+    assert_eq!(accepted_log(&a), accepted_log(&b));
+}
+
+#[test]
+fn a_conflict_callback_can_discard_the_pending_commands() {
+    let server = nats::NatsServer::start();
+    let rt = runtime();
+    let (a, b, _dirs) = two_nodes(&rt, &server.url());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    a.on_conflict(move |conflict| {
+        let deposits: Vec<u64> =
+            conflict.pending.iter().filter_map(|p| p.decode::<Deposit>().unwrap()).map(|d| d.cents).collect();
+        record.lock().unwrap().extend(deposits);
+        Resolution::Discard
+    });
+    a.stream::<Account>(1u128).execute(&Deposit { cents: 7, nonce: 2 }).unwrap();
+    b.stream::<Account>(1u128).execute(&Deposit { cents: 9, nonce: 3 }).unwrap();
+    sync_once(&rt, &b, &server.url()).unwrap();
+    let report = sync_once(&rt, &a, &server.url()).unwrap();
+    assert_eq!(*seen.lock().unwrap(), [7]);
+    assert_eq!(report.conflicts.len(), 1);
+    assert_eq!((report.conflicts[0].resolution, report.conflicts[0].kept), (Resolution::Discard, 0));
+    assert_eq!((report.pushed, report.pending), (0, 0));
+    assert_eq!(a.stream::<Account>(1u128).load().unwrap().state().balance, 109);
+}
+
+#[test]
+fn pending_commands_survive_a_restart_and_a_rerun_needs_their_type_registered() {
+    let server = nats::NatsServer::start();
+    let rt = runtime();
+    let (a, b, dirs) = two_nodes(&rt, &server.url());
+    a.stream::<Account>(1u128).execute(&Withdraw { cents: 30, nonce: 2 }).unwrap();
+    a.stream::<Account>(2u128).execute(&Deposit { cents: 3, nonce: 3 }).unwrap();
+    b.stream::<Account>(1u128).execute(&Deposit { cents: 1, nonce: 4 }).unwrap();
+    sync_once(&rt, &b, &server.url()).unwrap();
+    drop(a);
+
+    // Reopened without its command types: the pending events are still there, and the
+    // conflict on account 1 cannot be resolved.
+    let a = SyncNode::open(dirs[0].path(), SyncConfig::default()).unwrap();
+    assert_eq!(a.pending_count(), 2);
+    assert_eq!(a.stream::<Account>(2u128).load().unwrap().state().balance, 3);
+    match sync_once(&rt, &a, &server.url()) {
+        Err(SyncError::UnknownCommand { kind, command, version: 1 }) => {
+            assert_eq!((kind.as_str(), command.as_str()), ("Account", "Withdraw"));
+        }
+        other => panic!("expected UnknownCommand, got {other:?}"),
+    }
+    assert_eq!(a.pending_count(), 2);
+    drop(a);
+
+    let a = open(dirs[0].path());
+    let report = sync_once(&rt, &a, &server.url()).unwrap();
+    assert_eq!((report.conflicts.len(), report.pending), (1, 0));
+    drop(a);
+    let a = open(dirs[0].path());
+    assert_eq!(a.pending_count(), 0, "accepted events are not pending after a restart");
+    sync_once(&rt, &b, &server.url()).unwrap();
+    assert_eq!(accepted_log(&a), accepted_log(&b));
+    assert_eq!(a.stream::<Account>(1u128).load().unwrap().state().balance, 71);
 }
