@@ -88,7 +88,8 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn open(dir: &std::path::Path) -> SyncNode {
-    let node = SyncNode::open(dir, SyncConfig { timeout: Duration::from_secs(2), ..SyncConfig::default() }).unwrap();
+    let node =
+        SyncNode::open(dir, SyncConfig { timeout: Duration::from_secs(2), ..SyncConfig::default() }).unwrap();
     node.register::<Account, Deposit>().unwrap();
     node.register::<Account, Withdraw>().unwrap();
     node
@@ -234,7 +235,8 @@ fn three_nodes_converge_on_one_accepted_log() {
             let syncs = async {
                 let mut all = Vec::new();
                 if together {
-                    let runs = order.iter().zip(cuts).map(|(n, cut)| sync_until_done(&nodes[*n], &url, Some(cut)));
+                    let runs =
+                        order.iter().zip(cuts).map(|(n, cut)| sync_until_done(&nodes[*n], &url, Some(cut)));
                     for r in futures_util::future::join_all(runs).await {
                         all.extend(r);
                     }
@@ -362,7 +364,10 @@ fn the_loser_of_a_conflict_reruns_its_commands_and_reports_what_the_new_state_re
     a.stream::<Account>(1u128).execute(&Deposit { cents: 5, nonce: 3 }).unwrap();
     b.stream::<Account>(1u128).execute(&Withdraw { cents: 50, nonce: 4 }).unwrap();
     let local = a.stream::<Account>(1u128).load().unwrap();
-    assert_eq!((local.state().balance, local.accepted_version(), local.pending(), local.version()), (25, 1, 2, 3));
+    assert_eq!(
+        (local.state().balance, local.accepted_version(), local.pending(), local.version()),
+        (25, 1, 2, 3)
+    );
     let history = a.stream::<Account>(1u128).history().unwrap();
     let status: Vec<EventStatus> = history.iter().map(|e| e.status).collect();
     assert_eq!(status, [EventStatus::Accepted { seq: 1 }, EventStatus::Pending, EventStatus::Pending]);

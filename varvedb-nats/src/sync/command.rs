@@ -49,7 +49,12 @@ where
 
 pub(crate) fn record<C: SyncCommand>(command: &C) -> Result<CommandRecord, SyncError> {
     let bytes = command.to_bytes().map_err(varvedb::Error::Serialize)?;
-    Ok(CommandRecord { tag: C::NAME.to_owned(), version: C::VERSION, fingerprint: <C as Event>::FINGERPRINT, bytes })
+    Ok(CommandRecord {
+        tag: C::NAME.to_owned(),
+        version: C::VERSION,
+        fingerprint: <C as Event>::FINGERPRINT,
+        bytes,
+    })
 }
 
 /// A re-run command's outcome.
@@ -77,9 +82,12 @@ pub(crate) trait Rerun: Send + Sync + 'static {
 
 type RunFn<A> = fn(&A, &[u8]) -> Result<Vec<NewEvent>, String>;
 
+/// A command type's name and schema version.
+type CommandKey = (String, u32);
+
 /// The commands of aggregate `A` this node can run again.
 struct Typed<A> {
-    commands: Mutex<HashMap<(String, u32), (u64, RunFn<A>)>>,
+    commands: Mutex<HashMap<CommandKey, (u64, RunFn<A>)>>,
 }
 
 fn run<A, C>(state: &A, bytes: &[u8]) -> Result<Vec<NewEvent>, String>

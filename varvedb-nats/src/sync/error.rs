@@ -47,7 +47,9 @@ pub enum SyncError {
 
     /// A pending command was recorded with another shape than the registered command type
     /// of the same name and version has: re-running it would misread it.
-    #[error("command {command:?} (version {version}) was recorded with fingerprint {stored:#018x}, this build has {found:#018x}")]
+    #[error(
+        "command {command:?} (version {version}) was recorded with fingerprint {stored:#018x}, this build has {found:#018x}"
+    )]
     CommandMismatch {
         /// The command's type tag.
         command: String,

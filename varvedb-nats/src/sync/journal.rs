@@ -121,8 +121,10 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, SyncError> {
         let [len] = self.array::<1>()?;
         let bytes = self.take(usize::from(len))?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| SyncError::CorruptJournal { version: self.version, reason: "a name is not UTF-8".into() })
+        String::from_utf8(bytes.to_vec()).map_err(|_| SyncError::CorruptJournal {
+            version: self.version,
+            reason: "a name is not UTF-8".into(),
+        })
     }
 }
 
@@ -152,7 +154,9 @@ pub(crate) fn new_id() -> Result<u128, SyncError> {
     let (a, b) = (getrandom::u64(), getrandom::u64());
     match (a, b) {
         (Ok(a), Ok(b)) => Ok(u128::from(a) << 64 | u128::from(b)),
-        _ => Err(SyncError::Store(varvedb::Error::Io(std::io::Error::other("no randomness for an event id")))),
+        _ => {
+            Err(SyncError::Store(varvedb::Error::Io(std::io::Error::other("no randomness for an event id"))))
+        }
     }
 }
 

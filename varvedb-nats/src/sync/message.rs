@@ -47,7 +47,12 @@ pub(crate) fn encode(event: &RecordedEvent<'_>, stream: StreamId, version: u32, 
 }
 
 /// The accepted record of hub message `hub_seq`, published on `subject`.
-pub(crate) fn decode(prefix: &str, hub_seq: u64, subject: &str, body: &[u8]) -> Result<ReplicatedEvent, SyncError> {
+pub(crate) fn decode(
+    prefix: &str,
+    hub_seq: u64,
+    subject: &str,
+    body: &[u8],
+) -> Result<ReplicatedEvent, SyncError> {
     let bad = |reason: &str| SyncError::BadMessage { hub_seq, reason: reason.to_owned() };
     let mut rest = body;
     let mut take = |n: usize| split(&mut rest, n).ok_or_else(|| bad("too short"));

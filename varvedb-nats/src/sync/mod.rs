@@ -352,7 +352,9 @@ impl SyncNode {
                 .collect::<Result<Vec<_>, _>>()?;
             let count = events.len() as u64;
             let node = self.clone();
-            last = tokio::task::spawn_blocking(move || node.import(&events)).await.map_err(SyncError::task)??;
+            last = tokio::task::spawn_blocking(move || node.import(&events))
+                .await
+                .map_err(SyncError::task)??;
             imported += count;
         }
         Ok(imported)
@@ -448,7 +450,11 @@ impl SyncNode {
 
     /// Runs a stream's pending commands again; returns the new entries and the dropped ones.
     #[expect(clippy::type_complexity, reason = "a private pair of lists")]
-    fn rerun(&self, stream: StreamId, entries: &[Entry]) -> Result<(Vec<Entry>, Vec<(u128, String)>), SyncError> {
+    fn rerun(
+        &self,
+        stream: StreamId,
+        entries: &[Entry],
+    ) -> Result<(Vec<Entry>, Vec<(u128, String)>), SyncError> {
         let Some(first) = entries.first() else { return Ok((Vec::new(), Vec::new())) };
         let Some(rerun) = self.inner.commands.get(&first.kind) else {
             return Err(SyncError::UnknownCommand {
@@ -507,7 +513,12 @@ impl SyncNode {
 
     /// Pushes one stream's pending events in order, each expecting the one before as the
     /// subject's last; stops at the first the hub refuses.
-    async fn push(&self, js: &jetstream::Context, out: Outgoing, report: &mut SyncReport) -> Result<(), SyncError> {
+    async fn push(
+        &self,
+        js: &jetstream::Context,
+        out: Outgoing,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         let subject = crate::subject(&self.inner.config.prefix, out.stream);
         let mut expected = out.expected;
         for (id, body) in out.messages {
