@@ -49,10 +49,10 @@ struct Account {
 #[aggregate]
 impl Account {
     fn deposited(&mut self, e: &ArchivedDeposited) {
-        self.balance += e.cents.to_native() as i64;
+        self.balance += e.cents.to_native().cast_signed();
     }
     fn withdrawn(&mut self, e: &ArchivedWithdrawn) {
-        self.balance -= e.cents.to_native() as i64;
+        self.balance -= e.cents.to_native().cast_signed();
         self.lowest = self.lowest.min(self.balance);
     }
 }
@@ -76,7 +76,7 @@ impl Handle<Deposit> for Account {
 impl Handle<Withdraw> for Account {
     type Error = Overdrawn;
     fn handle(&self, c: &Withdraw) -> Result<Vec<Pending<Self>>, Overdrawn> {
-        if self.balance < c.cents as i64 {
+        if self.balance < c.cents.cast_signed() {
             return Err(Overdrawn);
         }
         Ok(vec![Withdrawn { cents: c.cents, nonce: c.nonce }.into()])
@@ -156,6 +156,180 @@ fn dropped_nonces(outcome: &ConflictOutcome) -> Vec<u64> {
         .collect()
 }
 
+const SHARED: [u128; 3] = [1, 2, 3];
+
+/// Node `n`'s own account.
+fn own(n: usize) -> u128 {
+    100 + n as u128
+}
+
+fn accounts() -> impl Iterator<Item = u128> {
+    SHARED.into_iter().chain((0..3).map(own))
+}
+
+/// What the random run did, for the checks.
+struct Run {
+    seed: u64,
+    /// Nonces of the commands that decided an event.
+    decided: HashSet<u64>,
+    next_nonce: u64,
+    reports: Vec<SyncReport>,
+    kills: u32,
+}
+
+/// Offline: each node writes `ops` commands to shared accounts and its own.
+fn offline(run: &mut Run, rng: &mut fastrand::Rng, nodes: &[SyncNode], ops: u64) {
+    let seed = run.seed;
+    for (n, node) in nodes.iter().enumerate() {
+        for _ in 0..ops {
+            let id = if rng.bool() { SHARED[rng.usize(..SHARED.len())] } else { own(n) };
+            let account = node.stream::<Account>(id);
+            run.next_nonce += 1;
+            let (nonce, cents) = (run.next_nonce, rng.u64(1..200));
+            let executed = if rng.u8(..100) < 50 {
+                account.execute(&Deposit { cents, nonce })
+            } else {
+                account.execute(&Withdraw { cents, nonce })
+            };
+            match executed {
+                Ok(e) => {
+                    assert!(e.event_id.is_some());
+                    run.decided.insert(nonce);
+                }
+                Err(LocalExecuteError::Rejected(Overdrawn)) => {}
+                Err(e) => panic!("seed {seed}: execute failed: {e}"),
+            }
+            let loaded = account.load().unwrap();
+            assert!(loaded.state().balance >= 0, "seed {seed}: a local balance went negative");
+        }
+        // What the node wrote is visible, and marked pending.
+        let pending: usize = SHARED
+            .iter()
+            .chain([&own(n)])
+            .map(|id| {
+                let history = node.stream::<Account>(*id).history().unwrap();
+                history.iter().filter(|e| e.status == EventStatus::Pending).count()
+            })
+            .sum();
+        assert_eq!(pending, node.pending_count());
+    }
+}
+
+/// Online: in a random order, some nodes at once, while the server may be killed and
+/// restarted and syncs may be cut off.
+fn online(
+    run: &mut Run,
+    rng: &mut fastrand::Rng,
+    rt: &tokio::runtime::Runtime,
+    nodes: &[SyncNode],
+    server: &Arc<Mutex<nats::NatsServer>>,
+) {
+    let url = server.lock().unwrap().url();
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    rng.shuffle(&mut order);
+    let together = rng.bool();
+    let kill = rng.bool().then(|| (rng.u64(0..40), rng.u64(0..300)));
+    run.kills += u32::from(kill.is_some());
+    let cuts: Vec<fastrand::Rng> = order.iter().map(|_| fastrand::Rng::with_seed(rng.u64(..))).collect();
+    let reports = rt.block_on(async {
+        let chaos = {
+            let server = Arc::clone(server);
+            async move {
+                if let Some((after, down)) = kill {
+                    tokio::time::sleep(Duration::from_millis(after)).await;
+                    let s = Arc::clone(&server);
+                    tokio::task::spawn_blocking(move || s.lock().unwrap().kill()).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(down)).await;
+                    tokio::task::spawn_blocking(move || server.lock().unwrap().restart()).await.unwrap();
+                }
+            }
+        };
+        let syncs = async {
+            let mut all = Vec::new();
+            if together {
+                let runs =
+                    order.iter().zip(cuts).map(|(n, cut)| sync_until_done(&nodes[*n], &url, Some(cut)));
+                for r in futures_util::future::join_all(runs).await {
+                    all.extend(r);
+                }
+            } else {
+                for (n, cut) in order.iter().zip(cuts) {
+                    all.extend(sync_until_done(&nodes[*n], &url, Some(cut)).await);
+                }
+            }
+            all
+        };
+        tokio::join!(chaos, syncs).1
+    });
+    run.reports.extend(reports);
+}
+
+/// The same accepted log, byte for byte, on every node, and it is the hub's.
+fn check_one_log(run: &Run, rt: &tokio::runtime::Runtime, nodes: &[SyncNode], url: &str) {
+    let seed = run.seed;
+    let logs: Vec<Vec<ReplicatedEvent>> = nodes.iter().map(accepted_log).collect();
+    for (n, log) in logs.iter().enumerate().skip(1) {
+        assert_eq!(log.len(), logs[0].len(), "seed {seed}: node {n} has another number of accepted events");
+        for (a, b) in log.iter().zip(&logs[0]) {
+            assert!(a == b, "seed {seed}: node {n} differs at seq {}", a.seq());
+        }
+    }
+    let hub_end = rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("VARVE_SYNC").await.unwrap();
+        stream.info().await.unwrap().state.last_sequence
+    });
+    assert_eq!(logs[0].len() as u64, hub_end, "seed {seed}: the accepted log is not the hub's");
+    for node in nodes {
+        node.accepted().begin_read().unwrap().check_integrity().unwrap();
+        assert_eq!(node.pending_count(), 0, "seed {seed}: events left pending");
+    }
+}
+
+/// No command lost or accepted twice: each one that decided an event is accepted once or
+/// was dropped, and reported, after a conflict. Returns (accepted, dropped, conflicts).
+fn check_every_command(run: &Run, node: &SyncNode) -> (usize, usize, usize) {
+    let seed = run.seed;
+    let view = node.accepted().begin_read().unwrap();
+    let mut accepted: HashMap<u64, u64> = HashMap::new();
+    for id in accounts() {
+        for event in Stream::<Account>::read(&node.accepted().stream::<Account>(id), &view, 1).unwrap() {
+            let event = event.unwrap();
+            let nonce = match (event.get::<Deposited>().unwrap(), event.get::<Withdrawn>().unwrap()) {
+                (Some(d), _) => d.nonce.to_native(),
+                (_, Some(w)) => w.nonce.to_native(),
+                _ => panic!("an unknown event"),
+            };
+            let seq = event.recorded().seq();
+            assert!(accepted.insert(nonce, seq).is_none(), "seed {seed}: command {nonce} accepted twice");
+        }
+    }
+    assert_eq!(
+        accepted.len() as u64,
+        view.last_seq().unwrap(),
+        "seed {seed}: accepted events outside the accounts"
+    );
+    let outcomes: Vec<&ConflictOutcome> = run.reports.iter().flat_map(|r| &r.conflicts).collect();
+    let mut dropped = HashSet::new();
+    for outcome in &outcomes {
+        assert_eq!(outcome.resolution, Resolution::Rerun);
+        for n in dropped_nonces(outcome) {
+            assert!(dropped.insert(n), "seed {seed}: command {n} dropped twice");
+            assert!(!accepted.contains_key(&n), "seed {seed}: command {n} dropped and accepted");
+        }
+    }
+    for n in &run.decided {
+        assert!(
+            accepted.contains_key(n) || dropped.contains(n),
+            "seed {seed}: command {n} was neither accepted nor reported dropped"
+        );
+    }
+    assert_eq!(accepted.len() + dropped.len(), run.decided.len(), "seed {seed}: events from nowhere");
+    assert!(!outcomes.is_empty(), "seed {seed}: no conflict was exercised");
+    (accepted.len(), dropped.len(), outcomes.len())
+}
+
 #[test]
 fn three_nodes_converge_on_one_accepted_log() {
     let seed = env("VARVEDB_SYNC_SEED", fastrand::u64(..));
@@ -168,170 +342,38 @@ fn three_nodes_converge_on_one_accepted_log() {
     let url = server.lock().unwrap().url();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<SyncNode> = dirs.iter().map(|d| open(d.path())).collect();
-    let shared = [1u128, 2, 3];
-    let own = |n: usize| 100 + n as u128;
     let rt = runtime();
-
-    let mut decided: HashSet<u64> = HashSet::new();
-    let mut nonce = 0;
-    let mut reports: Vec<SyncReport> = Vec::new();
-    let mut kills = 0;
+    let mut run = Run { seed, decided: HashSet::new(), next_nonce: 0, reports: Vec::new(), kills: 0 };
     for _ in 0..rounds {
-        // Offline: each node writes to shared streams and its own.
-        for (n, node) in nodes.iter().enumerate() {
-            for _ in 0..ops {
-                let id = if rng.bool() { shared[rng.usize(..shared.len())] } else { own(n) };
-                let account = node.stream::<Account>(id);
-                nonce += 1;
-                let cents = rng.u64(1..200);
-                let executed = if rng.u8(..100) < 50 {
-                    account.execute(&Deposit { cents, nonce })
-                } else {
-                    account.execute(&Withdraw { cents, nonce })
-                };
-                match executed {
-                    Ok(e) => {
-                        assert!(e.event_id.is_some());
-                        decided.insert(nonce);
-                    }
-                    Err(LocalExecuteError::Rejected(Overdrawn)) => {}
-                    Err(e) => panic!("seed {seed}: execute failed: {e}"),
-                }
-                let loaded = account.load().unwrap();
-                assert!(loaded.state().balance >= 0, "seed {seed}: a local balance went negative");
-            }
-            // What the node wrote is visible, and marked pending.
-            let pending: usize = shared
-                .iter()
-                .chain([&own(n)])
-                .map(|id| {
-                    let history = node.stream::<Account>(*id).history().unwrap();
-                    history.iter().filter(|e| e.status == EventStatus::Pending).count()
-                })
-                .sum();
-            assert_eq!(pending, node.pending_count());
-        }
-        // Online: in a random order, some nodes at once, while the server may be killed and
-        // restarted and syncs may be cut off.
-        let mut order: Vec<usize> = (0..nodes.len()).collect();
-        rng.shuffle(&mut order);
-        let together = rng.bool();
-        let kill = rng.bool().then(|| (rng.u64(0..40), rng.u64(0..300)));
-        kills += u32::from(kill.is_some());
-        let cuts: Vec<fastrand::Rng> = order.iter().map(|_| fastrand::Rng::with_seed(rng.u64(..))).collect();
-        let round = rt.block_on(async {
-            let chaos = {
-                let server = Arc::clone(&server);
-                async move {
-                    if let Some((after, down)) = kill {
-                        tokio::time::sleep(Duration::from_millis(after)).await;
-                        let s = Arc::clone(&server);
-                        tokio::task::spawn_blocking(move || s.lock().unwrap().kill()).await.unwrap();
-                        tokio::time::sleep(Duration::from_millis(down)).await;
-                        tokio::task::spawn_blocking(move || server.lock().unwrap().restart()).await.unwrap();
-                    }
-                }
-            };
-            let syncs = async {
-                let mut all = Vec::new();
-                if together {
-                    let runs =
-                        order.iter().zip(cuts).map(|(n, cut)| sync_until_done(&nodes[*n], &url, Some(cut)));
-                    for r in futures_util::future::join_all(runs).await {
-                        all.extend(r);
-                    }
-                } else {
-                    for (n, cut) in order.iter().zip(cuts) {
-                        all.extend(sync_until_done(&nodes[*n], &url, Some(cut)).await);
-                    }
-                }
-                all
-            };
-            tokio::join!(chaos, syncs).1
-        });
-        reports.extend(round);
+        offline(&mut run, &mut rng, &nodes, ops);
+        online(&mut run, &mut rng, &rt, &nodes, &server);
     }
     // Online for good: a pass that pushes what is left, and one that imports it everywhere.
     rt.block_on(async {
         for _ in 0..2 {
             for node in &nodes {
-                reports.extend(sync_until_done(node, &url, None).await);
+                run.reports.extend(sync_until_done(node, &url, None).await);
             }
         }
     });
 
-    // One accepted log, byte for byte, on every node, and it is the hub's.
-    let logs: Vec<Vec<ReplicatedEvent>> = nodes.iter().map(accepted_log).collect();
-    for (n, log) in logs.iter().enumerate().skip(1) {
-        assert_eq!(log.len(), logs[0].len(), "seed {seed}: node {n} has another number of accepted events");
-        for (a, b) in log.iter().zip(&logs[0]) {
-            assert!(a == b, "seed {seed}: node {n} differs at seq {}", a.seq());
-        }
-    }
-    let hub_end = rt.block_on(async {
-        let client = async_nats::connect(&url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream("VARVE_SYNC").await.unwrap();
-        stream.info().await.unwrap().state.last_sequence
-    });
-    assert_eq!(logs[0].len() as u64, hub_end, "seed {seed}: the accepted log is not the hub's");
-    for node in &nodes {
-        node.accepted().begin_read().unwrap().check_integrity().unwrap();
-        assert_eq!(node.pending_count(), 0, "seed {seed}: events left pending");
-    }
-
-    // No command lost or accepted twice: each one that decided an event is accepted once
-    // or was dropped, and reported, after a conflict.
-    let view = nodes[0].accepted().begin_read().unwrap();
-    let mut accepted: HashMap<u64, u64> = HashMap::new();
-    for id in shared.iter().copied().chain((0..3).map(own)) {
-        for event in Stream::<Account>::read(&nodes[0].accepted().stream::<Account>(id), &view, 1).unwrap() {
-            let event = event.unwrap();
-            let nonce = match (event.get::<Deposited>().unwrap(), event.get::<Withdrawn>().unwrap()) {
-                (Some(d), _) => d.nonce.to_native(),
-                (_, Some(w)) => w.nonce.to_native(),
-                _ => panic!("an unknown event"),
-            };
-            let seq = event.recorded().seq();
-            assert!(accepted.insert(nonce, seq).is_none(), "seed {seed}: command {nonce} accepted twice");
-        }
-    }
-    assert_eq!(accepted.len(), logs[0].len(), "seed {seed}: accepted events outside the accounts");
-    let outcomes: Vec<&ConflictOutcome> = reports.iter().flat_map(|r| &r.conflicts).collect();
-    let mut dropped = HashSet::new();
-    for outcome in &outcomes {
-        assert_eq!(outcome.resolution, Resolution::Rerun);
-        for n in dropped_nonces(outcome) {
-            assert!(dropped.insert(n), "seed {seed}: command {n} dropped twice");
-            assert!(!accepted.contains_key(&n), "seed {seed}: command {n} dropped and accepted");
-        }
-    }
-    for n in &decided {
-        assert!(
-            accepted.contains_key(n) || dropped.contains(n),
-            "seed {seed}: command {n} was neither accepted nor reported dropped"
-        );
-    }
-    assert_eq!(accepted.len() + dropped.len(), decided.len(), "seed {seed}: events from nowhere");
-
+    check_one_log(&run, &rt, &nodes, &url);
+    let (accepted, dropped, conflicts) = check_every_command(&run, &nodes[0]);
     // The domain invariant holds on every node's accepted log and local view.
     for node in &nodes {
-        for id in shared.iter().copied().chain((0..3).map(own)) {
+        for id in accounts() {
             let state = node.accepted().stream::<Account>(id).load().unwrap().into_state();
             assert!(state.lowest >= 0, "seed {seed}: account {id} went negative");
             assert_eq!(node.stream::<Account>(id).load().unwrap().state().balance, state.balance);
         }
     }
-    assert!(!outcomes.is_empty(), "seed {seed}: no conflict was exercised");
-    let refused: u64 = reports.iter().map(|r| r.refused).sum();
-    let duplicates: u64 = reports.iter().map(|r| r.duplicates).sum();
+    let refused: u64 = run.reports.iter().map(|r| r.refused).sum();
+    let duplicates: u64 = run.reports.iter().map(|r| r.duplicates).sum();
     println!(
-        "{} commands decided, {} accepted, {} dropped after {} conflicts; {refused} pushes refused, \
-         {duplicates} duplicates; {kills} server kills",
-        decided.len(),
-        accepted.len(),
-        dropped.len(),
-        outcomes.len()
+        "{} commands decided, {accepted} accepted, {dropped} dropped after {conflicts} conflicts; \
+         {refused} pushes refused, {duplicates} duplicates; {} server kills",
+        run.decided.len(),
+        run.kills
     );
 }
 

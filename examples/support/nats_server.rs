@@ -41,4 +41,3 @@ pub fn start_server() -> Result<(String, LocalServer), Box<dyn std::error::Error
     }
     Ok((format!("nats://127.0.0.1:{port}"), server))
 }
-
