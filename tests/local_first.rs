@@ -38,6 +38,12 @@ struct Withdraw {
     nonce: u64,
 }
 
+/// Two deposits at once: more than a synced command may decide.
+#[derive(Event, Debug)]
+struct DepositTwice {
+    cents: u64,
+}
+
 /// A bank account whose balance must never go below zero; `lowest` remembers whether it
 /// ever did in the events folded.
 #[derive(Default, Debug)]
@@ -80,6 +86,13 @@ impl Handle<Withdraw> for Account {
             return Err(Overdrawn);
         }
         Ok(vec![Withdrawn { cents: c.cents, nonce: c.nonce }.into()])
+    }
+}
+
+impl Handle<DepositTwice> for Account {
+    type Error = Overdrawn;
+    fn handle(&self, c: &DepositTwice) -> Result<Vec<Pending<Self>>, Overdrawn> {
+        Ok(vec![Deposited { cents: c.cents, nonce: 0 }.into(), Deposited { cents: c.cents, nonce: 0 }.into()])
     }
 }
 
@@ -492,4 +505,42 @@ fn pending_commands_survive_a_restart_and_a_rerun_needs_their_type_registered() 
     sync_once(&rt, &b, &server.url()).unwrap();
     assert_eq!(accepted_log(&a), accepted_log(&b));
     assert_eq!(a.stream::<Account>(1u128).load().unwrap().state().balance, 71);
+}
+
+#[test]
+fn a_command_deciding_several_events_or_on_the_journal_stream_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open(dir.path());
+    match node.stream::<Account>(1u128).execute(&DepositTwice { cents: 1 }) {
+        Err(LocalExecuteError::TooManyEvents { count: 2 }) => {}
+        other => panic!("expected TooManyEvents, got {other:?}"),
+    }
+    let journal = u128::from_be_bytes(*b"varvedb-nats-jrn");
+    match node.stream::<Account>(journal).execute(&Deposit { cents: 1, nonce: 1 }) {
+        Err(LocalExecuteError::Sync(SyncError::ReservedStream(id))) => assert_eq!(id.as_u128(), journal),
+        other => panic!("expected ReservedStream, got {other:?}"),
+    }
+    assert_eq!(node.pending_count(), 0);
+    assert_eq!(node.stream::<Account>(1u128).load().unwrap().version(), 0);
+}
+
+#[test]
+fn sync_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<SyncNode>();
+    send_sync::<varvedb_nats::LocalStream<Account>>();
+    send_sync::<SyncError>();
+    send_sync::<SyncReport>();
+    let rt = runtime();
+    let server = nats::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let node = open(dir.path());
+    rt.block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        // The future can go to `tokio::spawn`.
+        let sync = node.sync(&client);
+        send(&sync);
+        assert_eq!(sync.await.unwrap().rounds, 1);
+    });
 }

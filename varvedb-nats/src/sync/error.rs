@@ -68,6 +68,11 @@ pub enum SyncError {
         kind: String,
     },
 
+    /// The stream id is the one the pending store keeps its journal under
+    /// (`"varvedb-nats-jrn"` in ASCII); an aggregate cannot use it on a sync node.
+    #[error("stream {0} is reserved for the pending journal")]
+    ReservedStream(varvedb::StreamId),
+
     /// A blocking store task of the sync panicked or was cancelled.
     #[error("a store task failed: {0}")]
     Task(String),

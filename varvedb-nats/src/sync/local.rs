@@ -177,13 +177,17 @@ impl<A: Aggregate> LocalStream<A> {
     /// # Errors
     /// [`LocalExecuteError::Rejected`] with the handler's error;
     /// [`LocalExecuteError::TooManyEvents`]; [`LocalExecuteError::Sync`] for store
-    /// errors. Nothing is written on an error.
+    /// errors, and with [`SyncError::ReservedStream`] for the one stream id a sync node
+    /// keeps for itself. Nothing is written on an error.
     pub fn execute<C>(&self, command: &C) -> Result<LocalExecuted, LocalExecuteError<<A as Handle<C>>::Error>>
     where
         A: Handle<C>,
         <A as Handle<C>>::Error: std::fmt::Display,
         C: SyncCommand,
     {
+        if self.id.as_u128() == journal::JOURNAL {
+            return Err(SyncError::ReservedStream(self.id).into());
+        }
         self.node.register::<A, C>()?;
         let mut pending = self.node.lock();
         self.node.resolve_reported(&mut pending, self.id)?;
