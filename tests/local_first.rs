@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use varvedb::{Event, Handle, Pending, ReplicatedEvent, Stream, aggregate};
+use varvedb::{ReplicatedEvent, Stream};
 use varvedb_nats::{
     ConflictOutcome, EventStatus, LocalExecuteError, Resolution, SyncConfig, SyncError, SyncNode, SyncReport,
 };
@@ -14,98 +14,16 @@ use varvedb_nats::{
 #[path = "support/nats.rs"]
 mod nats;
 
-#[derive(Event, Debug)]
-struct Deposited {
-    cents: u64,
-    nonce: u64,
-}
-
-#[derive(Event, Debug)]
-struct Withdrawn {
-    cents: u64,
-    nonce: u64,
-}
-
-#[derive(Event, Debug)]
-struct Deposit {
-    cents: u64,
-    nonce: u64,
-}
-
-#[derive(Event, Debug)]
-struct Withdraw {
-    cents: u64,
-    nonce: u64,
-}
-
-/// Two deposits at once: more than a synced command may decide.
-#[derive(Event, Debug)]
-struct DepositTwice {
-    cents: u64,
-}
-
-/// A bank account whose balance must never go below zero; `lowest` remembers whether it
-/// ever did in the events folded.
-#[derive(Default, Debug)]
-struct Account {
-    balance: i64,
-    lowest: i64,
-}
-
-#[aggregate]
-impl Account {
-    fn deposited(&mut self, e: &ArchivedDeposited) {
-        self.balance += e.cents.to_native().cast_signed();
-    }
-    fn withdrawn(&mut self, e: &ArchivedWithdrawn) {
-        self.balance -= e.cents.to_native().cast_signed();
-        self.lowest = self.lowest.min(self.balance);
-    }
-}
-
-#[derive(Debug)]
-struct Overdrawn;
-
-impl std::fmt::Display for Overdrawn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the balance does not cover the withdrawal")
-    }
-}
-
-impl Handle<Deposit> for Account {
-    type Error = Overdrawn;
-    fn handle(&self, c: &Deposit) -> Result<Vec<Pending<Self>>, Overdrawn> {
-        Ok(vec![Deposited { cents: c.cents, nonce: c.nonce }.into()])
-    }
-}
-
-impl Handle<Withdraw> for Account {
-    type Error = Overdrawn;
-    fn handle(&self, c: &Withdraw) -> Result<Vec<Pending<Self>>, Overdrawn> {
-        if self.balance < c.cents.cast_signed() {
-            return Err(Overdrawn);
-        }
-        Ok(vec![Withdrawn { cents: c.cents, nonce: c.nonce }.into()])
-    }
-}
-
-impl Handle<DepositTwice> for Account {
-    type Error = Overdrawn;
-    fn handle(&self, c: &DepositTwice) -> Result<Vec<Pending<Self>>, Overdrawn> {
-        Ok(vec![Deposited { cents: c.cents, nonce: 0 }.into(), Deposited { cents: c.cents, nonce: 0 }.into()])
-    }
-}
+#[path = "support/accounts.rs"]
+mod accounts;
+use accounts::{Account, Deposit, DepositTwice, Deposited, Overdrawn, Withdraw, Withdrawn};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn open(dir: &std::path::Path) -> SyncNode {
-    let node =
-        SyncNode::open(dir, SyncConfig { timeout: Duration::from_secs(2), ..SyncConfig::default() }).unwrap();
-    node.register::<Account, Deposit>().unwrap();
-    node.register::<Account, Withdraw>().unwrap();
-    node
+    accounts::open_node(dir)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -158,14 +76,7 @@ fn dropped_nonces(outcome: &ConflictOutcome) -> Vec<u64> {
     outcome
         .dropped
         .iter()
-        .map(|(id, _)| {
-            let command = outcome.conflict.pending.iter().find(|p| p.event_id == *id).unwrap();
-            match (command.decode::<Deposit>().unwrap(), command.decode::<Withdraw>().unwrap()) {
-                (Some(d), _) => d.nonce,
-                (_, Some(w)) => w.nonce,
-                _ => panic!("a dropped command is neither a deposit nor a withdrawal"),
-            }
-        })
+        .map(|(id, _)| nonce_of(outcome.conflict.pending.iter().find(|p| p.event_id == *id).unwrap()))
         .collect()
 }
 
@@ -302,7 +213,8 @@ fn check_one_log(run: &Run, rt: &tokio::runtime::Runtime, nodes: &[SyncNode], ur
 
 /// No command lost or accepted twice: each one that decided an event is accepted once or
 /// was dropped, and reported, after a conflict. Returns (accepted, dropped, conflicts).
-fn check_every_command(run: &Run, node: &SyncNode) -> (usize, usize, usize) {
+fn check_every_command(run: &Run, nodes: &[SyncNode]) -> (usize, usize, usize) {
+    let node = &nodes[0];
     let seed = run.seed;
     let view = node.accepted().begin_read().unwrap();
     let mut accepted: HashMap<u64, u64> = HashMap::new();
@@ -339,6 +251,12 @@ fn check_every_command(run: &Run, node: &SyncNode) -> (usize, usize, usize) {
         );
     }
     assert_eq!(accepted.len() + dropped.len(), run.decided.len(), "seed {seed}: events from nowhere");
+    let on_record: HashSet<u64> =
+        nodes.iter().flat_map(|n| n.dropped_commands().unwrap()).map(|d| nonce_of(&d.command)).collect();
+    assert_eq!(
+        on_record, dropped,
+        "seed {seed}: the nodes' records of dropped commands differ from the reports"
+    );
     assert!(!outcomes.is_empty(), "seed {seed}: no conflict was exercised");
     (accepted.len(), dropped.len(), outcomes.len())
 }
@@ -371,7 +289,7 @@ fn three_nodes_converge_on_one_accepted_log() {
     });
 
     check_one_log(&run, &rt, &nodes, &url);
-    let (accepted, dropped, conflicts) = check_every_command(&run, &nodes[0]);
+    let (accepted, dropped, conflicts) = check_every_command(&run, &nodes);
     // The domain invariant holds on every node's accepted log and local view.
     for node in &nodes {
         for id in accounts() {
@@ -543,4 +461,136 @@ fn sync_types_are_send_and_sync() {
         send(&sync);
         assert_eq!(sync.await.unwrap().rounds, 1);
     });
+}
+
+/// A node process, killed with SIGKILL when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a node process; the nonces it reports decided go to `decided`.
+fn spawn_node(
+    dir: &std::path::Path,
+    url: &str,
+    seed: u64,
+    own: u128,
+    decided: &Arc<Mutex<HashSet<u64>>>,
+) -> Child {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sync-child"))
+        .arg(dir)
+        .arg(url)
+        .arg(seed.to_string())
+        .arg(own.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let decided = Arc::clone(decided);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(nonce) = line.strip_prefix("decided ").and_then(|n| n.parse().ok()) {
+                decided.lock().unwrap().insert(nonce);
+            }
+        }
+    });
+    Child(child)
+}
+
+/// The nonce a command recorded in `command` carries.
+fn nonce_of(command: &varvedb_nats::PendingCommand) -> u64 {
+    match (command.decode::<Deposit>().unwrap(), command.decode::<Withdraw>().unwrap()) {
+        (Some(d), _) => d.nonce,
+        (_, Some(w)) => w.nonce,
+        _ => panic!("a command is neither a deposit nor a withdrawal"),
+    }
+}
+
+#[test]
+fn nodes_killed_at_random_still_converge() {
+    let seed = env("VARVEDB_SYNC_SEED", fastrand::u64(..));
+    let kills = env("VARVEDB_SYNC_KILLS", 30);
+    println!("seed {seed} (VARVEDB_SYNC_SEED={seed}), {kills} node kills");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let server = nats::NatsServer::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let decided = Arc::new(Mutex::new(HashSet::new()));
+    let mut children: Vec<Child> = dirs
+        .iter()
+        .enumerate()
+        .map(|(n, d)| spawn_node(d.path(), &server.url(), rng.u64(..), own(n), &decided))
+        .collect();
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(rng.u64(50..400)));
+        let n = rng.usize(..children.len());
+        let child = &mut children[n].0;
+        // Still running: a child that exits by itself has failed.
+        assert!(child.try_wait().unwrap().is_none(), "seed {seed}: node {n} stopped by itself");
+        // SIGKILL, and gone, before the next process opens the node.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        children[n] = spawn_node(dirs[n].path(), &server.url(), rng.u64(..), own(n), &decided);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (n, child) in children.iter_mut().enumerate() {
+        assert!(child.0.try_wait().unwrap().is_none(), "seed {seed}: node {n} stopped by itself");
+    }
+    drop(children);
+
+    // Reopened here, synced to the end: one log, nothing pending, no account negative.
+    let nodes: Vec<SyncNode> = dirs.iter().map(|d| open(d.path())).collect();
+    let rt = runtime();
+    let mut run = Run { seed, decided: HashSet::new(), next_nonce: 0, reports: Vec::new(), kills: 0 };
+    rt.block_on(async {
+        for _ in 0..2 {
+            for node in &nodes {
+                run.reports.extend(sync_until_done(node, &server.url(), None).await);
+            }
+        }
+    });
+    check_one_log(&run, &rt, &nodes, &server.url());
+    let view = nodes[0].accepted().begin_read().unwrap();
+    let mut nonces = HashSet::new();
+    for id in accounts() {
+        for event in Stream::<Account>::read(&nodes[0].accepted().stream::<Account>(id), &view, 1).unwrap() {
+            let event = event.unwrap();
+            let nonce = match (event.get::<Deposited>().unwrap(), event.get::<Withdrawn>().unwrap()) {
+                (Some(d), _) => d.nonce.to_native(),
+                (_, Some(w)) => w.nonce.to_native(),
+                _ => panic!("an unknown event"),
+            };
+            assert!(nonces.insert(nonce), "seed {seed}: command {nonce} accepted twice");
+        }
+    }
+    for node in &nodes {
+        for id in accounts() {
+            let state = node.accepted().stream::<Account>(id).load().unwrap().into_state();
+            assert!(state.lowest >= 0, "seed {seed}: account {id} went negative");
+        }
+    }
+    // Every command a process reported decided is accepted, or dropped after a conflict
+    // and kept on record by its node, though the process that dropped it was killed.
+    let mut dropped = HashSet::new();
+    for node in &nodes {
+        for d in node.dropped_commands().unwrap() {
+            let nonce = nonce_of(&d.command);
+            assert!(!nonces.contains(&nonce), "seed {seed}: command {nonce} dropped and accepted");
+            dropped.insert(nonce);
+        }
+    }
+    let decided = decided.lock().unwrap();
+    for nonce in decided.iter() {
+        assert!(
+            nonces.contains(nonce) || dropped.contains(nonce),
+            "seed {seed}: command {nonce} was neither accepted nor dropped"
+        );
+    }
+    assert!(!decided.is_empty());
+    println!("{} commands decided, {} accepted, {} dropped", decided.len(), nonces.len(), dropped.len());
 }

@@ -32,7 +32,8 @@ pub use error::ReplicationError;
 pub use follower::{Follower, FollowerConfig, FollowerStats};
 pub use publisher::{Publisher, PublisherConfig, PublisherStats};
 pub use sync::{
-    ConflictOutcome, EventStatus, LocalEvent, LocalExecuteError, LocalExecuted, LocalLoaded, LocalStream,
-    PendingCommand, Resolution, SyncCommand, SyncConfig, SyncConflict, SyncError, SyncNode, SyncReport,
+    ConflictOutcome, DroppedCommand, EventStatus, LocalEvent, LocalExecuteError, LocalExecuted, LocalLoaded,
+    LocalStream, PendingCommand, Resolution, SyncCommand, SyncConfig, SyncConflict, SyncError, SyncNode,
+    SyncReport,
 };
 pub use wire::{message_id, subject};

@@ -9,13 +9,14 @@
 //! - `pending`: `stream u128 ‖ base version u32 ‖ local version u32 ‖ order u64 ‖ event id
 //!   u128 ‖ kind length u8 ‖ kind ‖ command tag length u8 ‖ command tag ‖ command version
 //!   u32 ‖ command fingerprint u64 ‖ command bytes`;
-//! - `dropped`: `event id u128 ‖ reason, UTF-8`.
+//! - `dropped`: `event id u128 ‖ replaced u8 (1: by a re-run's new event, 0: for good) ‖
+//!   reason, UTF-8`.
 //!
 //! Acceptance writes nothing here: an entry whose event id is in the accepted log is
 //! accepted, which the node works out when it opens. So the two stores never need one
 //! transaction.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use varvedb::{ExpectedVersion, NewEvent, ReadView, StreamId, Varve, WriteBatch};
 
@@ -143,8 +144,9 @@ fn decode_entry(version: u32, bytes: &[u8]) -> Result<Entry, SyncError> {
     Ok(Entry { stream, base, local_version, order, event_id, kind, command })
 }
 
-fn dropped_event(id: u128, reason: &str) -> NewEvent {
+fn dropped_event(id: u128, replaced: bool, reason: &str) -> NewEvent {
     let mut payload = id.to_le_bytes().to_vec();
+    payload.push(u8::from(replaced));
     payload.extend_from_slice(reason.as_bytes());
     NewEvent::new(DROPPED, payload)
 }
@@ -182,7 +184,8 @@ pub(crate) fn write(
         kind: draft.kind,
         command: draft.command,
     };
-    let mut journal: Vec<NewEvent> = replaces.map(|old| dropped_event(old, "re-run")).into_iter().collect();
+    let mut journal: Vec<NewEvent> =
+        replaces.map(|old| dropped_event(old, true, "re-run")).into_iter().collect();
     journal.push(NewEvent::new(PENDING, encode_entry(&entry)));
     let mut batch = WriteBatch::new();
     // The node's commands are serialized by its lock, so the stream is where it was read.
@@ -214,32 +217,32 @@ pub(crate) fn drop_entries(local: &Varve, dropped: &[(u128, String)]) -> Result<
         JOURNAL,
         JOURNAL_KIND,
         ExpectedVersion::Auto,
-        dropped.iter().map(|(id, reason)| dropped_event(*id, reason)),
+        dropped.iter().map(|(id, reason)| dropped_event(*id, false, reason)),
     );
     local.write(batch)?;
     Ok(())
 }
 
-/// The pending entries as the journal has them, less those the accepted log holds.
-pub(crate) fn replay(local: &Varve, accepted: &Varve) -> Result<Pending, SyncError> {
+/// The journal read whole: every pending entry ever written, in order, and the dropped
+/// ones with whether a re-run replaced them and why.
+struct Journal {
+    entries: Vec<Entry>,
+    dropped: Vec<(u128, bool, String)>,
+}
+
+fn read_journal(local: &Varve) -> Result<Journal, SyncError> {
     let view = local.begin_read()?;
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut dropped: HashSet<u128> = HashSet::new();
-    let mut next_order = 0;
+    let mut journal = Journal { entries: Vec::new(), dropped: Vec::new() };
     for event in view.read_stream(JOURNAL, 1)? {
         let event = event?;
         match event.type_tag() {
-            PENDING => {
-                let entry = decode_entry(event.version(), event.payload())?;
-                next_order = next_order.max(entry.order + 1);
-                entries.push(entry);
-            }
+            PENDING => journal.entries.push(decode_entry(event.version(), event.payload())?),
             DROPPED => {
-                let id = event.payload().first_chunk::<16>().ok_or_else(|| SyncError::CorruptJournal {
-                    version: event.version(),
-                    reason: "a dropped entry without an id".into(),
-                })?;
-                dropped.insert(u128::from_le_bytes(*id));
+                let mut r = Reader { bytes: event.payload(), version: event.version() };
+                let id = u128::from_le_bytes(r.array()?);
+                let [replaced] = r.array::<1>()?;
+                let reason = String::from_utf8_lossy(r.bytes).into_owned();
+                journal.dropped.push((id, replaced == 1, reason));
             }
             other => {
                 return Err(SyncError::CorruptJournal {
@@ -249,9 +252,29 @@ pub(crate) fn replay(local: &Varve, accepted: &Varve) -> Result<Pending, SyncErr
             }
         }
     }
-    entries.retain(|e| !dropped.contains(&e.event_id));
+    Ok(journal)
+}
+
+/// The entries dropped for good (rejected by a re-run, discarded), with why, in the order
+/// they were dropped.
+pub(crate) fn dropped_for_good(local: &Varve) -> Result<Vec<(Entry, String)>, SyncError> {
+    let journal = read_journal(local)?;
+    let mut by_id: HashMap<u128, Entry> = journal.entries.into_iter().map(|e| (e.event_id, e)).collect();
+    Ok(journal
+        .dropped
+        .into_iter()
+        .filter(|(_, replaced, _)| !replaced)
+        .filter_map(|(id, _, reason)| by_id.remove(&id).map(|e| (e, reason)))
+        .collect())
+}
+
+/// The pending entries as the journal has them, less those the accepted log holds.
+pub(crate) fn replay(local: &Varve, accepted: &Varve) -> Result<Pending, SyncError> {
+    let journal = read_journal(local)?;
+    let dropped: HashSet<u128> = journal.dropped.iter().map(|(id, _, _)| *id).collect();
+    let next_order = journal.entries.iter().map(|e| e.order + 1).max().unwrap_or(0);
     let mut pending = Pending { next_order, streams: BTreeMap::new() };
-    for entry in entries {
+    for entry in journal.entries.into_iter().filter(|e| !dropped.contains(&e.event_id)) {
         pending.streams.entry(entry.stream.as_u128()).or_default().push(entry);
     }
     for entries in pending.streams.values_mut() {

@@ -92,6 +92,17 @@ pub struct PendingCommand {
     pub bytes: Vec<u8>,
 }
 
+impl Entry {
+    fn pending_command(&self) -> PendingCommand {
+        PendingCommand {
+            event_id: self.event_id,
+            command: self.command.tag.clone(),
+            version: self.command.version,
+            bytes: self.command.bytes.clone(),
+        }
+    }
+}
+
 impl PendingCommand {
     /// The command as a `C`, if it is one.
     ///
@@ -103,6 +114,19 @@ impl PendingCommand {
         }
         C::from_bytes(&self.bytes).map(Some)
     }
+}
+
+/// A command dropped after a conflict: its new state rejected it, or a callback discarded
+/// it. Kept in the node's pending store, so a report lost with a crashed process is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DroppedCommand {
+    /// The stream it was for.
+    pub stream: StreamId,
+    /// The command, as recorded.
+    pub command: PendingCommand,
+    /// Why: the handler's message, or the discard.
+    pub reason: String,
 }
 
 /// A stream the node wrote to offline and the hub took other nodes' events for first.
@@ -275,6 +299,18 @@ impl SyncNode {
         *self.inner.on_conflict.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(callback));
     }
 
+    /// Every command this node dropped after a conflict, in the order dropped, across
+    /// restarts (the [`SyncReport`]s say the same as it happens).
+    ///
+    /// # Errors
+    /// Store errors; [`SyncError::CorruptJournal`].
+    pub fn dropped_commands(&self) -> Result<Vec<DroppedCommand>, SyncError> {
+        Ok(journal::dropped_for_good(&self.inner.local)?
+            .into_iter()
+            .map(|(e, reason)| DroppedCommand { stream: e.stream, command: e.pending_command(), reason })
+            .collect())
+    }
+
     /// Pending events of all streams.
     #[must_use]
     pub fn pending_count(&self) -> usize {
@@ -410,15 +446,7 @@ impl SyncNode {
             stream,
             kind: entries.first().map(|e| e.kind.clone()).unwrap_or_default(),
             base_version: base,
-            pending: entries
-                .iter()
-                .map(|e| PendingCommand {
-                    event_id: e.event_id,
-                    command: e.command.tag.clone(),
-                    version: e.command.version,
-                    bytes: e.command.bytes.clone(),
-                })
-                .collect(),
+            pending: entries.iter().map(Entry::pending_command).collect(),
             remote,
         };
         let callback = self.inner.on_conflict.lock().unwrap_or_else(PoisonError::into_inner).clone();
