@@ -333,9 +333,11 @@ impl SyncNode {
     /// that is not one; store errors.
     ///
     /// # Cancel safety
-    /// Cancel safe: each import and each resolution commits whole or not at all, and a
-    /// push whose answer is lost is either in the hub (imported by the next sync) or
-    /// pushed again with the same message id.
+    /// Cancel safe: each import, and each command of a resolution, commits whole or not at
+    /// all; a resolution cut short leaves its stream off its head, so the next sync or
+    /// execute takes it up again; a push whose answer is lost is in the hub (imported by
+    /// the next sync) or pushed again with the same message id. Conflicts resolved by a
+    /// sync that was dropped are reported by the next one.
     pub async fn sync(&self, client: &async_nats::Client) -> Result<SyncReport, SyncError> {
         let config = &self.inner.config;
         let js = jetstream::ContextBuilder::new().timeout(config.timeout).build(client.clone());
