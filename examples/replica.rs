@@ -16,48 +16,14 @@
 //! JetStream on, and creates the stream `VARVE` there). `EVENTS` sets the backlog (default
 //! 100,000).
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use varvedb::{Error, ExpectedVersion, NewEvent, Options, Varve};
 use varvedb_nats::{Follower, FollowerConfig, Publisher, PublisherConfig};
 
-/// A `nats-server` this example started, stopped when dropped; its store directory is
-/// removed after it.
-struct LocalServer(Child, #[allow(dead_code, reason = "held for its drop")] tempfile::TempDir);
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server() -> Result<(String, LocalServer), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start nats-server ({e}): install it (apt-get install nats-server) or set NATS_URL"
-            )
-        })?;
-    let server = LocalServer(child, dir);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("nats-server did not start within 10 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((format!("nats://127.0.0.1:{port}"), server))
-}
+#[path = "support/nats_server.rs"]
+mod nats_server;
+use nats_server::start_server;
 
 fn event(n: u64) -> NewEvent {
     NewEvent::new("reading.taken", format!("{{\"sensor\":{},\"value\":{n}}}", n % 64).into_bytes())

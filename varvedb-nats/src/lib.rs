@@ -17,13 +17,23 @@
 //!
 //! Both run until dropped, riding out a NATS server that goes away and comes back.
 //! Encrypted stores and stores that keep a Merkle tree are not replicated.
+//!
+//! A [`SyncNode`] is the other use: local-first nodes that each write while offline and
+//! agree on one log through a JetStream hub when online (see [`SyncNode`] and
+//! `examples/local_first.rs`).
 
 mod error;
 mod follower;
 mod publisher;
+mod sync;
 mod wire;
 
 pub use error::ReplicationError;
 pub use follower::{Follower, FollowerConfig, FollowerStats};
 pub use publisher::{Publisher, PublisherConfig, PublisherStats};
+pub use sync::{
+    ConflictOutcome, DroppedCommand, EventStatus, LocalEvent, LocalExecuteError, LocalExecuted, LocalLoaded,
+    LocalStream, PendingCommand, Resolution, SyncCommand, SyncConfig, SyncConflict, SyncError, SyncNode,
+    SyncReport,
+};
 pub use wire::{message_id, subject};

@@ -416,6 +416,27 @@ impl Iterator for SealedBatch {
 
 impl ExactSizeIterator for SealedBatch {}
 
+/// The fields of one event, as [`ReplicatedEvent::from_fields`] encodes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventFields<'a> {
+    /// The stream the event belongs to.
+    pub stream: StreamId,
+    /// Position inside its stream, from 1.
+    pub version: u32,
+    /// Microseconds since the Unix epoch.
+    pub timestamp_micros: u64,
+    /// The event's id, if it has one.
+    pub id: Option<u128>,
+    /// The type tag (1 to 255 bytes).
+    pub type_tag: &'a str,
+    /// The schema version of the event type (0: untyped bytes).
+    pub schema_version: u32,
+    /// User metadata.
+    pub metadata: &'a [u8],
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
 /// One event of a store's log as the store keeps it, for a read replica: its seq, its record
 /// (the bytes of the `events` table, checksum included) and, for a payload kept apart
 /// (over 1 KiB), the blob the record names; and the kind of its stream (the aggregate a
@@ -501,6 +522,78 @@ impl ReplicatedEvent {
         })
     }
 
+    /// An event of a log whose order another system decides (local-first sync: a hub
+    /// orders events several stores wrote), encoded as the record it has under `seq`. The
+    /// encoding is a function of `seq`, `fields` and `stream_kind` alone, so every store
+    /// importing the same fields under the same seq holds the same bytes; a payload over
+    /// 1 KiB is kept apart as a blob, as an append keeps it.
+    ///
+    /// ```
+    /// use varvedb::{EventFields, Options, ReplicatedEvent};
+    /// # let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    /// let fields = EventFields {
+    ///     stream: 7u128.into(), version: 1, timestamp_micros: 1_000, id: Some(42),
+    ///     type_tag: "opened", schema_version: 0, metadata: b"", payload: b"{}",
+    /// };
+    /// let (one, two) = (Options::new().replica(true).open(a.path())?, Options::new().replica(true).open(b.path())?);
+    /// one.import_replicated(&[ReplicatedEvent::from_fields(1, &fields, None)?])?;
+    /// two.import_replicated(&[ReplicatedEvent::from_fields(1, &fields, None)?])?;
+    /// assert_eq!(one.export_replicated(0, 10)?, two.export_replicated(0, 10)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ReplicaMismatch`] if a field cannot be stored: seq or version 0, a type tag
+    /// or stream kind not 1 to 255 bytes, metadata or payload of 4 GiB or more.
+    pub fn from_fields(seq: u64, fields: &EventFields<'_>, stream_kind: Option<&str>) -> Result<Self, Error> {
+        use crate::record::{BLOB_THRESHOLD, Body, Content, Envelope, blob_hash};
+        let mismatch = |reason: &str| Error::ReplicaMismatch { seq, reason: reason.to_owned() };
+        if seq == 0 || fields.version == 0 {
+            return Err(mismatch("seqs and versions start at 1"));
+        }
+        if fields.type_tag.is_empty() || fields.type_tag.len() > 255 {
+            return Err(mismatch("a type tag must be 1 to 255 bytes"));
+        }
+        if stream_kind.is_some_and(|k| k.is_empty() || k.len() > 255) {
+            return Err(mismatch("a stream kind must be 1 to 255 bytes"));
+        }
+        let Ok(payload_len) = u32::try_from(fields.payload.len()) else {
+            return Err(mismatch("the payload is 4 GiB or more"));
+        };
+        if u32::try_from(fields.metadata.len()).is_err() {
+            return Err(mismatch("the metadata is 4 GiB or more"));
+        }
+        let hash;
+        let (body, blob) = if fields.payload.len() > BLOB_THRESHOLD {
+            hash = blob_hash(fields.payload);
+            (Body::Blob { hash: &hash, len: payload_len }, Some(Bytes::copy_from_slice(fields.payload)))
+        } else {
+            (Body::Inline(fields.payload), None)
+        };
+        let envelope = Envelope {
+            head: RecordHeader {
+                stream: fields.stream.as_u128(),
+                version: fields.version,
+                timestamp_micros: fields.timestamp_micros,
+                schema_version: fields.schema_version,
+                id: fields.id,
+                type_tag: fields.type_tag,
+            },
+            content: Content::Plain { metadata: fields.metadata, body },
+        };
+        let mut record = Vec::new();
+        envelope.encode_into(seq, &mut record);
+        Ok(ReplicatedEvent {
+            seq,
+            stream: fields.stream,
+            version: fields.version,
+            id: fields.id,
+            record: record.into(),
+            blob,
+            stream_kind: stream_kind.map(Arc::from),
+        })
+    }
+
     /// Global sequence number, the leader's.
     #[must_use]
     pub fn seq(&self) -> u64 {
@@ -517,6 +610,12 @@ impl ReplicatedEvent {
     #[must_use]
     pub fn version(&self) -> u32 {
         self.version
+    }
+
+    /// The event's id, if it has one.
+    #[must_use]
+    pub fn id(&self) -> Option<u128> {
+        self.id
     }
 
     /// The kind of the event's stream on the leader (the aggregate of a typed stream).
