@@ -3,13 +3,15 @@
 //! the key a process opens the store with, and again inside every write transaction. The
 //! cryptography itself is in `crypto`.
 
-use std::ops::Bound::Unbounded;
+use std::ops::Bound::{Included, Unbounded};
 use std::path::Path;
 
-use crate::crypto::{Encryption, KeysAuth, MAC_LEN, Master, MasterKey, StoreId, xor_into};
+use crate::crypto::{Encryption, KeysAuth, MAC_LEN, Master, MasterKey, StoreId, StreamKey, xor_into};
 use crate::error::Error;
-use crate::record::{Content, Envelope};
-use crate::storage::{ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, Storage, Txn, WriteTxn, key, meta_key};
+use crate::record::{self, Body, Content, Envelope, HASH_LEN};
+use crate::storage::{
+    ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, Storage, Txn, WriteTxn, key, meta_key, value,
+};
 
 /// What opening found: the store's identity, and its encryption if it has any.
 pub(crate) struct Opened {
@@ -18,17 +20,41 @@ pub(crate) struct Opened {
 }
 
 /// Checks `key` against the store's record of its encryption, enabling encryption on a
-/// store that has no events yet, and the store's identity against `expected`. Reads no event.
+/// store that has no events yet, and the store's identity against `expected`. A store that
+/// holds nothing yet takes the identity `adopt` (a replica's leader's). Reads no event.
 pub(crate) fn open(
     storage: &Storage,
     path: &Path,
     key: Option<&MasterKey>,
     expected: Option<StoreId>,
+    adopt: Option<StoreId>,
 ) -> Result<Opened, Error> {
     let tables = storage.tables;
     // A write transaction, so that enabling cannot race another process's first append.
     let mut txn = storage.write_txn()?;
-    let store_id = stored_id(storage, &txn)?;
+    let mut store_id = stored_id(storage, &txn)?;
+    let mut adopted = false;
+    if let Some(leader) = adopt
+        && store_id != Some(leader)
+    {
+        let empty = storage.last_seq(&txn)? == 0
+            && storage.entries(&txn, tables.keys, (Unbounded, Unbounded), false)?.next().is_none();
+        if !empty {
+            return Err(Error::StoreMismatch { path: path.to_path_buf(), expected: leader, found: store_id });
+        }
+        storage.put(&mut txn, tables.meta, meta_key::STORE_ID, leader.as_bytes())?;
+        // An encrypted store's check value and authenticator are bound to its identity: an
+        // empty one gets them anew, under the leader's.
+        if storage.get(&txn, tables.meta, meta_key::ENCRYPTION)?.is_some() {
+            let key = key.ok_or_else(|| Error::KeyRequired { path: path.to_path_buf() })?;
+            let master = Master::create(key, leader, 1);
+            storage.put(&mut txn, tables.meta, meta_key::ENCRYPTION, master.check_value())?;
+            let auth = KeysAuth { generation: 0, sum: [0; MAC_LEN] };
+            storage.put(&mut txn, tables.meta, meta_key::KEYS_AUTH, &master.keys_auth_value(auth))?;
+        }
+        store_id = Some(leader);
+        adopted = true;
+    }
     if let Some(expected) = expected
         && store_id != Some(expected)
     {
@@ -116,6 +142,9 @@ pub(crate) fn open(
             return Ok(Opened { store_id: Some(store), encryption: Some(Encryption::new(master)) });
         }
     };
+    if adopted {
+        storage.commit(txn)?;
+    }
     Ok(Opened { store_id, encryption })
 }
 
@@ -204,4 +233,118 @@ pub(crate) fn stream_of(k: &[u8]) -> Result<u128, Error> {
     k.try_into()
         .map(u128::from_be_bytes)
         .map_err(|_| Error::CorruptIndex { table: "keys", reason: "a key is not a 16-byte stream id".into() })
+}
+
+/// Shreds `stream` inside `txn`: gives each of its events whose sealed body still opens a
+/// MAC of its clear header (one already there is kept), deletes its sealed blobs, puts
+/// `marker` (the leader's, on a replica) or a new one in place of its key, counts the key
+/// change, and brings the `keys` authenticator up to date. Returns the authenticator's new
+/// generation, or `None` if the stream was shredded already.
+pub(crate) fn shred_in(
+    storage: &Storage,
+    txn: &mut WriteTxn<'_>,
+    master: &Master,
+    stream: u128,
+    marker: Option<&[u8]>,
+) -> Result<Option<u64>, Error> {
+    let tables = storage.tables;
+    let k = key::stream(stream);
+    let old = storage.get(txn, tables.keys, &k)?.map(<[u8]>::to_vec);
+    // A value that is not a valid marker (damaged, forged) is overwritten by a real one.
+    let data_key = match old.as_deref().map(|v| master.unwrap(stream, v)) {
+        Some(Ok(StreamKey::Shredded { .. })) => return Ok(None),
+        Some(Ok(StreamKey::Key(cipher))) => Some(cipher),
+        Some(Err(_)) | None => None,
+    };
+    let mut blobs: Vec<[u8; HASH_LEN]> = Vec::new();
+    let mut headers: Vec<(u64, [u8; MAC_LEN])> = Vec::new();
+    let mut plain = zeroize::Zeroizing::new(Vec::new());
+    let mut last_version = 0u32;
+    let from = key::stream_version(stream, 0);
+    let to = key::stream_version(stream, u32::MAX);
+    for entry in storage.entries(txn, tables.streams, (Included(&from[..]), Included(&to[..])), false)? {
+        let (k, v) = entry?;
+        if let Some(version) = k.get(16..20).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes) {
+            last_version = last_version.max(version);
+        }
+        let Some(seq) = value::decode_seq(v) else { continue };
+        let Some(raw) = storage.get(txn, tables.events, &key::seq(seq))? else { continue };
+        // A damaged record cannot name a blob, and one that is not this stream's (a
+        // tampered index) must not lose its blob; shredding the key goes ahead regardless.
+        let Ok(Envelope { head, content: Content::Sealed { metadata_len, payload_len, aad_head, body } }) =
+            Envelope::decode(seq, raw)
+        else {
+            continue;
+        };
+        if head.stream != stream {
+            continue;
+        }
+        // The clear header stays authenticated once the key is gone: under a MAC, given
+        // only to a header its sealed body vouches for now. A record that fails to open
+        // gets none, and reads as damaged afterwards. (A replica may hold the leader's MAC
+        // already, for an event whose blob the leader's shred deleted.)
+        let sealed = match body {
+            Body::Blob { hash, len } => {
+                blobs.push(*hash);
+                storage.blob(txn, seq, hash, len).ok()
+            }
+            Body::Inline(sealed) => Some(sealed),
+        };
+        if storage.get(txn, tables.shredded_headers, &key::seq(seq))?.is_some() {
+            continue;
+        }
+        if let (Some(cipher), Some(sealed)) = (&data_key, sealed) {
+            plain.clear();
+            plain.resize(metadata_len as usize + payload_len as usize, 0);
+            if record::open_sealed(cipher, seq, aad_head, sealed, &mut plain).is_ok() {
+                headers.push((seq, master.header_mac(seq, aad_head)));
+            }
+        }
+    }
+    drop(plain);
+    // The leader's marker, authenticated only now: a process that has seen a stream's marker
+    // refuses its data key, which the loop above needed.
+    if let Some(marker) = marker
+        && let StreamKey::Key(_) = master.unwrap(stream, marker)?
+    {
+        return Err(Error::CorruptKey {
+            stream: stream.into(),
+            reason: "a shred came with a data key, not a marker",
+        });
+    }
+    for hash in &blobs {
+        storage.delete(txn, tables.blobs, hash)?;
+    }
+    for (seq, mac) in &headers {
+        storage.put(txn, tables.shredded_headers, &key::seq(*seq), mac)?;
+    }
+    let marker = match marker {
+        Some(marker) => marker.to_vec(),
+        None => master.shredded_marker(stream, last_version)?.to_vec(),
+    };
+    let mut delta = master.keys_entry(stream, &marker);
+    if let Some(old) = &old {
+        xor_into(&mut delta, &master.keys_entry(stream, old));
+    }
+    storage.put(txn, tables.keys, &k, &marker)?;
+    count_key_change(storage, txn)?;
+    update_keys_auth(storage, txn, master, &delta).map(Some)
+}
+
+/// Shreds and rotations so far: key changes that no event carries, which a replication
+/// publisher looks for when this count moves. Absent (0) in stores older than it.
+pub(crate) fn key_changes(storage: &Storage, txn: &Txn<'_>) -> Result<u64, Error> {
+    match storage.get(txn, storage.tables.meta, meta_key::KEY_CHANGES)? {
+        None => Ok(0),
+        Some(bytes) => bytes
+            .try_into()
+            .map(u64::from_le_bytes)
+            .map_err(|_| Error::CorruptMeta { reason: "the count of key changes is not 8 bytes" }),
+    }
+}
+
+/// Adds one to the count of key changes.
+pub(crate) fn count_key_change(storage: &Storage, txn: &mut WriteTxn<'_>) -> Result<(), Error> {
+    let next = key_changes(storage, txn)?.wrapping_add(1);
+    storage.put(txn, storage.tables.meta, meta_key::KEY_CHANGES, &next.to_le_bytes())
 }
