@@ -42,6 +42,9 @@ fn over_the_wire(events: &[ReplicatedEvent]) -> Vec<ReplicatedEvent> {
                 e.stream_kind(),
             )
             .and_then(|r| r.with_key_material(e.stream_key().map(<[u8]>::to_vec), e.header_mac().copied()))
+            .and_then(|r| {
+                r.with_schema_entries(e.schema_entries().map(|(k, v)| (k.to_vec(), v.to_vec())).collect())
+            })
             .unwrap()
         })
         .collect()
@@ -234,6 +237,21 @@ impl Account {
     }
 }
 
+/// `Deposited` of another build: the same tag and version, another field type.
+#[derive(Event, Debug)]
+#[event(name = "Deposited")]
+struct DepositedChanged {
+    cents: u32,
+}
+
+#[derive(Default, Debug)]
+struct Changed;
+
+#[aggregate(name = "Account")]
+impl Changed {
+    fn deposited(&mut self, _e: &ArchivedDepositedChanged) {}
+}
+
 #[test]
 fn typed_streams_load_on_a_replica_with_their_kind() {
     let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -250,6 +268,15 @@ fn typed_streams_load_on_a_replica_with_their_kind() {
     assert_eq!(view.stream_kind(10u128).unwrap(), None);
     let account = replica.stream::<Account>(9u128).load().unwrap();
     assert_eq!((account.state().balance, account.version()), (15, 5));
+    // The schema registry came along: the same fingerprints and layouts, so a type changed
+    // under the same tag is refused on the replica as on the leader.
+    let schemas = |db: &Varve| db.begin_read().unwrap().schemas().unwrap();
+    assert!(!schemas(&replica).is_empty());
+    assert_eq!(format!("{:?}", schemas(&leader)), format!("{:?}", schemas(&replica)));
+    for db in [&leader, &replica] {
+        let err = db.stream::<Changed>(9u128).load().unwrap_err();
+        assert!(matches!(err, Error::SchemaMismatch { .. }), "{err:?}");
+    }
     // The replica refuses a typed append as any other.
     let refused = replica.stream::<Account>(9u128).append(ExpectedVersion::Auto, Deposited { cents: 1 });
     assert!(matches!(refused, Err(Error::ReadOnlyReplica)), "{refused:?}");

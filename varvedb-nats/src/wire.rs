@@ -21,6 +21,7 @@ const FORMAT: u8 = 1;
 const HAS_BLOB: u8 = 1;
 const HAS_KEY: u8 = 2;
 const HAS_MAC: u8 = 4;
+const HAS_SCHEMA: u8 = 8;
 /// The event's seq, beside the message id, so a reader needs no parsing of the id.
 pub(crate) const SEQ_HEADER: &str = "Varve-Seq";
 pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
@@ -57,6 +58,7 @@ pub(crate) fn encode(event: &ReplicatedEvent) -> Bytes {
         (event.blob().is_some(), HAS_BLOB),
         (event.stream_key().is_some(), HAS_KEY),
         (event.header_mac().is_some(), HAS_MAC),
+        (event.schema_entries().next().is_some(), HAS_SCHEMA),
     ];
     out.put_u8(flags.iter().filter(|(on, _)| *on).fold(0, |acc, (_, bit)| acc | bit));
     // A record is far below 4 GiB: the store caps events at `max_event_size`.
@@ -73,6 +75,16 @@ pub(crate) fn encode(event: &ReplicatedEvent) -> Bytes {
     }
     if let Some(mac) = event.header_mac() {
         out.put_slice(mac);
+    }
+    if event.schema_entries().next().is_some() {
+        // Registry keys are under 300 bytes, and an export carries a few entries per event.
+        out.put_u16_le(u16::try_from(event.schema_entries().count()).unwrap_or(u16::MAX));
+        for (k, v) in event.schema_entries() {
+            out.put_u16_le(u16::try_from(k.len()).unwrap_or(u16::MAX));
+            out.put_slice(k);
+            out.put_u32_le(u32::try_from(v.len()).unwrap_or(u32::MAX));
+            out.put_slice(v);
+        }
     }
     out.put_slice(blob);
     out.freeze()
@@ -149,7 +161,7 @@ pub(crate) fn decode(
     if rest.len() < kind_len {
         return Err(bad("stream kind shorter than its length"));
     }
-    if flags & !(HAS_BLOB | HAS_KEY | HAS_MAC) != 0 {
+    if flags & !(HAS_BLOB | HAS_KEY | HAS_MAC | HAS_SCHEMA) != 0 {
         return Err(bad("unknown flags"));
     }
     let (kind, mut rest) = rest.split_at(kind_len);
@@ -173,13 +185,32 @@ pub(crate) fn decode(
         header_mac = Some(*mac);
         rest = tail;
     }
+    let mut schema = Vec::new();
+    if flags & HAS_SCHEMA != 0 {
+        let (count, mut tail) = rest.split_first_chunk::<2>().ok_or_else(|| bad("no schema entry count"))?;
+        for _ in 0..u16::from_le_bytes(*count) {
+            let (len, t) = tail.split_first_chunk::<2>().ok_or_else(|| bad("schema entry too short"))?;
+            let len = usize::from(u16::from_le_bytes(*len));
+            let (k, t) = t.split_at_checked(len).ok_or_else(|| bad("schema key shorter than its length"))?;
+            let (vlen, t) = t.split_first_chunk::<4>().ok_or_else(|| bad("schema entry too short"))?;
+            let vlen = u32::from_le_bytes(*vlen) as usize;
+            let (v, t) =
+                t.split_at_checked(vlen).ok_or_else(|| bad("schema value shorter than its length"))?;
+            schema.push((k.to_vec(), v.to_vec()));
+            tail = t;
+        }
+        rest = tail;
+    }
     let blob = rest;
     let blob = match (flags & HAS_BLOB != 0, blob.is_empty()) {
         (true, _) => Some(blob.to_vec()),
         (false, true) => None,
         (false, false) => return Err(bad("bytes after the record")),
     };
-    let event = ReplicatedEvent::from_parts(seq, record.to_vec(), blob, kind)?;
+    let mut event = ReplicatedEvent::from_parts(seq, record.to_vec(), blob, kind)?;
+    if !schema.is_empty() {
+        event = event.with_schema_entries(schema)?;
+    }
     if stream_key.is_none() && header_mac.is_none() {
         return Ok(event);
     }

@@ -456,6 +456,10 @@ pub struct ReplicatedEvent {
     pub(crate) header_mac: Option<[u8; 32]>,
     /// Whether the record is sealed.
     pub(crate) sealed: bool,
+    /// Entries of the leader's schema registry the event needs (its type's fingerprint and
+    /// layout, its stream kind's event list, typed metadata layouts), as `schema` table keys
+    /// and values; carried with the first event of an export that needs each.
+    pub(crate) schema: Vec<(Bytes, Bytes)>,
 }
 
 impl ReplicatedEvent {
@@ -515,7 +519,36 @@ impl ReplicatedEvent {
             stream_key: None,
             header_mac: None,
             sealed,
+            schema: Vec::new(),
         })
+    }
+
+    /// Adds the entries of the leader's schema registry that came with the event
+    /// ([`schema_entries`](Self::schema_entries)), so the replica's typed reads check and
+    /// describe events as the leader's do.
+    ///
+    /// # Errors
+    /// [`Error::ReplicaMismatch`] for a key that is no registry entry's.
+    pub fn with_schema_entries(mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, Error> {
+        use crate::storage::key;
+        for (k, _) in &entries {
+            if key::decode_schema(k).is_none() && !key::is_kind_events(k) && !key::is_meta_layout(k) {
+                return Err(Error::ReplicaMismatch {
+                    seq: self.seq,
+                    reason: "a schema entry with a key of no registry entry".into(),
+                });
+            }
+        }
+        self.schema = entries.into_iter().map(|(k, v)| (Bytes::from(k), Bytes::from(v))).collect();
+        Ok(self)
+    }
+
+    /// Entries of the leader's schema registry (keys and values of its `schema` table, see
+    /// `docs/design.md`) that came with this event: the fingerprint and layout of its type
+    /// and schema version, its stream kind's event list, and typed metadata layouts, each
+    /// with the first event of an export that needs it.
+    pub fn schema_entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.schema.iter().map(|(k, v)| (&k[..], &v[..]))
     }
 
     /// Adds what an encrypted store's event carries besides its record: `stream_key`, the

@@ -1,6 +1,6 @@
 //! A store's log as bytes, for read replicas: export on the leader, import on the replica.
 
-use std::ops::Bound::Unbounded;
+use std::ops::Bound::{Included, Unbounded};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -34,6 +34,8 @@ impl Varve {
         // Kinds looked up once per stream; a stream's kind never changes once set.
         let mut kinds: std::collections::HashMap<u128, Option<std::sync::Arc<str>>> =
             std::collections::HashMap::new();
+        // Registry entries already carried by an event of this export.
+        let mut carried: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
         // An encrypted store's `keys` entries, looked up once per stream.
         let mut keys: std::collections::HashMap<u128, Option<Bytes>> = std::collections::HashMap::new();
         for entry in storage.log_from(&txn, after.saturating_add(1))? {
@@ -103,6 +105,38 @@ impl Varve {
                     kind
                 }
             };
+            let mut schema = Vec::new();
+            if out.is_empty() {
+                // Typed metadata layouts, keyed by fingerprint (sealed in an encrypted store's
+                // events, so not looked up per event): all of them, with the first event.
+                let (from, to) = (key::meta_layout(0), key::meta_layout(u64::MAX));
+                for entry in storage.entries(
+                    &txn,
+                    storage.tables.schema,
+                    (Included(&from[..]), Included(&to[..])),
+                    false,
+                )? {
+                    let (k, v) = entry?;
+                    if key::is_meta_layout(k) {
+                        schema.push((Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)));
+                    }
+                }
+            }
+            let tag = env.head.type_tag;
+            let needed = [
+                key::schema(tag, env.head.schema_version).to_vec(),
+                key::schema_layout(tag, env.head.schema_version),
+            ];
+            let kind = stream_kind.as_deref().map(key::kind_events);
+            for k in needed.into_iter().chain(kind) {
+                if carried.contains(&k) {
+                    continue;
+                }
+                if let Some(v) = storage.get(&txn, storage.tables.schema, &k)? {
+                    schema.push((Bytes::copy_from_slice(&k), Bytes::copy_from_slice(v)));
+                }
+                carried.insert(k);
+            }
             out.push(ReplicatedEvent {
                 seq,
                 stream: env.head.stream.into(),
@@ -114,6 +148,7 @@ impl Varve {
                 stream_key,
                 header_mac,
                 sealed: matches!(env.content, Content::Sealed { .. }),
+                schema,
             });
         }
         Ok(out)

@@ -92,6 +92,21 @@ pub(crate) fn import(
             }
             (Some(_), false) => return Err(mismatch("the replica is encrypted and the event is not".into())),
         }
+        for (k, v) in &event.schema {
+            // Fingerprints and layouts are written once on the leader; a kind's event list is
+            // the leader's newest.
+            if !key::is_kind_events(k)
+                && let Some(stored) = storage.get(&txn, tables.schema, k)?
+            {
+                if stored != &v[..] {
+                    return Err(mismatch(
+                        "a schema registry entry differs between the leader and the replica".into(),
+                    ));
+                }
+                continue;
+            }
+            storage.put(&mut txn, tables.schema, k, v)?;
+        }
         if let Some(id) = event.id {
             if storage.get(&txn, tables.event_ids, &key::id(id))?.is_some() {
                 return Err(mismatch(format!("event id {id:#034x} is already stored")));
