@@ -76,6 +76,9 @@ fn backlog(db: &Varve, n: u64) -> Res<()> {
     Ok(())
 }
 
+/// A line of the table: its label, and the figure it takes from a sample.
+type Row = (&'static str, fn(&Sample) -> f64);
+
 struct Sample {
     publish: f64,
     import: f64,
@@ -83,8 +86,9 @@ struct Sample {
     lag_p99: Duration,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+/// The `per_mille`th of `sorted`, by the nearest rank.
+fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
+    let at = ((sorted.len() - 1) * per_mille + 500) / 1000;
     sorted[at.min(sorted.len() - 1)]
 }
 
@@ -163,7 +167,7 @@ async fn run_one(url: &str, subject: Subject, name: &str, events: u64, lag_event
     if subject == Subject::Encrypted {
         js.delete_stream(&publisher_config.shred_stream).await?;
     }
-    Ok(Sample { publish, import, lag_p50: percentile(&lags, 0.5), lag_p99: percentile(&lags, 0.99) })
+    Ok(Sample { publish, import, lag_p50: percentile(&lags, 500), lag_p99: percentile(&lags, 990) })
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -173,8 +177,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
+        .map_or_else(|_| "unknown".into(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn env(name: &str, default: u64) -> u64 {
@@ -212,7 +215,7 @@ fn main() -> Res<()> {
     }
     println!("load average at end: {}", load_average());
     let figure = |s: &[Sample], f: fn(&Sample) -> f64| median(s.iter().map(f).collect());
-    let rows: [(&str, fn(&Sample) -> f64); 4] = [
+    let rows: [Row; 4] = [
         ("publish (events/s)", |s| s.publish),
         ("import (events/s)", |s| s.import),
         ("lag p50 (ms)", |s| s.lag_p50.as_secs_f64() * 1e3),

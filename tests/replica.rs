@@ -245,11 +245,15 @@ struct DepositedChanged {
 }
 
 #[derive(Default, Debug)]
-struct Changed;
+struct Changed {
+    cents: u64,
+}
 
 #[aggregate(name = "Account")]
 impl Changed {
-    fn deposited(&mut self, _e: &ArchivedDepositedChanged) {}
+    fn deposited(&mut self, e: &ArchivedDepositedChanged) {
+        self.cents += u64::from(e.cents.to_native());
+    }
 }
 
 #[test]

@@ -33,28 +33,14 @@ pub(crate) fn open(
     // A write transaction, so that enabling cannot race another process's first append.
     let mut txn = storage.write_txn()?;
     let mut store_id = stored_id(storage, &txn)?;
-    let mut adopted = false;
-    if let Some(leader) = adopt
-        && store_id != Some(leader)
-    {
-        let empty = storage.last_seq(&txn)? == 0
-            && storage.entries(&txn, tables.keys, (Unbounded, Unbounded), false)?.next().is_none();
-        if !empty {
-            return Err(Error::StoreMismatch { path: path.to_path_buf(), expected: leader, found: store_id });
+    let adopted = match adopt {
+        Some(leader) if store_id != Some(leader) => {
+            adopt_identity(storage, &mut txn, path, key, leader, store_id)?;
+            store_id = Some(leader);
+            true
         }
-        storage.put(&mut txn, tables.meta, meta_key::STORE_ID, leader.as_bytes())?;
-        // An encrypted store's check value and authenticator are bound to its identity: an
-        // empty one gets them anew, under the leader's.
-        if storage.get(&txn, tables.meta, meta_key::ENCRYPTION)?.is_some() {
-            let key = key.ok_or_else(|| Error::KeyRequired { path: path.to_path_buf() })?;
-            let master = Master::create(key, leader, 1);
-            storage.put(&mut txn, tables.meta, meta_key::ENCRYPTION, master.check_value())?;
-            let auth = KeysAuth { generation: 0, sum: [0; MAC_LEN] };
-            storage.put(&mut txn, tables.meta, meta_key::KEYS_AUTH, &master.keys_auth_value(auth))?;
-        }
-        store_id = Some(leader);
-        adopted = true;
-    }
+        _ => false,
+    };
     if let Some(expected) = expected
         && store_id != Some(expected)
     {
@@ -146,6 +132,35 @@ pub(crate) fn open(
         storage.commit(txn)?;
     }
     Ok(Opened { store_id, encryption })
+}
+
+/// Gives a store that holds nothing yet the identity `leader` (a replica's leader's); a
+/// store with events or keys is [`Error::StoreMismatch`].
+fn adopt_identity(
+    storage: &Storage,
+    txn: &mut WriteTxn<'_>,
+    path: &Path,
+    key: Option<&MasterKey>,
+    leader: StoreId,
+    found: Option<StoreId>,
+) -> Result<(), Error> {
+    let tables = storage.tables;
+    let empty = storage.last_seq(txn)? == 0
+        && storage.entries(txn, tables.keys, (Unbounded, Unbounded), false)?.next().is_none();
+    if !empty {
+        return Err(Error::StoreMismatch { path: path.to_path_buf(), expected: leader, found });
+    }
+    storage.put(txn, tables.meta, meta_key::STORE_ID, leader.as_bytes())?;
+    // An encrypted store's check value and authenticator are bound to its identity: an
+    // empty one gets them anew, under the leader's.
+    if storage.get(txn, tables.meta, meta_key::ENCRYPTION)?.is_some() {
+        let key = key.ok_or_else(|| Error::KeyRequired { path: path.to_path_buf() })?;
+        let master = Master::create(key, leader, 1);
+        storage.put(txn, tables.meta, meta_key::ENCRYPTION, master.check_value())?;
+        let auth = KeysAuth { generation: 0, sum: [0; MAC_LEN] };
+        storage.put(txn, tables.meta, meta_key::KEYS_AUTH, &master.keys_auth_value(auth))?;
+    }
+    Ok(())
 }
 
 /// The identity recorded in `meta`: `None` in a store made by a build without identities.

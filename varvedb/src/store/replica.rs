@@ -66,22 +66,9 @@ impl Varve {
                             entry
                         }
                     };
-                    let shredded = entry.as_deref().is_some_and(Master::is_marker);
-                    // A replica needs a stream's key with its first event, and its marker with
-                    // every event it may not have yet when the leader shredded the stream.
-                    if env.head.version == 1 || shredded {
-                        stream_key = entry;
-                    }
-                    if shredded {
-                        let mac = storage.get(&txn, storage.tables.shredded_headers, &key::seq(seq))?;
-                        header_mac = mac.and_then(|m| <[u8; 32]>::try_from(m).ok());
-                    }
-                    match body {
-                        // A shred deletes the stream's blobs.
-                        Body::Blob { .. } if shredded => None,
-                        Body::Blob { hash, len } => Some(storage.blob(&txn, seq, hash, len)?.to_vec()),
-                        Body::Inline(_) => None,
-                    }
+                    let sealed = sealed_parts(storage, &txn, seq, env.head.version, entry, body)?;
+                    (stream_key, header_mac) = (sealed.0, sealed.1);
+                    sealed.2
                 }
             };
             let stream_kind = match kinds.get(&env.head.stream) {
@@ -105,38 +92,9 @@ impl Varve {
                     kind
                 }
             };
-            let mut schema = Vec::new();
-            if out.is_empty() {
-                // Typed metadata layouts, keyed by fingerprint (sealed in an encrypted store's
-                // events, so not looked up per event): all of them, with the first event.
-                let (from, to) = (key::meta_layout(0), key::meta_layout(u64::MAX));
-                for entry in storage.entries(
-                    &txn,
-                    storage.tables.schema,
-                    (Included(&from[..]), Included(&to[..])),
-                    false,
-                )? {
-                    let (k, v) = entry?;
-                    if key::is_meta_layout(k) {
-                        schema.push((Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)));
-                    }
-                }
-            }
-            let tag = env.head.type_tag;
-            let needed = [
-                key::schema(tag, env.head.schema_version).to_vec(),
-                key::schema_layout(tag, env.head.schema_version),
-            ];
-            let kind = stream_kind.as_deref().map(key::kind_events);
-            for k in needed.into_iter().chain(kind) {
-                if carried.contains(&k) {
-                    continue;
-                }
-                if let Some(v) = storage.get(&txn, storage.tables.schema, &k)? {
-                    schema.push((Bytes::copy_from_slice(&k), Bytes::copy_from_slice(v)));
-                }
-                carried.insert(k);
-            }
+            let first = out.is_empty();
+            let schema =
+                registry_entries(storage, &txn, &env.head, stream_kind.as_deref(), first, &mut carried)?;
             out.push(ReplicatedEvent {
                 seq,
                 stream: env.head.stream.into(),
@@ -270,4 +228,73 @@ impl Varve {
         master.saw_keys_generation(generation);
         Ok(true)
     }
+}
+
+/// What a sealed event carries besides its record: its stream's `keys` entry (`entry`) with
+/// the stream's first event, or with every event of a shredded stream, then also its header
+/// MAC; and its blob, unless a shred deleted it.
+#[allow(clippy::type_complexity, reason = "three parts of one event, named at the one caller")]
+fn sealed_parts(
+    storage: &crate::storage::Storage,
+    txn: &crate::storage::Txn<'_>,
+    seq: u64,
+    version: u32,
+    entry: Option<Bytes>,
+    body: Body<'_>,
+) -> Result<(Option<Bytes>, Option<[u8; 32]>, Option<Vec<u8>>), Error> {
+    let shredded = entry.as_deref().is_some_and(Master::is_marker);
+    // A replica needs a stream's key with its first event, and its marker with every event
+    // it may not have yet when the leader shredded the stream.
+    let stream_key = if version == 1 || shredded { entry } else { None };
+    let mut header_mac = None;
+    if shredded {
+        let mac = storage.get(txn, storage.tables.shredded_headers, &key::seq(seq))?;
+        header_mac = mac.and_then(|m| <[u8; 32]>::try_from(m).ok());
+    }
+    let blob = match body {
+        // A shred deletes the stream's blobs.
+        Body::Blob { .. } if shredded => None,
+        Body::Blob { hash, len } => Some(storage.blob(txn, seq, hash, len)?.to_vec()),
+        Body::Inline(_) => None,
+    };
+    Ok((stream_key, header_mac, blob))
+}
+
+/// The registry entries an event needs that no event of this export carried yet: its type's
+/// fingerprint and layout and its stream kind's event list; with the export's `first` event,
+/// every typed metadata layout too (keyed by fingerprints inside the metadata, which an
+/// encrypted store seals).
+fn registry_entries(
+    storage: &crate::storage::Storage,
+    txn: &crate::storage::Txn<'_>,
+    head: &crate::record::RecordHeader<'_>,
+    stream_kind: Option<&str>,
+    first: bool,
+    carried: &mut std::collections::HashSet<Vec<u8>>,
+) -> Result<Vec<(Bytes, Bytes)>, Error> {
+    let table = storage.tables.schema;
+    let mut out = Vec::new();
+    if first {
+        let (from, to) = (key::meta_layout(0), key::meta_layout(u64::MAX));
+        for entry in storage.entries(txn, table, (Included(&from[..]), Included(&to[..])), false)? {
+            let (k, v) = entry?;
+            if key::is_meta_layout(k) {
+                out.push((Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)));
+            }
+        }
+    }
+    let needed = [
+        key::schema(head.type_tag, head.schema_version).to_vec(),
+        key::schema_layout(head.type_tag, head.schema_version),
+    ];
+    for k in needed.into_iter().chain(stream_kind.map(key::kind_events)) {
+        if carried.contains(&k) {
+            continue;
+        }
+        if let Some(v) = storage.get(txn, table, &k)? {
+            out.push((Bytes::copy_from_slice(&k), Bytes::copy_from_slice(v)));
+        }
+        carried.insert(k);
+    }
+    Ok(out)
 }

@@ -46,40 +46,7 @@ pub(crate) fn import(
         }
         let mismatch = |reason: String| Error::ReplicaMismatch { seq: event.seq, reason };
         let stream = event.stream.as_u128();
-        let head = match heads.get_mut(&stream) {
-            Some(head) => head,
-            None => {
-                let stored = match storage.get(&txn, tables.stream_heads, &key::stream(stream))? {
-                    None => (0, None),
-                    Some(raw) => {
-                        let h = value::StreamHead::decode(raw).ok_or_else(|| Error::CorruptIndex {
-                            table: "stream_heads",
-                            reason: format!("head of stream {} cannot be decoded", event.stream),
-                        })?;
-                        (h.version, h.kind.map(str::to_owned))
-                    }
-                };
-                heads.entry(stream).or_insert(stored)
-            }
-        };
-        // The leader sets a stream's kind with its first append and never changes it.
-        match (&head.1, event.stream_kind()) {
-            (None, Some(kind)) => head.1 = Some(kind.to_owned()),
-            (Some(stored), Some(kind)) if stored != kind => {
-                return Err(mismatch(format!(
-                    "stream {} has kind {stored:?} on the replica and {kind:?} on the leader",
-                    event.stream
-                )));
-            }
-            _ => {}
-        }
-        if Some(event.version) != head.0.checked_add(1) {
-            return Err(mismatch(format!(
-                "stream {} is at version {}, and the event is version {}",
-                event.stream, head.0, event.version
-            )));
-        }
-        head.0 = event.version;
+        advance_head(storage, &txn, &mut heads, event)?;
         match (&mut master, event.sealed) {
             (Some(m), true) => keys.event(storage, &mut txn, m, event)?,
             (None, false) => {}
@@ -92,21 +59,7 @@ pub(crate) fn import(
             }
             (Some(_), false) => return Err(mismatch("the replica is encrypted and the event is not".into())),
         }
-        for (k, v) in &event.schema {
-            // Fingerprints and layouts are written once on the leader; a kind's event list is
-            // the leader's newest.
-            if !key::is_kind_events(k)
-                && let Some(stored) = storage.get(&txn, tables.schema, k)?
-            {
-                if stored != &v[..] {
-                    return Err(mismatch(
-                        "a schema registry entry differs between the leader and the replica".into(),
-                    ));
-                }
-                continue;
-            }
-            storage.put(&mut txn, tables.schema, k, v)?;
-        }
+        write_registry(storage, &mut txn, event)?;
         if let Some(id) = event.id {
             if storage.get(&txn, tables.event_ids, &key::id(id))?.is_some() {
                 return Err(mismatch(format!("event id {id:#034x} is already stored")));
@@ -166,6 +119,76 @@ pub(crate) fn import(
         encryption.read().saw_keys_generation(generation);
     }
     Ok(expected - 1)
+}
+
+/// Moves `event`'s stream head in `heads` (read from the store on first use) to the event:
+/// its version must be the next, and its stream's kind, once set, stays the same.
+fn advance_head(
+    storage: &Storage,
+    txn: &WriteTxn<'_>,
+    heads: &mut HashMap<u128, (u32, Option<String>)>,
+    event: &ReplicatedEvent,
+) -> Result<(), Error> {
+    let tables = storage.tables;
+    let stream = event.stream.as_u128();
+    let mismatch = |reason: String| Error::ReplicaMismatch { seq: event.seq, reason };
+    let head = match heads.get_mut(&stream) {
+        Some(head) => head,
+        None => {
+            let stored = match storage.get(txn, tables.stream_heads, &key::stream(stream))? {
+                None => (0, None),
+                Some(raw) => {
+                    let h = value::StreamHead::decode(raw).ok_or_else(|| Error::CorruptIndex {
+                        table: "stream_heads",
+                        reason: format!("head of stream {} cannot be decoded", event.stream),
+                    })?;
+                    (h.version, h.kind.map(str::to_owned))
+                }
+            };
+            heads.entry(stream).or_insert(stored)
+        }
+    };
+    // The leader sets a stream's kind with its first append and never changes it.
+    match (&head.1, event.stream_kind()) {
+        (None, Some(kind)) => head.1 = Some(kind.to_owned()),
+        (Some(stored), Some(kind)) if stored != kind => {
+            return Err(mismatch(format!(
+                "stream {} has kind {stored:?} on the replica and {kind:?} on the leader",
+                event.stream
+            )));
+        }
+        _ => {}
+    }
+    if Some(event.version) != head.0.checked_add(1) {
+        return Err(mismatch(format!(
+            "stream {} is at version {}, and the event is version {}",
+            event.stream, head.0, event.version
+        )));
+    }
+    head.0 = event.version;
+    Ok(())
+}
+
+/// Writes the registry entries that came with `event`. Fingerprints and layouts are written
+/// once on the leader, so one the replica holds must be the same; a kind's event list is the
+/// leader's newest.
+fn write_registry(storage: &Storage, txn: &mut WriteTxn<'_>, event: &ReplicatedEvent) -> Result<(), Error> {
+    let table = storage.tables.schema;
+    for (k, v) in &event.schema {
+        if !key::is_kind_events(k)
+            && let Some(stored) = storage.get(txn, table, k)?
+        {
+            if stored != &v[..] {
+                return Err(Error::ReplicaMismatch {
+                    seq: event.seq,
+                    reason: "a schema registry entry differs between the leader and the replica".into(),
+                });
+            }
+            continue;
+        }
+        storage.put(txn, table, k, v)?;
+    }
+    Ok(())
 }
 
 /// The key material an import brings into an encrypted replica.
