@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use varvedb::{ExpectedVersion, MasterKey, NewEvent, Options, Varve};
-use varvedb_nats::{Follower, FollowerConfig, Publisher, PublisherConfig};
+use varvedb_nats::{Follower, FollowerConfig, Publisher, PublisherConfig, ReplicationError};
 
 #[path = "support/nats.rs"]
 mod nats;
@@ -181,6 +181,39 @@ fn an_encrypted_replica_with_the_merkle_tree_receives_the_log_and_the_shreds() {
         assert_eq!(lv.inclusion_proof(size, events).unwrap(), rv.inclusion_proof(size, events).unwrap());
         assert_eq!(lv.consistency_proof(size, events).unwrap(), rv.consistency_proof(size, events).unwrap());
     }
+}
+
+#[test]
+fn a_promoted_replica_does_not_splice_its_log_onto_its_old_leaders_stream() {
+    let server = nats::NatsServer::start();
+    let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Varve::open(l.path()).unwrap();
+    append_batches(&leader, 1, 300, 0);
+    let replica = Options::new().replica_of(leader.store_id().unwrap()).open(r.path()).unwrap();
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let publisher =
+            Publisher::new(leader.clone(), client.clone(), PublisherConfig::default()).await.unwrap();
+        publisher.publish_available().await.unwrap();
+        let follower = Follower::new(replica.clone(), client.clone(), FollowerConfig::default());
+        follower.follow_until(300).await.unwrap();
+        // The leader goes on; the replica is promoted and appends on its own.
+        append_batches(&leader, 301, 400, 0);
+        publisher.publish_available().await.unwrap();
+        drop((follower, replica));
+        let promoted = Varve::open(r.path()).unwrap();
+        assert_eq!(promoted.store_id(), leader.store_id());
+        promoted.append(1u128, ExpectedVersion::Auto, [NewEvent::new("own", vec![1])]).unwrap();
+        // Its seqs 1..=300 are the leader's (dropped as duplicates, their records compared);
+        // its 301 has the message id of the leader's 301, but not its record: refused.
+        let again = Publisher::new(promoted.clone(), client, PublisherConfig::default()).await.unwrap();
+        let mut result = again.publish_available().await;
+        if result.as_ref().is_err_and(ReplicationError::is_transient) {
+            result = again.publish_available().await;
+        }
+        assert!(matches!(result, Err(ReplicationError::NotOneLog { seq: 301, .. })), "{result:?}");
+        assert_eq!(again.stats().position, 300);
+    });
 }
 
 fn spawn(mode: &str, dir: &Path, url: &str, events: u64) -> Child {

@@ -207,12 +207,21 @@ impl Publisher {
                 }
             }
             let mut confirmed = position;
-            for ack in acks {
+            for (ack, event) in acks.into_iter().zip(&events) {
                 match ack.await {
-                    Ok(ack) => {
-                        let counter =
-                            if ack.duplicate { &self.counters.duplicates } else { &self.counters.published };
-                        counter.fetch_add(1, Ordering::Relaxed);
+                    Ok(ack) if ack.duplicate => {
+                        // Another store of this identity (a promoted replica's old leader) may
+                        // hold this seq with another event: a duplicate counts only if its
+                        // record is this one.
+                        if let Err(e) = self.check_duplicate(ack.sequence, event).await {
+                            failure.get_or_insert(e);
+                            break;
+                        }
+                        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        confirmed += 1;
+                    }
+                    Ok(_) => {
+                        self.counters.published.fetch_add(1, Ordering::Relaxed);
                         confirmed += 1;
                     }
                     Err(err) => {
@@ -265,7 +274,28 @@ impl Publisher {
         Ok(())
     }
 
+    /// Checks that the message JetStream holds at `stream_sequence`, which it reported as a
+    /// duplicate of `event`, carries `event`'s record.
+    async fn check_duplicate(
+        &self,
+        stream_sequence: u64,
+        event: &varvedb::ReplicatedEvent,
+    ) -> Result<(), ReplicationError> {
+        let stream = self.js.get_stream(&self.config.stream).await.map_err(ReplicationError::nats)?;
+        let msg = stream.get_raw_message(stream_sequence).await.map_err(ReplicationError::nats)?;
+        let stored = wire::decode(event.seq(), stream_sequence, &msg.payload);
+        match stored {
+            Ok(stored) if stream_sequence == event.seq() && stored.record() == event.record() => Ok(()),
+            _ => Err(ReplicationError::NotOneLog { stream_sequence, seq: event.seq() }),
+        }
+    }
+
     /// The seq of the last event in the JetStream stream, if that event is this store's.
+    ///
+    /// # Errors
+    /// [`ReplicationError::NotOneLog`] if it carries this store's identity but not its event
+    /// at that seq: another store of the same identity wrote it (a promoted replica and its
+    /// old leader), and continuing after it would splice two logs.
     async fn stream_end(&self) -> Result<Option<u64>, ReplicationError> {
         let mut stream = self.js.get_stream(&self.config.stream).await.map_err(ReplicationError::nats)?;
         let last = stream.info().await.map_err(ReplicationError::nats)?.state.last_sequence;
@@ -275,7 +305,18 @@ impl Publisher {
         let msg = stream.get_raw_message(last).await.map_err(ReplicationError::nats)?;
         let id = msg.headers.get(wire::MSG_ID).map(|v| v.as_str().to_owned());
         let seq = wire::seq_of(Some(&msg.headers), last)?;
-        Ok((id == Some(wire::message_id(self.store, seq))).then_some(seq))
+        if id != Some(wire::message_id(self.store, seq)) {
+            return Ok(None);
+        }
+        let theirs = wire::decode(seq, last, &msg.payload)?;
+        let db = self.db.clone();
+        let ours = tokio::task::spawn_blocking(move || db.export_replicated(seq - 1, 1))
+            .await
+            .map_err(|e| ReplicationError::Nats(format!("store read task failed: {e}")))??;
+        match ours.first() {
+            Some(ours) if ours.seq() == seq && ours.record() == theirs.record() => Ok(Some(seq)),
+            _ => Err(ReplicationError::NotOneLog { stream_sequence: last, seq }),
+        }
     }
 
     async fn save(&self, position: u64) -> Result<(), ReplicationError> {
