@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use varvedb::{ExpectedVersion, NewEvent, Options, Varve};
-use varvedb_nats::{Follower, FollowerConfig, Publisher, PublisherConfig};
+use varvedb::{ExpectedVersion, MasterKey, NewEvent, Options, Varve};
+use varvedb_nats::{Follower, FollowerConfig, Publisher, PublisherConfig, ReplicationError};
 
 #[path = "support/nats.rs"]
 mod nats;
@@ -100,6 +100,120 @@ fn a_replica_receives_the_leaders_log_byte_for_byte() {
         assert_eq!((again.stats().published, again.stats().duplicates), (0, events - rewound));
     });
     assert_same_log(&leader, &replica, events);
+}
+
+/// Appends events `from..=to` in batches of 100, each batch to one of 50 streams from
+/// `streams`; every 1,000th payload goes to a blob.
+fn append_batches(db: &Varve, from: u64, to: u64, streams: u128) {
+    let mut seq = from - 1;
+    while seq < to {
+        let n = (to - seq).min(100);
+        let batch: Vec<NewEvent> = (seq + 1..=seq + n)
+            .map(|s| {
+                let payload =
+                    if s.is_multiple_of(1000) { vec![s as u8; 4096] } else { s.to_le_bytes().to_vec() };
+                let e = NewEvent::new(if s % 3 == 0 { "fizz" } else { "plain" }, payload)
+                    .with_metadata(vec![s as u8; (s % 5) as usize]);
+                if s.is_multiple_of(7) { e.with_id(u128::from(s) << 32) } else { e }
+            })
+            .collect();
+        db.append(streams + u128::from(seq / 100 % 50), ExpectedVersion::Auto, batch).unwrap();
+        seq += n;
+    }
+}
+
+#[test]
+fn an_encrypted_replica_with_the_merkle_tree_receives_the_log_and_the_shreds() {
+    let events = env("VARVEDB_REPLICA_EVENTS", 100_000);
+    let half = events / 2;
+    let server = nats::NatsServer::start();
+    let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = MasterKey::generate().unwrap();
+    let leader = Options::new().encryption_key(key.clone()).verifiable_log(true).open(l.path()).unwrap();
+    append_batches(&leader, 1, half, 0);
+    let replica = Options::new()
+        .encryption_key(key)
+        .verifiable_log(true)
+        .replica_of(leader.store_id().unwrap())
+        .open(r.path())
+        .unwrap();
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let publisher =
+            Publisher::new(leader.clone(), client.clone(), PublisherConfig::default()).await.unwrap();
+        let running = publisher.clone();
+        let task = tokio::spawn(async move { running.run().await });
+        let follower = Follower::new(replica.clone(), client.clone(), FollowerConfig::default());
+        let following = follower.clone();
+        let follow = tokio::spawn(async move { following.run().await });
+        // Shredded while the replica catches up: their events reach it before or after the
+        // shred, with the marker or without.
+        for stream in [0u128, 3, 7, 49] {
+            assert!(leader.shred(stream).unwrap());
+        }
+        append_batches(&leader, half + 1, events, 100);
+        let deadline = tokio::time::Instant::now() + Duration::from_mins(10);
+        let shredded_on = |db: &Varve| db.export_shreds(u64::MAX).unwrap().1.len();
+        while (replica.begin_read().unwrap().last_seq().unwrap() < events || shredded_on(&replica) < 4)
+            && tokio::time::Instant::now() < deadline
+        {
+            assert!(!follow.is_finished() && !task.is_finished(), "the follower or publisher stopped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        follow.abort();
+        task.abort();
+        let (p, f) = (publisher.stats(), follower.stats());
+        assert_eq!(f.imported, events, "{f:?}");
+        // Each shred applied once, whichever way its stream's events came.
+        assert!(p.shreds >= 4 && f.shreds <= 4, "{p:?} {f:?}");
+    });
+    assert_same_log(&leader, &replica, events);
+    let (lv, rv) = (leader.begin_read().unwrap(), replica.begin_read().unwrap());
+    // Streams 0, 3, 7 and 49 hold the batches from seqs 1, 301, 701 and 4901, and every 50th after.
+    for seq in [1, 101, 301, 701, 4901, half, events] {
+        let (a, b) = (lv.event(seq).unwrap().unwrap(), rv.event(seq).unwrap().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(b.is_shredded(), ![101, events].contains(&seq), "seq {seq}");
+    }
+    assert_eq!(lv.tree_head().unwrap(), rv.tree_head().unwrap());
+    for size in [1, half, events] {
+        assert_eq!(lv.tree_head_at(size).unwrap(), rv.tree_head_at(size).unwrap());
+        assert_eq!(lv.inclusion_proof(size, events).unwrap(), rv.inclusion_proof(size, events).unwrap());
+        assert_eq!(lv.consistency_proof(size, events).unwrap(), rv.consistency_proof(size, events).unwrap());
+    }
+}
+
+#[test]
+fn a_promoted_replica_does_not_splice_its_log_onto_its_old_leaders_stream() {
+    let server = nats::NatsServer::start();
+    let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Varve::open(l.path()).unwrap();
+    append_batches(&leader, 1, 300, 0);
+    let replica = Options::new().replica_of(leader.store_id().unwrap()).open(r.path()).unwrap();
+    runtime().block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let publisher =
+            Publisher::new(leader.clone(), client.clone(), PublisherConfig::default()).await.unwrap();
+        publisher.publish_available().await.unwrap();
+        let follower = Follower::new(replica.clone(), client.clone(), FollowerConfig::default());
+        follower.follow_until(300).await.unwrap();
+        // The leader goes on; the replica is promoted and appends on its own.
+        append_batches(&leader, 301, 400, 0);
+        publisher.publish_available().await.unwrap();
+        drop((follower, replica));
+        let promoted = Varve::open(r.path()).unwrap();
+        assert_eq!(promoted.store_id(), leader.store_id());
+        promoted.append(1u128, ExpectedVersion::Auto, [NewEvent::new("own", vec![1])]).unwrap();
+        // Its seqs 1..=300 are the leader's (dropped as duplicates, their records compared);
+        // its 301 has the message id of the leader's 301, but not its record: refused.
+        let again = Publisher::new(promoted.clone(), client, PublisherConfig::default()).await.unwrap();
+        let mut result = again.publish_available().await;
+        if result.as_ref().is_err_and(ReplicationError::is_transient) {
+            result = again.publish_available().await;
+        }
+        assert!(matches!(result, Err(ReplicationError::NotOneLog { seq: 301, .. })), "{result:?}");
+        assert_eq!(again.stats().position, 300);
+    });
 }
 
 fn spawn(mode: &str, dir: &Path, url: &str, events: u64) -> Child {

@@ -33,7 +33,9 @@ pub enum ReplicationError {
     },
 
     /// The JetStream stream does not hold one store's log from its first event: message
-    /// `stream_sequence` carries the event at `seq`.
+    /// `stream_sequence` carries the event at `seq`, out of place or (for a publisher) not
+    /// the store's own event at that seq although it has the store's identity, as a promoted
+    /// replica meets in its old leader's stream.
     #[error(
         "message {stream_sequence} of the JetStream stream carries seq {seq}: the stream is not one store's log"
     )]

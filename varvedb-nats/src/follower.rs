@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
-use varvedb::{ReplicatedEvent, Varve};
+use varvedb::{ReplicatedEvent, ReplicatedShred, Varve};
 
 use crate::ReplicationError;
 use crate::wire;
@@ -15,13 +15,17 @@ use crate::wire;
 ///
 /// ## Defaults
 /// JetStream stream `VARVE`, durable consumer `varvedb-replica`, fetches of up to 1,024
-/// messages waiting at most 500 ms, a timeout of 5 s.
+/// messages waiting at most 500 ms, a timeout of 5 s; for an encrypted replica, shreds from
+/// the JetStream stream `VARVE_SHREDS`.
 #[derive(Debug, Clone)]
 pub struct FollowerConfig {
     /// The JetStream stream the leader's publisher writes.
     pub stream: String,
     /// The durable consumer's name: one per replica.
     pub durable: String,
+    /// An encrypted leader's shreds: the JetStream stream its publisher writes them to
+    /// ([`PublisherConfig::shred_stream`](crate::PublisherConfig::shred_stream)).
+    pub shred_stream: String,
     /// Most messages fetched, and imported in one transaction, at once.
     pub batch: usize,
     /// Longest a fetch waits for messages.
@@ -35,6 +39,7 @@ impl Default for FollowerConfig {
         FollowerConfig {
             stream: "VARVE".into(),
             durable: "varvedb-replica".into(),
+            shred_stream: "VARVE_SHREDS".into(),
             batch: 1024,
             wait: Duration::from_millis(500),
             timeout: Duration::from_secs(5),
@@ -56,6 +61,8 @@ pub struct FollowerStats {
     pub repositioned: u64,
     /// Failed rounds (NATS away, a timeout), each retried.
     pub errors: u64,
+    /// The leader's shreds applied to an encrypted replica.
+    pub shreds: u64,
 }
 
 #[derive(Default)]
@@ -65,6 +72,16 @@ struct Counters {
     skipped: AtomicU64,
     repositioned: AtomicU64,
     errors: AtomicU64,
+    shreds: AtomicU64,
+}
+
+/// The shreds an encrypted replica has read: the JetStream sequence of the next one, and
+/// those waiting for the replica's log to reach them. Kept in memory only: a restarted
+/// follower reads them all again, and a shred applied already changes nothing.
+struct Shreds {
+    next: u64,
+    pending: Vec<ReplicatedShred>,
+    checked: Option<tokio::time::Instant>,
 }
 
 /// Imports a leader's events from JetStream into a replica store, acknowledging them only
@@ -113,6 +130,7 @@ impl Follower {
             skipped: c.skipped.load(Ordering::Relaxed),
             repositioned: c.repositioned.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            shreds: c.shreds.load(Ordering::Relaxed),
         }
     }
 
@@ -234,12 +252,57 @@ impl Follower {
         self.follow(None).await.map(drop)
     }
 
+    /// Reads the leader's new shreds (at most every 100 ms) and applies those the replica's
+    /// log has reached.
+    async fn shreds(&self, shreds: &mut Shreds, position: u64) -> Result<(), ReplicationError> {
+        let now = tokio::time::Instant::now();
+        if shreds.checked.is_none_or(|at| now - at >= Duration::from_millis(100)) {
+            shreds.checked = Some(now);
+            // The publisher creates the stream; until then there is nothing to read.
+            if let Ok(mut stream) = self.js.get_stream(&self.config.shred_stream).await {
+                let last = stream.info().await.map_err(ReplicationError::nats)?.state.last_sequence;
+                while shreds.next <= last {
+                    let msg = stream.get_raw_message(shreds.next).await.map_err(ReplicationError::nats)?;
+                    shreds.pending.push(wire::decode_shred(&msg.subject, shreds.next, &msg.payload)?);
+                    shreds.next += 1;
+                }
+            }
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut shreds.pending).into_iter().partition(|s| s.after() <= position);
+        shreds.pending = waiting;
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let applied = tokio::task::spawn_blocking(move || -> Result<u64, varvedb::Error> {
+            let mut applied = 0;
+            for shred in &ready {
+                applied += u64::from(db.import_shred(shred)?);
+            }
+            Ok(applied)
+        })
+        .await
+        .map_err(|e| ReplicationError::Nats(format!("shred task failed: {e}")))??;
+        self.counters.shreds.fetch_add(applied, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn follow(&self, until: Option<u64>) -> Result<u64, ReplicationError> {
         let mut backoff = Duration::from_millis(10);
         let mut consumer = None;
+        let mut shreds = Shreds { next: 1, pending: Vec::new(), checked: None };
         loop {
             let position = self.last_seq()?;
             self.counters.position.store(position, Ordering::Relaxed);
+            if self.db.is_encrypted()
+                && let Err(e) = self.shreds(&mut shreds, position).await
+            {
+                if !e.is_transient() {
+                    return Err(e);
+                }
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
             if until.is_some_and(|until| position >= until) {
                 return Ok(position);
             }

@@ -16,7 +16,9 @@
 //! consumer is positioned from it when they disagree.
 //!
 //! Both run until dropped, riding out a NATS server that goes away and comes back.
-//! Encrypted stores and stores that keep a Merkle tree are not replicated.
+//! An encrypted store's events stay sealed on the way; its replica is opened with the
+//! leader's master key and identity ([`Options::replica_of`](varvedb::Options::replica_of)),
+//! and its shreds travel on a JetStream stream of their own.
 //!
 //! A [`SyncNode`] is the other use: local-first nodes that each write while offline and
 //! agree on one log through a JetStream hub when online (see [`SyncNode`] and

@@ -14,13 +14,17 @@ use crate::wire;
 ///
 /// ## Defaults
 /// JetStream stream `VARVE`, subjects under `varve`, checkpoint `varvedb-nats.publisher`,
-/// batches of 512 events, a deduplication window of 10 minutes, a timeout of 5 s.
+/// batches of 512 events, a deduplication window of 10 minutes, a timeout of 5 s; for an
+/// encrypted store, shreds in the JetStream stream `VARVE_SHREDS`.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
     /// The JetStream stream (created if missing, with subjects `<prefix>.>`).
     pub stream: String,
     /// The subject prefix: an event of stream `s` goes to `<prefix>.<s in hex>`.
     pub prefix: String,
+    /// An encrypted store's shreds: the JetStream stream (created if missing, with subjects
+    /// `<prefix>-shreds.>`). A shred changes no event, so it travels apart from the log.
+    pub shred_stream: String,
     /// The name of the publisher's checkpoint in the leader's store.
     pub checkpoint: String,
     /// Events read from the store and in flight to JetStream at once.
@@ -37,6 +41,7 @@ impl Default for PublisherConfig {
         PublisherConfig {
             stream: "VARVE".into(),
             prefix: "varve".into(),
+            shred_stream: "VARVE_SHREDS".into(),
             checkpoint: "varvedb-nats.publisher".into(),
             batch: 512,
             duplicate_window: Duration::from_mins(10),
@@ -57,6 +62,8 @@ pub struct PublisherStats {
     pub duplicates: u64,
     /// Failed rounds (NATS away, a timeout), each retried.
     pub errors: u64,
+    /// Shreds of an encrypted store JetStream stored (each once per master key epoch).
+    pub shreds: u64,
 }
 
 #[derive(Default)]
@@ -65,6 +72,11 @@ struct Counters {
     published: AtomicU64,
     duplicates: AtomicU64,
     errors: AtomicU64,
+    shreds: AtomicU64,
+    /// The store's count of key changes whose shreds JetStream holds; `u64::MAX` until the
+    /// first scan, so a restarted publisher publishes them all again (and JetStream drops
+    /// those it has).
+    key_changes: AtomicU64,
 }
 
 /// Publishes a store's committed events to a JetStream stream, in seq order, each exactly
@@ -118,7 +130,17 @@ impl Publisher {
         })
         .await
         .map_err(ReplicationError::nats)?;
-        let counters = Counters::default();
+        if db.is_encrypted() {
+            js.get_or_create_stream(stream::Config {
+                name: config.shred_stream.clone(),
+                subjects: vec![format!("{}-shreds.>", config.prefix)],
+                duplicate_window: config.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(ReplicationError::nats)?;
+        }
+        let counters = Counters { key_changes: AtomicU64::new(u64::MAX), ..Counters::default() };
         counters.position.store(db.checkpoint(&config.checkpoint)?, Ordering::Relaxed);
         Ok(Publisher { db, store, js, config: Arc::new(config), counters: Arc::new(counters) })
     }
@@ -132,6 +154,7 @@ impl Publisher {
             published: c.published.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            shreds: c.shreds.load(Ordering::Relaxed),
         }
     }
 
@@ -144,8 +167,8 @@ impl Publisher {
         Ok(last.saturating_sub(self.counters.position.load(Ordering::Relaxed)))
     }
 
-    /// Publishes until JetStream holds every event committed so far; returns the last seq
-    /// published.
+    /// Publishes until JetStream holds every event committed so far, and, for an encrypted
+    /// store, every shred; returns the last seq published.
     ///
     /// # Errors
     /// [`ReplicationError::Nats`] when NATS fails (the checkpoint keeps what was confirmed);
@@ -156,6 +179,8 @@ impl Publisher {
     /// duplicate when published again.
     pub async fn publish_available(&self) -> Result<u64, ReplicationError> {
         loop {
+            // One `meta` read a round while nothing was shredded or rotated.
+            self.publish_shreds().await?;
             let position = self.counters.position.load(Ordering::Relaxed);
             let db = self.db.clone();
             let batch = self.config.batch.max(1);
@@ -182,12 +207,21 @@ impl Publisher {
                 }
             }
             let mut confirmed = position;
-            for ack in acks {
+            for (ack, event) in acks.into_iter().zip(&events) {
                 match ack.await {
-                    Ok(ack) => {
-                        let counter =
-                            if ack.duplicate { &self.counters.duplicates } else { &self.counters.published };
-                        counter.fetch_add(1, Ordering::Relaxed);
+                    Ok(ack) if ack.duplicate => {
+                        // Another store of this identity (a promoted replica's old leader) may
+                        // hold this seq with another event: a duplicate counts only if its
+                        // record is this one.
+                        if let Err(e) = self.check_duplicate(ack.sequence, event).await {
+                            failure.get_or_insert(e);
+                            break;
+                        }
+                        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        confirmed += 1;
+                    }
+                    Ok(_) => {
+                        self.counters.published.fetch_add(1, Ordering::Relaxed);
                         confirmed += 1;
                     }
                     Err(err) => {
@@ -214,7 +248,54 @@ impl Publisher {
         }
     }
 
+    /// Publishes the store's shreds if its key changes moved since the last time.
+    async fn publish_shreds(&self) -> Result<(), ReplicationError> {
+        if !self.db.is_encrypted() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let known = self.counters.key_changes.load(Ordering::Relaxed);
+        let (changes, shreds) = tokio::task::spawn_blocking(move || db.export_shreds(known))
+            .await
+            .map_err(|e| ReplicationError::Nats(format!("store read task failed: {e}")))??;
+        let mut acks = Vec::with_capacity(shreds.len());
+        for shred in &shreds {
+            let subject = wire::shred_subject(&self.config.prefix, shred.stream());
+            let headers = wire::shred_headers(self.store, shred);
+            let ack = self.js.publish_with_headers(subject, headers, wire::encode_shred(shred)).await;
+            acks.push(ack.map_err(ReplicationError::nats)?);
+        }
+        for ack in acks {
+            if !ack.await.map_err(ReplicationError::nats)?.duplicate {
+                self.counters.shreds.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.counters.key_changes.store(changes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checks that the message JetStream holds at `stream_sequence`, which it reported as a
+    /// duplicate of `event`, carries `event`'s record.
+    async fn check_duplicate(
+        &self,
+        stream_sequence: u64,
+        event: &varvedb::ReplicatedEvent,
+    ) -> Result<(), ReplicationError> {
+        let stream = self.js.get_stream(&self.config.stream).await.map_err(ReplicationError::nats)?;
+        let msg = stream.get_raw_message(stream_sequence).await.map_err(ReplicationError::nats)?;
+        let stored = wire::decode(event.seq(), stream_sequence, &msg.payload);
+        match stored {
+            Ok(stored) if stream_sequence == event.seq() && stored.record() == event.record() => Ok(()),
+            _ => Err(ReplicationError::NotOneLog { stream_sequence, seq: event.seq() }),
+        }
+    }
+
     /// The seq of the last event in the JetStream stream, if that event is this store's.
+    ///
+    /// # Errors
+    /// [`ReplicationError::NotOneLog`] if it carries this store's identity but not its event
+    /// at that seq: another store of the same identity wrote it (a promoted replica and its
+    /// old leader), and continuing after it would splice two logs.
     async fn stream_end(&self) -> Result<Option<u64>, ReplicationError> {
         let mut stream = self.js.get_stream(&self.config.stream).await.map_err(ReplicationError::nats)?;
         let last = stream.info().await.map_err(ReplicationError::nats)?.state.last_sequence;
@@ -224,7 +305,18 @@ impl Publisher {
         let msg = stream.get_raw_message(last).await.map_err(ReplicationError::nats)?;
         let id = msg.headers.get(wire::MSG_ID).map(|v| v.as_str().to_owned());
         let seq = wire::seq_of(Some(&msg.headers), last)?;
-        Ok((id == Some(wire::message_id(self.store, seq))).then_some(seq))
+        if id != Some(wire::message_id(self.store, seq)) {
+            return Ok(None);
+        }
+        let theirs = wire::decode(seq, last, &msg.payload)?;
+        let db = self.db.clone();
+        let ours = tokio::task::spawn_blocking(move || db.export_replicated(seq - 1, 1))
+            .await
+            .map_err(|e| ReplicationError::Nats(format!("store read task failed: {e}")))??;
+        match ours.first() {
+            Some(ours) if ours.seq() == seq && ours.record() == theirs.record() => Ok(Some(seq)),
+            _ => Err(ReplicationError::NotOneLog { stream_sequence: last, seq }),
+        }
     }
 
     async fn save(&self, position: u64) -> Result<(), ReplicationError> {

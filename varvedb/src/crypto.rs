@@ -238,6 +238,9 @@ pub(crate) struct Master {
     keys_mac: Zeroizing<[u8; KEY_LEN]>,
     /// MACs the clear headers of shredded events.
     header_mac: Zeroizing<[u8; KEY_LEN]>,
+    /// Makes the check value; kept so that an empty replica can move to its leader's epoch
+    /// ([`Master::at_epoch`]) without the master key itself.
+    check_key: Zeroizing<[u8; KEY_LEN]>,
     /// The check value stored in `meta` for this master. The writer compares the stored bytes
     /// with it in every transaction: another process that rotated the key (or a build that
     /// lost it) cannot go unnoticed.
@@ -307,24 +310,32 @@ impl Master {
         };
         let wrap_key = derive(WRAP_CONTEXT);
         let check_key = derive(CHECK_CONTEXT);
-        let mut check = [0u8; CHECK_LEN];
-        check[0] = CHECK;
-        check[1..5].copy_from_slice(&epoch.to_le_bytes());
-        let mut input = [0u8; CHECK_DOMAIN.len() + 16 + 4];
-        input[..CHECK_DOMAIN.len()].copy_from_slice(CHECK_DOMAIN);
-        input[CHECK_DOMAIN.len()..CHECK_DOMAIN.len() + 16].copy_from_slice(store.as_bytes());
-        input[CHECK_DOMAIN.len() + 16..].copy_from_slice(&epoch.to_le_bytes());
-        let mut h = blake3::Hasher::new_keyed(&check_key);
-        h.update(&input);
-        check[5..].copy_from_slice(&finish(h));
         let master = Master {
             epoch,
             store,
+            check: check_value(&check_key, store, epoch),
             wrap: expand(&wrap_key),
             keys_mac: derive(KEYS_CONTEXT),
             header_mac: derive(HEADER_CONTEXT),
-            check,
+            check_key,
             seen: std::sync::Mutex::new(Seen::default()),
+        };
+        scrub_stack();
+        master
+    }
+
+    /// This master at another epoch of the same key: for a replica that holds no key yet and
+    /// meets its leader's keys, wrapped at the epoch the leader has reached by rotations.
+    pub(crate) fn at_epoch(&self, epoch: u32) -> Master {
+        let master = Master {
+            epoch,
+            store: self.store,
+            check: check_value(&self.check_key, self.store, epoch),
+            wrap: self.wrap.clone(),
+            keys_mac: self.keys_mac.clone(),
+            header_mac: self.header_mac.clone(),
+            check_key: self.check_key.clone(),
+            seen: std::sync::Mutex::new(self.seen().clone()),
         };
         scrub_stack();
         master
@@ -581,6 +592,31 @@ impl Master {
         h.update(aad_head);
         finish(h)
     }
+}
+
+/// The `meta` check value of the master whose check key is `check_key`, in `store` at `epoch`.
+fn check_value(check_key: &[u8; KEY_LEN], store: StoreId, epoch: u32) -> [u8; CHECK_LEN] {
+    let mut check = [0u8; CHECK_LEN];
+    check[0] = CHECK;
+    check[1..5].copy_from_slice(&epoch.to_le_bytes());
+    let mut input = [0u8; CHECK_DOMAIN.len() + 16 + 4];
+    input[..CHECK_DOMAIN.len()].copy_from_slice(CHECK_DOMAIN);
+    input[CHECK_DOMAIN.len()..CHECK_DOMAIN.len() + 16].copy_from_slice(store.as_bytes());
+    input[CHECK_DOMAIN.len() + 16..].copy_from_slice(&epoch.to_le_bytes());
+    let mut h = blake3::Hasher::new_keyed(check_key);
+    h.update(&input);
+    check[5..].copy_from_slice(&finish(h));
+    check
+}
+
+/// The master epoch a `keys` value (wrapped key or shredded marker) was made at.
+pub(crate) fn key_epoch(value: &[u8]) -> Option<u32> {
+    match value.first() {
+        Some(&SHREDDED) if value.len() == SHREDDED_LEN => {}
+        Some(&WRAPPED) if value.len() == WRAPPED_LEN => {}
+        _ => return None,
+    }
+    Some(u32::from_le_bytes(value[1..5].try_into().ok()?))
 }
 
 /// The hash of a keyed hasher, whose state (the key among it) is then zeroed.

@@ -517,11 +517,28 @@ pub enum Error {
         reason: String,
     },
 
-    /// Replication does not cover this store's configuration. Nothing was written.
-    #[error("replication does not support {what}")]
-    ReplicationUnsupported {
-        /// What is not supported.
-        what: &'static str,
+    /// A replicated key (a wrapped data key or a shredded marker) was made at another epoch
+    /// of the master key than the replica's: the leader rotated its master key
+    /// (`leader > replica`). Reopen the replica with the leader's new key, or rotate it to
+    /// that key ([`Varve::rotate_master_key`](crate::Varve::rotate_master_key), once per
+    /// rotation of the leader), then import again. Nothing was written.
+    #[error("the leader's keys are at master key epoch {leader}, the replica's at {replica}")]
+    ReplicaKeyEpoch {
+        /// The epoch of the leader's key.
+        leader: u32,
+        /// The replica's epoch.
+        replica: u32,
+    },
+
+    /// A replicated shred applies once the replica's log reaches the leader's last seq when
+    /// it was exported (`after`); the replica is at `last`. Import the events up to it
+    /// first. Nothing was written.
+    #[error("the shred applies once the replica reaches seq {after}; it is at {last}")]
+    ShredAhead {
+        /// The seq the replica must reach.
+        after: u64,
+        /// The replica's last seq.
+        last: u64,
     },
 
     /// A store identity in text is not 32 hex digits.

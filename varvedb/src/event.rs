@@ -470,6 +470,17 @@ pub struct ReplicatedEvent {
     pub(crate) record: Bytes,
     pub(crate) blob: Option<Bytes>,
     pub(crate) stream_kind: Option<Arc<str>>,
+    /// An encrypted store's: the stream's `keys` entry, with its first event or once it
+    /// is shredded.
+    pub(crate) stream_key: Option<Bytes>,
+    /// An encrypted store's: the MAC of a shredded event's clear header.
+    pub(crate) header_mac: Option<[u8; 32]>,
+    /// Whether the record is sealed.
+    pub(crate) sealed: bool,
+    /// Entries of the leader's schema registry the event needs (its type's fingerprint and
+    /// layout, its stream kind's event list, typed metadata layouts), as `schema` table keys
+    /// and values; carried with the first event of an export that needs each.
+    pub(crate) schema: Vec<(Bytes, Bytes)>,
 }
 
 impl ReplicatedEvent {
@@ -477,39 +488,46 @@ impl ReplicatedEvent {
     /// seq), its layout, that `blob` is the one it names (present, same length and hash),
     /// or absent if it names none, and that `stream_kind` is 1 to 255 bytes if given.
     ///
+    /// An encrypted store's record names its blob too; it may come without it when its
+    /// stream was shredded on the leader (which deletes a shredded stream's blobs), and the
+    /// import then requires the stream's shredded marker
+    /// ([`with_key_material`](Self::with_key_material)).
+    ///
     /// # Errors
     /// [`Error::ReplicaMismatch`] if the record is damaged or not stored under `seq`, the
-    /// blob does not match, or the kind is empty or too long;
-    /// [`Error::ReplicationUnsupported`] for an encrypted record.
+    /// blob does not match, or the kind is empty or too long.
     pub fn from_parts(
         seq: u64,
         record: impl Into<Bytes>,
         blob: Option<Vec<u8>>,
         stream_kind: Option<&str>,
     ) -> Result<Self, Error> {
+        use crate::record::{Body, Content};
         let record: Bytes = record.into();
         let mismatch = |reason: String| Error::ReplicaMismatch { seq, reason };
         if stream_kind.is_some_and(|k| k.is_empty() || k.len() > 255) {
             return Err(mismatch("a stream kind must be 1 to 255 bytes".into()));
         }
         let env = crate::record::Envelope::decode(seq, &record).map_err(|e| mismatch(e.to_string()))?;
-        match env.content {
-            crate::record::Content::Sealed { .. } => {
-                return Err(Error::ReplicationUnsupported { what: "encrypted stores" });
-            }
-            crate::record::Content::Plain { body: crate::record::Body::Inline(_), .. } => {
+        let (sealed, body) = match env.content {
+            Content::Sealed { body, .. } => (true, body),
+            Content::Plain { body, .. } => (false, body),
+        };
+        match body {
+            Body::Inline(_) => {
                 if blob.is_some() {
                     return Err(mismatch("a blob came with a record that names none".into()));
                 }
             }
-            crate::record::Content::Plain { body: crate::record::Body::Blob { hash, len }, .. } => {
-                let Some(blob) = &blob else {
-                    return Err(mismatch("the record names a blob that did not come with it".into()));
-                };
-                if blob.len() != len as usize || crate::record::blob_hash(blob) != *hash {
-                    return Err(mismatch("the blob is not the one the record names".into()));
+            Body::Blob { hash, len } => match &blob {
+                None if sealed => {}
+                None => return Err(mismatch("the record names a blob that did not come with it".into())),
+                Some(blob) => {
+                    if blob.len() != len as usize || crate::record::blob_hash(blob) != *hash {
+                        return Err(mismatch("the blob is not the one the record names".into()));
+                    }
                 }
-            }
+            },
         }
         Ok(ReplicatedEvent {
             seq,
@@ -519,6 +537,10 @@ impl ReplicatedEvent {
             blob: blob.map(Bytes::from),
             record,
             stream_kind: stream_kind.map(Arc::from),
+            stream_key: None,
+            header_mac: None,
+            sealed,
+            schema: Vec::new(),
         })
     }
 
@@ -591,7 +613,85 @@ impl ReplicatedEvent {
             record: record.into(),
             blob,
             stream_kind: stream_kind.map(Arc::from),
+            stream_key: None,
+            header_mac: None,
+            sealed: false,
+            schema: Vec::new(),
         })
+    }
+
+    /// Adds the entries of the leader's schema registry that came with the event
+    /// ([`schema_entries`](Self::schema_entries)), so the replica's typed reads check and
+    /// describe events as the leader's do.
+    ///
+    /// # Errors
+    /// [`Error::ReplicaMismatch`] for a key that is no registry entry's.
+    pub fn with_schema_entries(mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, Error> {
+        use crate::storage::key;
+        for (k, _) in &entries {
+            if key::decode_schema(k).is_none() && !key::is_kind_events(k) && !key::is_meta_layout(k) {
+                return Err(Error::ReplicaMismatch {
+                    seq: self.seq,
+                    reason: "a schema entry with a key of no registry entry".into(),
+                });
+            }
+        }
+        self.schema = entries.into_iter().map(|(k, v)| (Bytes::from(k), Bytes::from(v))).collect();
+        Ok(self)
+    }
+
+    /// Entries of the leader's schema registry (keys and values of its `schema` table, see
+    /// `docs/design.md`) that came with this event: the fingerprint and layout of its type
+    /// and schema version, its stream kind's event list, and typed metadata layouts, each
+    /// with the first event of an export that needs it.
+    pub fn schema_entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.schema.iter().map(|(k, v)| (&k[..], &v[..]))
+    }
+
+    /// Adds what an encrypted store's event carries besides its record: `stream_key`, the
+    /// stream's entry of the leader's `keys` table (its wrapped data key, with the stream's
+    /// first event, or its shredded marker), and `header_mac`, a shredded event's header
+    /// MAC. Both are opaque here; the import authenticates them under the replica's master
+    /// key.
+    ///
+    /// # Errors
+    /// [`Error::ReplicaMismatch`] for a record that is not sealed, or a `keys` entry of
+    /// neither shape.
+    pub fn with_key_material(
+        mut self,
+        stream_key: Option<Vec<u8>>,
+        header_mac: Option<[u8; 32]>,
+    ) -> Result<Self, Error> {
+        let mismatch = |reason: &str| Error::ReplicaMismatch { seq: self.seq, reason: reason.to_owned() };
+        if (stream_key.is_some() || header_mac.is_some()) && !self.sealed {
+            return Err(mismatch("key material came with an event that is not encrypted"));
+        }
+        if stream_key.as_deref().is_some_and(|k| crate::crypto::key_epoch(k).is_none()) {
+            return Err(mismatch("the stream's key is neither a wrapped key nor a shredded marker"));
+        }
+        self.stream_key = stream_key.map(Bytes::from);
+        self.header_mac = header_mac;
+        Ok(self)
+    }
+
+    /// An encrypted store's event: the stream's `keys` entry on the leader (wrapped data key
+    /// or shredded marker), carried with the stream's first event and with every event of a
+    /// shredded stream.
+    #[must_use]
+    pub fn stream_key(&self) -> Option<&[u8]> {
+        self.stream_key.as_deref()
+    }
+
+    /// An encrypted store's shredded event: the MAC of its clear header, the leader's.
+    #[must_use]
+    pub fn header_mac(&self) -> Option<&[u8; 32]> {
+        self.header_mac.as_ref()
+    }
+
+    /// Whether the record is sealed (an encrypted store's).
+    #[must_use]
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
     }
 
     /// Global sequence number, the leader's.
@@ -634,5 +734,62 @@ impl ReplicatedEvent {
     #[must_use]
     pub fn blob(&self) -> Option<&[u8]> {
         self.blob.as_deref()
+    }
+}
+
+/// A stream shredded on an encrypted leader, for its replicas: the stream, the leader's
+/// shredded marker (which only the master key can make) and the leader's last seq when this
+/// was taken. A shred changes no event, so it travels apart from the log; a replica applies
+/// it ([`Varve::import_shred`](crate::Varve::import_shred)) once its log reaches `after`,
+/// which then holds every event of the stream as the leader had it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedShred {
+    pub(crate) stream: StreamId,
+    pub(crate) after: u64,
+    pub(crate) marker: Bytes,
+}
+
+impl ReplicatedShred {
+    /// A shred received from a leader. The marker is opaque here: the import authenticates it.
+    ///
+    /// # Errors
+    /// [`Error::ReplicaMismatch`] (at seq `after`) for a marker of the wrong shape.
+    pub fn from_parts(
+        stream: impl Into<StreamId>,
+        after: u64,
+        marker: impl Into<Bytes>,
+    ) -> Result<Self, Error> {
+        let marker: Bytes = marker.into();
+        if !crate::crypto::Master::is_marker(&marker) {
+            return Err(Error::ReplicaMismatch {
+                seq: after,
+                reason: "a shred without a shredded marker".into(),
+            });
+        }
+        Ok(ReplicatedShred { stream: stream.into(), after, marker })
+    }
+
+    /// The shredded stream.
+    #[must_use]
+    pub fn stream(&self) -> StreamId {
+        self.stream
+    }
+
+    /// The leader's last seq when the shred was exported: a replica applies it at or past it.
+    #[must_use]
+    pub fn after(&self) -> u64 {
+        self.after
+    }
+
+    /// The leader's shredded marker of the stream.
+    #[must_use]
+    pub fn marker(&self) -> &[u8] {
+        &self.marker
+    }
+
+    /// The master key epoch the marker was sealed at (1 at creation, +1 per rotation).
+    #[must_use]
+    pub fn key_epoch(&self) -> u32 {
+        crate::crypto::key_epoch(&self.marker).unwrap_or_default()
     }
 }

@@ -99,7 +99,7 @@ mod writer;
 pub use batch::{Appended, ExpectedVersion, NewEvent, WriteBatch};
 pub use crypto::{KEY_LEN, MasterKey, StoreId};
 pub use error::{Error, LayoutError, StorageError};
-pub use event::{EventFields, OwnedEvent, RecordedEvent, ReplicatedEvent};
+pub use event::{EventFields, OwnedEvent, RecordedEvent, ReplicatedEvent, ReplicatedShred};
 pub use id::StreamId;
 pub use layout::{Collection, Describe, Fields, Layout};
 pub use lmdb_file::{FileCoverage, FileReport, TableReport, verify_file};

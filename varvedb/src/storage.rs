@@ -50,6 +50,9 @@ pub(crate) mod meta_key {
     /// Present, one byte 1, when the store keeps the Merkle tree over the log (the `merkle`
     /// table; see `tlog`).
     pub(crate) const MERKLE_TREE: &[u8] = b"merkle_tree";
+    /// Present once a stream was shredded or the master key rotated: how many times, `u64
+    /// LE`. A replication publisher looks for key changes no event carries when it moves.
+    pub(crate) const KEY_CHANGES: &[u8] = b"key_changes";
 }
 
 /// Table names. Renaming one is a format change.

@@ -1,14 +1,14 @@
 //! Crypto-shredding and master-key rotation: the key operations of an open encrypted store.
 
-use std::ops::Bound::{Included, Unbounded};
+use std::ops::Bound::Unbounded;
 use std::sync::Arc;
 
-use crate::crypto::{KeysAuth, MAC_LEN, MasterKey, StreamKey, constant_time_eq, xor_into};
+use crate::crypto::{KeysAuth, MAC_LEN, MasterKey, constant_time_eq, xor_into};
 use crate::error::Error;
 use crate::id::StreamId;
-use crate::key_record::{ensure_current, stream_of, update_keys_auth, verify_keys};
-use crate::record::{self, Body, Content, Envelope, HASH_LEN};
-use crate::storage::{key, meta_key, value};
+use crate::key_record::{count_key_change, ensure_current, shred_in, stream_of, verify_keys};
+use crate::record::{Content, Envelope};
+use crate::storage::{key, meta_key};
 use crate::store::Varve;
 
 impl Varve {
@@ -61,73 +61,12 @@ impl Varve {
             .ok_or(Error::NotEncrypted { reason: "only an encrypted store can shred a stream" })?;
         let stream = stream.into().as_u128();
         let storage = self.storage();
-        let tables = storage.tables;
         let mut txn = storage.write_txn()?;
         let master = Arc::clone(&encryption.read());
         ensure_current(storage, &txn, Some(&master))?;
-        let k = key::stream(stream);
-        let old = storage.get(&txn, tables.keys, &k)?.map(<[u8]>::to_vec);
-        // A value that is not a valid marker (damaged, forged) is overwritten by a real one.
-        let data_key = match old.as_deref().map(|v| master.unwrap(stream, v)) {
-            Some(Ok(StreamKey::Shredded { .. })) => return Ok(false),
-            Some(Ok(StreamKey::Key(cipher))) => Some(cipher),
-            Some(Err(_)) | None => None,
+        let Some(generation) = shred_in(storage, &mut txn, &master, stream, None)? else {
+            return Ok(false);
         };
-        let mut blobs: Vec<[u8; HASH_LEN]> = Vec::new();
-        let mut headers: Vec<(u64, [u8; MAC_LEN])> = Vec::new();
-        let mut plain = zeroize::Zeroizing::new(Vec::new());
-        let mut last_version = 0u32;
-        let from = key::stream_version(stream, 0);
-        let to = key::stream_version(stream, u32::MAX);
-        for entry in storage.entries(&txn, tables.streams, (Included(&from[..]), Included(&to[..])), false)? {
-            let (k, v) = entry?;
-            if let Some(version) = k.get(16..20).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes) {
-                last_version = last_version.max(version);
-            }
-            let Some(seq) = value::decode_seq(v) else { continue };
-            let Some(raw) = storage.get(&txn, tables.events, &key::seq(seq))? else { continue };
-            // A damaged record cannot name a blob, and one that is not this stream's (a
-            // tampered index) must not lose its blob; shredding the key goes ahead regardless.
-            let Ok(Envelope { head, content: Content::Sealed { metadata_len, payload_len, aad_head, body } }) =
-                Envelope::decode(seq, raw)
-            else {
-                continue;
-            };
-            if head.stream != stream {
-                continue;
-            }
-            // The clear header stays authenticated once the key is gone: under a MAC, given
-            // only to a header its sealed body vouches for now. A record that fails to open
-            // gets none, and reads as damaged afterwards.
-            let sealed = match body {
-                Body::Blob { hash, len } => {
-                    blobs.push(*hash);
-                    storage.blob(&txn, seq, hash, len).ok()
-                }
-                Body::Inline(sealed) => Some(sealed),
-            };
-            if let (Some(cipher), Some(sealed)) = (&data_key, sealed) {
-                plain.clear();
-                plain.resize(metadata_len as usize + payload_len as usize, 0);
-                if record::open_sealed(cipher, seq, aad_head, sealed, &mut plain).is_ok() {
-                    headers.push((seq, master.header_mac(seq, aad_head)));
-                }
-            }
-        }
-        drop(plain);
-        for hash in &blobs {
-            storage.delete(&mut txn, tables.blobs, hash)?;
-        }
-        for (seq, mac) in &headers {
-            storage.put(&mut txn, tables.shredded_headers, &key::seq(*seq), mac)?;
-        }
-        let marker = master.shredded_marker(stream, last_version)?;
-        let mut delta = master.keys_entry(stream, &marker);
-        if let Some(old) = &old {
-            xor_into(&mut delta, &master.keys_entry(stream, old));
-        }
-        storage.put(&mut txn, tables.keys, &k, &marker)?;
-        let generation = update_keys_auth(storage, &mut txn, &master, &delta)?;
         storage.commit(txn)?;
         master.saw_keys_generation(generation);
         Ok(true)
@@ -225,6 +164,7 @@ impl Varve {
             storage.put(&mut txn, tables.shredded_headers, k, &remade)?;
         }
         storage.put(&mut txn, tables.meta, meta_key::ENCRYPTION, new.check_value())?;
+        count_key_change(storage, &mut txn)?;
         // Readers take the read lock around starting their transaction: holding the write lock
         // across commit and swap (only, not the re-wrapping above) means none of them pairs
         // the new keys with the old master or the reverse.

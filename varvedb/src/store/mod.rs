@@ -49,6 +49,7 @@ pub struct Options {
     durability: Durability,
     replica: bool,
     read_only: bool,
+    leader: Option<StoreId>,
 }
 
 impl Default for Options {
@@ -64,6 +65,7 @@ impl Default for Options {
             durability: Durability::Immediate,
             replica: false,
             read_only: false,
+            leader: None,
         }
     }
 }
@@ -239,12 +241,18 @@ impl Options {
     /// through [`Varve::import_replicated`], which keeps the leader's seqs, versions,
     /// timestamps, ids and bytes, and refuses local appends with [`Error::ReadOnlyReplica`].
     /// Reads, subscriptions, projections and processors work as on any store. Off by
-    /// default.
+    /// default. A replica of an encrypted store is opened with
+    /// [`replica_of`](Self::replica_of) instead.
     ///
-    /// The mode belongs to the handle, not to the file: a replica opened without it takes
-    /// appends, and its log then leaves its leader's for good (a later import fails with
-    /// [`Error::ReplicaMismatch`] or [`Error::ReplicaGap`]). Encrypted stores and stores
-    /// that keep a Merkle tree are not replicated ([`Error::ReplicationUnsupported`]).
+    /// **The mode belongs to this handle, not to the file**: nothing in the store says it is
+    /// a replica. Opening it without this option *promotes* it, deliberately or not: it takes
+    /// appends, which continue its log after the last imported seq, with its own timestamps
+    /// and ids; its schema registry, keys and tree (if any) are the leader's up to there.
+    /// From its first local append on, its log has left the leader's for good: opened as a
+    /// replica again, it refuses the leader's next event ([`Error::ReplicaGap`], as its own
+    /// holds that seq). A promoted replica made with [`replica_of`](Self::replica_of) keeps
+    /// its leader's identity ([`Varve::store_id`]); publish its events to a new JetStream
+    /// stream, not to the one its old leader's are in.
     ///
     /// ```
     /// use varvedb::{Error, ExpectedVersion, NewEvent, Options};
@@ -252,6 +260,9 @@ impl Options {
     /// let replica = Options::new().replica(true).open(dir.path())?;
     /// let local = replica.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]);
     /// assert!(matches!(local, Err(Error::ReadOnlyReplica)));
+    /// drop(replica);
+    /// let promoted = Options::new().open(dir.path())?; // the same file, now a leader
+    /// promoted.append(1u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())])?;
     /// # Ok::<(), varvedb::Error>(())
     /// ```
     #[must_use]
@@ -292,6 +303,37 @@ impl Options {
     #[must_use]
     pub fn read_only(mut self, on: bool) -> Self {
         self.read_only = on;
+        self
+    }
+
+    /// Opens the store as a read replica ([`replica`](Self::replica)) of the store whose
+    /// identity is `leader` ([`Varve::store_id`] on the leader; the replication publisher
+    /// names its messages by it). A store that holds nothing yet takes that identity; one
+    /// that holds events or keys under another identity is [`Error::StoreMismatch`].
+    ///
+    /// A replica of an encrypted store needs it: every key of an encrypted store is derived
+    /// from the master key *and* the identity (see `docs/encryption.md`), so the replica
+    /// takes the leader's identity and is opened with the leader's master key, and then
+    /// holds the leader's wrapped keys, sealed events and shredded markers byte for byte,
+    /// readable as on the leader. A replica of a plain store may keep its own identity.
+    ///
+    /// ```
+    /// use varvedb::{ExpectedVersion, MasterKey, NewEvent, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let replica_dir = tempfile::tempdir()?;
+    /// let key = MasterKey::generate()?;
+    /// let leader = Options::new().encryption_key(key.clone()).open(dir.path())?;
+    /// leader.append(7u128, ExpectedVersion::Auto, [NewEvent::new("noted", b"secret".to_vec())])?;
+    /// let id = leader.store_id().unwrap();
+    /// let replica = Options::new().encryption_key(key).replica_of(id).open(replica_dir.path())?;
+    /// replica.import_replicated(&leader.export_replicated(0, 100)?)?;
+    /// assert_eq!(replica.begin_read()?.event(1)?.unwrap().payload(), b"secret");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn replica_of(mut self, leader: StoreId) -> Self {
+        self.replica = true;
+        self.leader = Some(leader);
         self
     }
 
@@ -338,7 +380,13 @@ impl Options {
                 read_only: self.read_only,
             },
         )?);
-        let opened = crate::key_record::open(&storage, path, self.encryption.as_ref(), self.expect_store_id)?;
+        let opened = crate::key_record::open(
+            &storage,
+            path,
+            self.encryption.as_ref(),
+            self.expect_store_id,
+            self.leader,
+        )?;
         // The master key itself is not kept: only the keys derived from it for this store,
         // which a rotation replaces.
         self.encryption = None;
