@@ -179,3 +179,25 @@ fn an_encrypted_store_reads_with_its_key() {
     drop(db);
     assert!(file_bytes(dir.path()) == before);
 }
+
+#[test]
+fn a_replica_takes_its_leaders_identity_only_in_a_write_open() {
+    let (leader_dir, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Varve::open(leader_dir.path()).unwrap();
+    leader.append(1u128, ExpectedVersion::Auto, [event(1)]).unwrap();
+    let id = leader.store_id().unwrap();
+    drop(Varve::open(dir.path()).unwrap());
+    let before = file_bytes(dir.path());
+
+    let refused = read_only().replica_of(id).open(dir.path());
+    assert!(matches!(refused, Err(Error::NeedsWriteOpen { .. })), "{:?}", refused.err());
+    assert_eq!(file_bytes(dir.path()), before);
+
+    // Once a write open has adopted the identity, a read-only open of the replica works.
+    let replica = Options::new().replica_of(id).open(dir.path()).unwrap();
+    replica.import_replicated(&leader.export_replicated(0, 10).unwrap()).unwrap();
+    drop(replica);
+    let view = read_only().replica_of(id).open(dir.path()).unwrap();
+    assert_eq!(view.store_id(), Some(id));
+    assert_eq!(view.begin_read().unwrap().last_seq().unwrap(), 1);
+}
