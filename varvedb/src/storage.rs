@@ -543,7 +543,7 @@ pub(crate) struct StorageConfig {
     /// format version, in the creation's one commit).
     pub(crate) merkle_tree: bool,
     /// Commits write their meta page without a flush (`MDB_NOMETASYNC`), made durable by
-    /// the next flush: for relaxed durability (see [`Storage::commit_deferred`]).
+    /// the next flush: for the writer's pipelined commits (see [`Storage::commit_deferred`]).
     pub(crate) defer_meta_sync: bool,
 }
 
@@ -715,7 +715,13 @@ impl Storage {
     /// `before` is the writer's last ticket, read before.
     fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket) -> Result<(), Error> {
         match self.commit_unsynced(txn) {
-            Err(e @ (Error::OutcomeUnknown { .. } | Error::NeedsReopen { .. })) => Err(e),
+            Err(e @ Error::OutcomeUnknown { .. }) => {
+                // The meta-page write failed. LMDB writes it only once the commit's data
+                // flush has returned success, and that flush carried the last meta page.
+                self.tickets.flushed(before);
+                Err(e)
+            }
+            Err(e @ Error::NeedsReopen { .. }) => Err(e),
             // The failure may have been the data flush that was to carry the writer's last
             // meta page: after a failed flush no later one proves that page written, and a
             // commit on top could reuse pages the commit before it still needs. So the
