@@ -91,7 +91,12 @@ fn percentiles(calls: &mut [Duration]) -> String {
         return String::new();
     }
     calls.sort_unstable();
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "an index")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index"
+    )]
     let at = |q: f64| calls[((calls.len() as f64 * q) as usize).min(calls.len() - 1)].as_secs_f64() * 1e6;
     format!(" (call p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs)", at(0.5), at(0.99), at(0.999))
 }
@@ -112,7 +117,10 @@ pub(crate) fn concurrent(dir: &Path, durability: Durability, time: Duration) -> 
                     barrier.wait();
                     while !stop.load(Ordering::Relaxed) {
                         let call = Instant::now();
-                        stream.append(ExpectedVersion::Exact(calls.len() as u32), payment(calls.len() as u64))?;
+                        stream.append(
+                            ExpectedVersion::Exact(calls.len() as u32),
+                            payment(calls.len() as u64),
+                        )?;
                         calls.push(call.elapsed());
                     }
                     Ok(calls)
