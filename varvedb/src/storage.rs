@@ -716,9 +716,15 @@ impl Storage {
     fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket) -> Result<(), Error> {
         match self.commit_unsynced(txn) {
             Err(e @ Error::OutcomeUnknown { .. }) => {
-                // The meta-page write failed. LMDB writes it only once the commit's data
-                // flush has returned success, and that flush carried the last meta page.
-                self.tickets.flushed(before);
+                // LMDB gives up (`MDB_PANIC`) only when a meta-page write fails, and this
+                // commit began after every other of this process: so it was this commit's
+                // meta page, which LMDB writes only once the commit's data flush has returned
+                // success, and that flush carried the last meta page. (The storage may also
+                // have stopped meanwhile for a failed flush elsewhere; then LMDB is not
+                // panicked and nothing is proved.)
+                if self.lmdb_panicked() {
+                    self.tickets.flushed(before);
+                }
                 Err(e)
             }
             Err(e @ Error::NeedsReopen { .. }) => Err(e),
@@ -732,6 +738,13 @@ impl Storage {
             }
             other => other,
         }
+    }
+
+    /// Whether LMDB refuses every transaction of this environment (`MDB_PANIC`).
+    fn lmdb_panicked(&self) -> bool {
+        // Counted as live, as every transaction is, so that the map cannot move meanwhile.
+        let _live = self.txns.enter();
+        matches!(self.env.read_txn(), Err(heed::Error::Mdb(MdbError::Panic)))
     }
 
     fn commit_unsynced(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
