@@ -36,17 +36,21 @@ pub(crate) fn append(dir: &Path, durability: Durability, shape: Shape, time: Dur
     let db = open_with(dir, durability)?;
     let ids = crate::spread_ids();
     let mut n = 0u64;
+    // Each call's time, to one stream: the latency a single writer sees.
+    let mut calls = Vec::new();
     let start = Instant::now();
     match shape {
         Shape::OneStream { batch } => {
             let stream = db.stream::<Account>(ids[0]);
             let mut version = 0;
             loop {
+                let call = Instant::now();
                 let done = if batch == 1 {
                     stream.append(ExpectedVersion::Exact(version), payment(n))?
                 } else {
                     stream.append_all(ExpectedVersion::Exact(version), (n..n + batch).map(payment))?
                 };
+                calls.push(call.elapsed());
                 version = done.last_version;
                 n += batch;
                 if start.elapsed() >= time {
@@ -76,7 +80,25 @@ pub(crate) fn append(dir: &Path, durability: Durability, shape: Shape, time: Dur
             }
         }
     }
-    Ok(Sample::new(n, start.elapsed()))
+    let mut sample = Sample::new(n, start.elapsed());
+    sample.note = percentiles(&mut calls);
+    Ok(sample)
+}
+
+/// `" (call p50 …, p99 …, p99.9 …)"` of the calls' times, or nothing without calls.
+fn percentiles(calls: &mut [Duration]) -> String {
+    if calls.is_empty() {
+        return String::new();
+    }
+    calls.sort_unstable();
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index"
+    )]
+    let at = |q: f64| calls[((calls.len() as f64 * q) as usize).min(calls.len() - 1)].as_secs_f64() * 1e6;
+    format!(" (call p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs)", at(0.5), at(0.99), at(0.999))
 }
 
 /// `CONCURRENT_WRITERS` threads appending one event per call, each to its own stream.
@@ -85,19 +107,23 @@ pub(crate) fn concurrent(dir: &Path, durability: Durability, time: Duration) -> 
     let stop = AtomicBool::new(false);
     let barrier = Barrier::new(CONCURRENT_WRITERS + 1);
     let commits_before = db.stats().commits;
-    let (total, elapsed) = std::thread::scope(|scope| -> Res<(u64, Duration)> {
+    let (mut calls, elapsed) = std::thread::scope(|scope| -> Res<(Vec<Duration>, Duration)> {
         let handles: Vec<_> = (0..CONCURRENT_WRITERS)
             .map(|w| {
                 let (db, stop, barrier) = (&db, &stop, &barrier);
-                scope.spawn(move || -> Result<u64, varvedb::Error> {
+                scope.spawn(move || -> Result<Vec<Duration>, varvedb::Error> {
                     let stream = db.stream::<Account>(1000 + w as u128);
-                    let mut n = 0u64;
+                    let mut calls = Vec::new();
                     barrier.wait();
                     while !stop.load(Ordering::Relaxed) {
-                        stream.append(ExpectedVersion::Exact(n as u32), payment(n))?;
-                        n += 1;
+                        let call = Instant::now();
+                        stream.append(
+                            ExpectedVersion::Exact(calls.len() as u32),
+                            payment(calls.len() as u64),
+                        )?;
+                        calls.push(call.elapsed());
                     }
-                    Ok(n)
+                    Ok(calls)
                 })
             })
             .collect();
@@ -105,17 +131,18 @@ pub(crate) fn concurrent(dir: &Path, durability: Durability, time: Duration) -> 
         let start = Instant::now();
         std::thread::sleep(time);
         stop.store(true, Ordering::Relaxed);
-        let mut total = 0;
+        let mut calls = Vec::new();
         for h in handles {
-            total += h.join().map_err(|_| "writer thread panicked")??;
+            calls.extend(h.join().map_err(|_| "writer thread panicked")??);
         }
-        Ok((total, start.elapsed()))
+        Ok((calls, start.elapsed()))
     })?;
+    let total = calls.len() as u64;
     let commits = db.stats().commits - commits_before;
     let mut sample = Sample::new(total, elapsed);
     #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let per = total as f64 / commits.max(1) as f64;
-    sample.note = format!(" ({commits} commits, {per:.1} events/commit)");
+    sample.note = format!(" ({commits} commits, {per:.1} events/commit){}", percentiles(&mut calls));
     Ok(sample)
 }
 

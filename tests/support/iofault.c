@@ -21,6 +21,8 @@
  *   IOFAULT_MARKER  marker files; default none. Writes to a marker file go through to it and
  *                   are also logged as marker records, so a program can put its
  *                   acknowledgements into the same ordered stream as its I/O.
+ *   IOFAULT_PAGE_SIZE  the page size `metawrite` counts pages in; default the system's
+ *                   (which is LMDB's page size).
  *   IOFAULT_LOG     path of the binary log to write (created, appended to). Unset: no log.
  *                   With a log, calls the shim does not model (below) abort the process
  *                   when they touch a watched file, instead of letting it pass unrecorded.
@@ -31,8 +33,11 @@
  *                        pwrite     pwrite, pwrite64
  *                        writev     writev
  *                        pwritev    pwritev, pwritev64, pwritev2, pwritev64v2
- *                        syncwrite  any write through an O_DSYNC/O_SYNC descriptor (LMDB's
- *                                   meta page writes)
+ *                        syncwrite  any write through an O_DSYNC/O_SYNC descriptor
+ *                        metawrite  any write that lies within page 0 or within page 1 of
+ *                                   the file (LMDB's meta pages: whether written through an
+ *                                   O_DSYNC descriptor or, with MDB_NOMETASYNC, a plain one);
+ *                                   a write of both pages at once (a new file's) is not one
  *                        fsync      fsync
  *                        fdatasync  fdatasync
  *                        flush      fsync or fdatasync
@@ -131,9 +136,10 @@ enum {
 	OP_SYNCWRITE = 16,
 	OP_FSYNC = 32,
 	OP_FDATASYNC = 64,
-	OP_LINK = 128
+	OP_LINK = 128,
+	OP_METAWRITE = 256
 };
-#define OP_WRITES (OP_WRITE | OP_PWRITE | OP_WRITEV | OP_PWRITEV | OP_SYNCWRITE)
+#define OP_WRITES (OP_WRITE | OP_PWRITE | OP_WRITEV | OP_PWRITEV | OP_SYNCWRITE | OP_METAWRITE)
 /* A fault's kind besides an errno: a short write, or a write that goes through and then
  * fails, as does everything after it. */
 enum { KIND_SHORT = -1, KIND_DIES = -2 };
@@ -175,6 +181,7 @@ static char *watch[MAX_NAMES], *names[MAX_NAMES], *markers[MAX_NAMES];
 static int nwatch, nnames, nmarkers;
 static int logfd = -1;
 static int active; /* a log or a fault: anything to do at all */
+static unsigned long long page_size; /* for OP_METAWRITE */
 static int dead;   /* a `dies` fault fired: every later write and flush of a data file fails */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -263,6 +270,8 @@ static void parse_faults(const char *spec)
 			f->ops = OP_PWRITEV;
 		else if (!strcmp(op, "syncwrite"))
 			f->ops = OP_SYNCWRITE;
+		else if (!strcmp(op, "metawrite"))
+			f->ops = OP_METAWRITE;
 		else if (!strcmp(op, "fsync"))
 			f->ops = OP_FSYNC;
 		else if (!strcmp(op, "fdatasync"))
@@ -336,6 +345,11 @@ static void init(void)
 	const char *m = getenv("IOFAULT_MARKER");
 	if (m && *m)
 		nmarkers = split_names(strdup(m), markers);
+	const char *ps = getenv("IOFAULT_PAGE_SIZE");
+	long sys = sysconf(_SC_PAGESIZE);
+	page_size = ps && *ps ? strtoull(ps, NULL, 10) : (unsigned long long)(sys > 0 ? sys : 4096);
+	if (page_size == 0)
+		die("bad IOFAULT_PAGE_SIZE", ps);
 	const char *f = getenv("IOFAULT_FAIL");
 	if (f && *f)
 		parse_faults(f);
@@ -819,7 +833,11 @@ static ssize_t do_write(unsigned op, int v2, const char *call, int fd, const str
 		if (at < 0)
 			die("cannot read the file position of a watched file", strerror(errno));
 	}
-	struct fault *f = dead ? NULL : fault_for(op | (dsync ? OP_SYNCWRITE : 0));
+	/* A meta page: the write's bytes lie within page 0 or within page 1. */
+	size_t total = iov_total(iov, iovcnt);
+	unsigned long long first = (unsigned long long)at / page_size;
+	int meta = total > 0 && first < 2 && ((unsigned long long)at + total - 1) / page_size == first;
+	struct fault *f = dead ? NULL : fault_for(op | (dsync ? OP_SYNCWRITE : 0) | (meta ? OP_METAWRITE : 0));
 	struct iovec cut[IOV_MAX];
 	const struct iovec *use = iov;
 	int usecnt = iovcnt;

@@ -13,8 +13,9 @@
 //!   its bytes, so a child can put its acknowledgements into the op stream;
 //! - `IOFAULT_LOG=/path/log` record into this log;
 //! - `IOFAULT_FAIL=OP:N:KIND[,…]` inject faults: OP is `write`, `pwrite`, `writev`,
-//!   `pwritev`, `syncwrite` (a write through an `O_DSYNC` descriptor: LMDB's meta pages),
-//!   `fsync`, `fdatasync`, `flush` or `link`; N counts matching calls on watched files from
+//!   `pwritev`, `syncwrite` (a write through an `O_DSYNC` descriptor), `metawrite` (a write
+//!   within page 0 or within page 1 of the file: LMDB's meta pages; `IOFAULT_PAGE_SIZE`
+//!   sets the page size, the system's by default), `fsync`, `fdatasync`, `flush` or `link`; N counts matching calls on watched files from
 //!   1 (`N+`: that one and every later one); KIND is `eio`, `enospc`, `eperm` (links only),
 //!   `short` (writes only: the first half is written and its length returned) or `dies`
 //!   (writes only: the write goes through, then it and every later write and flush of a

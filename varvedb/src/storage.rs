@@ -550,7 +550,7 @@ pub(crate) struct StorageConfig {
     /// format version, in the creation's one commit).
     pub(crate) merkle_tree: bool,
     /// Commits write their meta page without a flush (`MDB_NOMETASYNC`), made durable by
-    /// the next flush: for relaxed durability (see [`Storage::commit_deferred`]).
+    /// the next flush: for the writer's pipelined commits (see [`Storage::commit_deferred`]).
     pub(crate) defer_meta_sync: bool,
     /// Opens an existing store with LMDB's `MDB_RDONLY` (see [`Storage::open_read_only`]).
     pub(crate) read_only: bool,
@@ -790,7 +790,19 @@ impl Storage {
     /// `before` is the writer's last ticket, read before.
     fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket) -> Result<(), Error> {
         match self.commit_unsynced(txn) {
-            Err(e @ (Error::OutcomeUnknown { .. } | Error::NeedsReopen { .. })) => Err(e),
+            Err(e @ Error::OutcomeUnknown { .. }) => {
+                // LMDB gives up (`MDB_PANIC`) only when a meta-page write fails, and this
+                // commit began after every other of this process: so it was this commit's
+                // meta page, which LMDB writes only once the commit's data flush has returned
+                // success, and that flush carried the last meta page. (The storage may also
+                // have stopped meanwhile for a failed flush elsewhere; then LMDB is not
+                // panicked and nothing is proved.)
+                if self.lmdb_panicked() {
+                    self.tickets.flushed(before);
+                }
+                Err(e)
+            }
+            Err(e @ Error::NeedsReopen { .. }) => Err(e),
             // The failure may have been the data flush that was to carry the writer's last
             // meta page: after a failed flush no later one proves that page written, and a
             // commit on top could reuse pages the commit before it still needs. So the
@@ -801,6 +813,13 @@ impl Storage {
             }
             other => other,
         }
+    }
+
+    /// Whether LMDB refuses every transaction of this environment (`MDB_PANIC`).
+    fn lmdb_panicked(&self) -> bool {
+        // Counted as live, as every transaction is, so that the map cannot move meanwhile.
+        let _live = self.txns.enter();
+        matches!(self.env.read_txn(), Err(heed::Error::Mdb(MdbError::Panic)))
     }
 
     fn commit_unsynced(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
@@ -1355,7 +1374,7 @@ impl Drop for Remapping<'_> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Write,
-    /// Writes, with `MDB_NOMETASYNC` (relaxed durability).
+    /// Writes, with `MDB_NOMETASYNC`: a commit leaves its meta page to the next flush.
     DeferMetaSync,
     /// `MDB_RDONLY`: no write transaction, no writer lock.
     ReadOnly,

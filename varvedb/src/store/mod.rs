@@ -376,7 +376,10 @@ impl Options {
                 map_size: self.map_size,
                 max_readers: self.max_readers,
                 merkle_tree: self.verifiable_log,
-                defer_meta_sync: self.durability == Durability::Relaxed,
+                // In both modes the writer's commits leave their meta page to the next flush
+                // (pipelined group commit); with `Durability::Immediate` it holds each answer
+                // until then (`writer::durable`).
+                defer_meta_sync: true,
                 read_only: self.read_only,
             },
         )?);

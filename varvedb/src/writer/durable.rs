@@ -1,13 +1,12 @@
 //! When the writer answers a request, relative to when its commit is durable.
 //!
-//! With [`Durability::Immediate`] LMDB flushes a commit whole (data pages, then the meta page
-//! through an `O_DSYNC` descriptor) before it returns, so every answer goes out at once. With
-//! [`Durability::Relaxed`] a commit flushes its data pages and writes its meta page without a
-//! flush (see `Storage::commit_deferred`); the answers still go out at once, and the meta page
-//! is flushed by the next commit's data flush or, once no request has come for
-//! [`RELAXED_IDLE_FLUSH`], by a flush of its own. The holding of answers until their ticket
-//! is durable is general: it is what a mode that answers only after the next flush needs.
-//! The reasoning is in `docs/design.md` ("Durability").
+//! Every commit of the writer flushes its data pages and writes its meta page without a flush
+//! (see `Storage::commit_deferred`); the meta page is flushed by the next commit's data flush
+//! or by a flush of its own. With [`Durability::Immediate`] the writer holds a group's answers
+//! until then (pipelined group commit): under load the next group's commit carries them, and
+//! when no request waits the writer flushes at once. With [`Durability::Relaxed`] the answers
+//! go out at once, and the writer flushes on its own only once no request has come for
+//! [`RELAXED_IDLE_FLUSH`]. The reasoning is in `docs/design.md` ("Durability").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +31,8 @@ use crate::storage::{Storage, Ticket};
 #[non_exhaustive]
 pub enum Durability {
     /// A write returns only once its commit is on disk: a power loss at any moment keeps
-    /// every acknowledged write. The default.
+    /// every acknowledged write. The default. Under load one flush serves two groups: a
+    /// group's answers wait for the flush of the group committed after it.
     #[default]
     Immediate,
     /// A write returns once its commit is in force (readers see it) and its events are on

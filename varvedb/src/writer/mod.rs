@@ -156,9 +156,9 @@ impl Writer {
             // little for the rest (writers that just had their answer are sending again).
             let mut last_group_len = 1;
             loop {
-                // A commit not yet durable (relaxed durability) is made so by the next
-                // commit's data flush if a request comes in time, otherwise by a flush of its
-                // own; so are any answers held for it.
+                // A commit not yet durable is made so by the next commit's data flush if a
+                // request comes in time (at once when answers wait for it, within the idle
+                // flush's time in relaxed mode), otherwise by a flush of its own.
                 let first = match state.answers.patience() {
                     None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
                     Some(patience) => rx.recv_timeout(patience),
