@@ -1,6 +1,6 @@
 //! Crypto-shredding and master-key rotation: the key operations of an open encrypted store.
 
-use std::ops::Bound::{Included, Unbounded};
+use std::ops::Bound::Unbounded;
 use std::sync::Arc;
 
 use crate::crypto::{KeysAuth, MAC_LEN, MasterKey, StreamKey, constant_time_eq, xor_into};
@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::id::StreamId;
 use crate::key_record::{ensure_current, stream_of, update_keys_auth, verify_keys};
 use crate::record::{self, Body, Content, Envelope, HASH_LEN};
-use crate::storage::{key, meta_key, value};
+use crate::storage::{key, meta_key};
 use crate::store::Varve;
 
 impl Varve {
@@ -77,14 +77,14 @@ impl Varve {
         let mut headers: Vec<(u64, [u8; MAC_LEN])> = Vec::new();
         let mut plain = zeroize::Zeroizing::new(Vec::new());
         let mut last_version = 0u32;
-        let from = key::stream_version(stream, 0);
-        let to = key::stream_version(stream, u32::MAX);
-        for entry in storage.entries(&txn, tables.streams, (Included(&from[..]), Included(&to[..])), false)? {
-            let (k, v) = entry?;
-            if let Some(version) = k.get(16..20).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes) {
-                last_version = last_version.max(version);
-            }
-            let Some(seq) = value::decode_seq(v) else { continue };
+        for entry in storage.stream_index(&txn, stream, 1, false)? {
+            // A damaged chunk of the index names no event to shred.
+            let (version, seq) = match entry {
+                Ok(entry) => entry,
+                Err(Error::CorruptIndex { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            last_version = last_version.max(version);
             let Some(raw) = storage.get(&txn, tables.events, &key::seq(seq))? else { continue };
             // A damaged record cannot name a blob, and one that is not this stream's (a
             // tampered index) must not lose its blob; shredding the key goes ahead regardless.
