@@ -214,6 +214,8 @@ pub(crate) struct StreamIndex<'t> {
     at: usize,
     /// The version of `seqs[0]`.
     first_version: u64,
+    /// A forward read met the first key of another stream.
+    ended: bool,
 }
 
 impl Iterator for StreamIndex<'_> {
@@ -245,16 +247,24 @@ impl Iterator for StreamIndex<'_> {
                     Err(_) => Err(damaged_chunk(self.stream, u32::MAX)),
                 });
             }
+            if self.ended {
+                return None;
+            }
             let (k, v) = match self.chunks.next()? {
                 Ok(kv) => kv,
                 Err(e) => return Some(Err(e)),
             };
             (self.len, self.at) = (0, 0);
-            let Some((stream, chunk)) = key::decode_stream_chunk(k).filter(|&(s, _)| s == self.stream) else {
+            if k.get(..16) != Some(&key::stream(self.stream)[..]) {
+                // Only forward, past the stream's last chunk.
+                self.ended = true;
+                return None;
+            }
+            let Some((stream, chunk)) = key::decode_stream_chunk(k) else {
                 return Some(Err(Error::CorruptIndex {
                     table: "streams",
                     reason: format!(
-                        "a key among stream {}'s entries is not one of them",
+                        "a key among stream {}'s entries is not 20 bytes",
                         crate::id::StreamId::from(self.stream)
                     ),
                 }));
@@ -1020,12 +1030,14 @@ impl Storage {
         let (chunk, _) = key::index_chunk_of(from);
         let (low, high) = if reverse { (0, chunk) } else { (chunk, u32::MAX) };
         let (low, high) = (key::stream_chunk(stream, low), key::stream_chunk(stream, high));
-        let chunks = self.entries(
-            txn,
-            self.tables.streams,
-            (Bound::Included(&low[..]), Bound::Included(&high[..])),
-            reverse,
-        )?;
+        // Forward without an upper bound (heed allocates one): the entries end at the first
+        // key of another stream.
+        let bounds = if reverse {
+            (Bound::Included(&low[..]), Bound::Included(&high[..]))
+        } else {
+            (Bound::Included(&low[..]), Bound::Unbounded)
+        };
+        let chunks = self.entries(txn, self.tables.streams, bounds, reverse)?;
         Ok(StreamIndex {
             chunks,
             stream,
@@ -1035,6 +1047,7 @@ impl Storage {
             len: 0,
             at: 0,
             first_version: 0,
+            ended: false,
         })
     }
 

@@ -512,4 +512,43 @@ mod tests {
         assert!(events.next().is_none());
         assert!(events.ahead.ended);
     }
+
+    #[test]
+    fn reads_from_any_version_cross_the_index_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        // Two streams interleaved, in requests of several sizes, over four chunks of entries.
+        let mut n = 0u32;
+        for size in [1u32, 63, 1, 64, 71] {
+            let mut batch = WriteBatch::new();
+            for _ in 0..size {
+                n += 1;
+                for stream in [7u128, 8] {
+                    batch.append(
+                        stream,
+                        ExpectedVersion::Auto,
+                        [NewEvent::new("t", n.to_le_bytes().to_vec())],
+                    );
+                }
+            }
+            db.write(batch).unwrap();
+        }
+        let view = db.begin_read().unwrap();
+        for from in [0, 1, 2, 63, 64, 65, 66, 128, 129, 199, 200, 201, u32::MAX] {
+            let forward: Vec<u32> =
+                view.read_stream(8u128, from).unwrap().map(|e| e.unwrap().version()).collect();
+            assert_eq!(forward, (from.max(1)..=n).collect::<Vec<_>>(), "forward from {from}");
+            let backward: Vec<u32> =
+                view.read_stream_backward(7u128, from).unwrap().map(|e| e.unwrap().version()).collect();
+            assert_eq!(backward, (1..=from.min(n)).rev().collect::<Vec<_>>(), "backward from {from}");
+        }
+        for version in 1..=n {
+            let seq = view.seq_at(StreamId::from(7u128), version).unwrap().unwrap();
+            let event = view.event(seq).unwrap().unwrap();
+            assert_eq!((event.version(), event.payload()), (version, &version.to_le_bytes()[..]));
+        }
+        assert_eq!(view.seq_at(StreamId::from(7u128), n + 1).unwrap(), None);
+        let report = view.check_integrity().unwrap();
+        assert_eq!((report.events, report.streams), (2 * u64::from(n), 2));
+    }
 }
