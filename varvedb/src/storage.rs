@@ -242,9 +242,10 @@ impl Iterator for StreamIndex<'_> {
                 if (self.reverse && version > self.bound) || (!self.reverse && version < self.bound) {
                     continue;
                 }
+                // Past `u32::MAX` only in the last chunk of versions, holding 64 entries.
                 return Some(match u32::try_from(version) {
                     Ok(version) => Ok((version, self.seqs[at])),
-                    Err(_) => Err(damaged_chunk(self.stream, u32::MAX)),
+                    Err(_) => Err(damaged_chunk(self.stream, u32::MAX / key::INDEX_CHUNK)),
                 });
             }
             if self.ended {
