@@ -211,10 +211,6 @@ fn a_small_event_read_points_into_the_memory_map() {
     assert_eq!(event.payload(), b"zero-copy please");
 }
 
-fn stream_version(stream: u128, version: u32) -> Vec<u8> {
-    [&stream.to_be_bytes()[..], &version.to_be_bytes()].concat()
-}
-
 /// Reads stream 1 from version 1: each event's version, or the error in its place.
 fn stream_one(dir: &std::path::Path) -> Vec<Result<u32, Error>> {
     let db = Varve::open(dir).unwrap();
@@ -233,10 +229,13 @@ fn damaged_stream_index_entries_and_log_keys_are_reported() {
         }
         db.write(batch).unwrap();
     }
-    // Stream 1 holds seqs 2, 3, 5, 6, 8, 9, ...: its version 5 is seq 8.
-    let entry = stream_version(1, 5);
-    for (seq, what) in [(9u64, "another version of the stream"), (1, "another stream's event")] {
-        damage::raw::put(dir.path(), "streams", &entry, &seq.to_le_bytes());
+    // Stream 1 holds seqs 2, 3, 5, 6, 8, 9, 11, ...: its version 5 is seq 8.
+    let entries = damage::index::get(dir.path(), 1, 0);
+    assert_eq!(entries[..7], [2, 3, 5, 6, 8, 9, 11]);
+    let shifted = [&entries[..4], &entries[5..7], &[12, 13][..], &entries[9..]].concat();
+    let other = [&entries[..4], &[7][..], &entries[5..]].concat();
+    for (seqs, what) in [(&shifted, "other versions of the stream"), (&other, "another stream's event")] {
+        damage::index::put(dir.path(), 1, 0, seqs);
         let read = stream_one(dir.path());
         assert!(read[..4].iter().all(Result::is_ok), "{what}: {read:?}");
         assert!(
@@ -246,7 +245,7 @@ fn damaged_stream_index_entries_and_log_keys_are_reported() {
         );
     }
     // The entry is right again, but its event is gone: reported, and the read goes on.
-    damage::raw::put(dir.path(), "streams", &entry, &8u64.to_le_bytes());
+    damage::index::put(dir.path(), 1, 0, &entries);
     damage::raw::delete(dir.path(), "events", &8u64.to_be_bytes());
     let read = stream_one(dir.path());
     assert!(
@@ -299,14 +298,17 @@ fn damage_around_the_stream_read_ahead_is_reported_in_its_place() {
     let seq_of = |v: u32| u64::from(2 * v - 1);
     // Version 1's record is gone: found by the lookup.
     damage::raw::delete(p, "events", &seq_of(1).to_be_bytes());
-    // Version 8 points at version 10's record: found by the check against the entry.
-    damage::raw::put(p, "streams", &stream_version(1, 8), &seq_of(10).to_le_bytes());
+    // Version 8 points at stream 2's record after version 8's: found by the check against
+    // the entry.
+    let mut entries = damage::index::get(p, 1, 0);
+    entries[7] = seq_of(8) + 1;
     // Version 9's record fails its checksum: found by the verification.
     let mut record = damage::raw::event(p, seq_of(9));
     *record.last_mut().unwrap() ^= 0x5a;
     damage::raw::put(p, "events", &seq_of(9).to_be_bytes(), &record);
-    // Version 17 points at stream 2's first event.
-    damage::raw::put(p, "streams", &stream_version(1, 17), &2u64.to_le_bytes());
+    // Version 17 points at an event of stream 2.
+    entries[16] = seq_of(17) + 1;
+    damage::index::put(p, 1, 0, &entries);
 
     let want: Vec<String> = (1..=30u32)
         .map(|v| match v {

@@ -57,7 +57,7 @@ fn registered(email: &str) -> Registered {
 
 #[path = "support/damage.rs"]
 mod damage;
-use damage::raw;
+use damage::{index, raw};
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack.windows(needle.len()).filter(|w| *w == needle).count()
@@ -328,8 +328,9 @@ fn records_copied_or_swapped_to_other_positions_never_open() {
 
     // The attacker also rewrites the clear header to match the target position.
     let retarget = |mut record: Vec<u8>, stream: u128, version: u32| {
-        record[8..24].copy_from_slice(&stream.to_le_bytes());
-        record[24..28].copy_from_slice(&version.to_le_bytes());
+        // Versions below 128 take one byte, the first number of the header.
+        record[6..22].copy_from_slice(&stream.to_le_bytes());
+        record[30] = u8::try_from(version).unwrap();
         record
     };
     let attacks: Vec<(&str, Writes)> = vec![
@@ -626,7 +627,7 @@ fn a_million_encryptions_under_one_key_with_conflicts_and_retries_never_repeat_a
     assert_eq!(raw::all(dir.path(), "keys").len(), 1, "one stream, one data key");
     let mut nonces = HashSet::with_capacity(total as usize);
     for (_, record) in raw::all(dir.path(), "events") {
-        assert_eq!(record[5] & 0x01, 0x01, "sealed");
+        assert_eq!(record[4] & 0x01, 0x01, "sealed");
         let at = raw::body_offset(&record);
         let nonce: [u8; 12] = record[at..at + 12].try_into().unwrap();
         assert!(nonces.insert(nonce), "nonce {nonce:02x?} used twice");
@@ -645,7 +646,7 @@ fn every_record_of_an_encrypted_store_must_be_sealed() {
     // length, checksum forged.
     let at = raw::body_offset(&record);
     let mut forged = record[..at].to_vec();
-    forged[5] &= !0x01;
+    forged[4] &= !0x01;
     forged.extend_from_slice(b"stream 1 version 66");
     assert_eq!(record.len() - forged.len(), 28, "nonce and tag are gone");
     raw::put_event(p, seq, forged);
@@ -691,7 +692,7 @@ fn forged_or_moved_shredded_markers_do_not_hide_a_stream() {
     let seq = seq_of(1, 5);
     let record = raw::event(p, seq);
     let mut moved = record.clone();
-    moved[8..24].copy_from_slice(&2u128.to_le_bytes());
+    moved[6..22].copy_from_slice(&2u128.to_le_bytes());
     raw::put_event(p, seq, moved);
     {
         let db = open(p, 1).unwrap();
@@ -710,14 +711,13 @@ fn forged_or_moved_shredded_markers_do_not_hide_a_stream() {
     let seq = seq_of(1, 10);
     let record = raw::event(p, seq);
     let mut moved = record.clone();
-    moved[8..24].copy_from_slice(&2u128.to_le_bytes());
-    moved[24..28].copy_from_slice(&11u32.to_le_bytes());
+    moved[6..22].copy_from_slice(&2u128.to_le_bytes());
+    moved[30] = 65;
     raw::put_event(p, seq, moved);
-    let index =
-        |stream: u128, version: u32| [stream.to_be_bytes().as_slice(), &version.to_be_bytes()].concat();
-    let entry = raw::get(p, "streams", &index(1, 10)).unwrap();
-    raw::delete(p, "streams", &index(1, 10));
-    raw::put(p, "streams", &index(2, 11), &entry);
+    // Stream 1's chunk of entries loses version 10; stream 2 gets a chunk for 65 to 128.
+    let entries = index::get(p, 1, 0);
+    index::put(p, 1, 0, &entries[..9]);
+    index::put(p, 2, 1, &[seq]);
     {
         let db = open(p, 1).unwrap();
         let view = db.begin_read().unwrap();
@@ -726,8 +726,8 @@ fn forged_or_moved_shredded_markers_do_not_hide_a_stream() {
         assert!(view.check_integrity().is_err());
     }
     raw::put(p, "events", &seq.to_be_bytes(), &record);
-    raw::delete(p, "streams", &index(2, 11));
-    raw::put(p, "streams", &index(1, 10), &entry);
+    index::delete(p, 2, 1);
+    index::put(p, 1, 0, &entries);
     let db = open(p, 1).unwrap();
     let report = db.begin_read().unwrap().check_integrity().unwrap();
     assert_eq!((report.events, report.shredded_events), (20, 10), "restored");
@@ -740,16 +740,16 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     let plain = tempfile::tempdir().unwrap();
     Varve::open(plain.path()).unwrap();
     let format = |dir: &Path| raw::get(dir, "meta", b"format_version").unwrap();
-    // A build that knows only format 1 refuses an encrypted store rather than write plaintext.
-    assert_eq!(format(plain.path()), 1u32.to_le_bytes());
-    assert_eq!(format(p), 3u32.to_le_bytes());
+    // A build that knows only format 4 refuses an encrypted store rather than write plaintext.
+    assert_eq!(format(plain.path()), 4u32.to_le_bytes());
+    assert_eq!(format(p), 5u32.to_le_bytes());
 
     let check = raw::get(p, "meta", b"encryption").unwrap();
     raw::delete(p, "meta", b"encryption");
     assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "check value deleted, no key");
     assert!(matches!(open(p, 1), Err(Error::CorruptMeta { .. })), "check value deleted, with the key");
     raw::put(p, "meta", b"encryption", &check);
-    raw::put(p, "meta", b"format_version", &1u32.to_le_bytes());
+    raw::put(p, "meta", b"format_version", &4u32.to_le_bytes());
     assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "format downgraded, no key");
     assert!(matches!(open(p, 1), Err(Error::CorruptMeta { .. })), "format downgraded, with the key");
     // Both stripped: a keyless process must still not take it for a plain store (it would
@@ -758,7 +758,7 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "both stripped, no key");
     assert!(matches!(open(p, 1), Err(Error::NotEncrypted { .. })), "both stripped, with the key");
     raw::put(p, "meta", b"encryption", &check);
-    raw::put(p, "meta", b"format_version", &3u32.to_le_bytes());
+    raw::put(p, "meta", b"format_version", &5u32.to_le_bytes());
     assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
 }
 
@@ -896,8 +896,8 @@ fn keys_markers_and_files_of_another_store_under_the_same_master_key_are_refused
     for v in 1..=10u32 {
         let seq = seq_of(1, u64::from(v));
         copy_entry(px, py, "events", &seq.to_be_bytes());
-        copy_entry(px, py, "streams", &[k1.as_slice(), &v.to_be_bytes()].concat());
     }
+    copy_entry(px, py, "streams", &index::key(1, 0));
     copy_entry(px, py, "stream_heads", &k1);
     let e = open(py, 1).map(|_| ());
     assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
@@ -938,10 +938,14 @@ fn a_forged_header_of_a_shredded_event_is_refused_by_reads_and_check_integrity()
     open(p, 1).unwrap().shred(2u128).unwrap();
     let seq = seq_of(2, 4);
     let record = raw::event(p, seq);
+    // The schema version is the second one-byte number, after the version (the events have
+    // no metadata, so no metadata length); the type tag ends where the sealed body starts.
+    assert_eq!(record[4] & 0x08, 0, "no metadata");
+    let tag_at = raw::body_offset(&record) - usize::from(record[5]);
     let forgeries: [(&str, usize, &[u8]); 3] = [
-        ("timestamp", 28, &1u64.to_le_bytes()),
-        ("schema version", 44, &7u32.to_le_bytes()),
-        ("type tag", 48, b"paid!"),
+        ("timestamp", 22, &1u64.to_le_bytes()),
+        ("schema version", 31, &[7]),
+        ("type tag", tag_at, b"paid!"),
     ];
     for (field, at, bytes) in forgeries {
         let mut forged = record.clone();
@@ -1239,6 +1243,6 @@ fn a_store_of_the_encrypted_format_without_identities_is_refused_with_a_typed_er
     raw::put(p, "meta", b"format_version", &2u32.to_le_bytes());
     let before = std::fs::read(p.join("data.mdb")).unwrap();
     let e = open(p, 1).map(|_| ());
-    assert!(matches!(e, Err(Error::IncompatibleFormat { found: 2, supported: 3 })), "{e:?}");
+    assert!(matches!(e, Err(Error::IncompatibleFormat { found: 2, supported: 5 })), "{e:?}");
     assert_eq!(std::fs::read(p.join("data.mdb")).unwrap(), before, "open wrote nothing");
 }

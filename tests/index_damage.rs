@@ -7,15 +7,17 @@ mod damage;
 
 use varvedb::{Error, Event, ExpectedVersion, NewEvent, Varve, WriteBatch, aggregate};
 
-fn stream_version(stream: u128, version: u32) -> Vec<u8> {
-    [&stream.to_be_bytes()[..], &version.to_be_bytes()].concat()
-}
+use damage::index;
 
-/// 40 events in each of streams 26 and 27, interleaved: stream 26 has the odd seqs.
+/// Events in each of streams 26 and 27, interleaved: stream 26 has the odd seqs.
+const PER_STREAM: u32 = 150;
+
+/// [`PER_STREAM`] events in each of streams 26 and 27, interleaved; three chunks of index
+/// entries each (versions 1 to 64, 65 to 128, 129 to 150).
 fn two_streams(dir: &std::path::Path) {
     let db = Varve::open(dir).unwrap();
     let mut batch = WriteBatch::new();
-    for i in 0..80u32 {
+    for i in 0..2 * PER_STREAM {
         let stream = if i % 2 == 0 { 26u128 } else { 27 };
         batch.append(stream, ExpectedVersion::Auto, [NewEvent::new("n", (i / 2 + 1).to_le_bytes().to_vec())]);
     }
@@ -47,71 +49,90 @@ fn assert_sound(items: &[Result<(u32, u32), String>]) {
 }
 
 #[test]
-fn a_deleted_stream_index_entry_is_reported_where_it_was() {
+fn a_deleted_chunk_of_stream_index_entries_is_reported_where_it_was() {
     let dir = tempfile::tempdir().unwrap();
     two_streams(dir.path());
-    damage::raw::delete(dir.path(), "streams", &stream_version(27, 32));
+    index::delete(dir.path(), 27, 1);
     let db = Varve::open(dir.path()).unwrap();
 
     let forward = read(&db, 27, false);
-    assert_eq!(forward.len(), 40);
+    assert_eq!(forward.len(), 64 + 1 + 22);
     assert_sound(&forward);
     for (i, item) in forward.iter().enumerate() {
         match i {
-            31 => assert_eq!(item.as_ref().unwrap_err(), "version 32 has no index entry"),
-            i => assert_eq!(item.as_ref().unwrap().0 as usize, i + 1),
+            64 => assert_eq!(item.as_ref().unwrap_err(), "versions 65 to 128 have no index entry"),
+            i if i < 64 => assert_eq!(item.as_ref().unwrap().0 as usize, i + 1),
+            i => assert_eq!(item.as_ref().unwrap().0 as usize, i + 64),
         }
     }
     let backward = read(&db, 27, true);
-    assert_eq!(backward.len(), 40);
+    assert_eq!(backward.len(), 64 + 1 + 22);
     assert_sound(&backward);
-    assert_eq!(backward[8].as_ref().unwrap_err(), "version 32 has no index entry");
-    assert_eq!(backward[9].as_ref().unwrap().0, 31);
+    assert_eq!(backward[22].as_ref().unwrap_err(), "versions 65 to 128 have no index entry");
+    assert_eq!(backward[23].as_ref().unwrap().0, 64);
 
     // From the middle, past the damage and up to it.
     let view = db.begin_read().unwrap();
-    assert_eq!(view.read_stream(27u128, 33).unwrap().flatten().count(), 8);
-    let first = view.read_stream(27u128, 32).unwrap().next().unwrap();
+    assert_eq!(view.read_stream(27u128, 129).unwrap().flatten().count(), 22);
+    let first = view.read_stream(27u128, 100).unwrap().next().unwrap();
     assert!(matches!(first, Err(Error::CorruptIndex { .. })), "{first:?}");
+    assert!(view.check_integrity().is_err());
     // The other stream is untouched.
-    assert_eq!(read(&db, 26, false).iter().filter(|r| r.is_ok()).count(), 40);
+    assert_eq!(read(&db, 26, false).iter().filter(|r| r.is_ok()).count(), PER_STREAM as usize);
+}
+
+#[test]
+fn a_chunk_that_does_not_decode_is_reported_and_the_read_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    two_streams(dir.path());
+    // A cut number: the chunk of versions 1 to 64 cannot be decoded.
+    damage::raw::put(dir.path(), "streams", &index::key(27, 0), &[0x80]);
+    let db = Varve::open(dir.path()).unwrap();
+    let forward = read(&db, 27, false);
+    assert_sound(&forward);
+    assert!(forward[0].as_ref().unwrap_err().contains("cannot be decoded"), "{:?}", forward[0]);
+    assert_eq!(forward[1].as_ref().unwrap_err(), "versions 1 to 64 have no index entry");
+    assert_eq!(forward[2].as_ref().unwrap().0, 65);
+    assert_eq!(forward.iter().filter(|r| r.is_ok()).count(), PER_STREAM as usize - 64);
+    assert!(db.begin_read().unwrap().check_integrity().is_err());
 }
 
 #[test]
 fn a_stream_whose_last_entries_are_gone_is_not_read_as_shorter() {
     let dir = tempfile::tempdir().unwrap();
     two_streams(dir.path());
-    for v in [39, 40] {
-        damage::raw::delete(dir.path(), "streams", &stream_version(27, v));
-    }
+    let last = index::get(dir.path(), 27, 2);
+    assert_eq!(last.len(), 22);
+    index::put(dir.path(), 27, 2, &last[..20]);
     let db = Varve::open(dir.path()).unwrap();
     let forward = read(&db, 27, false);
-    assert_eq!(forward.len(), 39);
+    assert_eq!(forward.len(), 149);
     assert_sound(&forward);
-    assert_eq!(forward[38].as_ref().unwrap_err(), "versions 39 to 40 have no index entry");
+    assert_eq!(forward[148].as_ref().unwrap_err(), "versions 149 to 150 have no index entry");
     let backward = read(&db, 27, true);
-    assert_eq!(backward[0].as_ref().unwrap_err(), "versions 39 to 40 have no index entry");
-    assert_eq!(backward[1].as_ref().unwrap().0, 38);
+    assert_eq!(backward[0].as_ref().unwrap_err(), "versions 149 to 150 have no index entry");
+    assert_eq!(backward[1].as_ref().unwrap().0, 148);
+    assert!(db.begin_read().unwrap().check_integrity().is_err());
 
     // Nor one whose first entries are gone.
     drop(db);
-    damage::raw::delete(dir.path(), "streams", &stream_version(26, 1));
+    index::delete(dir.path(), 26, 0);
     let db = Varve::open(dir.path()).unwrap();
     let forward = read(&db, 26, false);
-    assert_eq!(forward[0].as_ref().unwrap_err(), "version 1 has no index entry");
-    assert_eq!(forward[1].as_ref().unwrap().0, 2);
+    assert_eq!(forward[0].as_ref().unwrap_err(), "versions 1 to 64 have no index entry");
+    assert_eq!(forward[1].as_ref().unwrap().0, 65);
     let backward = read(&db, 26, true);
-    assert_eq!(backward.last().unwrap().as_ref().unwrap_err(), "version 1 has no index entry");
+    assert_eq!(backward.last().unwrap().as_ref().unwrap_err(), "versions 1 to 64 have no index entry");
 }
 
 #[test]
-fn a_bit_flip_that_moves_an_entry_to_another_stream_is_reported_in_both() {
-    // One bit flipped in a key: (27, v32) becomes (26, v32), the stored bytes
+fn a_bit_flip_that_moves_a_chunk_to_another_stream_is_reported_in_both() {
+    // One bit flipped in a key: (27, chunk 1) becomes (26, chunk 1), the stored bytes
     // changed in place (every copy LMDB left in the file), so the key sits out of order.
     let dir = tempfile::tempdir().unwrap();
     two_streams(dir.path());
-    // Stream 26 has a version 32 too: after the flip, its page holds that key twice.
-    let hits = damage::flip_in_file(dir.path(), &stream_version(27, 32), 15);
+    // Stream 26 has a chunk 1 too: after the flip, its page holds that key twice.
+    let hits = damage::flip_in_file(dir.path(), &index::key(27, 1), 15);
     assert!(hits >= 1);
     let db = Varve::open(dir.path()).unwrap();
     for stream in [26u128, 27] {
@@ -131,16 +152,20 @@ fn a_bit_flip_that_moves_an_entry_to_another_stream_is_reported_in_both() {
 fn a_stream_head_and_index_that_disagree_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     two_streams(dir.path());
-    // An entry past the head (its key's version rewritten): outside the stream's versions.
-    let seq_of_40 = damage::raw::get(dir.path(), "streams", &stream_version(27, 40)).unwrap();
-    damage::raw::delete(dir.path(), "streams", &stream_version(27, 40));
-    damage::raw::put(dir.path(), "streams", &stream_version(27, 41), &seq_of_40);
+    // An entry past the head: outside the stream's versions.
+    let mut last = index::get(dir.path(), 27, 2);
+    last.push(last[last.len() - 1] + 1);
+    index::put(dir.path(), 27, 2, &last);
     let db = Varve::open(dir.path()).unwrap();
     let forward = read(&db, 27, false);
     assert_sound(&forward);
-    assert_eq!(forward.iter().filter(|r| r.is_ok()).count(), 39);
-    assert!(forward[39].as_ref().unwrap_err().contains("version 41 lies outside"), "{:?}", forward[39]);
-    assert_eq!(forward[40].as_ref().unwrap_err(), "version 40 has no index entry");
+    assert_eq!(forward.iter().filter(|r| r.is_ok()).count(), PER_STREAM as usize);
+    let past = forward[PER_STREAM as usize].as_ref().unwrap_err();
+    assert!(past.contains("version 151 lies outside"), "{past}");
+    assert!(db.begin_read().unwrap().check_integrity().is_err());
+    // An append on the damaged stream refuses to write over it.
+    let e = db.append(27u128, ExpectedVersion::Auto, [NewEvent::new("n", vec![0])]);
+    assert!(matches!(e, Err(Error::CorruptIndex { table: "streams", .. })), "{e:?}");
 }
 
 #[test]
@@ -170,14 +195,14 @@ fn a_missing_seq_in_the_log_is_reported_by_every_log_read() {
         ]
     );
     let seqs: Vec<u64> = log.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
-    let want: Vec<u64> = (1..=80).filter(|s| ![10, 11, 12, 50].contains(s)).collect();
+    let want: Vec<u64> = (1..=u64::from(2 * PER_STREAM)).filter(|s| ![10, 11, 12, 50].contains(s)).collect();
     assert_eq!(seqs, want, "every stored event, in order, around the reports");
     // From inside a gap, too.
     let first = view.read_all(11).unwrap().next().unwrap();
     assert!(matches!(first, Err(Error::CorruptIndex { table: "events", .. })), "{first:?}");
     // A point lookup of a lost seq is an error, not "never written".
     assert!(matches!(view.event(50), Err(Error::CorruptIndex { table: "events", .. })));
-    assert!(view.event(81).unwrap().is_none(), "past the last seq");
+    assert!(view.event(u64::from(2 * PER_STREAM) + 1).unwrap().is_none(), "past the last seq");
     assert!(view.event(0).unwrap().is_none());
     assert!(view.check_integrity().is_err());
 }
@@ -227,7 +252,8 @@ fn a_typed_load_over_a_lost_index_entry_fails_instead_of_folding_less() {
         }
         assert_eq!(counter.load().unwrap().state().seen, (1..=20).collect::<Vec<_>>());
     }
-    damage::raw::delete(dir.path(), "streams", &stream_version(9, 20));
+    let entries = index::get(dir.path(), 9, 0);
+    index::put(dir.path(), 9, 0, &entries[..19]);
     let db = Varve::open(dir.path()).unwrap();
     let loaded = db.stream::<Counter>(9u128).load();
     assert!(

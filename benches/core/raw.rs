@@ -20,7 +20,7 @@ use varvedb::rkyv;
 use varvedb::rkyv::util::AlignedVec;
 
 use crate::{
-    Account, ArchivedPayment, HEADER_LEN, Latency, MAP_SIZE, Res, SPREAD_STREAMS, Sample, Shape, TAG,
+    Account, ArchivedPayment, FIXED_LEN, Latency, MAP_SIZE, Res, SPREAD_STREAMS, Sample, Shape, TAG,
 };
 
 type Table = Database<Bytes, Bytes>;
@@ -105,29 +105,37 @@ impl Raw {
     }
 }
 
-/// Writes into `buf` a value of the same size as our envelope: a 48-byte header (4 unused
-/// bytes where we keep the checksum; stream, version, timestamp, payload length), the type
-/// tag, the payload. The redb peer stores the same values.
+/// Writes into `buf` a value of the same size as our envelope: its 30 fixed bytes (4 unused
+/// where we keep the checksum; flags, tag length, stream, timestamp), the version and schema
+/// version (1) as LEB128 numbers (no metadata, so no metadata length), the type tag, the
+/// payload. The redb peer stores the same values.
 pub(crate) fn encode(buf: &mut Vec<u8>, stream: u128, version: u32, timestamp: u64, payload: &[u8]) {
     buf.clear();
-    buf.extend_from_slice(&[0, 0, 0, 0, 1, 0, TAG.len() as u8, 0]);
+    buf.extend_from_slice(&[0, 0, 0, 0, 0, TAG.len() as u8]);
     buf.extend_from_slice(&stream.to_le_bytes());
-    buf.extend_from_slice(&version.to_le_bytes());
     buf.extend_from_slice(&timestamp.to_le_bytes());
-    buf.extend_from_slice(&0u32.to_le_bytes());
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&1u32.to_le_bytes());
+    let mut v = version;
+    while v >= 0x80 {
+        buf.push((v & 0x7f) as u8 | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+    buf.push(1);
     buf.extend_from_slice(TAG.as_bytes());
     buf.extend_from_slice(payload);
 }
 
-/// The payload inside a baseline value, parsed from its header.
+/// The payload inside a baseline value, parsed from its header: the rest after the tag.
 fn payload(value: &[u8]) -> Res<&[u8]> {
-    let header = value.get(..HEADER_LEN).ok_or("short value")?;
-    let tag_len = usize::from(header[6]);
-    let len = u32::from_le_bytes(header[40..44].try_into()?) as usize;
-    let start = HEADER_LEN + tag_len;
-    Ok(value.get(start..start + len).ok_or("short value")?)
+    let mut at = FIXED_LEN;
+    for _ in 0..2 {
+        while *value.get(at).ok_or("short value")? & 0x80 != 0 {
+            at += 1;
+        }
+        at += 1;
+    }
+    let tag_len = usize::from(*value.get(5).ok_or("short value")?);
+    Ok(value.get(at + tag_len..).ok_or("short value")?)
 }
 
 /// The validated payload of a baseline value.

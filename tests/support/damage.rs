@@ -69,9 +69,76 @@ pub mod raw {
         put(dir, "events", &seq.to_be_bytes(), &record);
     }
 
-    /// The byte offset where an encrypted record's sealed body (its nonce first) starts.
+    /// The byte offset where an encrypted record's sealed body (its nonce first) starts:
+    /// past the 30 fixed bytes, the numbers (LEB128: version, the metadata length with the
+    /// metadata flag, schema version, the payload length with the blob flag), the event id
+    /// and the type tag.
     pub fn body_offset(record: &[u8]) -> usize {
-        let id = if record[5] & 0x04 != 0 { 16 } else { 0 };
-        48 + id + usize::from(record[6])
+        let numbers = 2 + usize::from(record[4] & 0x08 != 0) + usize::from(record[4] & 0x02 != 0);
+        let mut at = 30;
+        for _ in 0..numbers {
+            while record[at] & 0x80 != 0 {
+                at += 1;
+            }
+            at += 1;
+        }
+        let id = if record[4] & 0x04 != 0 { 16 } else { 0 };
+        at + id + usize::from(record[5])
+    }
+}
+
+/// The `streams` index as `docs/design.md` describes it: per stream, chunks of the seqs of
+/// 64 consecutive versions, each seq the LEB128 difference from the one before.
+pub mod index {
+    use std::path::Path;
+
+    pub fn key(stream: u128, chunk: u32) -> Vec<u8> {
+        [&stream.to_be_bytes()[..], &chunk.to_be_bytes()].concat()
+    }
+
+    pub fn decode(mut v: &[u8]) -> Vec<u64> {
+        let (mut seqs, mut seq) = (Vec::new(), 0u64);
+        while !v.is_empty() {
+            let (mut delta, mut shift) = (0u64, 0);
+            loop {
+                let (b, rest) = v.split_first().unwrap();
+                v = rest;
+                delta |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            seq += delta;
+            seqs.push(seq);
+        }
+        seqs
+    }
+
+    /// Encodes ascending seqs.
+    pub fn encode(seqs: &[u64]) -> Vec<u8> {
+        let (mut out, mut last) = (Vec::new(), 0u64);
+        for &seq in seqs {
+            let mut delta = seq.checked_sub(last).filter(|&d| d > 0).expect("ascending seqs");
+            while delta >= 0x80 {
+                out.push((delta & 0x7f) as u8 | 0x80);
+                delta >>= 7;
+            }
+            out.push(delta as u8);
+            last = seq;
+        }
+        out
+    }
+
+    pub fn get(dir: &Path, stream: u128, chunk: u32) -> Vec<u64> {
+        decode(&super::raw::get(dir, "streams", &key(stream, chunk)).expect("chunk stored"))
+    }
+
+    pub fn put(dir: &Path, stream: u128, chunk: u32, seqs: &[u64]) {
+        super::raw::put(dir, "streams", &key(stream, chunk), &encode(seqs));
+    }
+
+    pub fn delete(dir: &Path, stream: u128, chunk: u32) {
+        super::raw::delete(dir, "streams", &key(stream, chunk));
     }
 }

@@ -3,15 +3,13 @@
 //! the key a process opens the store with, and again inside every write transaction. The
 //! cryptography itself is in `crypto`.
 
-use std::ops::Bound::{Included, Unbounded};
+use std::ops::Bound::Unbounded;
 use std::path::Path;
 
 use crate::crypto::{Encryption, KeysAuth, MAC_LEN, Master, MasterKey, StoreId, StreamKey, xor_into};
 use crate::error::Error;
 use crate::record::{self, Body, Content, Envelope, HASH_LEN};
-use crate::storage::{
-    ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, Storage, Txn, WriteTxn, key, meta_key, value,
-};
+use crate::storage::{ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, Storage, Txn, WriteTxn, key, meta_key};
 
 /// What opening found: the store's identity, and its encryption if it has any.
 pub(crate) struct Opened {
@@ -307,14 +305,14 @@ pub(crate) fn shred_in(
     let mut headers: Vec<(u64, [u8; MAC_LEN])> = Vec::new();
     let mut plain = zeroize::Zeroizing::new(Vec::new());
     let mut last_version = 0u32;
-    let from = key::stream_version(stream, 0);
-    let to = key::stream_version(stream, u32::MAX);
-    for entry in storage.entries(txn, tables.streams, (Included(&from[..]), Included(&to[..])), false)? {
-        let (k, v) = entry?;
-        if let Some(version) = k.get(16..20).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes) {
-            last_version = last_version.max(version);
-        }
-        let Some(seq) = value::decode_seq(v) else { continue };
+    for entry in storage.stream_index(txn, stream, 1, false)? {
+        // A damaged chunk of the index names no event to shred.
+        let (version, seq) = match entry {
+            Ok(entry) => entry,
+            Err(Error::CorruptIndex { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        last_version = last_version.max(version);
         let Some(raw) = storage.get(txn, tables.events, &key::seq(seq))? else { continue };
         // A damaged record cannot name a blob, and one that is not this stream's (a
         // tampered index) must not lose its blob; shredding the key goes ahead regardless.

@@ -29,12 +29,14 @@ pub(crate) use files::prepare_dir;
 pub(crate) use sync::Ticket;
 
 /// On-disk format version written to `meta` on creation and checked on every open.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Versions 1 (plain) and 3 (encrypted) are the formats before the compact stream index and
+/// records; they are refused (see `prepare_tables`).
+pub(crate) const FORMAT_VERSION: u32 = 4;
 /// The format version of an encrypted store. Same layout, but every record is sealed, every
 /// key derives from the master key and the store's identity, and the `keys` table is
-/// authenticated: a build that knows only version 1 refuses such a store instead of
+/// authenticated: a build that knows only version 4 refuses such a store instead of
 /// appending plaintext to it.
-pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 3;
+pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 5;
 
 /// Keys of the `meta` table.
 pub(crate) mod meta_key {
@@ -199,6 +201,100 @@ impl<'t> Iterator for Entries<'t> {
     }
 }
 
+/// One stream's entries of the `streams` index, `(version, seq)`, in version order (or
+/// reverse) from a bound: the chunks of a range, decoded one at a time. A chunk that does
+/// not decode is an [`Error::CorruptIndex`] in its place, and the entries go on with the
+/// next one; the versions it held are then missing, which a stream read reports.
+pub(crate) struct StreamIndex<'t> {
+    chunks: Entries<'t>,
+    stream: u128,
+    reverse: bool,
+    /// Forward, the first version handed out; backward, the last.
+    bound: u64,
+    seqs: [u64; value::INDEX_CHUNK],
+    len: usize,
+    /// Forward, the next entry of `seqs` to hand out; backward, one past it.
+    at: usize,
+    /// The version of `seqs[0]`.
+    first_version: u64,
+    /// A forward read met the first key of another stream.
+    ended: bool,
+}
+
+impl Iterator for StreamIndex<'_> {
+    type Item = Result<(u32, u64), Error>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let at = if self.reverse {
+                if self.at == 0 {
+                    None
+                } else {
+                    self.at -= 1;
+                    Some(self.at)
+                }
+            } else if self.at < self.len {
+                self.at += 1;
+                Some(self.at - 1)
+            } else {
+                None
+            };
+            if let Some(at) = at {
+                let version = self.first_version + at as u64;
+                if (self.reverse && version > self.bound) || (!self.reverse && version < self.bound) {
+                    continue;
+                }
+                // Past `u32::MAX` only in the last chunk of versions, holding 64 entries.
+                return Some(match u32::try_from(version) {
+                    Ok(version) => Ok((version, self.seqs[at])),
+                    Err(_) => Err(damaged_chunk(self.stream, u32::MAX / key::INDEX_CHUNK)),
+                });
+            }
+            if self.ended {
+                return None;
+            }
+            let (k, v) = match self.chunks.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e)),
+            };
+            (self.len, self.at) = (0, 0);
+            if k.get(..16) != Some(&key::stream(self.stream)[..]) {
+                // Only forward, past the stream's last chunk.
+                self.ended = true;
+                return None;
+            }
+            let Some((stream, chunk)) = key::decode_stream_chunk(k) else {
+                return Some(Err(Error::CorruptIndex {
+                    table: "streams",
+                    reason: format!(
+                        "a key among stream {}'s entries is not 20 bytes",
+                        crate::id::StreamId::from(self.stream)
+                    ),
+                }));
+            };
+            let Some(n) = value::decode_index_chunk(v, &mut self.seqs) else {
+                return Some(Err(damaged_chunk(stream, chunk)));
+            };
+            self.len = n;
+            self.at = if self.reverse { n } else { 0 };
+            self.first_version = u64::from(chunk) * u64::from(key::INDEX_CHUNK) + 1;
+        }
+    }
+}
+
+#[cold]
+fn damaged_chunk(stream: u128, chunk: u32) -> Error {
+    let first = u64::from(chunk) * u64::from(key::INDEX_CHUNK) + 1;
+    Error::CorruptIndex {
+        table: "streams",
+        reason: format!(
+            "the entries of stream {} from version {first} cannot be decoded",
+            crate::id::StreamId::from(stream)
+        ),
+    }
+}
+
 /// Asks the CPU to bring the cache lines of `bytes` (its first 256 bytes at most) into its
 /// cache, so that a read of them a little later does not wait for memory. A hint: it
 /// changes no result, and costs a few instructions.
@@ -286,7 +382,8 @@ impl<'t> Iterator for LogEntries<'t> {
 pub(crate) struct Tables {
     /// `seq u64 BE` → envelope (see `record`).
     pub(crate) events: Table,
-    /// `stream u128 BE ‖ version u32 BE` → `seq u64 LE`.
+    /// `stream u128 BE ‖ chunk u32 BE` → the seqs of the stream's versions `64 chunk + 1`
+    /// on (up to 64), as LEB128 differences (see [`value::decode_index_chunk`]).
     pub(crate) streams: Table,
     /// `stream u128 BE` → `StreamHead` (current version, optional kind).
     pub(crate) stream_heads: Table,
@@ -323,7 +420,7 @@ pub(crate) struct Tables {
 /// Key encodings. Big-endian so LMDB's byte-wise order is numeric order.
 pub(crate) mod key {
     pub(crate) const SEQ_LEN: usize = 8;
-    pub(crate) const STREAM_VERSION_LEN: usize = 20;
+    pub(crate) const STREAM_CHUNK_LEN: usize = 20;
 
     pub(crate) fn seq(seq: u64) -> [u8; SEQ_LEN] {
         seq.to_be_bytes()
@@ -341,10 +438,22 @@ pub(crate) mod key {
         id.to_be_bytes()
     }
 
-    pub(crate) fn stream_version(stream: u128, version: u32) -> [u8; STREAM_VERSION_LEN] {
-        let mut k = [0u8; STREAM_VERSION_LEN];
+    /// Index entries per `streams` entry: versions `64c + 1 ..= 64c + 64` of a stream share
+    /// chunk `c`. Changing it is a format change.
+    pub(crate) const INDEX_CHUNK: u32 = 64;
+
+    /// The `streams` key of the chunk of index entries that holds `version` (from 1), and the
+    /// version's place in it.
+    pub(crate) fn index_chunk_of(version: u32) -> (u32, usize) {
+        let at = version.saturating_sub(1);
+        (at / INDEX_CHUNK, (at % INDEX_CHUNK) as usize)
+    }
+
+    /// A `streams` key: `stream u128 BE ‖ chunk u32 BE`.
+    pub(crate) fn stream_chunk(stream: u128, chunk: u32) -> [u8; STREAM_CHUNK_LEN] {
+        let mut k = [0u8; STREAM_CHUNK_LEN];
         k[..16].copy_from_slice(&stream.to_be_bytes());
-        k[16..].copy_from_slice(&version.to_be_bytes());
+        k[16..].copy_from_slice(&chunk.to_be_bytes());
         k
     }
 
@@ -428,13 +537,13 @@ pub(crate) mod key {
         Some((tag, version, layout))
     }
 
-    pub(crate) fn decode_stream_version(bytes: &[u8]) -> Option<(u128, u32)> {
-        if bytes.len() != STREAM_VERSION_LEN {
+    pub(crate) fn decode_stream_chunk(bytes: &[u8]) -> Option<(u128, u32)> {
+        if bytes.len() != STREAM_CHUNK_LEN {
             return None;
         }
         let stream = u128::from_be_bytes(bytes[..16].try_into().ok()?);
-        let version = u32::from_be_bytes(bytes[16..].try_into().ok()?);
-        Some((stream, version))
+        let chunk = u32::from_be_bytes(bytes[16..].try_into().ok()?);
+        Some((stream, chunk))
     }
 }
 
@@ -454,6 +563,53 @@ pub(crate) mod value {
 
     pub(crate) fn decode_fingerprint(bytes: &[u8]) -> Option<u64> {
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+
+    /// Most entries of a `streams` value (see [`super::key::INDEX_CHUNK`]).
+    pub(crate) const INDEX_CHUNK: usize = super::key::INDEX_CHUNK as usize;
+
+    /// Decodes a `streams` value into `out`: the seqs of consecutive versions, stored as
+    /// LEB128 differences, each from the seq before (the first from 0). Returns how many;
+    /// `None` for an empty or damaged value (a cut number, a difference of 0, a sum past
+    /// `u64::MAX`, more than [`INDEX_CHUNK`] entries).
+    pub(crate) fn decode_index_chunk(mut bytes: &[u8], out: &mut [u64; INDEX_CHUNK]) -> Option<usize> {
+        let mut n = 0;
+        let mut seq = 0u64;
+        while !bytes.is_empty() {
+            let (delta, used) = leb128(bytes)?;
+            if delta == 0 || n == INDEX_CHUNK {
+                return None;
+            }
+            seq = seq.checked_add(delta)?;
+            out[n] = seq;
+            n += 1;
+            bytes = &bytes[used..];
+        }
+        (n > 0).then_some(n)
+    }
+
+    /// A LEB128 number and its length in bytes; `None` if cut short or over 64 bits.
+    fn leb128(bytes: &[u8]) -> Option<(u64, usize)> {
+        let mut value = 0u64;
+        for (i, &b) in bytes.iter().enumerate().take(10) {
+            if i == 9 && b > 1 {
+                return None;
+            }
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some((value, i + 1));
+            }
+        }
+        None
+    }
+
+    /// Appends `value` as LEB128.
+    pub(crate) fn push_leb128(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push((value & 0x7f) as u8 | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
     }
 
     /// A kind's event list: `(tag length u8 ‖ tag ‖ schema version u32 BE)*`.
@@ -941,6 +1097,122 @@ impl Storage {
         })
     }
 
+    /// The seq of `stream`'s event at `version`, from the `streams` index; `None` if the
+    /// index has no entry for it, [`Error::CorruptIndex`] if its chunk does not decode.
+    pub(crate) fn index_seq(
+        &self,
+        txn: &RoTxn<'_, WithoutTls>,
+        stream: u128,
+        version: u32,
+    ) -> Result<Option<u64>, Error> {
+        if version == 0 {
+            return Ok(None);
+        }
+        let (chunk, at) = key::index_chunk_of(version);
+        let Some(raw) = self.get(txn, self.tables.streams, &key::stream_chunk(stream, chunk))? else {
+            return Ok(None);
+        };
+        let mut seqs = [0u64; value::INDEX_CHUNK];
+        let n = value::decode_index_chunk(raw, &mut seqs).ok_or_else(|| damaged_chunk(stream, chunk))?;
+        Ok((at < n).then(|| seqs[at]))
+    }
+
+    /// The entries of `stream`'s index, ascending from version `from`, or (`reverse`)
+    /// descending from it.
+    pub(crate) fn stream_index<'t>(
+        &self,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        stream: u128,
+        from: u32,
+        reverse: bool,
+    ) -> Result<StreamIndex<'t>, Error> {
+        let (chunk, _) = key::index_chunk_of(from);
+        let (low, high) = if reverse { (0, chunk) } else { (chunk, u32::MAX) };
+        let (low, high) = (key::stream_chunk(stream, low), key::stream_chunk(stream, high));
+        // Forward without an upper bound (heed allocates one): the entries end at the first
+        // key of another stream.
+        let bounds = if reverse {
+            (Bound::Included(&low[..]), Bound::Included(&high[..]))
+        } else {
+            (Bound::Included(&low[..]), Bound::Unbounded)
+        };
+        let chunks = self.entries(txn, self.tables.streams, bounds, reverse)?;
+        Ok(StreamIndex {
+            chunks,
+            stream,
+            reverse,
+            bound: u64::from(from),
+            seqs: [0; value::INDEX_CHUNK],
+            len: 0,
+            at: 0,
+            first_version: 0,
+            ended: false,
+        })
+    }
+
+    /// Adds the index entries of `stream`'s versions from `first` on, at `seqs` (ascending),
+    /// to the `streams` index, whose last entry of the stream must be version `first - 1`.
+    /// Each chunk touched is read once and written once; `buf` is scratch.
+    pub(crate) fn index_append(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        stream: u128,
+        first: u32,
+        seqs: &[u64],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let table = self.tables.streams;
+        let mut version = first;
+        let mut rest = seqs;
+        while !rest.is_empty() {
+            let (chunk, at) = key::index_chunk_of(version);
+            let k = key::stream_chunk(stream, chunk);
+            buf.clear();
+            let mut last = 0;
+            if at > 0 {
+                let stored = self.get(txn, table, &k)?;
+                let mut held = [0u64; value::INDEX_CHUNK];
+                let n = match stored {
+                    Some(raw) => value::decode_index_chunk(raw, &mut held)
+                        .ok_or_else(|| damaged_chunk(stream, chunk))?,
+                    None => 0,
+                };
+                if n != at {
+                    // The stream head and the index disagree: writing on would lose or
+                    // misplace entries.
+                    return Err(Error::CorruptIndex {
+                        table: "streams",
+                        reason: format!(
+                            "stream {} has {} entries where its head says {}: the head or the index is damaged",
+                            crate::id::StreamId::from(stream),
+                            u64::from(chunk) * u64::from(key::INDEX_CHUNK) + n as u64,
+                            version - 1
+                        ),
+                    });
+                }
+                last = held[n - 1];
+                buf.extend_from_slice(stored.unwrap_or_default());
+            }
+            let take = (value::INDEX_CHUNK - at).min(rest.len());
+            for &seq in &rest[..take] {
+                if seq <= last {
+                    return Err(Error::Internal("index entries of a stream not in seq order"));
+                }
+                value::push_leb128(buf, seq - last);
+                last = seq;
+            }
+            if at == 0 {
+                self.insert(txn, table, "streams", &k, buf)?;
+            } else {
+                self.put(txn, table, &k, buf)?;
+            }
+            rest = &rest[take..];
+            // Only past the last version when nothing is left to add.
+            version = version.wrapping_add(take as u32);
+        }
+        Ok(())
+    }
+
     /// The payload blob a record of `seq` refers to by its BLAKE3 `hash`, checked against
     /// the hash (content addressing doubles as the blob's checksum) and the length the
     /// record states.
@@ -984,14 +1256,9 @@ impl Storage {
     }
 
     /// A cursor on `table` for many inserts in one transaction (see [`Puts`]).
-    pub(crate) fn puts<'t>(
-        &'t self,
-        txn: &'t mut WriteTxn<'_>,
-        table: Table,
-        name: &'static str,
-    ) -> Result<Puts<'t>, Error> {
+    pub(crate) fn puts<'t>(&'t self, txn: &'t mut WriteTxn<'_>, table: Table) -> Result<Puts<'t>, Error> {
         let cursor = table.iter_mut(txn).map_err(|e| self.err(e))?;
-        Ok(Puts { cursor, name, storage: self })
+        Ok(Puts { cursor, storage: self })
     }
 
     /// Appends at the end of a table whose keys only grow (the log); LMDB then skips the
@@ -1182,32 +1449,17 @@ impl Storage {
 /// written are the same as with `mdb_put`: no flag that changes where pages split is used.
 pub(crate) struct Puts<'t> {
     cursor: heed::RwIter<'t, Bytes, Bytes>,
-    name: &'static str,
     storage: &'t Storage,
 }
 
 impl Puts<'_> {
-    /// Inserts a key that must not exist yet, as [`Storage::insert`].
-    pub(crate) fn insert(&mut self, k: &[u8], v: &[u8]) -> Result<(), Error> {
+    /// Writes `k`, replacing any value it had, as [`Storage::put`].
+    pub(crate) fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), Error> {
         // SAFETY: heed forbids holding a reference into the database while it is modified;
         // `k` and `v` are the caller's own bytes, and while this cursor lives it borrows the
         // transaction mutably, so no value read from the map can be alive. The flags do not
-        // include `MDB_CURRENT`: this is a keyed insert (LMDB positions the cursor itself),
-        // not an overwrite of the entry under the cursor, so `k` need not be the current key.
-        let put = unsafe { self.cursor.put_current_with_options::<Bytes>(PutFlags::NO_OVERWRITE, k, v) };
-        put.map_err(|e| match e {
-            heed::Error::Mdb(MdbError::KeyExist) => Error::CorruptIndex {
-                table: self.name,
-                reason: "an entry being written already exists (a stream head or id index is damaged)".into(),
-            },
-            other => self.storage.err(other),
-        })
-    }
-
-    /// Writes `k`, replacing any value it had, as [`Storage::put`].
-    pub(crate) fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), Error> {
-        // SAFETY: as in `insert`; with no flags LMDB inserts or replaces the value of `k`
-        // wherever it is, independently of the cursor's position.
+        // include `MDB_CURRENT`: with none, LMDB inserts or replaces the value of `k` wherever
+        // it is, independently of the cursor's position.
         let put = unsafe { self.cursor.put_current_with_options::<Bytes>(PutFlags::empty(), k, v) };
         put.map_err(|e| self.storage.err(e))
     }
@@ -1538,9 +1790,9 @@ fn check_format(bytes: &[u8]) -> Result<(), Error> {
         .map(u32::from_le_bytes)
         .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
     if found != FORMAT_VERSION && found != ENCRYPTED_FORMAT_VERSION {
-        // Including the unbound encrypted format (2): it has no upgrade in place, since
-        // its wrapped keys would have to be re-wrapped under keys this build derives
-        // from the master key, which opening does not have yet.
+        // Older formats (1 and 3, and the unbound encrypted format 2) have no upgrade in
+        // place: every record and index entry would be rewritten. A write open drops its
+        // transaction, so tables created for this build's layout are not kept.
         return Err(Error::IncompatibleFormat { found, supported: ENCRYPTED_FORMAT_VERSION });
     }
     Ok(())
@@ -1778,17 +2030,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_version_keys_sort_by_stream_then_version() {
+    fn stream_chunk_keys_sort_by_stream_then_chunk() {
         let mut keys = [
-            key::stream_version(2, 1),
-            key::stream_version(1, 256),
-            key::stream_version(1, 2),
-            key::stream_version(u128::MAX, 0),
-            key::stream_version(1, u32::MAX),
+            key::stream_chunk(2, 1),
+            key::stream_chunk(1, 256),
+            key::stream_chunk(1, 2),
+            key::stream_chunk(u128::MAX, 0),
+            key::stream_chunk(1, u32::MAX),
         ];
         keys.sort_unstable();
-        let decoded: Vec<_> = keys.iter().map(|k| key::decode_stream_version(k).unwrap()).collect();
+        let decoded: Vec<_> = keys.iter().map(|k| key::decode_stream_chunk(k).unwrap()).collect();
         assert_eq!(decoded, vec![(1, 2), (1, 256), (1, u32::MAX), (2, 1), (u128::MAX, 0)]);
+        assert_eq!(key::index_chunk_of(1), (0, 0));
+        assert_eq!(key::index_chunk_of(64), (0, 63));
+        assert_eq!(key::index_chunk_of(65), (1, 0));
+        assert_eq!(key::index_chunk_of(u32::MAX), ((u32::MAX - 1) / 64, 62));
+    }
+
+    #[test]
+    fn index_chunks_round_trip_and_reject_garbage() {
+        let mut out = [0u64; value::INDEX_CHUNK];
+        for seqs in [vec![1u64], vec![5, 6, 1000, 1 << 40, u64::MAX], (1..=64).map(|i| i * 977).collect()] {
+            let mut buf = Vec::new();
+            let mut last = 0;
+            for &s in &seqs {
+                value::push_leb128(&mut buf, s - last);
+                last = s;
+            }
+            assert_eq!(value::decode_index_chunk(&buf, &mut out), Some(seqs.len()));
+            assert_eq!(&out[..seqs.len()], &seqs[..]);
+            // Cut inside the last number: refused.
+            if buf.len() > 1 && buf[buf.len() - 2] & 0x80 != 0 {
+                assert_eq!(value::decode_index_chunk(&buf[..buf.len() - 1], &mut out), None);
+            }
+        }
+        assert_eq!(value::decode_index_chunk(&[], &mut out), None, "empty");
+        assert_eq!(value::decode_index_chunk(&[1, 0], &mut out), None, "a difference of 0");
+        assert_eq!(value::decode_index_chunk(&[0x80], &mut out), None, "cut");
+        assert_eq!(value::decode_index_chunk(&[0xff; 10], &mut out), None, "over 64 bits");
+        assert_eq!(value::decode_index_chunk(&[1; 65], &mut out), None, "65 entries");
+        let mut max = vec![0xff; 9];
+        max.push(1);
+        max.push(1);
+        assert_eq!(value::decode_index_chunk(&max, &mut out), None, "a sum past u64::MAX");
     }
 
     #[test]
@@ -1894,8 +2178,7 @@ mod tests {
         .map(|k| k.to_vec())
         .chain([key::seq(1), key::seq(255), key::seq(256), key::seq(u64::MAX)].map(|k| k.to_vec()))
         .chain(
-            [key::stream_version(1, 2), key::stream_version(1, 256), key::stream_version(2, 1)]
-                .map(|k| k.to_vec()),
+            [key::stream_chunk(1, 2), key::stream_chunk(1, 256), key::stream_chunk(2, 1)].map(|k| k.to_vec()),
         )
         .chain([key::stream(1), key::stream(1 << 64), key::stream(u128::MAX)].map(|k| k.to_vec()))
         .collect();

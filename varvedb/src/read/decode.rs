@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::event::RecordedEvent;
 use crate::id::StreamId;
 use crate::record::{self, Body, Content, Envelope, Verified};
-use crate::storage::{key, value};
+use crate::storage::key;
 
 use super::ReadView;
 
@@ -74,12 +74,8 @@ impl ReadView<'_> {
                         if head.version > *last_version {
                             return Err(corrupt("a record names a shredded stream past its last version"));
                         }
-                        let at = self.storage.get(
-                            &self.txn,
-                            self.storage.tables.streams,
-                            &key::stream_version(head.stream, head.version),
-                        )?;
-                        if at.and_then(value::decode_seq) != Some(seq) {
+                        let at = self.storage.index_seq(&self.txn, head.stream, head.version)?;
+                        if at != Some(seq) {
                             return Err(corrupt(
                                 "a record names a shredded stream the index does not place it in",
                             ));

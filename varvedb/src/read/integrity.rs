@@ -108,9 +108,7 @@ impl ReadView<'_> {
                 ));
             }
             *last = e.version;
-            let index =
-                self.storage.get(&self.txn, tables.streams, &key::stream_version(stream, e.version))?;
-            if index.and_then(value::decode_seq) != Some(e.seq) {
+            if self.storage.index_seq(&self.txn, stream, e.version)? != Some(e.seq) {
                 return Err(bad(
                     "streams",
                     format!("entry for seq {} (version {}) is missing or wrong", e.seq, e.version),
@@ -153,9 +151,7 @@ impl ReadView<'_> {
                 "holds header MACs of events that are not shredded events of the log".into(),
             ));
         }
-        if count(tables.streams)? != report.events {
-            return Err(bad("streams", "holds entries for events that are not in the log".into()));
-        }
+        self.check_index_size(&versions)?;
         if count(tables.event_ids)? != with_ids {
             return Err(bad("event_ids", "holds ids of events that are not in the log".into()));
         }
@@ -171,5 +167,26 @@ impl ReadView<'_> {
             }
         }
         Ok(report)
+    }
+
+    /// That the `streams` index holds nothing but the entries of `versions` (each stream's
+    /// last version), whose every entry was found in place: one chunk per 64 versions, and
+    /// none past a stream's last version in its last chunk.
+    fn check_index_size(&self, versions: &HashMap<u128, u32>) -> Result<(), Error> {
+        let chunks: u64 =
+            versions.values().map(|&v| u64::from(v).div_ceil(u64::from(key::INDEX_CHUNK))).sum();
+        let mut surplus = false;
+        for (&stream, &version) in versions {
+            if let Some(next) = version.checked_add(1) {
+                surplus |= self.storage.index_seq(&self.txn, stream, next)?.is_some();
+            }
+        }
+        if surplus || self.storage.len(&self.txn, self.storage.tables.streams)? != chunks {
+            return Err(Error::CorruptIndex {
+                table: "streams",
+                reason: "holds entries for events that are not in the log".into(),
+            });
+        }
+        Ok(())
     }
 }

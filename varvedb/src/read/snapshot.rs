@@ -5,7 +5,7 @@ use super::ReadView;
 use crate::crypto::StreamKey;
 use crate::error::Error;
 use crate::id::StreamId;
-use crate::storage::{key, value};
+use crate::storage::key;
 
 /// How [`ReadView::open_for_stream`] went.
 pub(crate) enum Opened {
@@ -25,12 +25,7 @@ impl ReadView<'_> {
 
     /// The seq of `stream`'s event at `version`, from the stream index.
     pub(crate) fn seq_at(&self, stream: StreamId, version: u32) -> Result<Option<u64>, Error> {
-        let at = self.storage.get(
-            &self.txn,
-            self.storage.tables.streams,
-            &key::stream_version(stream.as_u128(), version),
-        )?;
-        Ok(at.and_then(value::decode_seq))
+        self.storage.index_seq(&self.txn, stream.as_u128(), version)
     }
 
     /// Whether the view is of an encrypted store.

@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::event::RecordedEvent;
 use crate::id::StreamId;
 use crate::record::{self, Verified};
-use crate::storage::{Entries, key, value};
+use crate::storage::{Entries, StreamIndex, key};
 
 use super::{ReadView, fails_the_view, reuse};
 
@@ -39,15 +39,7 @@ impl ReadView<'_> {
         from_version: u32,
         head: Option<u32>,
     ) -> Result<StreamEvents<'_>, Error> {
-        let from = key::stream_version(stream.as_u128(), from_version);
-        // No upper bound: `StreamEvents` stops at the first key of another stream (the
-        // bound would be one more allocation, and a comparison per entry).
-        let raw = self.storage.entries(
-            &self.txn,
-            self.storage.tables.streams,
-            (Included(&from), Unbounded),
-            false,
-        )?;
+        let raw = self.storage.stream_index(&self.txn, stream.as_u128(), from_version, false)?;
         let versions = Versions::forward(from_version, head);
         Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(true), ahead: Ahead::new(), versions })
     }
@@ -63,14 +55,7 @@ impl ReadView<'_> {
         from_version: u32,
     ) -> Result<StreamEvents<'_>, Error> {
         let stream = stream.into();
-        let from = key::stream_version(stream.as_u128(), 0);
-        let to = key::stream_version(stream.as_u128(), from_version);
-        let raw = self.storage.entries(
-            &self.txn,
-            self.storage.tables.streams,
-            (Included(&from), Included(&to)),
-            true,
-        )?;
+        let raw = self.storage.stream_index(&self.txn, stream.as_u128(), from_version, true)?;
         let versions = Versions::backward(from_version, self.stream_version(stream)?);
         Ok(StreamEvents { view: self, stream, raw, log: LogSteps::new(false), ahead: Ahead::new(), versions })
     }
@@ -81,7 +66,7 @@ impl ReadView<'_> {
 pub struct StreamEvents<'v> {
     view: &'v ReadView<'v>,
     stream: StreamId,
-    raw: Entries<'v>,
+    raw: StreamIndex<'v>,
     log: LogSteps<'v>,
     ahead: Ahead<'v>,
     versions: Versions,
@@ -431,8 +416,7 @@ impl<'v> StreamEvents<'v> {
         })
     }
 
-    /// The next index entry and the record it points at. A forward read's range has no upper
-    /// bound: it ends at the first key of another stream.
+    /// The next index entry and the record it points at.
     #[inline]
     fn fetch(&mut self) -> Option<Result<Fetched<'v>, Box<Error>>> {
         let bad = |reason: String| Box::new(Error::CorruptIndex { table: "streams", reason });
@@ -457,26 +441,16 @@ impl<'v> StreamEvents<'v> {
         if self.versions.ended {
             return None;
         }
-        let wanted = self.stream.as_u128();
-        let (k, v) = match self.raw.next() {
-            Some(Ok(kv)) => kv,
+        let (version, seq) = match self.raw.next() {
+            Some(Ok(entry)) => entry,
             Some(Err(e)) => return Some(Err(Box::new(e))),
             None => return self.versions.finish().map(|reason| Err(bad(reason))),
         };
-        if self.log.forward && k.get(..16) != Some(&key::stream(wanted)[..]) {
-            return self.versions.finish().map(|reason| Err(bad(reason)));
-        }
-        let Some((stream, version)) = key::decode_stream_version(k) else {
-            return Some(Err(bad("key is not 20 bytes".into())));
-        };
-        let seq = value::decode_seq(v);
-        if let Err(reason) = self.versions.meet((stream, version, seq.unwrap_or(0))) {
+        let entry = (self.stream.as_u128(), version, seq);
+        if let Err(reason) = self.versions.meet(entry) {
             return Some(Err(bad(reason)));
         }
-        Some(
-            seq.map(|seq| (stream, version, seq))
-                .ok_or_else(|| bad(format!("value at version {version} is not a seq"))),
-        )
+        Some(Ok(entry))
     }
 }
 
@@ -537,5 +511,44 @@ mod tests {
         }
         assert!(events.next().is_none());
         assert!(events.ahead.ended);
+    }
+
+    #[test]
+    fn reads_from_any_version_cross_the_index_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Varve::open(dir.path()).unwrap();
+        // Two streams interleaved, in requests of several sizes, over four chunks of entries.
+        let mut n = 0u32;
+        for size in [1u32, 63, 1, 64, 71] {
+            let mut batch = WriteBatch::new();
+            for _ in 0..size {
+                n += 1;
+                for stream in [7u128, 8] {
+                    batch.append(
+                        stream,
+                        ExpectedVersion::Auto,
+                        [NewEvent::new("t", n.to_le_bytes().to_vec())],
+                    );
+                }
+            }
+            db.write(batch).unwrap();
+        }
+        let view = db.begin_read().unwrap();
+        for from in [0, 1, 2, 63, 64, 65, 66, 128, 129, 199, 200, 201, u32::MAX] {
+            let forward: Vec<u32> =
+                view.read_stream(8u128, from).unwrap().map(|e| e.unwrap().version()).collect();
+            assert_eq!(forward, (from.max(1)..=n).collect::<Vec<_>>(), "forward from {from}");
+            let backward: Vec<u32> =
+                view.read_stream_backward(7u128, from).unwrap().map(|e| e.unwrap().version()).collect();
+            assert_eq!(backward, (1..=from.min(n)).rev().collect::<Vec<_>>(), "backward from {from}");
+        }
+        for version in 1..=n {
+            let seq = view.seq_at(StreamId::from(7u128), version).unwrap().unwrap();
+            let event = view.event(seq).unwrap().unwrap();
+            assert_eq!((event.version(), event.payload()), (version, &version.to_le_bytes()[..]));
+        }
+        assert_eq!(view.seq_at(StreamId::from(7u128), n + 1).unwrap(), None);
+        let report = view.check_integrity().unwrap();
+        assert_eq!((report.events, report.streams), (2 * u64::from(n), 2));
     }
 }

@@ -863,6 +863,25 @@ mod tests {
         storage.commit(txn).unwrap();
     }
 
+    /// Sets a stream's head as [`force_head`] does, and gives the stream the index entries
+    /// an append after `version` builds on: the chunk of `version`, whose entries point at
+    /// placeholder records appended to the log.
+    fn force_history(db: &Varve, stream: u128, version: u32) {
+        force_head(db, stream, version);
+        let storage = &db.inner.storage;
+        let mut txn = storage.write_txn().unwrap();
+        let (chunk, at) = key::index_chunk_of(version);
+        let last = storage.last_seq(&txn).unwrap();
+        let seqs: Vec<u64> = (last + 1..=last + at as u64 + 1).collect();
+        for &seq in &seqs {
+            storage.append(&mut txn, storage.tables.events, &key::seq(seq), b"placeholder").unwrap();
+        }
+        storage.delete(&mut txn, storage.tables.streams, &key::stream_chunk(stream, chunk)).unwrap();
+        let first = chunk * key::INDEX_CHUNK + 1;
+        storage.index_append(&mut txn, stream, first, &seqs, &mut Vec::new()).unwrap();
+        storage.commit(txn).unwrap();
+    }
+
     #[test]
     fn a_store_of_another_format_version_is_refused_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -877,8 +896,32 @@ mod tests {
         }
         let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
         let err = Varve::open(dir.path()).unwrap_err();
-        assert!(matches!(err, Error::IncompatibleFormat { found: 4, supported: 3 }), "{err:?}");
+        assert!(matches!(err, Error::IncompatibleFormat { found: 6, supported: 5 }), "{err:?}");
         assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
+    }
+
+    #[test]
+    fn a_store_of_an_older_format_is_refused_naming_both_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        for old in [1u32, 3] {
+            {
+                let db = Varve::open(dir.path()).unwrap();
+                let storage = &db.inner.storage;
+                let mut txn = storage.write_txn().unwrap();
+                storage.put(&mut txn, storage.tables.meta, b"format_version", &old.to_le_bytes()).unwrap();
+                storage.commit(txn).unwrap();
+            }
+            let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
+            let err = Varve::open(dir.path()).unwrap_err();
+            assert!(
+                matches!(err, Error::IncompatibleFormat { found, supported: 5 } if found == old),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(&format!("format version {old}")) && text.contains("4 (plain)"), "{text}");
+            assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
+            std::fs::remove_dir_all(dir.path()).unwrap();
+        }
     }
 
     #[test]
@@ -911,7 +954,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Varve::open(dir.path()).unwrap();
         db.append(5u128, ExpectedVersion::Auto, [event()]).unwrap();
-        force_head(&db, 5, 4);
+        force_history(&db, 5, 4);
         let stale = db.append(5u128, ExpectedVersion::Exact(1), [event()]);
         assert!(matches!(stale, Err(Error::ConcurrencyConflict { actual: Some(4), .. })), "{stale:?}");
         let a = db.append(5u128, ExpectedVersion::Exact(4), [event()]).unwrap();
@@ -950,19 +993,22 @@ mod tests {
     fn version_overflow_at_u32_max_is_a_typed_error_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let db = Varve::open(dir.path()).unwrap();
-        force_head(&db, 9, u32::MAX - 1);
+        force_history(&db, 9, u32::MAX - 1);
+        // The placeholders of the 62 versions before, in the last chunk of versions.
+        let placed = db.begin_read().unwrap().last_seq().unwrap();
+        assert_eq!(placed, 62);
 
         let two = db.append(9u128, ExpectedVersion::Auto, [event(), event()]);
         assert!(matches!(two, Err(Error::VersionOverflow { stream }) if stream == StreamId::from(9)));
-        assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 0, "nothing written");
+        assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), placed, "nothing written");
 
         let last = db.append(9u128, ExpectedVersion::Exact(u32::MAX - 1), [event()]).unwrap();
-        assert_eq!((last.first_version, last.last_version, last.first_seq), (u32::MAX, u32::MAX, 1));
+        assert_eq!((last.first_version, last.last_version, last.first_seq), (u32::MAX, u32::MAX, placed + 1));
 
         let past = db.append(9u128, ExpectedVersion::Exact(u32::MAX), [event()]);
         assert!(matches!(past, Err(Error::VersionOverflow { .. })));
         let view = db.begin_read().unwrap();
-        assert_eq!(view.last_seq().unwrap(), 1);
+        assert_eq!(view.last_seq().unwrap(), placed + 1);
         assert_eq!(view.stream_version(9u128).unwrap(), Some(u32::MAX));
         let read: Vec<u32> =
             view.read_stream(9u128, u32::MAX).unwrap().map(|e| e.unwrap().version()).collect();

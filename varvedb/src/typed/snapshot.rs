@@ -295,10 +295,7 @@ pub(crate) fn store<A: Aggregate>(
     if head.version < version || head.kind != Some(A::KIND) {
         return Ok(false);
     }
-    let Some(seq) = storage
-        .get(&txn, storage.tables.streams, &key::stream_version(id, version))?
-        .and_then(value::decode_seq)
-    else {
+    let Some(seq) = storage.index_seq(&txn, id, version)? else {
         return Ok(false);
     };
     let mut stored = Stored {

@@ -97,16 +97,17 @@ impl WriterState {
                 }
             }
         }
-        // In key order through one cursor, an index entry or head mostly lands on the leaf
-        // page of the one before instead of descending from the root.
-        let mut index = storage.puts(txn, tables.streams, "streams")?;
-        for &(stream, version, seq) in &self.index_order.entries {
-            // Never overwrite: an existing entry means the stream head lied about the
-            // version (damage), and overwriting would unlink a stored event.
-            index.insert(&key::stream_version(stream, version), &value::seq(seq))?;
+        // A stream's entries are consecutive in `entries` (in version order): each chunk of
+        // its index is read and written once per request.
+        let mut rest = &self.index_order.entries[..];
+        while let Some(&(stream, first, _)) = rest.first() {
+            let run = rest.iter().take_while(|e| e.0 == stream).count();
+            self.index_seqs.clear();
+            self.index_seqs.extend(rest[..run].iter().map(|e| e.2));
+            storage.index_append(txn, stream, first, &self.index_seqs, &mut self.head_buf)?;
+            rest = &rest[run..];
         }
-        drop(index);
-        let mut stream_heads = storage.puts(txn, tables.stream_heads, "stream_heads")?;
+        let mut stream_heads = storage.puts(txn, tables.stream_heads)?;
         for &at in &self.index_order.heads_by_stream {
             let head = &heads[at as usize];
             let version = head.version.unwrap_or(0);

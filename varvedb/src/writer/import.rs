@@ -40,6 +40,7 @@ pub(crate) fn import(
     let mut heads: HashMap<u128, (u32, Option<String>)> = HashMap::new();
     let mut keys = KeyImport::default();
     let mut expected = last + 1;
+    let mut index_buf = Vec::new();
     for event in events {
         if event.seq != expected {
             return Err(Error::ReplicaGap { expected, found: event.seq });
@@ -74,13 +75,7 @@ pub(crate) fn import(
             }
         }
         storage.append(&mut txn, tables.events, &key::seq(event.seq), &event.record)?;
-        storage.insert(
-            &mut txn,
-            tables.streams,
-            "streams",
-            &key::stream_version(stream, event.version),
-            &value::seq(event.seq),
-        )?;
+        storage.index_append(&mut txn, stream, event.version, &[event.seq], &mut index_buf)?;
         expected += 1;
     }
     if events.is_empty() {

@@ -141,6 +141,7 @@ impl Writer {
             watch,
             record_buf: Vec::new(),
             head_buf: Vec::new(),
+            index_seqs: Vec::new(),
             index_order: IndexOrder::default(),
             head_cache: HeadCache::default(),
             tree,
@@ -226,8 +227,10 @@ struct WriterState {
     watch: tokio::sync::watch::Sender<u64>,
     /// Scratch for the encoded record of one event.
     record_buf: Vec<u8>,
-    /// Scratch for the encoded head of one stream.
+    /// Scratch for the encoded head of one stream, or a chunk of its index.
     head_buf: Vec<u8>,
+    /// Scratch for the seqs of one stream's new index entries.
+    index_seqs: Vec<u64>,
     index_order: IndexOrder,
     head_cache: HeadCache,
     /// The growing edge of the Merkle tree over the log, when the store keeps one.
