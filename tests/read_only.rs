@@ -132,7 +132,8 @@ fn a_store_that_needs_a_write_open_is_refused_unchanged() {
     drop(Varve::open(dir.path()).unwrap());
     assert_eq!(read_only().open(dir.path()).unwrap().begin_read().unwrap().last_seq().unwrap(), 1);
 
-    // A store of an older layout, without every table this version has.
+    // A store of this format without every table this version has (a table added by a later
+    // build of the same format).
     let old = tempfile::tempdir().unwrap();
     {
         // SAFETY: a new directory of this test's own; nothing else maps it.
@@ -140,7 +141,7 @@ fn a_store_that_needs_a_write_open_is_refused_unchanged() {
         let mut txn = env.write_txn().unwrap();
         let meta: heed::Database<heed::types::Bytes, heed::types::Bytes> =
             env.create_database(&mut txn, Some("meta")).unwrap();
-        meta.put(&mut txn, b"format_version", &1u32.to_le_bytes()).unwrap();
+        meta.put(&mut txn, b"format_version", &4u32.to_le_bytes()).unwrap();
         let _: heed::Database<heed::types::Bytes, heed::types::Bytes> =
             env.create_database(&mut txn, Some("events")).unwrap();
         txn.commit().unwrap();
