@@ -146,6 +146,22 @@ fn a_store_that_needs_a_write_open_is_refused_unchanged() {
             env.create_database(&mut txn, Some("events")).unwrap();
         txn.commit().unwrap();
     }
+    // The same of an older format: refused for its format, as a write open refuses it.
+    let older = tempfile::tempdir().unwrap();
+    {
+        // SAFETY: a new directory of this test's own; nothing else maps it.
+        let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).open(older.path()) }.unwrap();
+        let mut txn = env.write_txn().unwrap();
+        let meta: heed::Database<heed::types::Bytes, heed::types::Bytes> =
+            env.create_database(&mut txn, Some("meta")).unwrap();
+        meta.put(&mut txn, b"format_version", &1u32.to_le_bytes()).unwrap();
+        txn.commit().unwrap();
+    }
+    let before = file_bytes(older.path());
+    let refused = read_only().open(older.path());
+    assert!(matches!(refused, Err(Error::IncompatibleFormat { found: 1, .. })), "{refused:?}");
+    assert!(file_bytes(older.path()) == before);
+
     let before = file_bytes(old.path());
     let refused = read_only().open(old.path());
     assert!(

@@ -1814,10 +1814,15 @@ fn open_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tab
             .name(name)
             .open(&rtxn)
             .map_err(err)?
-            .ok_or_else(|| {
-                needs_write("it lacks a table that this version adds when it opens a store for writing")
-            })
+            .ok_or_else(|| needs_write("it lacks a table that a write open of its format adds"))
     };
+    // The format first: a store of an older format is refused as a write open refuses it,
+    // whatever tables it lacks.
+    let meta = open(name::META)?;
+    match meta.get(&rtxn, meta_key::FORMAT_VERSION).map_err(err)? {
+        Some(bytes) => check_format(bytes)?,
+        None => return Err(needs_write("it has no format version yet")),
+    }
     let tables = Tables {
         events: open(name::EVENTS)?,
         streams: open(name::STREAMS)?,
@@ -1829,14 +1834,10 @@ fn open_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tab
         keys: open(name::KEYS)?,
         schema: open(name::SCHEMA)?,
         snapshots: open(name::SNAPSHOTS)?,
-        meta: open(name::META)?,
+        meta,
         shredded_headers: open(name::SHREDDED_HEADERS)?,
         merkle: open(name::MERKLE)?,
     };
-    match tables.meta.get(&rtxn, meta_key::FORMAT_VERSION).map_err(err)? {
-        Some(bytes) => check_format(bytes)?,
-        None => return Err(needs_write("it has no format version yet")),
-    }
     // Committing a read transaction keeps the tables it opened open for the environment.
     rtxn.commit().map_err(err)?;
     Ok(tables)

@@ -141,6 +141,11 @@ fn decode_entry(version: u32, bytes: &[u8]) -> Result<Entry, SyncError> {
     let command_version = u32::from_le_bytes(r.array()?);
     let fingerprint = u64::from_le_bytes(r.array()?);
     let command = CommandRecord { tag, version: command_version, fingerprint, bytes: r.bytes.to_vec() };
+    // The entry's event has version `base + 1`, and the next command's order is `order + 1`:
+    // an entry that leaves no room for either was not written by a node.
+    if base == u32::MAX || local_version == 0 || order == u64::MAX {
+        return Err(SyncError::CorruptJournal { version, reason: "a version or order out of range".into() });
+    }
     Ok(Entry { stream, base, local_version, order, event_id, kind, command })
 }
 
@@ -178,7 +183,8 @@ pub(crate) fn write(
     let mut entry = Entry {
         stream: draft.stream,
         base: draft.base,
-        local_version: head + 1,
+        // At `u32::MAX` the append below is the store's typed version overflow.
+        local_version: head.saturating_add(1),
         order: draft.order,
         event_id,
         kind: draft.kind,

@@ -467,7 +467,12 @@ impl SyncNode {
             Resolution::Discard => {
                 let dropped: Vec<(u128, String)> =
                     entries.iter().map(|e| (e.event_id, "discarded after a conflict".to_owned())).collect();
-                journal::drop_entries(&self.inner.local, &dropped)?;
+                if let Err(e) = journal::drop_entries(&self.inner.local, &dropped) {
+                    // The entries stay pending in memory as in the journal (an outcome the store
+                    // could not tell is settled by reopening, which replays the journal).
+                    pending.streams.insert(stream.as_u128(), entries);
+                    return Err(e);
+                }
                 (Vec::new(), dropped)
             }
         };

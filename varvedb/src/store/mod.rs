@@ -281,9 +281,10 @@ impl Options {
     /// are seen by the next view. Every write ([`Varve::append`], projections, checkpoints,
     /// key operations) is [`Error::ReadOnly`], and [`Stats`] stay at zero.
     ///
-    /// Nothing is created, upgraded or repaired: a missing store is [`Error::NoStore`], and a
-    /// store an open for writing would change first (one made by an older version that lacks
-    /// a table or its format version, one whose last commit failed while writing its meta
+    /// Nothing is created, upgraded or repaired: a missing store is [`Error::NoStore`], a
+    /// store of an older format is [`Error::IncompatibleFormat`] as in a write open, and a
+    /// store an open for writing would change first (one that lacks a table a write open of
+    /// its format adds, or its format version, one whose last commit failed while writing its meta
     /// page, an unencrypted empty store given a key, a store without the Merkle tree with
     /// [`verifiable_log`](Self::verifiable_log) on) is [`Error::NeedsWriteOpen`].
     ///
