@@ -280,6 +280,24 @@ fn cases() -> u32 {
     std::env::var("VARVEDB_LAYOUT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
 }
 
+/// Flips bytes of an archive and cuts it: each decoding is a JSON value or a typed error,
+/// never a panic, never a read outside the bytes.
+fn decode_damaged(
+    layout: &Layout,
+    mut bytes: Vec<u8>,
+    flips: &[(prop::sample::Index, u8)],
+    cut: prop::sample::Index,
+) {
+    for (at, b) in flips {
+        let i = at.index(bytes.len());
+        bytes[i] ^= b | 1;
+    }
+    let _ = layout.to_json(&bytes);
+    let n = cut.index(bytes.len());
+    let _ = layout.to_json(&bytes[n..]);
+    let _ = layout.to_json(&bytes[..n]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
 
@@ -342,16 +360,8 @@ proptest! {
         flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
         cut in any::<prop::sample::Index>(),
     ) {
-        let layout = Collections::layout();
-        let mut bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value).expect("archive").to_vec();
-        for (at, b) in &flips {
-            let i = at.index(bytes.len());
-            bytes[i] ^= b | 1;
-        }
-        let _ = layout.to_json(&bytes);
-        let n = cut.index(bytes.len());
-        let _ = layout.to_json(&bytes[n..]);
-        let _ = layout.to_json(&bytes[..n]);
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value).expect("archive").to_vec();
+        decode_damaged(&Collections::layout(), bytes, &flips, cut);
     }
 
     /// Damaged archives: any byte changed, or the archive cut short, gives a JSON value or a
@@ -362,16 +372,8 @@ proptest! {
         flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
         cut in any::<prop::sample::Index>(),
     ) {
-        let layout = Everything::layout();
-        let mut bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value).expect("archive").to_vec();
-        for (at, b) in &flips {
-            let i = at.index(bytes.len());
-            bytes[i] ^= b | 1;
-        }
-        let _ = layout.to_json(&bytes);
-        let n = cut.index(bytes.len());
-        let _ = layout.to_json(&bytes[n..]);
-        let _ = layout.to_json(&bytes[..n]);
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value).expect("archive").to_vec();
+        decode_damaged(&Everything::layout(), bytes, &flips, cut);
     }
 
     /// Damaged descriptions are refused with a typed error.

@@ -50,21 +50,7 @@ fn a_replica_receives_the_leaders_log_byte_for_byte() {
     let server = nats::NatsServer::start();
     let (l, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let leader = Varve::open(l.path()).unwrap();
-    let mut seq = 0u64;
-    while seq < events {
-        let n = (events - seq).min(100);
-        let batch: Vec<NewEvent> = (seq + 1..=seq + n)
-            .map(|s| {
-                let payload =
-                    if s.is_multiple_of(1000) { vec![s as u8; 4096] } else { s.to_le_bytes().to_vec() };
-                let e = NewEvent::new(if s % 3 == 0 { "fizz" } else { "plain" }, payload)
-                    .with_metadata(vec![s as u8; (s % 5) as usize]);
-                if s.is_multiple_of(7) { e.with_id(u128::from(s) << 32) } else { e }
-            })
-            .collect();
-        leader.append(u128::from(seq / 100 % 50), ExpectedVersion::Auto, batch).unwrap();
-        seq += n;
-    }
+    append_batches(&leader, 1, events, 0);
     let replica = Options::new().replica(true).open(r.path()).unwrap();
     runtime().block_on(async {
         let client = async_nats::connect(server.url()).await.unwrap();
