@@ -22,6 +22,7 @@ use heed::{
 
 use crate::error::{Error, StorageError};
 
+mod ahead;
 mod files;
 mod sync;
 
@@ -696,6 +697,9 @@ pub(crate) struct Storage {
     pub(crate) flushes: sync::FlushTimes,
     /// As [`StorageConfig::read_only`].
     read_only: bool,
+    /// `data.mdb`, grown ahead of LMDB by each write transaction that finds little room left
+    /// past LMDB's last page (`None` when read-only).
+    ahead: Option<ahead::Ahead>,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -783,6 +787,7 @@ impl Storage {
         // creation syncs it; an open after a creation that was cut short between its link
         // and that sync must not leave `data.mdb`'s name to chance either.
         sync_dir(path).map_err(|e| io_error(e, path))?;
+        let ahead = ahead::Ahead::open(path, env.stat().page_size).map_err(|e| io_error(e, path))?;
         Ok(Storage {
             env,
             tables,
@@ -795,6 +800,7 @@ impl Storage {
             defer_meta_sync: config.defer_meta_sync,
             flushes: sync::FlushTimes::default(),
             read_only: false,
+            ahead: Some(ahead),
         })
     }
 
@@ -846,6 +852,7 @@ impl Storage {
             defer_meta_sync: false,
             flushes: sync::FlushTimes::default(),
             read_only: true,
+            ahead: None,
         })
     }
 
@@ -876,7 +883,44 @@ impl Storage {
             return Err(Error::WouldDeadlock);
         }
         let (txn, live) = self.begin(Env::write_txn)?;
-        Ok(WriteTxn { txn, _live: live })
+        let txn = WriteTxn { txn, _live: live };
+        self.grow_ahead(&txn)?;
+        Ok(txn)
+    }
+
+    /// Grows `data.mdb` past LMDB's last page when little room is left there, so that commits
+    /// flush blocks the file already has (see `storage/ahead.rs`). `txn` holds LMDB's write
+    /// lock and has written nothing. A full disk only leaves less room grown, for LMDB to fail
+    /// on or not; a failed flush stops the storage, as in [`Storage::sync`].
+    fn grow_ahead(&self, _txn: &WriteTxn<'_>) -> Result<(), Error> {
+        let Some(ahead) = &self.ahead else { return Ok(()) };
+        // `env.info()` reads the map: no remap is under way while `_txn` is live.
+        let last_page = self.env.info().last_page_number as u64;
+        let before = self.tickets.last();
+        let started = std::time::Instant::now();
+        match ahead.grow(last_page, self.map_size() as u64) {
+            Ok(ahead::Grown::Enough) => Ok(()),
+            Ok(ahead::Grown::Grew) => {
+                self.flushes.record(started.elapsed());
+                // The flush carried every meta page written before it.
+                self.tickets.flushed(before);
+                Ok(())
+            }
+            Err(ahead::GrowError::Write(e)) => {
+                crate::trace::event!(
+                    target: "varvedb::sync",
+                    tracing::Level::WARN,
+                    error = %e,
+                    "could not grow data.mdb ahead of use"
+                );
+                drop(e);
+                Ok(())
+            }
+            Err(ahead::GrowError::Flush(e)) => {
+                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(io_error(e, self.path()))));
+                Err(Error::NeedsReopen { source })
+            }
+        }
     }
 
     /// Commits `txn` durably. An error means nothing of it is stored, except
@@ -1684,7 +1728,9 @@ fn open_env(
     // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
     // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`,
     // `NO_SYNC`; `NO_LOCK` only for a private build, `NO_META_SYNC` only delays a flush,
-    // above). A second open of the same directory in this process is refused before this
+    // above). The store's own writes to `data.mdb` (`storage/ahead.rs`) put zeros only past
+    // LMDB's last page, under its write lock: no snapshot reaches them, and LMDB writes
+    // there later as into any page of its own. A second open of the same directory in this process is refused before this
     // (`files::Claim`), and by heed (`Error::AlreadyOpen`); LMDB's lock file coordinates
     // other processes.
     unsafe { options.open(dir) }
