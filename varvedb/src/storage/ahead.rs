@@ -34,6 +34,9 @@ pub(super) struct Ahead {
     page_size: u64,
     /// The end of LMDB's pages when last seen here. Changed only under LMDB's write lock.
     used: AtomicU64,
+    /// The file's length when last read or grown here: a lower bound of its length, since
+    /// nothing shortens the file while the store is open. Changed only under the write lock.
+    known_len: AtomicU64,
 }
 
 /// What [`Ahead::grow`] did.
@@ -48,7 +51,12 @@ pub(super) enum Grown {
 impl Ahead {
     pub(super) fn open(dir: &Path, page_size: u32) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().write(true).open(dir.join("data.mdb"))?;
-        Ok(Ahead { file, page_size: u64::from(page_size).max(1), used: AtomicU64::new(u64::MAX) })
+        Ok(Ahead {
+            file,
+            page_size: u64::from(page_size).max(1),
+            used: AtomicU64::new(u64::MAX),
+            known_len: AtomicU64::new(0),
+        })
     }
 
     /// Grows the file by a step of flushed zeros when less than half a step is left past
@@ -64,10 +72,15 @@ impl Ahead {
     /// file not yet flushed.
     pub(super) fn grow(&self, last_page: u64, map_size: u64) -> Result<Grown, GrowError> {
         let used = last_page.saturating_add(1).saturating_mul(self.page_size);
-        let len = self.file.metadata().map_err(GrowError::Write)?.len();
-        let step = (len / 16).clamp(MIN_STEP, MAX_STEP) / self.page_size * self.page_size;
         let took = used.saturating_sub(self.used.swap(used, Ordering::Relaxed));
-        if (len >= used && len - used >= step / 2) || took >= step / 4 {
+        // Most transactions find the room known from the last look: no `statx` for them.
+        if self.room_enough(self.known_len.load(Ordering::Relaxed), used) {
+            return Ok(Grown::Enough);
+        }
+        let len = self.file.metadata().map_err(GrowError::Write)?.len();
+        self.known_len.store(len, Ordering::Relaxed);
+        let step = self.step(len);
+        if self.room_enough(len, used) || took >= step / 4 {
             return Ok(Grown::Enough);
         }
         // A file may end before LMDB's last page where the pages past its end are free (LMDB
@@ -79,8 +92,19 @@ impl Ahead {
         // A write cut short (a full disk) leaves zeros past every page in use: room LMDB
         // writes into as into the rest.
         self.write_zeros(len, end).map_err(GrowError::Write)?;
+        self.known_len.store(end, Ordering::Relaxed);
         self.file.sync_data().map_err(GrowError::Flush)?;
         Ok(Grown::Grew)
+    }
+
+    /// A step for a file of `len` bytes: a sixteenth of it, within the bounds, in pages.
+    fn step(&self, len: u64) -> u64 {
+        (len / 16).clamp(MIN_STEP, MAX_STEP) / self.page_size * self.page_size
+    }
+
+    /// Whether a file of `len` bytes leaves half a step or more past `used`.
+    fn room_enough(&self, len: u64, used: u64) -> bool {
+        len >= used && len - used >= self.step(len) / 2
     }
 
     fn write_zeros(&self, start: u64, end: u64) -> io::Result<()> {
