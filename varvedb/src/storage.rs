@@ -891,7 +891,8 @@ impl Storage {
     /// Grows `data.mdb` past LMDB's last page when little room is left there, so that commits
     /// flush blocks the file already has (see `storage/ahead.rs`). `txn` holds LMDB's write
     /// lock and has written nothing. A full disk only leaves less room grown, for LMDB to fail
-    /// on or not; a failed flush stops the storage, as in [`Storage::sync`].
+    /// on or not. A failed flush fails `txn`'s caller with the disk's error and stops the
+    /// storage, as a failed [`Storage::sync`] does: it may have dropped a meta page.
     fn grow_ahead(&self, _txn: &WriteTxn<'_>) -> Result<(), Error> {
         let Some(ahead) = &self.ahead else { return Ok(()) };
         // `env.info()` reads the map: no remap is under way while `_txn` is live.
@@ -917,8 +918,14 @@ impl Storage {
                 Ok(())
             }
             Err(ahead::GrowError::Flush(e)) => {
-                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(io_error(e, self.path()))));
-                Err(Error::NeedsReopen { source })
+                // This transaction wrote nothing: it fails with the disk's error. Every later
+                // one is refused, as after a failed `sync`.
+                let copy = e.raw_os_error().map_or_else(
+                    || std::io::Error::new(e.kind(), e.to_string()),
+                    std::io::Error::from_raw_os_error,
+                );
+                self.fatal.get_or_init(|| Arc::new(io_error(copy, self.path())));
+                Err(io_error(e, self.path()))
             }
         }
     }
