@@ -740,25 +740,31 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     let plain = tempfile::tempdir().unwrap();
     Varve::open(plain.path()).unwrap();
     let format = |dir: &Path| raw::get(dir, "meta", b"format_version").unwrap();
-    // A build that knows only format 4 refuses an encrypted store rather than write plaintext.
-    assert_eq!(format(plain.path()), 4u32.to_le_bytes());
-    assert_eq!(format(p), 5u32.to_le_bytes());
+    // A build that knows only the plain format refuses an encrypted store rather than write
+    // plaintext.
+    assert_eq!(format(plain.path()), 6u32.to_le_bytes());
+    assert_eq!(format(p), 7u32.to_le_bytes());
 
     let check = raw::get(p, "meta", b"encryption").unwrap();
     raw::delete(p, "meta", b"encryption");
     assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "check value deleted, no key");
     assert!(matches!(open(p, 1), Err(Error::CorruptMeta { .. })), "check value deleted, with the key");
     raw::put(p, "meta", b"encryption", &check);
-    raw::put(p, "meta", b"format_version", &4u32.to_le_bytes());
-    assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "format downgraded, no key");
-    assert!(matches!(open(p, 1), Err(Error::CorruptMeta { .. })), "format downgraded, with the key");
+    // Set to the plain format, or to the plain format before heads held their newest index
+    // entries (which an open would otherwise upgrade): refused, and left as it is.
+    for plain in [6u32, 4] {
+        raw::put(p, "meta", b"format_version", &plain.to_le_bytes());
+        assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "format {plain}, no key");
+        assert!(matches!(open(p, 1), Err(Error::CorruptMeta { .. })), "format {plain}, with the key");
+        assert_eq!(format(p), plain.to_le_bytes());
+    }
     // Both stripped: a keyless process must still not take it for a plain store (it would
     // append plaintext beside the sealed events), and a key cannot be added to it either.
     raw::delete(p, "meta", b"encryption");
     assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "both stripped, no key");
     assert!(matches!(open(p, 1), Err(Error::NotEncrypted { .. })), "both stripped, with the key");
     raw::put(p, "meta", b"encryption", &check);
-    raw::put(p, "meta", b"format_version", &5u32.to_le_bytes());
+    raw::put(p, "meta", b"format_version", &7u32.to_le_bytes());
     assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
 }
 
@@ -897,7 +903,7 @@ fn keys_markers_and_files_of_another_store_under_the_same_master_key_are_refused
         let seq = seq_of(1, u64::from(v));
         copy_entry(px, py, "events", &seq.to_be_bytes());
     }
-    copy_entry(px, py, "streams", &index::key(1, 0));
+    // Stream 1's ten index entries are in its head.
     copy_entry(px, py, "stream_heads", &k1);
     let e = open(py, 1).map(|_| ());
     assert!(matches!(&e, Err(Error::CorruptIndex { table: "keys", .. })), "{e:?}");
@@ -1243,6 +1249,6 @@ fn a_store_of_the_encrypted_format_without_identities_is_refused_with_a_typed_er
     raw::put(p, "meta", b"format_version", &2u32.to_le_bytes());
     let before = std::fs::read(p.join("data.mdb")).unwrap();
     let e = open(p, 1).map(|_| ());
-    assert!(matches!(e, Err(Error::IncompatibleFormat { found: 2, supported: 5 })), "{e:?}");
+    assert!(matches!(e, Err(Error::IncompatibleFormat { found: 2, supported: 7 })), "{e:?}");
     assert_eq!(std::fs::read(p.join("data.mdb")).unwrap(), before, "open wrote nothing");
 }

@@ -163,9 +163,45 @@ fn a_stream_head_and_index_that_disagree_are_reported() {
     let past = forward[PER_STREAM as usize].as_ref().unwrap_err();
     assert!(past.contains("version 151 lies outside"), "{past}");
     assert!(db.begin_read().unwrap().check_integrity().is_err());
-    // An append on the damaged stream refuses to write over it.
+    // An append on the damaged stream refuses to write over it: the head holds the entries
+    // after the last full chunk, and they do not match its version.
     let e = db.append(27u128, ExpectedVersion::Auto, [NewEvent::new("n", vec![0])]);
-    assert!(matches!(e, Err(Error::CorruptIndex { table: "streams", .. })), "{e:?}");
+    assert!(matches!(e, Err(Error::CorruptIndex { table: "stream_heads", .. })), "{e:?}");
+    assert_eq!(db.begin_read().unwrap().stream_version(27u128).unwrap(), Some(PER_STREAM), "nothing written");
+}
+
+#[test]
+fn entries_in_a_stream_head_that_do_not_decode_are_reported_in_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    two_streams(dir.path());
+    // Versions 129 to 150 are the tail, in the head of stream 27: a cut number there.
+    let (head, _) = index::head(dir.path(), 27, 2);
+    index::put_head(dir.path(), 27, [head, vec![0x80]].concat());
+    let db = Varve::open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    for backward in [false, true] {
+        let items: Vec<Result<u32, Error>> = if backward {
+            view.read_stream_backward(27u128, u32::MAX).unwrap().map(|e| e.map(|e| e.version())).collect()
+        } else {
+            view.read_stream(27u128, 1).unwrap().map(|e| e.map(|e| e.version())).collect()
+        };
+        let versions: Vec<u32> = items.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        let mut want: Vec<u32> = (1..=128).collect();
+        if backward {
+            want.reverse();
+        }
+        assert_eq!(versions, want, "backward {backward}: every full chunk is still read");
+        let errors: Vec<&Error> = items.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(
+            errors.iter().any(|e| matches!(e, Error::CorruptIndex { table: "stream_heads", reason } if reason.contains("from version 129"))),
+            "backward {backward}: {errors:?}"
+        );
+    }
+    assert!(view.check_integrity().is_err());
+    let e = db.append(27u128, ExpectedVersion::Auto, [NewEvent::new("n", vec![0])]);
+    assert!(matches!(e, Err(Error::CorruptIndex { table: "stream_heads", .. })), "{e:?}");
+    // The other stream is untouched.
+    assert_eq!(read(&db, 26, false).iter().filter(|r| r.is_ok()).count(), PER_STREAM as usize);
 }
 
 #[test]
@@ -261,4 +297,68 @@ fn a_typed_load_over_a_lost_index_entry_fails_instead_of_folding_less() {
         "{:?}",
         loaded.as_ref().map(varvedb::Loaded::version)
     );
+}
+
+#[test]
+fn a_stream_head_moved_to_another_key_by_a_bit_flip_is_reported_not_read_as_no_stream() {
+    // Streams of fewer than 64 events keep every index entry in their head. A bit flipped in
+    // a head's key leaves the head in place under another stream's id: the stream must not
+    // read as empty, nor take appends as a new stream.
+    let dir = tempfile::tempdir().unwrap();
+    let base = 0x5eed_0000_0000_0000_0000_0000_0000_0000u128;
+    let [a, b, c] = [base, base + 2, base + 4];
+    {
+        let db = Varve::open(dir.path()).unwrap();
+        for stream in [a, b, c] {
+            db.append(
+                stream,
+                ExpectedVersion::Auto,
+                (1..=10u32).map(|i| NewEvent::new("n", i.to_le_bytes().to_vec())),
+            )
+            .unwrap();
+        }
+    }
+    // The first byte of b's key (big-endian: records hold ids little-endian, so only the
+    // head's key has this pattern): b's head now sorts past c's, in b's place.
+    assert!(damage::flip_in_file(dir.path(), &b.to_be_bytes(), 0) >= 1);
+    let db = Varve::open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    let damaged = |r: Result<(), Error>| matches!(r, Err(Error::CorruptIndex { table: "stream_heads", .. }));
+    assert!(damaged(view.stream_version(b).map(drop)));
+    assert!(damaged(view.read_stream(b, 1).map(drop)));
+    assert!(view.check_integrity().is_err());
+    let e = db.append(b, ExpectedVersion::Auto, [NewEvent::new("n", vec![0])]);
+    assert!(matches!(e, Err(Error::CorruptIndex { table: "stream_heads", .. })), "{e:?}");
+    assert_eq!(view.last_seq().unwrap(), 30, "nothing written");
+    // The streams on either side read as written, or, where the key out of order misleads
+    // LMDB's search of the page, as damaged: never as empty.
+    for stream in [a, c] {
+        match view.read_stream(stream, 1) {
+            Ok(events) => {
+                let versions: Vec<u32> = events.map(|e| e.unwrap().version()).collect();
+                assert_eq!(versions, (1..=10).collect::<Vec<_>>());
+            }
+            Err(e) => assert!(damaged(Err(e))),
+        }
+    }
+}
+
+#[test]
+fn a_stream_head_with_a_flipped_bit_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    two_streams(dir.path());
+    // Version 150 read as 214 would place the tail's entries at versions 193 to 214; the
+    // checksum refuses the head before anything reads them.
+    let (mut head, tail) = index::head(dir.path(), 27, 2);
+    head[4] ^= 0x40;
+    damage::raw::put(dir.path(), "stream_heads", &27u128.to_be_bytes(), &[head, tail].concat());
+    let db = Varve::open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    let e = view.stream_version(27u128);
+    assert!(matches!(e, Err(Error::CorruptIndex { table: "stream_heads", .. })), "{e:?}");
+    assert!(view.read_stream(27u128, 1).is_err());
+    assert!(view.check_integrity().is_err());
+    let e = db.append(27u128, ExpectedVersion::Auto, [NewEvent::new("n", vec![0])]);
+    assert!(matches!(e, Err(Error::CorruptIndex { table: "stream_heads", .. })), "{e:?}");
+    assert_eq!(read(&db, 26, false).iter().filter(|r| r.is_ok()).count(), PER_STREAM as usize);
 }

@@ -256,7 +256,9 @@ fn damaged_page_headers_are_reported_not_crashes() {
         return refused_or_reported(&dir);
     }
     let base = tempfile::tempdir().unwrap();
-    store(base.path(), 3000, 30);
+    // Enough full chunks of index entries (64 versions each) for `streams` to have a
+    // branch page.
+    store(base.path(), 9000, 30);
     let (page_size, _, _) = newest_meta(base.path());
     for table in ["events", "streams"] {
         let (branch, leaf) = root_and_first_leaf(base.path(), table);

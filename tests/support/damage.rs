@@ -87,8 +87,9 @@ pub mod raw {
     }
 }
 
-/// The `streams` index as `docs/design.md` describes it: per stream, chunks of the seqs of
-/// 64 consecutive versions, each seq the LEB128 difference from the one before.
+/// The stream index as `docs/design.md` describes it: per stream, chunks of the seqs of 64
+/// consecutive versions, each seq the LEB128 difference from the one before; full chunks in
+/// `streams`, the entries after the last full one (the tail) at the end of the stream's head.
 pub mod index {
     use std::path::Path;
 
@@ -130,15 +131,52 @@ pub mod index {
         out
     }
 
-    pub fn get(dir: &Path, stream: u128, chunk: u32) -> Vec<u64> {
-        decode(&super::raw::get(dir, "streams", &key(stream, chunk)).expect("chunk stored"))
+    /// The stream's head, split before its tail: `checksum u32 LE ‖ version u32 LE ‖ kind
+    /// length u8 ‖ kind`, and the tail. Panics unless `chunk` is the chunk the tail holds.
+    pub fn head(dir: &Path, stream: u128, chunk: u32) -> (Vec<u8>, Vec<u8>) {
+        let mut head = super::raw::get(dir, "stream_heads", &stream.to_be_bytes()).expect("head stored");
+        let version = u32::from_le_bytes(head[4..8].try_into().unwrap());
+        assert_eq!(chunk, version / 64, "chunk {chunk} is neither in `streams` nor the tail");
+        let tail = head.split_off(9 + usize::from(head[8]));
+        (head, tail)
     }
 
+    /// Stores a head with the checksum made to match, as damage past the checksum would.
+    pub fn put_head(dir: &Path, stream: u128, mut head: Vec<u8>) {
+        varvedb::__private::forge_head_checksum(stream, &mut head);
+        super::raw::put(dir, "stream_heads", &stream.to_be_bytes(), &head);
+    }
+
+    /// Whether `chunk` is a full chunk, stored in `streams`.
+    fn is_full(dir: &Path, stream: u128, chunk: u32) -> bool {
+        super::raw::get(dir, "streams", &key(stream, chunk)).is_some()
+    }
+
+    pub fn get(dir: &Path, stream: u128, chunk: u32) -> Vec<u64> {
+        match super::raw::get(dir, "streams", &key(stream, chunk)) {
+            Some(v) => decode(&v),
+            None => decode(&head(dir, stream, chunk).1),
+        }
+    }
+
+    /// Writes the entries where a read looks for them: the tail if `chunk` is the one the
+    /// stream's head holds, else a chunk in `streams`.
     pub fn put(dir: &Path, stream: u128, chunk: u32, seqs: &[u64]) {
-        super::raw::put(dir, "streams", &key(stream, chunk), &encode(seqs));
+        let version = super::raw::get(dir, "stream_heads", &stream.to_be_bytes())
+            .map(|head| u32::from_le_bytes(head[4..8].try_into().unwrap()));
+        if is_full(dir, stream, chunk) || version.is_none_or(|v| v / 64 != chunk) {
+            super::raw::put(dir, "streams", &key(stream, chunk), &encode(seqs));
+        } else {
+            let (head, _) = head(dir, stream, chunk);
+            put_head(dir, stream, [head, encode(seqs)].concat());
+        }
     }
 
     pub fn delete(dir: &Path, stream: u128, chunk: u32) {
-        super::raw::delete(dir, "streams", &key(stream, chunk));
+        if is_full(dir, stream, chunk) {
+            super::raw::delete(dir, "streams", &key(stream, chunk));
+        } else {
+            put(dir, stream, chunk, &[]);
+        }
     }
 }

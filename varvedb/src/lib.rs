@@ -191,4 +191,11 @@ pub mod __private {
     pub fn forge_snapshot_checksum(stream: u128, value: &mut [u8]) {
         crate::typed::snapshot::forge_checksum(stream, value);
     }
+
+    /// Recomputes the checksum of a stream head stored under `stream`, as damage that the
+    /// tests place past the checksum (or an attacker who edits the file) would.
+    #[cfg(feature = "testing")]
+    pub fn forge_head_checksum(stream: u128, head: &mut [u8]) {
+        crate::storage::value::forge_head_checksum(stream, head);
+    }
 }

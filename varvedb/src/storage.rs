@@ -31,13 +31,20 @@ pub(crate) use sync::Ticket;
 
 /// On-disk format version written to `meta` on creation and checked on every open.
 /// Versions 1 (plain) and 3 (encrypted) are the formats before the compact stream index and
-/// records; they are refused (see `prepare_tables`).
-pub(crate) const FORMAT_VERSION: u32 = 4;
+/// records; they are refused (see `prepare_tables`). Versions 4 and 5 are upgraded in place
+/// (see [`FORMAT_BEFORE_TAILS`]).
+pub(crate) const FORMAT_VERSION: u32 = 6;
 /// The format version of an encrypted store. Same layout, but every record is sealed, every
 /// key derives from the master key and the store's identity, and the `keys` table is
-/// authenticated: a build that knows only version 4 refuses such a store instead of
+/// authenticated: a build that knows only the plain format refuses such a store instead of
 /// appending plaintext to it.
-pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 5;
+pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 7;
+/// The plain format before stream heads held their stream's newest index entries: every
+/// chunk of entries, full or not, was in `streams`. A write open moves each stream's
+/// partial chunk into its head, in the transaction that records the new version.
+pub(crate) const FORMAT_BEFORE_TAILS: u32 = 4;
+/// The encrypted format before stream heads held their stream's newest index entries.
+pub(crate) const ENCRYPTED_FORMAT_BEFORE_TAILS: u32 = 5;
 
 /// Keys of the `meta` table.
 pub(crate) mod meta_key {
@@ -202,12 +209,16 @@ impl<'t> Iterator for Entries<'t> {
     }
 }
 
-/// One stream's entries of the `streams` index, `(version, seq)`, in version order (or
-/// reverse) from a bound: the chunks of a range, decoded one at a time. A chunk that does
+/// One stream's index entries, `(version, seq)`, in version order (or reverse) from a
+/// bound: the full chunks of a range of `streams` and the tail in the stream's head,
+/// decoded one at a time. A chunk that does
 /// not decode is an [`Error::CorruptIndex`] in its place, and the entries go on with the
 /// next one; the versions it held are then missing, which a stream read reports.
 pub(crate) struct StreamIndex<'t> {
     chunks: Entries<'t>,
+    /// The tail from the stream's head and its chunk, while it is still to be handed out:
+    /// after the chunks forward, before them backward.
+    tail: Option<(&'t [u8], u32)>,
     stream: u128,
     reverse: bool,
     /// Forward, the first version handed out; backward, the last.
@@ -218,7 +229,8 @@ pub(crate) struct StreamIndex<'t> {
     at: usize,
     /// The version of `seqs[0]`.
     first_version: u64,
-    /// A forward read met the first key of another stream.
+    /// A forward read is past the stream's chunks: it met the first key of another stream,
+    /// or the table's end.
     ended: bool,
 }
 
@@ -252,18 +264,28 @@ impl Iterator for StreamIndex<'_> {
                     Err(_) => Err(damaged_chunk(self.stream, u32::MAX / key::INDEX_CHUNK)),
                 });
             }
-            if self.ended {
-                return None;
-            }
-            let (k, v) = match self.chunks.next()? {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(e)),
-            };
             (self.len, self.at) = (0, 0);
+            let next =
+                if self.ended || (self.reverse && self.tail.is_some()) { None } else { self.chunks.next() };
+            let (k, v) = match next {
+                Some(Ok(kv)) => kv,
+                Some(Err(e)) => return Some(Err(e)),
+                None => {
+                    let (tail, chunk) = self.tail.take()?;
+                    self.ended = !self.reverse;
+                    let Some(n) = value::decode_index_chunk(tail, &mut self.seqs) else {
+                        return Some(Err(damaged_tail(self.stream, chunk)));
+                    };
+                    self.len = n;
+                    self.at = if self.reverse { n } else { 0 };
+                    self.first_version = u64::from(chunk) * u64::from(key::INDEX_CHUNK) + 1;
+                    continue;
+                }
+            };
             if k.get(..16) != Some(&key::stream(self.stream)[..]) {
                 // Only forward, past the stream's last chunk.
                 self.ended = true;
-                return None;
+                continue;
             }
             let Some((stream, chunk)) = key::decode_stream_chunk(k) else {
                 return Some(Err(Error::CorruptIndex {
@@ -281,6 +303,18 @@ impl Iterator for StreamIndex<'_> {
             self.at = if self.reverse { n } else { 0 };
             self.first_version = u64::from(chunk) * u64::from(key::INDEX_CHUNK) + 1;
         }
+    }
+}
+
+#[cold]
+fn damaged_tail(stream: u128, chunk: u32) -> Error {
+    let first = u64::from(chunk) * u64::from(key::INDEX_CHUNK) + 1;
+    Error::CorruptIndex {
+        table: "stream_heads",
+        reason: format!(
+            "the entries of stream {} from version {first}, in its head, cannot be decoded",
+            crate::id::StreamId::from(stream)
+        ),
     }
 }
 
@@ -384,9 +418,11 @@ pub(crate) struct Tables {
     /// `seq u64 BE` → envelope (see `record`).
     pub(crate) events: Table,
     /// `stream u128 BE ‖ chunk u32 BE` → the seqs of the stream's versions `64 chunk + 1`
-    /// on (up to 64), as LEB128 differences (see [`value::decode_index_chunk`]).
+    /// to `64 chunk + 64`, as LEB128 differences (see [`value::decode_index_chunk`]). Only
+    /// full chunks: the entries after a stream's last full chunk are in its head.
     pub(crate) streams: Table,
-    /// `stream u128 BE` → `StreamHead` (current version, optional kind).
+    /// `stream u128 BE` → `StreamHead`: current version, optional kind, and the index
+    /// entries after the stream's last full chunk (its tail).
     pub(crate) stream_heads: Table,
     /// `event id u128 BE` → `seq u64 LE`, for idempotent retries.
     pub(crate) event_ids: Table,
@@ -640,32 +676,88 @@ pub(crate) mod value {
         Some(found)
     }
 
-    /// `stream_heads` value: `version u32 LE ‖ kind length u8 ‖ kind bytes (UTF-8)`.
+    /// Entries in a stream's tail: those of versions past its last full chunk.
+    pub(crate) fn tail_len(version: u32) -> usize {
+        (version % super::key::INDEX_CHUNK) as usize
+    }
+
+    /// Decodes a tail (a chunk's encoding, or nothing) into `out`; how many entries, `None`
+    /// if it is damaged.
+    pub(crate) fn decode_tail(bytes: &[u8], out: &mut [u64; INDEX_CHUNK]) -> Option<usize> {
+        if bytes.is_empty() { Some(0) } else { decode_index_chunk(bytes, out) }
+    }
+
+    /// `stream_heads` value: `checksum u32 LE ‖ version u32 LE ‖ kind length u8 ‖ kind bytes
+    /// (UTF-8) ‖ tail`.
+    ///
+    /// The tail is encoded as a `streams` value and holds the entries of versions
+    /// `64 ⌊version / 64⌋ + 1 ..= version`: none when the version is a multiple of 64.
+    /// Appends rewrite the head anyway, so keeping the newest entries in it spares each
+    /// append the write of a page of `streams`, until a chunk fills and moves there.
+    ///
+    /// The checksum is the CRC32C of the stream id (16 bytes BE, the key) followed by the
+    /// rest of the value. The head is the only copy of a stream's version, kind and newest
+    /// entries, so damage to any of them, or to the key (which would give the head to another
+    /// stream), must not read as another valid head.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub(crate) struct StreamHead<'a> {
         pub(crate) version: u32,
         pub(crate) kind: Option<&'a str>,
+        pub(crate) tail: &'a [u8],
+    }
+
+    fn head_checksum(stream: u128, rest: &[u8]) -> u32 {
+        crc32c::crc32c_append(crate::crc::crc32c(&stream.to_be_bytes()), rest)
+    }
+
+    /// Sets the checksum of an encoded head (at least 4 bytes) to match the rest.
+    #[cfg(feature = "testing")]
+    pub(crate) fn forge_head_checksum(stream: u128, head: &mut [u8]) {
+        if let Some((sum, rest)) = head.split_first_chunk_mut::<4>() {
+            *sum = head_checksum(stream, rest).to_le_bytes();
+        }
     }
 
     impl<'a> StreamHead<'a> {
-        pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        /// Encodes the head of `stream`.
+        pub(crate) fn encode_into(&self, stream: u128, out: &mut Vec<u8>) {
             out.clear();
+            out.extend_from_slice(&[0; 4]);
             out.extend_from_slice(&self.version.to_le_bytes());
             let kind = self.kind.unwrap_or("");
             // Kinds are validated to at most 255 bytes before they reach here.
             out.push(u8::try_from(kind.len()).unwrap_or(u8::MAX));
             out.extend_from_slice(&kind.as_bytes()[..kind.len().min(255)]);
+            out.extend_from_slice(self.tail);
+            let sum = head_checksum(stream, &out[4..]);
+            out[..4].copy_from_slice(&sum.to_le_bytes());
         }
 
-        pub(crate) fn decode(bytes: &'a [u8]) -> Option<Self> {
-            let version = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+        /// The head of `stream` stored in `bytes`; `None` if its checksum does not match (or
+        /// it was stored under another key) or it does not decode. The tail is checked
+        /// where it is read.
+        pub(crate) fn decode(stream: u128, bytes: &'a [u8]) -> Option<Self> {
+            let (sum, rest) = bytes.split_first_chunk::<4>()?;
+            if u32::from_le_bytes(*sum) != head_checksum(stream, rest) {
+                return None;
+            }
+            let version = u32::from_le_bytes(*rest.first_chunk::<4>()?);
+            let len = usize::from(*rest.get(4)?);
+            let kind = std::str::from_utf8(rest.get(5..5 + len)?).ok()?;
+            let tail = &rest[5 + len..];
+            Some(StreamHead { version, kind: (!kind.is_empty()).then_some(kind), tail })
+        }
+
+        /// Decodes a head as formats 4 and 5 stored it: `version u32 LE ‖ kind length u8 ‖
+        /// kind`, with no checksum and no tail.
+        pub(crate) fn decode_unchecked_old(bytes: &'a [u8]) -> Option<Self> {
+            let version = u32::from_le_bytes(*bytes.first_chunk::<4>()?);
             let len = usize::from(*bytes.get(4)?);
-            let kind = bytes.get(5..5 + len)?;
             if bytes.len() != 5 + len {
                 return None;
             }
-            let kind = std::str::from_utf8(kind).ok()?;
-            Some(StreamHead { version, kind: (!kind.is_empty()).then_some(kind) })
+            let kind = std::str::from_utf8(&bytes[5..]).ok()?;
+            Some(StreamHead { version, kind: (!kind.is_empty()).then_some(kind), tail: &[] })
         }
     }
 }
@@ -1132,24 +1224,45 @@ impl Storage {
         table.get(txn, k).map_err(|e| self.err(e))
     }
 
-    /// The stored head of `stream` (its version and kind), `None` if it has no events; an
-    /// undecodable head is [`Error::CorruptIndex`]. Shared by reads and the writer.
+    /// The stored head of `stream` (its version, kind and tail), `None` if it has no events;
+    /// a head that does not decode or fails its checksum is [`Error::CorruptIndex`]. Shared
+    /// by reads and the writer.
+    ///
+    /// A stream without a head is checked against the heads on either side of where its
+    /// head would be: a bit flipped in a key leaves the head in its place under another key,
+    /// and a stream whose head so went missing must not read as empty (and be written as
+    /// new). The checksum covers the key, so such a neighbour fails it.
     pub(crate) fn stream_head<'t>(
         &self,
         txn: &'t RoTxn<'_, WithoutTls>,
         stream: crate::id::StreamId,
     ) -> Result<Option<value::StreamHead<'t>>, Error> {
-        let Some(raw) = self.get(txn, self.tables.stream_heads, &key::stream(stream.as_u128()))? else {
-            return Ok(None);
-        };
-        value::StreamHead::decode(raw).map(Some).ok_or_else(|| Error::CorruptIndex {
-            table: "stream_heads",
-            reason: format!("head of stream {stream} cannot be decoded"),
-        })
+        let id = stream.as_u128();
+        let k = key::stream(id);
+        let table = self.tables.stream_heads;
+        let damaged = |reason: String| Error::CorruptIndex { table: "stream_heads", reason };
+        if let Some(raw) = self.get(txn, table, &k)? {
+            return value::StreamHead::decode(id, raw)
+                .map(Some)
+                .ok_or_else(|| damaged(format!("head of stream {stream} cannot be decoded")));
+        }
+        let after = table.get_greater_than(txn, &k).map_err(|e| self.err(e))?;
+        let before = table.get_lower_than(txn, &k).map_err(|e| self.err(e))?;
+        for (k, v) in after.into_iter().chain(before) {
+            let sound = <[u8; 16]>::try_from(k)
+                .is_ok_and(|other| value::StreamHead::decode(u128::from_be_bytes(other), v).is_some());
+            if !sound {
+                return Err(damaged(format!(
+                    "stream {stream} has no head, and the head stored next to where it would be is damaged"
+                )));
+            }
+        }
+        Ok(None)
     }
 
-    /// The seq of `stream`'s event at `version`, from the `streams` index; `None` if the
-    /// index has no entry for it, [`Error::CorruptIndex`] if its chunk does not decode.
+    /// The seq of `stream`'s event at `version`, from its index entries (a full chunk in
+    /// `streams`, or the tail in its head); `None` if there is no entry for it,
+    /// [`Error::CorruptIndex`] if its chunk or tail does not decode.
     pub(crate) fn index_seq(
         &self,
         txn: &RoTxn<'_, WithoutTls>,
@@ -1160,16 +1273,26 @@ impl Storage {
             return Ok(None);
         }
         let (chunk, at) = key::index_chunk_of(version);
-        let Some(raw) = self.get(txn, self.tables.streams, &key::stream_chunk(stream, chunk))? else {
-            return Ok(None);
-        };
         let mut seqs = [0u64; value::INDEX_CHUNK];
-        let n = value::decode_index_chunk(raw, &mut seqs).ok_or_else(|| damaged_chunk(stream, chunk))?;
+        let n = match self.get(txn, self.tables.streams, &key::stream_chunk(stream, chunk))? {
+            Some(raw) => {
+                value::decode_index_chunk(raw, &mut seqs).ok_or_else(|| damaged_chunk(stream, chunk))?
+            }
+            None => {
+                let Some(head) = self.stream_head(txn, stream.into())? else {
+                    return Ok(None);
+                };
+                if chunk != head.version / key::INDEX_CHUNK {
+                    return Ok(None);
+                }
+                value::decode_tail(head.tail, &mut seqs).ok_or_else(|| damaged_tail(stream, chunk))?
+            }
+        };
         Ok((at < n).then(|| seqs[at]))
     }
 
     /// The entries of `stream`'s index, ascending from version `from`, or (`reverse`)
-    /// descending from it.
+    /// descending from it: its full chunks, and the tail in its head.
     pub(crate) fn stream_index<'t>(
         &self,
         txn: &'t RoTxn<'_, WithoutTls>,
@@ -1187,9 +1310,18 @@ impl Storage {
         } else {
             (Bound::Included(&low[..]), Bound::Unbounded)
         };
+        let tail = match self.stream_head(txn, stream.into())? {
+            Some(head) if !head.tail.is_empty() => {
+                let tail_chunk = head.version / key::INDEX_CHUNK;
+                let wanted = if reverse { tail_chunk <= chunk } else { tail_chunk >= chunk };
+                wanted.then_some((head.tail, tail_chunk))
+            }
+            _ => None,
+        };
         let chunks = self.entries(txn, self.tables.streams, bounds, reverse)?;
         Ok(StreamIndex {
             chunks,
+            tail,
             stream,
             reverse,
             bound: u64::from(from),
@@ -1202,64 +1334,52 @@ impl Storage {
     }
 
     /// Adds the index entries of `stream`'s versions from `first` on, at `seqs` (ascending),
-    /// to the `streams` index, whose last entry of the stream must be version `first - 1`.
-    /// Each chunk touched is read once and written once; `buf` is scratch.
+    /// after those of `tail`: the stream's tail as its head holds it, with the entries after
+    /// its last full chunk up to version `first - 1`. Each chunk this fills is written to
+    /// `streams`; what is left after the last one is the new tail, in `tail`, for the head.
     pub(crate) fn index_append(
         &self,
         txn: &mut WriteTxn<'_>,
         stream: u128,
         first: u32,
         seqs: &[u64],
-        buf: &mut Vec<u8>,
+        tail: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        let table = self.tables.streams;
+        let mut held = [0u64; value::INDEX_CHUNK];
+        let (chunk, _) = key::index_chunk_of(first);
+        let n = value::decode_tail(tail, &mut held).ok_or_else(|| damaged_tail(stream, chunk))?;
+        let expected = value::tail_len(first.wrapping_sub(1));
+        if n != expected {
+            // The stream head's version and its entries disagree: writing on would lose or
+            // misplace entries.
+            return Err(Error::CorruptIndex {
+                table: "stream_heads",
+                reason: format!(
+                    "stream {} has {n} entries after its last full chunk where its version {} says {expected}: \
+                     its head is damaged",
+                    crate::id::StreamId::from(stream),
+                    first.wrapping_sub(1)
+                ),
+            });
+        }
+        let mut last = if n > 0 { held[n - 1] } else { 0 };
+        let mut count = n;
         let mut version = first;
-        let mut rest = seqs;
-        while !rest.is_empty() {
-            let (chunk, at) = key::index_chunk_of(version);
-            let k = key::stream_chunk(stream, chunk);
-            buf.clear();
-            let mut last = 0;
-            if at > 0 {
-                let stored = self.get(txn, table, &k)?;
-                let mut held = [0u64; value::INDEX_CHUNK];
-                let n = match stored {
-                    Some(raw) => value::decode_index_chunk(raw, &mut held)
-                        .ok_or_else(|| damaged_chunk(stream, chunk))?,
-                    None => 0,
-                };
-                if n != at {
-                    // The stream head and the index disagree: writing on would lose or
-                    // misplace entries.
-                    return Err(Error::CorruptIndex {
-                        table: "streams",
-                        reason: format!(
-                            "stream {} has {} entries where its head says {}: the head or the index is damaged",
-                            crate::id::StreamId::from(stream),
-                            u64::from(chunk) * u64::from(key::INDEX_CHUNK) + n as u64,
-                            version - 1
-                        ),
-                    });
-                }
-                last = held[n - 1];
-                buf.extend_from_slice(stored.unwrap_or_default());
+        for &seq in seqs {
+            if seq <= last {
+                return Err(Error::Internal("index entries of a stream not in seq order"));
             }
-            let take = (value::INDEX_CHUNK - at).min(rest.len());
-            for &seq in &rest[..take] {
-                if seq <= last {
-                    return Err(Error::Internal("index entries of a stream not in seq order"));
-                }
-                value::push_leb128(buf, seq - last);
-                last = seq;
+            value::push_leb128(tail, if count == 0 { seq } else { seq - last });
+            last = seq;
+            count += 1;
+            if count == value::INDEX_CHUNK {
+                let (chunk, _) = key::index_chunk_of(version);
+                self.insert(txn, self.tables.streams, "streams", &key::stream_chunk(stream, chunk), tail)?;
+                tail.clear();
+                count = 0;
             }
-            if at == 0 {
-                self.insert(txn, table, "streams", &k, buf)?;
-            } else {
-                self.put(txn, table, &k, buf)?;
-            }
-            rest = &rest[take..];
             // Only past the last version when nothing is left to add.
-            version = version.wrapping_add(take as u32);
+            version = version.wrapping_add(1);
         }
         Ok(())
     }
@@ -1817,7 +1937,17 @@ fn prepare_tables(
         merkle: create(&mut wtxn, name::MERKLE)?,
     };
     if let Some(bytes) = tables.meta.get(&wtxn, meta_key::FORMAT_VERSION).map_err(err)? {
-        check_format(bytes)?;
+        let found = check_format(bytes)?;
+        // Only a store whose format and record of encryption agree: any other is left as it
+        // is for the open to refuse (see `key_record`).
+        let encrypted = tables.meta.get(&wtxn, meta_key::ENCRYPTION).map_err(err)?.is_some();
+        if (found == FORMAT_BEFORE_TAILS && !encrypted)
+            || (found == ENCRYPTED_FORMAT_BEFORE_TAILS && encrypted)
+        {
+            move_tails_into_heads(&mut wtxn, tables).map_err(err)?;
+            let now = if found == FORMAT_BEFORE_TAILS { FORMAT_VERSION } else { ENCRYPTED_FORMAT_VERSION };
+            tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &now.to_le_bytes()).map_err(err)?;
+        }
     } else {
         if tables.events.last(&wtxn).map_err(err)?.is_some() {
             return Err(Error::CorruptMeta { reason: "store holds events but no format version" });
@@ -1836,17 +1966,53 @@ fn prepare_tables(
     Ok(tables)
 }
 
-/// Checks a stored format version against the formats this build reads.
-fn check_format(bytes: &[u8]) -> Result<(), Error> {
+/// Checks a stored format version against the formats this build reads or upgrades, and
+/// returns it.
+fn check_format(bytes: &[u8]) -> Result<u32, Error> {
     let found = bytes
         .try_into()
         .map(u32::from_le_bytes)
         .map_err(|_| Error::CorruptMeta { reason: "format version is not 4 bytes" })?;
-    if found != FORMAT_VERSION && found != ENCRYPTED_FORMAT_VERSION {
+    if !(FORMAT_BEFORE_TAILS..=ENCRYPTED_FORMAT_VERSION).contains(&found) {
         // Older formats (1 and 3, and the unbound encrypted format 2) have no upgrade in
         // place: every record and index entry would be rewritten. A write open drops its
         // transaction, so tables created for this build's layout are not kept.
         return Err(Error::IncompatibleFormat { found, supported: ENCRYPTED_FORMAT_VERSION });
+    }
+    Ok(found)
+}
+
+/// The upgrade from formats 4 and 5: each stream's partial chunk of index entries moves
+/// from `streams` into its head, as the tail, and every head gets its checksum. Records and
+/// every other table stay as they are, so the upgrade is one transaction over the heads, and
+/// an interrupted one leaves the old format whole. A head or chunk already damaged is moved
+/// as it is, for reads and the integrity check to report: a head that does not decode is
+/// left without a valid checksum, a missing chunk leaves the tail empty.
+fn move_tails_into_heads(wtxn: &mut RwTxn<'_>, tables: Tables) -> heed::Result<()> {
+    let mut heads = Vec::new();
+    for entry in tables.stream_heads.iter(wtxn)? {
+        let (k, v) = entry?;
+        heads.push((k.to_vec(), v.to_vec()));
+    }
+    let mut buf = Vec::new();
+    for (k, head) in heads {
+        let (Ok(stream), Some(decoded)) =
+            (<[u8; 16]>::try_from(&k[..]), value::StreamHead::decode_unchecked_old(&head))
+        else {
+            continue;
+        };
+        let stream = u128::from_be_bytes(stream);
+        let chunk = key::stream_chunk(stream, decoded.version / key::INDEX_CHUNK);
+        let tail = match value::tail_len(decoded.version) {
+            0 => None,
+            _ => tables.streams.get(wtxn, &chunk)?.map(<[u8]>::to_vec),
+        };
+        value::StreamHead { tail: tail.as_deref().unwrap_or_default(), ..decoded }
+            .encode_into(stream, &mut buf);
+        tables.stream_heads.put(wtxn, &k, &buf)?;
+        if tail.is_some() {
+            tables.streams.delete(wtxn, &chunk)?;
+        }
     }
     Ok(())
 }
@@ -1873,7 +2039,12 @@ fn open_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tab
     // whatever tables it lacks.
     let meta = open(name::META)?;
     match meta.get(&rtxn, meta_key::FORMAT_VERSION).map_err(err)? {
-        Some(bytes) => check_format(bytes)?,
+        Some(bytes) => {
+            let found = check_format(bytes)?;
+            if found == FORMAT_BEFORE_TAILS || found == ENCRYPTED_FORMAT_BEFORE_TAILS {
+                return Err(needs_write("its format is older, and an open for writing upgrades it in place"));
+            }
+        }
         None => return Err(needs_write("it has no format version yet")),
     }
     let tables = Tables {
@@ -2159,15 +2330,30 @@ mod tests {
     fn stream_head_round_trips_and_rejects_garbage() {
         let mut buf = Vec::new();
         for head in [
-            value::StreamHead { version: 7, kind: None },
-            value::StreamHead { version: u32::MAX, kind: Some("order") },
+            value::StreamHead { version: 7, kind: None, tail: &[1, 2, 130, 1] },
+            value::StreamHead { version: u32::MAX, kind: Some("order"), tail: &[] },
+            value::StreamHead { version: 64, kind: Some("o"), tail: &[] },
         ] {
-            head.encode_into(&mut buf);
-            assert_eq!(value::StreamHead::decode(&buf), Some(head.clone()));
+            head.encode_into(9, &mut buf);
+            assert_eq!(value::StreamHead::decode(9, &buf), Some(head.clone()));
+            // Under another key, or with any bit flipped, it is not a head.
+            assert_eq!(value::StreamHead::decode(8, &buf), None);
+            for bit in 0..buf.len() * 8 {
+                let mut flipped = buf.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(value::StreamHead::decode(9, &flipped), None, "bit {bit}");
+            }
         }
-        assert_eq!(value::StreamHead::decode(&[1, 0, 0]), None);
-        assert_eq!(value::StreamHead::decode(&[1, 0, 0, 0, 3, b'a']), None);
-        assert_eq!(value::StreamHead::decode(&[1, 0, 0, 0, 1, 0xff]), None);
+        let sealed = |rest: &[u8]| {
+            let mut v =
+                crc32c::crc32c_append(crate::crc::crc32c(&9u128.to_be_bytes()), rest).to_le_bytes().to_vec();
+            v.extend_from_slice(rest);
+            v
+        };
+        assert_eq!(value::StreamHead::decode(9, &sealed(&[1, 0, 0])), None);
+        assert_eq!(value::StreamHead::decode(9, &sealed(&[1, 0, 0, 0, 3, b'a'])), None);
+        assert_eq!(value::StreamHead::decode(9, &sealed(&[1, 0, 0, 0, 1, 0xff])), None);
+        assert!(value::StreamHead::decode(9, &sealed(&[1, 0, 0, 0, 1, b'a'])).is_some());
     }
 
     #[test]

@@ -169,12 +169,11 @@ impl ReadView<'_> {
         Ok(report)
     }
 
-    /// That the `streams` index holds nothing but the entries of `versions` (each stream's
-    /// last version), whose every entry was found in place: one chunk per 64 versions, and
-    /// none past a stream's last version in its last chunk.
+    /// That the index holds nothing but the entries of `versions` (each stream's last
+    /// version), whose every entry was found in place: one chunk in `streams` per 64
+    /// versions, and no entry past a stream's last version in the tail its head holds.
     fn check_index_size(&self, versions: &HashMap<u128, u32>) -> Result<(), Error> {
-        let chunks: u64 =
-            versions.values().map(|&v| u64::from(v).div_ceil(u64::from(key::INDEX_CHUNK))).sum();
+        let chunks: u64 = versions.values().map(|&v| u64::from(v / key::INDEX_CHUNK)).sum();
         let mut surplus = false;
         for (&stream, &version) in versions {
             if let Some(next) = version.checked_add(1) {

@@ -268,7 +268,8 @@ impl<'db> ReadView<'db> {
         let mut out = Vec::new();
         for entry in self.storage.entries(&self.txn, self.storage.tables.stream_heads, all, false)? {
             let (k, v) = entry?;
-            let head = <[u8; 16]>::try_from(k).ok().zip(value::StreamHead::decode(v)).ok_or_else(|| {
+            let id = <[u8; 16]>::try_from(k).ok().map(u128::from_be_bytes);
+            let head = id.and_then(|id| Some((id, value::StreamHead::decode(id, v)?))).ok_or_else(|| {
                 Error::CorruptIndex {
                     table: "stream_heads",
                     reason: "a stream head cannot be decoded".to_owned(),
@@ -276,7 +277,7 @@ impl<'db> ReadView<'db> {
             })?;
             let (id, head) = head;
             out.push(StreamInfo {
-                stream: StreamId::from(u128::from_be_bytes(id)),
+                stream: StreamId::from(id),
                 version: head.version,
                 kind: head.kind.map(str::to_owned),
             });

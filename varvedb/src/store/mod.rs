@@ -855,20 +855,29 @@ mod tests {
 
     /// Sets a stream's head directly, as if it held `version` events; writing four billion
     /// real events is not feasible in a test.
-    fn force_head(db: &Varve, stream: u128, version: u32) {
+    /// Sets a stream's version in its head, keeping the index entries the head holds: a
+    /// head that lies about its version.
+    fn force_version(db: &Varve, stream: u128, version: u32) {
+        let tail = {
+            let view = db.inner.storage.read_txn().unwrap();
+            db.inner.storage.stream_head(&view, stream.into()).unwrap().unwrap().tail.to_vec()
+        };
+        force_head_with_tail(db, stream, version, &tail);
+    }
+
+    fn force_head_with_tail(db: &Varve, stream: u128, version: u32, tail: &[u8]) {
         let storage = &db.inner.storage;
         let mut txn = storage.write_txn().unwrap();
         let mut buf = Vec::new();
-        value::StreamHead { version, kind: None }.encode_into(&mut buf);
+        value::StreamHead { version, kind: None, tail }.encode_into(stream, &mut buf);
         storage.put(&mut txn, storage.tables.stream_heads, &key::stream(stream), &buf).unwrap();
         storage.commit(txn).unwrap();
     }
 
-    /// Sets a stream's head as [`force_head`] does, and gives the stream the index entries
-    /// an append after `version` builds on: the chunk of `version`, whose entries point at
-    /// placeholder records appended to the log.
+    /// Sets a stream's head, and gives the stream the index entries
+    /// an append after `version` builds on: those of the chunk of `version`, whose entries
+    /// point at placeholder records appended to the log.
     fn force_history(db: &Varve, stream: u128, version: u32) {
-        force_head(db, stream, version);
         let storage = &db.inner.storage;
         let mut txn = storage.write_txn().unwrap();
         let (chunk, at) = key::index_chunk_of(version);
@@ -879,8 +888,10 @@ mod tests {
         }
         storage.delete(&mut txn, storage.tables.streams, &key::stream_chunk(stream, chunk)).unwrap();
         let first = chunk * key::INDEX_CHUNK + 1;
-        storage.index_append(&mut txn, stream, first, &seqs, &mut Vec::new()).unwrap();
+        let mut tail = Vec::new();
+        storage.index_append(&mut txn, stream, first, &seqs, &mut tail).unwrap();
         storage.commit(txn).unwrap();
+        force_head_with_tail(db, stream, version, &tail);
     }
 
     #[test]
@@ -897,7 +908,7 @@ mod tests {
         }
         let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
         let err = Varve::open(dir.path()).unwrap_err();
-        assert!(matches!(err, Error::IncompatibleFormat { found: 6, supported: 5 }), "{err:?}");
+        assert!(matches!(err, Error::IncompatibleFormat { found: 8, supported: 7 }), "{err:?}");
         assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
     }
 
@@ -915,11 +926,11 @@ mod tests {
             let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
             let err = Varve::open(dir.path()).unwrap_err();
             assert!(
-                matches!(err, Error::IncompatibleFormat { found, supported: 5 } if found == old),
+                matches!(err, Error::IncompatibleFormat { found, supported: 7 } if found == old),
                 "{err:?}"
             );
             let text = err.to_string();
-            assert!(text.contains(&format!("format version {old}")) && text.contains("4 (plain)"), "{text}");
+            assert!(text.contains(&format!("format version {old}")) && text.contains("6 (plain)"), "{text}");
             assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
             std::fs::remove_dir_all(dir.path()).unwrap();
         }
@@ -930,9 +941,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Varve::open(dir.path()).unwrap();
         db.append(3u128, ExpectedVersion::Auto, [event(), event(), event()]).unwrap();
-        force_head(&db, 3, 2); // the head lies: the stream really is at version 3
+        force_version(&db, 3, 2); // the head lies: the stream really is at version 3
         let r = db.append(3u128, ExpectedVersion::Auto, [event()]);
-        assert!(matches!(r, Err(Error::CorruptIndex { table: "streams", .. })), "{r:?}");
+        assert!(matches!(r, Err(Error::CorruptIndex { table: "stream_heads", .. })), "{r:?}");
         let view = db.begin_read().unwrap();
         assert_eq!(view.last_seq().unwrap(), 3, "nothing written");
         let log: Vec<u32> = view.read_all(1).unwrap().map(|e| e.unwrap().version()).collect();

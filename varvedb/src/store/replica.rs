@@ -14,7 +14,7 @@ use crate::event::ReplicatedShred;
 use crate::id::StreamId;
 use crate::key_record::{ensure_current, key_changes, shred_in};
 use crate::record::{Body, Content, Envelope};
-use crate::storage::{key, value};
+use crate::storage::key;
 
 impl Varve {
     /// Up to `max` events of the log after seq `after`, as the store keeps them, for a
@@ -74,20 +74,8 @@ impl Varve {
             let stream_kind = match kinds.get(&env.head.stream) {
                 Some(kind) => kind.clone(),
                 None => {
-                    let raw =
-                        storage.get(&txn, storage.tables.stream_heads, &key::stream(env.head.stream))?;
-                    let kind = raw
-                        .map(|raw| {
-                            value::StreamHead::decode(raw).ok_or_else(|| Error::CorruptIndex {
-                                table: "stream_heads",
-                                reason: format!(
-                                    "head of stream {} cannot be decoded",
-                                    StreamId::from(env.head.stream)
-                                ),
-                            })
-                        })
-                        .transpose()?
-                        .and_then(|h| h.kind.map(std::sync::Arc::from));
+                    let head = storage.stream_head(&txn, StreamId::from(env.head.stream))?;
+                    let kind = head.and_then(|h| h.kind.map(std::sync::Arc::from));
                     kinds.insert(env.head.stream, kind.clone());
                     kind
                 }

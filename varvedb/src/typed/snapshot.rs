@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::id::StreamId;
 use crate::read::ReadView;
 use crate::read::snapshot::Opened;
-use crate::storage::{key, value};
+use crate::storage::key;
 use crate::store::Varve;
 use crate::typed::schema::fingerprint::{leaf, number, text};
 use crate::typed::{Aggregate, EventInfo, Schema};
@@ -285,13 +285,9 @@ pub(crate) fn store<A: Aggregate>(
     let id = stream.as_u128();
     let mut txn = storage.write_txn()?;
     // Checked in the transaction that writes: what the snapshot claims is what the store has.
-    let Some(head) = storage.get(&txn, storage.tables.stream_heads, &key::stream(id))? else {
+    let Some(head) = storage.stream_head(&txn, stream)? else {
         return Ok(false);
     };
-    let head = value::StreamHead::decode(head).ok_or_else(|| Error::CorruptIndex {
-        table: "stream_heads",
-        reason: format!("head of stream {stream} cannot be decoded"),
-    })?;
     if head.version < version || head.kind != Some(A::KIND) {
         return Ok(false);
     }

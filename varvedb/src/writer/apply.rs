@@ -7,7 +7,7 @@ use crate::batch::{Appended, WriteBatch};
 use crate::crypto::Master;
 use crate::error::Error;
 use crate::record::{BLOB_THRESHOLD, Body, Content, Envelope, RecordHeader, blob_hash};
-use crate::storage::{WriteTxn, key, value};
+use crate::storage::{Storage, WriteTxn, key, value};
 
 use super::WriterState;
 use super::plan::PendingHead;
@@ -97,26 +97,61 @@ impl WriterState {
                 }
             }
         }
-        // A stream's entries are consecutive in `entries` (in version order): each chunk of
-        // its index is read and written once per request.
+        self.write_index_and_heads(txn, &storage, heads)?;
+        self.index_order.trim();
+        Ok(())
+    }
+
+    /// Writes a request's `streams` index entries and new stream heads, whose entries
+    /// `index_order` holds.
+    fn write_index_and_heads(
+        &mut self,
+        txn: &mut WriteTxn<'_>,
+        storage: &Storage,
+        heads: &[PendingHead],
+    ) -> Result<(), Error> {
+        // A stream's entries are consecutive in `entries` (in version order), and the
+        // streams come in the order of `heads_by_stream`. Each stream's new entries join the
+        // tail its stored head holds: chunks they fill go to `streams`, the rest goes back
+        // into the head.
+        self.heads_out.clear();
         let mut rest = &self.index_order.entries[..];
-        while let Some(&(stream, first, _)) = rest.first() {
-            let run = rest.iter().take_while(|e| e.0 == stream).count();
-            self.index_seqs.clear();
-            self.index_seqs.extend(rest[..run].iter().map(|e| e.2));
-            storage.index_append(txn, stream, first, &self.index_seqs, &mut self.head_buf)?;
-            rest = &rest[run..];
-        }
-        let mut stream_heads = storage.puts(txn, tables.stream_heads)?;
         for &at in &self.index_order.heads_by_stream {
             let head = &heads[at as usize];
+            let stream = head.stream.as_u128();
+            self.tail_buf.clear();
+            let stored = storage.stream_head(txn, head.stream)?;
+            let stored_version = stored.as_ref().map_or(0, |h| h.version);
+            if let Some(stored) = stored {
+                self.tail_buf.extend_from_slice(stored.tail);
+            }
+            let run = rest.iter().take_while(|e| e.0 == stream).count();
+            if let Some(&(_, first, _)) = rest.first().filter(|_| run > 0) {
+                if first.wrapping_sub(1) != stored_version {
+                    // The plan read another head than this transaction holds: writing on
+                    // would misplace the entries.
+                    return Err(Error::Internal(
+                        "an append planned on a stream head that is not the stored one",
+                    ));
+                }
+                self.index_seqs.clear();
+                self.index_seqs.extend(rest[..run].iter().map(|e| e.2));
+                storage.index_append(txn, stream, first, &self.index_seqs, &mut self.tail_buf)?;
+                rest = &rest[run..];
+            }
             let version = head.version.unwrap_or(0);
-            value::StreamHead { version, kind: head.kind.as_deref() }.encode_into(&mut self.head_buf);
-            stream_heads.put(&key::stream(head.stream.as_u128()), &self.head_buf)?;
-            self.head_cache.insert(head.stream, version, head.kind.clone());
+            value::StreamHead { version, kind: head.kind.as_deref(), tail: &self.tail_buf }
+                .encode_into(stream, &mut self.head_buf);
+            self.heads_out.push(&self.head_buf);
+        }
+        let mut stream_heads = storage.puts(txn, storage.tables.stream_heads)?;
+        for (&at, encoded) in self.index_order.heads_by_stream.iter().zip(self.heads_out.iter()) {
+            let head = &heads[at as usize];
+            stream_heads.put(&key::stream(head.stream.as_u128()), encoded)?;
+            self.head_cache.insert(head.stream, head.version.unwrap_or(0), head.kind.clone());
         }
         drop(stream_heads);
-        self.index_order.trim();
+        self.heads_out.trim();
         Ok(())
     }
 }

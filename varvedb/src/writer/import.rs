@@ -36,11 +36,11 @@ pub(crate) fn import(
     ensure_current(storage, &txn, master.as_deref())?;
     let tables = storage.tables;
     let last = storage.last_seq(&txn)?;
-    // The head each stream reaches, with the kind its stored head has.
-    let mut heads: HashMap<u128, (u32, Option<String>)> = HashMap::new();
+    // The head each stream reaches, with the kind its stored head has, and its tail of
+    // index entries.
+    let mut heads: HashMap<u128, ImportHead> = HashMap::new();
     let mut keys = KeyImport::default();
     let mut expected = last + 1;
-    let mut index_buf = Vec::new();
     for event in events {
         if event.seq != expected {
             return Err(Error::ReplicaGap { expected, found: event.seq });
@@ -75,15 +75,18 @@ pub(crate) fn import(
             }
         }
         storage.append(&mut txn, tables.events, &key::seq(event.seq), &event.record)?;
-        storage.index_append(&mut txn, stream, event.version, &[event.seq], &mut index_buf)?;
+        let tail =
+            &mut heads.get_mut(&stream).ok_or(Error::Internal("an imported event's head is not held"))?.tail;
+        storage.index_append(&mut txn, stream, event.version, &[event.seq], tail)?;
         expected += 1;
     }
     if events.is_empty() {
         return Ok(last);
     }
     let mut buf = Vec::new();
-    for (stream, (version, kind)) in &heads {
-        value::StreamHead { version: *version, kind: kind.as_deref() }.encode_into(&mut buf);
+    for (stream, head) in &heads {
+        value::StreamHead { version: head.version, kind: head.kind.as_deref(), tail: &head.tail }
+            .encode_into(*stream, &mut buf);
         storage.put(&mut txn, tables.stream_heads, &key::stream(*stream), &buf)?;
     }
     let mut generation = None;
@@ -116,36 +119,40 @@ pub(crate) fn import(
     Ok(expected - 1)
 }
 
+/// A stream's head as an import moves it.
+#[derive(Default)]
+struct ImportHead {
+    version: u32,
+    kind: Option<String>,
+    /// The index entries after the stream's last full chunk (see `value::StreamHead`).
+    tail: Vec<u8>,
+}
+
 /// Moves `event`'s stream head in `heads` (read from the store on first use) to the event:
 /// its version must be the next, and its stream's kind, once set, stays the same.
 fn advance_head(
     storage: &Storage,
     txn: &WriteTxn<'_>,
-    heads: &mut HashMap<u128, (u32, Option<String>)>,
+    heads: &mut HashMap<u128, ImportHead>,
     event: &ReplicatedEvent,
 ) -> Result<(), Error> {
-    let tables = storage.tables;
     let stream = event.stream.as_u128();
     let mismatch = |reason: String| Error::ReplicaMismatch { seq: event.seq, reason };
     let head = match heads.get_mut(&stream) {
         Some(head) => head,
         None => {
-            let stored = match storage.get(txn, tables.stream_heads, &key::stream(stream))? {
-                None => (0, None),
-                Some(raw) => {
-                    let h = value::StreamHead::decode(raw).ok_or_else(|| Error::CorruptIndex {
-                        table: "stream_heads",
-                        reason: format!("head of stream {} cannot be decoded", event.stream),
-                    })?;
-                    (h.version, h.kind.map(str::to_owned))
+            let stored = match storage.stream_head(txn, event.stream)? {
+                None => ImportHead::default(),
+                Some(h) => {
+                    ImportHead { version: h.version, kind: h.kind.map(str::to_owned), tail: h.tail.to_vec() }
                 }
             };
             heads.entry(stream).or_insert(stored)
         }
     };
     // The leader sets a stream's kind with its first append and never changes it.
-    match (&head.1, event.stream_kind()) {
-        (None, Some(kind)) => head.1 = Some(kind.to_owned()),
+    match (&head.kind, event.stream_kind()) {
+        (None, Some(kind)) => head.kind = Some(kind.to_owned()),
         (Some(stored), Some(kind)) if stored != kind => {
             return Err(mismatch(format!(
                 "stream {} has kind {stored:?} on the replica and {kind:?} on the leader",
@@ -154,13 +161,13 @@ fn advance_head(
         }
         _ => {}
     }
-    if Some(event.version) != head.0.checked_add(1) {
+    if Some(event.version) != head.version.checked_add(1) {
         return Err(mismatch(format!(
             "stream {} is at version {}, and the event is version {}",
-            event.stream, head.0, event.version
+            event.stream, head.version, event.version
         )));
     }
-    head.0 = event.version;
+    head.version = event.version;
     Ok(())
 }
 

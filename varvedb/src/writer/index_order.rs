@@ -55,3 +55,36 @@ impl IndexOrder {
         *at += 1;
     }
 }
+
+/// A request's encoded stream heads, one after another in one buffer, in the order of
+/// [`IndexOrder::heads_by_stream`]: built while the index is written, put after it.
+#[derive(Default)]
+pub(super) struct HeadValues {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl HeadValues {
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    pub(super) fn push(&mut self, value: &[u8]) {
+        self.bytes.extend_from_slice(value);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, &end)| &self.bytes[start..end])
+    }
+
+    /// Lets go of the room a request with very many streams needed.
+    pub(super) fn trim(&mut self) {
+        const KEPT: usize = 1 << 20;
+        if self.bytes.capacity() > KEPT {
+            *self = Self::default();
+        }
+    }
+}

@@ -29,7 +29,7 @@ use durable::Answers;
 pub use durable::{Durability, RELAXED_IDLE_FLUSH};
 use head_cache::HeadCache;
 pub(crate) use import::import;
-use index_order::IndexOrder;
+use index_order::{HeadValues, IndexOrder};
 use keys::WriterCrypto;
 use plan::{Plan, seq_exhausted};
 
@@ -142,6 +142,8 @@ impl Writer {
             record_buf: Vec::new(),
             head_buf: Vec::new(),
             index_seqs: Vec::new(),
+            tail_buf: Vec::new(),
+            heads_out: HeadValues::default(),
             index_order: IndexOrder::default(),
             head_cache: HeadCache::default(),
             tree,
@@ -227,10 +229,14 @@ struct WriterState {
     watch: tokio::sync::watch::Sender<u64>,
     /// Scratch for the encoded record of one event.
     record_buf: Vec<u8>,
-    /// Scratch for the encoded head of one stream, or a chunk of its index.
+    /// Scratch for the encoded head of one stream.
     head_buf: Vec<u8>,
     /// Scratch for the seqs of one stream's new index entries.
     index_seqs: Vec<u64>,
+    /// Scratch for one stream's tail of index entries, as its head holds it.
+    tail_buf: Vec<u8>,
+    /// The encoded heads of a request, written after its index entries.
+    heads_out: HeadValues,
     index_order: IndexOrder,
     head_cache: HeadCache,
     /// The growing edge of the Merkle tree over the log, when the store keeps one.
