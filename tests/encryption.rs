@@ -1252,3 +1252,29 @@ fn a_store_of_the_encrypted_format_without_identities_is_refused_with_a_typed_er
     assert!(matches!(e, Err(Error::IncompatibleFormat { found: 2, supported: 7 })), "{e:?}");
     assert_eq!(std::fs::read(p.join("data.mdb")).unwrap(), before, "open wrote nothing");
 }
+
+#[test]
+fn a_stream_whose_head_is_damaged_can_still_be_shredded() {
+    // 100 events in stream 3: one full chunk of index entries in `streams`, 36 in its head.
+    let dir = interleaved();
+    let p = dir.path();
+    {
+        let db = open(p, 1).unwrap();
+        let events = (0..100u32).map(|i| NewEvent::new("noted", vec![0xcc; 300 + i as usize]));
+        db.append(3u128, ExpectedVersion::NoStream, events).unwrap();
+    }
+    let k = 3u128.to_be_bytes();
+    let mut head = raw::get(p, "stream_heads", &k).unwrap();
+    head[5] ^= 0x01;
+    raw::put(p, "stream_heads", &k, &head);
+    let db = open(p, 1).unwrap();
+    // The erasure goes ahead: the key is destroyed, and the events the full chunk names are
+    // shredded, whatever the head says.
+    assert!(db.shred(3u128).unwrap());
+    let view = db.begin_read().unwrap();
+    assert!(view.event(21).unwrap().unwrap().is_shredded(), "version 1 of stream 3");
+    assert!(view.check_integrity().is_err(), "the head is still damaged");
+    drop(view);
+    drop(db);
+    assert_eq!(raw::get(p, "keys", &k).unwrap().len(), 37, "a shredded marker in place of the key");
+}

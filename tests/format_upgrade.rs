@@ -147,3 +147,142 @@ fn an_encrypted_store_of_format_5_is_upgraded_in_place_and_reads_as_written() {
     assert_eq!(format_of(dir.path()), 7);
     assert_holds(&options(true).open(dir.path()).unwrap(), &[]);
 }
+
+/// Set in a child process of this binary: the store to hold open through LMDB itself, as a
+/// process of the older build would, until its standard input closes.
+const HOLD: &str = "VARVEDB_UPGRADE_HOLD_STORE";
+
+#[test]
+fn an_upgrade_waits_until_no_other_process_has_the_store_open() {
+    if let Some(dir) = std::env::var_os(HOLD) {
+        // SAFETY: the parent opens this store only after this process says it is ready, and
+        // then only to be refused; nothing else maps it in this process.
+        let env =
+            unsafe { heed::EnvOpenOptions::new().max_dbs(16).flags(heed::EnvFlags::READ_ONLY).open(&dir) }
+                .unwrap();
+        println!("ready");
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
+        drop(env);
+        return;
+    }
+    let dir = copy_of("format4");
+    let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["an_upgrade_waits_until_no_other_process_has_the_store_open", "--exact", "--nocapture"])
+        .env(HOLD, dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    while !said.contains("ready") {
+        said.clear();
+        assert!(std::io::BufRead::read_line(&mut out, &mut said).unwrap() > 0, "the holder ended");
+    }
+    let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
+    let e = Varve::open(dir.path()).unwrap_err();
+    assert!(matches!(e, Error::UpgradeNeedsExclusiveAccess { .. }), "{e:?}");
+    assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "nothing changed");
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    assert_holds(&Varve::open(dir.path()).unwrap(), &[]);
+    assert_eq!(format_of(dir.path()), 6);
+}
+
+#[test]
+fn a_head_that_disagrees_with_its_partial_chunk_is_not_sealed_by_the_upgrade() {
+    let dir = copy_of("format4");
+    // Stream 5 holds 63 events; its format-4 head (`version u32 LE ‖ kind length ‖ kind`)
+    // made to say 62. Sealing it with the 63 entries of its chunk would hide the damage.
+    damage::raw::put(dir.path(), "stream_heads", &5u128.to_be_bytes(), &[62, 0, 0, 0, 0]);
+    let db = Varve::open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    let e = view.stream_version(5u128);
+    assert!(matches!(e, Err(Error::CorruptIndex { table: "stream_heads", .. })), "{e:?}");
+    assert!(view.check_integrity().is_err());
+    // Every other stream is upgraded and reads as written.
+    for (stream, count, _) in STREAMS.iter().filter(|s| s.0 != 5) {
+        let versions: Vec<u32> =
+            view.read_stream(*stream, 1).unwrap().map(|e| e.unwrap().version()).collect();
+        assert_eq!(versions, (1..=*count).collect::<Vec<_>>(), "stream {stream}");
+    }
+}
+
+/// Rewrites a closed store of format 6 in the layout of format 4, as `docs/design.md`
+/// describes it: heads of `version u32 LE ‖ kind length u8 ‖ kind`, each stream's partial
+/// chunk back in `streams`.
+fn rewrite_as_format_4(dir: &Path) {
+    for (k, head) in damage::raw::all(dir, "stream_heads") {
+        let version = u32::from_le_bytes(head[4..8].try_into().unwrap());
+        let kind_end = 9 + usize::from(head[8]);
+        damage::raw::put(dir, "stream_heads", &k, &head[4..kind_end]);
+        if kind_end < head.len() {
+            let chunk = [&k[..], &(version / 64).to_be_bytes()[..]].concat();
+            damage::raw::put(dir, "streams", &chunk, &head[kind_end..]);
+        }
+    }
+    damage::raw::put(dir, "meta", b"format_version", &4u32.to_le_bytes());
+}
+
+/// A change to the bytes of a page.
+type Damage = fn(&mut [u8]);
+
+/// The first leaf of `table`, a B-tree of two levels at least: the first child of its root.
+fn first_leaf(dir: &Path, table: &str) -> usize {
+    let report = varvedb::verify_file(dir).unwrap();
+    let t = report.tables.iter().find(|t| t.name == table).unwrap();
+    assert!(t.depth >= 2, "{t:?}");
+    let page_size = report.page_size as usize;
+    let bytes = std::fs::read(dir.join("data.mdb")).unwrap();
+    let root = &bytes[t.root.unwrap() as usize * page_size..][..page_size];
+    // The first node of a branch page (its offset at 16, past the page header) holds its
+    // child's page number in its first six bytes, three 16-bit parts, lowest first.
+    let node = usize::from(u16::from_le_bytes([root[16], root[17]]));
+    let part = |at: usize| usize::from(u16::from_le_bytes([root[node + at], root[node + at + 1]]));
+    part(0) | part(2) << 16 | part(4) << 32
+}
+
+#[test]
+fn a_damaged_page_of_the_tables_an_upgrade_rewrites_is_refused_before_it() {
+    // Stores of format 4 whose heads, and whose full and partial chunks, fill more than a
+    // page each: the open checks the roots of every table, and only the upgrade reads on.
+    let base = tempfile::tempdir().unwrap();
+    {
+        let db = Varve::open(base.path()).unwrap();
+        let mut batch = WriteBatch::new();
+        for stream in 0..400u128 {
+            let events = (0..100u32).map(|v| NewEvent::new("noted", v.to_le_bytes().to_vec()));
+            batch.append(stream + 1, ExpectedVersion::NoStream, events);
+        }
+        db.write(batch).unwrap();
+    }
+    rewrite_as_format_4(base.path());
+    let page_size = varvedb::verify_file(base.path()).unwrap().page_size as usize;
+    // Damage to a page's header that LMDB itself does not check, and would read past.
+    let damages: [(&str, Damage); 3] = [
+        ("lower bound past the upper", |p| p[13] ^= 0x40),
+        ("upper bound into the header", |p| p[14..16].copy_from_slice(&8u16.to_le_bytes())),
+        ("first node offset", |p| p[16] ^= 0x06),
+    ];
+    for table in ["streams", "stream_heads"] {
+        let leaf = first_leaf(base.path(), table);
+        for (what, damage) in damages {
+            let copy = tempfile::tempdir().unwrap();
+            let mut bytes = std::fs::read(base.path().join("data.mdb")).unwrap();
+            damage(&mut bytes[leaf * page_size..][..page_size]);
+            std::fs::write(copy.path().join("data.mdb"), &bytes).unwrap();
+            let e = Varve::open(copy.path()).unwrap_err();
+            assert!(matches!(e, Error::CorruptFile { .. }), "{table}, {what}: {e:?}");
+            assert_eq!(
+                std::fs::read(copy.path().join("data.mdb")).unwrap(),
+                bytes,
+                "{table}, {what}: nothing written"
+            );
+        }
+    }
+    // Undamaged, the same store upgrades and reads as written.
+    let db = Varve::open(base.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    view.check_integrity().unwrap();
+    assert_eq!(view.read_stream(400u128, 1).unwrap().count(), 100);
+}

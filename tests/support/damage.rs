@@ -176,7 +176,8 @@ pub mod index {
         if is_full(dir, stream, chunk) {
             super::raw::delete(dir, "streams", &key(stream, chunk));
         } else {
-            put(dir, stream, chunk, &[]);
+            let (head, _) = head(dir, stream, chunk);
+            put_head(dir, stream, head);
         }
     }
 }

@@ -570,6 +570,20 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The store is of an older format (4 or 5) that an open for writing upgrades in place,
+    /// and another process has it open: a process of the older build would go on writing
+    /// the old layout into the new one. Nothing was changed; close the store in every other
+    /// process, and open it again.
+    #[error(
+        "the store at {} is of an older format, which this open would upgrade in place, and another process has \
+         it open; close it in every other process first",
+        path.display()
+    )]
+    UpgradeNeedsExclusiveAccess {
+        /// The store's directory.
+        path: PathBuf,
+    },
+
     /// The stream was crypto-shredded ([`Varve::shred`](crate::Varve::shred)): its events
     /// can no longer be decrypted, and it takes no new events.
     #[error(

@@ -216,6 +216,8 @@ impl<'t> Iterator for Entries<'t> {
 /// next one; the versions it held are then missing, which a stream read reports.
 pub(crate) struct StreamIndex<'t> {
     chunks: Entries<'t>,
+    /// The error of a head that does not decode, handed out first.
+    damaged_head: Option<Error>,
     /// The tail from the stream's head and its chunk, while it is still to be handed out:
     /// after the chunks forward, before them backward.
     tail: Option<(&'t [u8], u32)>,
@@ -239,6 +241,9 @@ impl Iterator for StreamIndex<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        if self.damaged_head.is_some() {
+            return self.damaged_head.take().map(Err);
+        }
         loop {
             let at = if self.reverse {
                 if self.at == 0 {
@@ -866,7 +871,7 @@ impl Storage {
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
-        let tables = prepare_tables(&env, map_size, path, None)?;
+        let tables = prepare_tables(&env, map_size, path, None, Some(&lock_file))?;
         if crate::lmdb_file::failed_commit(path).is_some() {
             rewrite_meta_page(&env, tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
@@ -1310,7 +1315,14 @@ impl Storage {
         } else {
             (Bound::Included(&low[..]), Bound::Unbounded)
         };
-        let tail = match self.stream_head(txn, stream.into())? {
+        // A damaged head is an error in the entries' place, as a damaged chunk is: the full
+        // chunks are still handed out (a shred must reach their events).
+        let (head, damaged_head) = match self.stream_head(txn, stream.into()) {
+            Ok(head) => (head, None),
+            Err(e @ Error::CorruptIndex { .. }) => (None, Some(e)),
+            Err(e) => return Err(e),
+        };
+        let tail = match head {
             Some(head) if !head.tail.is_empty() => {
                 let tail_chunk = head.version / key::INDEX_CHUNK;
                 let wanted = if reverse { tail_chunk <= chunk } else { tail_chunk >= chunk };
@@ -1321,6 +1333,7 @@ impl Storage {
         let chunks = self.entries(txn, self.tables.streams, bounds, reverse)?;
         Ok(StreamIndex {
             chunks,
+            damaged_head,
             tail,
             stream,
             reverse,
@@ -1869,15 +1882,11 @@ fn open_env(
 fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize, merkle_tree: bool) -> Result<(), Error> {
     let env = open_env(build_dir, map_size, 1, Private::Yes, Mode::Write)
         .map_err(|e| engine_error(e, map_size, store_dir))?;
-    prepare_tables(&env, map_size, store_dir, Some(merkle_tree))?;
+    prepare_tables(&env, map_size, store_dir, Some(merkle_tree), None)?;
     // `env` is the only handle: dropping it closes the environment.
     Ok(())
 }
 
-/// Opens every table, creating those missing, and checks the format version, or records it
-/// in a store that has none: one write transaction, which commits nothing when the tables
-/// and the version are all there. A file that holds databases of another application and no
-/// format version is refused with [`Error::NotAStore`], and nothing is written to it.
 /// Commits a transaction that writes the format version again, as it is: after a commit
 /// whose meta-page write failed, the next commit rewrites the meta page LMDB wrote back (see
 /// `lmdb_file::check_before_open`), so the file needs no record of the failure any more.
@@ -1900,13 +1909,21 @@ fn rewrite_meta_page(
     wtxn.commit().map_err(err)
 }
 
+/// Opens every table, creating those missing, and checks the format version, or records it
+/// in a store that has none, or upgrades a store of format 4 or 5: one write transaction,
+/// which commits nothing when the tables and the current version are all there. A file that
+/// holds databases of another application and no format version is refused with
+/// [`Error::NotAStore`], and nothing is written to it.
+///
 /// `merkle_tree`: for a new store, whether it keeps the Merkle tree (`None`: leave that to
-/// `tlog::open`).
+/// `tlog::open`). `lock_file`: the store's, to tell whether another process has it open
+/// before an upgrade (`None` for a store being created, which has nothing to upgrade).
 fn prepare_tables(
     env: &Env<WithoutTls>,
     map_size: usize,
     dir: &Path,
     merkle_tree: Option<bool>,
+    lock_file: Option<&files::LockFile>,
 ) -> Result<Tables, Error> {
     let err = |e| engine_error(e, map_size, dir);
     let mut wtxn = env.write_txn().map_err(err)?;
@@ -1944,6 +1961,14 @@ fn prepare_tables(
         if (found == FORMAT_BEFORE_TAILS && !encrypted)
             || (found == ENCRYPTED_FORMAT_BEFORE_TAILS && encrypted)
         {
+            // A process of the older build that has the store open would go on writing the
+            // old layout into the new one.
+            if lock_file.is_none_or(|f| f.used_elsewhere().unwrap_or(true)) {
+                return Err(Error::UpgradeNeedsExclusiveAccess { path: canonical(dir) });
+            }
+            // The open checked `meta` and the log's last path; the upgrade reads every page
+            // of both tables it rewrites, and LMDB trusts what it reads.
+            crate::lmdb_file::check_before_open(dir, &[name::STREAM_HEADS, name::STREAMS], &[])?;
             move_tails_into_heads(&mut wtxn, tables).map_err(err)?;
             let now = if found == FORMAT_BEFORE_TAILS { FORMAT_VERSION } else { ENCRYPTED_FORMAT_VERSION };
             tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &now.to_le_bytes()).map_err(err)?;
@@ -1985,40 +2010,63 @@ fn check_format(bytes: &[u8]) -> Result<u32, Error> {
 /// The upgrade from formats 4 and 5: each stream's partial chunk of index entries moves
 /// from `streams` into its head, as the tail, and every head gets its checksum. Records and
 /// every other table stay as they are, so the upgrade is one transaction over the heads, and
-/// an interrupted one leaves the old format whole. A head or chunk already damaged is moved
-/// as it is, for reads and the integrity check to report: a head that does not decode is
-/// left without a valid checksum, a missing chunk leaves the tail empty.
+/// an interrupted one leaves the old format whole.
+///
+/// Damage is left for reads and the integrity check to report, never sealed as sound: a
+/// head that does not decode, or whose partial chunk does not hold the entries its version
+/// says, is left as it was (and fails the checksum of the new format); a missing partial
+/// chunk leaves the tail empty. The heads are read in batches, so that the upgrade of a
+/// store of many streams does not hold them all in memory.
 fn move_tails_into_heads(wtxn: &mut RwTxn<'_>, tables: Tables) -> heed::Result<()> {
-    let mut heads = Vec::new();
-    for entry in tables.stream_heads.iter(wtxn)? {
-        let (k, v) = entry?;
-        heads.push((k.to_vec(), v.to_vec()));
-    }
+    const BATCH: usize = 4096;
+    let mut after: Option<Vec<u8>> = None;
+    let mut heads = Vec::with_capacity(BATCH);
     let mut buf = Vec::new();
-    for (k, head) in heads {
-        let (Ok(stream), Some(decoded)) =
-            (<[u8; 16]>::try_from(&k[..]), value::StreamHead::decode_unchecked_old(&head))
-        else {
-            continue;
+    let mut seqs = [0u64; value::INDEX_CHUNK];
+    loop {
+        heads.clear();
+        let bounds = match &after {
+            Some(k) => (Bound::Excluded(&k[..]), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
         };
-        let stream = u128::from_be_bytes(stream);
-        let chunk = key::stream_chunk(stream, decoded.version / key::INDEX_CHUNK);
-        let tail = match value::tail_len(decoded.version) {
-            0 => None,
-            _ => tables.streams.get(wtxn, &chunk)?.map(<[u8]>::to_vec),
+        for entry in tables.stream_heads.range(wtxn, &bounds)?.take(BATCH) {
+            let (k, v) = entry?;
+            heads.push((k.to_vec(), v.to_vec()));
+        }
+        let Some((last, _)) = heads.last() else {
+            return Ok(());
         };
-        value::StreamHead { tail: tail.as_deref().unwrap_or_default(), ..decoded }
-            .encode_into(stream, &mut buf);
-        tables.stream_heads.put(wtxn, &k, &buf)?;
-        if tail.is_some() {
-            tables.streams.delete(wtxn, &chunk)?;
+        after = Some(last.clone());
+        for (k, head) in &heads {
+            let (Ok(stream), Some(decoded)) =
+                (<[u8; 16]>::try_from(&k[..]), value::StreamHead::decode_unchecked_old(head))
+            else {
+                continue;
+            };
+            let stream = u128::from_be_bytes(stream);
+            let chunk = key::stream_chunk(stream, decoded.version / key::INDEX_CHUNK);
+            let tail = match value::tail_len(decoded.version) {
+                0 => None,
+                _ => tables.streams.get(wtxn, &chunk)?.map(<[u8]>::to_vec),
+            };
+            if let Some(tail) = &tail
+                && value::decode_index_chunk(tail, &mut seqs) != Some(value::tail_len(decoded.version))
+            {
+                continue;
+            }
+            value::StreamHead { tail: tail.as_deref().unwrap_or_default(), ..decoded }
+                .encode_into(stream, &mut buf);
+            tables.stream_heads.put(wtxn, k, &buf)?;
+            if tail.is_some() {
+                tables.streams.delete(wtxn, &chunk)?;
+            }
         }
     }
-    Ok(())
 }
 
 /// Opens every table of a store read-only, and checks its format version. What
-/// [`prepare_tables`] would add (a table, the format version) is [`Error::NeedsWriteOpen`].
+/// [`prepare_tables`] would add or change (a table, the format version, the upgrade of
+/// format 4 or 5) is [`Error::NeedsWriteOpen`].
 fn open_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tables, Error> {
     let err = |e| engine_error(e, map_size, dir);
     let needs_write = |reason| Error::NeedsWriteOpen { path: canonical(dir), reason };
@@ -2201,6 +2249,25 @@ mod sys {
                 _ => return Err(e),
             }
         }
+    }
+
+    /// Whether another process holds a lock on the first byte of `file`: every process with
+    /// an LMDB environment open on a lock file holds a shared one there. Asks only (`F_GETLK`):
+    /// this process's own locks are neither reported nor changed.
+    pub(super) fn first_byte_locked_elsewhere(file: &File) -> io::Result<bool> {
+        // SAFETY: `flock` is plain integers; all zeros is a valid value.
+        let mut range: libc::flock = unsafe { std::mem::zeroed() };
+        range.l_type = libc::F_WRLCK as _;
+        range.l_whence = libc::SEEK_SET as _;
+        range.l_start = 0;
+        range.l_len = 1;
+        // SAFETY: `F_GETLK` on a descriptor `file` keeps open, with a pointer to an
+        // initialized `flock` that outlives the call, which the kernel overwrites with the
+        // conflicting lock, or with `F_UNLCK` in `l_type` if there is none.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &raw mut range) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(i32::from(range.l_type) != libc::F_UNLCK)
     }
 
     /// Gives the file `from` the name `to` too, unless `to` exists (`AlreadyExists`). A new

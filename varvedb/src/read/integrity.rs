@@ -180,7 +180,14 @@ impl ReadView<'_> {
                 surplus |= self.storage.index_seq(&self.txn, stream, next)?.is_some();
             }
         }
-        if surplus || self.storage.len(&self.txn, self.storage.tables.streams)? != chunks {
+        // Entries past a stream's version are in its tail, in its head.
+        if surplus {
+            return Err(Error::CorruptIndex {
+                table: "stream_heads",
+                reason: "holds index entries for events that are not in the log".into(),
+            });
+        }
+        if self.storage.len(&self.txn, self.storage.tables.streams)? != chunks {
             return Err(Error::CorruptIndex {
                 table: "streams",
                 reason: "holds entries for events that are not in the log".into(),

@@ -324,6 +324,12 @@ impl LockFile {
     /// a temporary name, and linked into place. An existing file smaller than that is grown
     /// only while no other process uses it, as LMDB would grow it then (without blocks);
     /// otherwise LMDB keeps its size, and the holes within that size get blocks.
+    /// Whether a process other than this one has an LMDB environment open on this lock
+    /// file (see [`sys::first_byte_locked_elsewhere`]).
+    pub(super) fn used_elsewhere(&self) -> io::Result<bool> {
+        sys::first_byte_locked_elsewhere(&self.file)
+    }
+
     pub(super) fn open_backed(dir: &Path, size: u64) -> Result<LockFile, Error> {
         let io = |e| io_error(e, dir);
         let path = dir.join(LOCK_FILE);

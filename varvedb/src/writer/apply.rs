@@ -120,13 +120,19 @@ impl WriterState {
             let head = &heads[at as usize];
             let stream = head.stream.as_u128();
             self.tail_buf.clear();
-            let stored = storage.stream_head(txn, head.stream)?;
+            let run = rest.iter().take_while(|e| e.0 == stream).count();
+            let first = rest.first().filter(|_| run > 0).map(|e| e.1);
+            // A new stream (its first version is 1) has no head: the plan looked, in this
+            // transaction, and a second look would only repeat that of its neighbours.
+            let stored = match first {
+                Some(1) => None,
+                _ => storage.stream_head(txn, head.stream)?,
+            };
             let stored_version = stored.as_ref().map_or(0, |h| h.version);
             if let Some(stored) = stored {
                 self.tail_buf.extend_from_slice(stored.tail);
             }
-            let run = rest.iter().take_while(|e| e.0 == stream).count();
-            if let Some(&(_, first, _)) = rest.first().filter(|_| run > 0) {
+            if let Some(first) = first {
                 if first.wrapping_sub(1) != stored_version {
                     // The plan read another head than this transaction holds: writing on
                     // would misplace the entries.
