@@ -123,9 +123,10 @@ fn creating_a_store_on_a_nearly_full_disk_never_leaves_one_that_cannot_open() {
     let Some(fs) = Tmpfs::mount(1 << 20, "creating_a_store_on_a_nearly_full_disk") else { return };
     let store = fs.path().join("store");
     let (mut created, mut full) = (0, 0);
-    // From no page free to well past what a new store needs (its data file and a lock file
-    // for 1,024 readers, about 25 pages), one page at a time.
-    for free_pages in 0..=40 {
+    // From no page free to well past what a new store needs (its data file, with the 32
+    // pages of its commit record area, and a lock file for 1,024 readers: about 60 pages),
+    // one page at a time.
+    for free_pages in 0..=75 {
         let filler = Filler::new(fs.path(), free_pages * PAGE);
         let first = child(&["open"], &store);
         match first.as_str() {

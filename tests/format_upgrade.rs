@@ -1,8 +1,9 @@
-//! Stores of formats 4 (plain) and 5 (encrypted), written by the build of those formats,
-//! are upgraded in place by an open for writing, and read as they were written.
+//! Stores of formats 4 and 6 (plain) and 5 and 7 (encrypted), written by the builds of
+//! those formats, are upgraded in place by an open for writing, and read as they were
+//! written.
 //!
-//! `tests/fixtures/format4` and `format5` hold backups (compacted copies) of two stores that
-//! build filled the same way: [`STREAMS`] in round-robin order, 50 events per commit, the
+//! `tests/fixtures/format4` to `format7` hold backups (compacted copies) of stores that those
+//! builds filled the same way: [`STREAMS`] in round-robin order, 50 events per commit, the
 //! payload of each event its stream and version (`"1:17"`), stream 3's one event a 5,000-byte
 //! payload stored as a blob, every tenth version of a stream with the id
 //! `stream << 32 | version`. The encrypted one is under the master key `[7; 32]`.
@@ -80,10 +81,10 @@ fn assert_holds(db: &Varve, extra: &[(u128, u32)]) {
     assert_eq!(ids, written as usize);
 }
 
-fn check_upgrade(fixture: &str, encrypted: bool) {
+fn check_upgrade(fixture: &str, old: u32, encrypted: bool) {
     let dir = copy_of(fixture);
-    let old = if encrypted { 5 } else { 4 };
     assert_eq!(format_of(dir.path()), old);
+    assert!(damage::raw::get(dir.path(), "meta", b"commit_records").is_none());
 
     // Read-only, nothing can be upgraded: refused, and the file is left as it was.
     let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
@@ -93,9 +94,12 @@ fn check_upgrade(fixture: &str, encrypted: bool) {
 
     let db = options(encrypted).open(dir.path()).unwrap();
     assert_holds(&db, &[]);
-    // Full chunks stay in `streams`; the partial ones moved into the heads.
+    // Full chunks stay in `streams`; the partial ones moved into the heads (formats 4 and
+    // 5), or were there already.
     drop(db);
-    assert_eq!(format_of(dir.path()), old + 2);
+    assert_eq!(format_of(dir.path()), if encrypted { 9 } else { 8 });
+    let area = damage::raw::get(dir.path(), "meta", b"commit_records").expect("the commit record area");
+    assert_eq!(area.len(), 128 * 1024);
     let full: u32 = STREAMS.iter().map(|s| s.1 / 64).sum();
     assert_eq!(damage::raw::all(dir.path(), "streams").len(), full as usize);
 
@@ -133,18 +137,28 @@ fn check_upgrade(fixture: &str, encrypted: bool) {
 
 #[test]
 fn a_plain_store_of_format_4_is_upgraded_in_place_and_reads_as_written() {
-    check_upgrade("format4", false);
+    check_upgrade("format4", 4, false);
+}
+
+#[test]
+fn a_plain_store_of_format_6_is_upgraded_in_place_and_reads_as_written() {
+    check_upgrade("format6", 6, false);
+}
+
+#[test]
+fn an_encrypted_store_of_format_7_is_upgraded_in_place_and_reads_as_written() {
+    check_upgrade("format7", 7, true);
 }
 
 #[test]
 fn an_encrypted_store_of_format_5_is_upgraded_in_place_and_reads_as_written() {
-    check_upgrade("format5", true);
+    check_upgrade("format5", 5, true);
     // Without its key, the store is refused; the upgrade (of heads and the stream index,
     // which are not sealed) needs none, and the key opens it afterwards.
     let dir = copy_of("format5");
     let e = Varve::open(dir.path()).unwrap_err();
     assert!(matches!(e, Error::KeyRequired { .. }), "{e:?}");
-    assert_eq!(format_of(dir.path()), 7);
+    assert_eq!(format_of(dir.path()), 9);
     assert_holds(&options(true).open(dir.path()).unwrap(), &[]);
 }
 
@@ -186,7 +200,7 @@ fn an_upgrade_waits_until_no_other_process_has_the_store_open() {
     drop(holder.stdin.take());
     assert!(holder.wait().unwrap().success());
     assert_holds(&Varve::open(dir.path()).unwrap(), &[]);
-    assert_eq!(format_of(dir.path()), 6);
+    assert_eq!(format_of(dir.path()), 8);
 }
 
 #[test]

@@ -36,13 +36,14 @@ use requests::{request, stream};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: failed-commit-child group <dir> <threads> reopen|stay | appends <dir> <threads> <count> \
-                 | plain <dir> <count>";
+                 | plain <dir> <count> | large <dir> <count>";
     let number = |i: usize| -> usize { args.get(i).expect(usage).parse().expect(usage) };
     let dir = args.get(1).expect(usage);
     match args.first().map(String::as_str) {
         Some("group") => group(dir, number(2), args.get(3).expect(usage) == "reopen"),
         Some("appends") => appends(dir, number(2), number(3)),
         Some("plain") => plain(dir, number(2)),
+        Some("large") => large(dir, number(2)),
         _ => panic!("{usage}"),
     }
 }
@@ -199,5 +200,14 @@ fn plain(dir: &str, count: usize) {
     let db = Varve::open(dir).expect("open the store");
     for k in 0..count {
         println!("req 0 {k} {}", outcome(&append(&db, 0, k)));
+    }
+}
+
+/// As `plain`, for the thread whose requests are too large for a commit record: each answer
+/// waits for a flush of its commit's meta page.
+fn large(dir: &str, count: usize) {
+    let db = Varve::open(dir).expect("open the store");
+    for k in 0..count {
+        println!("req {} {k} {}", requests::LARGE, outcome(&append(&db, requests::LARGE, k)));
     }
 }

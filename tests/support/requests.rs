@@ -9,11 +9,20 @@ pub fn request(t: usize, k: usize) -> Vec<NewEvent> {
     (0..2)
         .map(|j| {
             let n = k * 2 + j;
-            let len = if n % 3 == 2 { 1_500 } else { 40 };
+            let len = if t == LARGE {
+                40_000
+            } else if n % 3 == 2 {
+                1_500
+            } else {
+                40
+            };
             NewEvent::new("fc", vec![(t * 31 + n) as u8; len]).with_id(event_id(t, n))
         })
         .collect()
 }
+
+/// The thread whose requests are too large for a commit record: two events of 40,000 bytes.
+pub const LARGE: usize = 7;
 
 /// The id of the `n`th event of thread `t` (`n` counts from 0 over its requests).
 pub fn event_id(t: usize, n: usize) -> u128 {

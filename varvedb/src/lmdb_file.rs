@@ -32,7 +32,7 @@ const DATA_FILE: &str = "data.mdb";
 /// The size of `pgno_t`, `txnid_t` and `mdb_size_t`.
 const WORD: usize = size_of::<usize>();
 /// `MDB_page` up to its node offsets: page number, pad, flags, lower and upper bounds.
-const PAGE_HEADER: usize = WORD + 8;
+pub(crate) const PAGE_HEADER: usize = WORD + 8;
 /// `MDB_node` up to its key: two halves of the data size (or child page), flags, key size.
 const NODE_HEADER: usize = 8;
 /// `MDB_db`: pad, flags, depth, branch, leaf and overflow page counts, entries, root.
@@ -291,6 +291,27 @@ pub(crate) fn clear_failed_commit(dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other.and_then(|()| File::open(dir)?.sync_all()),
     }
+}
+
+/// The number of the first overflow page whose header is `header`, if it is one.
+pub(crate) fn overflow_page_number(header: &[u8]) -> Option<u64> {
+    (header.len() == PAGE_HEADER && u16_at(header, WORD + 2) == P_OVERFLOW).then(|| word_at(header, 0))
+}
+
+/// Writes the meta page of transaction `txnid` again, unchanged, through `file` (a
+/// descriptor of `data.mdb` open for writing), if the page the operating system holds for it
+/// is that transaction's; returns whether it was. The write makes the page dirty again: a
+/// flush that failed may have dropped it, and the next flush then writes it.
+pub(crate) fn rewrite_meta(file: &File, txnid: u64) -> Result<bool, Error> {
+    let Ok(first) = parse_meta(&read_meta_bytes(file, 0, 0)?, 0) else { return Ok(false) };
+    let index = txnid & 1;
+    let offset = index * u64::from(first.page_size);
+    let b = read_meta_bytes(file, index, offset)?;
+    if !matches!(parse_meta(&b, index), Ok(m) if m.txnid == txnid) {
+        return Ok(false);
+    }
+    std::os::unix::fs::FileExt::write_all_at(file, &b, offset).map_err(Error::Io)?;
+    Ok(true)
 }
 
 /// Walks every page of the snapshot of transaction `txnid`, the one a read transaction of the

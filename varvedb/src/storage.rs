@@ -12,7 +12,7 @@ use std::cmp::Ordering;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use heed::types::Bytes;
 use heed::{
@@ -24,6 +24,7 @@ use crate::error::{Error, StorageError};
 
 mod ahead;
 mod files;
+mod redo;
 mod sync;
 
 pub(crate) use files::prepare_dir;
@@ -31,14 +32,21 @@ pub(crate) use sync::Ticket;
 
 /// On-disk format version written to `meta` on creation and checked on every open.
 /// Versions 1 (plain) and 3 (encrypted) are the formats before the compact stream index and
-/// records; they are refused (see `prepare_tables`). Versions 4 and 5 are upgraded in place
-/// (see [`FORMAT_BEFORE_TAILS`]).
-pub(crate) const FORMAT_VERSION: u32 = 6;
+/// records; they are refused (see `prepare_tables`). Versions 4 to 7 are upgraded in place
+/// (see [`FORMAT_BEFORE_TAILS`] and [`FORMAT_BEFORE_RECORDS`]).
+pub(crate) const FORMAT_VERSION: u32 = 8;
 /// The format version of an encrypted store. Same layout, but every record is sealed, every
 /// key derives from the master key and the store's identity, and the `keys` table is
 /// authenticated: a build that knows only the plain format refuses such a store instead of
 /// appending plaintext to it.
-pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 7;
+pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 9;
+/// The plain format before the commit record area (`storage/redo.rs`): a build that knows
+/// it not would open a store after a power loss without applying the record of its last
+/// acknowledged commit. A write open adds the area, in the transaction that records the new
+/// version.
+pub(crate) const FORMAT_BEFORE_RECORDS: u32 = 6;
+/// The encrypted format before the commit record area.
+pub(crate) const ENCRYPTED_FORMAT_BEFORE_RECORDS: u32 = 7;
 /// The plain format before stream heads held their stream's newest index entries: every
 /// chunk of entries, full or not, was in `streams`. A write open moves each stream's
 /// partial chunk into its head, in the transaction that records the new version.
@@ -63,6 +71,9 @@ pub(crate) mod meta_key {
     /// Present once a stream was shredded or the master key rotated: how many times, `u64
     /// LE`. A replication publisher looks for key changes no event carries when it moves.
     pub(crate) const KEY_CHANGES: &[u8] = b"key_changes";
+    /// The commit record area (see `storage/redo.rs`): written in place, never through LMDB
+    /// after its creation.
+    pub(crate) const COMMIT_RECORDS: &[u8] = b"commit_records";
 }
 
 /// Table names. Renaming one is a format change.
@@ -121,6 +132,11 @@ pub(crate) struct WriteTxn<'env> {
     // Ends before it stops counting as live.
     txn: RwTxn<'env>,
     _live: Live<'env>,
+    /// The changes made through the storage's write calls, for the commit record of a
+    /// transaction begun with [`Storage::write_txn_recorded`]. Every change of a
+    /// `WriteTxn` goes through those calls: it gives no mutable access to LMDB's
+    /// transaction otherwise.
+    redo: Option<redo::Capture>,
 }
 
 impl<'env> std::ops::Deref for WriteTxn<'env> {
@@ -131,13 +147,28 @@ impl<'env> std::ops::Deref for WriteTxn<'env> {
     }
 }
 
-impl std::ops::DerefMut for WriteTxn<'_> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.txn
+/// One of the store's tables: LMDB's handle, and the table's number in [`name::ALL`], by
+/// which commit records name it.
+#[derive(Clone, Copy)]
+pub(crate) struct Table {
+    db: Database<Bytes, Bytes, KeyComparator>,
+    code: u8,
+}
+
+impl std::ops::Deref for Table {
+    type Target = Database<Bytes, Bytes, KeyComparator>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.db
     }
 }
 
-type Table = Database<Bytes, Bytes, KeyComparator>;
+impl Table {
+    fn named(db: Database<Bytes, Bytes, KeyComparator>, table: &str) -> Table {
+        let code = name::ALL.iter().position(|n| *n == table).expect("every table is named in `name::ALL`");
+        Table { db, code: u8::try_from(code).expect("fewer than 256 tables") }
+    }
+}
 
 /// LMDB's default order of keys, computed 8 bytes at a time.
 ///
@@ -457,6 +488,29 @@ pub(crate) struct Tables {
     /// The Merkle tree over the log, in tiles: `tile level u8 ‖ tile index u64 BE` → up to
     /// 16 node hashes of 32 bytes (see `tlog`).
     pub(crate) merkle: Table,
+}
+
+impl Tables {
+    /// The table numbered `code` in [`name::ALL`].
+    fn by_code(&self, code: u8) -> Option<Table> {
+        [
+            self.events,
+            self.streams,
+            self.stream_heads,
+            self.event_ids,
+            self.blobs,
+            self.checkpoints,
+            self.projections,
+            self.keys,
+            self.schema,
+            self.snapshots,
+            self.meta,
+            self.shredded_headers,
+            self.merkle,
+        ]
+        .into_iter()
+        .find(|t| t.code == code)
+    }
 }
 
 /// Key encodings. Big-endian so LMDB's byte-wise order is numeric order.
@@ -797,6 +851,11 @@ pub(crate) struct Storage {
     /// `data.mdb`, grown ahead of LMDB by each write transaction that finds little room left
     /// past LMDB's last page (`None` when read-only).
     ahead: Option<ahead::Ahead>,
+    /// The commit record area (`None` when read-only, or when commits flush their meta page
+    /// before they return: then no record is needed).
+    records: Option<redo::Area>,
+    /// The writer's buffer for commit records, kept between transactions.
+    record_buf: Mutex<Vec<u8>>,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -873,9 +932,10 @@ impl Storage {
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
         let tables = prepare_tables(&env, map_size, path, None, Some(&lock_file))?;
         if crate::lmdb_file::failed_commit(path).is_some() {
-            rewrite_meta_page(&env, tables, map_size, path)?;
+            rewrite_meta_page(&env, &tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
         }
+        apply_pending_record(&env, &tables, map_size, path, &lock_file)?;
         if config.defer_meta_sync {
             // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
             env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
@@ -885,6 +945,15 @@ impl Storage {
         // and that sync must not leave `data.mdb`'s name to chance either.
         sync_dir(path).map_err(|e| io_error(e, path))?;
         let ahead = ahead::Ahead::open(path, env.stat().page_size).map_err(|e| io_error(e, path))?;
+        let records = if config.defer_meta_sync {
+            let rtxn = env.read_txn().map_err(|e| engine_error(e, map_size, path))?;
+            let offset = record_area_offset(&env, &rtxn, &tables.meta, map_size, &path.join("data.mdb"))?
+                .ok_or(Error::CorruptMeta { reason: "the store has no commit record area" })?;
+            drop(rtxn);
+            Some(redo::Area::open(path, offset).map_err(|e| io_error(e, path))?)
+        } else {
+            None
+        };
         Ok(Storage {
             env,
             tables,
@@ -898,6 +967,8 @@ impl Storage {
             flushes: sync::FlushTimes::default(),
             read_only: false,
             ahead: Some(ahead),
+            records,
+            record_buf: Mutex::new(Vec::new()),
         })
     }
 
@@ -937,6 +1008,12 @@ impl Storage {
         // Stale reader slots live in `lock.mdb`, which readers write anyway.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
         let tables = open_tables(&env, map_size, path)?;
+        if pending_record(&env, &tables, map_size, path, &lock_file)? {
+            return Err(Error::NeedsWriteOpen {
+                path: canonical(path),
+                reason: "the record of its last acknowledged commit is to be applied, and an open for writing applies it",
+            });
+        }
         Ok(Storage {
             env,
             tables,
@@ -950,6 +1027,8 @@ impl Storage {
             flushes: sync::FlushTimes::default(),
             read_only: true,
             ahead: None,
+            records: None,
+            record_buf: Mutex::new(Vec::new()),
         })
     }
 
@@ -980,8 +1059,21 @@ impl Storage {
             return Err(Error::WouldDeadlock);
         }
         let (txn, live) = self.begin(Env::write_txn)?;
-        let txn = WriteTxn { txn, _live: live };
+        let txn = WriteTxn { txn, _live: live, redo: None };
         self.grow_ahead(&txn)?;
+        Ok(txn)
+    }
+
+    /// A write transaction whose changes are recorded, for [`Storage::commit_deferred`] to
+    /// write its commit record. Only the writer thread begins these.
+    pub(crate) fn write_txn_recorded(&self) -> Result<WriteTxn<'_>, Error> {
+        let mut txn = self.write_txn()?;
+        if self.records.is_some() {
+            let buf = std::mem::take(
+                &mut *self.record_buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            txn.redo = Some(redo::Capture::new(buf));
+        }
         Ok(txn)
     }
 
@@ -1032,7 +1124,7 @@ impl Storage {
     /// commit durable, or the flush after it failed, so the commit may be in the file, and
     /// the storage refuses every later transaction.
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
-        self.commit_or_stop(txn, self.tickets.last())?;
+        self.commit_or_stop(txn, self.tickets.last(), None)?;
         // Without `MDB_NOMETASYNC` LMDB wrote the meta page through an `O_DSYNC` descriptor.
         if self.defer_meta_sync { self.sync() } else { Ok(()) }
     }
@@ -1044,14 +1136,54 @@ impl Storage {
     /// commit of this kind, or the next [`Storage::sync`]. A power loss before that takes
     /// the store back to the commit before, whole. Without it, the ticket is durable at
     /// once. Only the writer thread commits so: tickets count its commits in order.
-    pub(crate) fn commit_deferred(&self, txn: WriteTxn<'_>) -> Result<Ticket, Error> {
+    ///
+    /// A transaction begun with [`Storage::write_txn_recorded`] whose changes fit a commit
+    /// record has it written first, into the area that LMDB's data flush carries: its ticket
+    /// is then durable as soon as this returns (see `storage/redo.rs`).
+    pub(crate) fn commit_deferred(&self, mut txn: WriteTxn<'_>) -> Result<Ticket, Error> {
         let before = self.tickets.last();
-        self.commit_or_stop(txn, before)?;
+        let recorded = self.write_record(&mut txn)?;
+        self.commit_or_stop(txn, before, recorded)?;
         let ticket = self.tickets.committed(before);
         if !self.defer_meta_sync {
             self.tickets.flushed(ticket);
         }
+        if recorded.is_some() {
+            self.tickets.recorded(ticket);
+        }
         Ok(ticket)
+    }
+
+    /// Writes the commit record of `txn`, if it has one; returns its transaction id if so.
+    /// A record that cannot be written only leaves the commit to be answered after the
+    /// next flush, once what reached the page cache is erased; if even that fails, the
+    /// transaction is dropped and the storage stops: the record might be applied by the
+    /// next open.
+    fn write_record(&self, txn: &mut WriteTxn<'_>) -> Result<Option<u64>, Error> {
+        let (Some(area), Some(mut capture)) = (&self.records, txn.redo.take()) else { return Ok(None) };
+        let txnid = txn.txn.id() as u64;
+        let written = capture.seal(txnid).map(|record| area.write(txnid, record));
+        *self.record_buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = capture.into_buf();
+        match written {
+            Some(Ok(())) => Ok(Some(txnid)),
+            Some(Err(e)) => {
+                crate::trace::event!(
+                    target: "varvedb::sync",
+                    tracing::Level::WARN,
+                    error = %e,
+                    "could not write a commit record"
+                );
+                match area.erase(txnid) {
+                    Ok(()) => Ok(None),
+                    Err(_) => {
+                        let source =
+                            Arc::clone(self.fatal.get_or_init(|| Arc::new(io_error(e, self.path()))));
+                        Err(Error::OutcomeUnknown { source })
+                    }
+                }
+            }
+            None => Ok(None),
+        }
     }
 
     /// Flushes `data.mdb`: every commit made before is durable when this returns `Ok`. A
@@ -1080,8 +1212,15 @@ impl Storage {
         Ok(())
     }
 
-    /// Whether the commit of `ticket` (from [`Storage::commit_deferred`]) is durable.
+    /// Whether the commit of `ticket` (from [`Storage::commit_deferred`]) is durable: by its
+    /// meta page, or by its commit record.
     pub(crate) fn is_durable(&self, ticket: Ticket) -> bool {
+        self.tickets.is_answerable(ticket)
+    }
+
+    /// Whether the meta page of `ticket`'s commit is known flushed: if not, a durable commit
+    /// may need its record to be applied after a power loss.
+    pub(crate) fn is_flushed(&self, ticket: Ticket) -> bool {
         self.tickets.is_durable(ticket)
     }
 
@@ -1091,8 +1230,9 @@ impl Storage {
     }
 
     /// Commits `txn`, its meta page unflushed with [`StorageConfig::defer_meta_sync`].
-    /// `before` is the writer's last ticket, read before.
-    fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket) -> Result<(), Error> {
+    /// `before` is the writer's last ticket, read before; `recorded`, the transaction id of
+    /// `txn` if its commit record was written.
+    fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket, recorded: Option<u64>) -> Result<(), Error> {
         match self.commit_unsynced(txn) {
             Err(e @ Error::OutcomeUnknown { .. }) => {
                 // LMDB gives up (`MDB_PANIC`) only when a meta-page write fails, and this
@@ -1107,16 +1247,65 @@ impl Storage {
                 Err(e)
             }
             Err(e @ Error::NeedsReopen { .. }) => Err(e),
-            // The failure may have been the data flush that was to carry the writer's last
-            // meta page: after a failed flush no later one proves that page written, and a
-            // commit on top could reuse pages the commit before it still needs. So the
-            // storage stops, and the last commit's fate is open.
-            Err(e) if self.defer_meta_sync && !self.tickets.is_durable(before) => {
-                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
-                Err(Error::OutcomeUnknown { source })
-            }
+            // The failure may have been the data flush that was to carry the last meta page
+            // (this process's or another's): a failed flush may have dropped it, and a commit
+            // on top could reuse pages the commit before it still needs. And a commit record
+            // written for this commit must not be applied after a power loss. Both are
+            // repaired with one flush, or the storage stops and the last commit's fate is open.
+            Err(e) if self.defer_meta_sync => match self.repair_after_failed_commit(recorded) {
+                Ok(()) => {
+                    self.tickets.flushed(before);
+                    Err(e)
+                }
+                Err(repair) => {
+                    crate::trace::event!(
+                        target: "varvedb::sync",
+                        tracing::Level::WARN,
+                        error = %repair,
+                        "could not repair after a failed commit"
+                    );
+                    let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
+                    Err(Error::OutcomeUnknown { source })
+                }
+            },
             other => other,
         }
+    }
+
+    /// After a commit that failed before its meta page was written: writes the last
+    /// commit's meta page again, erases the failed commit's record (transaction `recorded`),
+    /// and flushes. `Ok` means the store's current state is durable and the failed commit
+    /// can never come back.
+    ///
+    /// Under LMDB's write lock, so that no commit moves the state meanwhile: the last
+    /// commit is the transaction before the one the lock's transaction would be. The meta
+    /// page is taken from what the operating system holds for it; if that is not the last
+    /// commit's (a failed flush made it read back from the disk), there is no repair.
+    fn repair_after_failed_commit(&self, recorded: Option<u64>) -> Result<(), Error> {
+        let area =
+            self.records.as_ref().ok_or(Error::Internal("no descriptor to repair a failed commit with"))?;
+        if self.fatal.get().is_some() {
+            return Err(Error::Internal("the storage stopped"));
+        }
+        let lock = self.write_txn()?;
+        let last =
+            (lock.txn.id() as u64).checked_sub(1).ok_or(Error::Internal("no commit before the first"))?;
+        if recorded.is_some_and(|failed| failed != last + 1) {
+            // Another commit came in between: its own flush settled the state, and the failed
+            // record's slot is that commit's to write.
+            return Err(Error::Internal("another commit came before the repair"));
+        }
+        if !crate::lmdb_file::rewrite_meta(area.file(), last)? {
+            return Err(Error::Internal("the last commit's meta page is no longer in memory"));
+        }
+        if let Some(failed) = recorded {
+            area.erase(failed).map_err(|e| io_error(e, self.path()))?;
+        }
+        let started = std::time::Instant::now();
+        let flushed = area.flush();
+        self.flushes.record(started.elapsed());
+        drop(lock);
+        flushed.map_err(|e| io_error(e, self.path()))
     }
 
     /// Whether LMDB refuses every transaction of this environment (`MDB_PANIC`).
@@ -1128,7 +1317,7 @@ impl Storage {
 
     fn commit_unsynced(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
         // The transaction ends before it stops counting as live.
-        let WriteTxn { txn, _live } = txn;
+        let WriteTxn { txn, _live, redo: _ } = txn;
         let txnid = txn.id() as u64;
         // LMDB's commit writes the transaction's pages and flushes them: the cost of durability.
         let started = std::time::Instant::now();
@@ -1417,7 +1606,11 @@ impl Storage {
     }
 
     pub(crate) fn put(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8], v: &[u8]) -> Result<(), Error> {
-        table.put(txn, k, v).map_err(|e| self.err(e))
+        table.put(&mut txn.txn, k, v).map_err(|e| self.err(e))?;
+        if let Some(redo) = &mut txn.redo {
+            redo.record(redo::Op::Put, table.code, k, v);
+        }
+        Ok(())
     }
 
     /// Inserts a key that must not exist yet; an existing key is reported as damage to
@@ -1430,19 +1623,24 @@ impl Storage {
         k: &[u8],
         v: &[u8],
     ) -> Result<(), Error> {
-        table.put_with_flags(txn, PutFlags::NO_OVERWRITE, k, v).map_err(|e| match e {
+        table.put_with_flags(&mut txn.txn, PutFlags::NO_OVERWRITE, k, v).map_err(|e| match e {
             heed::Error::Mdb(MdbError::KeyExist) => Error::CorruptIndex {
                 table: name,
                 reason: "an entry being written already exists (a stream head or id index is damaged)".into(),
             },
             other => self.err(other),
-        })
+        })?;
+        if let Some(redo) = &mut txn.redo {
+            redo.record(redo::Op::Insert, table.code, k, v);
+        }
+        Ok(())
     }
 
     /// A cursor on `table` for many inserts in one transaction (see [`Puts`]).
     pub(crate) fn puts<'t>(&'t self, txn: &'t mut WriteTxn<'_>, table: Table) -> Result<Puts<'t>, Error> {
+        let WriteTxn { txn, redo, .. } = txn;
         let cursor = table.iter_mut(txn).map_err(|e| self.err(e))?;
-        Ok(Puts { cursor, storage: self })
+        Ok(Puts { cursor, storage: self, redo: redo.as_mut(), code: table.code })
     }
 
     /// Appends at the end of a table whose keys only grow (the log); LMDB then skips the
@@ -1454,7 +1652,11 @@ impl Storage {
         k: &[u8],
         v: &[u8],
     ) -> Result<(), Error> {
-        table.put_with_flags(txn, PutFlags::APPEND, k, v).map_err(|e| self.err(e))
+        table.put_with_flags(&mut txn.txn, PutFlags::APPEND, k, v).map_err(|e| self.err(e))?;
+        if let Some(redo) = &mut txn.redo {
+            redo.record(redo::Op::Append, table.code, k, v);
+        }
+        Ok(())
     }
 
     /// Entries of `table` with keys in `bounds`, ascending or (`reverse`) descending.
@@ -1498,13 +1700,22 @@ impl Storage {
     }
 
     pub(crate) fn delete(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8]) -> Result<bool, Error> {
-        table.delete(txn, k).map_err(|e| self.err(e))
+        let deleted = table.delete(&mut txn.txn, k).map_err(|e| self.err(e))?;
+        if let Some(redo) = &mut txn.redo
+            && deleted
+        {
+            redo.record(redo::Op::Delete, table.code, k, &[]);
+        }
+        Ok(deleted)
     }
 
     /// Deletes every entry of `table`; returns how many there were.
     pub(crate) fn clear(&self, txn: &mut WriteTxn<'_>, table: Table) -> Result<u64, Error> {
-        let n = table.len(txn).map_err(|e| self.err(e))?;
-        table.clear(txn).map_err(|e| self.err(e))?;
+        if let Some(redo) = &mut txn.redo {
+            redo.give_up();
+        }
+        let n = table.len(&txn.txn).map_err(|e| self.err(e))?;
+        table.clear(&mut txn.txn).map_err(|e| self.err(e))?;
         Ok(n)
     }
 
@@ -1521,7 +1732,10 @@ impl Storage {
         // A range from the prefix, to the first key without it: heed's prefix iterators need
         // a comparator of single bytes.
         let from = (Bound::Included(prefix), Bound::Unbounded);
-        let mut iter = table.range_mut(txn, &from).map_err(|e| self.err(e))?;
+        if let Some(redo) = &mut txn.redo {
+            redo.give_up();
+        }
+        let mut iter = table.range_mut(&mut txn.txn, &from).map_err(|e| self.err(e))?;
         while let Some(entry) = iter.next() {
             let (k, _) = entry.map_err(|e| self.err(e))?;
             if !k.starts_with(prefix) {
@@ -1549,6 +1763,7 @@ impl Storage {
             .env
             .copy_to_file(&mut out, CompactionOption::Enabled)
             .map_err(|e| engine_error(e, self.map_size(), dir))
+            .and_then(|()| clear_record_area(file))
             .and_then(|()| out.sync_all().map_err(|e| io_error(e, dir)))
             // The copy's name is durable only once its directory is synced.
             .and_then(|()| sync_dir(parent_dir(file)).map_err(|e| io_error(e, dir)));
@@ -1601,6 +1816,7 @@ impl Storage {
             let copied = env
                 .copy_to_file(&mut out, CompactionOption::Enabled)
                 .map_err(|e| engine_error(e, map_size, dir))
+                .and_then(|()| clear_record_area(new_file))
                 .and_then(|()| out.sync_all().map_err(|e| io_error(e, dir)));
             env.prepare_for_closing().wait();
             copied
@@ -1634,6 +1850,8 @@ impl Storage {
 pub(crate) struct Puts<'t> {
     cursor: heed::RwIter<'t, Bytes, Bytes>,
     storage: &'t Storage,
+    redo: Option<&'t mut redo::Capture>,
+    code: u8,
 }
 
 impl Puts<'_> {
@@ -1645,7 +1863,11 @@ impl Puts<'_> {
         // include `MDB_CURRENT`: with none, LMDB inserts or replaces the value of `k` wherever
         // it is, independently of the cursor's position.
         let put = unsafe { self.cursor.put_current_with_options::<Bytes>(PutFlags::empty(), k, v) };
-        put.map_err(|e| self.storage.err(e))
+        put.map_err(|e| self.storage.err(e))?;
+        if let Some(redo) = &mut self.redo {
+            redo.record(redo::Op::Put, self.code, k, v);
+        }
+        Ok(())
     }
 }
 
@@ -1868,9 +2090,12 @@ fn open_env(
     // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
     // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`,
     // `NO_SYNC`; `NO_LOCK` only for a private build, `NO_META_SYNC` only delays a flush,
-    // above). The store's own writes to `data.mdb` (`storage/ahead.rs`) put zeros only past
-    // LMDB's last page, under its write lock: no snapshot reaches them, and LMDB writes
-    // there later as into any page of its own. A second open of the same directory in this process is refused before this
+    // above). The store's own writes to `data.mdb` are of two kinds. Zeros past LMDB's last
+    // page (`storage/ahead.rs`), under its write lock: no snapshot reaches them, and LMDB
+    // writes there later as into any page of its own. And commit records (`storage/redo.rs`)
+    // into the overflow pages of one value of `meta`, which LMDB never writes after its
+    // creation: the store takes only that value's address from the map and reads its bytes
+    // through the file, so no reference handed out can see them change. A second open of the same directory in this process is refused before this
     // (`files::Claim`), and by heed (`Error::AlreadyOpen`); LMDB's lock file coordinates
     // other processes.
     unsafe { options.open(dir) }
@@ -1892,7 +2117,7 @@ fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize, merkle_tree:
 /// `lmdb_file::check_before_open`), so the file needs no record of the failure any more.
 fn rewrite_meta_page(
     env: &Env<WithoutTls>,
-    tables: Tables,
+    tables: &Tables,
     map_size: usize,
     dir: &Path,
 ) -> Result<(), Error> {
@@ -1936,6 +2161,7 @@ fn prepare_tables(
             .key_comparator::<KeyComparator>()
             .name(name)
             .create(wtxn)
+            .map(|db| Table::named(db, name))
             .map_err(err)
     };
     let tables = Tables {
@@ -1969,9 +2195,22 @@ fn prepare_tables(
             // The open checked `meta` and the log's last path; the upgrade reads every page
             // of both tables it rewrites, and LMDB trusts what it reads.
             crate::lmdb_file::check_before_open(dir, &[name::STREAM_HEADS, name::STREAMS], &[])?;
-            move_tails_into_heads(&mut wtxn, tables).map_err(err)?;
+            move_tails_into_heads(&mut wtxn, &tables).map_err(err)?;
             let now = if found == FORMAT_BEFORE_TAILS { FORMAT_VERSION } else { ENCRYPTED_FORMAT_VERSION };
             tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &now.to_le_bytes()).map_err(err)?;
+            add_record_area(&mut wtxn, &tables).map_err(err)?;
+        } else if (found == FORMAT_BEFORE_RECORDS && !encrypted)
+            || (found == ENCRYPTED_FORMAT_BEFORE_RECORDS && encrypted)
+        {
+            // No layout changes: a process of the older build that has the store open
+            // commits as it did, each commit durable by its own meta page.
+            let now = if found == FORMAT_BEFORE_RECORDS { FORMAT_VERSION } else { ENCRYPTED_FORMAT_VERSION };
+            tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &now.to_le_bytes()).map_err(err)?;
+            add_record_area(&mut wtxn, &tables).map_err(err)?;
+        } else if (found == FORMAT_VERSION || found == ENCRYPTED_FORMAT_VERSION)
+            && tables.meta.get(&wtxn, meta_key::COMMIT_RECORDS).map_err(err)?.is_none()
+        {
+            add_record_area(&mut wtxn, &tables).map_err(err)?;
         }
     } else {
         if tables.events.last(&wtxn).map_err(err)?.is_some() {
@@ -1986,9 +2225,199 @@ fn prepare_tables(
         if merkle_tree == Some(true) {
             tables.meta.put(&mut wtxn, meta_key::MERKLE_TREE, &[1]).map_err(err)?;
         }
+        add_record_area(&mut wtxn, &tables).map_err(err)?;
     }
     wtxn.commit().map_err(err)?;
     Ok(tables)
+}
+
+/// Zeros the commit record area of `file`, a compacted copy of a store just written and
+/// not yet synced (a copy of a store without an area is left as it is). The copy took the area's bytes
+/// as they were, records of transactions of the store it was made from included; a copy
+/// restarts LMDB's transaction ids at 1, so one of them could one day pass for a record of
+/// the copy's own.
+fn clear_record_area(file: &Path) -> Result<(), Error> {
+    let len = std::fs::metadata(file).map_err(|e| io_error(e, parent_dir(file)))?.len();
+    let map_size = round_up_to_page(
+        usize::try_from(len)
+            .unwrap_or(usize::MAX / 2)
+            .saturating_add(4 * redo::AREA_BYTES)
+            .saturating_add(1 << 20),
+    );
+    let err = |e| engine_error(e, map_size, parent_dir(file));
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    options.map_size(map_size).max_dbs(16).max_readers(1);
+    // SAFETY: `MDB_RDONLY` only takes abilities away. `MDB_NOLOCK` leaves coordination to
+    // us and `MDB_NOSUBDIR` names the file itself: the copy is a new file of this call's own
+    // (created with `create_new`), which nothing else opens before it returns, and this
+    // environment is its only user, on this thread.
+    unsafe { options.flags(EnvFlags::READ_ONLY | EnvFlags::NO_LOCK | EnvFlags::NO_SUB_DIR) };
+    // SAFETY: heed's `open` requires that nothing but LMDB modifies the mapped file while
+    // the map is alive: nothing else has the new file open (above), and the zeros below are
+    // written once this environment is closed.
+    let env = unsafe { options.open(file) }.map_err(err)?;
+    let offset = (|| {
+        let rtxn = env.read_txn().map_err(err)?;
+        let meta = env
+            .database_options()
+            .types::<Bytes, Bytes>()
+            .key_comparator::<KeyComparator>()
+            .name(name::META)
+            .open(&rtxn)
+            .map_err(err)?;
+        match meta {
+            Some(meta) => record_area_offset(&env, &rtxn, &meta, map_size, file),
+            None => Ok(None),
+        }
+    })();
+    env.prepare_for_closing().wait();
+    // The map is gone: zeros written now change nothing a reference could see.
+    if let Some(offset) = offset? {
+        let out =
+            std::fs::OpenOptions::new().write(true).open(file).map_err(|e| io_error(e, parent_dir(file)))?;
+        std::os::unix::fs::FileExt::write_all_at(&out, &vec![0; redo::AREA_BYTES], offset)
+            .map_err(|e| io_error(e, parent_dir(file)))?;
+    }
+    Ok(())
+}
+
+/// Puts the commit record area, empty, into `meta` (see `storage/redo.rs`). A new value:
+/// LMDB gives it overflow pages of its own, which no later transaction touches.
+fn add_record_area(wtxn: &mut RwTxn<'_>, tables: &Tables) -> heed::Result<()> {
+    tables.meta.put(wtxn, meta_key::COMMIT_RECORDS, &vec![0; redo::AREA_BYTES])
+}
+
+/// Where the commit record area starts in `data.mdb` (`None`: the store has none): the
+/// offset of its value in LMDB's map, which maps the file from its first byte. Only the
+/// value's address is taken from the map; its bytes are read through the file.
+fn record_area_offset(
+    env: &Env<WithoutTls>,
+    txn: &RoTxn<'_, WithoutTls>,
+    meta: &Database<Bytes, Bytes, KeyComparator>,
+    map_size: usize,
+    file: &Path,
+) -> Result<Option<u64>, Error> {
+    let dir = parent_dir(file);
+    let Some(area) = meta.get(txn, meta_key::COMMIT_RECORDS).map_err(|e| engine_error(e, map_size, dir))?
+    else {
+        return Ok(None);
+    };
+    if area.len() != redo::AREA_BYTES {
+        return Err(Error::CorruptMeta { reason: "the commit record area has the wrong size" });
+    }
+    // LMDB keeps a value this large in overflow pages: the value starts right after the
+    // header of its first page, whose first word is the page's number.
+    let page_size = u64::from(env.stat().page_size);
+    // SAFETY: `area` is a value LMDB keeps in overflow pages (it is larger than a page), so
+    // the `HEADER` bytes before it are the header of its first page, in the same map, alive
+    // as long as `txn`. Nothing writes that header while the value exists: LMDB never
+    // changes a page a snapshot can see, and the store's own writes into the area begin
+    // after it.
+    let header = unsafe {
+        std::slice::from_raw_parts(
+            area.as_ptr().sub(crate::lmdb_file::PAGE_HEADER),
+            crate::lmdb_file::PAGE_HEADER,
+        )
+    };
+    let page = crate::lmdb_file::overflow_page_number(header)
+        .ok_or(Error::CorruptMeta { reason: "the commit record area is not in overflow pages" })?;
+    let offset = page
+        .checked_mul(page_size)
+        .and_then(|o| o.checked_add(crate::lmdb_file::PAGE_HEADER as u64))
+        .filter(|o| {
+            o.checked_add(redo::AREA_BYTES as u64).is_some_and(|end| end <= env.info().map_size as u64)
+        })
+        .ok_or(Error::CorruptMeta { reason: "the commit record area lies outside the file" })?;
+    // The file agrees: the page it holds there is that page.
+    let mut on_disk = [0u8; crate::lmdb_file::PAGE_HEADER];
+    let file = std::fs::File::open(file).map_err(|e| io_error(e, dir))?;
+    std::os::unix::fs::FileExt::read_exact_at(
+        &file,
+        &mut on_disk,
+        offset - crate::lmdb_file::PAGE_HEADER as u64,
+    )
+    .map_err(|e| io_error(e, dir))?;
+    if on_disk[..] != header[..] {
+        return Err(Error::Internal("the commit record area's page is not where its header says"));
+    }
+    Ok(Some(offset))
+}
+
+/// Applies the commit record of the transaction after the store's last one, if the area
+/// holds that record whole (see `storage/redo.rs`): the last commit acknowledged before a
+/// power loss whose meta page did not reach the disk. Only when no other process has the
+/// store open: a live process may have written it for a transaction still under way, or for
+/// one that failed and whose record it is about to erase.
+fn apply_pending_record(
+    env: &Env<WithoutTls>,
+    tables: &Tables,
+    map_size: usize,
+    dir: &Path,
+    lock_file: &files::LockFile,
+) -> Result<(), Error> {
+    let err = |e| engine_error(e, map_size, dir);
+    let mut wtxn = env.write_txn().map_err(err)?;
+    let next = wtxn.id() as u64;
+    let changes = {
+        let Some(offset) = record_area_offset(env, &wtxn, &tables.meta, map_size, &dir.join("data.mdb"))?
+        else {
+            return Ok(());
+        };
+        let file = std::fs::File::open(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?;
+        let slot = redo::read_slot(&file, offset, next).map_err(|e| io_error(e, dir))?;
+        let Some(record) = redo::record_in(&slot, next) else { return Ok(()) };
+        if lock_file.used_elsewhere().unwrap_or(true) {
+            return Ok(());
+        }
+        record
+            .changes()
+            .map(|c| c.map(|c| (c.op, c.table, c.key.to_vec(), c.value.to_vec())))
+            .collect::<Result<Vec<_>, ()>>()
+            .map_err(|()| Error::CorruptMeta { reason: "the record of the last commit does not decode" })?
+    };
+    let does_not_apply =
+        || Error::CorruptMeta { reason: "the record of the last commit does not apply to the store" };
+    for (op, code, k, v) in &changes {
+        let table = tables.by_code(*code).ok_or_else(does_not_apply)?;
+        let applied = match op {
+            redo::Op::Put => table.put(&mut wtxn, k, v),
+            redo::Op::Insert => table.put_with_flags(&mut wtxn, PutFlags::NO_OVERWRITE, k, v),
+            redo::Op::Append => table.put_with_flags(&mut wtxn, PutFlags::APPEND, k, v),
+            redo::Op::Delete => table.delete(&mut wtxn, k).map(drop),
+        };
+        applied.map_err(|e| match e {
+            heed::Error::Mdb(MdbError::KeyExist) => does_not_apply(),
+            other => err(other),
+        })?;
+    }
+    wtxn.commit().map_err(err)?;
+    crate::trace::event!(
+        target: "varvedb::open",
+        tracing::Level::INFO,
+        txnid = next,
+        changes = changes.len(),
+        "applied the record of the last commit"
+    );
+    Ok(())
+}
+
+/// Whether the store has a commit record to apply, which only an open for writing does (see
+/// [`apply_pending_record`]).
+fn pending_record(
+    env: &Env<WithoutTls>,
+    tables: &Tables,
+    map_size: usize,
+    dir: &Path,
+    lock_file: &files::LockFile,
+) -> Result<bool, Error> {
+    let rtxn = env.read_txn().map_err(|e| engine_error(e, map_size, dir))?;
+    let next = rtxn.id() as u64 + 1;
+    let Some(offset) = record_area_offset(env, &rtxn, &tables.meta, map_size, &dir.join("data.mdb"))? else {
+        return Ok(false);
+    };
+    let file = std::fs::File::open(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?;
+    let slot = redo::read_slot(&file, offset, next).map_err(|e| io_error(e, dir))?;
+    Ok(redo::record_in(&slot, next).is_some() && !lock_file.used_elsewhere().unwrap_or(true))
 }
 
 /// Checks a stored format version against the formats this build reads or upgrades, and
@@ -2017,7 +2446,7 @@ fn check_format(bytes: &[u8]) -> Result<u32, Error> {
 /// says, is left as it was (and fails the checksum of the new format); a missing partial
 /// chunk leaves the tail empty. The heads are read in batches, so that the upgrade of a
 /// store of many streams does not hold them all in memory.
-fn move_tails_into_heads(wtxn: &mut RwTxn<'_>, tables: Tables) -> heed::Result<()> {
+fn move_tails_into_heads(wtxn: &mut RwTxn<'_>, tables: &Tables) -> heed::Result<()> {
     const BATCH: usize = 4096;
     let mut after: Option<Vec<u8>> = None;
     let mut heads = Vec::with_capacity(BATCH);
@@ -2081,6 +2510,7 @@ fn open_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tab
             .name(name)
             .open(&rtxn)
             .map_err(err)?
+            .map(|db| Table::named(db, name))
             .ok_or_else(|| needs_write("it lacks a table that a write open of its format adds"))
     };
     // The format first: a store of an older format is refused as a write open refuses it,
@@ -2089,7 +2519,7 @@ fn open_tables(env: &Env<WithoutTls>, map_size: usize, dir: &Path) -> Result<Tab
     match meta.get(&rtxn, meta_key::FORMAT_VERSION).map_err(err)? {
         Some(bytes) => {
             let found = check_format(bytes)?;
-            if found == FORMAT_BEFORE_TAILS || found == ENCRYPTED_FORMAT_BEFORE_TAILS {
+            if found < FORMAT_VERSION {
                 return Err(needs_write("its format is older, and an open for writing upgrades it in place"));
             }
         }

@@ -9,7 +9,10 @@
 //!
 //! The writer's commits are counted with tickets: `written` is the ticket of the last
 //! commit whose meta page was written, `synced` the last ticket known flushed. A commit's
-//! own data flush makes every meta page written before it began durable.
+//! own data flush makes every meta page written before it began durable. `recorded` is the
+//! last ticket whose commit record (`storage/redo.rs`) went out with the commit's own data
+//! flush: that commit is durable without its meta page, and so is every commit before it,
+//! whose meta page that flush carried.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,6 +24,7 @@ pub(crate) type Ticket = u64;
 pub(super) struct Tickets {
     written: AtomicU64,
     synced: AtomicU64,
+    recorded: AtomicU64,
 }
 
 impl Tickets {
@@ -45,8 +49,20 @@ impl Tickets {
         self.synced.fetch_max(before, Ordering::AcqRel);
     }
 
+    /// Called with the ticket of a commit whose record was written before it, once the
+    /// commit returned.
+    pub(super) fn recorded(&self, ticket: Ticket) {
+        self.recorded.fetch_max(ticket, Ordering::AcqRel);
+    }
+
+    /// Whether the meta page of `ticket`'s commit is known flushed.
     pub(super) fn is_durable(&self, ticket: Ticket) -> bool {
         ticket <= self.synced.load(Ordering::Acquire)
+    }
+
+    /// Whether `ticket`'s commit survives a power loss: by its meta page, or by its record.
+    pub(super) fn is_answerable(&self, ticket: Ticket) -> bool {
+        self.is_durable(ticket) || ticket <= self.recorded.load(Ordering::Acquire)
     }
 }
 
@@ -96,5 +112,17 @@ mod tests {
         assert!(t.is_durable(second) && !t.is_durable(third));
         t.flushed(t.last());
         assert!(t.is_durable(third));
+    }
+
+    #[test]
+    fn a_recorded_commit_is_answerable_with_every_one_before_it() {
+        let t = Tickets::default();
+        let first = t.committed(t.last());
+        let second = t.committed(t.last());
+        t.recorded(second);
+        assert!(t.is_answerable(first) && t.is_answerable(second));
+        assert!(!t.is_durable(second), "its meta page is not flushed");
+        let third = t.committed(t.last());
+        assert!(!t.is_answerable(third));
     }
 }

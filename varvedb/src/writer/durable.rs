@@ -142,6 +142,19 @@ impl Answers {
         }
     }
 
+    /// Flushes what the writer's last commit left unflushed, as the store closes: its answer
+    /// may have gone out on the strength of its commit record, and a store closed cleanly
+    /// needs no record applied after a power loss.
+    pub(super) fn close(&mut self, storage: &Storage, watch: &tokio::sync::watch::Sender<u64>) {
+        if !self.held.is_empty() || self.unflushed_since.is_some() {
+            self.flush(storage, watch);
+        } else if !storage.is_flushed(storage.last_ticket()) {
+            // Every answer is out: a failed flush changes nothing anyone was told, and the
+            // records keep what they hold.
+            drop(storage.sync());
+        }
+    }
+
     /// Sends the held answers whose commits are durable, in order, and publishes the seq.
     fn release(&mut self, storage: &Storage, watch: &tokio::sync::watch::Sender<u64>) {
         let durable = self.held.iter().take_while(|h| storage.is_durable(h.ticket)).count();

@@ -173,7 +173,7 @@ impl Writer {
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        state.answers.flush(&state.storage, &state.watch);
+                        state.answers.close(&state.storage, &state.watch);
                         break;
                     }
                 };
@@ -326,7 +326,9 @@ impl WriterState {
     /// [`commit`](Self::commit), untraced.
     fn commit_group(&mut self, batches: &[WriteBatch]) -> Result<Vec<WriteResult>, Error> {
         let storage = Arc::clone(&self.storage);
-        let mut txn = storage.write_txn()?;
+        // Its changes are recorded: a commit whose record fits is answered after its own
+        // data flush (see `Storage::commit_deferred`).
+        let mut txn = storage.write_txn_recorded()?;
         // A write transaction's id is one past the last committed one, whichever process
         // committed it. The cached heads are those our last commit left: they are the
         // stored ones only if no other transaction committed since. Until this one commits,
