@@ -1264,6 +1264,7 @@ impl Storage {
                         error = %repair,
                         "could not repair after a failed commit"
                     );
+                    drop(repair);
                     let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
                     Err(Error::OutcomeUnknown { source })
                 }
