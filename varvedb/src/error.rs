@@ -84,11 +84,11 @@ pub enum Error {
 
     /// The store was written by a version of varvedb with a different on-disk format. A
     /// store of an older format (1, 2 or 3) is read with the build that wrote it, and its
-    /// events appended to a new store; nothing is written to it. (Formats 4 and 5 are not
+    /// events appended to a new store; nothing is written to it. (Formats 4 to 7 are not
     /// refused: an open for writing upgrades them in place.)
     #[error(
         "the store has on-disk format version {found}, and this build of varvedb reads and writes only format \
-         versions 6 (plain) and {supported} (encrypted), and upgrades 4 and 5; a store of an older format must be \
+         versions 8 (plain) and {supported} (encrypted), and upgrades 4 to 7; a store of an older format must be \
          read with the build that wrote it and its events appended to a new store"
     )]
     IncompatibleFormat {

@@ -935,7 +935,7 @@ impl Storage {
             rewrite_meta_page(&env, &tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
         }
-        apply_pending_record(&env, &tables, map_size, path, &lock_file)?;
+        apply_pending_record(&env, &tables, map_size, path)?;
         if config.defer_meta_sync {
             // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
             env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
@@ -2346,15 +2346,18 @@ fn record_area_offset(
 
 /// Applies the commit record of the transaction after the store's last one, if the area
 /// holds that record whole (see `storage/redo.rs`): the last commit acknowledged before a
-/// power loss whose meta page did not reach the disk. Only when no other process has the
-/// store open: a live process may have written it for a transaction still under way, or for
-/// one that failed and whose record it is about to erase.
+/// power loss whose meta page did not reach the disk.
+///
+/// Under LMDB's write lock, so no transaction of another process is under way: a record
+/// for the next transaction is a power loss's leftover, or the record of a transaction
+/// whose process was killed before it committed (never answered, so it may land), or of one
+/// that failed and that its process has not erased yet. That process's repair then finds
+/// the store moved on and reports the outcome as unknown, which it is.
 fn apply_pending_record(
     env: &Env<WithoutTls>,
     tables: &Tables,
     map_size: usize,
     dir: &Path,
-    lock_file: &files::LockFile,
 ) -> Result<(), Error> {
     let err = |e| engine_error(e, map_size, dir);
     let mut wtxn = env.write_txn().map_err(err)?;
@@ -2367,9 +2370,6 @@ fn apply_pending_record(
         let file = std::fs::File::open(dir.join("data.mdb")).map_err(|e| io_error(e, dir))?;
         let slot = redo::read_slot(&file, offset, next).map_err(|e| io_error(e, dir))?;
         let Some(record) = redo::record_in(&slot, next) else { return Ok(()) };
-        if lock_file.used_elsewhere().unwrap_or(true) {
-            return Ok(());
-        }
         record
             .changes()
             .map(|c| c.map(|c| (c.op, c.table, c.key.to_vec(), c.value.to_vec())))
@@ -2403,7 +2403,8 @@ fn apply_pending_record(
 }
 
 /// Whether the store has a commit record to apply, which only an open for writing does (see
-/// [`apply_pending_record`]).
+/// [`apply_pending_record`]). Not while another process has the store open: without LMDB's
+/// write lock, a record for the next transaction may be one a live process is committing.
 fn pending_record(
     env: &Env<WithoutTls>,
     tables: &Tables,

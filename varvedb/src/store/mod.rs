@@ -378,8 +378,8 @@ impl Options {
                 max_readers: self.max_readers,
                 merkle_tree: self.verifiable_log,
                 // In both modes the writer's commits leave their meta page to the next flush
-                // (pipelined group commit); with `Durability::Immediate` it holds each answer
-                // until then (`writer::durable`).
+                // (a commit record stands in for it, or the answer waits for that flush, in
+                // `Durability::Immediate`; see `writer::durable`).
                 defer_meta_sync: true,
                 read_only: self.read_only,
             },
@@ -908,7 +908,7 @@ mod tests {
         }
         let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
         let err = Varve::open(dir.path()).unwrap_err();
-        assert!(matches!(err, Error::IncompatibleFormat { found: 8, supported: 7 }), "{err:?}");
+        assert!(matches!(err, Error::IncompatibleFormat { found: 10, supported: 9 }), "{err:?}");
         assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
     }
 
@@ -926,11 +926,11 @@ mod tests {
             let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
             let err = Varve::open(dir.path()).unwrap_err();
             assert!(
-                matches!(err, Error::IncompatibleFormat { found, supported: 7 } if found == old),
+                matches!(err, Error::IncompatibleFormat { found, supported: 9 } if found == old),
                 "{err:?}"
             );
             let text = err.to_string();
-            assert!(text.contains(&format!("format version {old}")) && text.contains("6 (plain)"), "{text}");
+            assert!(text.contains(&format!("format version {old}")) && text.contains("8 (plain)"), "{text}");
             assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
             std::fs::remove_dir_all(dir.path()).unwrap();
         }

@@ -2,10 +2,13 @@
 //!
 //! Every commit of the writer flushes its data pages and writes its meta page without a flush
 //! (see `Storage::commit_deferred`); the meta page is flushed by the next commit's data flush
-//! or by a flush of its own. With [`Durability::Immediate`] the writer holds a group's answers
-//! until then (pipelined group commit): under load the next group's commit carries them, and
-//! when no request waits the writer flushes at once. With [`Durability::Relaxed`] the answers
-//! go out at once, and the writer flushes on its own only once no request has come for
+//! or by a flush of its own. A commit whose changes fit a commit record is durable when its
+//! commit returns: the data flush carried the record, which an open for writing applies if a
+//! power loss takes the meta page. A commit without one is durable after the next flush:
+//! with [`Durability::Immediate`] the writer holds its group's answers until then (pipelined
+//! group commit): under load the next group's commit carries them, and when no request
+//! waits the writer flushes at once. With [`Durability::Relaxed`] the answers go out at once,
+//! and the writer flushes on its own only once no request has come for
 //! [`RELAXED_IDLE_FLUSH`]. The reasoning is in `docs/design.md` ("Durability").
 
 use std::sync::Arc;
@@ -31,20 +34,23 @@ use crate::storage::{Storage, Ticket};
 #[non_exhaustive]
 pub enum Durability {
     /// A write returns only once its commit is on disk: a power loss at any moment keeps
-    /// every acknowledged write. The default. Under load one flush serves two groups: a
-    /// group's answers wait for the flush of the group committed after it.
+    /// every acknowledged write. The default. A commit of up to 64 KiB of changes takes one
+    /// flush, which also carries a record of those changes; a larger one is answered after
+    /// the next flush, which under load is the next group's.
     #[default]
     Immediate,
     /// A write returns once its commit is in force (readers see it) and its events are on
     /// disk, before the small write that makes the commit the store's current state is
-    /// flushed. That write is flushed with the next commit, or after
+    /// flushed. For a commit of up to 64 KiB of changes that is as durable as
+    /// [`Durability::Immediate`]: its record, flushed with its events, stands in for that
+    /// write. For a larger one, that write is flushed with the next commit, or after
     /// [`RELAXED_IDLE_FLUSH`](crate::RELAXED_IDLE_FLUSH) without writes, or by
     /// [`Varve::sync`](crate::Varve::sync), or when the store closes. A power loss (or an
     /// operating system crash) may therefore lose the last commit acknowledged before it,
     /// with every write of its group, but never part of a commit, never a commit while a
     /// later one stays, and it never leaves the store damaged. A crash of the process alone
     /// loses nothing acknowledged. For stores that would otherwise be run like `SQLite`'s
-    /// `synchronous=NORMAL`: one flush per commit instead of two.
+    /// `synchronous=NORMAL` and write large commits: one flush per commit instead of two.
     Relaxed,
 }
 
