@@ -9,19 +9,24 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use varvedb::{Error, ExpectedVersion, NewEvent, Options, Varve};
+use varvedb::{Error, ExpectedVersion, MasterKey, NewEvent, Options, Varve};
 
-/// LMDB's two meta pages, as the file holds them: the page size of the machine, 4 KiB here.
-const METAS: usize = 2 * 4096;
 const MAGIC: &[u8; 4] = b"VCR1";
 
 fn event(i: u32) -> NewEvent {
     NewEvent::new("noted", format!("event {i}").into_bytes())
 }
 
+/// LMDB's two meta pages, as the file holds them. The first records the page size, in the
+/// free list's record (page header 16 bytes, magic and version 8, address and map size 16).
 fn metas(dir: &Path) -> Vec<u8> {
-    let mut b = vec![0; METAS];
-    std::fs::File::open(dir.join("data.mdb")).unwrap().read_exact_at(&mut b, 0).unwrap();
+    let file = std::fs::File::open(dir.join("data.mdb")).unwrap();
+    let mut size = [0u8; 4];
+    file.read_exact_at(&mut size, 40).unwrap();
+    let page = u32::from_le_bytes(size) as usize;
+    assert!(page.is_power_of_two() && page >= 4096, "page size {page}");
+    let mut b = vec![0; 2 * page];
+    file.read_exact_at(&mut b, 0).unwrap();
     b
 }
 
@@ -146,4 +151,72 @@ fn a_backup_carries_no_record() {
     assert_eq!(records(&copy.join("data.mdb")), vec![]);
     let db = Varve::open(&copy).unwrap();
     assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().events, 5);
+}
+
+#[test]
+fn a_commit_without_a_record_zeros_a_record_left_for_its_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = store_with_a_last_commit(dir.path());
+    // The last commit's record, copied: a transaction killed after writing its record and
+    // before committing leaves the same kind of thing for the transaction id it had.
+    let file = dir.path().join("data.mdb");
+    let bytes = std::fs::read(&file).unwrap();
+    let &(at, txnid) = records(&file).iter().max_by_key(|r| r.1).unwrap();
+    let record = bytes[at..at + 4096].to_vec();
+    lose_last_meta_page(dir.path(), &before);
+    // Opened for writing: the record comes back as that transaction.
+    let db = Varve::open(dir.path()).unwrap();
+    assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().events, 6);
+    // The next transaction is `txnid + 1` (the record was applied as `txnid`): the copy goes
+    // into its slot, the other one, as a record of that transaction, while the store is open
+    // (at an open, a record of the next transaction is applied).
+    let next = txnid + 1;
+    let slot = if txnid & 1 == 0 { at + 64 * 1024 } else { at - 64 * 1024 };
+    let mut stale = record.clone();
+    stale[16..24].copy_from_slice(&next.to_le_bytes());
+    // The CRC covers the transaction id: recompute it as a writer would have.
+    let len = u32::from_le_bytes(stale[4..8].try_into().unwrap()) as usize;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&stale[16..24]), &stale[24..24 + len]);
+    stale[8..12].copy_from_slice(&crc.to_le_bytes());
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.write_all_at(&stale, slot as u64).unwrap();
+    drop(f);
+    assert!(records(&file).contains(&(slot, next)));
+    let before = metas(dir.path());
+    let big: Vec<NewEvent> =
+        (0..2000u32).map(|i| NewEvent::new("noted", vec![(i % 251) as u8; 100])).collect();
+    db.append(2u128, ExpectedVersion::NoStream, big).unwrap();
+    drop(db);
+    // Its meta page lost: the store is at the commit before, and the copy must not be taken
+    // for the large commit's record.
+    lose_last_meta_page(dir.path(), &before);
+    assert!(records(&file).iter().all(|r| r.1 != next), "the stale record was not zeroed");
+    let db = Varve::open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    view.check_integrity().unwrap();
+    assert_eq!(view.stream_version(1u128).unwrap(), Some(6));
+}
+
+#[test]
+fn a_shred_zeros_the_records_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Options::new().encryption_key(MasterKey::from_bytes([3; 32])).open(dir.path()).unwrap();
+    db.append(9u128, ExpectedVersion::NoStream, [event(1)]).unwrap();
+    db.append(9u128, ExpectedVersion::Exact(1), [event(2)]).unwrap();
+    let file = dir.path().join("data.mdb");
+    assert!(!records(&file).is_empty());
+    assert!(db.shred(9u128).unwrap());
+    // The stream's wrapped key was in the record of its first append.
+    let area_bytes = std::fs::read(&file).unwrap();
+    assert!(records(&file).is_empty(), "records stay after a shred");
+    drop(area_bytes);
+    db.append(10u128, ExpectedVersion::NoStream, [event(3)]).unwrap();
+    let before = metas(dir.path());
+    db.append(10u128, ExpectedVersion::Exact(1), [event(4)]).unwrap();
+    drop(db);
+    lose_last_meta_page(dir.path(), &before);
+    let db = Options::new().encryption_key(MasterKey::from_bytes([3; 32])).open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.stream_version(10u128).unwrap(), Some(2));
+    assert!(view.read_stream(9u128, 1).unwrap().all(|e| e.unwrap().is_shredded()));
 }

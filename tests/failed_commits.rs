@@ -174,7 +174,13 @@ fn a_failed_meta_page_write_is_outcome_unknown_for_its_group_then_needs_reopen()
             }
         }
         let landed: Vec<bool> = if reopen {
-            assert_eq!(line(&lines, "reopened"), "1", "the store as the warm-up left it; {context}");
+            // The group's data flush returned before LMDB wrote its meta page, and carried
+            // the group's commit record: the reopen applies it, whatever became of the page.
+            assert_eq!(
+                line(&lines, "reopened"),
+                (1 + 2 * THREADS).to_string(),
+                "the store with the group; {context}"
+            );
             requests(&lines, "resent")
                 .values()
                 .map(|o| o.starts_with("ok ") && o.ends_with(" true"))
@@ -183,8 +189,8 @@ fn a_failed_meta_page_write_is_outcome_unknown_for_its_group_then_needs_reopen()
             before.iter().map(|seqs| seqs[0].is_some()).collect()
         };
         assert_eq!(landed.len(), THREADS, "{context}");
-        // With the old meta page written back, the commit is not in the file; without, it is.
-        assert!(landed.iter().all(|&l| l == (kind == "dies")), "{landed:?}; {context}");
+        // In the file (the meta page written whole), or back from its record.
+        assert!(landed.iter().all(|&l| l), "{landed:?}; {context}");
         let ids = read_ids(&db);
         assert_each_once(&ids, THREADS, 1);
         assert_eq!(ids.get(&1).map(Vec::len), Some(1), "the warm-up");
@@ -210,6 +216,8 @@ fn appends(store: &Path, threads: usize, count: usize, fault: Option<&str>) -> (
 #[derive(Default)]
 struct Tally {
     hit: usize,
+    /// Runs whose fault hit after the store was open: during the appends or at the close.
+    hit_appending: usize,
     /// Runs whose fault point was the first call of its kind.
     at_first: usize,
     failed_creations: usize,
@@ -256,6 +264,7 @@ fn fault_runs(runs: usize, per_commit: usize, fault: impl Fn(usize, usize) -> St
             assert!(ids.is_empty());
             continue;
         }
+        tally.hit_appending += usize::from(stderr.contains("iofault:"));
         let outcomes = requests(&lines, "req");
         assert_eq!(outcomes.len(), THREADS * COUNT, "{context}");
         let (db, ids) = open_and_read(&store);
@@ -350,12 +359,14 @@ fn failed_meta_page_writes_at_any_commit_never_lose_or_invent_a_request() {
 
 /// The writer answers a group after its data flush, which carries its commit record. A
 /// failed flush at any point must lose nothing acknowledged, and store nothing that failed.
+/// A group whose commit failed is retried request by request once the storage has
+/// repaired what the failed flush may have dropped, so most of its requests still land.
 #[test]
 fn failed_flushes_at_any_commit_never_lose_or_invent_a_request() {
     // Each commit takes its data flush; half the runs (`VARVEDB_FAILED_COMMIT_RUNS`) by
     // default.
-    let tally = fault_runs(runs().div_ceil(2), 2, |_, at| format!("fdatasync:{at}:eio"));
-    assert!(tally.unknown + tally.plain > 0, "no failed flush failed a request");
+    let tally = fault_runs(runs().div_ceil(2), 1, |_, at| format!("fdatasync:{at}:eio"));
+    assert!(tally.hit_appending * 2 >= tally.hit, "few failed flushes fell among the appends");
 }
 
 #[test]

@@ -137,6 +137,37 @@ pub(crate) struct WriteTxn<'env> {
     /// `WriteTxn` goes through those calls: it gives no mutable access to LMDB's
     /// transaction otherwise.
     redo: Option<redo::Capture>,
+    /// This process's turn to write (see `Storage::write_gate`). Dropped last.
+    gate: GateGuard<'env>,
+}
+
+thread_local! {
+    static HOLDS_GATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`Storage::write_gate`], held; this thread knows it holds it.
+struct GateGuard<'a> {
+    _guard: std::sync::MutexGuard<'a, ()>,
+}
+
+impl<'a> GateGuard<'a> {
+    fn take(gate: &'a Mutex<()>) -> Self {
+        let guard = gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        HOLDS_GATE.with(|h| h.set(true));
+        GateGuard { _guard: guard }
+    }
+
+    /// The gate for a flush: `None` when this thread holds it already (a flush asked for
+    /// inside a projection step).
+    fn for_flush(gate: &'a Mutex<()>) -> Option<Self> {
+        (!HOLDS_GATE.with(std::cell::Cell::get)).then(|| Self::take(gate))
+    }
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        HOLDS_GATE.with(|h| h.set(false));
+    }
 }
 
 impl<'env> std::ops::Deref for WriteTxn<'env> {
@@ -147,8 +178,8 @@ impl<'env> std::ops::Deref for WriteTxn<'env> {
     }
 }
 
-/// One of the store's tables: LMDB's handle, and the table's number in [`name::ALL`], by
-/// which commit records name it.
+/// One of the store's tables: LMDB's handle, and the table's number, by which commit
+/// records name it (part of the format: see `docs/design.md`, "Durability").
 #[derive(Clone, Copy)]
 pub(crate) struct Table {
     db: Database<Bytes, Bytes, KeyComparator>,
@@ -165,8 +196,23 @@ impl std::ops::Deref for Table {
 
 impl Table {
     fn named(db: Database<Bytes, Bytes, KeyComparator>, table: &str) -> Table {
-        let code = name::ALL.iter().position(|n| *n == table).expect("every table is named in `name::ALL`");
-        Table { db, code: u8::try_from(code).expect("fewer than 256 tables") }
+        let code = match table {
+            name::EVENTS => 0,
+            name::STREAMS => 1,
+            name::STREAM_HEADS => 2,
+            name::EVENT_IDS => 3,
+            name::BLOBS => 4,
+            name::CHECKPOINTS => 5,
+            name::PROJECTIONS => 6,
+            name::KEYS => 7,
+            name::SCHEMA => 8,
+            name::SNAPSHOTS => 9,
+            name::META => 10,
+            name::SHREDDED_HEADERS => 11,
+            name::MERKLE => 12,
+            other => unreachable!("table `{other}` has no number in commit records"),
+        };
+        Table { db, code }
     }
 }
 
@@ -856,6 +902,12 @@ pub(crate) struct Storage {
     records: Option<redo::Area>,
     /// The writer's buffer for commit records, kept between transactions.
     record_buf: Mutex<Vec<u8>>,
+    /// Held by every write transaction of this process from before it begins until its
+    /// commit's failure is handled, and by every flush of `data.mdb` through LMDB: a flush
+    /// that fails is reported once per descriptor, so a commit whose flush began after
+    /// another's failed could return success without writing what that one dropped. Under
+    /// the gate, the failure stops the storage (or is repaired) before any other commit.
+    write_gate: Mutex<()>,
 }
 
 /// Settings the storage layer needs from the user's options.
@@ -931,11 +983,12 @@ impl Storage {
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
         let tables = prepare_tables(&env, map_size, path, None, Some(&lock_file))?;
+        // Before anything else commits: the record is of the transaction after the last.
+        apply_pending_record(&env, &tables, map_size, path)?;
         if crate::lmdb_file::failed_commit(path).is_some() {
             rewrite_meta_page(&env, &tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
         }
-        apply_pending_record(&env, &tables, map_size, path)?;
         if config.defer_meta_sync {
             // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
             env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
@@ -947,10 +1000,11 @@ impl Storage {
         let ahead = ahead::Ahead::open(path, env.stat().page_size).map_err(|e| io_error(e, path))?;
         let records = if config.defer_meta_sync {
             let rtxn = env.read_txn().map_err(|e| engine_error(e, map_size, path))?;
-            let offset = record_area_offset(&env, &rtxn, &tables.meta, map_size, &path.join("data.mdb"))?
-                .ok_or(Error::CorruptMeta { reason: "the store has no commit record area" })?;
+            // Only a store whose format and record of encryption disagree has none after
+            // `prepare_tables`: the open refuses it next, with the reason.
+            let offset = record_area_offset(&env, &rtxn, &tables.meta, map_size, &path.join("data.mdb"))?;
             drop(rtxn);
-            Some(redo::Area::open(path, offset).map_err(|e| io_error(e, path))?)
+            offset.map(|offset| redo::Area::open(path, offset).map_err(|e| io_error(e, path))).transpose()?
         } else {
             None
         };
@@ -969,6 +1023,7 @@ impl Storage {
             ahead: Some(ahead),
             records,
             record_buf: Mutex::new(Vec::new()),
+            write_gate: Mutex::new(()),
         })
     }
 
@@ -1029,6 +1084,7 @@ impl Storage {
             ahead: None,
             records: None,
             record_buf: Mutex::new(Vec::new()),
+            write_gate: Mutex::new(()),
         })
     }
 
@@ -1058,8 +1114,9 @@ impl Storage {
         if holds_write_lock() {
             return Err(Error::WouldDeadlock);
         }
+        let gate = GateGuard::take(&self.write_gate);
         let (txn, live) = self.begin(Env::write_txn)?;
-        let txn = WriteTxn { txn, _live: live, redo: None };
+        let txn = WriteTxn { txn, _live: live, redo: None, gate };
         self.grow_ahead(&txn)?;
         Ok(txn)
     }
@@ -1124,9 +1181,12 @@ impl Storage {
     /// commit durable, or the flush after it failed, so the commit may be in the file, and
     /// the storage refuses every later transaction.
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
-        self.commit_or_stop(txn, self.tickets.last(), None)?;
+        // The gate stays held through the flush after the commit.
+        let WriteTxn { txn, _live: live, redo: _, gate: _gate } = txn;
+        self.erase_record(txn.id() as u64)?;
+        self.commit_or_stop_gated(txn, live, self.tickets.last(), None)?;
         // Without `MDB_NOMETASYNC` LMDB wrote the meta page through an `O_DSYNC` descriptor.
-        if self.defer_meta_sync { self.sync() } else { Ok(()) }
+        if self.defer_meta_sync && !self.read_only { self.sync_gated() } else { Ok(()) }
     }
 
     /// Commits `txn` as [`Storage::commit`] does, except that with
@@ -1148,7 +1208,9 @@ impl Storage {
         if !self.defer_meta_sync {
             self.tickets.flushed(ticket);
         }
-        if recorded.is_some() {
+        // A flush that failed elsewhere stops the storage under the gate, before this commit
+        // began; checked again all the same, as the record is only as good as the flush.
+        if recorded.is_some() && self.fatal.get().is_none() {
             self.tickets.recorded(ticket);
         }
         Ok(ticket)
@@ -1160,8 +1222,12 @@ impl Storage {
     /// transaction is dropped and the storage stops: the record might be applied by the
     /// next open.
     fn write_record(&self, txn: &mut WriteTxn<'_>) -> Result<Option<u64>, Error> {
-        let (Some(area), Some(mut capture)) = (&self.records, txn.redo.take()) else { return Ok(None) };
+        let Some(area) = &self.records else { return Ok(None) };
         let txnid = txn.txn.id() as u64;
+        let Some(mut capture) = txn.redo.take() else {
+            self.erase_record(txnid)?;
+            return Ok(None);
+        };
         let written = capture.seal(txnid).map(|record| area.write(txnid, record));
         *self.record_buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = capture.into_buf();
         match written {
@@ -1182,8 +1248,33 @@ impl Storage {
                     }
                 }
             }
-            None => Ok(None),
+            None => {
+                self.erase_record(txnid)?;
+                Ok(None)
+            }
         }
+    }
+
+    /// Before a commit of transaction `txnid` without a record: zeros its slot, so that a
+    /// record left there by a transaction that never committed (a killed process's, say)
+    /// cannot pass for this commit's after a power loss.
+    fn erase_record(&self, txnid: u64) -> Result<(), Error> {
+        match &self.records {
+            Some(area) => area.erase(txnid).map_err(|e| io_error(e, self.path())),
+            None => Ok(()),
+        }
+    }
+
+    /// Zeros the commit record area, inside `txn`: for a shred or a key rotation, after which
+    /// no copy of the key material it replaces may stay readable in the area. The store is
+    /// flushed first, so the last commit no longer needs its record; `txn`'s commit carries
+    /// the zeros.
+    pub(crate) fn clear_records(&self, txn: &WriteTxn<'_>) -> Result<(), Error> {
+        let Some(area) = &self.records else { return Ok(()) };
+        // `txn` holds the gate and LMDB's write lock: no commit comes before the zeros.
+        let _ = &txn.gate;
+        self.sync_gated()?;
+        area.clear().map_err(|e| io_error(e, self.path()))
     }
 
     /// Flushes `data.mdb`: every commit made before is durable when this returns `Ok`. A
@@ -1198,6 +1289,15 @@ impl Storage {
         if let Some(source) = self.fatal.get() {
             // After a failed flush a later one may succeed without having written what the
             // failed one dropped.
+            return Err(Error::OutcomeUnknown { source: Arc::clone(source) });
+        }
+        let _gate = GateGuard::for_flush(&self.write_gate);
+        self.sync_gated()
+    }
+
+    /// [`Storage::sync`], with the gate held by this thread.
+    fn sync_gated(&self) -> Result<(), Error> {
+        if let Some(source) = self.fatal.get() {
             return Err(Error::OutcomeUnknown { source: Arc::clone(source) });
         }
         let before = self.tickets.last();
@@ -1233,7 +1333,21 @@ impl Storage {
     /// `before` is the writer's last ticket, read before; `recorded`, the transaction id of
     /// `txn` if its commit record was written.
     fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket, recorded: Option<u64>) -> Result<(), Error> {
-        match self.commit_unsynced(txn) {
+        // The gate is held until a failure is handled: no other commit of this process comes
+        // between a failed flush and its repair.
+        let WriteTxn { txn, _live: live, redo: _, gate: _gate } = txn;
+        self.commit_or_stop_gated(txn, live, before, recorded)
+    }
+
+    /// [`Storage::commit_or_stop`], with the gate held by the caller.
+    fn commit_or_stop_gated(
+        &self,
+        txn: RwTxn<'_>,
+        live: Live<'_>,
+        before: Ticket,
+        recorded: Option<u64>,
+    ) -> Result<(), Error> {
+        match self.commit_unsynced(txn, live) {
             Err(e @ Error::OutcomeUnknown { .. }) => {
                 // LMDB gives up (`MDB_PANIC`) only when a meta-page write fails, and this
                 // commit began after every other of this process: so it was this commit's
@@ -1246,6 +1360,9 @@ impl Storage {
                 }
                 Err(e)
             }
+            // LMDB gave up for another thread's failure: if this commit's record was written,
+            // the next open may apply it.
+            Err(Error::NeedsReopen { source }) if recorded.is_some() => Err(Error::OutcomeUnknown { source }),
             Err(e @ Error::NeedsReopen { .. }) => Err(e),
             // The failure may have been the data flush that was to carry the last meta page
             // (this process's or another's): a failed flush may have dropped it, and a commit
@@ -1283,27 +1400,33 @@ impl Storage {
     /// page is taken from what the operating system holds for it; if that is not the last
     /// commit's (a failed flush made it read back from the disk), there is no repair.
     fn repair_after_failed_commit(&self, recorded: Option<u64>) -> Result<(), Error> {
-        let area =
-            self.records.as_ref().ok_or(Error::Internal("no descriptor to repair a failed commit with"))?;
         if self.fatal.get().is_some() {
             return Err(Error::Internal("the storage stopped"));
         }
-        let lock = self.write_txn()?;
-        let last =
-            (lock.txn.id() as u64).checked_sub(1).ok_or(Error::Internal("no commit before the first"))?;
+        // The caller holds the gate.
+        let (lock, _live) = self.begin(Env::write_txn)?;
+        let last = (lock.id() as u64).checked_sub(1).ok_or(Error::Internal("no commit before the first"))?;
         if recorded.is_some_and(|failed| failed != last + 1) {
             // Another commit came in between: its own flush settled the state, and the failed
             // record's slot is that commit's to write.
             return Err(Error::Internal("another commit came before the repair"));
         }
-        if !crate::lmdb_file::rewrite_meta(area.file(), last)? {
+        // A descriptor opened now: the failed flush's error is reported once to every
+        // descriptor open before it, and LMDB's has had it; what this one's flush reports is
+        // what it failed to write itself.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path().join("data.mdb"))
+            .map_err(|e| io_error(e, self.path()))?;
+        if !crate::lmdb_file::rewrite_meta(&file, last)? {
             return Err(Error::Internal("the last commit's meta page is no longer in memory"));
         }
         if let Some(failed) = recorded {
-            area.erase(failed).map_err(|e| io_error(e, self.path()))?;
+            self.erase_record(failed)?;
         }
         let started = std::time::Instant::now();
-        let flushed = area.flush();
+        let flushed = file.sync_data();
         self.flushes.record(started.elapsed());
         drop(lock);
         flushed.map_err(|e| io_error(e, self.path()))
@@ -1316,13 +1439,13 @@ impl Storage {
         matches!(self.env.read_txn(), Err(heed::Error::Mdb(MdbError::Panic)))
     }
 
-    fn commit_unsynced(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
-        // The transaction ends before it stops counting as live.
-        let WriteTxn { txn, _live, redo: _ } = txn;
+    fn commit_unsynced(&self, txn: RwTxn<'_>, live: Live<'_>) -> Result<(), Error> {
         let txnid = txn.id() as u64;
         // LMDB's commit writes the transaction's pages and flushes them: the cost of durability.
         let started = std::time::Instant::now();
         let committed = txn.commit();
+        // The transaction has ended: it stops counting as live.
+        drop(live);
         self.flushes.record(started.elapsed());
         let Err(e) = committed else { return Ok(()) };
         let error = self.err(e);
@@ -2208,7 +2331,8 @@ fn prepare_tables(
             let now = if found == FORMAT_BEFORE_RECORDS { FORMAT_VERSION } else { ENCRYPTED_FORMAT_VERSION };
             tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &now.to_le_bytes()).map_err(err)?;
             add_record_area(&mut wtxn, &tables).map_err(err)?;
-        } else if (found == FORMAT_VERSION || found == ENCRYPTED_FORMAT_VERSION)
+        } else if ((found == FORMAT_VERSION && !encrypted)
+            || (found == ENCRYPTED_FORMAT_VERSION && encrypted))
             && tables.meta.get(&wtxn, meta_key::COMMIT_RECORDS).map_err(err)?.is_none()
         {
             add_record_area(&mut wtxn, &tables).map_err(err)?;
@@ -2307,39 +2431,25 @@ fn record_area_offset(
         return Err(Error::CorruptMeta { reason: "the commit record area has the wrong size" });
     }
     // LMDB keeps a value this large in overflow pages: the value starts right after the
-    // header of its first page, whose first word is the page's number.
+    // header of its first page. Its place in the file comes from the process's table of
+    // mappings, and the page header there must say it is that page.
     let page_size = u64::from(env.stat().page_size);
-    // SAFETY: `area` is a value LMDB keeps in overflow pages (it is larger than a page), so
-    // the `HEADER` bytes before it are the header of its first page, in the same map, alive
-    // as long as `txn`. Nothing writes that header while the value exists: LMDB never
-    // changes a page a snapshot can see, and the store's own writes into the area begin
-    // after it.
-    let header = unsafe {
-        std::slice::from_raw_parts(
-            area.as_ptr().sub(crate::lmdb_file::PAGE_HEADER),
-            crate::lmdb_file::PAGE_HEADER,
-        )
-    };
-    let page = crate::lmdb_file::overflow_page_number(header)
-        .ok_or(Error::CorruptMeta { reason: "the commit record area is not in overflow pages" })?;
-    let offset = page
-        .checked_mul(page_size)
-        .and_then(|o| o.checked_add(crate::lmdb_file::PAGE_HEADER as u64))
-        .filter(|o| {
-            o.checked_add(redo::AREA_BYTES as u64).is_some_and(|end| end <= env.info().map_size as u64)
-        })
-        .ok_or(Error::CorruptMeta { reason: "the commit record area lies outside the file" })?;
-    // The file agrees: the page it holds there is that page.
-    let mut on_disk = [0u8; crate::lmdb_file::PAGE_HEADER];
+    let corrupt =
+        || Error::CorruptMeta { reason: "the commit record area is not in overflow pages of its own" };
+    let offset = redo::mapped_offset(area.as_ptr() as usize)
+        .map_err(|e| io_error(e, dir))?
+        .ok_or(Error::Internal("the commit record area is not in a mapping of this process"))?;
+    let header_at = offset.checked_sub(crate::lmdb_file::PAGE_HEADER as u64).ok_or_else(corrupt)?;
+    if header_at % page_size != 0
+        || offset.checked_add(redo::AREA_BYTES as u64).is_none_or(|end| end > env.info().map_size as u64)
+    {
+        return Err(corrupt());
+    }
+    let mut header = [0u8; crate::lmdb_file::PAGE_HEADER];
     let file = std::fs::File::open(file).map_err(|e| io_error(e, dir))?;
-    std::os::unix::fs::FileExt::read_exact_at(
-        &file,
-        &mut on_disk,
-        offset - crate::lmdb_file::PAGE_HEADER as u64,
-    )
-    .map_err(|e| io_error(e, dir))?;
-    if on_disk[..] != header[..] {
-        return Err(Error::Internal("the commit record area's page is not where its header says"));
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, header_at).map_err(|e| io_error(e, dir))?;
+    if crate::lmdb_file::overflow_page_number(&header) != Some(header_at / page_size) {
+        return Err(corrupt());
     }
     Ok(Some(offset))
 }

@@ -9,7 +9,7 @@
 //! whole file, so it carries the record with the commit's pages. After a power loss the
 //! store holds commit `n − 1` (or `n`, if its meta page happened to reach the disk); an open
 //! for writing that finds the record of the transaction after the store's last one applies
-//! it, and commit `n` is back, byte for byte.
+//! it, and commit `n` is back, with the same keys and values.
 //!
 //! The area is the value of one key of `meta` ([`super::meta_key::COMMIT_RECORDS`]), large
 //! enough that LMDB keeps it in overflow pages of its own: pages that no transaction touches
@@ -24,9 +24,10 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of one slot: the largest record. A transaction whose changes take more is
-/// committed without one, and answered after the next flush, as before records existed.
+/// committed without one, and answered after the next flush.
 pub(crate) const SLOT_BYTES: usize = 64 * 1024;
 /// Bytes of the whole area: two slots.
 pub(crate) const AREA_BYTES: usize = 2 * SLOT_BYTES;
@@ -128,44 +129,94 @@ impl Capture {
     }
 }
 
-/// The area in `data.mdb`, written through a descriptor of its own.
+/// The area in `data.mdb`, written through a descriptor of its own, under LMDB's write lock.
 pub(crate) struct Area {
     file: File,
     /// Offset of slot 0 in the file.
     offset: u64,
+    /// Per slot, how many of its first bytes may be other than zero, as far as this process
+    /// knows (the whole slot until this process has zeroed it): a shorter record zeros the
+    /// rest of a longer one, so that no change of an older commit stays readable there.
+    dirty: [AtomicUsize; 2],
 }
 
 impl Area {
     /// Opens `data.mdb` in `dir` for writing records at `offset`.
     pub(crate) fn open(dir: &Path, offset: u64) -> io::Result<Self> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("data.mdb"))?;
-        Ok(Area { file, offset })
+        let file = std::fs::OpenOptions::new().write(true).open(dir.join("data.mdb"))?;
+        Ok(Area { file, offset, dirty: [AtomicUsize::new(SLOT_BYTES), AtomicUsize::new(SLOT_BYTES)] })
     }
 
-    fn slot(&self, txnid: u64) -> u64 {
-        self.offset + (txnid & 1) * SLOT_BYTES as u64
+    fn slot(&self, txnid: u64) -> (u64, &AtomicUsize) {
+        let i = usize::from(txnid & 1 == 1);
+        (self.offset + i as u64 * SLOT_BYTES as u64, &self.dirty[i])
     }
 
-    /// Writes `record` (from [`Capture::seal`]) into its transaction's slot, unflushed.
+    /// Writes `record` (from [`Capture::seal`]) into its transaction's slot, unflushed, and
+    /// zeros what an older record left after it.
     pub(crate) fn write(&self, txnid: u64, record: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(record, self.slot(txnid))
+        let (at, dirty) = self.slot(txnid);
+        self.file.write_all_at(record, at)?;
+        self.zero(at, record.len(), dirty.load(Ordering::Relaxed))?;
+        dirty.store(record.len(), Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Makes the record in transaction `txnid`'s slot unreadable, unflushed: for a
-    /// transaction that wrote its record and then failed.
+    /// Zeros transaction `txnid`'s slot, unflushed: before a commit without a record, so
+    /// that no older record passes for that transaction's; and for a transaction that wrote
+    /// its record and then failed.
     pub(crate) fn erase(&self, txnid: u64) -> io::Result<()> {
-        self.file.write_all_at(&[0; HEADER], self.slot(txnid))
+        let (at, dirty) = self.slot(txnid);
+        self.zero(at, 0, dirty.load(Ordering::Relaxed).max(HEADER))?;
+        dirty.store(0, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Flushes `data.mdb` through this descriptor.
-    pub(crate) fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+    /// Zeros both slots, unflushed.
+    pub(crate) fn clear(&self) -> io::Result<()> {
+        for (i, dirty) in self.dirty.iter().enumerate() {
+            self.zero(self.offset + (i * SLOT_BYTES) as u64, 0, SLOT_BYTES)?;
+            dirty.store(0, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
-    /// The descriptor, open for reading and writing.
-    pub(crate) fn file(&self) -> &File {
-        &self.file
+    /// Zeros bytes `from..to` of the slot at `at`.
+    fn zero(&self, at: u64, from: usize, to: usize) -> io::Result<()> {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut pos = from;
+        while pos < to {
+            let n = (to - pos).min(ZEROS.len());
+            self.file.write_all_at(&ZEROS[..n], at + pos as u64)?;
+            pos += n;
+        }
+        Ok(())
     }
+}
+
+/// The offset in its file of the mapped byte at address `addr`, from this process's table of
+/// mappings (`/proc/self/maps`: `start-end perms offset device inode path` per line); `None`
+/// if no mapping holds it. Only the address is used: nothing is read through it.
+pub(crate) fn mapped_offset(addr: usize) -> io::Result<Option<u64>> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    for line in maps.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(range), Some(_perms), Some(offset)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end), Ok(offset)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+            u64::from_str_radix(offset, 16),
+        ) else {
+            continue;
+        };
+        if (start..end).contains(&addr) {
+            return Ok(Some(offset + (addr - start) as u64));
+        }
+    }
+    Ok(None)
 }
 
 /// Reads transaction `txnid`'s slot of the area at `offset` in `file` (`data.mdb`).

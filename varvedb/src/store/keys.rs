@@ -67,6 +67,9 @@ impl Varve {
         let Some(generation) = shred_in(storage, &mut txn, &master, stream, None)? else {
             return Ok(false);
         };
+        // The stream's wrapped key may be in a commit record, if one of the writer's last
+        // two commits was its first append.
+        storage.clear_records(&txn)?;
         storage.commit(txn)?;
         master.saw_keys_generation(generation);
         Ok(true)
@@ -165,6 +168,8 @@ impl Varve {
         }
         storage.put(&mut txn, tables.meta, meta_key::ENCRYPTION, new.check_value())?;
         count_key_change(storage, &mut txn)?;
+        // Keys wrapped under the retired master may be in commit records.
+        storage.clear_records(&txn)?;
         // Readers take the read lock around starting their transaction: holding the write lock
         // across commit and swap (only, not the re-wrapping above) means none of them pairs
         // the new keys with the old master or the reverse.
