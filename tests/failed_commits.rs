@@ -13,7 +13,8 @@
 //! the outcome open: every request of the group that committed together is
 //! `Error::OutcomeUnknown`, and every later read or write of the process
 //! `Error::NeedsReopen`, both with the original error as source; the group before it is
-//! answered, its meta page flushed by the data flush that came first. So is a failed flush
+//! answered, its meta page flushed by the data flush that came first. The group's record
+//! went out with that flush, so the next open for writing brings the group back. So is a failed flush
 //! of a large commit's meta page. A commit that fails before its meta page is written (a
 //! data page's write, its `fdatasync`) is a plain error once the writer has written the last
 //! commit's meta page again, erased the failed commit's record and flushed both: nothing of
