@@ -537,7 +537,7 @@ pub(crate) struct Tables {
 }
 
 impl Tables {
-    /// The table numbered `code` in [`name::ALL`].
+    /// The table numbered `code` (see [`Table::named`]).
     fn by_code(&self, code: u8) -> Option<Table> {
         [
             self.events,
@@ -1181,9 +1181,9 @@ impl Storage {
     /// commit durable, or the flush after it failed, so the commit may be in the file, and
     /// the storage refuses every later transaction.
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
+        self.erase_record(txn.txn.id() as u64)?;
         // The gate stays held through the flush after the commit.
         let WriteTxn { txn, _live: live, redo: _, gate: _gate } = txn;
-        self.erase_record(txn.id() as u64)?;
         self.commit_or_stop_gated(txn, live, self.tickets.last(), None)?;
         // Without `MDB_NOMETASYNC` LMDB wrote the meta page through an `O_DSYNC` descriptor.
         if self.defer_meta_sync && !self.read_only { self.sync_gated() } else { Ok(()) }
@@ -2219,9 +2219,9 @@ fn open_env(
     // writes there later as into any page of its own. And commit records (`storage/redo.rs`)
     // into the overflow pages of one value of `meta`, which LMDB never writes after its
     // creation: the store takes only that value's address from the map and reads its bytes
-    // through the file, so no reference handed out can see them change. A second open of the same directory in this process is refused before this
-    // (`files::Claim`), and by heed (`Error::AlreadyOpen`); LMDB's lock file coordinates
-    // other processes.
+    // through the file, so no reference handed out can see them change. A second open of
+    // the same directory in this process is refused before this (`files::Claim`), and by
+    // heed (`Error::AlreadyOpen`); LMDB's lock file coordinates other processes.
     unsafe { options.open(dir) }
 }
 
@@ -2357,10 +2357,10 @@ fn prepare_tables(
 }
 
 /// Zeros the commit record area of `file`, a compacted copy of a store just written and
-/// not yet synced (a copy of a store without an area is left as it is). The copy took the area's bytes
-/// as they were, records of transactions of the store it was made from included; a copy
-/// restarts LMDB's transaction ids at 1, so one of them could one day pass for a record of
-/// the copy's own.
+/// not yet synced (a copy of a store without an area is left as it is). The copy took the
+/// area's bytes as they were, records of transactions of the store it was made from
+/// included; a copy restarts LMDB's transaction ids at 1, so one of them could one day pass
+/// for a record of the copy's own.
 fn clear_record_area(file: &Path) -> Result<(), Error> {
     let len = std::fs::metadata(file).map_err(|e| io_error(e, parent_dir(file)))?.len();
     let map_size = round_up_to_page(
@@ -2412,9 +2412,9 @@ fn add_record_area(wtxn: &mut RwTxn<'_>, tables: &Tables) -> heed::Result<()> {
     tables.meta.put(wtxn, meta_key::COMMIT_RECORDS, &vec![0; redo::AREA_BYTES])
 }
 
-/// Where the commit record area starts in `data.mdb` (`None`: the store has none): the
-/// offset of its value in LMDB's map, which maps the file from its first byte. Only the
-/// value's address is taken from the map; its bytes are read through the file.
+/// Where the commit record area starts in `file` (`data.mdb`, or a copy of it), as `env`
+/// maps it (`None`: the store has none). Only the value's address is taken from the map;
+/// the page header before it is read through the file.
 fn record_area_offset(
     env: &Env<WithoutTls>,
     txn: &RoTxn<'_, WithoutTls>,
