@@ -142,31 +142,34 @@ pub(crate) struct WriteTxn<'env> {
 }
 
 thread_local! {
-    static HOLDS_GATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The address of the gate this thread holds (0: none).
+    static HOLDS_GATE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// [`Storage::write_gate`], held; this thread knows it holds it.
 struct GateGuard<'a> {
     _guard: std::sync::MutexGuard<'a, ()>,
+    /// What this thread held before (another store's gate, inside a step of that store).
+    previous: usize,
 }
 
 impl<'a> GateGuard<'a> {
     fn take(gate: &'a Mutex<()>) -> Self {
         let guard = gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        HOLDS_GATE.with(|h| h.set(true));
-        GateGuard { _guard: guard }
+        let previous = HOLDS_GATE.with(|h| h.replace(std::ptr::from_ref(gate) as usize));
+        GateGuard { _guard: guard, previous }
     }
 
     /// The gate for a flush: `None` when this thread holds it already (a flush asked for
-    /// inside a projection step).
+    /// inside a projection step of this store).
     fn for_flush(gate: &'a Mutex<()>) -> Option<Self> {
-        (!HOLDS_GATE.with(std::cell::Cell::get)).then(|| Self::take(gate))
+        (HOLDS_GATE.with(std::cell::Cell::get) != std::ptr::from_ref(gate) as usize).then(|| Self::take(gate))
     }
 }
 
 impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
-        HOLDS_GATE.with(|h| h.set(false));
+        HOLDS_GATE.with(|h| h.set(self.previous));
     }
 }
 
@@ -1000,8 +1003,9 @@ impl Storage {
         let ahead = ahead::Ahead::open(path, env.stat().page_size).map_err(|e| io_error(e, path))?;
         let records = if config.defer_meta_sync {
             let rtxn = env.read_txn().map_err(|e| engine_error(e, map_size, path))?;
-            // Only a store whose format and record of encryption disagree has none after
-            // `prepare_tables`: the open refuses it next, with the reason.
+            // After `prepare_tables` only a store whose format and record of encryption
+            // disagree has no area (the open refuses it next, with the reason); and off
+            // Linux the area cannot be located, and commits go without records.
             let offset = record_area_offset(&env, &rtxn, &tables.meta, map_size, &path.join("data.mdb"))?;
             drop(rtxn);
             offset.map(|offset| redo::Area::open(path, offset).map_err(|e| io_error(e, path))).transpose()?
@@ -1403,9 +1407,11 @@ impl Storage {
         if self.fatal.get().is_some() {
             return Err(Error::Internal("the storage stopped"));
         }
-        // The caller holds the gate.
-        let (lock, _live) = self.begin(Env::write_txn)?;
-        let last = (lock.id() as u64).checked_sub(1).ok_or(Error::Internal("no commit before the first"))?;
+        // The caller holds the gate. The transaction ends before it stops counting as live:
+        // a tuple drops its fields in order.
+        let lock = self.begin(Env::write_txn)?;
+        let last =
+            (lock.0.id() as u64).checked_sub(1).ok_or(Error::Internal("no commit before the first"))?;
         if recorded.is_some_and(|failed| failed != last + 1) {
             // Another commit came in between: its own flush settled the state, and the failed
             // record's slot is that commit's to write.
@@ -1413,7 +1419,10 @@ impl Storage {
         }
         // A descriptor opened now: the failed flush's error is reported once to every
         // descriptor open before it, and LMDB's has had it; what this one's flush reports is
-        // what it failed to write itself.
+        // what it failed to write itself. The growth's descriptor has it still to come.
+        if let Some(ahead) = &self.ahead {
+            ahead.take_reported_error();
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -2436,9 +2445,14 @@ fn record_area_offset(
     let page_size = u64::from(env.stat().page_size);
     let corrupt =
         || Error::CorruptMeta { reason: "the commit record area is not in overflow pages of its own" };
-    let offset = redo::mapped_offset(area.as_ptr() as usize)
-        .map_err(|e| io_error(e, dir))?
-        .ok_or(Error::Internal("the commit record area is not in a mapping of this process"))?;
+    let Some(offset) = redo::mapped_offset(area.as_ptr() as usize).map_err(|e| io_error(e, dir))? else {
+        // Without a table of mappings (other systems than Linux) there are no records.
+        return if cfg!(target_os = "linux") {
+            Err(Error::Internal("the commit record area is not in a mapping of this process"))
+        } else {
+            Ok(None)
+        };
+    };
     let header_at = offset.checked_sub(crate::lmdb_file::PAGE_HEADER as u64).ok_or_else(corrupt)?;
     if header_at % page_size != 0
         || offset.checked_add(redo::AREA_BYTES as u64).is_none_or(|end| end > env.info().map_size as u64)

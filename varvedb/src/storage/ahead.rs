@@ -49,6 +49,13 @@ pub(super) enum Grown {
 }
 
 impl Ahead {
+    /// Flushes through this descriptor and forgets the result: after a failed flush that the
+    /// storage has repaired, the error is still due to be reported once to this descriptor,
+    /// and its next flush (for growth) must not mistake it for a failure of its own.
+    pub(super) fn take_reported_error(&self) {
+        drop(self.file.sync_data());
+    }
+
     pub(super) fn open(dir: &Path, page_size: u32) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().write(true).open(dir.join("data.mdb"))?;
         Ok(Ahead {

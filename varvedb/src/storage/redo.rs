@@ -156,8 +156,9 @@ impl Area {
     /// zeros what an older record left after it.
     pub(crate) fn write(&self, txnid: u64, record: &[u8]) -> io::Result<()> {
         let (at, dirty) = self.slot(txnid);
+        let old = dirty.fetch_max(record.len(), Ordering::Relaxed);
         self.file.write_all_at(record, at)?;
-        self.zero(at, record.len(), dirty.load(Ordering::Relaxed))?;
+        self.zero(at, record.len(), old)?;
         dirty.store(record.len(), Ordering::Relaxed);
         Ok(())
     }
@@ -196,7 +197,9 @@ impl Area {
 
 /// The offset in its file of the mapped byte at address `addr`, from this process's table of
 /// mappings (`/proc/self/maps`: `start-end perms offset device inode path` per line); `None`
-/// if no mapping holds it. Only the address is used: nothing is read through it.
+/// if no mapping holds it. Only the address is used: nothing is read through it. Linux only:
+/// elsewhere the store keeps no records (see `Storage::open`).
+#[cfg(target_os = "linux")]
 pub(crate) fn mapped_offset(addr: usize) -> io::Result<Option<u64>> {
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     for line in maps.lines() {
@@ -216,6 +219,12 @@ pub(crate) fn mapped_offset(addr: usize) -> io::Result<Option<u64>> {
             return Ok(Some(offset + (addr - start) as u64));
         }
     }
+    Ok(None)
+}
+
+/// Where the process has no table of mappings to read, the store keeps no records.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn mapped_offset(_addr: usize) -> io::Result<Option<u64>> {
     Ok(None)
 }
 

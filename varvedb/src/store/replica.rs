@@ -212,6 +212,7 @@ impl Varve {
         let Some(generation) = shred_in(storage, &mut txn, &master, stream, Some(&shred.marker))? else {
             return Ok(false);
         };
+        storage.clear_records(&txn)?;
         storage.commit(txn)?;
         master.saw_keys_generation(generation);
         Ok(true)
