@@ -391,28 +391,29 @@ impl Iterator for StreamIndex<'_> {
     }
 }
 
+/// The index entries of `stream` from chunk `chunk` on do not decode: those in its head's
+/// tail, or a full chunk in `streams`.
 #[cold]
-fn damaged_tail(stream: u128, chunk: u32) -> Error {
+fn damaged_entries(stream: u128, chunk: u32, in_head: bool) -> Error {
     let first = u64::from(chunk) * u64::from(key::INDEX_CHUNK) + 1;
+    let (table, place) = if in_head { ("stream_heads", ", in its head,") } else { ("streams", "") };
     Error::CorruptIndex {
-        table: "stream_heads",
+        table,
         reason: format!(
-            "the entries of stream {} from version {first}, in its head, cannot be decoded",
+            "the entries of stream {} from version {first}{place} cannot be decoded",
             crate::id::StreamId::from(stream)
         ),
     }
 }
 
 #[cold]
+fn damaged_tail(stream: u128, chunk: u32) -> Error {
+    damaged_entries(stream, chunk, true)
+}
+
+#[cold]
 fn damaged_chunk(stream: u128, chunk: u32) -> Error {
-    let first = u64::from(chunk) * u64::from(key::INDEX_CHUNK) + 1;
-    Error::CorruptIndex {
-        table: "streams",
-        reason: format!(
-            "the entries of stream {} from version {first} cannot be decoded",
-            crate::id::StreamId::from(stream)
-        ),
-    }
+    damaged_entries(stream, chunk, false)
 }
 
 /// Asks the CPU to bring the cache lines of `bytes` (its first 256 bytes at most) into its
