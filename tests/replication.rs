@@ -140,9 +140,16 @@ fn an_encrypted_replica_with_the_merkle_tree_receives_the_log_and_the_shreds() {
         append_batches(&leader, half + 1, events, 100);
         let deadline = tokio::time::Instant::now() + Duration::from_mins(10);
         let shredded_on = |db: &Varve| db.export_shreds(u64::MAX).unwrap().1.len();
-        while (replica.begin_read().unwrap().last_seq().unwrap() < events || shredded_on(&replica) < 4)
-            && tokio::time::Instant::now() < deadline
-        {
+        // The follower counts a batch after its commit returns, so a reader can see the last
+        // seq before the count does; the publisher counts a shred after JetStream's answer,
+        // which may come after the follower has applied it. Wait for all four.
+        let done = |f: &Follower, p: &Publisher| {
+            replica.begin_read().unwrap().last_seq().unwrap() >= events
+                && shredded_on(&replica) >= 4
+                && f.stats().imported >= events
+                && p.stats().shreds >= 4
+        };
+        while !done(&follower, &publisher) && tokio::time::Instant::now() < deadline {
             assert!(!follow.is_finished() && !task.is_finished(), "the follower or publisher stopped");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
