@@ -178,3 +178,40 @@ async fn conflicting_requests_fail_alone_inside_shared_commits() {
     );
     assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().events, 64 + 32);
 }
+
+/// A lone blocking caller commits its request on its own thread, with no hand-off to the
+/// writer thread and back; an async call is committed by the writer thread. Seen from the
+/// reader-lag callback, which runs on the thread that led the commit.
+#[test]
+fn a_lone_blocking_caller_commits_on_its_own_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&threads);
+    let db = varvedb::Options::new()
+        .on_reader_lag(1, move |_| {
+            let current = std::thread::current();
+            seen.lock().unwrap().push((current.id(), current.name().map(str::to_owned)));
+        })
+        .open(dir.path())
+        .unwrap();
+    // Held open, so every commit after the second leaves it more than one behind.
+    let view = db.begin_read().unwrap();
+    let append = |v: u32| db.append(1u128, ExpectedVersion::Exact(v), [NewEvent::new("tick", vec![1])]);
+    for v in 0..4 {
+        append(v).unwrap();
+    }
+    let caller = std::thread::current().id();
+    let led: Vec<_> = std::mem::take(&mut *threads.lock().unwrap());
+    assert!(!led.is_empty(), "the lag callback was never called");
+    assert!(led.iter().all(|(id, _)| *id == caller), "{led:?}");
+    // Far enough behind again for another call: the callback repeats every bound.
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for v in 4..8 {
+        let e = NewEvent::new("tick", vec![1]);
+        runtime.block_on(db.append_async(1u128, ExpectedVersion::Exact(v), [e])).unwrap();
+    }
+    let led: Vec<_> = std::mem::take(&mut *threads.lock().unwrap());
+    assert!(!led.is_empty(), "the lag callback was never called");
+    assert!(led.iter().all(|(_, name)| name.as_deref() == Some("varvedb-writer")), "{led:?}");
+    drop(view);
+}

@@ -692,7 +692,7 @@ pub(crate) fn open_into(key: &Aes256Gcm, aad: &[u8], sealed: &[u8], out: &mut [u
 /// under the same data keys. The pool remembers the process that filled it, and
 /// [`check_process`](Self::check_process), called by the writer at the start of every
 /// transaction, discards it in any other. (Within a transaction no fork can interleave: the
-/// child of a fork has no writer thread, and nothing else draws from the pool.)
+/// writer refuses every request in a forked child, and nothing else draws from the pool.)
 pub(crate) struct NoncePool {
     bytes: Zeroizing<Vec<u8>>,
     used: usize,

@@ -388,14 +388,15 @@ pub enum Error {
     /// The call would wait for a lock this thread already holds: appending, or starting a
     /// write transaction, from inside a projection handler (which runs in the store's write
     /// transaction), or appending from an [`Options::on_reader_lag`](crate::Options::on_reader_lag)
-    /// callback (which runs on the writer thread). Record what to do (in the read model, on a
+    /// callback (which runs between commits, with the writer held). Record what to do (in the read model, on a
     /// channel) and act on it elsewhere.
     #[error(
         "this call would deadlock: it needs the store's write lock, which this thread holds (inside a projection handler or a reader-lag callback)"
     )]
     WouldDeadlock,
 
-    /// The store's writer thread has stopped (the store is closing, or the thread panicked).
+    /// The store's writer has stopped: the store is closing, a commit panicked, or the call
+    /// comes from a forked child of the process that opened the store.
     #[error("the store's writer has stopped")]
     WriterStopped,
 

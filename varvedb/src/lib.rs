@@ -8,8 +8,9 @@
 //!   gaps) that orders the whole store.
 //! - **Optimistic concurrency.** Each append states what it expects of the stream
 //!   ([`ExpectedVersion`]); a mismatch is a [`Error::ConcurrencyConflict`] that writes nothing.
-//! - **Group commit.** One writer thread commits concurrent requests together: N durable
-//!   appends cost about one disk sync, while each request stays atomic on its own.
+//! - **Group commit.** Concurrent requests are committed together, by one of the calling
+//!   threads or the store's writer thread: N durable appends cost about one disk sync, while
+//!   each request stays atomic on its own.
 //! - **Zero-copy reads.** A [`ReadView`] is a consistent snapshot; its events' payloads are
 //!   slices of the memory map, and rkyv archives are validated and used in place
 //!   ([`RecordedEvent::access`]).

@@ -1127,7 +1127,7 @@ impl Storage {
     }
 
     /// A write transaction whose changes are recorded, for [`Storage::commit_deferred`] to
-    /// write its commit record. Only the writer thread begins these.
+    /// write its commit record. Only the writer begins these.
     pub(crate) fn write_txn_recorded(&self) -> Result<WriteTxn<'_>, Error> {
         let mut txn = self.write_txn()?;
         if self.records.is_some() {
@@ -1200,7 +1200,7 @@ impl Storage {
     /// once [`Storage::is_durable`] says so of the ticket returned, that is after the next
     /// commit of this kind, or the next [`Storage::sync`]. A power loss before that takes
     /// the store back to the commit before, whole. Without it, the ticket is durable at
-    /// once. Only the writer thread commits so: tickets count its commits in order.
+    /// once. Only the writer commits so, one commit at a time: tickets count its commits in order.
     ///
     /// A transaction begun with [`Storage::write_txn_recorded`] whose changes fit a commit
     /// record has it written first, into the area that LMDB's data flush carries: its ticket

@@ -38,7 +38,7 @@ impl Tickets {
     /// page is not yet.
     pub(super) fn committed(&self, before: Ticket) -> Ticket {
         self.synced.fetch_max(before, Ordering::AcqRel);
-        // Only the writer thread commits with tickets, one commit at a time.
+        // Only the writer commits with tickets, one commit at a time (its leader holds it).
         self.written.store(before + 1, Ordering::Release);
         before + 1
     }

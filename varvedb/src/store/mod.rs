@@ -162,7 +162,7 @@ impl Options {
     }
 
     /// Calls `warn` when a read view is held open while many commits land: after each commit,
-    /// the writer thread calls it once the oldest open read view (of any process using the
+    /// the writer calls it once the oldest open read view (of any process using the
     /// store) is more than `commits` commits behind, and again each time it falls another
     /// `commits` behind, for as long as it stays open.
     ///
@@ -170,7 +170,8 @@ impl Options {
     /// grows with everything written meanwhile, and does not shrink afterwards (the pages
     /// are reused). [`Varve::reader_lag`] gives the same figure on demand.
     ///
-    /// `warn` runs on the writer thread between commits: keep it short (log, count, send on
+    /// `warn` runs between commits, on the thread that led the last one (a caller's or the
+    /// writer's own), and holds up every write meanwhile: keep it short (log, count, send on
     /// a channel). Appending from it is [`Error::WouldDeadlock`]; a panic in it is caught.
     /// The store keeps `warn` until it closes, so a `Varve` captured in it would keep the
     /// store open for good.
@@ -448,7 +449,7 @@ impl Options {
 
 /// An open event store. Cheap to clone; all clones share one store.
 ///
-/// Writes go to a single writer thread that commits concurrent requests together (group
+/// Writes are committed one transaction at a time, concurrent requests together (group
 /// commit); reads run in parallel on consistent snapshots ([`ReadView`]). The store closes
 /// when the last clone is dropped, after every queued write has been answered.
 ///
@@ -593,9 +594,7 @@ impl Varve {
         if crate::storage::holds_write_lock() {
             return Err(Error::WouldDeadlock);
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.inner.writer.submit(Request { batch, reply: Reply::Blocking(tx) })?;
-        self.counted(rx.recv().map_err(|_| Error::WriterStopped)?)
+        self.counted(self.inner.writer.write(batch))
     }
 
     /// `result`, counted in [`Stats::conflicts`] if it is a conflict.

@@ -118,6 +118,12 @@ impl Answers {
         }
     }
 
+    /// Drops every held answer (their writers get `WriterStopped`): the writer is gone.
+    pub(super) fn abandon(&mut self) {
+        self.held.clear();
+        self.unflushed_since = None;
+    }
+
     /// Whether answers wait for a flush: the writers that sent them cannot send again yet.
     pub(super) fn holds_any(&self) -> bool {
         !self.held.is_empty()

@@ -1,12 +1,16 @@
-//! The writer thread: owns LMDB's single write transaction and commits requests in groups.
+//! The writer: commits requests in groups, one transaction at a time, led by the thread of a
+//! blocking call or by the writer thread.
 //!
-//! This module holds the handle, the group-commit loop and the transaction around a group;
+//! This module holds the handle, the group commit and the transaction around a group;
 //! the steps of one request live in the submodules: `plan` validates it, `dedup` answers
 //! an idempotent retry, `apply` writes it.
 
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::batch::{Appended, WriteBatch};
 use crate::crypto::Encryption;
@@ -56,7 +60,7 @@ impl Reply {
     }
 }
 
-/// One write request queued for the writer thread, with where to send its answer.
+/// One write request queued for the writer, with where to send its answer.
 pub(crate) struct Request {
     pub(crate) batch: WriteBatch,
     pub(crate) reply: Reply,
@@ -103,22 +107,205 @@ impl std::fmt::Debug for LagWarning {
 }
 
 /// Longest a group waits for more requests, when fewer are waiting than joined the last one.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
+const LINGER: Duration = Duration::from_micros(100);
 
-/// Moves the requests already waiting into `group`, up to [`MAX_GROUP`].
-fn drain(rx: &mpsc::Receiver<Request>, group: &mut Vec<Request>) {
-    while group.len() < MAX_GROUP {
-        match rx.try_recv() {
-            Ok(r) => group.push(r),
-            Err(_) => break,
+/// Requests waiting for a leader, and who leads.
+///
+/// A group is committed by its leader, which holds the writer's state meanwhile: the thread
+/// of a blocking call that found no leader appointed, or the writer thread. A lone caller
+/// thus commits its own request without handing it to another thread and back, two thread
+/// switches that cost more CPU than the rest of a small commit. Leadership is decided under
+/// this lock, so a request queued while a leader is appointed is always taken by it.
+#[derive(Default)]
+struct Queue {
+    requests: VecDeque<Request>,
+    /// A leader is appointed: it takes every request queued before it steps down.
+    leading: bool,
+    /// The writer thread is to lead: for an async call, or after a calling thread's group.
+    delegated: bool,
+    /// A leader waits for more requests to join its group.
+    lingering: bool,
+    /// When the writer thread flushes, if no commit comes first (see [`Answers::patience`]).
+    flush_due: Option<Instant>,
+    /// The handle was dropped: the writer thread flushes and ends.
+    closed: bool,
+    /// A leader panicked: the writer takes no more requests.
+    stopped: bool,
+}
+
+/// What the handle, the calling threads and the writer thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the writer thread: work delegated, a flush due, the handle dropped.
+    work: Condvar,
+    /// Wakes a lingering leader: a request came.
+    arrivals: Condvar,
+    state: Mutex<WriterState>,
+    /// The process that opened the store. A forked child inherits the handle but not the
+    /// right to use LMDB's environment: its writer refuses every request.
+    pid: u32,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `request`; returns whether a leader had to be appointed: the caller, or with
+    /// `delegate` the writer thread.
+    fn push(&self, request: Request, delegate: bool) -> Result<bool, Error> {
+        let mut queue = self.queue();
+        if queue.stopped || queue.closed || std::process::id() != self.pid {
+            return Err(Error::WriterStopped);
+        }
+        queue.requests.push_back(request);
+        if queue.lingering {
+            self.arrivals.notify_one();
+        }
+        let appointed = !std::mem::replace(&mut queue.leading, true);
+        if appointed && delegate {
+            queue.delegated = true;
+            self.work.notify_one();
+        }
+        Ok(appointed)
+    }
+
+    /// Commits the waiting requests, group by group, as the appointed leader. A calling
+    /// thread commits one group, which holds its own request, and hands what came meanwhile
+    /// to the writer thread: its caller does not wait for other callers' commits.
+    fn lead(&self, calling_thread: bool) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let group = self.take_group(state.last_group_len, state.answers.holds_any());
+            if !group.is_empty() {
+                state.last_group_len = group.len();
+                // A panic must not leave callers waiting for a writer that is gone: every
+                // request queued or held gets `WriterStopped`, as from a dead writer thread.
+                let processed = std::panic::catch_unwind(AssertUnwindSafe(|| state.process(group)));
+                if processed.is_err() {
+                    state.answers.abandon();
+                    self.stop();
+                    return;
+                }
+            }
+            let mut queue = self.queue();
+            if queue.requests.is_empty() {
+                queue.leading = false;
+                break;
+            }
+            if calling_thread {
+                queue.delegated = true;
+                self.work.notify_one();
+                return;
+            }
+        }
+        self.settle(&mut state);
+    }
+
+    /// Takes the requests waiting, up to [`MAX_GROUP`]. While fewer wait than joined the
+    /// last group, lingers a little for the rest (writers that just had their answer are
+    /// sending again), unless answers are held: their writers cannot send yet.
+    fn take_group(&self, last_group_len: usize, holds_answers: bool) -> Vec<Request> {
+        let mut queue = self.queue();
+        let mut group = Vec::new();
+        drain(&mut queue, &mut group);
+        if !group.is_empty() && group.len() < last_group_len && !holds_answers {
+            let deadline = Instant::now() + LINGER;
+            queue.lingering = true;
+            while group.len() < last_group_len {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                queue = self.arrivals.wait_timeout(queue, left).unwrap_or_else(PoisonError::into_inner).0;
+                drain(&mut queue, &mut group);
+            }
+            queue.lingering = false;
+        }
+        group
+    }
+
+    /// After the leader's last group: flushes if answers wait for that at once, and tells
+    /// the writer thread when to flush if no commit comes first.
+    fn settle(&self, state: &mut WriterState) {
+        if state.answers.patience().is_some_and(|p| p.is_zero()) {
+            state.answers.flush(&state.storage, &state.watch);
+        }
+        let due = state.answers.patience().map(|p| Instant::now() + p);
+        let mut queue = self.queue();
+        if queue.flush_due != due {
+            queue.flush_due = due;
+            self.work.notify_one();
+        }
+    }
+
+    /// Refuses every later request and fails those queued (their answers are dropped).
+    fn stop(&self) {
+        let mut queue = self.queue();
+        queue.stopped = true;
+        queue.leading = false;
+        queue.requests.clear();
+        self.work.notify_one();
+    }
+
+    /// The writer thread: leads when asked to, flushes when a flush is due, and flushes what
+    /// is left when the handle is dropped.
+    fn run(&self) {
+        enum Task {
+            Lead,
+            Flush,
+            Close,
+        }
+        loop {
+            let task = {
+                let mut queue = self.queue();
+                loop {
+                    if queue.stopped {
+                        return;
+                    }
+                    if queue.delegated {
+                        queue.delegated = false;
+                        break Task::Lead;
+                    }
+                    if queue.closed && !queue.leading {
+                        break Task::Close;
+                    }
+                    queue = match queue.flush_due {
+                        Some(due) => {
+                            let now = Instant::now();
+                            if now >= due {
+                                queue.flush_due = None;
+                                break Task::Flush;
+                            }
+                            self.work.wait_timeout(queue, due - now).unwrap_or_else(PoisonError::into_inner).0
+                        }
+                        None => self.work.wait(queue).unwrap_or_else(PoisonError::into_inner),
+                    };
+                }
+            };
+            match task {
+                Task::Lead => self.lead(false),
+                Task::Flush => self.settle(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner)),
+                Task::Close => {
+                    let state = &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                    state.answers.close(&state.storage, &state.watch);
+                    return;
+                }
+            }
         }
     }
 }
 
-/// Handle to the running writer thread. Dropping it stops the thread after it has answered
-/// every request already queued.
+/// Moves the requests waiting into `group`, up to [`MAX_GROUP`].
+fn drain(queue: &mut Queue, group: &mut Vec<Request>) {
+    let n = queue.requests.len().min(MAX_GROUP.saturating_sub(group.len()));
+    group.extend(queue.requests.drain(..n));
+}
+
+/// Handle to the writer: its shared state and its thread. Dropping it stops the thread after
+/// every request already queued is answered and the last commit flushed.
 pub(crate) struct Writer {
-    tx: Option<mpsc::Sender<Request>>,
+    shared: Option<Arc<Shared>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -129,7 +316,6 @@ impl Writer {
         counters: Arc<Counters>,
         watch: tokio::sync::watch::Sender<u64>,
     ) -> Result<Self, Error> {
-        let (tx, rx) = mpsc::channel::<Request>();
         let crypto = config.encryption.clone().map(WriterCrypto::new);
         let tree = if config.merkle_tree { Some(TreeFeed::spawn()?) } else { None };
         let answers = Answers::new(config.durability);
@@ -152,67 +338,57 @@ impl Writer {
             answers,
             committed_seq: 0,
             bytes_written: 0,
+            last_group_len: 1,
         };
         state.last_timestamp = state.last_stored_timestamp()?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            arrivals: Condvar::new(),
+            state: Mutex::new(state),
+            pid: std::process::id(),
+        });
+        let running = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
-            // The size of the last group: while fewer requests wait than that, linger a
-            // little for the rest (writers that just had their answer are sending again).
-            let mut last_group_len = 1;
-            loop {
-                // A commit not yet durable is made so by the next commit's data flush if a
-                // request comes in time (at once when answers wait for it, within the idle
-                // flush's time in relaxed mode), otherwise by a flush of its own.
-                let first = match state.answers.patience() {
-                    None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                    Some(patience) => rx.recv_timeout(patience),
-                };
-                let first = match first {
-                    Ok(first) => first,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        state.answers.flush(&state.storage, &state.watch);
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        state.answers.close(&state.storage, &state.watch);
-                        break;
-                    }
-                };
-                let mut group = vec![first];
-                drain(&rx, &mut group);
-                // Writers whose answers are held cannot send yet: no use waiting for them.
-                if group.len() < last_group_len && !state.answers.holds_any() {
-                    let deadline = std::time::Instant::now() + LINGER;
-                    while group.len() < last_group_len {
-                        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-                            Ok(r) => {
-                                group.push(r);
-                                drain(&rx, &mut group);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                last_group_len = group.len();
-                state.process(group);
+            if std::panic::catch_unwind(AssertUnwindSafe(|| running.run())).is_err() {
+                running.state.lock().unwrap_or_else(PoisonError::into_inner).answers.abandon();
+                running.stop();
             }
         })?;
-        Ok(Writer { tx: Some(tx), thread: Some(thread) })
+        Ok(Writer { shared: Some(shared), thread: Some(thread) })
     }
 
     /// No writer: the handle of a store opened read-only.
     pub(crate) fn none() -> Self {
-        Writer { tx: None, thread: None }
+        Writer { shared: None, thread: None }
     }
 
+    /// Commits `batch` and returns its answer. With no leader appointed, the calling thread
+    /// commits it itself (with any request queued beside it); otherwise the leader does.
+    /// The caller holds no write lock (it would wait for itself).
+    pub(crate) fn write(&self, batch: WriteBatch) -> WriteResult {
+        let shared = self.shared.as_ref().ok_or(Error::WriterStopped)?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        if shared.push(Request { batch, reply: Reply::Blocking(tx) }, false)? {
+            shared.lead(true);
+        }
+        rx.recv().map_err(|_| Error::WriterStopped)?
+    }
+
+    /// Queues `request` for the writer thread (or the leader under way); its answer goes
+    /// to its reply.
     pub(crate) fn submit(&self, request: Request) -> Result<(), Error> {
-        let tx = self.tx.as_ref().ok_or(Error::WriterStopped)?;
-        tx.send(request).map_err(|_| Error::WriterStopped)
+        let shared = self.shared.as_ref().ok_or(Error::WriterStopped)?;
+        shared.push(request, true).map(drop)
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        drop(self.tx.take());
+        if let Some(shared) = &self.shared {
+            shared.queue().closed = true;
+            shared.work.notify_one();
+        }
         if let Some(thread) = self.thread.take() {
             // A panicked writer has already failed every pending request; nothing to add.
             let _ = thread.join();
@@ -220,7 +396,7 @@ impl Drop for Writer {
     }
 }
 
-/// Everything the writer thread owns across groups.
+/// Everything the writer owns across groups, held by the leader of the group under way.
 struct WriterState {
     storage: Arc<Storage>,
     config: WriterConfig,
@@ -251,6 +427,8 @@ struct WriterState {
     committed_seq: u64,
     /// Bytes of records and blobs written by the transaction under way.
     bytes_written: u64,
+    /// How many requests joined the last group.
+    last_group_len: usize,
 }
 
 impl WriterState {
