@@ -21,7 +21,7 @@ fn a_forked_child_cannot_write() {
             Err(Error::WriterStopped)
         );
         // SAFETY: ends the child at once, as above.
-        unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+        unsafe { libc::_exit(i32::from(!refused)) };
     }
     let mut status = 0;
     // SAFETY: waits for the child just forked, with a valid pointer for its status.

@@ -119,18 +119,36 @@ const LINGER: Duration = Duration::from_micros(100);
 #[derive(Default)]
 struct Queue {
     requests: VecDeque<Request>,
-    /// A leader is appointed: it takes every request queued before it steps down.
-    leading: bool,
-    /// The writer thread is to lead: for an async call, or after a calling thread's group.
-    delegated: bool,
+    lead: Lead,
     /// A leader waits for more requests to join its group.
     lingering: bool,
     /// When the writer thread flushes, if no commit comes first (see [`Answers::patience`]).
     flush_due: Option<Instant>,
+    life: Life,
+}
+
+/// Who leads the next group.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Lead {
+    /// No one: the next blocking caller leads.
+    #[default]
+    Vacant,
+    /// A leader is at work: it takes every request queued before it steps down.
+    Appointed,
+    /// The writer thread is to lead, and has not started: for an async call, or after a
+    /// calling thread's group.
+    Delegated,
+}
+
+/// Whether the writer takes requests.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    #[default]
+    Open,
     /// The handle was dropped: the writer thread flushes and ends.
-    closed: bool,
+    Closed,
     /// A leader panicked: the writer takes no more requests.
-    stopped: bool,
+    Stopped,
 }
 
 /// What the handle, the calling threads and the writer thread share.
@@ -155,19 +173,23 @@ impl Shared {
     /// `delegate` the writer thread.
     fn push(&self, request: Request, delegate: bool) -> Result<bool, Error> {
         let mut queue = self.queue();
-        if queue.stopped || queue.closed || std::process::id() != self.pid {
+        if queue.life != Life::Open || std::process::id() != self.pid {
             return Err(Error::WriterStopped);
         }
         queue.requests.push_back(request);
         if queue.lingering {
             self.arrivals.notify_one();
         }
-        let appointed = !std::mem::replace(&mut queue.leading, true);
-        if appointed && delegate {
-            queue.delegated = true;
-            self.work.notify_one();
+        if queue.lead != Lead::Vacant {
+            return Ok(false);
         }
-        Ok(appointed)
+        if delegate {
+            queue.lead = Lead::Delegated;
+            self.work.notify_one();
+        } else {
+            queue.lead = Lead::Appointed;
+        }
+        Ok(true)
     }
 
     /// Commits the waiting requests, group by group, as the appointed leader. A calling
@@ -190,11 +212,11 @@ impl Shared {
             }
             let mut queue = self.queue();
             if queue.requests.is_empty() {
-                queue.leading = false;
+                queue.lead = Lead::Vacant;
                 break;
             }
             if calling_thread {
-                queue.delegated = true;
+                queue.lead = Lead::Delegated;
                 self.work.notify_one();
                 return;
             }
@@ -242,8 +264,8 @@ impl Shared {
     /// Refuses every later request and fails those queued (their answers are dropped).
     fn stop(&self) {
         let mut queue = self.queue();
-        queue.stopped = true;
-        queue.leading = false;
+        queue.life = Life::Stopped;
+        queue.lead = Lead::Vacant;
         queue.requests.clear();
         self.work.notify_one();
     }
@@ -260,14 +282,14 @@ impl Shared {
             let task = {
                 let mut queue = self.queue();
                 loop {
-                    if queue.stopped {
+                    if queue.life == Life::Stopped {
                         return;
                     }
-                    if queue.delegated {
-                        queue.delegated = false;
+                    if queue.lead == Lead::Delegated {
+                        queue.lead = Lead::Appointed;
                         break Task::Lead;
                     }
-                    if queue.closed && !queue.leading {
+                    if queue.life == Life::Closed && queue.lead == Lead::Vacant {
                         break Task::Close;
                     }
                     queue = match queue.flush_due {
@@ -386,7 +408,7 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
-            shared.queue().closed = true;
+            shared.queue().life = Life::Closed;
             shared.work.notify_one();
         }
         if let Some(thread) = self.thread.take() {
