@@ -127,7 +127,7 @@ impl<'env> std::ops::Deref for ReadTxn<'env> {
     }
 }
 
-/// A write transaction: the writer thread's, a projection step's, or a key operation's.
+/// A write transaction: the writer's, a projection step's, or a key operation's.
 pub(crate) struct WriteTxn<'env> {
     // Ends before it stops counting as live.
     txn: RwTxn<'env>,
@@ -2010,7 +2010,7 @@ thread_local! {
 }
 
 /// Whether this thread is inside a projection step, holding LMDB's write lock: another write
-/// transaction (directly, or through the writer thread) would wait for it forever.
+/// transaction (directly, or through the writer) would wait for it forever.
 pub(crate) fn holds_write_lock() -> bool {
     HOLDS_WRITE_LOCK.with(std::cell::Cell::get)
 }

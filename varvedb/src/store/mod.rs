@@ -162,7 +162,7 @@ impl Options {
     }
 
     /// Calls `warn` when a read view is held open while many commits land: after each commit,
-    /// the writer calls it once the oldest open read view (of any process using the
+    /// the writer thread calls it once the oldest open read view (of any process using the
     /// store) is more than `commits` commits behind, and again each time it falls another
     /// `commits` behind, for as long as it stays open.
     ///
@@ -170,8 +170,8 @@ impl Options {
     /// grows with everything written meanwhile, and does not shrink afterwards (the pages
     /// are reused). [`Varve::reader_lag`] gives the same figure on demand.
     ///
-    /// `warn` runs between commits, on the thread that led the last one (a caller's or the
-    /// writer's own), and holds up every write meanwhile: keep it short (log, count, send on
+    /// `warn` runs on the store's writer thread between commits, and holds up every write
+    /// meanwhile: keep it short (log, count, send on
     /// a channel). Appending from it is [`Error::WouldDeadlock`]; a panic in it is caught.
     /// The store keeps `warn` until it closes, so a `Varve` captured in it would keep the
     /// store open for good.

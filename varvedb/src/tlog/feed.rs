@@ -1,8 +1,8 @@
-//! Hashing of a commit's leaves beside the writer thread.
+//! Hashing of a commit's leaves beside the thread that leads the commit.
 //!
 //! Each event adds about four SHA-256 compressions to a commit (its leaf, and on average one
 //! interior node of two blocks). In a large commit that is a third of the writer's work per
-//! event, while the caller's thread, which waits for the commit, leaves a core idle. So the
+//! event, while a second core is often idle, its callers waiting for the commit. So the
 //! records of a large commit go, in chunks, to a hashing thread that extends the tree while
 //! the writer goes on with the commit's LMDB writes; the writer waits for it only before it
 //! writes the tiles. A small commit is hashed inline: handing it over would cost more than

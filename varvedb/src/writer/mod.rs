@@ -115,13 +115,16 @@ const LINGER: Duration = Duration::from_micros(100);
 /// of a blocking call that found no leader appointed, or the writer thread. A lone caller
 /// thus commits its own request without handing it to another thread and back, two thread
 /// switches that cost more CPU than the rest of a small commit. Leadership is decided under
-/// this lock, so a request queued while a leader is appointed is always taken by it.
+/// this lock, so a request queued while a leader is appointed is always taken by a leader
+/// (that one, or the writer thread it hands over to).
 #[derive(Default)]
 struct Queue {
     requests: VecDeque<Request>,
     lead: Lead,
     /// A leader waits for more requests to join its group.
     lingering: bool,
+    /// A reader-lag warning waits for the writer thread to call it.
+    warn: bool,
     /// When the writer thread flushes, if no commit comes first (see [`Answers::patience`]).
     flush_due: Option<Instant>,
     life: Life,
@@ -133,7 +136,8 @@ enum Lead {
     /// No one: the next blocking caller leads.
     #[default]
     Vacant,
-    /// A leader is at work: it takes every request queued before it steps down.
+    /// A leader is at work: every request queued before it steps down is taken by it or by
+    /// the writer thread it hands over to.
     Appointed,
     /// The writer thread is to lead, and has not started: for an async call, or after a
     /// calling thread's group.
@@ -172,8 +176,12 @@ impl Shared {
     /// Queues `request`; returns whether a leader had to be appointed: the caller, or with
     /// `delegate` the writer thread.
     fn push(&self, request: Request, delegate: bool) -> Result<bool, Error> {
+        // Before the lock: a fork may have copied it held by a thread the child does not have.
+        if std::process::id() != self.pid {
+            return Err(Error::WriterStopped);
+        }
         let mut queue = self.queue();
-        if queue.life != Life::Open || std::process::id() != self.pid {
+        if queue.life != Life::Open {
             return Err(Error::WriterStopped);
         }
         queue.requests.push_back(request);
@@ -197,17 +205,28 @@ impl Shared {
     /// to the writer thread: its caller does not wait for other callers' commits.
     fn lead(&self, calling_thread: bool) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // A panic must not leave callers waiting for a writer that is gone: every request
+        // queued or held gets `WriterStopped`, as from a dead writer thread.
+        let led = std::panic::catch_unwind(AssertUnwindSafe(|| self.lead_groups(&mut state, calling_thread)));
+        if led.is_err() {
+            state.answers.abandon();
+            self.stop();
+        }
+    }
+
+    fn lead_groups(&self, state: &mut WriterState, calling_thread: bool) {
         loop {
             let group = self.take_group(state.last_group_len, state.answers.holds_any());
             if !group.is_empty() {
                 state.last_group_len = group.len();
-                // A panic must not leave callers waiting for a writer that is gone: every
-                // request queued or held gets `WriterStopped`, as from a dead writer thread.
-                let processed = std::panic::catch_unwind(AssertUnwindSafe(|| state.process(group)));
-                if processed.is_err() {
-                    state.answers.abandon();
-                    self.stop();
-                    return;
+                state.process(group);
+            }
+            if !state.lag_due.is_empty() {
+                if calling_thread {
+                    self.queue().warn = true;
+                    self.work.notify_one();
+                } else {
+                    state.warn_reader_lag();
                 }
             }
             let mut queue = self.queue();
@@ -221,7 +240,7 @@ impl Shared {
                 return;
             }
         }
-        self.settle(&mut state);
+        self.settle(state);
     }
 
     /// Takes the requests waiting, up to [`MAX_GROUP`]. While fewer wait than joined the
@@ -250,13 +269,23 @@ impl Shared {
     /// After the leader's last group: flushes if answers wait for that at once, and tells
     /// the writer thread when to flush if no commit comes first.
     fn settle(&self, state: &mut WriterState) {
-        if state.answers.patience().is_some_and(|p| p.is_zero()) {
+        // A leader appointed meanwhile waits for this one: its commit's flush carries the
+        // held answers, as the next group's always does.
+        let successor = self.queue().lead != Lead::Vacant;
+        if !successor && state.answers.patience().is_some_and(|p| p.is_zero()) {
             state.answers.flush(&state.storage, &state.watch);
         }
         let due = state.answers.patience().map(|p| Instant::now() + p);
         let mut queue = self.queue();
-        if queue.flush_due != due {
-            queue.flush_due = due;
+        let sooner = match (due, queue.flush_due) {
+            (Some(due), Some(pending)) => due < pending,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        queue.flush_due = due;
+        // A later time needs no wake-up: the writer thread, woken at the earlier one, asks
+        // again.
+        if sooner {
             self.work.notify_one();
         }
     }
@@ -275,6 +304,7 @@ impl Shared {
     fn run(&self) {
         enum Task {
             Lead,
+            Warn,
             Flush,
             Close,
         }
@@ -288,6 +318,10 @@ impl Shared {
                     if queue.lead == Lead::Delegated {
                         queue.lead = Lead::Appointed;
                         break Task::Lead;
+                    }
+                    if queue.warn {
+                        queue.warn = false;
+                        break Task::Warn;
                     }
                     if queue.life == Life::Closed && queue.lead == Lead::Vacant {
                         break Task::Close;
@@ -307,6 +341,7 @@ impl Shared {
             };
             match task {
                 Task::Lead => self.lead(false),
+                Task::Warn => self.state.lock().unwrap_or_else(PoisonError::into_inner).warn_reader_lag(),
                 Task::Flush => self.settle(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner)),
                 Task::Close => {
                     let state = &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -361,6 +396,7 @@ impl Writer {
             committed_seq: 0,
             bytes_written: 0,
             last_group_len: 1,
+            lag_due: Vec::new(),
         };
         state.last_timestamp = state.last_stored_timestamp()?;
         let shared = Arc::new(Shared {
@@ -408,7 +444,17 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
-            shared.queue().life = Life::Closed;
+            if std::process::id() != shared.pid {
+                // A forked child: the writer thread is not in this process, and its state
+                // belongs to the parent's LMDB environment.
+                std::mem::forget(self.thread.take());
+                return;
+            }
+            let mut queue = shared.queue();
+            if queue.life == Life::Open {
+                queue.life = Life::Closed;
+            }
+            drop(queue);
             shared.work.notify_one();
         }
         if let Some(thread) = self.thread.take() {
@@ -451,6 +497,8 @@ struct WriterState {
     bytes_written: u64,
     /// How many requests joined the last group.
     last_group_len: usize,
+    /// Reader-lag warnings to call, on the writer thread, in order.
+    lag_due: Vec<ReaderLag>,
 }
 
 impl WriterState {
@@ -654,9 +702,19 @@ impl WriterState {
             return;
         };
         self.lag_warned = Some(lag.commits);
-        // Appending from the callback would wait for this thread: marked, it is refused.
+        self.lag_due.push(lag);
+    }
+
+    /// Calls the lag warnings due. On the writer thread, whoever led the commits: a caller's
+    /// thread may be a runtime's worker, where a callback that sends on a channel the
+    /// blocking way would panic.
+    fn warn_reader_lag(&mut self) {
+        let Some(warning) = self.config.lag_warning.clone() else { return };
+        // Appending from the callback would wait for the writer it holds: marked, it is refused.
         let _held = WriteLockHeld::mark();
-        // A panicking callback must not stop the writer.
-        drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (warning.warn)(lag))));
+        for lag in self.lag_due.drain(..) {
+            // A panicking callback must not stop the writer.
+            drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (warning.warn)(lag))));
+        }
     }
 }
