@@ -4,7 +4,7 @@
 // if no other test's thread decides their interest meanwhile.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
 
 use varvedb::{ExpectedVersion, NewEvent};
 
@@ -25,7 +25,7 @@ impl tracing::Subscriber for CommitsHere {
         if event.metadata().target() == "varvedb::commit"
             && *event.metadata().level() == tracing::Level::DEBUG
         {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.fetch_add(1, Ordering::Relaxed);
         }
     }
     fn enter(&self, _: &tracing::span::Id) {}
@@ -34,7 +34,7 @@ impl tracing::Subscriber for CommitsHere {
 
 /// A lone blocking caller commits its request on its own thread, with no hand-off to the
 /// writer thread and back; an async call is committed by the writer thread. The reader-lag
-/// callback runs on the writer thread either way.
+/// callback runs on the thread that led the commit, before the commit is answered.
 #[test]
 fn a_lone_blocking_caller_commits_on_its_own_thread() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,11 +42,13 @@ fn a_lone_blocking_caller_commits_on_its_own_thread() {
     let seen = Arc::clone(&threads);
     let db = varvedb::Options::new()
         .on_reader_lag(1, move |_| {
-            seen.lock().unwrap().push(std::thread::current().name().map(str::to_owned));
+            let current = std::thread::current();
+            seen.lock().unwrap().push((current.id(), current.name().map(str::to_owned)));
         })
         .open(dir.path())
         .unwrap();
-    // Held open, so every commit after the second leaves it more than one behind.
+    // Held open, so that each commit from the second on leaves it another commit behind
+    // its bound: one warning each.
     let view = db.begin_read().unwrap();
     let here = Arc::new(CommitsHere::default());
     tracing::subscriber::with_default(Arc::clone(&here), || {
@@ -54,7 +56,12 @@ fn a_lone_blocking_caller_commits_on_its_own_thread() {
             db.append(1u128, ExpectedVersion::Exact(v), [NewEvent::new("tick", vec![1])]).unwrap();
         }
     });
-    assert_eq!(here.0.load(std::sync::atomic::Ordering::Relaxed), 4, "commits on the calling thread");
+    assert_eq!(here.0.load(Ordering::Relaxed), 4, "commits on the calling thread");
+    let caller = std::thread::current().id();
+    let warned = std::mem::take(&mut *threads.lock().unwrap());
+    assert_eq!(warned.len(), 3, "{warned:?}");
+    assert!(warned.iter().all(|(id, _)| *id == caller), "{warned:?}");
+
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let here = Arc::new(CommitsHere::default());
     tracing::subscriber::with_default(Arc::clone(&here), || {
@@ -63,15 +70,9 @@ fn a_lone_blocking_caller_commits_on_its_own_thread() {
             runtime.block_on(db.append_async(1u128, ExpectedVersion::Exact(v), [e])).unwrap();
         }
     });
-    assert_eq!(here.0.load(std::sync::atomic::Ordering::Relaxed), 0, "async commits on the calling thread");
-    // One warning per commit from the second on (each leaves the view another commit
-    // behind), called after the commit that set it off: wait for the last.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while threads.lock().unwrap().len() < 7 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let named = threads.lock().unwrap().clone();
-    assert_eq!(named.len(), 7, "{named:?}");
-    assert!(named.iter().all(|name| name.as_deref() == Some("varvedb-writer")), "{named:?}");
+    assert_eq!(here.0.load(Ordering::Relaxed), 0, "async commits on the calling thread");
+    let warned = std::mem::take(&mut *threads.lock().unwrap());
+    assert_eq!(warned.len(), 4, "{warned:?}");
+    assert!(warned.iter().all(|(_, name)| name.as_deref() == Some("varvedb-writer")), "{warned:?}");
     drop(view);
 }

@@ -162,7 +162,7 @@ impl Options {
     }
 
     /// Calls `warn` when a read view is held open while many commits land: after each commit,
-    /// the writer thread calls it once the oldest open read view (of any process using the
+    /// the writer calls it once the oldest open read view (of any process using the
     /// store) is more than `commits` commits behind, and again each time it falls another
     /// `commits` behind, for as long as it stays open.
     ///
@@ -170,9 +170,13 @@ impl Options {
     /// grows with everything written meanwhile, and does not shrink afterwards (the pages
     /// are reused). [`Varve::reader_lag`] gives the same figure on demand.
     ///
-    /// `warn` runs on the store's writer thread between commits, and holds up every write
-    /// meanwhile: keep it short (log, count, send on
-    /// a channel). Appending from it is [`Error::WouldDeadlock`]; a panic in it is caught.
+    /// `warn` runs between commits, before the commit that set it off is answered, on the
+    /// thread that led that commit: the writer thread, or the thread of a blocking
+    /// [`Varve::append`] or [`Varve::write`] that found no other write under way. It holds up
+    /// every write meanwhile: keep it short (log, count, send on a channel without
+    /// waiting), and do not wait on an async runtime in it (that thread may be one of the
+    /// runtime's workers). Appending from it is [`Error::WouldDeadlock`]; a panic in it is
+    /// caught.
     /// The store keeps `warn` until it closes, so a `Varve` captured in it would keep the
     /// store open for good.
     ///

@@ -123,8 +123,6 @@ struct Queue {
     lead: Lead,
     /// A leader waits for more requests to join its group.
     lingering: bool,
-    /// A reader-lag warning waits for the writer thread to call it.
-    warn: bool,
     /// When the writer thread flushes, if no commit comes first (see [`Answers::patience`]).
     flush_due: Option<Instant>,
     life: Life,
@@ -221,14 +219,6 @@ impl Shared {
                 state.last_group_len = group.len();
                 state.process(group);
             }
-            if !state.lag_due.is_empty() {
-                if calling_thread {
-                    self.queue().warn = true;
-                    self.work.notify_one();
-                } else {
-                    state.warn_reader_lag();
-                }
-            }
             let mut queue = self.queue();
             if queue.requests.is_empty() {
                 queue.lead = Lead::Vacant;
@@ -304,7 +294,6 @@ impl Shared {
     fn run(&self) {
         enum Task {
             Lead,
-            Warn,
             Flush,
             Close,
         }
@@ -318,10 +307,6 @@ impl Shared {
                     if queue.lead == Lead::Delegated {
                         queue.lead = Lead::Appointed;
                         break Task::Lead;
-                    }
-                    if queue.warn {
-                        queue.warn = false;
-                        break Task::Warn;
                     }
                     if queue.life == Life::Closed && queue.lead == Lead::Vacant {
                         break Task::Close;
@@ -341,7 +326,6 @@ impl Shared {
             };
             match task {
                 Task::Lead => self.lead(false),
-                Task::Warn => self.state.lock().unwrap_or_else(PoisonError::into_inner).warn_reader_lag(),
                 Task::Flush => self.settle(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner)),
                 Task::Close => {
                     let state = &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -396,7 +380,6 @@ impl Writer {
             committed_seq: 0,
             bytes_written: 0,
             last_group_len: 1,
-            lag_due: Vec::new(),
         };
         state.last_timestamp = state.last_stored_timestamp()?;
         let shared = Arc::new(Shared {
@@ -497,8 +480,6 @@ struct WriterState {
     bytes_written: u64,
     /// How many requests joined the last group.
     last_group_len: usize,
-    /// Reader-lag warnings to call, on the writer thread, in order.
-    lag_due: Vec<ReaderLag>,
 }
 
 impl WriterState {
@@ -702,19 +683,9 @@ impl WriterState {
             return;
         };
         self.lag_warned = Some(lag.commits);
-        self.lag_due.push(lag);
-    }
-
-    /// Calls the lag warnings due. On the writer thread, whoever led the commits: a caller's
-    /// thread may be a runtime's worker, where a callback that sends on a channel the
-    /// blocking way would panic.
-    fn warn_reader_lag(&mut self) {
-        let Some(warning) = self.config.lag_warning.clone() else { return };
-        // Appending from the callback would wait for the writer it holds: marked, it is refused.
+        // Appending from the callback would wait for this thread: marked, it is refused.
         let _held = WriteLockHeld::mark();
-        for lag in self.lag_due.drain(..) {
-            // A panicking callback must not stop the writer.
-            drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (warning.warn)(lag))));
-        }
+        // A panicking callback must not stop the writer.
+        drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (warning.warn)(lag))));
     }
 }
