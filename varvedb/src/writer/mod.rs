@@ -230,7 +230,7 @@ impl Shared {
                 return;
             }
         }
-        self.settle(state);
+        self.settle(state, true);
     }
 
     /// Takes the requests waiting, up to [`MAX_GROUP`]. While fewer wait than joined the
@@ -256,13 +256,16 @@ impl Shared {
         group
     }
 
-    /// After the leader's last group: flushes if answers wait for that at once, and tells
-    /// the writer thread when to flush if no commit comes first.
-    fn settle(&self, state: &mut WriterState) {
-        // A leader appointed meanwhile waits for this one: its commit's flush carries the
-        // held answers, as the next group's always does.
-        let successor = self.queue().lead != Lead::Vacant;
-        if !successor && state.answers.patience().is_some_and(|p| p.is_zero()) {
+    /// After the leader's last group (`after_group`), or when a flush is due: flushes if
+    /// answers wait for that at once, and tells the writer thread when to flush if no
+    /// commit comes first.
+    fn settle(&self, state: &mut WriterState, after_group: bool) {
+        if after_group && self.queue().lead != Lead::Vacant {
+            // A leader appointed meanwhile waits for this one: its commit's flush carries
+            // the held answers, as the next group's always does, and it settles after.
+            return;
+        }
+        if state.answers.patience().is_some_and(|p| p.is_zero()) {
             state.answers.flush(&state.storage, &state.watch);
         }
         let due = state.answers.patience().map(|p| Instant::now() + p);
@@ -326,7 +329,9 @@ impl Shared {
             };
             match task {
                 Task::Lead => self.lead(false),
-                Task::Flush => self.settle(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner)),
+                Task::Flush => {
+                    self.settle(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner), false);
+                }
                 Task::Close => {
                     let state = &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner);
                     state.answers.close(&state.storage, &state.watch);
