@@ -178,3 +178,46 @@ async fn conflicting_requests_fail_alone_inside_shared_commits() {
     );
     assert_eq!(db.begin_read().unwrap().check_integrity().unwrap().events, 64 + 32);
 }
+
+/// Commits too large for a commit record are answered after a later flush: a leader hands
+/// its held answers to the next one, or flushes when no one follows. Under contention from
+/// blocking and async callers at once, in both durability modes, every answer comes.
+#[test]
+fn answers_held_for_a_flush_all_come_under_contention() {
+    for durability in [varvedb::Durability::Immediate, varvedb::Durability::Relaxed] {
+        const THREADS: u128 = 6;
+        const PER_THREAD: u32 = 12;
+        let dir = tempfile::tempdir().unwrap();
+        let db = varvedb::Options::new().durability(durability).open(dir.path()).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        for t in 0..THREADS {
+            let (db, done) = (db.clone(), done.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                for v in 0..PER_THREAD {
+                    // Every third append, the last one included, is larger than a record
+                    // holds (64 KiB of changes), and unlike any other (a blob is stored once).
+                    let size = if v % 3 == 2 { 80 * 1024 } else { 64 };
+                    let mut payload = vec![0u8; size];
+                    payload[..16].copy_from_slice(&(t << 32 | u128::from(v)).to_le_bytes());
+                    let e = [NewEvent::new("blob", payload)];
+                    let appended = if t % 2 == 0 {
+                        db.append(t, ExpectedVersion::Exact(v), e)
+                    } else {
+                        runtime.block_on(db.append_async(t, ExpectedVersion::Exact(v), e))
+                    };
+                    appended.unwrap();
+                }
+                done.send(()).unwrap();
+            });
+        }
+        drop(done);
+        for _ in 0..THREADS {
+            finished
+                .recv_timeout(Duration::from_mins(1))
+                .unwrap_or_else(|_| panic!("an answer never came ({durability:?})"));
+        }
+        let view = db.begin_read().unwrap();
+        assert_eq!(view.check_integrity().unwrap().events, u64::from(PER_THREAD) * THREADS as u64);
+    }
+}
