@@ -97,7 +97,7 @@ fn check_upgrade(fixture: &str, old: u32, encrypted: bool) {
     // Full chunks stay in `streams`; the partial ones moved into the heads (formats 4 and
     // 5), or were there already.
     drop(db);
-    assert_eq!(format_of(dir.path()), if encrypted { 9 } else { 8 });
+    assert_eq!(format_of(dir.path()), if encrypted { 11 } else { 10 });
     let area = damage::raw::get(dir.path(), "meta", b"commit_records").expect("the commit record area");
     assert_eq!(area.len(), 128 * 1024);
     let full: u32 = STREAMS.iter().map(|s| s.1 / 64).sum();
@@ -158,7 +158,7 @@ fn an_encrypted_store_of_format_5_is_upgraded_in_place_and_reads_as_written() {
     let dir = copy_of("format5");
     let e = Varve::open(dir.path()).unwrap_err();
     assert!(matches!(e, Error::KeyRequired { .. }), "{e:?}");
-    assert_eq!(format_of(dir.path()), 9);
+    assert_eq!(format_of(dir.path()), 11);
     assert_holds(&options(true).open(dir.path()).unwrap(), &[]);
 }
 
@@ -200,7 +200,7 @@ fn an_upgrade_waits_until_no_other_process_has_the_store_open() {
     drop(holder.stdin.take());
     assert!(holder.wait().unwrap().success());
     assert_holds(&Varve::open(dir.path()).unwrap(), &[]);
-    assert_eq!(format_of(dir.path()), 8);
+    assert_eq!(format_of(dir.path()), 10);
 }
 
 #[test]
@@ -299,4 +299,71 @@ fn a_damaged_page_of_the_tables_an_upgrade_rewrites_is_refused_before_it() {
     let view = db.begin_read().unwrap();
     view.check_integrity().unwrap();
     assert_eq!(view.read_stream(400u128, 1).unwrap().count(), 100);
+}
+
+/// Set in a child process of this binary: a store of format 8 to hold open as the build of
+/// that format would, through LMDB itself, taking no lock of a durability.
+const HOLD_8: &str = "VARVEDB_UPGRADE_HOLD_FORMAT_8";
+
+#[test]
+fn a_store_of_format_8_is_upgraded_by_any_write_open_and_by_a_relaxed_one_only_alone() {
+    if let Some(dir) = std::env::var_os(HOLD_8) {
+        // SAFETY: the parent opens this store only after this process says it is ready, and
+        // writes to it then only from a process that does not map it; nothing else maps it
+        // in this process.
+        let env =
+            unsafe { heed::EnvOpenOptions::new().max_dbs(16).flags(heed::EnvFlags::READ_ONLY).open(&dir) }
+                .unwrap();
+        println!("ready");
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
+        drop(env);
+        return;
+    }
+    for encrypted in [false, true] {
+        // Formats 8 and 9 are 10 and 11 without a name for what relaxed handles add: made
+        // here from a new store by writing the older number back.
+        let dir = tempfile::tempdir().unwrap();
+        let db = options(encrypted).open(dir.path()).unwrap();
+        db.append(4u128, varvedb::ExpectedVersion::Auto, [varvedb::NewEvent::new("noted", b"x".to_vec())])
+            .unwrap();
+        drop(db);
+        let (old, new) = if encrypted { (9u32, 11u32) } else { (8, 10) };
+        damage::raw::put(dir.path(), "meta", b"format_version", &old.to_le_bytes());
+
+        let e = options(encrypted).read_only(true).open(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::NeedsWriteOpen { .. }), "{e:?}");
+        let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "a_store_of_format_8_is_upgraded_by_any_write_open_and_by_a_relaxed_one_only_alone",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(HOLD_8, dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+        while !said.contains("ready") {
+            said.clear();
+            assert!(std::io::BufRead::read_line(&mut out, &mut said).unwrap() > 0, "the holder ended");
+        }
+        let relaxed = options(encrypted).durability(varvedb::Durability::Relaxed);
+        let e = relaxed.open(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::UpgradeNeedsExclusiveAccess { .. }), "{e:?}");
+        assert_eq!(format_of(dir.path()), old, "nothing changed");
+        drop(holder.stdin.take());
+        assert!(holder.wait().unwrap().success());
+        let relaxed = options(encrypted).durability(varvedb::Durability::Relaxed);
+        let db = relaxed.open(dir.path()).unwrap();
+        assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 1);
+        drop(db);
+        assert_eq!(format_of(dir.path()), new);
+
+        // An immediate open upgrades beside the older build, which flushes every commit too.
+        damage::raw::put(dir.path(), "meta", b"format_version", &old.to_le_bytes());
+        drop(options(encrypted).open(dir.path()).unwrap());
+        assert_eq!(format_of(dir.path()), new);
+    }
 }

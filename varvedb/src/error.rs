@@ -585,6 +585,23 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The store is open for writing in another process with the other
+    /// [`Durability`](crate::Durability): relaxed commits are not flushed, and a power loss
+    /// takes the store back to their last checkpoint, which would lose the other process's
+    /// immediate commits made since. Nothing was changed; open it with the same durability
+    /// as the other processes, or once they have closed it.
+    #[error(
+        "the store at {} is open in another process with {other} durability; open it with the same, or once \
+         that process has closed it",
+        path.display()
+    )]
+    DurabilityInUse {
+        /// The store's directory.
+        path: PathBuf,
+        /// The other processes' durability: `"relaxed"` or `"immediate"`.
+        other: &'static str,
+    },
+
     /// The stream was crypto-shredded ([`Varve::shred`](crate::Varve::shred)): its events
     /// can no longer be decrypted, and it takes no new events.
     #[error(

@@ -130,7 +130,7 @@ pub use typed::{
     Aggregate, ArchivedEvent, Event, EventInfo, EventOf, Handle, IntoPending, Pending, Schema, Upcast,
     UpcastBuffer,
 };
-pub use writer::{Durability, RELAXED_IDLE_FLUSH};
+pub use writer::{Durability, RELAXED_CHECKPOINT_INTERVAL};
 
 /// The rkyv varvedb is built with. Derive your own archives with
 /// `#[rkyv(crate = varvedb::rkyv)]`, or use `#[derive(Event)]`, which needs no rkyv attribute.

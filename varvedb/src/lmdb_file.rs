@@ -314,6 +314,54 @@ pub(crate) fn rewrite_meta(file: &File, txnid: u64) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// The meta page of transaction `txnid` as the operating system holds it in `file` (a
+/// descriptor of `data.mdb`), if it still is that transaction's: for a checkpoint, taken
+/// under LMDB's write lock, so that no commit is writing meta pages meanwhile.
+pub(crate) fn meta_copy(file: &File, txnid: u64) -> Result<Option<Vec<u8>>, Error> {
+    let Ok(first) = parse_meta(&read_meta_bytes(file, 0, 0)?, 0) else { return Ok(None) };
+    let index = txnid & 1;
+    let b = read_meta_bytes(file, index, index * u64::from(first.page_size))?;
+    Ok(matches!(parse_meta(&b, index), Ok(m) if m.txnid == txnid).then(|| b.to_vec()))
+}
+
+/// The bytes of `data.mdb` up to the end of the last page in use, by a meta page copy from
+/// [`meta_copy`], if it is one.
+pub(crate) fn meta_copy_used(copy: &[u8]) -> Option<u64> {
+    let b: &[u8; META_BYTES] = copy.try_into().ok()?;
+    let meta = parse_meta(b, word_at(b, 0)).ok()?;
+    meta.last_page.checked_add(1)?.checked_mul(u64::from(meta.page_size))
+}
+
+/// Writes `copy` (from [`meta_copy`]) of transaction `t` over meta page `t & 1` of `file`
+/// (`data.mdb`, open for writing, not mapped by any process), and over the other one the
+/// same with transaction id `t − 1`, unless they hold that already; returns whether it
+/// wrote. The caller flushes. LMDB takes the page with the higher id as the last commit, so
+/// `t`'s snapshot is the store, and every later commit is gone; the other page points at the
+/// same pages, and only ever stands in for the commit before.
+pub(crate) fn restore_meta(file: &File, copy: &[u8]) -> Result<bool, Error> {
+    let b: &[u8; META_BYTES] =
+        copy.try_into().map_err(|_| corrupt(None, "a checkpoint's meta page has the wrong size"))?;
+    let Ok(meta) = parse_meta(b, word_at(b, 0)) else {
+        return Err(corrupt(None, "a checkpoint's meta page is not a meta page"));
+    };
+    let mut wrote = false;
+    for index in 0..META_PAGES {
+        let mut page = *b;
+        page[..WORD].copy_from_slice(&index.to_ne_bytes()[..WORD]);
+        if index != meta.txnid & 1 {
+            let before = meta.txnid.saturating_sub(1);
+            page[META_TXNID..META_TXNID + WORD].copy_from_slice(&before.to_ne_bytes()[..WORD]);
+        }
+        let offset = index * u64::from(meta.page_size);
+        let on_disk = read_meta_bytes(file, index, offset).ok();
+        if on_disk != Some(page) {
+            std::os::unix::fs::FileExt::write_all_at(file, &page, offset).map_err(Error::Io)?;
+            wrote = true;
+        }
+    }
+    Ok(wrote)
+}
+
 /// Walks every page of the snapshot of transaction `txnid`, the one a read transaction of the
 /// store in `dir` holds; `None` if that snapshot's meta page is gone.
 ///

@@ -23,6 +23,7 @@ use heed::{
 use crate::error::{Error, StorageError};
 
 mod ahead;
+mod checkpoint;
 mod files;
 mod redo;
 mod sync;
@@ -32,14 +33,22 @@ pub(crate) use sync::Ticket;
 
 /// On-disk format version written to `meta` on creation and checked on every open.
 /// Versions 1 (plain) and 3 (encrypted) are the formats before the compact stream index and
-/// records; they are refused (see `prepare_tables`). Versions 4 to 7 are upgraded in place
-/// (see [`FORMAT_BEFORE_TAILS`] and [`FORMAT_BEFORE_RECORDS`]).
-pub(crate) const FORMAT_VERSION: u32 = 8;
+/// records; they are refused (see `prepare_tables`). Versions 4 to 9 are upgraded in place
+/// (see [`FORMAT_BEFORE_TAILS`], [`FORMAT_BEFORE_RECORDS`] and
+/// [`FORMAT_BEFORE_CHECKPOINTS`]).
+pub(crate) const FORMAT_VERSION: u32 = 10;
 /// The format version of an encrypted store. Same layout, but every record is sealed, every
 /// key derives from the master key and the store's identity, and the `keys` table is
 /// authenticated: a build that knows only the plain format refuses such a store instead of
 /// appending plaintext to it.
-pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 9;
+pub(crate) const ENCRYPTED_FORMAT_VERSION: u32 = 11;
+/// The plain format before relaxed handles' checkpoints (`storage/checkpoint.rs`): a build
+/// that knows it not would open a store after a power loss without taking it back to its
+/// last checkpoint, and would write it beside a relaxed handle. A write open records the new
+/// version; nothing else changes.
+pub(crate) const FORMAT_BEFORE_CHECKPOINTS: u32 = 8;
+/// The encrypted format before relaxed handles' checkpoints.
+pub(crate) const ENCRYPTED_FORMAT_BEFORE_CHECKPOINTS: u32 = 9;
 /// The plain format before the commit record area (`storage/redo.rs`): a build that knows
 /// it not would open a store after a power loss without applying the record of its last
 /// acknowledged commit. A write open adds the area, in the transaction that records the new
@@ -877,6 +886,9 @@ pub(crate) struct Storage {
     // descriptor close (closing any descriptor of `lock.mdb` drops every fcntl lock this
     // process holds on it, LMDB's own included), and only then is the directory free for
     // another open in this process.
+    /// The checkpoints of a relaxed handle (`None` otherwise). Before the environment: its
+    /// pin holds a handle of it, and must end for it to close.
+    relaxed: Option<Relaxed>,
     env: Env<WithoutTls>,
     pub(crate) tables: Tables,
     /// The map's size; grows when the map is moved to a size another process set.
@@ -914,6 +926,116 @@ pub(crate) struct Storage {
     write_gate: Mutex<()>,
 }
 
+/// What a relaxed handle keeps for its checkpoints (see `storage/checkpoint.rs`).
+struct Relaxed {
+    file: checkpoint::Checkpoints,
+    /// `data.mdb`, to copy meta pages from.
+    data: std::fs::File,
+    inode: u64,
+    boot: [u8; checkpoint::BOOT_ID],
+    /// One checkpoint at a time in this process.
+    busy: Mutex<()>,
+    /// The read transaction of this handle's last checkpoint, and its transaction id: no
+    /// commit reuses a page of that snapshot, or of any later one, while it lives.
+    pin: Mutex<Option<(RoTxn<'static, WithoutTls>, u64)>>,
+    /// The bytes up to LMDB's last page in use in the pinned snapshot.
+    pinned_used: std::sync::atomic::AtomicU64,
+}
+
+impl Relaxed {
+    /// Pages LMDB may take past the pinned snapshot's before a commit makes a checkpoint of
+    /// its own: a pin keeps every page freed after it from reuse, so under a stream of
+    /// commits faster than the timed checkpoints the file would grow by all they write.
+    const MAX_PINNED_GROWTH: u64 = 64 << 20;
+
+    fn open(dir: &Path) -> Result<Self, Error> {
+        let io = |e| io_error(e, dir);
+        Ok(Relaxed {
+            file: checkpoint::Checkpoints::open(dir).map_err(io)?,
+            data: std::fs::File::open(dir.join("data.mdb")).map_err(io)?,
+            inode: checkpoint::data_inode(dir).map_err(io)?,
+            boot: checkpoint::boot_id(),
+            busy: Mutex::new(()),
+            pin: Mutex::new(None),
+            pinned_used: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn pinned(&self) -> Option<u64> {
+        self.pin.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|(_, txnid)| *txnid)
+    }
+
+    /// Makes a checkpoint of the store's last commit. `lock` takes LMDB's write lock and
+    /// gives the id the transaction holding it has: while it is held no commit moves the
+    /// store, so the pin begins on the last commit and its meta page is read whole.
+    fn checkpoint<G>(
+        &self,
+        env: &Env<WithoutTls>,
+        dir: &Path,
+        map_size: usize,
+        lock: impl FnOnce() -> Result<G, Error>,
+        next_txnid: impl FnOnce(&G) -> u64,
+    ) -> Result<(), Error> {
+        let _one = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (pin, txnid, meta) = {
+            let held = lock()?;
+            let txnid = next_txnid(&held).saturating_sub(1);
+            let meta = crate::lmdb_file::meta_copy(&self.data, txnid)?
+                .ok_or(Error::Internal("the last commit's meta page is not in the file"))?;
+            let pin = env.clone().static_read_txn().map_err(|e| engine_error(e, map_size, dir))?;
+            if pin.id() as u64 != txnid {
+                return Err(Error::Internal("a checkpoint's pin is not on the last commit"));
+            }
+            drop(held);
+            (pin, txnid, meta)
+        };
+        // Every page of the snapshot was written before the pin began: this flush carries it.
+        env.force_sync().map_err(|e| engine_error(e, map_size, dir))?;
+        self.file.write(txnid, self.inode, self.boot, &meta).map_err(|e| io_error(e, dir))?;
+        self.pinned_used.store(
+            crate::lmdb_file::meta_copy_used(&meta).unwrap_or_default(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        // The entry is durable: the previous pin's snapshot is no longer needed.
+        let previous =
+            self.pin.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace((pin, txnid));
+        drop(previous);
+        Ok(())
+    }
+}
+
+/// Whether the store must be taken back to its last checkpoint before LMDB maps it: a
+/// relaxed handle wrote it, the machine has restarted since (a different boot id), and no
+/// process has it open. The page cache then lost whatever it had not written back, and
+/// LMDB's meta pages may name pages that never reached the disk.
+fn needs_roll_back(dir: &Path, lock_file: &files::LockFile) -> Result<bool, Error> {
+    let Some(entry) = checkpoint::newest(dir).map_err(|e| io_error(e, dir))? else { return Ok(false) };
+    Ok(!checkpoint::same_boot(&entry.boot) && !lock_file.used_elsewhere().unwrap_or(true))
+}
+
+/// Takes the store back to its last checkpoint if it needs it ([`needs_roll_back`]): the
+/// checkpoint's meta page is written over both of LMDB's, and flushed. Every commit after
+/// the checkpoint is gone, whole; the checkpoint's pages were kept from reuse until a later
+/// checkpoint was durable. Under the directory's lock, before LMDB maps the file.
+fn roll_back_to_checkpoint(dir: &Path, lock_file: &files::LockFile) -> Result<(), Error> {
+    if !needs_roll_back(dir, lock_file)? {
+        return Ok(());
+    }
+    let io = |e| io_error(e, dir);
+    let Some(entry) = checkpoint::newest(dir).map_err(io)? else { return Ok(()) };
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("data.mdb")).map_err(io)?;
+    if crate::lmdb_file::restore_meta(&file, &entry.meta)? {
+        file.sync_data().map_err(io)?;
+        crate::trace::event!(
+            target: "varvedb::open",
+            tracing::Level::INFO,
+            txnid = entry.txnid,
+            "took the store back to its last checkpoint after a restart"
+        );
+    }
+    Ok(())
+}
+
 /// Settings the storage layer needs from the user's options.
 pub(crate) struct StorageConfig {
     pub(crate) map_size: usize,
@@ -926,6 +1048,9 @@ pub(crate) struct StorageConfig {
     pub(crate) defer_meta_sync: bool,
     /// Opens an existing store with LMDB's `MDB_RDONLY` (see [`Storage::open_read_only`]).
     pub(crate) read_only: bool,
+    /// Commits are not flushed (`MDB_NOSYNC`); [`Storage::sync`] makes a checkpoint, and a
+    /// power loss takes the store back to the last one (see `storage/checkpoint.rs`).
+    pub(crate) relaxed: bool,
 }
 
 /// How far the oldest open read view of a store is behind its last commit: the oldest LMDB
@@ -973,11 +1098,25 @@ impl Storage {
                 build_store(build_dir, path, map_size, config.merkle_tree)
             })?;
         }
-        // Up to here an existing `data.mdb` has been neither mapped nor changed. LMDB trusts
-        // the file it maps: damage it would read on the way in is refused first.
-        crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
         let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
-        let mode = if config.defer_meta_sync { Mode::DeferMetaSync } else { Mode::Write };
+        // Held up to this open's first checkpoint, or its removal of the last one.
+        let dir_lock = files::lock_dir_for_open(path).map_err(|e| io_error(e, path))?;
+        if lock_file.mark_durability(config.relaxed).map_err(|e| io_error(e, path))? {
+            let other = if config.relaxed { "immediate" } else { "relaxed" };
+            return Err(Error::DurabilityInUse { path: canonical(path), other });
+        }
+        roll_back_to_checkpoint(path, &lock_file)?;
+        // Up to here an existing `data.mdb` has been neither mapped nor changed, except by a
+        // roll-back to a checkpoint. LMDB trusts the file it maps: damage it would read on
+        // the way in is refused first.
+        crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
+        let mode = if config.relaxed {
+            Mode::NoSync
+        } else if config.defer_meta_sync {
+            Mode::DeferMetaSync
+        } else {
+            Mode::Write
+        };
         let env = open_env(path, map_size, config.max_readers, Private::No, mode).map_err(|e| match e {
             heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
             other => engine_error(other, map_size, path),
@@ -986,7 +1125,30 @@ impl Storage {
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
-        let tables = prepare_tables(&env, map_size, path, None, Some(&lock_file))?;
+        let relaxed = if config.relaxed {
+            let relaxed = Relaxed::open(path)?;
+            // Before this open's first commit: a checkpoint left by a process that is gone
+            // has no pin any more, and a commit could reuse its pages.
+            relaxed.checkpoint(
+                &env,
+                path,
+                map_size,
+                || env.write_txn().map_err(|e| engine_error(e, map_size, path)),
+                |txn| txn.id() as u64,
+            )?;
+            Some(relaxed)
+        } else {
+            // Every commit of this handle is flushed; an entry left by a relaxed handle would
+            // take a power loss back past them. Flushed first, so the entry is not needed.
+            if checkpoint::newest(path).map_err(|e| io_error(e, path))?.is_some()
+                || path.join(checkpoint::FILE).exists()
+            {
+                env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
+                checkpoint::remove(path).map_err(|e| io_error(e, path))?;
+            }
+            None
+        };
+        let tables = prepare_tables(&env, map_size, path, None, Some(&lock_file), config.relaxed)?;
         // Before anything else commits: the record is of the transaction after the last.
         apply_pending_record(&env, &tables, map_size, path)?;
         if crate::lmdb_file::failed_commit(path).is_some() {
@@ -1002,6 +1164,8 @@ impl Storage {
         // and that sync must not leave `data.mdb`'s name to chance either.
         sync_dir(path).map_err(|e| io_error(e, path))?;
         let ahead = ahead::Ahead::open(path, env.stat().page_size).map_err(|e| io_error(e, path))?;
+        // A relaxed handle writes no records, but zeros the area after a shred or a key
+        // rotation all the same: an immediate handle's records may hold old key material.
         let records = if config.defer_meta_sync {
             let rtxn = env.read_txn().map_err(|e| engine_error(e, map_size, path))?;
             // After `prepare_tables` only a store whose format and record of encryption
@@ -1013,7 +1177,7 @@ impl Storage {
         } else {
             None
         };
-        Ok(Storage {
+        let storage = Storage {
             env,
             tables,
             map_size: AtomicUsize::new(map_size),
@@ -1028,8 +1192,15 @@ impl Storage {
             ahead: Some(ahead),
             records,
             record_buf: Mutex::new(Vec::new()),
+            relaxed,
             write_gate: Mutex::new(()),
-        })
+        };
+        if storage.relaxed.is_some() {
+            // The commits of this open (an upgrade, a record applied) are in the checkpoint.
+            storage.sync()?;
+        }
+        drop(dir_lock);
+        Ok(storage)
     }
 
     /// Opens the existing store in directory `path` with LMDB's `MDB_RDONLY`: LMDB never
@@ -1048,6 +1219,15 @@ impl Storage {
             Err(e) => return Err(Error::Io(e)),
         }
         let claim = files::Claim::take(path)?;
+        let map_size = round_up_to_page(config.map_size);
+        let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
+        if needs_roll_back(path, &lock_file)? {
+            return Err(Error::NeedsWriteOpen {
+                path: canonical(path),
+                reason: "relaxed commits were cut off by a restart of the machine, and an open for writing takes the \
+                         store back to their last checkpoint",
+            });
+        }
         crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
         if crate::lmdb_file::failed_commit(path).is_some() {
             return Err(Error::NeedsWriteOpen {
@@ -1055,8 +1235,6 @@ impl Storage {
                 reason: "its last commit failed while writing the meta page, and an open for writing repairs that",
             });
         }
-        let map_size = round_up_to_page(config.map_size);
-        let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
         let env =
             open_env(path, map_size, config.max_readers, Private::No, Mode::ReadOnly).map_err(
                 |e| match e {
@@ -1089,6 +1267,7 @@ impl Storage {
             ahead: None,
             records: None,
             record_buf: Mutex::new(Vec::new()),
+            relaxed: None,
             write_gate: Mutex::new(()),
         })
     }
@@ -1218,6 +1397,8 @@ impl Storage {
         if recorded.is_some() && self.fatal.get().is_none() {
             self.tickets.recorded(ticket);
         }
+        // The commit is made; a failed checkpoint stops the storage for the next one.
+        drop(self.checkpoint_if_grown());
         Ok(ticket)
     }
 
@@ -1228,6 +1409,10 @@ impl Storage {
     /// next open.
     fn write_record(&self, txn: &mut WriteTxn<'_>) -> Result<Option<u64>, Error> {
         let Some(area) = &self.records else { return Ok(None) };
+        if self.relaxed.is_some() {
+            // Nothing is flushed with the commit: a record would stand in for nothing.
+            return Ok(None);
+        }
         let txnid = txn.txn.id() as u64;
         let Some(mut capture) = txn.redo.take() else {
             self.erase_record(txnid)?;
@@ -1265,6 +1450,10 @@ impl Storage {
     /// cannot pass for this commit's after a power loss.
     fn erase_record(&self, txnid: u64) -> Result<(), Error> {
         match &self.records {
+            // A relaxed handle's store is rolled back to a checkpoint after a power loss,
+            // never forward by a record: the transaction after a checkpoint is never one
+            // whose record an immediate handle could have left (they never write at once).
+            Some(_) if self.relaxed.is_some() => Ok(()),
             Some(area) => area.erase(txnid).map_err(|e| io_error(e, self.path())),
             None => Ok(()),
         }
@@ -1287,6 +1476,9 @@ impl Storage {
     /// every later transaction with [`Error::NeedsReopen`]; the error returned is
     /// [`Error::OutcomeUnknown`].
     pub(crate) fn sync(&self) -> Result<(), Error> {
+        if self.relaxed.is_some() {
+            return self.checkpoint();
+        }
         if !self.defer_meta_sync || self.read_only {
             // Every commit was flushed whole before it returned.
             return Ok(());
@@ -1305,6 +1497,9 @@ impl Storage {
         if let Some(source) = self.fatal.get() {
             return Err(Error::OutcomeUnknown { source: Arc::clone(source) });
         }
+        if self.relaxed.is_some() {
+            return self.checkpoint();
+        }
         let before = self.tickets.last();
         let started = std::time::Instant::now();
         let flushed = self.env.force_sync();
@@ -1315,6 +1510,64 @@ impl Storage {
         }
         self.tickets.flushed(before);
         Ok(())
+    }
+
+    /// Makes a checkpoint of a relaxed handle (see `storage/checkpoint.rs`): every commit
+    /// made before is durable when this returns `Ok`, and a power loss takes the store back
+    /// to no earlier state. The gate is held only while the snapshot is pinned: the flushes
+    /// go on beside the writer's commits, which flush nothing themselves. A failed flush
+    /// stops the storage, as [`Storage::sync`]'s does.
+    fn checkpoint(&self) -> Result<(), Error> {
+        let Some(relaxed) = &self.relaxed else { return Ok(()) };
+        if let Some(source) = self.fatal.get() {
+            return Err(Error::OutcomeUnknown { source: Arc::clone(source) });
+        }
+        let mut before = 0;
+        let started = std::time::Instant::now();
+        let done = relaxed.checkpoint(
+            &self.env,
+            self.path(),
+            self.map_size(),
+            || {
+                let gate = GateGuard::for_flush(&self.write_gate);
+                // Counted as live while LMDB's write lock is held, as every transaction is.
+                let lock = self.begin(Env::write_txn)?;
+                before = self.tickets.last();
+                Ok((lock, gate))
+            },
+            |((txn, _), _)| txn.id() as u64,
+        );
+        self.flushes.record(started.elapsed());
+        match done {
+            Ok(()) => {
+                self.tickets.flushed(before);
+                Ok(())
+            }
+            Err(e @ (Error::NeedsReopen { .. } | Error::MapResized { .. })) => Err(e),
+            Err(e) => {
+                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
+                Err(Error::OutcomeUnknown { source })
+            }
+        }
+    }
+
+    /// After a relaxed commit: when the pages LMDB took since the last checkpoint's pin come
+    /// to [`Relaxed::MAX_PINNED_GROWTH`], a checkpoint now, so that the pin lets LMDB reuse
+    /// pages again before the file grows further.
+    fn checkpoint_if_grown(&self) -> Result<(), Error> {
+        let (Some(relaxed), Some(ahead)) = (&self.relaxed, &self.ahead) else { return Ok(()) };
+        if ahead.used().saturating_sub(relaxed.pinned_used.load(AtomicOrdering::Relaxed))
+            < Relaxed::MAX_PINNED_GROWTH
+        {
+            return Ok(());
+        }
+        self.checkpoint()
+    }
+
+    /// The transaction id of this handle's checkpoint pin, if it has one: a reader of its
+    /// own, not a read view of the user's.
+    fn pinned(&self) -> Option<u64> {
+        self.relaxed.as_ref().and_then(Relaxed::pinned)
     }
 
     /// Whether the commit of `ticket` (from [`Storage::commit_deferred`]) is durable: by its
@@ -1513,6 +1766,8 @@ impl Storage {
         // write transaction. Every transaction of this process begins through `begin` above
         // (and `copy_compacted`), counted by `txns` until it ends; `try_remap` succeeded only
         // with none counted and keeps new ones from beginning until `_remapping` drops. The
+        // one exception, a relaxed handle's checkpoint pin (`Relaxed`), never reads: it
+        // holds a reader slot in the lock file, and ending it writes only that slot. The
         // map is read outside a transaction only by `env.info()`, here and in `open` before
         // the storage is shared. Size 0 takes the size recorded in the store's meta page.
         unsafe { self.env.resize(0) }.map_err(|e| self.err(e))?;
@@ -1524,13 +1779,13 @@ impl Storage {
     /// commit (`None` when no view is open). Slots of killed processes are cleared first.
     pub(crate) fn reader_lag(&self) -> Result<Option<ReaderLag>, Error> {
         self.env.clear_stale_readers().map_err(|e| self.err(e))?;
-        self.lock_file.oldest_reader().map_err(|e| io_error(e, self.path()))
+        self.lock_file.oldest_reader(self.pinned()).map_err(|e| io_error(e, self.path()))
     }
 
     /// As [`Storage::reader_lag`], without clearing slots of killed processes first: cheap
     /// enough to run after every commit.
     pub(crate) fn reader_lag_unchecked(&self) -> Result<Option<ReaderLag>, Error> {
-        self.lock_file.oldest_reader().map_err(|e| io_error(e, self.path()))
+        self.lock_file.oldest_reader(self.pinned()).map_err(|e| io_error(e, self.path()))
     }
 
     /// The highest seq in the log, 0 when empty. Read inside the caller's transaction so a
@@ -1930,6 +2185,7 @@ impl Storage {
                 merkle_tree: false,
                 defer_meta_sync: false,
                 read_only: false,
+                relaxed: false,
             },
         )
         .map_err(|e| match e {
@@ -2168,6 +2424,8 @@ enum Mode {
     Write,
     /// Writes, with `MDB_NOMETASYNC`: a commit leaves its meta page to the next flush.
     DeferMetaSync,
+    /// Writes, with `MDB_NOSYNC`: a commit flushes nothing (`Durability::Relaxed`).
+    NoSync,
     /// `MDB_RDONLY`: no write transaction, no writer lock.
     ReadOnly,
 }
@@ -2206,6 +2464,15 @@ fn open_env(
         // pages: its creation is synced before the store gets its name.
         unsafe { options.flags(EnvFlags::NO_META_SYNC) };
     }
+    if mode == Mode::NoSync && private == Private::No {
+        // SAFETY: `MDB_NOSYNC` changes only whether a commit is flushed, not what is written
+        // or mapped: every page is still written through LMDB's copy-on-write transactions,
+        // and a live process sees each commit whole. What it weakens, the order in which
+        // pages reach the disk, is restored by the storage layer: a power loss takes the
+        // store back to a checkpoint whose pages no commit could reuse (see
+        // `storage/checkpoint.rs`), before LMDB maps the file again.
+        unsafe { options.flags(EnvFlags::NO_SYNC) };
+    }
     if private == Private::Yes {
         // SAFETY: without a lock file, LMDB leaves all coordination to its user. Only two
         // kinds of directory are opened so, each used by this one environment on one thread:
@@ -2222,9 +2489,11 @@ fn open_env(
     // `&Archived<T>` into the map. That cannot be enforced from here; it is the documented
     // precondition of `Options::open` (do not write to `data.mdb` by other means, no network
     // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
-    // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`,
-    // `NO_SYNC`; `NO_LOCK` only for a private build, `NO_META_SYNC` only delays a flush,
-    // above). The store's own writes to `data.mdb` are of two kinds. Zeros past LMDB's last
+    // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`;
+    // `NO_LOCK` only for a private build, `NO_META_SYNC` and `NO_SYNC` only delay or drop a
+    // flush, above). A roll-back to a checkpoint writes LMDB's meta pages before any process
+    // maps the file (`roll_back_to_checkpoint`, under the directory's lock, when no other
+    // process has the store open). The store's own writes to `data.mdb` are of two kinds. Zeros past LMDB's last
     // page (`storage/ahead.rs`), under its write lock: no snapshot reaches them, and LMDB
     // writes there later as into any page of its own. And commit records (`storage/redo.rs`)
     // into the overflow pages of one value of `meta`, which LMDB never writes after its
@@ -2241,7 +2510,7 @@ fn open_env(
 fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize, merkle_tree: bool) -> Result<(), Error> {
     let env = open_env(build_dir, map_size, 1, Private::Yes, Mode::Write)
         .map_err(|e| engine_error(e, map_size, store_dir))?;
-    prepare_tables(&env, map_size, store_dir, Some(merkle_tree), None)?;
+    prepare_tables(&env, map_size, store_dir, Some(merkle_tree), None, false)?;
     // `env` is the only handle: dropping it closes the environment.
     Ok(())
 }
@@ -2277,12 +2546,14 @@ fn rewrite_meta_page(
 /// `merkle_tree`: for a new store, whether it keeps the Merkle tree (`None`: leave that to
 /// `tlog::open`). `lock_file`: the store's, to tell whether another process has it open
 /// before an upgrade (`None` for a store being created, which has nothing to upgrade).
+/// `relaxed`: whether the open is a relaxed handle's.
 fn prepare_tables(
     env: &Env<WithoutTls>,
     map_size: usize,
     dir: &Path,
     merkle_tree: Option<bool>,
     lock_file: Option<&files::LockFile>,
+    relaxed: bool,
 ) -> Result<Tables, Error> {
     let err = |e| engine_error(e, map_size, dir);
     let mut wtxn = env.write_txn().map_err(err)?;
@@ -2337,10 +2608,28 @@ fn prepare_tables(
             || (found == ENCRYPTED_FORMAT_BEFORE_RECORDS && encrypted)
         {
             // No layout changes: a process of the older build that has the store open
-            // commits as it did, each commit durable by its own meta page.
+            // commits as it did, each commit durable by its own meta page. Not beside a
+            // relaxed handle (below).
+            if relaxed && lock_file.is_none_or(|f| f.used_elsewhere().unwrap_or(true)) {
+                return Err(Error::UpgradeNeedsExclusiveAccess { path: canonical(dir) });
+            }
             let now = if found == FORMAT_BEFORE_RECORDS { FORMAT_VERSION } else { ENCRYPTED_FORMAT_VERSION };
             tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &now.to_le_bytes()).map_err(err)?;
             add_record_area(&mut wtxn, &tables).map_err(err)?;
+        } else if (found == FORMAT_BEFORE_CHECKPOINTS && !encrypted)
+            || (found == ENCRYPTED_FORMAT_BEFORE_CHECKPOINTS && encrypted)
+        {
+            // No layout changes. A process of the older build that has the store open
+            // commits as it did, flushing each commit; but it takes no lock of a durability
+            // (`files::LockFile::mark_durability`), so a relaxed handle must not write beside it.
+            if relaxed && lock_file.is_none_or(|f| f.used_elsewhere().unwrap_or(true)) {
+                return Err(Error::UpgradeNeedsExclusiveAccess { path: canonical(dir) });
+            }
+            let now = if encrypted { ENCRYPTED_FORMAT_VERSION } else { FORMAT_VERSION };
+            tables.meta.put(&mut wtxn, meta_key::FORMAT_VERSION, &now.to_le_bytes()).map_err(err)?;
+            if tables.meta.get(&wtxn, meta_key::COMMIT_RECORDS).map_err(err)?.is_none() {
+                add_record_area(&mut wtxn, &tables).map_err(err)?;
+            }
         } else if ((found == FORMAT_VERSION && !encrypted)
             || (found == ENCRYPTED_FORMAT_VERSION && encrypted))
             && tables.meta.get(&wtxn, meta_key::COMMIT_RECORDS).map_err(err)?.is_none()
@@ -2812,11 +3101,17 @@ mod sys {
     /// an LMDB environment open on a lock file holds a shared one there. Asks only (`F_GETLK`):
     /// this process's own locks are neither reported nor changed.
     pub(super) fn first_byte_locked_elsewhere(file: &File) -> io::Result<bool> {
+        byte_locked_elsewhere(file, 0)
+    }
+
+    /// Whether another process holds a lock on byte `at` of `file`, as
+    /// [`first_byte_locked_elsewhere`] asks of the first.
+    pub(super) fn byte_locked_elsewhere(file: &File, at: i64) -> io::Result<bool> {
         // SAFETY: `flock` is plain integers; all zeros is a valid value.
         let mut range: libc::flock = unsafe { std::mem::zeroed() };
         range.l_type = libc::F_WRLCK as _;
         range.l_whence = libc::SEEK_SET as _;
-        range.l_start = 0;
+        range.l_start = at as _;
         range.l_len = 1;
         // SAFETY: `F_GETLK` on a descriptor `file` keeps open, with a pointer to an
         // initialized `flock` that outlives the call, which the kernel overwrites with the
@@ -2825,6 +3120,24 @@ mod sys {
             return Err(io::Error::last_os_error());
         }
         Ok(i32::from(range.l_type) != libc::F_UNLCK)
+    }
+
+    /// Takes a shared lock on byte `at` of `file`, without waiting: one that conflicts is
+    /// only ever exclusive, and no process takes those there. Held until the process closes
+    /// any descriptor of the file, or ends.
+    pub(super) fn lock_byte_shared(file: &File, at: i64) -> io::Result<()> {
+        // SAFETY: `flock` is plain integers; all zeros is a valid value.
+        let mut range: libc::flock = unsafe { std::mem::zeroed() };
+        range.l_type = libc::F_RDLCK as _;
+        range.l_whence = libc::SEEK_SET as _;
+        range.l_start = at as _;
+        range.l_len = 1;
+        // SAFETY: `F_SETLK` on a descriptor `file` keeps open, with a pointer to an
+        // initialized `flock` that outlives the call and that the kernel only reads.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &raw const range) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Gives the file `from` the name `to` too, unless `to` exists (`AlreadyExists`). A new
@@ -2991,6 +3304,7 @@ mod tests {
                 merkle_tree: false,
                 defer_meta_sync: false,
                 read_only: false,
+                relaxed: false,
             },
         )
         .unwrap();
@@ -3105,6 +3419,7 @@ mod tests {
                     merkle_tree: false,
                     defer_meta_sync: false,
                     read_only: false,
+                    relaxed: false,
                 },
             )
             .unwrap();
@@ -3143,6 +3458,7 @@ mod tests {
                 merkle_tree: false,
                 defer_meta_sync: false,
                 read_only: false,
+                relaxed: false,
             },
         )
         .unwrap();
@@ -3200,6 +3516,7 @@ mod tests {
                 merkle_tree: false,
                 defer_meta_sync: false,
                 read_only: false,
+                relaxed: false,
             },
         ) else {
             panic!("a value opened as a table");
@@ -3236,6 +3553,7 @@ mod tests {
                 merkle_tree: false,
                 defer_meta_sync: false,
                 read_only: false,
+                relaxed: false,
             },
         )
         .unwrap();
@@ -3262,6 +3580,90 @@ mod tests {
         assert_eq!(storage.reader_lag_unchecked().unwrap().map(|l| l.commits), Some(1));
         drop(views);
         assert_eq!(storage.reader_lag().unwrap(), None);
+    }
+
+    fn relaxed_storage(dir: &Path, relaxed: bool) -> Result<Storage, Error> {
+        Storage::open(
+            dir,
+            &StorageConfig {
+                map_size: 1 << 24,
+                max_readers: 20,
+                merkle_tree: false,
+                defer_meta_sync: true,
+                read_only: false,
+                relaxed,
+            },
+        )
+    }
+
+    /// Commits `n` puts of distinct keys, from `first`, without a flush of their own.
+    fn put_keys(storage: &Storage, first: u32, n: u32) {
+        for i in first..first + n {
+            let mut txn = storage.write_txn().unwrap();
+            storage.put(&mut txn, storage.tables.blobs, &i.to_be_bytes(), &[7; 600]).unwrap();
+            storage.commit_deferred(txn).unwrap();
+        }
+    }
+
+    fn keys(storage: &Storage) -> u64 {
+        storage.len(&storage.read_txn().unwrap(), storage.tables.blobs).unwrap()
+    }
+
+    /// Writes the newest checkpoint entry again as if under another boot: what an open finds
+    /// after the machine restarted.
+    fn as_if_restarted(dir: &Path) {
+        let entry = checkpoint::newest(dir).unwrap().unwrap();
+        let file = checkpoint::Checkpoints::open(dir).unwrap();
+        file.write(entry.txnid, entry.inode, [b'f'; checkpoint::BOOT_ID], &entry.meta).unwrap();
+        assert_eq!(checkpoint::newest(dir).unwrap().unwrap().boot, [b'f'; checkpoint::BOOT_ID]);
+    }
+
+    #[test]
+    fn a_restart_takes_a_relaxed_store_back_to_its_last_checkpoint_and_a_kill_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = relaxed_storage(dir.path(), true).unwrap();
+        put_keys(&storage, 0, 50);
+        storage.sync().unwrap();
+        // Past the checkpoint: replaced pages, freed ones, new ones, and a pin that keeps the
+        // checkpoint's from reuse.
+        put_keys(&storage, 50, 300);
+        let pinned = checkpoint::newest(dir.path()).unwrap().unwrap().txnid;
+        assert!(storage.reader_lag().unwrap().is_none(), "the pin is no read view");
+        drop(storage);
+        // A kill: the same boot, so the page cache holds every commit.
+        let storage = relaxed_storage(dir.path(), true).unwrap();
+        assert_eq!(keys(&storage), 350);
+        drop(storage);
+        assert_eq!(checkpoint::newest(dir.path()).unwrap().unwrap().txnid, pinned + 300);
+
+        let storage = relaxed_storage(dir.path(), true).unwrap();
+        put_keys(&storage, 350, 10);
+        storage.sync().unwrap();
+        put_keys(&storage, 360, 200);
+        drop(storage);
+        as_if_restarted(dir.path());
+        // A read-only open leaves the roll-back to an open for writing.
+        let read_only = Storage::open(
+            dir.path(),
+            &StorageConfig {
+                map_size: 1 << 24,
+                max_readers: 20,
+                merkle_tree: false,
+                defer_meta_sync: false,
+                read_only: true,
+                relaxed: false,
+            },
+        );
+        assert!(matches!(read_only, Err(Error::NeedsWriteOpen { .. })), "{:?}", read_only.err());
+        // Opened with immediate durability: rolled back, then the checkpoint file goes.
+        let storage = relaxed_storage(dir.path(), false).unwrap();
+        assert_eq!(keys(&storage), 360);
+        assert!(!dir.path().join(checkpoint::FILE).exists());
+        put_keys(&storage, 360, 5);
+        drop(storage);
+        crate::lmdb_file::verify_file(dir.path()).unwrap();
+        let storage = relaxed_storage(dir.path(), true).unwrap();
+        assert_eq!(keys(&storage), 365);
     }
 
     #[test]

@@ -104,6 +104,15 @@ impl Ahead {
         Ok(Grown::Grew)
     }
 
+    /// The bytes up to the end of LMDB's last page in use, as the last write transaction
+    /// found it (0 before the first).
+    pub(super) fn used(&self) -> u64 {
+        match self.used.load(Ordering::Relaxed) {
+            u64::MAX => 0,
+            used => used,
+        }
+    }
+
     /// A step for a file of `len` bytes: a sixteenth of it, within the bounds, in pages.
     fn step(&self, len: u64) -> u64 {
         (len / 16).clamp(MIN_STEP, MAX_STEP) / self.page_size * self.page_size

@@ -107,6 +107,18 @@ fn lock_dir(dir: &Path, wait: bool) -> io::Result<Option<File>> {
     }
 }
 
+/// Byte of `lock.mdb` that every process using the store with `Durability::Relaxed` holds
+/// shared; [`IMMEDIATE_BYTE`], every other process writing to it.
+const RELAXED_BYTE: i64 = 1 << 40;
+const IMMEDIATE_BYTE: i64 = RELAXED_BYTE + 1;
+
+/// The directory's lock, held by the part of an open for writing that may roll the store
+/// back to a checkpoint, up to the open's own first checkpoint: another open waits, and
+/// never maps a file being rolled back, nor finds a checkpoint that is about to be replaced.
+pub(super) fn lock_dir_for_open(dir: &Path) -> io::Result<File> {
+    lock_dir(dir, true)?.ok_or_else(|| io::Error::other("the directory lock was not taken"))
+}
+
 /// Removes what builds of processes that died left in `dir`, unless a build is under way
 /// (its process holds the directory's lock). Best effort: what cannot be removed now is
 /// tried again at the next open.
@@ -330,6 +342,20 @@ impl LockFile {
         sys::first_byte_locked_elsewhere(&self.file)
     }
 
+    /// Marks this process's use of the store as relaxed or not (a shared lock on a byte of
+    /// the lock file far past LMDB's, whose reader locks sit at offsets that are process
+    /// ids), and tells whether another process uses it the other way. Relaxed commits are
+    /// not flushed, and a power loss takes the store back to their last checkpoint: an
+    /// immediate commit of another process made after that checkpoint would be lost with
+    /// them. Asked under the directory's lock ([`lock_dir_for_open`]), so that two opens
+    /// cannot both find the other way free.
+    pub(super) fn mark_durability(&self, relaxed: bool) -> io::Result<bool> {
+        let (mine, other) =
+            if relaxed { (RELAXED_BYTE, IMMEDIATE_BYTE) } else { (IMMEDIATE_BYTE, RELAXED_BYTE) };
+        sys::lock_byte_shared(&self.file, mine)?;
+        sys::byte_locked_elsewhere(&self.file, other)
+    }
+
     pub(super) fn open_backed(dir: &Path, size: u64) -> Result<LockFile, Error> {
         let io = |e| io_error(e, dir);
         let path = dir.join(LOCK_FILE);
@@ -348,7 +374,9 @@ impl LockFile {
 
     /// The oldest reader in the reader table, and how many commits it is behind the last.
     /// Slots of processes that died count until LMDB clears them.
-    pub(super) fn oldest_reader(&self) -> io::Result<Option<ReaderLag>> {
+    /// `skip`: the transaction id of this process's checkpoint pin, a reader slot of the
+    /// store's own and no read view (one slot at that id is passed over).
+    pub(super) fn oldest_reader(&self, mut skip: Option<u64>) -> io::Result<Option<ReaderLag>> {
         let layout = layout();
         // LMDB stores each slot's fields as whole aligned words, but a read through the
         // page cache is a copy, which may see a word half written: a slot counts only when
@@ -366,6 +394,10 @@ impl LockFile {
             // A free slot has no process; an idle one (kept by a thread between
             // transactions) has the all-ones transaction id.
             if pid == 0 || txnid == u64::MAX >> (64 - 8 * WORD) {
+                continue;
+            }
+            if skip.is_some_and(|s| s == txnid) && u32::try_from(pid).is_ok_and(|p| p == std::process::id()) {
+                skip = None;
                 continue;
             }
             if oldest.is_none_or(|(t, _)| txnid < t) {

@@ -387,6 +387,7 @@ impl Options {
                 // `Durability::Immediate`; see `writer::durable`).
                 defer_meta_sync: true,
                 read_only: self.read_only,
+                relaxed: self.durability == Durability::Relaxed && !self.read_only,
             },
         )?);
         let opened = crate::key_record::open(

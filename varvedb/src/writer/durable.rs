@@ -7,9 +7,10 @@
 //! power loss takes the meta page. A commit without one is durable after the next flush:
 //! with [`Durability::Immediate`] the writer holds its group's answers until then (pipelined
 //! group commit): under load the next group's commit carries them, and when no request
-//! waits the writer flushes at once. With [`Durability::Relaxed`] the answers go out at once,
-//! and the writer flushes on its own only once no request has come for
-//! [`RELAXED_IDLE_FLUSH`]. The reasoning is in `docs/design.md` ("Durability").
+//! waits the writer flushes at once. With [`Durability::Relaxed`] commits flush nothing and
+//! the answers go out at once; the writer thread makes a checkpoint (`storage/checkpoint.rs`)
+//! [`RELAXED_CHECKPOINT_INTERVAL`] after the first commit it has not covered. The reasoning
+//! is in `docs/design.md` ("Durability").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,24 +40,30 @@ pub enum Durability {
     /// the next flush, which under load is the next group's.
     #[default]
     Immediate,
-    /// A write returns once its commit is in force (readers see it) and its events are on
-    /// disk, before the small write that makes the commit the store's current state is
-    /// flushed. For a commit of up to 64 KiB of changes that is as durable as
-    /// [`Durability::Immediate`]: its record, flushed with its events, stands in for that
-    /// write. For a larger one, that write is flushed with the next commit, or after
-    /// [`RELAXED_IDLE_FLUSH`](crate::RELAXED_IDLE_FLUSH) without writes, or by
-    /// [`Varve::sync`](crate::Varve::sync), or when the store closes. A power loss (or an
-    /// operating system crash) may therefore lose the last commit acknowledged before it,
-    /// with every write of its group, but never part of a commit, never a commit while a
-    /// later one stays, and it never leaves the store damaged. A crash of the process alone
-    /// loses nothing acknowledged. For stores that would otherwise be run like `SQLite`'s
-    /// `synchronous=NORMAL` and write large commits: one flush per commit instead of two.
+    /// A write returns once its commit is in force (readers see it), before anything of it
+    /// is flushed: commits flush nothing. The store is made durable by *checkpoints*, in the
+    /// background [`RELAXED_CHECKPOINT_INTERVAL`](crate::RELAXED_CHECKPOINT_INTERVAL) after
+    /// the first commit not yet covered, by [`Varve::sync`](crate::Varve::sync), by shreds
+    /// and key rotations, by the commits of projections and processors, and when the store
+    /// closes. A power loss (or a crash of the operating system) takes the store back to its
+    /// last checkpoint: it may lose the commits acknowledged since, with every write of
+    /// their groups, but never part of a commit, never a commit while a later one stays, and
+    /// it never leaves the store damaged. A crash of the process alone loses nothing
+    /// acknowledged: the operating system still holds every commit. For stores that would
+    /// otherwise be run like `SQLite`'s `synchronous=NORMAL`.
+    ///
+    /// Relaxed and immediate handles do not share a store: while a process has it open for
+    /// writing with one, an open for writing with the other is
+    /// [`Error::DurabilityInUse`](crate::Error::DurabilityInUse). Between checkpoints the
+    /// file grows by the pages commits replace, up to 64 MiB before a commit makes a
+    /// checkpoint of its own; a checkpoint lets LMDB reuse them.
     Relaxed,
 }
 
-/// How long a store with [`Durability::Relaxed`] leaves its last commit unflushed while no
-/// write comes.
-pub const RELAXED_IDLE_FLUSH: Duration = Duration::from_millis(10);
+/// How long a store with [`Durability::Relaxed`] leaves a commit before a checkpoint makes
+/// it durable: the most a power loss can take back of a steady stream of writes, plus the
+/// checkpoint's own flushes.
+pub const RELAXED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The answers of one group, and what they wait for.
 struct Held {
@@ -70,9 +77,8 @@ struct Held {
 pub(super) struct Answers {
     durability: Durability,
     held: Vec<Held>,
-    /// When the last commit was made, in relaxed mode, while it is not durable: the idle
-    /// flush comes [`RELAXED_IDLE_FLUSH`] after it. Under steady load each commit's data
-    /// flush carries the one before, and no flush of its own is needed.
+    /// When the first commit not yet durable was made, in relaxed mode: the checkpoint comes
+    /// [`RELAXED_CHECKPOINT_INTERVAL`] after it.
     unflushed_since: Option<Instant>,
 }
 
@@ -96,7 +102,9 @@ impl Answers {
         match self.durability {
             Durability::Immediate => self.held.push(Held { ticket, answers, seq: committed_seq }),
             Durability::Relaxed => {
-                if !storage.is_durable(ticket) {
+                // The checkpoint comes at most an interval after the first commit it covers,
+                // under a steady stream of commits too.
+                if !storage.is_durable(ticket) && self.unflushed_since.is_none() {
                     self.unflushed_since = Some(Instant::now());
                 }
                 // Subscribers see what is acknowledged.
@@ -113,9 +121,18 @@ impl Answers {
         match self.durability {
             Durability::Immediate => (!self.held.is_empty()).then_some(Duration::ZERO),
             Durability::Relaxed => {
-                self.unflushed_since.map(|since| RELAXED_IDLE_FLUSH.saturating_sub(since.elapsed()))
+                self.unflushed_since.map(|since| RELAXED_CHECKPOINT_INTERVAL.saturating_sub(since.elapsed()))
             }
         }
+    }
+
+    /// After a relaxed handle's checkpoint, begun when `last` was the last ticket: the next
+    /// one is due an interval after the first commit it did not cover.
+    pub(super) fn checkpointed(&mut self, storage: &Storage, last: Ticket) {
+        self.unflushed_since = match self.unflushed_since {
+            Some(_) if storage.last_ticket() != last || !storage.is_durable(last) => Some(Instant::now()),
+            _ => None,
+        };
     }
 
     /// Drops every held answer (their writers get `WriterStopped`): the writer is gone.

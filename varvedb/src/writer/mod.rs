@@ -30,7 +30,7 @@ mod keys;
 mod plan;
 
 use durable::Answers;
-pub use durable::{Durability, RELAXED_IDLE_FLUSH};
+pub use durable::{Durability, RELAXED_CHECKPOINT_INTERVAL};
 use head_cache::HeadCache;
 pub(crate) use import::import;
 use index_order::{HeadValues, IndexOrder};
@@ -164,6 +164,9 @@ struct Shared {
     /// The process that opened the store. A forked child inherits the handle but not the
     /// right to use LMDB's environment: its writer refuses every request.
     pid: u32,
+    /// The storage of a relaxed handle, whose timed checkpoints the writer thread makes
+    /// without the writer's state (`None` with [`Durability::Immediate`]).
+    relaxed: Option<Arc<Storage>>,
 }
 
 impl Shared {
@@ -265,7 +268,9 @@ impl Shared {
             // the held answers, as the next group's always does, and it settles after.
             return;
         }
-        if state.answers.patience().is_some_and(|p| p.is_zero()) {
+        // A relaxed handle's checkpoint is the writer thread's, made beside the leaders'
+        // commits (`Task::Flush`).
+        if self.relaxed.is_none() && state.answers.patience().is_some_and(|p| p.is_zero()) {
             state.answers.flush(&state.storage, &state.watch);
         }
         let due = state.answers.patience().map(|p| Instant::now() + p);
@@ -330,6 +335,15 @@ impl Shared {
             match task {
                 Task::Lead => self.lead(false),
                 Task::Flush => {
+                    if let Some(storage) = &self.relaxed {
+                        // Without the writer's state: leaders go on committing meanwhile,
+                        // and the checkpoint covers the commits made before it began. A
+                        // failed one stops the storage, which the next commit reports.
+                        let last = storage.last_ticket();
+                        drop(storage.sync());
+                        let state = &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                        state.answers.checkpointed(storage, last);
+                    }
                     self.settle(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner), false);
                 }
                 Task::Close => {
@@ -387,12 +401,14 @@ impl Writer {
             last_group_len: 1,
         };
         state.last_timestamp = state.last_stored_timestamp()?;
+        let relaxed = (state.config.durability == Durability::Relaxed).then(|| Arc::clone(&state.storage));
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             arrivals: Condvar::new(),
             state: Mutex::new(state),
             pid: std::process::id(),
+            relaxed,
         });
         let running = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {

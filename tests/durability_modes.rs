@@ -1,0 +1,101 @@
+//! Relaxed and immediate handles of one store, across processes: they never write it at
+//! once, and each leaves the store as the other needs it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+
+use varvedb::{Durability, Error, ExpectedVersion, NewEvent, Options};
+
+const HOLD: &str = "VARVEDB_DURABILITY_HOLD_STORE";
+const HOLD_RELAXED: &str = "VARVEDB_DURABILITY_HOLD_RELAXED";
+
+fn durability(relaxed: bool) -> Durability {
+    if relaxed { Durability::Relaxed } else { Durability::Immediate }
+}
+
+fn append(db: &varvedb::Varve, stream: u128) {
+    db.append(stream, ExpectedVersion::Auto, [NewEvent::new("noted", b"x".to_vec())]).unwrap();
+}
+
+/// Another process that opens the store in `dir` for writing with the given durability,
+/// appends, and keeps it open until its stdin closes.
+fn holder(dir: &std::path::Path, relaxed: bool) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["handles_of_the_two_durabilities_never_write_a_store_at_once", "--exact", "--nocapture"])
+        .env(HOLD, dir)
+        .env(HOLD_RELAXED, if relaxed { "1" } else { "0" })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("ready") {
+        said.clear();
+        assert!(out.read_line(&mut said).unwrap() > 0, "the holder ended");
+    }
+    // Its output is kept open until it ends: the test harness prints after the test.
+    (child, out)
+}
+
+fn hold_and_wait() {
+    let dir = std::env::var_os(HOLD).unwrap();
+    let relaxed = std::env::var(HOLD_RELAXED).unwrap() == "1";
+    let db = Options::new().durability(durability(relaxed)).open(&dir).unwrap();
+    append(&db, 9);
+    println!("ready");
+    std::io::stdin().read_to_end(&mut Vec::new()).unwrap();
+    drop(db);
+}
+
+#[test]
+fn handles_of_the_two_durabilities_never_write_a_store_at_once() {
+    if std::env::var_os(HOLD).is_some() {
+        hold_and_wait();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for held in [true, false] {
+        let (mut other, _out) = holder(dir.path(), held);
+        let e = Options::new().durability(durability(!held)).open(dir.path()).unwrap_err();
+        let expected = if held { "relaxed" } else { "immediate" };
+        assert!(matches!(e, Error::DurabilityInUse { other, .. } if other == expected), "{e:?}");
+        // The same durability shares the store; a read-only open needs none.
+        let same = Options::new().durability(durability(held)).open(dir.path()).unwrap();
+        append(&same, 1);
+        drop(same);
+        let reader = Options::new().read_only(true).open(dir.path()).unwrap();
+        assert!(reader.begin_read().unwrap().last_seq().unwrap() > 0);
+        drop(reader);
+        drop(other.stdin.take());
+        assert!(other.wait().unwrap().success());
+        // With the other process gone, the other durability opens it.
+        let db = Options::new().durability(durability(!held)).open(dir.path()).unwrap();
+        append(&db, 2);
+        drop(db);
+    }
+    let db = Options::new().open(dir.path()).unwrap();
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.last_seq().unwrap(), 6);
+    view.check_integrity().unwrap();
+}
+
+#[test]
+fn a_relaxed_handle_checkpoints_and_an_immediate_one_removes_the_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoint");
+    let db = Options::new().durability(Durability::Relaxed).open(dir.path()).unwrap();
+    assert!(checkpoints.exists(), "a relaxed open makes a checkpoint before its first commit");
+    let before = std::fs::read(&checkpoints).unwrap();
+    for i in 0..100 {
+        append(&db, i % 7);
+    }
+    db.sync().unwrap();
+    assert_ne!(std::fs::read(&checkpoints).unwrap(), before, "a sync writes a checkpoint");
+    // The checkpoint's pin is a reader of the store's own, not a read view that lags.
+    assert_eq!(db.reader_lag().unwrap(), None);
+    drop(db);
+    let db = Options::new().open(dir.path()).unwrap();
+    assert!(!checkpoints.exists(), "an immediate handle flushes every commit: no checkpoint to go back to");
+    assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 100);
+}
