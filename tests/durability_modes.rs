@@ -99,3 +99,54 @@ fn a_relaxed_handle_checkpoints_and_an_immediate_one_removes_the_checkpoints() {
     assert!(!checkpoints.exists(), "an immediate handle flushes every commit: no checkpoint to go back to");
     assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 100);
 }
+
+/// Relaxed appends from several threads, with `sync` from another and payloads large enough
+/// that commits make checkpoints of their own: every append is answered, every event is
+/// there, and the file stays within a bound of what it holds.
+#[test]
+fn relaxed_writers_syncs_and_checkpoints_of_commits_run_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(
+        Options::new().durability(Durability::Relaxed).map_size(1 << 31).open(dir.path()).unwrap(),
+    );
+    let per_thread = 150u32;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3u32)
+            .map(|t| {
+                let db = &db;
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        // Unique, so that no blob is shared: 256 KiB of pages per append.
+                        let mut payload = vec![0u8; 256 * 1024];
+                        payload[..8].copy_from_slice(&(u64::from(t) << 32 | u64::from(i)).to_le_bytes());
+                        db.append(u128::from(t), ExpectedVersion::Exact(i), [NewEvent::new("big", payload)])
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let syncer = s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                db.sync().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+        });
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        syncer.join().unwrap();
+    });
+    let view = db.begin_read().unwrap();
+    assert_eq!(view.last_seq().unwrap(), 3 * u64::from(per_thread));
+    for t in 0..3u128 {
+        assert_eq!(view.stream_version(t).unwrap(), Some(per_thread));
+    }
+    view.check_integrity().unwrap();
+    drop(view);
+    let held = 3 * u64::from(per_thread) * 256 * 1024;
+    let len = std::fs::metadata(dir.path().join("data.mdb")).unwrap().len();
+    // What the events hold, plus what a pin keeps between checkpoints, twice over.
+    assert!(len < held + 4 * (64 << 20), "data.mdb is {len} bytes for {held} of payloads");
+}

@@ -933,7 +933,8 @@ struct Relaxed {
     data: std::fs::File,
     inode: u64,
     boot: [u8; checkpoint::BOOT_ID],
-    /// One checkpoint at a time in this process.
+    /// One checkpoint at a time in this process. Taken after the gate and LMDB's write
+    /// lock, and held through the flushes without them.
     busy: Mutex<()>,
     /// The read transaction of this handle's last checkpoint, and its transaction id: no
     /// commit reuses a page of that snapshot, or of any later one, while it lives.
@@ -976,9 +977,11 @@ impl Relaxed {
         lock: impl FnOnce() -> Result<G, Error>,
         next_txnid: impl FnOnce(&G) -> u64,
     ) -> Result<(), Error> {
-        let _one = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (pin, txnid, meta) = {
+        let (pin, txnid, meta, _one) = {
             let held = lock()?;
+            // After the gate and LMDB's lock, whose holders may be waiting for a checkpoint:
+            // one in its flushes holds neither.
+            let one = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let txnid = next_txnid(&held).saturating_sub(1);
             let meta = crate::lmdb_file::meta_copy(&self.data, txnid)?
                 .ok_or(Error::Internal("the last commit's meta page is not in the file"))?;
@@ -987,7 +990,7 @@ impl Relaxed {
                 return Err(Error::Internal("a checkpoint's pin is not on the last commit"));
             }
             drop(held);
-            (pin, txnid, meta)
+            (pin, txnid, meta, one)
         };
         // Every page of the snapshot was written before the pin began: this flush carries it.
         env.force_sync().map_err(|e| engine_error(e, map_size, dir))?;
@@ -3664,6 +3667,46 @@ mod tests {
         crate::lmdb_file::verify_file(dir.path()).unwrap();
         let storage = relaxed_storage(dir.path(), true).unwrap();
         assert_eq!(keys(&storage), 365);
+    }
+
+    #[test]
+    fn relaxed_checkpoints_from_syncs_commits_and_the_writer_never_wait_on_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(relaxed_storage(dir.path(), true).unwrap());
+        let (done, finished) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..3)
+            .map(|role| {
+                let storage = std::sync::Arc::clone(&storage);
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200u32 {
+                        match role {
+                            // The writer's commits, which flush nothing.
+                            0 => put_keys(&storage, i, 1),
+                            // A step of a projection: its commit makes a checkpoint, under
+                            // the gate.
+                            1 => {
+                                let mut txn = storage.write_txn().unwrap();
+                                storage
+                                    .put(&mut txn, storage.tables.checkpoints, b"p", &i.to_le_bytes())
+                                    .unwrap();
+                                storage.commit(txn).unwrap();
+                            }
+                            // `Varve::sync` and the writer thread's timed checkpoint.
+                            _ => storage.sync().unwrap(),
+                        }
+                    }
+                    done.send(()).unwrap();
+                })
+            })
+            .collect();
+        for _ in 0..3 {
+            finished.recv_timeout(std::time::Duration::from_secs(120)).expect("no thread waits forever");
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(keys(&storage), 200);
     }
 
     #[test]
