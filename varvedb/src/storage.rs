@@ -941,6 +941,18 @@ struct Relaxed {
     pin: Mutex<Option<(RoTxn<'static, WithoutTls>, u64)>>,
     /// The bytes up to LMDB's last page in use in the pinned snapshot.
     pinned_used: std::sync::atomic::AtomicU64,
+    /// The process that opened the store: a forked child's copy of the pin is its
+    /// parent's reader slot, which ending the pin there would free.
+    pid: u32,
+}
+
+impl Drop for Relaxed {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            let pin = self.pin.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            std::mem::forget(pin);
+        }
+    }
 }
 
 impl Relaxed {
@@ -959,6 +971,7 @@ impl Relaxed {
             busy: Mutex::new(()),
             pin: Mutex::new(None),
             pinned_used: std::sync::atomic::AtomicU64::new(0),
+            pid: std::process::id(),
         })
     }
 
@@ -1019,7 +1032,8 @@ fn needs_roll_back(dir: &Path, lock_file: &files::LockFile) -> Result<bool, Erro
 /// Takes the store back to its last checkpoint if it needs it ([`needs_roll_back`]): the
 /// checkpoint's meta page is written over both of LMDB's, and flushed. Every commit after
 /// the checkpoint is gone, whole; the checkpoint's pages were kept from reuse until a later
-/// checkpoint was durable. Under the directory's lock, before LMDB maps the file.
+/// checkpoint was durable. Under the opens' lock (`LockFile::begin_open`), before LMDB maps
+/// the file.
 fn roll_back_to_checkpoint(dir: &Path, lock_file: &files::LockFile) -> Result<(), Error> {
     if !needs_roll_back(dir, lock_file)? {
         return Ok(());
@@ -1102,8 +1116,9 @@ impl Storage {
             })?;
         }
         let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
-        // Held up to this open's first checkpoint, or its removal of the last one.
-        let dir_lock = files::lock_dir_for_open(path).map_err(|e| io_error(e, path))?;
+        // Held up to this open's first checkpoint, or its removal of the last one; an error
+        // releases it with the descriptor.
+        lock_file.begin_open().map_err(|e| io_error(e, path))?;
         if lock_file.mark_durability(config.relaxed).map_err(|e| io_error(e, path))? {
             let other = if config.relaxed { "immediate" } else { "relaxed" };
             return Err(Error::DurabilityInUse { path: canonical(path), other });
@@ -1202,7 +1217,7 @@ impl Storage {
             // The commits of this open (an upgrade, a record applied) are in the checkpoint.
             storage.sync()?;
         }
-        drop(dir_lock);
+        storage.lock_file.end_open().map_err(|e| io_error(e, path))?;
         Ok(storage)
     }
 
@@ -2495,8 +2510,8 @@ fn open_env(
     // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`;
     // `NO_LOCK` only for a private build, `NO_META_SYNC` and `NO_SYNC` only delay or drop a
     // flush, above). A roll-back to a checkpoint writes LMDB's meta pages before any process
-    // maps the file (`roll_back_to_checkpoint`, under the directory's lock, when no other
-    // process has the store open). The store's own writes to `data.mdb` are of two kinds. Zeros past LMDB's last
+    // maps the file (`roll_back_to_checkpoint`, under the opens' lock, when no other process
+    // has the store open). The store's own writes to `data.mdb` are of two kinds. Zeros past LMDB's last
     // page (`storage/ahead.rs`), under its write lock: no snapshot reaches them, and LMDB
     // writes there later as into any page of its own. And commit records (`storage/redo.rs`)
     // into the overflow pages of one value of `meta`, which LMDB never writes after its

@@ -112,13 +112,6 @@ fn lock_dir(dir: &Path, wait: bool) -> io::Result<Option<File>> {
 const RELAXED_BYTE: i64 = 1 << 40;
 const IMMEDIATE_BYTE: i64 = RELAXED_BYTE + 1;
 
-/// The directory's lock, held by the part of an open for writing that may roll the store
-/// back to a checkpoint, up to the open's own first checkpoint: another open waits, and
-/// never maps a file being rolled back, nor finds a checkpoint that is about to be replaced.
-pub(super) fn lock_dir_for_open(dir: &Path) -> io::Result<File> {
-    lock_dir(dir, true)?.ok_or_else(|| io::Error::other("the directory lock was not taken"))
-}
-
 /// Removes what builds of processes that died left in `dir`, unless a build is under way
 /// (its process holds the directory's lock). Best effort: what cannot be removed now is
 /// tried again at the next open.
@@ -347,8 +340,22 @@ impl LockFile {
     /// ids), and tells whether another process uses it the other way. Relaxed commits are
     /// not flushed, and a power loss takes the store back to their last checkpoint: an
     /// immediate commit of another process made after that checkpoint would be lost with
-    /// them. Asked under the directory's lock ([`lock_dir_for_open`]), so that two opens
+    /// them. Asked under [`LockFile::begin_open`]'s lock, so that two opens
     /// cannot both find the other way free.
+    /// Takes this descriptor's `flock` on the lock file (independent of LMDB's `fcntl`
+    /// locks on it), held by the part of an open for writing that may roll the store back to
+    /// a checkpoint, up to the open's own first checkpoint: another open for writing waits,
+    /// and never maps a file being rolled back, nor finds a checkpoint about to be replaced.
+    /// Released by [`LockFile::end_open`], or when the descriptor closes.
+    pub(super) fn begin_open(&self) -> io::Result<()> {
+        self.file.lock()
+    }
+
+    /// Releases the lock of [`LockFile::begin_open`].
+    pub(super) fn end_open(&self) -> io::Result<()> {
+        self.file.unlock()
+    }
+
     pub(super) fn mark_durability(&self, relaxed: bool) -> io::Result<bool> {
         let (mine, other) =
             if relaxed { (RELAXED_BYTE, IMMEDIATE_BYTE) } else { (IMMEDIATE_BYTE, RELAXED_BYTE) };
