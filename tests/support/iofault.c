@@ -23,6 +23,12 @@
  *                   acknowledgements into the same ordered stream as its I/O.
  *   IOFAULT_PAGE_SIZE  the page size `metawrite` counts pages in; default the system's
  *                   (which is LMDB's page size).
+ *   IOFAULT_BOOT_ID a fake boot id: an open of exactly /proc/sys/kernel/random/boot_id
+ *                   (through any of the open calls below) returns a new read-only descriptor
+ *                   of an anonymous file holding this value and a newline, as the kernel's
+ *                   file holds the real one. Lets a process see another boot than the one
+ *                   that wrote a store (a power loss between them). Works with or without a
+ *                   log or faults.
  *   IOFAULT_LOG     path of the binary log to write (created, appended to). Unset: no log.
  *                   With a log, calls the shim does not model (below) abort the process
  *                   when they touch a watched file, instead of letting it pass unrecorded.
@@ -80,19 +86,20 @@
  * device and inode, so all descriptors and names of a file (LMDB opens data.mdb twice; a
  * file built under a temporary name is linked into place) share an id.
  *
- * Intercepted: open, open64, openat, openat64, creat, creat64 (and the _2 fortified
- * forms), close, dup, dup2, dup3, fcntl and fcntl64 (F_DUPFD*, F_SETFL), write, pwrite,
- * pwrite64, writev, pwritev, pwritev64, pwritev2, pwritev64v2, fsync, fdatasync,
- * ftruncate, ftruncate64, mkdir, mkdirat, rmdir, link, linkat, unlink, unlinkat, remove,
- * rename, renameat, renameat2. Refused while logging (the process aborts with a message):
- * on a data file O_APPEND, a writable shared mmap, sync_file_range, fallocate,
- * posix_fallocate, copy_file_range, sendfile, splice, truncate by path, and any write or
- * flush through a descriptor the shim did not see opened; on any watched file a rename that
- * replaces or exchanges, a link by descriptor (AT_EMPTY_PATH) of a file with no name left;
- * a watched name given to, or taken from, a file the shim has not seen opened (one that
- * existed before); a rename of a directory; and sync and syncfs while watched files are
- * open. Calls made inside libc itself (stdio) are not seen by any LD_PRELOAD shim; do not
- * use stdio on watched files.
+ * Intercepted: open, open64, openat, openat64, creat, creat64 (and the _2 fortified forms),
+ * close, dup, dup2, dup3, fcntl and fcntl64 (F_DUPFD*, F_SETFL), write, pwrite, pwrite64,
+ * writev, pwritev, pwritev64, pwritev2, pwritev64v2, fsync, fdatasync, ftruncate,
+ * ftruncate64, mkdir, mkdirat, rmdir, link, linkat, unlink, unlinkat, remove, rename,
+ * renameat, renameat2 (the opens also for IOFAULT_BOOT_ID). Refused while logging (the
+ * process aborts with a message): on a data file O_APPEND, a writable shared mmap,
+ * sync_file_range, fallocate, posix_fallocate, copy_file_range, sendfile, splice, truncate
+ * by path, and any write or flush through a descriptor the shim did not see opened; on any
+ * watched file a rename that replaces or exchanges, a link by descriptor (AT_EMPTY_PATH) of
+ * a file with no name left; a watched name given to, or taken from, a file the shim has not
+ * seen opened (one that existed before); a data file's name given to a name file (its
+ * contents were not recorded); a rename of a directory; and sync and syncfs while watched
+ * files are open. Calls made inside libc itself (stdio) are not seen by any LD_PRELOAD
+ * shim; do not use stdio on watched files.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -183,6 +190,7 @@ static int logfd = -1;
 static int active; /* a log or a fault: anything to do at all */
 static unsigned long long page_size; /* for OP_METAWRITE */
 static int dead;   /* a `dies` fault fired: every later write and flush of a data file fails */
+static const char *boot_id; /* IOFAULT_BOOT_ID, or NULL */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -350,6 +358,9 @@ static void init(void)
 	page_size = ps && *ps ? strtoull(ps, NULL, 10) : (unsigned long long)(sys > 0 ? sys : 4096);
 	if (page_size == 0)
 		die("bad IOFAULT_PAGE_SIZE", ps);
+	const char *b = getenv("IOFAULT_BOOT_ID");
+	if (b && *b)
+		boot_id = strdup(b);
 	const char *f = getenv("IOFAULT_FAIL");
 	if (f && *f)
 		parse_faults(f);
@@ -557,9 +568,47 @@ static void opened(int fd, const char *path, int flags, int existed, int kind)
 	fds[fd].file = id;
 }
 
+#define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
+
+/* The fake boot id file: an anonymous file holding IOFAULT_BOOT_ID and a newline, its
+ * position at the start. Opened read-only through /proc/self/fd, so a write to it fails as
+ * one to the kernel's file would. */
+static int open_boot_id(int flags)
+{
+	int mem = memfd_create("iofault-boot-id", MFD_CLOEXEC);
+	if (mem < 0)
+		return -1;
+	size_t n = strlen(boot_id);
+	char *text = malloc(n + 1);
+	if (!text) {
+		real_close(mem);
+		errno = ENOMEM;
+		return -1;
+	}
+	memcpy(text, boot_id, n);
+	text[n] = '\n';
+	ssize_t w = real_pwrite(mem, text, n + 1, 0);
+	free(text);
+	if (w != (ssize_t)(n + 1)) {
+		real_close(mem);
+		errno = EIO;
+		return -1;
+	}
+	char self[64];
+	snprintf(self, sizeof self, "/proc/self/fd/%d", mem);
+	int fd = real_openat(AT_FDCWD, self, O_RDONLY | (flags & O_CLOEXEC), 0);
+	int saved = errno;
+	real_close(mem);
+	errno = saved;
+	return fd;
+}
+
 static int do_open(int dirfd, const char *path, int flags, mode_t mode)
 {
 	INIT();
+	/* The kernel's file is read-only: any other access mode gets the real file's answer. */
+	if (boot_id && path && !strcmp(path, BOOT_ID_PATH) && (flags & O_ACCMODE) == O_RDONLY)
+		return open_boot_id(flags);
 	int kind = path ? kind_of_name(path) : FD_NONE;
 	if (!active || kind == FD_NONE)
 		return real_openat(dirfd, path, flags, mode);
@@ -1011,6 +1060,14 @@ int rmdir(const char *path) { return do_rmdir(AT_FDCWD, path); }
 
 /* ---- names ---- */
 
+/* Refuses, while logging, a data file's name given to a name file: its contents were not
+ * recorded, so the crash states could not hold them. */
+static void refuse_name_file_as_data(int file, const char *to, const char *call)
+{
+	if (logfd >= 0 && file >= 0 && files[file].kind == FD_NAME && listed(to, watch, nwatch))
+		die("not modelled: a data file's name given to a name file, by ", call);
+}
+
 /* Refuses, while logging, a watched name that belongs to no file the shim has seen: the
  * crash states know nothing of such a file. */
 static void refuse_unseen(const char *path, const char *call)
@@ -1077,6 +1134,7 @@ static int do_link(int fromfd, const char *from, int tofd, const char *to, int f
 				die("not modelled: a link of a watched file with no name left", NULL);
 	}
 	char full[PATH_MAX] = "";
+	refuse_name_file_as_data(file, to, "link");
 	if (file < 0)
 		refuse_unseen(to, "link");
 	else if (logfd >= 0 && abs_path_at(tofd, to, full, sizeof full) != 0)
@@ -1116,6 +1174,7 @@ static int do_rename(int fromfd, const char *from, int tofd, const char *to, uns
 	if (logfd >= 0) {
 		if (fstatat(fromfd, from, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
 			die("not modelled while logging: a rename of a directory: ", from);
+		refuse_name_file_as_data(file, to, "rename");
 		if (file < 0) {
 			refuse_unseen(from, "rename");
 			refuse_unseen(to, "rename");

@@ -11,6 +11,8 @@
 //! - `IOFAULT_NAMES=lock.mdb:.tmp-*` the name files: names watched, contents not;
 //! - `IOFAULT_MARKER=acks` marker files: each write to one is logged as a [`Op::Mark`] with
 //!   its bytes, so a child can put its acknowledgements into the op stream;
+//! - `IOFAULT_BOOT_ID=<id>` an open of `/proc/sys/kernel/random/boot_id` reads this id and a
+//!   newline, so a child sees another boot than the one that wrote a store;
 //! - `IOFAULT_LOG=/path/log` record into this log;
 //! - `IOFAULT_FAIL=OP:N:KIND[,…]` inject faults: OP is `write`, `pwrite`, `writev`,
 //!   `pwritev`, `syncwrite` (a write through an `O_DSYNC` descriptor), `metawrite` (a write
@@ -78,6 +80,7 @@ pub struct Mode {
     markers: Vec<String>,
     log: Option<PathBuf>,
     faults: Vec<String>,
+    boot_id: Option<String>,
 }
 
 impl Mode {
@@ -123,6 +126,13 @@ impl Mode {
         self
     }
 
+    /// Shows the child `id` as the machine's boot id, in place of the real one.
+    #[must_use]
+    pub fn boot_id(mut self, id: &str) -> Self {
+        self.boot_id = Some(id.to_owned());
+        self
+    }
+
     /// Runs `cmd` under the shim in this mode (builds the shim if needed).
     pub fn apply(&self, cmd: &mut Command) {
         cmd.env("LD_PRELOAD", shim());
@@ -146,6 +156,10 @@ impl Mode {
         } else {
             cmd.env("IOFAULT_FAIL", self.faults.join(","));
         }
+        match &self.boot_id {
+            Some(id) => cmd.env("IOFAULT_BOOT_ID", id),
+            None => cmd.env_remove("IOFAULT_BOOT_ID"),
+        };
     }
 }
 
