@@ -2,18 +2,21 @@
 //! keeps only what was flushed, plus whatever else the disk happened to write.
 //!
 //! A child process runs a workload on a new store under the I/O shim (`support/iofault.c`),
-//! which logs every write and flush of the store's data files, every name given to or taken
-//! from them and from the lock files (links, unlinks, renames), directories made, removed and
-//! synced, and the child's acknowledgements, in the order they completed. From that log this
-//! test builds crash states: for a cut after any op, each file holds what its last completed
-//! flush before the cut made durable, and each later write (the one in flight at the cut
-//! too) is lost, kept, or torn at 512-byte sectors (a prefix or any subset of its sectors),
-//! applied in random order. A name made or removed during the run (a file's, a directory's)
-//! is as the last sync of its directory left it, or by chance as the run left it: a new name
-//! may be missing, a removed one back. Each state is opened in another child process, which
-//! must open the store, pass `check_integrity`, leave no temporary entry of a creation
-//! behind, and find everything acknowledged before the cut: the store itself, events,
-//! shreds, key rotations, projection progress, backups.
+//! which logs every write and flush of the store's data files (`data.mdb` and, in relaxed mode,
+//! `checkpoint`), every name given to or taken from them and from the lock files (links,
+//! unlinks, renames), directories made, removed and synced, and the child's acknowledgements,
+//! in the order they completed. From that log this test builds crash states: for a cut after
+//! any op, each file holds what its last completed flush before the cut made durable, and each
+//! later write (the one in flight at the cut too) is lost, kept, or torn at 512-byte sectors (a
+//! prefix or any subset of its sectors), applied in random order. A name made or removed during
+//! the run (a file's, a directory's) is as the last sync of its directory left it, or by chance
+//! as the run left it: a new name may be missing, a removed one back. Each state is opened in
+//! another child process, which the shim shows another boot id than the run's (the machine
+//! rebooted), and which must open the store, pass `check_integrity`, leave no temporary entry
+//! of a creation behind, and find everything acknowledged before the cut: the store itself,
+//! events, shreds, key rotations, projection progress, backups. With `Durability::Relaxed` the
+//! store may have lost what was acknowledged after the last `Varve::sync` (or close) that
+//! returned before the cut, but holds a prefix of the commits and everything before it.
 //!
 //! `VARVEDB_POWERLOSS_STATES` sets how many states in all (default 1,000, spread over the
 //! workloads, a fifth of each workload's inside the `open` that creates its store);
@@ -37,11 +40,16 @@ use iofault::{Mode, Op};
 const CHILD: &str = env!("CARGO_BIN_EXE_powerloss-child");
 /// `renamed` is `appends` on a filesystem without hard links: the shim refuses every link,
 /// so new files are renamed into place.
-/// `relaxed` is `appends` with `Durability::Relaxed`: what survives must be a prefix of the
-/// commits, losing at most the last acknowledged one, and nothing acknowledged before a sync.
+/// `relaxed` is `appends` with `Durability::Relaxed`, a `Varve::sync` every seventh request
+/// and a few commits over 64 KiB: what survives must be a prefix of the commits that holds
+/// everything acknowledged before the last sync (or the close) that returned before the cut.
 const WORKLOADS: [&str; 8] =
     ["appends", "group", "projection", "shred", "rotate", "backup", "renamed", "relaxed"];
 const SECTOR: u64 = 512;
+/// The boot id the children that open crash states see: shaped as the kernel's, and
+/// unlike any real one, so a store that remembers the boot it was written in sees a reboot.
+const OTHER_BOOT: &str = "00000000-0000-4000-8000-00000000b007";
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Crash states checked by one child process: it opens a store per state.
 const BATCH: usize = 25;
 
@@ -179,7 +187,10 @@ fn record(workload: &'static str) -> Recording {
     cmd.arg("run").arg(workload).arg(&root);
     // The lock file and the temporary names it and a new data.mdb are built under: names
     // only, their contents do not matter after a power loss.
-    let mut mode = Mode::new().watch("data.mdb").names("lock.mdb").names(".varvedb-tmp-*");
+    // The relaxed mode's `checkpoint` is a data file as `data.mdb` is; a store that does not
+    // make one simply never shows it in the log.
+    let mut mode =
+        Mode::new().watch("data.mdb").watch("checkpoint").names("lock.mdb").names(".varvedb-tmp-*");
     if workload == "renamed" {
         mode = mode.fail("link:1+:eperm");
     }
@@ -601,13 +612,11 @@ fn check(rec: &Recording, states: &[CrashState], counts: &mut Counts) {
             .map(|(_, line)| line.as_str())
             .collect();
         std::fs::write(&jobs_file, lines).unwrap();
-        let out = Command::new(CHILD)
-            .arg("check")
-            .arg(rec.workload)
-            .arg(&rec.acks)
-            .arg(&jobs_file)
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(CHILD);
+        cmd.arg("check").arg(rec.workload).arg(&rec.acks).arg(&jobs_file);
+        // A power loss is a reboot: the shim, recording nothing, shows another boot id.
+        Mode::new().boot_id(OTHER_BOOT).apply(&mut cmd);
+        let out = cmd.output().unwrap();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let (id, verdict) = line.split_once(' ').unwrap();
             verdicts.insert(id.parse().unwrap(), verdict.to_owned());
@@ -726,4 +735,29 @@ fn power_loss_at_any_point_keeps_every_acknowledged_write() {
         "{}",
         all.summary()
     );
+}
+
+/// The children that open crash states must see another boot: the shim's fake boot id has to
+/// reach a read through `std::fs`, as the store does it, and through another reader (`cat`,
+/// which opens it by another entry of libc), and nothing else may change.
+#[test]
+fn the_shim_shows_another_boot_id() {
+    let real = std::fs::read_to_string(BOOT_ID).unwrap();
+    assert_ne!(real.trim(), OTHER_BOOT, "the fake boot id is this machine's");
+    let read = |program: &str, args: &[&str], mode: Mode| {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        mode.apply(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let fake = format!("{OTHER_BOOT}\n");
+    assert_eq!(read(CHILD, &["boot-id"], Mode::new().boot_id(OTHER_BOOT)), fake);
+    assert_eq!(read("cat", &[BOOT_ID], Mode::new().boot_id(OTHER_BOOT)), fake);
+    // Without the variable the shim passes the real file through.
+    assert_eq!(read(CHILD, &["boot-id"], Mode::new()), real);
+    // Only that exact path: another file of the same directory is the kernel's.
+    let other = read("cat", &["/proc/sys/kernel/random/uuid"], Mode::new().boot_id(OTHER_BOOT));
+    assert_ne!(other, fake);
 }
