@@ -12,8 +12,9 @@
 //! `<state> <verdict> [detail]` (verdicts below, in [`Verdict`]). The parent runs it under
 //! the I/O shim with another boot id than the run's, as after a power loss.
 //!
-//! `powerloss-child boot-id` prints the machine's boot id as the store reads it (the shim's
-//! self-test).
+//! `powerloss-child boot-id` prints the machine's boot id as the store reads it, and
+//! `powerloss-child inode <path>` the file's inode number by path and by descriptor (the
+//! shim's self-tests).
 //!
 //! Acknowledgement lines:
 //! - `opened`: `Options::open` of the new store returned;
@@ -51,6 +52,13 @@ fn main() {
         Some("run") if args.len() == 4 => run(&args[2], Path::new(&args[3])),
         Some("check") if args.len() == 5 => check_jobs(&args[2], Path::new(&args[3]), Path::new(&args[4])),
         // Read as the store reads it: through `std::fs`.
+        // By path and by descriptor, as the store may read it.
+        Some("inode") if args.len() == 3 => {
+            use std::os::unix::fs::MetadataExt;
+            let by_path = std::fs::metadata(&args[2]).expect("stat").ino();
+            let by_fd = File::open(&args[2]).and_then(|f| f.metadata()).expect("fstat").ino();
+            println!("{by_path} {by_fd}");
+        }
         Some("boot-id") if args.len() == 2 => {
             print!(
                 "{}",
@@ -58,7 +66,9 @@ fn main() {
             );
         }
         _ => {
-            panic!("usage: powerloss-child run <workload> <root> | check <workload> <acks> <jobs> | boot-id")
+            panic!(
+                "usage: powerloss-child run <workload> <root> | check <workload> <acks> <jobs> | boot-id | inode <path>"
+            )
         }
     }
 }
