@@ -2,18 +2,22 @@
 //! keeps only what was flushed, plus whatever else the disk happened to write.
 //!
 //! A child process runs a workload on a new store under the I/O shim (`support/iofault.c`),
-//! which logs every write and flush of the store's data files, every name given to or taken
-//! from them and from the lock files (links, unlinks, renames), directories made, removed and
-//! synced, and the child's acknowledgements, in the order they completed. From that log this
-//! test builds crash states: for a cut after any op, each file holds what its last completed
-//! flush before the cut made durable, and each later write (the one in flight at the cut
-//! too) is lost, kept, or torn at 512-byte sectors (a prefix or any subset of its sectors),
-//! applied in random order. A name made or removed during the run (a file's, a directory's)
-//! is as the last sync of its directory left it, or by chance as the run left it: a new name
-//! may be missing, a removed one back. Each state is opened in another child process, which
-//! must open the store, pass `check_integrity`, leave no temporary entry of a creation
-//! behind, and find everything acknowledged before the cut: the store itself, events,
-//! shreds, key rotations, projection progress, backups.
+//! which logs every write and flush of the store's data files (`data.mdb` and, in relaxed mode,
+//! `checkpoint`), every name given to or taken from them and from the lock files (links,
+//! unlinks, renames), directories made, removed and synced, and the child's acknowledgements,
+//! in the order they completed. From that log this test builds crash states: for a cut after
+//! any op, each file holds what its last completed flush before the cut made durable, and each
+//! later write (the one in flight at the cut too) is lost, kept, or torn at 512-byte sectors (a
+//! prefix or any subset of its sectors), applied in random order. A name made or removed during
+//! the run (a file's, a directory's) is as the last sync of its directory left it, or by chance
+//! as the run left it: a new name may be missing, a removed one back. Each state is opened in
+//! another child process, which the shim shows another boot id than the run's (the machine
+//! rebooted) and each data file with the inode number it had in the run, and which must open
+//! the store, pass `check_integrity`, leave no temporary entry of a creation behind, and find
+//! everything acknowledged before the cut: the store itself, events, shreds, key rotations,
+//! projection progress, backups. With `Durability::Relaxed` the store may have lost what was
+//! acknowledged after the last `Varve::sync` (or close) that returned before the cut, but holds
+//! a prefix of the commits and everything before it.
 //!
 //! `VARVEDB_POWERLOSS_STATES` sets how many states in all (default 1,000, spread over the
 //! workloads, a fifth of each workload's inside the `open` that creates its store);
@@ -24,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -37,11 +42,16 @@ use iofault::{Mode, Op};
 const CHILD: &str = env!("CARGO_BIN_EXE_powerloss-child");
 /// `renamed` is `appends` on a filesystem without hard links: the shim refuses every link,
 /// so new files are renamed into place.
-/// `relaxed` is `appends` with `Durability::Relaxed`: what survives must be a prefix of the
-/// commits, losing at most the last acknowledged one, and nothing acknowledged before a sync.
+/// `relaxed` is `appends` with `Durability::Relaxed`, a `Varve::sync` every seventh request
+/// and a few commits over 64 KiB: what survives must be a prefix of the commits that holds
+/// everything acknowledged before the last sync (or the close) that returned before the cut.
 const WORKLOADS: [&str; 8] =
     ["appends", "group", "projection", "shred", "rotate", "backup", "renamed", "relaxed"];
 const SECTOR: u64 = 512;
+/// The boot id the children that open crash states see: shaped as the kernel's, and
+/// unlike any real one, so a store that remembers the boot it was written in sees a reboot.
+const OTHER_BOOT: &str = "00000000-0000-4000-8000-00000000b007";
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Crash states checked by one child process: it opens a store per state.
 const BATCH: usize = 25;
 
@@ -87,6 +97,8 @@ impl Write {
 
 /// A file: its contents, shared by all its names.
 struct Inode {
+    /// Its inode number in the run.
+    ino: u64,
     /// A name file (`lock.mdb`, a lock file being built): its contents are not recorded. A
     /// crash state gives it zeros, at no length or at the length it had.
     names_only: bool,
@@ -179,7 +191,10 @@ fn record(workload: &'static str) -> Recording {
     cmd.arg("run").arg(workload).arg(&root);
     // The lock file and the temporary names it and a new data.mdb are built under: names
     // only, their contents do not matter after a power loss.
-    let mut mode = Mode::new().watch("data.mdb").names("lock.mdb").names(".varvedb-tmp-*");
+    // The relaxed mode's `checkpoint` is a data file as `data.mdb` is; a store that does not
+    // make one simply never shows it in the log.
+    let mut mode =
+        Mode::new().watch("data.mdb").watch("checkpoint").names("lock.mdb").names(".varvedb-tmp-*");
     if workload == "renamed" {
         mode = mode.fail("link:1+:eperm");
     }
@@ -210,12 +225,12 @@ fn record(workload: &'static str) -> Recording {
     let mut lines = 0;
     for (i, op) in ops.iter().enumerate() {
         match op {
-            Op::File { file, path, created, names_only } => {
+            Op::File { file, path, ino, created, names_only } => {
                 let rel = inside(path);
                 assert!(created, "{workload}: {} existed before the run", path.display());
                 ids.insert(*file, inodes.len());
                 tree.add_name(rel, inodes.len(), i);
-                inodes.push(Inode { names_only: *names_only, lens: Vec::new() });
+                inodes.push(Inode { ino: *ino, names_only: *names_only, lens: Vec::new() });
                 flushes.push(Vec::new());
                 cache.push(Vec::new());
             }
@@ -281,6 +296,9 @@ struct CrashState {
     /// Each name and the index of its file's contents in `contents`.
     names: Vec<(PathBuf, usize)>,
     contents: Vec<Vec<u8>>,
+    /// Of each of `contents`, the data file of the run it is (an index into
+    /// `Recording::inodes`), or `None` for a name file.
+    files: Vec<Option<usize>>,
     dirs: Vec<PathBuf>,
     how: String,
 }
@@ -444,7 +462,15 @@ impl<'r> Cutter<'r> {
         if !names.back.is_empty() {
             let _ = write!(how, "; removed names back: {}", names.back.join(", "));
         }
-        CrashState { id, cut, names: names.names, contents: names.contents, dirs: names.dirs, how }
+        CrashState {
+            id,
+            cut,
+            names: names.names,
+            contents: names.contents,
+            files: names.files,
+            dirs: names.dirs,
+            how,
+        }
     }
 }
 
@@ -452,6 +478,7 @@ impl<'r> Cutter<'r> {
 struct DrawnNames {
     names: Vec<(PathBuf, usize)>,
     contents: Vec<Vec<u8>>,
+    files: Vec<Option<usize>>,
     dirs: Vec<PathBuf>,
     /// Names made and not there; names removed and there.
     lost: Vec<String>,
@@ -486,6 +513,7 @@ impl DrawnNames {
         }
         let mut names = Vec::new();
         let mut contents: Vec<Vec<u8>> = Vec::new();
+        let mut content_files = Vec::new();
         let mut content_of: BTreeMap<usize, usize> = BTreeMap::new();
         for name in &rec.names {
             let entry = &name.entry;
@@ -505,12 +533,13 @@ impl DrawnNames {
                     bytes
                 };
                 contents.push(bytes);
+                content_files.push((!rec.inodes[f].names_only).then_some(f));
                 contents.len() - 1
             });
             names.push((entry.rel.clone(), c));
         }
         let dirs = rec.dirs.iter().zip(&dir_here).filter(|&(_, &h)| h).map(|(d, _)| d.rel.clone()).collect();
-        DrawnNames { names, contents, dirs, lost, back }
+        DrawnNames { names, contents, files: content_files, dirs, lost, back }
     }
 }
 
@@ -586,9 +615,26 @@ impl Counts {
 fn check(rec: &Recording, states: &[CrashState], counts: &mut Counts) {
     let dir = tempfile::tempdir().unwrap();
     let mut jobs: Vec<(usize, String)> = Vec::new();
+    // A power loss is a reboot: the shim, recording nothing, shows another boot id. And the
+    // files of a crash state are the files of the run: the shim shows each data file with
+    // the inode number it had there.
+    let mut mode = Mode::new().boot_id(OTHER_BOOT);
     for state in states {
         let root = dir.path().join(state.id.to_string());
         state.write_to(&root);
+        let mut shown = vec![false; state.contents.len()];
+        for (rel, c) in &state.names {
+            assert!(
+                state.files[*c].is_some() || rel.file_name() != Some("data.mdb".as_ref()),
+                "{} is not a data file",
+                rel.display()
+            );
+            if let (Some(f), false) = (state.files[*c], shown[*c]) {
+                let meta = std::fs::metadata(root.join(rel)).unwrap();
+                mode = mode.inode(meta.dev(), meta.ino(), rec.inodes[f].ino);
+                shown[*c] = true;
+            }
+        }
         jobs.push((state.id, format!("{} {} {}\n", state.id, root.display(), rec.acked[state.cut])));
     }
     let mut verdicts: BTreeMap<usize, String> = BTreeMap::new();
@@ -601,13 +647,10 @@ fn check(rec: &Recording, states: &[CrashState], counts: &mut Counts) {
             .map(|(_, line)| line.as_str())
             .collect();
         std::fs::write(&jobs_file, lines).unwrap();
-        let out = Command::new(CHILD)
-            .arg("check")
-            .arg(rec.workload)
-            .arg(&rec.acks)
-            .arg(&jobs_file)
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(CHILD);
+        cmd.arg("check").arg(rec.workload).arg(&rec.acks).arg(&jobs_file);
+        mode.apply(&mut cmd);
+        let out = cmd.output().unwrap();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let (id, verdict) = line.split_once(' ').unwrap();
             verdicts.insert(id.parse().unwrap(), verdict.to_owned());
@@ -725,5 +768,63 @@ fn power_loss_at_any_point_keeps_every_acknowledged_write() {
         (0, 0, 0, 0, 0, 0),
         "{}",
         all.summary()
+    );
+}
+
+/// The children that open crash states must see another boot: the shim's fake boot id has to
+/// reach a read through `std::fs`, as the store does it, and through another reader (`cat`,
+/// which opens it by another entry of libc), and nothing else may change.
+#[test]
+fn the_shim_shows_another_boot_id() {
+    let ours = std::fs::read_to_string(BOOT_ID).unwrap();
+    assert_ne!(ours.trim(), OTHER_BOOT, "the fake boot id is this machine's");
+    let read = |program: &str, args: &[&str], mode: Mode| {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        mode.apply(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let fake = format!("{OTHER_BOOT}\n");
+    assert_eq!(read(CHILD, &["boot-id"], Mode::new().boot_id(OTHER_BOOT)), fake);
+    assert_eq!(read("cat", &[BOOT_ID], Mode::new().boot_id(OTHER_BOOT)), fake);
+    // Without the variable the shim passes the real file through.
+    assert_eq!(read(CHILD, &["boot-id"], Mode::new()), ours);
+    // Only that exact path: another file of the same directory is the kernel's.
+    let other = read("cat", &["/proc/sys/kernel/random/uuid"], Mode::new().boot_id(OTHER_BOOT));
+    assert_ne!(other, fake);
+}
+
+/// The files of a crash state must pass for the files of the run: the inode number the shim
+/// shows has to reach `std::fs` by path and by descriptor, as the store reads it, and
+/// another reader (`stat`), for that file only.
+#[test]
+fn the_shim_shows_the_inodes_of_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, other) = (dir.path().join("data.mdb"), dir.path().join("other"));
+    std::fs::write(&file, b"x").unwrap();
+    std::fs::write(&other, b"y").unwrap();
+    let meta = std::fs::metadata(&file).unwrap();
+    let shown = meta.ino() + 1_000_003;
+    let run = |program: &str, args: &[&std::ffi::OsStr], mode: Mode| {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        mode.apply(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mode = || Mode::new().inode(meta.dev(), meta.ino(), shown);
+    assert_eq!(run(CHILD, &["inode".as_ref(), file.as_os_str()], mode()), format!("{shown} {shown}\n"));
+    assert_eq!(run("stat", &["-c".as_ref(), "%i".as_ref(), file.as_os_str()], mode()), format!("{shown}\n"));
+    let other_ino = std::fs::metadata(&other).unwrap().ino();
+    assert_eq!(
+        run(CHILD, &["inode".as_ref(), other.as_os_str()], mode()),
+        format!("{other_ino} {other_ino}\n")
+    );
+    assert_eq!(
+        run(CHILD, &["inode".as_ref(), file.as_os_str()], Mode::new()),
+        format!("{0} {0}\n", meta.ino())
     );
 }

@@ -1,5 +1,6 @@
-//! Child process for `tests/crash.rs`: appends durably from several threads and prints one
-//! line per acknowledged append, until it is killed.
+//! Child process for `tests/crash.rs`: appends from several threads and prints one line per
+//! acknowledged append, until it is killed. `crash-child <store dir>` opens the store with
+//! the default durability, `crash-child <store dir> relaxed` with `Durability::Relaxed`.
 //!
 //! Line format: `ack <stream> <first_version> <last_version> <first_seq> <last_seq>`.
 //! Payloads are a function of (stream, version) so the parent can verify them.
@@ -7,14 +8,20 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use varvedb::{ExpectedVersion, NewEvent, Options, WriteBatch};
+use varvedb::{Durability, ExpectedVersion, NewEvent, Options, WriteBatch};
 
 /// Streams 100 and 101 are only ever written together, in one batch.
 const PAIR: (u128, u128) = (100, 101);
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: crash-child <store dir>");
-    let db = Options::new().verifiable_log(true).open(&dir).expect("open store");
+    let usage = "usage: crash-child <store dir> [relaxed]";
+    let dir = std::env::args().nth(1).expect(usage);
+    let durability = match std::env::args().nth(2).as_deref() {
+        None => Durability::Immediate,
+        Some("relaxed") => Durability::Relaxed,
+        Some(_) => panic!("{usage}"),
+    };
+    let db = Options::new().verifiable_log(true).durability(durability).open(&dir).expect("open store");
     let out = Mutex::new(std::io::stdout());
     let ack = |appended: &[varvedb::Appended]| {
         let mut out = out.lock().unwrap();

@@ -23,6 +23,18 @@
  *                   acknowledgements into the same ordered stream as its I/O.
  *   IOFAULT_PAGE_SIZE  the page size `metawrite` counts pages in; default the system's
  *                   (which is LMDB's page size).
+ *   IOFAULT_BOOT_ID a fake boot id: an open of exactly /proc/sys/kernel/random/boot_id
+ *                   (through any of the open calls below) returns a new read-only descriptor
+ *                   of an anonymous file holding this value and a newline, as the kernel's
+ *                   file holds the real one. Lets a process see another boot than the one
+ *                   that wrote a store (a power loss between them). Works with or without a
+ *                   log or faults.
+ *   IOFAULT_INODES  inode numbers to show in place of real ones: comma-separated
+ *                   DEV:INO=SHOWN, decimal. The stat calls below report the file on device
+ *                   DEV with inode INO as having inode SHOWN. Lets a copy of a file pass
+ *                   for the file it was copied from (a crash state written to new files
+ *                   for the files of a recorded run), for a program that remembers a file
+ *                   by its inode. Works with or without a log or faults.
  *   IOFAULT_LOG     path of the binary log to write (created, appended to). Unset: no log.
  *                   With a log, calls the shim does not model (below) abort the process
  *                   when they touch a watched file, instead of letting it pass unrecorded.
@@ -61,7 +73,7 @@
  *
  *   1 FILE       a watched file seen for the first time: file = its id, offset = flags
  *                (1: this open created it, a new directory entry; 2: a name file), bytes =
- *                its path
+ *                its path, a NUL, and its inode number (8 bytes)
  *   2 WRITE      bytes written at offset (only the bytes the call really wrote)
  *   3 SYNCWRITE  as WRITE, through an O_DSYNC/O_SYNC descriptor: durable when it returns
  *   4 FLUSH      fsync or fdatasync of the file returned success
@@ -80,19 +92,22 @@
  * device and inode, so all descriptors and names of a file (LMDB opens data.mdb twice; a
  * file built under a temporary name is linked into place) share an id.
  *
- * Intercepted: open, open64, openat, openat64, creat, creat64 (and the _2 fortified
- * forms), close, dup, dup2, dup3, fcntl and fcntl64 (F_DUPFD*, F_SETFL), write, pwrite,
- * pwrite64, writev, pwritev, pwritev64, pwritev2, pwritev64v2, fsync, fdatasync,
- * ftruncate, ftruncate64, mkdir, mkdirat, rmdir, link, linkat, unlink, unlinkat, remove,
- * rename, renameat, renameat2. Refused while logging (the process aborts with a message):
- * on a data file O_APPEND, a writable shared mmap, sync_file_range, fallocate,
- * posix_fallocate, copy_file_range, sendfile, splice, truncate by path, and any write or
- * flush through a descriptor the shim did not see opened; on any watched file a rename that
- * replaces or exchanges, a link by descriptor (AT_EMPTY_PATH) of a file with no name left;
- * a watched name given to, or taken from, a file the shim has not seen opened (one that
- * existed before); a rename of a directory; and sync and syncfs while watched files are
- * open. Calls made inside libc itself (stdio) are not seen by any LD_PRELOAD shim; do not
- * use stdio on watched files.
+ * Intercepted: open, open64, openat, openat64, creat, creat64 (and the _2 fortified forms),
+ * close, dup, dup2, dup3, fcntl and fcntl64 (F_DUPFD*, F_SETFL), write, pwrite, pwrite64,
+ * writev, pwritev, pwritev64, pwritev2, pwritev64v2, fsync, fdatasync, ftruncate,
+ * ftruncate64, mkdir, mkdirat, rmdir, link, linkat, unlink, unlinkat, remove, rename,
+ * renameat, renameat2 (the opens also for IOFAULT_BOOT_ID); for IOFAULT_INODES stat,
+ * stat64, lstat, lstat64, fstat, fstat64, fstatat, fstatat64 and statx (glibc 2.33 or
+ * later, where these are functions of their own). Refused while logging (the process aborts
+ * with a message): on a data file O_APPEND, a writable shared mmap, sync_file_range,
+ * fallocate, posix_fallocate, copy_file_range, sendfile, splice, truncate by path, and any
+ * write or flush through a descriptor the shim did not see opened; on any watched file a
+ * rename that replaces or exchanges, a link by descriptor (AT_EMPTY_PATH) of a file with no
+ * name left; a watched name given to, or taken from, a file the shim has not seen opened
+ * (one that existed before); a data file's name given to a name file (its contents were not
+ * recorded); a rename of a directory; and sync and syncfs while watched files are open.
+ * Calls made inside libc itself (stdio) are not seen by any LD_PRELOAD shim; do not use
+ * stdio on watched files.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -109,6 +124,7 @@
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -148,6 +164,7 @@ enum { KIND_SHORT = -1, KIND_DIES = -2 };
 #define MAX_FILES 4096
 #define MAX_FAULTS 16
 #define MAX_NAMES 16
+#define MAX_INODES 4096
 
 struct fdent {
 	unsigned char kind;  /* FD_* */
@@ -183,6 +200,10 @@ static int logfd = -1;
 static int active; /* a log or a fault: anything to do at all */
 static unsigned long long page_size; /* for OP_METAWRITE */
 static int dead;   /* a `dies` fault fired: every later write and flush of a data file fails */
+static const char *boot_id; /* IOFAULT_BOOT_ID, or NULL */
+/* IOFAULT_INODES: the file on device inode_dev[i] with inode inode_real[i] shows inode_shown[i]. */
+static unsigned long long inode_dev[MAX_INODES], inode_real[MAX_INODES], inode_shown[MAX_INODES];
+static int ninodes;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -217,6 +238,10 @@ static int (*real_unlinkat)(int, const char *, int);
 static int (*real_renameat2)(int, const char *, int, const char *, unsigned int);
 static void (*real_sync)(void);
 static int (*real_syncfs)(int);
+/* Optional: only glibc 2.33 and later export the stat family as functions. */
+static int (*real_fstatat)(int, const char *, struct stat *, int);
+static int (*real_fstat)(int, struct stat *);
+static int (*real_statx)(int, const char *, int, unsigned int, struct statx *);
 
 static void say(const char *a, const char *b, const char *c)
 {
@@ -303,6 +328,20 @@ static void parse_faults(const char *spec)
 	}
 }
 
+static void parse_inodes(const char *spec)
+{
+	char *copy = strdup(spec);
+	char *save = NULL;
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (ninodes == MAX_INODES)
+			die("too many entries in IOFAULT_INODES", NULL);
+		int i = ninodes++;
+		if (sscanf(tok, "%llu:%llu=%llu", &inode_dev[i], &inode_real[i], &inode_shown[i]) != 3)
+			die("bad IOFAULT_INODES entry (want DEV:INO=SHOWN)", tok);
+	}
+	free(copy);
+}
+
 static void init(void)
 {
 	real_open = need("open");
@@ -336,6 +375,9 @@ static void init(void)
 	real_renameat2 = need("renameat2");
 	real_sync = need("sync");
 	real_syncfs = need("syncfs");
+	real_fstatat = dlsym(RTLD_NEXT, "fstatat");
+	real_fstat = dlsym(RTLD_NEXT, "fstat");
+	real_statx = dlsym(RTLD_NEXT, "statx");
 
 	const char *w = getenv("IOFAULT_WATCH");
 	nwatch = split_names(strdup(w && *w ? w : "data.mdb"), watch);
@@ -350,6 +392,12 @@ static void init(void)
 	page_size = ps && *ps ? strtoull(ps, NULL, 10) : (unsigned long long)(sys > 0 ? sys : 4096);
 	if (page_size == 0)
 		die("bad IOFAULT_PAGE_SIZE", ps);
+	const char *inodes = getenv("IOFAULT_INODES");
+	if (inodes && *inodes)
+		parse_inodes(inodes);
+	const char *b = getenv("IOFAULT_BOOT_ID");
+	if (b && *b)
+		boot_id = strdup(b);
 	const char *f = getenv("IOFAULT_FAIL");
 	if (f && *f)
 		parse_faults(f);
@@ -544,7 +592,10 @@ static void opened(int fd, const char *path, int flags, int existed, int kind)
 		if (kind != FD_MARKER) {
 			if (fd_path(fd, full, sizeof full) != 0)
 				die("cannot resolve the path of ", path);
-			log_path(REC_FILE, id, (uint64_t)(!existed) | (kind == FD_NAME ? 2 : 0), full);
+			uint64_t ino = (uint64_t)st.st_ino;
+			struct iovec v[3] = { { full, strlen(full) }, { "", 1 }, { &ino, sizeof ino } };
+			log_rec(REC_FILE, id, (uint64_t)(!existed) | (kind == FD_NAME ? 2 : 0), v, 3,
+				v[0].iov_len + 1 + sizeof ino);
 		}
 	}
 	kind = files[id].kind;
@@ -557,9 +608,47 @@ static void opened(int fd, const char *path, int flags, int existed, int kind)
 	fds[fd].file = id;
 }
 
+#define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
+
+/* The fake boot id file: an anonymous file holding IOFAULT_BOOT_ID and a newline, its
+ * position at the start. Opened read-only through /proc/self/fd, so a write to it fails as
+ * one to the kernel's file would. */
+static int open_boot_id(int flags)
+{
+	int mem = memfd_create("iofault-boot-id", MFD_CLOEXEC);
+	if (mem < 0)
+		return -1;
+	size_t n = strlen(boot_id);
+	char *text = malloc(n + 1);
+	if (!text) {
+		real_close(mem);
+		errno = ENOMEM;
+		return -1;
+	}
+	memcpy(text, boot_id, n);
+	text[n] = '\n';
+	ssize_t w = real_pwrite(mem, text, n + 1, 0);
+	free(text);
+	if (w != (ssize_t)(n + 1)) {
+		real_close(mem);
+		errno = EIO;
+		return -1;
+	}
+	char self[64];
+	snprintf(self, sizeof self, "/proc/self/fd/%d", mem);
+	int fd = real_openat(AT_FDCWD, self, O_RDONLY | (flags & O_CLOEXEC), 0);
+	int saved = errno;
+	real_close(mem);
+	errno = saved;
+	return fd;
+}
+
 static int do_open(int dirfd, const char *path, int flags, mode_t mode)
 {
 	INIT();
+	/* The kernel's file is read-only: any other access mode gets the real file's answer. */
+	if (boot_id && path && !strcmp(path, BOOT_ID_PATH) && (flags & O_ACCMODE) == O_RDONLY)
+		return open_boot_id(flags);
 	int kind = path ? kind_of_name(path) : FD_NONE;
 	if (!active || kind == FD_NONE)
 		return real_openat(dirfd, path, flags, mode);
@@ -1011,6 +1100,14 @@ int rmdir(const char *path) { return do_rmdir(AT_FDCWD, path); }
 
 /* ---- names ---- */
 
+/* Refuses, while logging, a data file's name given to a name file: its contents were not
+ * recorded, so the crash states could not hold them. */
+static void refuse_name_file_as_data(int file, const char *to, const char *call)
+{
+	if (logfd >= 0 && file >= 0 && files[file].kind == FD_NAME && listed(to, watch, nwatch))
+		die("not modelled: a data file's name given to a name file, by ", call);
+}
+
 /* Refuses, while logging, a watched name that belongs to no file the shim has seen: the
  * crash states know nothing of such a file. */
 static void refuse_unseen(const char *path, const char *call)
@@ -1077,6 +1174,7 @@ static int do_link(int fromfd, const char *from, int tofd, const char *to, int f
 				die("not modelled: a link of a watched file with no name left", NULL);
 	}
 	char full[PATH_MAX] = "";
+	refuse_name_file_as_data(file, to, "link");
 	if (file < 0)
 		refuse_unseen(to, "link");
 	else if (logfd >= 0 && abs_path_at(tofd, to, full, sizeof full) != 0)
@@ -1116,6 +1214,7 @@ static int do_rename(int fromfd, const char *from, int tofd, const char *to, uns
 	if (logfd >= 0) {
 		if (fstatat(fromfd, from, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
 			die("not modelled while logging: a rename of a directory: ", from);
+		refuse_name_file_as_data(file, to, "rename");
 		if (file < 0) {
 			refuse_unseen(from, "rename");
 			refuse_unseen(to, "rename");
@@ -1252,4 +1351,69 @@ int syncfs(int fd)
 	if (logfd >= 0 && nfiles > 0)
 		die("not modelled while watched files are open: ", "syncfs");
 	return real_syncfs(fd);
+}
+
+/* ---- inode numbers shown (IOFAULT_INODES) ---- */
+
+static unsigned long long shown_inode(unsigned long long dev, unsigned long long ino)
+{
+	for (int i = 0; i < ninodes; i++)
+		if (inode_dev[i] == dev && inode_real[i] == ino)
+			return inode_shown[i];
+	return ino;
+}
+
+int fstatat(int dirfd, const char *path, struct stat *st, int flags)
+{
+	INIT();
+	if (!real_fstatat) {
+		errno = ENOSYS;
+		return -1;
+	}
+	int r = real_fstatat(dirfd, path, st, flags);
+	if (r == 0 && ninodes > 0)
+		st->st_ino = (ino_t)shown_inode((unsigned long long)st->st_dev, (unsigned long long)st->st_ino);
+	return r;
+}
+
+int fstat(int fd, struct stat *st)
+{
+	INIT();
+	if (!real_fstat) {
+		errno = ENOSYS;
+		return -1;
+	}
+	int r = real_fstat(fd, st);
+	if (r == 0 && ninodes > 0)
+		st->st_ino = (ino_t)shown_inode((unsigned long long)st->st_dev, (unsigned long long)st->st_ino);
+	return r;
+}
+
+int stat(const char *path, struct stat *st) { return fstatat(AT_FDCWD, path, st, 0); }
+int lstat(const char *path, struct stat *st) { return fstatat(AT_FDCWD, path, st, AT_SYMLINK_NOFOLLOW); }
+
+/* On the 64-bit targets tested, struct stat64 is struct stat. */
+int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
+{
+	return fstatat(dirfd, path, (struct stat *)st, flags);
+}
+int fstat64(int fd, struct stat64 *st) { return fstat(fd, (struct stat *)st); }
+int stat64(const char *path, struct stat64 *st) { return fstatat(AT_FDCWD, path, (struct stat *)st, 0); }
+int lstat64(const char *path, struct stat64 *st)
+{
+	return fstatat(AT_FDCWD, path, (struct stat *)st, AT_SYMLINK_NOFOLLOW);
+}
+
+int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx)
+{
+	INIT();
+	if (!real_statx) {
+		errno = ENOSYS;
+		return -1;
+	}
+	int r = real_statx(dirfd, path, flags, mask, stx);
+	if (r == 0 && ninodes > 0 && (stx->stx_mask & STATX_INO))
+		stx->stx_ino = shown_inode((unsigned long long)makedev(stx->stx_dev_major, stx->stx_dev_minor),
+					   (unsigned long long)stx->stx_ino);
+	return r;
 }

@@ -11,6 +11,10 @@
 //! - `IOFAULT_NAMES=lock.mdb:.tmp-*` the name files: names watched, contents not;
 //! - `IOFAULT_MARKER=acks` marker files: each write to one is logged as a [`Op::Mark`] with
 //!   its bytes, so a child can put its acknowledgements into the op stream;
+//! - `IOFAULT_BOOT_ID=<id>` an open of `/proc/sys/kernel/random/boot_id` reads this id and a
+//!   newline, so a child sees another boot than the one that wrote a store;
+//! - `IOFAULT_INODES=DEV:INO=SHOWN[,…]` the stat calls show the file with that device and
+//!   inode as having inode SHOWN, so a copy passes for the file it was copied from;
 //! - `IOFAULT_LOG=/path/log` record into this log;
 //! - `IOFAULT_FAIL=OP:N:KIND[,…]` inject faults: OP is `write`, `pwrite`, `writev`,
 //!   `pwritev`, `syncwrite` (a write through an `O_DSYNC` descriptor), `metawrite` (a write
@@ -78,6 +82,8 @@ pub struct Mode {
     markers: Vec<String>,
     log: Option<PathBuf>,
     faults: Vec<String>,
+    boot_id: Option<String>,
+    inodes: Vec<String>,
 }
 
 impl Mode {
@@ -123,6 +129,20 @@ impl Mode {
         self
     }
 
+    /// Shows the child `id` as the machine's boot id, in place of the real one.
+    #[must_use]
+    pub fn boot_id(mut self, id: &str) -> Self {
+        self.boot_id = Some(id.to_owned());
+        self
+    }
+
+    /// Shows the file on device `dev` with inode `ino` as having inode `shown`.
+    #[must_use]
+    pub fn inode(mut self, dev: u64, ino: u64, shown: u64) -> Self {
+        self.inodes.push(format!("{dev}:{ino}={shown}"));
+        self
+    }
+
     /// Runs `cmd` under the shim in this mode (builds the shim if needed).
     pub fn apply(&self, cmd: &mut Command) {
         cmd.env("LD_PRELOAD", shim());
@@ -146,16 +166,25 @@ impl Mode {
         } else {
             cmd.env("IOFAULT_FAIL", self.faults.join(","));
         }
+        match &self.boot_id {
+            Some(id) => cmd.env("IOFAULT_BOOT_ID", id),
+            None => cmd.env_remove("IOFAULT_BOOT_ID"),
+        };
+        if self.inodes.is_empty() {
+            cmd.env_remove("IOFAULT_INODES");
+        } else {
+            cmd.env("IOFAULT_INODES", self.inodes.join(","));
+        }
     }
 }
 
 /// One record of the shim's log, in the order the calls completed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// A watched file seen for the first time: its id in later ops, its absolute path,
-    /// whether this open created it (a new directory entry), and whether only its names are
-    /// watched (a name file: no writes or flushes of it are logged).
-    File { file: u32, path: PathBuf, created: bool, names_only: bool },
+    /// A watched file seen for the first time: its id in later ops, its absolute path, its
+    /// inode number, whether this open created it (a new directory entry), and whether only
+    /// its names are watched (a name file: no writes or flushes of it are logged).
+    File { file: u32, path: PathBuf, ino: u64, created: bool, names_only: bool },
     /// Bytes written at an offset; `sync` when written through an `O_DSYNC`/`O_SYNC`
     /// descriptor, durable once the call returned.
     Write { file: u32, offset: u64, data: Vec<u8>, sync: bool },
@@ -198,7 +227,18 @@ pub fn parse_log(bytes: &[u8]) -> Vec<Op> {
         let body = bytes.get(at + 24..at + 24 + len).expect("truncated record");
         at += 24 + len;
         ops.push(match kind {
-            1 => Op::File { file, path: path(body), created: offset & 1 != 0, names_only: offset & 2 != 0 },
+            1 => {
+                let (name, ino) =
+                    body.split_at(body.len().checked_sub(9).expect("a file record holds an inode"));
+                assert_eq!(ino[0], 0, "a file record's path ends with a NUL");
+                Op::File {
+                    file,
+                    path: path(name),
+                    ino: u64::from_le_bytes(ino[1..].try_into().unwrap()),
+                    created: offset & 1 != 0,
+                    names_only: offset & 2 != 0,
+                }
+            }
             2 | 3 => Op::Write { file, offset, data: body.to_vec(), sync: kind == 3 },
             4 => Op::Flush { file },
             5 => Op::Mark(body.to_vec()),

@@ -9,7 +9,12 @@
 //! `powerloss-child check <workload> <acks> <jobs>` checks crash states: for each line
 //! `<state> <image root> <acknowledged lines>` of the jobs file it opens the store of that
 //! image, checks it against the first lines of the acks file, and prints
-//! `<state> <verdict> [detail]` (verdicts below, in [`Verdict`]).
+//! `<state> <verdict> [detail]` (verdicts below, in [`Verdict`]). The parent runs it under
+//! the I/O shim with another boot id than the run's, as after a power loss.
+//!
+//! `powerloss-child boot-id` prints the machine's boot id as the store reads it, and
+//! `powerloss-child inode <path>` the file's inode number by path and by descriptor (the
+//! shim's self-tests).
 //!
 //! Acknowledgement lines:
 //! - `opened`: `Options::open` of the new store returned;
@@ -22,8 +27,7 @@
 //!   up to `seq` was committed before it started;
 //! - `done`: the lines of one write request are all written (workload `relaxed`);
 //! - `synced`: `Varve::sync` returned, `closed`: the store was dropped (workload `relaxed`:
-//!   what was acknowledged before either is durable, what came after may be lost, from the
-//!   last request on).
+//!   what was acknowledged before either is durable, what came after may be lost).
 //!
 //! Events are a function of their stream and version, so the checker knows every byte.
 
@@ -47,7 +51,25 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("run") if args.len() == 4 => run(&args[2], Path::new(&args[3])),
         Some("check") if args.len() == 5 => check_jobs(&args[2], Path::new(&args[3]), Path::new(&args[4])),
-        _ => panic!("usage: powerloss-child run <workload> <root> | check <workload> <acks> <jobs>"),
+        // Read as the store reads it: through `std::fs`.
+        // By path and by descriptor, as the store may read it.
+        Some("inode") if args.len() == 3 => {
+            use std::os::unix::fs::MetadataExt;
+            let by_path = std::fs::metadata(&args[2]).expect("stat").ino();
+            let by_fd = File::open(&args[2]).and_then(|f| f.metadata()).expect("fstat").ino();
+            println!("{by_path} {by_fd}");
+        }
+        Some("boot-id") if args.len() == 2 => {
+            print!(
+                "{}",
+                std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("read the boot id")
+            );
+        }
+        _ => {
+            panic!(
+                "usage: powerloss-child run <workload> <root> | check <workload> <acks> <jobs> | boot-id | inode <path>"
+            )
+        }
     }
 }
 
@@ -67,13 +89,18 @@ fn open(workload: &str, store: &Path, epoch: u32) -> Result<Varve, Error> {
     if encrypted(workload) { options.encryption_key(key(epoch)) } else { options }.open(store)
 }
 
-/// The event at `version` of `stream`. Every fifth is over 1 KiB, so blobs are written too.
+/// The stream of the relaxed workload's large commits.
+const LARGE: u128 = 10;
+
+/// The event at `version` of `stream`. Every fifth is over 1 KiB, so blobs are written too;
+/// every event of stream [`LARGE`] is, so that a few of them make a commit too large for a
+/// commit record.
 fn event(workload: &str, stream: u128, version: u32) -> NewEvent {
     if workload == "projection" {
         return totals::event(stream as u64 * 1_000 + u64::from(version));
     }
     let unit = format!("s{stream}v{version};");
-    let len = if version.is_multiple_of(5) { 1_500 + 300 * stream as usize } else { 40 };
+    let len = if stream == LARGE || version.is_multiple_of(5) { 1_500 + 300 * stream as usize } else { 40 };
     NewEvent::new("pl", unit.bytes().cycle().take(len).collect::<Vec<u8>>())
         .with_id((stream << 32) | u128::from(version))
 }
@@ -127,10 +154,20 @@ fn run(workload: &str, root: &Path) {
 }
 
 /// Single appends and batches over several streams, one writer. With `syncs` (the relaxed
-/// workload), each request is followed by a "done" line and every seventh by `Varve::sync`.
+/// workload), each request is followed by a "done" line and every seventh by `Varve::sync`,
+/// and some requests are large commits (over 64 KiB), one right before a sync and one not.
 fn appends(db: &Varve, acks: &Acks, workload: &str, syncs: bool) {
     let mut versions = [0u32; 6];
+    let mut large = 0;
     for i in 0..36u32 {
+        if syncs && matches!(i % 7, 2 | 6) {
+            let a = db
+                .append(LARGE, ExpectedVersion::Exact(large), events(workload, LARGE, large, 36))
+                .expect("large append");
+            large = a.last_version;
+            acks.appended(&[a]);
+            acks.line("done");
+        }
         if i % 4 == 3 {
             let mut batch = WriteBatch::new();
             for (k, s) in [i % 6, (i + 1) % 6, (i + 3) % 6].into_iter().enumerate() {
@@ -479,10 +516,11 @@ fn check(workload: &str, root: &Path, p: &Promised) -> Verdict {
     if lost > 0 { Verdict::Lost(lost, detail) } else { Verdict::Ok }
 }
 
-/// With `Durability::Relaxed`, what survives is a prefix of the commits: whole, in order,
-/// with at most the last acknowledged request lost, and nothing acknowledged before a
-/// flush. Returns how many acknowledged appends the store (whose log ends at `log_end`)
-/// holds, and what is lost that may not be.
+/// With `Durability::Relaxed`, what survives is a prefix of the commits, whole and in order
+/// (never part of a write request), that holds every commit acknowledged before the last
+/// `Varve::sync` that returned (or the close); what was acknowledged after it may be lost,
+/// from any commit on. Returns how many acknowledged appends the store (whose log ends at
+/// `log_end`) holds, and what is lost that may not be.
 fn relaxed_prefix(p: &Promised, log_end: u64) -> Result<(usize, Vec<String>), Verdict> {
     let kept = p.appends.iter().take_while(|a| a[4] <= log_end).count();
     if let Some(torn) = p.appends.get(kept).filter(|a| a[3] <= log_end) {
@@ -491,13 +529,20 @@ fn relaxed_prefix(p: &Promised, log_end: u64) -> Result<(usize, Vec<String>), Ve
             torn[3], torn[4]
         )));
     }
+    if kept > 0 && p.requests.get(kept) == Some(&p.requests[kept - 1]) {
+        return Err(Verdict::Integrity(format!(
+            "the write request of seqs {}..={} is stored in part, up to {log_end}",
+            p.appends[kept - 1][3],
+            p.appends[kept][4]
+        )));
+    }
     let mut misses = Vec::new();
     if kept < p.flushed {
-        misses.push(format!("seq {} was acknowledged before a sync and is lost", p.appends[kept][3]));
-    }
-    let requests: BTreeSet<u64> = p.requests[kept..].iter().copied().collect();
-    if requests.len() > 1 {
-        misses.push(format!("{} acknowledged requests are lost, at most the last may be", requests.len()));
+        misses.push(format!(
+            "seqs {}..={} were acknowledged before a sync and are lost",
+            p.appends[kept][3],
+            p.appends[p.flushed - 1][4]
+        ));
     }
     Ok((kept, misses))
 }
