@@ -742,8 +742,8 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     let format = |dir: &Path| raw::get(dir, "meta", b"format_version").unwrap();
     // A build that knows only the plain format refuses an encrypted store rather than write
     // plaintext.
-    assert_eq!(format(plain.path()), 8u32.to_le_bytes());
-    assert_eq!(format(p), 9u32.to_le_bytes());
+    assert_eq!(format(plain.path()), 10u32.to_le_bytes());
+    assert_eq!(format(p), 11u32.to_le_bytes());
 
     let check = raw::get(p, "meta", b"encryption").unwrap();
     raw::delete(p, "meta", b"encryption");
@@ -752,7 +752,7 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     raw::put(p, "meta", b"encryption", &check);
     // Set to the plain format, or to a plain format before it (which an open would otherwise
     // upgrade): refused, and left as it is.
-    for plain in [8u32, 6, 4] {
+    for plain in [10u32, 8, 6, 4] {
         raw::put(p, "meta", b"format_version", &plain.to_le_bytes());
         assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "format {plain}, no key");
         assert!(matches!(open(p, 1), Err(Error::CorruptMeta { .. })), "format {plain}, with the key");
@@ -764,7 +764,7 @@ fn the_record_that_a_store_is_encrypted_cannot_be_stripped() {
     assert!(matches!(Varve::open(p), Err(Error::CorruptMeta { .. })), "both stripped, no key");
     assert!(matches!(open(p, 1), Err(Error::NotEncrypted { .. })), "both stripped, with the key");
     raw::put(p, "meta", b"encryption", &check);
-    raw::put(p, "meta", b"format_version", &9u32.to_le_bytes());
+    raw::put(p, "meta", b"format_version", &11u32.to_le_bytes());
     assert_eq!(read(p, 1).unwrap(), b"stream 1 version 01");
 }
 
@@ -1249,7 +1249,7 @@ fn a_store_of_the_encrypted_format_without_identities_is_refused_with_a_typed_er
     raw::put(p, "meta", b"format_version", &2u32.to_le_bytes());
     let before = std::fs::read(p.join("data.mdb")).unwrap();
     let e = open(p, 1).map(|_| ());
-    assert!(matches!(e, Err(Error::IncompatibleFormat { found: 2, supported: 9 })), "{e:?}");
+    assert!(matches!(e, Err(Error::IncompatibleFormat { found: 2, supported: 11 })), "{e:?}");
     assert_eq!(std::fs::read(p.join("data.mdb")).unwrap(), before, "open wrote nothing");
 }
 

@@ -141,7 +141,7 @@ fn a_store_that_needs_a_write_open_is_refused_unchanged() {
         let mut txn = env.write_txn().unwrap();
         let meta: heed::Database<heed::types::Bytes, heed::types::Bytes> =
             env.create_database(&mut txn, Some("meta")).unwrap();
-        meta.put(&mut txn, b"format_version", &8u32.to_le_bytes()).unwrap();
+        meta.put(&mut txn, b"format_version", &10u32.to_le_bytes()).unwrap();
         let _: heed::Database<heed::types::Bytes, heed::types::Bytes> =
             env.create_database(&mut txn, Some("events")).unwrap();
         txn.commit().unwrap();

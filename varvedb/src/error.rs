@@ -84,18 +84,19 @@ pub enum Error {
 
     /// The store was written by a version of varvedb with a different on-disk format. A
     /// store of an older format (1, 2 or 3) is read with the build that wrote it, and its
-    /// events appended to a new store; nothing is written to it. (Formats 4 to 7 are not
+    /// events appended to a new store; nothing is written to it. (Formats 4 to 9 are not
     /// refused: an open for writing upgrades them in place.)
     #[error(
         "the store has on-disk format version {found}, and this build of varvedb reads and writes only format \
-         versions 8 (plain) and {supported} (encrypted), and upgrades 4 to 7; a store of an older format must be \
+         versions 10 (plain) and {supported} (encrypted), and upgrades 4 to 9; a store of an older format must be \
          read with the build that wrote it and its events appended to a new store"
     )]
     IncompatibleFormat {
         /// The format version recorded in the store.
         found: u32,
-        /// The newest format version this build reads and writes (6: plain, 7: encrypted;
-        /// 4 and 5, before stream heads held their newest index entries, are upgraded in
+        /// The newest format version this build reads and writes (10: plain, 11: encrypted;
+        /// 4 to 9, the formats before stream heads held their newest index entries, before
+        /// the commit record area, and before relaxed handles' checkpoints, are upgraded in
         /// place by an open for writing; 1 and 3, the formats before the compact stream
         /// index and records, and 2, the encrypted format before store identities, are
         /// refused).

@@ -912,7 +912,7 @@ mod tests {
         }
         let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
         let err = Varve::open(dir.path()).unwrap_err();
-        assert!(matches!(err, Error::IncompatibleFormat { found: 10, supported: 9 }), "{err:?}");
+        assert!(matches!(err, Error::IncompatibleFormat { found: 12, supported: 11 }), "{err:?}");
         assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
     }
 
@@ -930,11 +930,11 @@ mod tests {
             let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
             let err = Varve::open(dir.path()).unwrap_err();
             assert!(
-                matches!(err, Error::IncompatibleFormat { found, supported: 9 } if found == old),
+                matches!(err, Error::IncompatibleFormat { found, supported: 11 } if found == old),
                 "{err:?}"
             );
             let text = err.to_string();
-            assert!(text.contains(&format!("format version {old}")) && text.contains("8 (plain)"), "{text}");
+            assert!(text.contains(&format!("format version {old}")) && text.contains("10 (plain)"), "{text}");
             assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before, "open wrote nothing");
             std::fs::remove_dir_all(dir.path()).unwrap();
         }
