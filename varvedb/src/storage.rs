@@ -904,7 +904,8 @@ pub(crate) struct Storage {
     fatal: OnceLock<Arc<Error>>,
     /// Which of the writer's commits are durable (see [`Storage::commit_deferred`]).
     tickets: sync::Tickets,
-    /// As [`StorageConfig::defer_meta_sync`].
+    /// Whether commits leave their meta page, or everything, to a later flush (see
+    /// [`StorageConfig::flushes`]).
     defer_meta_sync: bool,
     /// Time spent in commits and flushes of `data.mdb`, for `Varve::stats`.
     pub(crate) flushes: sync::FlushTimes,
@@ -1060,14 +1061,24 @@ pub(crate) struct StorageConfig {
     /// Whether a store created by this open keeps the Merkle tree (recorded with the
     /// format version, in the creation's one commit).
     pub(crate) merkle_tree: bool,
-    /// Commits write their meta page without a flush (`MDB_NOMETASYNC`), made durable by
-    /// the next flush: for the writer's pipelined commits (see [`Storage::commit_deferred`]).
-    pub(crate) defer_meta_sync: bool,
+    /// How commits reach the disk.
+    pub(crate) flushes: Flushes,
     /// Opens an existing store with LMDB's `MDB_RDONLY` (see [`Storage::open_read_only`]).
     pub(crate) read_only: bool,
-    /// Commits are not flushed (`MDB_NOSYNC`); [`Storage::sync`] makes a checkpoint, and a
-    /// power loss takes the store back to the last one (see `storage/checkpoint.rs`).
-    pub(crate) relaxed: bool,
+}
+
+/// How a handle's commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flushes {
+    /// Each commit flushes its pages and its meta page before it returns.
+    EachCommit,
+    /// Commits write their meta page without a flush (`MDB_NOMETASYNC`), made durable by the
+    /// next flush: for the writer's pipelined commits (see [`Storage::commit_deferred`]).
+    DeferMeta,
+    /// Commits flush nothing (`MDB_NOSYNC`); [`Storage::sync`] makes a checkpoint, and a
+    /// power loss takes the store back to the last one (see `storage/checkpoint.rs`):
+    /// `Durability::Relaxed`.
+    Checkpoints,
 }
 
 /// How far the oldest open read view of a store is behind its last commit: the oldest LMDB
@@ -1116,11 +1127,12 @@ impl Storage {
             })?;
         }
         let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
+        let relaxed = config.flushes == Flushes::Checkpoints;
         // Held up to this open's first checkpoint, or its removal of the last one; an error
         // releases it with the descriptor.
         lock_file.begin_open().map_err(|e| io_error(e, path))?;
-        if lock_file.mark_durability(config.relaxed).map_err(|e| io_error(e, path))? {
-            let other = if config.relaxed { "immediate" } else { "relaxed" };
+        if lock_file.mark_durability(relaxed).map_err(|e| io_error(e, path))? {
+            let other = if relaxed { "immediate" } else { "relaxed" };
             return Err(Error::DurabilityInUse { path: canonical(path), other });
         }
         roll_back_to_checkpoint(path, &lock_file)?;
@@ -1128,9 +1140,9 @@ impl Storage {
         // roll-back to a checkpoint. LMDB trusts the file it maps: damage it would read on
         // the way in is refused first.
         crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
-        let mode = if config.relaxed {
+        let mode = if relaxed {
             Mode::NoSync
-        } else if config.defer_meta_sync {
+        } else if config.flushes == Flushes::DeferMeta {
             Mode::DeferMetaSync
         } else {
             Mode::Write
@@ -1143,7 +1155,7 @@ impl Storage {
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
-        let relaxed = if config.relaxed {
+        let checkpoints = if relaxed {
             let relaxed = Relaxed::open(path)?;
             // Before this open's first commit: a checkpoint left by a process that is gone
             // has no pin any more, and a commit could reuse its pages.
@@ -1166,14 +1178,14 @@ impl Storage {
             }
             None
         };
-        let tables = prepare_tables(&env, map_size, path, None, Some(&lock_file), config.relaxed)?;
+        let tables = prepare_tables(&env, map_size, path, None, Some(&lock_file), relaxed)?;
         // Before anything else commits: the record is of the transaction after the last.
         apply_pending_record(&env, &tables, map_size, path)?;
         if crate::lmdb_file::failed_commit(path).is_some() {
             rewrite_meta_page(&env, &tables, map_size, path)?;
             crate::lmdb_file::clear_failed_commit(path).map_err(|e| io_error(e, path))?;
         }
-        if config.defer_meta_sync {
+        if config.flushes != Flushes::EachCommit {
             // The commits above wrote their meta pages without a flush (`MDB_NOMETASYNC`).
             env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
         }
@@ -1184,7 +1196,9 @@ impl Storage {
         let ahead = ahead::Ahead::open(path, env.stat().page_size).map_err(|e| io_error(e, path))?;
         // A relaxed handle writes no records, but zeros the area after a shred or a key
         // rotation all the same: an immediate handle's records may hold old key material.
-        let records = if config.defer_meta_sync {
+        let records = if config.flushes == Flushes::EachCommit {
+            None
+        } else {
             let rtxn = env.read_txn().map_err(|e| engine_error(e, map_size, path))?;
             // After `prepare_tables` only a store whose format and record of encryption
             // disagree has no area (the open refuses it next, with the reason); and off
@@ -1192,8 +1206,6 @@ impl Storage {
             let offset = record_area_offset(&env, &rtxn, &tables.meta, map_size, &path.join("data.mdb"))?;
             drop(rtxn);
             offset.map(|offset| redo::Area::open(path, offset).map_err(|e| io_error(e, path))).transpose()?
-        } else {
-            None
         };
         let storage = Storage {
             env,
@@ -1204,13 +1216,13 @@ impl Storage {
             _claim: claim,
             fatal: OnceLock::new(),
             tickets: sync::Tickets::default(),
-            defer_meta_sync: config.defer_meta_sync,
+            defer_meta_sync: config.flushes != Flushes::EachCommit,
             flushes: sync::FlushTimes::default(),
             read_only: false,
             ahead: Some(ahead),
             records,
             record_buf: Mutex::new(Vec::new()),
-            relaxed,
+            relaxed: checkpoints,
             write_gate: Mutex::new(()),
         };
         if storage.relaxed.is_some() {
@@ -1392,7 +1404,7 @@ impl Storage {
     }
 
     /// Commits `txn` as [`Storage::commit`] does, except that with
-    /// [`StorageConfig::defer_meta_sync`] the commit's meta page is written and not flushed:
+    /// [`Flushes::DeferMeta`] the commit's meta page is written and not flushed:
     /// the commit is in force (every transaction begun after this sees it) but durable only
     /// once [`Storage::is_durable`] says so of the ticket returned, that is after the next
     /// commit of this kind, or the next [`Storage::sync`]. A power loss before that takes
@@ -1605,7 +1617,7 @@ impl Storage {
         self.tickets.last()
     }
 
-    /// Commits `txn`, its meta page unflushed with [`StorageConfig::defer_meta_sync`].
+    /// Commits `txn`, its meta page unflushed with [`Flushes::DeferMeta`].
     /// `before` is the writer's last ticket, read before; `recorded`, the transaction id of
     /// `txn` if its commit record was written.
     fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket, recorded: Option<u64>) -> Result<(), Error> {
@@ -2201,9 +2213,8 @@ impl Storage {
                 map_size: room,
                 max_readers: 1024,
                 merkle_tree: false,
-                defer_meta_sync: false,
                 read_only: false,
-                relaxed: false,
+                flushes: Flushes::EachCommit,
             },
         )
         .map_err(|e| match e {
@@ -3320,9 +3331,8 @@ mod tests {
                 map_size: 1 << 20,
                 max_readers: 8,
                 merkle_tree: false,
-                defer_meta_sync: false,
                 read_only: false,
-                relaxed: false,
+                flushes: Flushes::EachCommit,
             },
         )
         .unwrap();
@@ -3435,9 +3445,8 @@ mod tests {
                     map_size: 1 << 24,
                     max_readers: 8,
                     merkle_tree: false,
-                    defer_meta_sync: false,
                     read_only: false,
-                    relaxed: false,
+                    flushes: Flushes::EachCommit,
                 },
             )
             .unwrap();
@@ -3474,9 +3483,8 @@ mod tests {
                 map_size: 1 << 22,
                 max_readers: 8,
                 merkle_tree: false,
-                defer_meta_sync: false,
                 read_only: false,
-                relaxed: false,
+                flushes: Flushes::EachCommit,
             },
         )
         .unwrap();
@@ -3532,9 +3540,8 @@ mod tests {
                 map_size: 1 << 20,
                 max_readers: 8,
                 merkle_tree: false,
-                defer_meta_sync: false,
                 read_only: false,
-                relaxed: false,
+                flushes: Flushes::EachCommit,
             },
         ) else {
             panic!("a value opened as a table");
@@ -3569,9 +3576,8 @@ mod tests {
                 map_size: 1 << 20,
                 max_readers: 200,
                 merkle_tree: false,
-                defer_meta_sync: false,
                 read_only: false,
-                relaxed: false,
+                flushes: Flushes::EachCommit,
             },
         )
         .unwrap();
@@ -3607,9 +3613,8 @@ mod tests {
                 map_size: 1 << 24,
                 max_readers: 20,
                 merkle_tree: false,
-                defer_meta_sync: true,
                 read_only: false,
-                relaxed,
+                flushes: if relaxed { Flushes::Checkpoints } else { Flushes::DeferMeta },
             },
         )
     }
@@ -3667,9 +3672,8 @@ mod tests {
                 map_size: 1 << 24,
                 max_readers: 20,
                 merkle_tree: false,
-                defer_meta_sync: false,
                 read_only: true,
-                relaxed: false,
+                flushes: Flushes::EachCommit,
             },
         );
         assert!(matches!(read_only, Err(Error::NeedsWriteOpen { .. })), "{:?}", read_only.err());
@@ -3716,7 +3720,7 @@ mod tests {
             })
             .collect();
         for _ in 0..3 {
-            finished.recv_timeout(std::time::Duration::from_secs(120)).expect("no thread waits forever");
+            finished.recv_timeout(std::time::Duration::from_mins(2)).expect("no thread waits forever");
         }
         for t in threads {
             t.join().unwrap();

@@ -9,7 +9,7 @@ use crate::crypto::{Encryption, MasterKey, StoreId};
 use crate::error::Error;
 use crate::id::StreamId;
 use crate::read::ReadView;
-use crate::storage::{ReaderLag, Storage, StorageConfig};
+use crate::storage::{Flushes, ReaderLag, Storage, StorageConfig};
 use crate::writer::{Counters, Durability, LagWarning, Reply, Request, WriteResult, Writer, WriterConfig};
 
 mod keys;
@@ -385,9 +385,12 @@ impl Options {
                 // In both modes the writer's commits leave their meta page to the next flush
                 // (a commit record stands in for it, or the answer waits for that flush, in
                 // `Durability::Immediate`; see `writer::durable`).
-                defer_meta_sync: true,
                 read_only: self.read_only,
-                relaxed: self.durability == Durability::Relaxed && !self.read_only,
+                flushes: if self.durability == Durability::Relaxed {
+                    Flushes::Checkpoints
+                } else {
+                    Flushes::DeferMeta
+                },
             },
         )?);
         let opened = crate::key_record::open(
