@@ -306,7 +306,7 @@ fn a_damaged_page_of_the_tables_an_upgrade_rewrites_is_refused_before_it() {
 const HOLD_8: &str = "VARVEDB_UPGRADE_HOLD_FORMAT_8";
 
 #[test]
-fn a_store_of_format_8_is_upgraded_by_any_write_open_and_by_a_relaxed_one_only_alone() {
+fn a_store_of_format_8_is_upgraded_by_a_write_open_only_while_no_other_process_has_it_open() {
     if let Some(dir) = std::env::var_os(HOLD_8) {
         // SAFETY: the parent opens this store only after this process says it is ready, and
         // writes to it then only from a process that does not map it; nothing else maps it
@@ -334,7 +334,7 @@ fn a_store_of_format_8_is_upgraded_by_any_write_open_and_by_a_relaxed_one_only_a
         assert!(matches!(e, Error::NeedsWriteOpen { .. }), "{e:?}");
         let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
-                "a_store_of_format_8_is_upgraded_by_any_write_open_and_by_a_relaxed_one_only_alone",
+                "a_store_of_format_8_is_upgraded_by_a_write_open_only_while_no_other_process_has_it_open",
                 "--exact",
                 "--nocapture",
             ])
@@ -349,10 +349,12 @@ fn a_store_of_format_8_is_upgraded_by_any_write_open_and_by_a_relaxed_one_only_a
             said.clear();
             assert!(std::io::BufRead::read_line(&mut out, &mut said).unwrap() > 0, "the holder ended");
         }
-        let relaxed = options(encrypted).durability(varvedb::Durability::Relaxed);
-        let e = relaxed.open(dir.path()).unwrap_err();
-        assert!(matches!(e, Error::UpgradeNeedsExclusiveAccess { .. }), "{e:?}");
-        assert_eq!(format_of(dir.path()), old, "nothing changed");
+        for durability in [varvedb::Durability::Relaxed, varvedb::Durability::Immediate] {
+            let e = options(encrypted).durability(durability).open(dir.path()).unwrap_err();
+            assert!(matches!(e, Error::UpgradeNeedsExclusiveAccess { .. }), "{e:?}");
+            assert_eq!(format_of(dir.path()), old, "nothing changed");
+            assert!(!dir.path().join("checkpoint").exists(), "no checkpoint beside the older build");
+        }
         drop(holder.stdin.take());
         assert!(holder.wait().unwrap().success());
         let relaxed = options(encrypted).durability(varvedb::Durability::Relaxed);
@@ -361,7 +363,6 @@ fn a_store_of_format_8_is_upgraded_by_any_write_open_and_by_a_relaxed_one_only_a
         drop(db);
         assert_eq!(format_of(dir.path()), new);
 
-        // An immediate open upgrades beside the older build, which flushes every commit too.
         damage::raw::put(dir.path(), "meta", b"format_version", &old.to_le_bytes());
         drop(options(encrypted).open(dir.path()).unwrap());
         assert_eq!(format_of(dir.path()), new);

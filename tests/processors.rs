@@ -404,6 +404,27 @@ fn appending_from_a_projection_handler_is_an_error_not_a_deadlock() {
     db.append(1u128, ExpectedVersion::Auto, [totals::event(4)]).unwrap();
 }
 
+#[test]
+fn a_flush_asked_for_inside_a_projection_handler_is_made_in_both_durabilities() {
+    for durability in [varvedb::Durability::Immediate, varvedb::Durability::Relaxed] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = varvedb::Options::new().durability(durability).open(dir.path()).unwrap();
+        for cents in 1..=3 {
+            db.append(1u128, ExpectedVersion::Auto, [totals::event(cents)]).unwrap();
+        }
+        let inner = db.clone();
+        let mut p =
+            Projection::new("flushes").batch_size(1).on::<totals::OrderPlaced>(move |_tx, _e, _meta| {
+                // The step's transaction holds the store's write lock in this thread.
+                inner.sync()?;
+                Ok(())
+            });
+        assert_eq!(p.catch_up(&db).unwrap(), 3, "{durability:?}");
+        db.append(1u128, ExpectedVersion::Auto, [totals::event(4)]).unwrap();
+        db.sync().unwrap();
+    }
+}
+
 mod newer {
     /// `order.placed` at a newer schema version than the projection handles.
     #[derive(varvedb::Event)]

@@ -324,6 +324,15 @@ pub(crate) fn meta_copy(file: &File, txnid: u64) -> Result<Option<Vec<u8>>, Erro
     Ok(matches!(parse_meta(&b, index), Ok(m) if m.txnid == txnid).then(|| b.to_vec()))
 }
 
+/// The highest transaction id of the two meta pages of `file` (`data.mdb`) that parse as
+/// meta pages, if either does.
+pub(crate) fn newest_meta_txnid(file: &File) -> Result<Option<u64>, Error> {
+    let Ok(first) = parse_meta(&read_meta_bytes(file, 0, 0)?, 0) else { return Ok(None) };
+    let second =
+        read_meta_bytes(file, 1, u64::from(first.page_size)).ok().and_then(|b| parse_meta(&b, 1).ok());
+    Ok(Some(second.map_or(first.txnid, |m| m.txnid.max(first.txnid))))
+}
+
 /// The bytes of `data.mdb` up to the end of the last page in use, by a meta page copy from
 /// [`meta_copy`], if it is one.
 pub(crate) fn meta_copy_used(copy: &[u8]) -> Option<u64> {

@@ -140,6 +140,8 @@ impl<'env> std::ops::Deref for ReadTxn<'env> {
 pub(crate) struct WriteTxn<'env> {
     // Ends before it stops counting as live.
     txn: RwTxn<'env>,
+    /// Marks this thread as holding LMDB's write lock, until the transaction has ended.
+    open: OpenWriteTxn,
     _live: Live<'env>,
     /// The changes made through the storage's write calls, for the commit record of a
     /// transaction begun with [`Storage::write_txn_recorded`]. Every change of a
@@ -153,6 +155,30 @@ pub(crate) struct WriteTxn<'env> {
 thread_local! {
     /// The address of the gate this thread holds (0: none).
     static HOLDS_GATE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Whether this thread has a [`WriteTxn`] under way, and so holds LMDB's write lock.
+    static IN_WRITE_TXN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This thread's write transaction, under way: a checkpoint asked for inside it (a flush
+/// inside a projection step) must not take LMDB's write lock again.
+struct OpenWriteTxn(());
+
+impl OpenWriteTxn {
+    fn mark() -> Self {
+        IN_WRITE_TXN.with(|t| t.set(true));
+        OpenWriteTxn(())
+    }
+}
+
+impl Drop for OpenWriteTxn {
+    fn drop(&mut self) {
+        IN_WRITE_TXN.with(|t| t.set(false));
+    }
+}
+
+/// Whether this thread has a write transaction under way.
+fn in_write_txn() -> bool {
+    IN_WRITE_TXN.with(std::cell::Cell::get)
 }
 
 /// [`Storage::write_gate`], held; this thread knows it holds it.
@@ -942,6 +968,8 @@ struct Relaxed {
     pin: Mutex<Option<(RoTxn<'static, WithoutTls>, u64)>>,
     /// The bytes up to LMDB's last page in use in the pinned snapshot.
     pinned_used: std::sync::atomic::AtomicU64,
+    /// The transaction id of the pin of a checkpoint under way (0 if none).
+    pending: std::sync::atomic::AtomicU64,
     /// The process that opened the store: a forked child's copy of the pin is its
     /// parent's reader slot, which ending the pin there would free.
     pid: u32,
@@ -964,51 +992,77 @@ impl Relaxed {
 
     fn open(dir: &Path) -> Result<Self, Error> {
         let io = |e| io_error(e, dir);
+        let file = checkpoint::Checkpoints::open(dir).map_err(io)?;
+        // The file's name is durable before any commit relies on it.
+        sync_dir(dir).map_err(io)?;
         Ok(Relaxed {
-            file: checkpoint::Checkpoints::open(dir).map_err(io)?,
+            file,
             data: std::fs::File::open(dir.join("data.mdb")).map_err(io)?,
             inode: checkpoint::data_inode(dir).map_err(io)?,
             boot: checkpoint::boot_id(),
             busy: Mutex::new(()),
             pin: Mutex::new(None),
             pinned_used: std::sync::atomic::AtomicU64::new(0),
+            pending: std::sync::atomic::AtomicU64::new(0),
             pid: std::process::id(),
         })
     }
 
-    fn pinned(&self) -> Option<u64> {
-        self.pin.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|(_, txnid)| *txnid)
+    /// The transaction ids of this handle's pins: the last checkpoint's, and the one of a
+    /// checkpoint under way (0 if none).
+    fn pinned(&self) -> [u64; 2] {
+        let last = self
+            .pin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |(_, t)| *t);
+        [last, self.pending.load(std::sync::atomic::Ordering::Relaxed)]
     }
 
-    /// Makes a checkpoint of the store's last commit. `lock` takes LMDB's write lock and
-    /// gives the id the transaction holding it has: while it is held no commit moves the
-    /// store, so the pin begins on the last commit and its meta page is read whole.
+    /// Makes a checkpoint of the store's last commit. `lock` keeps every commit out while
+    /// the last one is pinned and its meta page read (LMDB's write lock, taken or already
+    /// held by this thread). Errors: `Err((e, true))` when the store's durability is in
+    /// doubt (a failed flush, or a failed write of the entry); `Err((e, false))` when the
+    /// checkpoint was not made and nothing was lost.
     fn checkpoint<G>(
         &self,
         env: &Env<WithoutTls>,
         dir: &Path,
         map_size: usize,
-        lock: impl FnOnce() -> Result<G, Error>,
-        next_txnid: impl FnOnce(&G) -> u64,
-    ) -> Result<(), Error> {
-        let (pin, txnid, meta, _one) = {
-            let held = lock()?;
-            // After the gate and LMDB's lock, whose holders may be waiting for a checkpoint:
-            // one in its flushes holds neither.
-            let one = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let txnid = next_txnid(&held).saturating_sub(1);
-            let meta = crate::lmdb_file::meta_copy(&self.data, txnid)?
-                .ok_or(Error::Internal("the last commit's meta page is not in the file"))?;
-            let pin = env.clone().static_read_txn().map_err(|e| engine_error(e, map_size, dir))?;
-            if pin.id() as u64 != txnid {
-                return Err(Error::Internal("a checkpoint's pin is not on the last commit"));
-            }
+        mut lock: impl FnMut() -> Result<G, Error>,
+    ) -> Result<(), (Error, bool)> {
+        let (pin, txnid, meta, _one) = loop {
+            let held = lock().map_err(|e| (e, false))?;
+            // After the gate and LMDB's lock; but a checkpoint in its flushes holds neither,
+            // and this one waits for it without them, so commits go on meanwhile.
+            let one = match self.busy.try_lock() {
+                Ok(one) => one,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    drop(held);
+                    drop(self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+                    continue;
+                }
+            };
+            let pin = env.clone().static_read_txn().map_err(|e| (engine_error(e, map_size, dir), false))?;
+            let txnid = pin.id() as u64;
+            let meta = crate::lmdb_file::meta_copy(&self.data, txnid)
+                .map_err(|e| (e, false))?
+                .ok_or((Error::Internal("the last commit's meta page is not in the file"), false))?;
             drop(held);
-            (pin, txnid, meta, one)
+            break (pin, txnid, meta, one);
         };
+        self.pending.store(txnid, std::sync::atomic::Ordering::Relaxed);
         // Every page of the snapshot was written before the pin began: this flush carries it.
-        env.force_sync().map_err(|e| engine_error(e, map_size, dir))?;
-        self.file.write(txnid, self.inode, self.boot, &meta).map_err(|e| io_error(e, dir))?;
+        // Through a descriptor of the handle's own: LMDB's flush reads the map, which
+        // another thread may be moving now that no transaction is counted.
+        let flushed = self.data.sync_data().map_err(|e| (io_error(e, dir), true));
+        let recorded = flushed.and_then(|()| {
+            self.file.write(txnid, self.inode, self.boot, &meta).map_err(|e| (io_error(e, dir), true))
+        });
+        self.pending.store(0, std::sync::atomic::Ordering::Relaxed);
+        recorded?;
         self.pinned_used.store(
             crate::lmdb_file::meta_copy_used(&meta).unwrap_or_default(),
             std::sync::atomic::Ordering::Relaxed,
@@ -1025,9 +1079,18 @@ impl Relaxed {
 /// relaxed handle wrote it, the machine has restarted since (a different boot id), and no
 /// process has it open. The page cache then lost whatever it had not written back, and
 /// LMDB's meta pages may name pages that never reached the disk.
+///
+/// An entry newer than both meta pages is of another file under the same inode (a backup
+/// copied over `data.mdb`): the entry's own snapshot had its meta page flushed before the
+/// entry was written, and a later commit only ever raises a meta page's transaction id.
 fn needs_roll_back(dir: &Path, lock_file: &files::LockFile) -> Result<bool, Error> {
-    let Some(entry) = checkpoint::newest(dir).map_err(|e| io_error(e, dir))? else { return Ok(false) };
-    Ok(!checkpoint::same_boot(&entry.boot) && !lock_file.used_elsewhere().unwrap_or(true))
+    let io = |e| io_error(e, dir);
+    let Some(entry) = checkpoint::newest(dir).map_err(io)? else { return Ok(false) };
+    if checkpoint::same_boot(&entry.boot) || lock_file.used_elsewhere().unwrap_or(true) {
+        return Ok(false);
+    }
+    let file = std::fs::File::open(dir.join("data.mdb")).map_err(io)?;
+    Ok(crate::lmdb_file::newest_meta_txnid(&file)?.is_some_and(|newest| newest >= entry.txnid))
 }
 
 /// Takes the store back to its last checkpoint if it needs it ([`needs_roll_back`]): the
@@ -1128,8 +1191,7 @@ impl Storage {
         }
         let lock_file = files::LockFile::open_backed(path, files::lock_file_size(config.max_readers))?;
         let relaxed = config.flushes == Flushes::Checkpoints;
-        // Held up to this open's first checkpoint, or its removal of the last one; an error
-        // releases it with the descriptor.
+        // Held until the open returns; an error releases it with the descriptor.
         lock_file.begin_open().map_err(|e| io_error(e, path))?;
         if lock_file.mark_durability(relaxed).map_err(|e| io_error(e, path))? {
             let other = if relaxed { "immediate" } else { "relaxed" };
@@ -1140,13 +1202,9 @@ impl Storage {
         // roll-back to a checkpoint. LMDB trusts the file it maps: damage it would read on
         // the way in is refused first.
         crate::lmdb_file::check_before_open(path, &[name::META], &[name::EVENTS])?;
-        let mode = if relaxed {
-            Mode::NoSync
-        } else if config.flushes == Flushes::DeferMeta {
-            Mode::DeferMetaSync
-        } else {
-            Mode::Write
-        };
+        // A relaxed handle opens as an immediate one does, and leaves flushes to checkpoints
+        // only once its first checkpoint is made (below).
+        let mode = if config.flushes == Flushes::EachCommit { Mode::Write } else { Mode::DeferMetaSync };
         let env = open_env(path, map_size, config.max_readers, Private::No, mode).map_err(|e| match e {
             heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path: canonical(path) },
             other => engine_error(other, map_size, path),
@@ -1155,30 +1213,16 @@ impl Storage {
         let map_size = env.info().map_size;
         // A killed process leaves its reader slots behind; they would pin old pages forever.
         env.clear_stale_readers().map_err(|e| engine_error(e, map_size, path))?;
-        let checkpoints = if relaxed {
-            let relaxed = Relaxed::open(path)?;
-            // Before this open's first commit: a checkpoint left by a process that is gone
-            // has no pin any more, and a commit could reuse its pages.
-            relaxed.checkpoint(
-                &env,
-                path,
-                map_size,
-                || env.write_txn().map_err(|e| engine_error(e, map_size, path)),
-                |txn| txn.id() as u64,
-            )?;
-            Some(relaxed)
-        } else {
-            // Every commit of this handle is flushed; an entry left by a relaxed handle would
-            // take a power loss back past them. Flushed first, so the entry is not needed.
-            if checkpoint::newest(path).map_err(|e| io_error(e, path))?.is_some()
-                || path.join(checkpoint::FILE).exists()
-            {
-                env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
-                checkpoint::remove(path).map_err(|e| io_error(e, path))?;
-            }
-            None
-        };
-        let tables = prepare_tables(&env, map_size, path, None, Some(&lock_file), relaxed)?;
+        // Before this open's first commit. Checkpoints left by processes that are gone have
+        // no pin any more, and a commit could reuse their pages; an immediate handle's
+        // flushed commits would be taken back by them after a power loss. So the store is
+        // flushed and the file removed, unless a relaxed process has the store open: its
+        // checkpoints are pinned, and this open's commits are flushed too.
+        if path.join(checkpoint::FILE).exists() && !lock_file.used_elsewhere().unwrap_or(true) {
+            env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
+            checkpoint::remove(path).map_err(|e| io_error(e, path))?;
+        }
+        let tables = prepare_tables(&env, map_size, path, None, Some(&lock_file))?;
         // Before anything else commits: the record is of the transaction after the last.
         apply_pending_record(&env, &tables, map_size, path)?;
         if crate::lmdb_file::failed_commit(path).is_some() {
@@ -1207,6 +1251,7 @@ impl Storage {
             drop(rtxn);
             offset.map(|offset| redo::Area::open(path, offset).map_err(|e| io_error(e, path))).transpose()?
         };
+        let checkpoints = if relaxed { Some(Relaxed::open(path)?) } else { None };
         let storage = Storage {
             env,
             tables,
@@ -1226,8 +1271,12 @@ impl Storage {
             write_gate: Mutex::new(()),
         };
         if storage.relaxed.is_some() {
-            // The commits of this open (an upgrade, a record applied) are in the checkpoint.
+            // The first checkpoint: from here on a power loss goes back no further.
             storage.sync()?;
+            // SAFETY: `MDB_NOSYNC` as argued in `open_env`; set while this thread is the
+            // environment's only user (the storage is not shared yet), as LMDB requires.
+            unsafe { storage.env.set_flags(EnvFlags::NO_SYNC, heed::FlagSetMode::Enable) }
+                .map_err(|e| engine_error(e, map_size, path))?;
         }
         storage.lock_file.end_open().map_err(|e| io_error(e, path))?;
         Ok(storage)
@@ -1330,7 +1379,7 @@ impl Storage {
         }
         let gate = GateGuard::take(&self.write_gate);
         let (txn, live) = self.begin(Env::write_txn)?;
-        let txn = WriteTxn { txn, _live: live, redo: None, gate };
+        let txn = WriteTxn { txn, open: OpenWriteTxn::mark(), _live: live, redo: None, gate };
         self.grow_ahead(&txn)?;
         Ok(txn)
     }
@@ -1397,8 +1446,10 @@ impl Storage {
     pub(crate) fn commit(&self, txn: WriteTxn<'_>) -> Result<(), Error> {
         self.erase_record(txn.txn.id() as u64)?;
         // The gate stays held through the flush after the commit.
-        let WriteTxn { txn, _live: live, redo: _, gate: _gate } = txn;
+        let WriteTxn { txn, open, _live: live, redo: _, gate: _gate } = txn;
         self.commit_or_stop_gated(txn, live, self.tickets.last(), None)?;
+        // The transaction has ended; the gate is kept through the flush.
+        drop(open);
         // Without `MDB_NOMETASYNC` LMDB wrote the meta page through an `O_DSYNC` descriptor.
         if self.defer_meta_sync && !self.read_only { self.sync_gated() } else { Ok(()) }
     }
@@ -1532,7 +1583,11 @@ impl Storage {
         }
         let before = self.tickets.last();
         let started = std::time::Instant::now();
+        // Counted as live: LMDB's flush reads the meta page through the map, which must not
+        // move meanwhile.
+        let live = self.txns.enter();
         let flushed = self.env.force_sync();
+        drop(live);
         self.flushes.record(started.elapsed());
         if let Err(e) = flushed {
             let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(self.err(e))));
@@ -1544,9 +1599,10 @@ impl Storage {
 
     /// Makes a checkpoint of a relaxed handle (see `storage/checkpoint.rs`): every commit
     /// made before is durable when this returns `Ok`, and a power loss takes the store back
-    /// to no earlier state. The gate is held only while the snapshot is pinned: the flushes
-    /// go on beside the writer's commits, which flush nothing themselves. A failed flush
-    /// stops the storage, as [`Storage::sync`]'s does.
+    /// to no earlier state. The gate and LMDB's write lock are held only while the snapshot
+    /// is pinned: the flushes go on beside the writer's commits, which flush nothing
+    /// themselves. A failed flush stops the storage, as [`Storage::sync`]'s does; a
+    /// checkpoint that could not begin (no reader slot left, say) is a plain error.
     fn checkpoint(&self) -> Result<(), Error> {
         let Some(relaxed) = &self.relaxed else { return Ok(()) };
         if let Some(source) = self.fatal.get() {
@@ -1554,27 +1610,26 @@ impl Storage {
         }
         let mut before = 0;
         let started = std::time::Instant::now();
-        let done = relaxed.checkpoint(
-            &self.env,
-            self.path(),
-            self.map_size(),
-            || {
-                let gate = GateGuard::for_flush(&self.write_gate);
-                // Counted as live while LMDB's write lock is held, as every transaction is.
-                let lock = self.begin(Env::write_txn)?;
-                before = self.tickets.last();
-                Ok((lock, gate))
-            },
-            |((txn, _), _)| txn.id() as u64,
-        );
+        let done = relaxed.checkpoint(&self.env, self.path(), self.map_size(), || {
+            before = self.tickets.last();
+            if in_write_txn() {
+                // Inside a projection step: this thread's transaction holds LMDB's lock.
+                return Ok(None);
+            }
+            let gate = GateGuard::for_flush(&self.write_gate);
+            // Counted as live while LMDB's write lock is held, as every transaction is.
+            let lock = self.begin(Env::write_txn)?;
+            before = self.tickets.last();
+            Ok(Some((lock, gate)))
+        });
         self.flushes.record(started.elapsed());
         match done {
             Ok(()) => {
                 self.tickets.flushed(before);
                 Ok(())
             }
-            Err(e @ (Error::NeedsReopen { .. } | Error::MapResized { .. })) => Err(e),
-            Err(e) => {
+            Err((e, false)) => Err(e),
+            Err((e, true)) => {
                 let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
                 Err(Error::OutcomeUnknown { source })
             }
@@ -1594,10 +1649,10 @@ impl Storage {
         self.checkpoint()
     }
 
-    /// The transaction id of this handle's checkpoint pin, if it has one: a reader of its
-    /// own, not a read view of the user's.
-    fn pinned(&self) -> Option<u64> {
-        self.relaxed.as_ref().and_then(Relaxed::pinned)
+    /// The transaction ids of this handle's checkpoint pins (0: none): readers of its own,
+    /// not read views of the user's.
+    fn pinned(&self) -> [u64; 2] {
+        self.relaxed.as_ref().map_or([0; 2], Relaxed::pinned)
     }
 
     /// Whether the commit of `ticket` (from [`Storage::commit_deferred`]) is durable: by its
@@ -1623,7 +1678,7 @@ impl Storage {
     fn commit_or_stop(&self, txn: WriteTxn<'_>, before: Ticket, recorded: Option<u64>) -> Result<(), Error> {
         // The gate is held until a failure is handled: no other commit of this process comes
         // between a failed flush and its repair.
-        let WriteTxn { txn, _live: live, redo: _, gate: _gate } = txn;
+        let WriteTxn { txn, open: _open, _live: live, redo: _, gate: _gate } = txn;
         self.commit_or_stop_gated(txn, live, before, recorded)
     }
 
@@ -2453,8 +2508,6 @@ enum Mode {
     Write,
     /// Writes, with `MDB_NOMETASYNC`: a commit leaves its meta page to the next flush.
     DeferMetaSync,
-    /// Writes, with `MDB_NOSYNC`: a commit flushes nothing (`Durability::Relaxed`).
-    NoSync,
     /// `MDB_RDONLY`: no write transaction, no writer lock.
     ReadOnly,
 }
@@ -2493,15 +2546,6 @@ fn open_env(
         // pages: its creation is synced before the store gets its name.
         unsafe { options.flags(EnvFlags::NO_META_SYNC) };
     }
-    if mode == Mode::NoSync && private == Private::No {
-        // SAFETY: `MDB_NOSYNC` changes only whether a commit is flushed, not what is written
-        // or mapped: every page is still written through LMDB's copy-on-write transactions,
-        // and a live process sees each commit whole. What it weakens, the order in which
-        // pages reach the disk, is restored by the storage layer: a power loss takes the
-        // store back to a checkpoint whose pages no commit could reuse (see
-        // `storage/checkpoint.rs`), before LMDB maps the file again.
-        unsafe { options.flags(EnvFlags::NO_SYNC) };
-    }
     if private == Private::Yes {
         // SAFETY: without a lock file, LMDB leaves all coordination to its user. Only two
         // kinds of directory are opened so, each used by this one environment on one thread:
@@ -2519,8 +2563,11 @@ fn open_env(
     // precondition of `Options::open` (do not write to `data.mdb` by other means, no network
     // filesystems). Everything LMDB itself writes goes through copy-on-write pages that no
     // live read transaction can see, and we set no flag that weakens this (`WRITE_MAP`;
-    // `NO_LOCK` only for a private build, `NO_META_SYNC` and `NO_SYNC` only delay or drop a
-    // flush, above). A roll-back to a checkpoint writes LMDB's meta pages before any process
+    // `NO_LOCK` only for a private build, `NO_META_SYNC` only delays a flush, above, and
+    // `NO_SYNC`, set by a relaxed handle once open, only drops one: what it weakens, the
+    // order in which pages reach the disk, is restored by the storage layer, since a power
+    // loss takes the store back to a checkpoint whose pages no commit could reuse, see
+    // `storage/checkpoint.rs`). A roll-back to a checkpoint writes LMDB's meta pages before any process
     // maps the file (`roll_back_to_checkpoint`, under the opens' lock, when no other process
     // has the store open). The store's own writes to `data.mdb` are of two kinds. Zeros past LMDB's last
     // page (`storage/ahead.rs`), under its write lock: no snapshot reaches them, and LMDB
@@ -2539,7 +2586,7 @@ fn open_env(
 fn build_store(build_dir: &Path, store_dir: &Path, map_size: usize, merkle_tree: bool) -> Result<(), Error> {
     let env = open_env(build_dir, map_size, 1, Private::Yes, Mode::Write)
         .map_err(|e| engine_error(e, map_size, store_dir))?;
-    prepare_tables(&env, map_size, store_dir, Some(merkle_tree), None, false)?;
+    prepare_tables(&env, map_size, store_dir, Some(merkle_tree), None)?;
     // `env` is the only handle: dropping it closes the environment.
     Ok(())
 }
@@ -2575,14 +2622,12 @@ fn rewrite_meta_page(
 /// `merkle_tree`: for a new store, whether it keeps the Merkle tree (`None`: leave that to
 /// `tlog::open`). `lock_file`: the store's, to tell whether another process has it open
 /// before an upgrade (`None` for a store being created, which has nothing to upgrade).
-/// `relaxed`: whether the open is a relaxed handle's.
 fn prepare_tables(
     env: &Env<WithoutTls>,
     map_size: usize,
     dir: &Path,
     merkle_tree: Option<bool>,
     lock_file: Option<&files::LockFile>,
-    relaxed: bool,
 ) -> Result<Tables, Error> {
     let err = |e| engine_error(e, map_size, dir);
     let mut wtxn = env.write_txn().map_err(err)?;
@@ -2636,10 +2681,9 @@ fn prepare_tables(
         } else if (found == FORMAT_BEFORE_RECORDS && !encrypted)
             || (found == ENCRYPTED_FORMAT_BEFORE_RECORDS && encrypted)
         {
-            // No layout changes: a process of the older build that has the store open
-            // commits as it did, each commit durable by its own meta page. Not beside a
-            // relaxed handle (below).
-            if relaxed && lock_file.is_none_or(|f| f.used_elsewhere().unwrap_or(true)) {
+            // No layout changes; but a process of the older build takes no lock of a
+            // durability (below).
+            if lock_file.is_none_or(|f| f.used_elsewhere().unwrap_or(true)) {
                 return Err(Error::UpgradeNeedsExclusiveAccess { path: canonical(dir) });
             }
             let now = if found == FORMAT_BEFORE_RECORDS { FORMAT_VERSION } else { ENCRYPTED_FORMAT_VERSION };
@@ -2648,10 +2692,11 @@ fn prepare_tables(
         } else if (found == FORMAT_BEFORE_CHECKPOINTS && !encrypted)
             || (found == ENCRYPTED_FORMAT_BEFORE_CHECKPOINTS && encrypted)
         {
-            // No layout changes. A process of the older build that has the store open
-            // commits as it did, flushing each commit; but it takes no lock of a durability
-            // (`files::LockFile::mark_durability`), so a relaxed handle must not write beside it.
-            if relaxed && lock_file.is_none_or(|f| f.used_elsewhere().unwrap_or(true)) {
+            // No layout changes. A process of the older build takes no lock of a durability
+            // (`files::LockFile::mark_durability`): a relaxed handle could later write beside
+            // it, and a power loss then take its flushed commits back to a checkpoint. Once
+            // the format is new, no older build opens the store.
+            if lock_file.is_none_or(|f| f.used_elsewhere().unwrap_or(true)) {
                 return Err(Error::UpgradeNeedsExclusiveAccess { path: canonical(dir) });
             }
             let now = if encrypted { ENCRYPTED_FORMAT_VERSION } else { FORMAT_VERSION };

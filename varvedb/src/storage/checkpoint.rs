@@ -174,7 +174,10 @@ impl Checkpoints {
             // entry is there already. An entry of the same snapshot under another boot id is
             // written again: left, it would roll back whatever this boot commits after it.
             if newest.is_some_and(|e| e.txnid > txnid || (e.txnid == txnid && e.boot == boot)) {
-                return Ok(());
+                // That entry may be in the page cache only (its process was killed before
+                // flushing it, or its flush failed): this checkpoint relies on it, so it is
+                // flushed here. Its snapshot was flushed before it was written.
+                return self.file.sync_data();
             }
             let generation = slots.iter().flatten().map(|e| e.generation).max().map_or(0, |g| g + 1);
             let entry = Entry { generation, txnid, inode, boot, meta: meta.to_vec() };

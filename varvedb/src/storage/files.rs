@@ -381,9 +381,9 @@ impl LockFile {
 
     /// The oldest reader in the reader table, and how many commits it is behind the last.
     /// Slots of processes that died count until LMDB clears them.
-    /// `skip`: the transaction id of this process's checkpoint pin, a reader slot of the
-    /// store's own and no read view (one slot at that id is passed over).
-    pub(super) fn oldest_reader(&self, mut skip: Option<u64>) -> io::Result<Option<ReaderLag>> {
+    /// `skip`: the transaction ids of this process's checkpoint pins (0: none), reader
+    /// slots of the store's own and no read views (one slot at each is passed over).
+    pub(super) fn oldest_reader(&self, mut skip: [u64; 2]) -> io::Result<Option<ReaderLag>> {
         let layout = layout();
         // LMDB stores each slot's fields as whole aligned words, but a read through the
         // page cache is a copy, which may see a word half written: a slot counts only when
@@ -403,8 +403,10 @@ impl LockFile {
             if pid == 0 || txnid == u64::MAX >> (64 - 8 * WORD) {
                 continue;
             }
-            if skip.is_some_and(|s| s == txnid) && u32::try_from(pid).is_ok_and(|p| p == std::process::id()) {
-                skip = None;
+            if let Some(pin) = skip.iter_mut().find(|s| **s != 0 && **s == txnid)
+                && u32::try_from(pid).is_ok_and(|p| p == std::process::id())
+            {
+                *pin = 0;
                 continue;
             }
             if oldest.is_none_or(|(t, _)| txnid < t) {

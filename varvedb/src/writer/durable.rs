@@ -126,11 +126,12 @@ impl Answers {
         }
     }
 
-    /// After a relaxed handle's checkpoint, begun when `last` was the last ticket: the next
-    /// one is due an interval after the first commit it did not cover.
-    pub(super) fn checkpointed(&mut self, storage: &Storage, last: Ticket) {
+    /// After a relaxed handle's checkpoint, begun at `started` when `last` was the last
+    /// ticket: the next one is due an interval after the first commit it did not cover,
+    /// which came after `started`.
+    pub(super) fn checkpointed(&mut self, storage: &Storage, last: Ticket, started: Instant) {
         self.unflushed_since = match self.unflushed_since {
-            Some(_) if storage.last_ticket() != last || !storage.is_durable(last) => Some(Instant::now()),
+            Some(_) if storage.last_ticket() != last || !storage.is_durable(last) => Some(started),
             _ => None,
         };
     }

@@ -339,10 +339,10 @@ impl Shared {
                         // Without the writer's state: leaders go on committing meanwhile,
                         // and the checkpoint covers the commits made before it began. A
                         // failed one stops the storage, which the next commit reports.
-                        let last = storage.last_ticket();
+                        let (last, started) = (storage.last_ticket(), Instant::now());
                         drop(storage.sync());
                         let state = &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                        state.answers.checkpointed(storage, last);
+                        state.answers.checkpointed(storage, last, started);
                     }
                     self.settle(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner), false);
                 }
