@@ -335,18 +335,11 @@ impl LockFile {
         sys::first_byte_locked_elsewhere(&self.file)
     }
 
-    /// Marks this process's use of the store as relaxed or not (a shared lock on a byte of
-    /// the lock file far past LMDB's, whose reader locks sit at offsets that are process
-    /// ids), and tells whether another process uses it the other way. Relaxed commits are
-    /// not flushed, and a power loss takes the store back to their last checkpoint: an
-    /// immediate commit of another process made after that checkpoint would be lost with
-    /// them. Asked under [`LockFile::begin_open`]'s lock, so that two opens
-    /// cannot both find the other way free.
     /// Takes this descriptor's `flock` on the lock file (independent of LMDB's `fcntl`
-    /// locks on it), held by the part of an open for writing that may roll the store back to
-    /// a checkpoint, up to the open's own first checkpoint: another open for writing waits,
-    /// and never maps a file being rolled back, nor finds a checkpoint about to be replaced.
-    /// Released by [`LockFile::end_open`], or when the descriptor closes.
+    /// locks on it), held by an open for writing until it returns: it may roll the store
+    /// back to a checkpoint, remove the checkpoints, and make its first one; another open for
+    /// writing waits, and never maps a file being rolled back. Released by
+    /// [`LockFile::end_open`], or when the descriptor closes.
     pub(super) fn begin_open(&self) -> io::Result<()> {
         self.file.lock()
     }
@@ -356,6 +349,13 @@ impl LockFile {
         self.file.unlock()
     }
 
+    /// Marks this process's use of the store as relaxed or not (a shared lock on a byte of
+    /// the lock file far past LMDB's, whose reader locks sit at offsets that are process
+    /// ids), and tells whether another process uses it the other way. Relaxed commits are
+    /// not flushed, and a power loss takes the store back to their last checkpoint: an
+    /// immediate commit of another process made after that checkpoint would be lost with
+    /// them. Asked under [`LockFile::begin_open`]'s lock, so that two opens cannot both find
+    /// the other way free.
     pub(super) fn mark_durability(&self, relaxed: bool) -> io::Result<bool> {
         let (mine, other) =
             if relaxed { (RELAXED_BYTE, IMMEDIATE_BYTE) } else { (IMMEDIATE_BYTE, RELAXED_BYTE) };

@@ -512,7 +512,7 @@ pub struct Stats {
     pub bytes_written: u64,
     /// Flushes of the store's file by this process: each commit (LMDB's commit writes the
     /// transaction's pages and flushes them, so this includes the writes) and each explicit
-    /// flush ([`Varve::sync`], relaxed durability's idle flush). Commits of projections and
+    /// flush ([`Varve::sync`], relaxed durability's checkpoints). Commits of projections and
     /// checkpoints count too.
     pub syncs: u64,
     /// Total time of the `syncs`.
@@ -652,8 +652,8 @@ impl Varve {
     }
 
     /// Flushes the store: every write acknowledged before this call survives a power loss
-    /// once it returns. Needed only with [`Durability::Relaxed`], where the last commit
-    /// waits for the next one, or a pause in writes, to be flushed.
+    /// once it returns. Needed only with [`Durability::Relaxed`], whose commits are made
+    /// durable by checkpoints: this makes one now.
     ///
     /// # Errors
     /// [`Error::OutcomeUnknown`] if the flush failed: writes acknowledged since the last

@@ -49,8 +49,11 @@ pub enum Durability {
     /// last checkpoint: it may lose the commits acknowledged since, with every write of
     /// their groups, but never part of a commit, never a commit while a later one stays, and
     /// it never leaves the store damaged. A crash of the process alone loses nothing
-    /// acknowledged: the operating system still holds every commit. For stores that would
-    /// otherwise be run like `SQLite`'s `synchronous=NORMAL`.
+    /// acknowledged: the operating system still holds every commit, and an open under the
+    /// same boot of the machine keeps them. (Where the system gives no boot id, and when the
+    /// machine restarts while the process is killed, the store goes back to its last
+    /// checkpoint then too.) For stores that would otherwise be run like `SQLite`'s
+    /// `synchronous=NORMAL`.
     ///
     /// Relaxed and immediate handles do not share a store: while a process has it open for
     /// writing with one, an open for writing with the other is
