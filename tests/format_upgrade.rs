@@ -163,26 +163,29 @@ fn an_encrypted_store_of_format_5_is_upgraded_in_place_and_reads_as_written() {
 }
 
 /// Set in a child process of this binary: the store to hold open through LMDB itself, as a
-/// process of the older build would, until its standard input closes.
+/// process of an older build would, until its standard input closes.
 const HOLD: &str = "VARVEDB_UPGRADE_HOLD_STORE";
 
-#[test]
-fn an_upgrade_waits_until_no_other_process_has_the_store_open() {
-    if let Some(dir) = std::env::var_os(HOLD) {
-        // SAFETY: the parent opens this store only after this process says it is ready, and
-        // then only to be refused; nothing else maps it in this process.
-        let env =
-            unsafe { heed::EnvOpenOptions::new().max_dbs(16).flags(heed::EnvFlags::READ_ONLY).open(&dir) }
-                .unwrap();
-        println!("ready");
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
-        drop(env);
-        return;
-    }
-    let dir = copy_of("format4");
+/// In the child process of [`holder`]: holds the store open, and returns true.
+fn hold_if_asked() -> bool {
+    let Some(dir) = std::env::var_os(HOLD) else { return false };
+    // SAFETY: the parent opens this store only after this process says it is ready, and
+    // then only to be refused; nothing else maps it in this process.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(16).flags(heed::EnvFlags::READ_ONLY).open(&dir) }
+        .unwrap();
+    println!("ready");
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
+    drop(env);
+    true
+}
+
+/// A process of this binary, running `test`, that holds the store in `dir` open (see
+/// [`hold_if_asked`]) until its standard input closes; with its output, kept open until it
+/// ends.
+fn holder(test: &str, dir: &Path) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
     let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["an_upgrade_waits_until_no_other_process_has_the_store_open", "--exact", "--nocapture"])
-        .env(HOLD, dir.path())
+        .args([test, "--exact", "--nocapture"])
+        .env(HOLD, dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -193,6 +196,16 @@ fn an_upgrade_waits_until_no_other_process_has_the_store_open() {
         said.clear();
         assert!(std::io::BufRead::read_line(&mut out, &mut said).unwrap() > 0, "the holder ended");
     }
+    (holder, out)
+}
+
+#[test]
+fn an_upgrade_waits_until_no_other_process_has_the_store_open() {
+    if hold_if_asked() {
+        return;
+    }
+    let dir = copy_of("format4");
+    let (mut holder, _out) = holder("an_upgrade_waits_until_no_other_process_has_the_store_open", dir.path());
     let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
     let e = Varve::open(dir.path()).unwrap_err();
     assert!(matches!(e, Error::UpgradeNeedsExclusiveAccess { .. }), "{e:?}");
@@ -301,22 +314,9 @@ fn a_damaged_page_of_the_tables_an_upgrade_rewrites_is_refused_before_it() {
     assert_eq!(view.read_stream(400u128, 1).unwrap().count(), 100);
 }
 
-/// Set in a child process of this binary: a store of format 8 to hold open as the build of
-/// that format would, through LMDB itself, taking no lock of a durability.
-const HOLD_8: &str = "VARVEDB_UPGRADE_HOLD_FORMAT_8";
-
 #[test]
 fn a_store_of_format_8_is_upgraded_by_a_write_open_only_while_no_other_process_has_it_open() {
-    if let Some(dir) = std::env::var_os(HOLD_8) {
-        // SAFETY: the parent opens this store only after this process says it is ready, and
-        // writes to it then only from a process that does not map it; nothing else maps it
-        // in this process.
-        let env =
-            unsafe { heed::EnvOpenOptions::new().max_dbs(16).flags(heed::EnvFlags::READ_ONLY).open(&dir) }
-                .unwrap();
-        println!("ready");
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
-        drop(env);
+    if hold_if_asked() {
         return;
     }
     for encrypted in [false, true] {
@@ -332,23 +332,11 @@ fn a_store_of_format_8_is_upgraded_by_a_write_open_only_while_no_other_process_h
 
         let e = options(encrypted).read_only(true).open(dir.path()).unwrap_err();
         assert!(matches!(e, Error::NeedsWriteOpen { .. }), "{e:?}");
-        let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "a_store_of_format_8_is_upgraded_by_a_write_open_only_while_no_other_process_has_it_open",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(HOLD_8, dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut said = String::new();
-        let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
-        while !said.contains("ready") {
-            said.clear();
-            assert!(std::io::BufRead::read_line(&mut out, &mut said).unwrap() > 0, "the holder ended");
-        }
+        // A process of the build of format 8 takes no lock of a durability.
+        let (mut holder, _out) = holder(
+            "a_store_of_format_8_is_upgraded_by_a_write_open_only_while_no_other_process_has_it_open",
+            dir.path(),
+        );
         for durability in [varvedb::Durability::Relaxed, varvedb::Durability::Immediate] {
             let e = options(encrypted).durability(durability).open(dir.path()).unwrap_err();
             assert!(matches!(e, Error::UpgradeNeedsExclusiveAccess { .. }), "{e:?}");

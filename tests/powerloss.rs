@@ -771,6 +771,16 @@ fn power_loss_at_any_point_keeps_every_acknowledged_write() {
     );
 }
 
+/// What `program` with `args` prints, run under the shim in `mode`; it must succeed.
+fn output_under<A: AsRef<std::ffi::OsStr>>(program: &str, args: &[A], mode: &Mode) -> String {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    mode.apply(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The children that open crash states must see another boot: the shim's fake boot id has to
 /// reach a read through `std::fs`, as the store does it, and through another reader (`cat`,
 /// which opens it by another entry of libc), and nothing else may change.
@@ -778,14 +788,7 @@ fn power_loss_at_any_point_keeps_every_acknowledged_write() {
 fn the_shim_shows_another_boot_id() {
     let ours = std::fs::read_to_string(BOOT_ID).unwrap();
     assert_ne!(ours.trim(), OTHER_BOOT, "the fake boot id is this machine's");
-    let read = |program: &str, args: &[&str], mode: Mode| {
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        mode.apply(&mut cmd);
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let read = |program: &str, args: &[&str], mode: Mode| output_under(program, args, &mode);
     let fake = format!("{OTHER_BOOT}\n");
     assert_eq!(read(CHILD, &["boot-id"], Mode::new().boot_id(OTHER_BOOT)), fake);
     assert_eq!(read("cat", &[BOOT_ID], Mode::new().boot_id(OTHER_BOOT)), fake);
@@ -807,14 +810,7 @@ fn the_shim_shows_the_inodes_of_the_run() {
     std::fs::write(&other, b"y").unwrap();
     let meta = std::fs::metadata(&file).unwrap();
     let shown = meta.ino() + 1_000_003;
-    let run = |program: &str, args: &[&std::ffi::OsStr], mode: Mode| {
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        mode.apply(&mut cmd);
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |program: &str, args: &[&std::ffi::OsStr], mode: Mode| output_under(program, args, &mode);
     let mode = || Mode::new().inode(meta.dev(), meta.ino(), shown);
     assert_eq!(run(CHILD, &["inode".as_ref(), file.as_os_str()], mode()), format!("{shown} {shown}\n"));
     assert_eq!(run("stat", &["-c".as_ref(), "%i".as_ref(), file.as_os_str()], mode()), format!("{shown}\n"));

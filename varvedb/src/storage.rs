@@ -3181,12 +3181,7 @@ mod sys {
     /// Whether another process holds a lock on byte `at` of `file`, as
     /// [`first_byte_locked_elsewhere`] asks of the first.
     pub(super) fn byte_locked_elsewhere(file: &File, at: i64) -> io::Result<bool> {
-        // SAFETY: `flock` is plain integers; all zeros is a valid value.
-        let mut range: libc::flock = unsafe { std::mem::zeroed() };
-        range.l_type = libc::F_WRLCK as _;
-        range.l_whence = libc::SEEK_SET as _;
-        range.l_start = at as _;
-        range.l_len = 1;
+        let mut range = one_byte(at, libc::F_WRLCK);
         // SAFETY: `F_GETLK` on a descriptor `file` keeps open, with a pointer to an
         // initialized `flock` that outlives the call, which the kernel overwrites with the
         // conflicting lock, or with `F_UNLCK` in `l_type` if there is none.
@@ -3196,16 +3191,22 @@ mod sys {
         Ok(i32::from(range.l_type) != libc::F_UNLCK)
     }
 
+    /// The `fcntl` range of byte `at`, for a lock of type `kind`.
+    fn one_byte(at: i64, kind: i32) -> libc::flock {
+        // SAFETY: `flock` is plain integers; all zeros is a valid value.
+        let mut range: libc::flock = unsafe { std::mem::zeroed() };
+        range.l_type = kind as _;
+        range.l_whence = libc::SEEK_SET as _;
+        range.l_start = at as _;
+        range.l_len = 1;
+        range
+    }
+
     /// Takes a shared lock on byte `at` of `file`, without waiting: one that conflicts is
     /// only ever exclusive, and no process takes those there. Held until the process closes
     /// any descriptor of the file, or ends.
     pub(super) fn lock_byte_shared(file: &File, at: i64) -> io::Result<()> {
-        // SAFETY: `flock` is plain integers; all zeros is a valid value.
-        let mut range: libc::flock = unsafe { std::mem::zeroed() };
-        range.l_type = libc::F_RDLCK as _;
-        range.l_whence = libc::SEEK_SET as _;
-        range.l_start = at as _;
-        range.l_len = 1;
+        let range = one_byte(at, libc::F_RDLCK);
         // SAFETY: `F_SETLK` on a descriptor `file` keeps open, with a pointer to an
         // initialized `flock` that outlives the call and that the kernel only reads.
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &raw const range) } != 0 {

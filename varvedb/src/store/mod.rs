@@ -382,9 +382,10 @@ impl Options {
                 map_size: self.map_size,
                 max_readers: self.max_readers,
                 merkle_tree: self.verifiable_log,
-                // In both modes the writer's commits leave their meta page to the next flush
-                // (a commit record stands in for it, or the answer waits for that flush, in
-                // `Durability::Immediate`; see `writer::durable`).
+                // With `Durability::Immediate` the writer's commits leave their meta page to
+                // the next flush (a commit record stands in for it, or the answer waits for
+                // that flush; see `writer::durable`); relaxed ones flush nothing, and
+                // checkpoints make them durable.
                 read_only: self.read_only,
                 flushes: if self.durability == Durability::Relaxed {
                     Flushes::Checkpoints

@@ -57,9 +57,10 @@ pub enum Durability {
     ///
     /// Relaxed and immediate handles do not share a store: while a process has it open for
     /// writing with one, an open for writing with the other is
-    /// [`Error::DurabilityInUse`](crate::Error::DurabilityInUse). Between checkpoints the
-    /// file grows by the pages commits replace, up to 64 MiB before a commit makes a
-    /// checkpoint of its own; a checkpoint lets LMDB reuse them.
+    /// [`Error::DurabilityInUse`](crate::Error::DurabilityInUse). A checkpoint keeps the
+    /// pages that commits replace from reuse until the next one is made, so a store written
+    /// without pause carries more free pages in its file (`docs/performance.md`); once LMDB
+    /// has taken 64 MiB past the last checkpoint, a commit makes one of its own.
     Relaxed,
 }
 
