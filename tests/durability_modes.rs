@@ -90,14 +90,22 @@ fn a_relaxed_handle_checkpoints_and_an_immediate_one_removes_the_checkpoints() {
     for i in 0..100 {
         append(&db, i % 7);
     }
+    // Without a sync, a checkpoint comes on its own, an interval after the first commit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read(&checkpoints).unwrap() == before {
+        assert!(std::time::Instant::now() < deadline, "no timed checkpoint");
+        std::thread::sleep(varvedb::RELAXED_CHECKPOINT_INTERVAL);
+    }
+    let timed = std::fs::read(&checkpoints).unwrap();
+    append(&db, 8);
     db.sync().unwrap();
-    assert_ne!(std::fs::read(&checkpoints).unwrap(), before, "a sync writes a checkpoint");
+    assert_ne!(std::fs::read(&checkpoints).unwrap(), timed, "a sync writes a checkpoint");
     // The checkpoint's pin is a reader of the store's own, not a read view that lags.
     assert_eq!(db.reader_lag().unwrap(), None);
     drop(db);
     let db = Options::new().open(dir.path()).unwrap();
     assert!(!checkpoints.exists(), "an immediate handle flushes every commit: no checkpoint to go back to");
-    assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 100);
+    assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 101);
 }
 
 /// Relaxed appends from several threads, with `sync` from another and payloads large enough

@@ -8,7 +8,7 @@
 //! with [`Durability::Immediate`] the writer holds its group's answers until then (pipelined
 //! group commit): under load the next group's commit carries them, and when no request
 //! waits the writer flushes at once. With [`Durability::Relaxed`] commits flush nothing and
-//! the answers go out at once; the writer thread makes a checkpoint (`storage/checkpoint.rs`)
+//! the answers go out at once; a thread of the handle makes a checkpoint (`storage/checkpoint.rs`)
 //! [`RELAXED_CHECKPOINT_INTERVAL`] after the first commit it has not covered. The reasoning
 //! is in `docs/design.md` ("Durability").
 

@@ -164,9 +164,19 @@ struct Shared {
     /// The process that opened the store. A forked child inherits the handle but not the
     /// right to use LMDB's environment: its writer refuses every request.
     pid: u32,
-    /// The storage of a relaxed handle, whose timed checkpoints the writer thread makes
-    /// without the writer's state (`None` with [`Durability::Immediate`]).
-    relaxed: Option<Arc<Storage>>,
+    /// A relaxed handle's timed checkpoints (`None` with [`Durability::Immediate`]).
+    checkpoints: Option<Checkpoints>,
+}
+
+/// A relaxed handle's timed checkpoints, made by a thread of their own beside the leaders'
+/// commits: a checkpoint's flushes take milliseconds, and under load the writer thread leads
+/// nearly every group.
+struct Checkpoints {
+    storage: Arc<Storage>,
+    /// When the next one is due (`None`: every commit is covered), and whether the thread
+    /// is to stop.
+    due: Mutex<(Option<Instant>, bool)>,
+    wake: Condvar,
 }
 
 impl Shared {
@@ -261,16 +271,26 @@ impl Shared {
 
     /// After the leader's last group (`after_group`), or when a flush is due: flushes if
     /// answers wait for that at once, and tells the writer thread when to flush if no
-    /// commit comes first.
+    /// commit comes first (a relaxed handle's checkpoint thread when to make a checkpoint).
     fn settle(&self, state: &mut WriterState, after_group: bool) {
         if after_group && self.queue().lead != Lead::Vacant {
             // A leader appointed meanwhile waits for this one: its commit's flush carries
             // the held answers, as the next group's always does, and it settles after.
             return;
         }
-        // A relaxed handle's checkpoint is the writer thread's, made beside the leaders'
-        // commits (`Task::Flush`).
-        if self.relaxed.is_none() && state.answers.patience().is_some_and(|p| p.is_zero()) {
+        if let Some(checkpoints) = &self.checkpoints {
+            // A relaxed handle's checkpoint is its checkpoint thread's, made beside the
+            // leaders' commits.
+            let due = state.answers.patience().map(|p| Instant::now() + p);
+            let mut next = checkpoints.due.lock().unwrap_or_else(PoisonError::into_inner);
+            let sooner = due.is_some_and(|due| next.0.is_none_or(|pending| due < pending));
+            next.0 = due;
+            if sooner {
+                checkpoints.wake.notify_one();
+            }
+            return;
+        }
+        if state.answers.patience().is_some_and(|p| p.is_zero()) {
             state.answers.flush(&state.storage, &state.watch);
         }
         let due = state.answers.patience().map(|p| Instant::now() + p);
@@ -335,15 +355,6 @@ impl Shared {
             match task {
                 Task::Lead => self.lead(false),
                 Task::Flush => {
-                    if let Some(storage) = &self.relaxed {
-                        // Without the writer's state: leaders go on committing meanwhile,
-                        // and the checkpoint covers the commits made before it began. A
-                        // failed one stops the storage, which the next commit reports.
-                        let (last, started) = (storage.last_ticket(), Instant::now());
-                        drop(storage.sync());
-                        let state = &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                        state.answers.checkpointed(storage, last, started);
-                    }
                     self.settle(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner), false);
                 }
                 Task::Close => {
@@ -352,6 +363,46 @@ impl Shared {
                     return;
                 }
             }
+        }
+    }
+}
+
+impl Shared {
+    /// The checkpoint thread of a relaxed handle: a checkpoint when one is due, without the
+    /// writer's state, so leaders go on committing meanwhile; it covers the commits made
+    /// before it began. A failed one stops the storage, which the next commit reports.
+    fn checkpoints(&self) {
+        let Some(checkpoints) = &self.checkpoints else { return };
+        loop {
+            {
+                let mut next = checkpoints.due.lock().unwrap_or_else(PoisonError::into_inner);
+                loop {
+                    if next.1 {
+                        return;
+                    }
+                    next = match next.0 {
+                        Some(due) => {
+                            let now = Instant::now();
+                            if now >= due {
+                                next.0 = None;
+                                break;
+                            }
+                            checkpoints
+                                .wake
+                                .wait_timeout(next, due - now)
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0
+                        }
+                        None => checkpoints.wake.wait(next).unwrap_or_else(PoisonError::into_inner),
+                    };
+                }
+            }
+            let storage = &checkpoints.storage;
+            let (last, started) = (storage.last_ticket(), Instant::now());
+            drop(storage.sync());
+            let state = &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.answers.checkpointed(storage, last, started);
+            self.settle(state, false);
         }
     }
 }
@@ -367,6 +418,8 @@ fn drain(queue: &mut Queue, group: &mut Vec<Request>) {
 pub(crate) struct Writer {
     shared: Option<Arc<Shared>>,
     thread: Option<JoinHandle<()>>,
+    /// A relaxed handle's checkpoint thread.
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl Writer {
@@ -401,14 +454,18 @@ impl Writer {
             last_group_len: 1,
         };
         state.last_timestamp = state.last_stored_timestamp()?;
-        let relaxed = (state.config.durability == Durability::Relaxed).then(|| Arc::clone(&state.storage));
+        let checkpoints = (state.config.durability == Durability::Relaxed).then(|| Checkpoints {
+            storage: Arc::clone(&state.storage),
+            due: Mutex::new((None, false)),
+            wake: Condvar::new(),
+        });
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             arrivals: Condvar::new(),
             state: Mutex::new(state),
             pid: std::process::id(),
-            relaxed,
+            checkpoints,
         });
         let running = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("varvedb-writer".into()).spawn(move || {
@@ -417,12 +474,28 @@ impl Writer {
                 running.stop();
             }
         })?;
-        Ok(Writer { shared: Some(shared), thread: Some(thread) })
+        let checkpointer = if shared.checkpoints.is_some() {
+            let running = Arc::clone(&shared);
+            // A panic ends the timed checkpoints; the close still makes the last one.
+            let spawned = std::thread::Builder::new()
+                .name("varvedb-checkpoints".into())
+                .spawn(move || drop(std::panic::catch_unwind(AssertUnwindSafe(|| running.checkpoints()))));
+            match spawned {
+                Ok(thread) => Some(thread),
+                Err(e) => {
+                    drop(Writer { shared: Some(shared), thread: Some(thread), checkpointer: None });
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Writer { shared: Some(shared), thread: Some(thread), checkpointer })
     }
 
     /// No writer: the handle of a store opened read-only.
     pub(crate) fn none() -> Self {
-        Writer { shared: None, thread: None }
+        Writer { shared: None, thread: None, checkpointer: None }
     }
 
     /// Commits `batch` and returns its answer. With no leader appointed, the calling thread
@@ -452,7 +525,16 @@ impl Drop for Writer {
                 // A forked child: the writer thread is not in this process, and its state
                 // belongs to the parent's LMDB environment.
                 std::mem::forget(self.thread.take());
+                std::mem::forget(self.checkpointer.take());
                 return;
+            }
+            if let Some(checkpoints) = &shared.checkpoints {
+                // Stopped before the writer closes, whose last flush is the last checkpoint.
+                checkpoints.due.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+                checkpoints.wake.notify_one();
+                if let Some(thread) = self.checkpointer.take() {
+                    let _ = thread.join();
+                }
             }
             let mut queue = shared.queue();
             if queue.life == Life::Open {
