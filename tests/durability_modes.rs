@@ -159,3 +159,83 @@ fn relaxed_writers_syncs_and_checkpoints_of_commits_run_together() {
     // What the events hold, plus what a pin keeps between checkpoints, twice over.
     assert!(len < held + 4 * (64 << 20), "data.mdb is {len} bytes for {held} of payloads");
 }
+
+/// The role a copy of this test binary plays for the tests below (`reader`: holds the store
+/// open read-only until its stdin closes; `rebooted`: opens it, as after a restart of the
+/// machine, and prints its last seq and whether its integrity check passed).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ROLE: &str = "VARVEDB_DURABILITY_ROLE";
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ROLE_DIR: &str = "VARVEDB_DURABILITY_ROLE_DIR";
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[path = "support/iofault.rs"]
+#[allow(dead_code)]
+mod iofault;
+
+/// Runs this test binary's `role_child` test in the given role on `dir`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn role(dir: &std::path::Path, role: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["role_child", "--exact", "--nocapture"]).env(ROLE, role).env(ROLE_DIR, dir);
+    cmd
+}
+
+/// Not a test of its own: the other process of the tests below (a no-op without `ROLE`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn role_child() {
+    let (Some(role), Some(dir)) = (std::env::var_os(ROLE), std::env::var_os(ROLE_DIR)) else { return };
+    match role.to_str().unwrap() {
+        "reader" => {
+            let db = Options::new().read_only(true).open(&dir).unwrap();
+            println!("ready");
+            std::io::stdin().read_to_end(&mut Vec::new()).unwrap();
+            drop(db);
+        }
+        "rebooted" => {
+            let db = Options::new().open(&dir).unwrap();
+            let view = db.begin_read().unwrap();
+            let integrity = view.check_integrity().map_or_else(|e| format!("{e}"), |_| "ok".to_owned());
+            println!("seq {} integrity {integrity}", view.last_seq().unwrap());
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// The checkpoints a relaxed handle leaves behind must not outlive the immediate commits
+/// made after them: an immediate open that finds the store in use by a read-only process
+/// keeps the checkpoint file, and after the next restart of the machine the store would be
+/// taken back to that checkpoint, past commits that were acknowledged as durable.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn an_immediate_handle_beside_a_read_only_one_leaves_no_checkpoint_to_go_back_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Options::new().durability(Durability::Relaxed).open(dir.path()).unwrap();
+    for i in 0..5 {
+        append(&db, i);
+    }
+    drop(db);
+    let mut reader = role(dir.path(), "reader").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(reader.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("ready") {
+        said.clear();
+        assert!(out.read_line(&mut said).unwrap() > 0, "the reader ended");
+    }
+    // Acknowledged once durable: these survive any power loss.
+    let db = Options::new().open(dir.path()).unwrap();
+    for i in 0..200 {
+        append(&db, i % 11);
+    }
+    drop(db);
+    drop(reader.stdin.take());
+    assert!(reader.wait().unwrap().success());
+    // The machine restarts (the shim shows the child another boot id).
+    let mut rebooted = role(dir.path(), "rebooted");
+    iofault::Mode::new().boot_id("00000000-0000-4000-8000-00000000b007").apply(&mut rebooted);
+    let out = rebooted.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("seq 205 integrity ok"), "{said}");
+}

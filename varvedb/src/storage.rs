@@ -1216,9 +1216,14 @@ impl Storage {
         // Before this open's first commit. Checkpoints left by processes that are gone have
         // no pin any more, and a commit could reuse their pages; an immediate handle's
         // flushed commits would be taken back by them after a power loss. So the store is
-        // flushed and the file removed, unless a relaxed process has the store open: its
-        // checkpoints are pinned, and this open's commits are flushed too.
-        if path.join(checkpoint::FILE).exists() && !lock_file.used_elsewhere().unwrap_or(true) {
+        // flushed and the file removed, unless another relaxed process has the store open:
+        // its checkpoints are pinned, and this open's commits are flushed too. Other
+        // processes (read-only ones, or immediate ones beside an immediate open) pin
+        // nothing: the file goes all the same. Under the opens' lock, so no relaxed open
+        // comes meanwhile.
+        if path.join(checkpoint::FILE).exists()
+            && !lock_file.relaxed_elsewhere().map_err(|e| io_error(e, path))?
+        {
             env.force_sync().map_err(|e| engine_error(e, map_size, path))?;
             checkpoint::remove(path).map_err(|e| io_error(e, path))?;
         }

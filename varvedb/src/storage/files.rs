@@ -363,6 +363,13 @@ impl LockFile {
         sys::byte_locked_elsewhere(&self.file, other)
     }
 
+    /// Whether another process has the store open for writing with `Durability::Relaxed`
+    /// (the byte of [`LockFile::mark_durability`]). Only such a process keeps checkpoints
+    /// pinned; a read-only or immediate one keeps none.
+    pub(super) fn relaxed_elsewhere(&self) -> io::Result<bool> {
+        sys::byte_locked_elsewhere(&self.file, RELAXED_BYTE)
+    }
+
     pub(super) fn open_backed(dir: &Path, size: u64) -> Result<LockFile, Error> {
         let io = |e| io_error(e, dir);
         let path = dir.join(LOCK_FILE);
