@@ -199,6 +199,10 @@ fn role_child() {
             let integrity = view.check_integrity().map_or_else(|e| format!("{e}"), |_| "ok".to_owned());
             println!("seq {} integrity {integrity}", view.last_seq().unwrap());
         }
+        "rebooted-reader" => match Options::new().read_only(true).open(&dir) {
+            Ok(db) => println!("seq {}", db.begin_read().unwrap().last_seq().unwrap()),
+            Err(e) => println!("error {e:?}"),
+        },
         other => panic!("unknown role {other}"),
     }
 }
@@ -238,4 +242,23 @@ fn an_immediate_handle_beside_a_read_only_one_leaves_no_checkpoint_to_go_back_to
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("seq 205 integrity ok"), "{said}");
+}
+
+/// A relaxed handle's close makes a checkpoint of its last commit: after a restart of the
+/// machine nothing is to be taken back, and a read-only open reads the store as it was.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_store_closed_by_a_relaxed_handle_opens_read_only_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Options::new().durability(Durability::Relaxed).open(dir.path()).unwrap();
+    for i in 0..30 {
+        append(&db, i % 4);
+    }
+    drop(db);
+    let mut reader = role(dir.path(), "rebooted-reader");
+    iofault::Mode::new().boot_id("00000000-0000-4000-8000-00000000b007").apply(&mut reader);
+    let out = reader.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("seq 30"), "{said}");
 }

@@ -1090,7 +1090,13 @@ fn needs_roll_back(dir: &Path, lock_file: &files::LockFile) -> Result<bool, Erro
         return Ok(false);
     }
     let file = std::fs::File::open(dir.join("data.mdb")).map_err(io)?;
-    Ok(crate::lmdb_file::newest_meta_txnid(&file)?.is_some_and(|newest| newest >= entry.txnid))
+    let Some(newest) = crate::lmdb_file::newest_meta_txnid(&file)? else { return Ok(false) };
+    // The store is the checkpoint's snapshot already (a store closed by a relaxed handle,
+    // whose close made a checkpoint of its last commit): every page of it was flushed before
+    // the entry was written, and there is nothing to take back.
+    let is_the_checkpoint = newest == entry.txnid
+        && crate::lmdb_file::meta_copy(&file, entry.txnid)?.is_some_and(|meta| meta == entry.meta);
+    Ok(newest >= entry.txnid && !is_the_checkpoint)
 }
 
 /// Takes the store back to its last checkpoint if it needs it ([`needs_roll_back`]): the
