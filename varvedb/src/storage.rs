@@ -1616,6 +1616,12 @@ impl Storage {
     /// checkpoint that could not begin (no reader slot left, say) is a plain error.
     fn checkpoint(&self) -> Result<(), Error> {
         let Some(relaxed) = &self.relaxed else { return Ok(()) };
+        if std::process::id() != relaxed.pid {
+            // A forked child: its copy of the pin is the parent's reader slot, which ending
+            // it would free, and a pin begun here would take a slot in the parent's name that
+            // nothing ever frees. Before any lock: the fork may have copied one held.
+            return Err(Error::WriterStopped);
+        }
         if let Some(source) = self.fatal.get() {
             return Err(Error::OutcomeUnknown { source: Arc::clone(source) });
         }

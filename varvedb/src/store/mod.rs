@@ -659,6 +659,8 @@ impl Varve {
     /// # Errors
     /// [`Error::OutcomeUnknown`] if the flush failed: writes acknowledged since the last
     /// flush may be lost, and the store must be reopened ([`Error::NeedsReopen`]).
+    /// [`Error::WriterStopped`] with [`Durability::Relaxed`] in a forked child of the process
+    /// that opened the store: a checkpoint there would end the parent's.
     pub fn sync(&self) -> Result<(), Error> {
         self.inner.storage.sync()
     }
