@@ -155,30 +155,34 @@ pub(crate) struct WriteTxn<'env> {
 thread_local! {
     /// The address of the gate this thread holds (0: none).
     static HOLDS_GATE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    /// Whether this thread has a [`WriteTxn`] under way, and so holds LMDB's write lock.
-    static IN_WRITE_TXN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The gate of the store whose [`WriteTxn`] this thread has under way, and so whose
+    /// LMDB write lock it holds (0: none).
+    static IN_WRITE_TXN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// This thread's write transaction, under way: a checkpoint asked for inside it (a flush
-/// inside a projection step) must not take LMDB's write lock again.
-struct OpenWriteTxn(());
+/// This thread's write transaction, under way: a checkpoint of the same store asked for
+/// inside it (a flush inside a projection step) must not take LMDB's write lock again. One of
+/// another store (a handler that syncs another store) takes that store's lock as usual.
+struct OpenWriteTxn {
+    /// What this thread had under way before (another store's transaction).
+    previous: usize,
+}
 
 impl OpenWriteTxn {
-    fn mark() -> Self {
-        IN_WRITE_TXN.with(|t| t.set(true));
-        OpenWriteTxn(())
+    fn mark(gate: &Mutex<()>) -> Self {
+        OpenWriteTxn { previous: IN_WRITE_TXN.with(|t| t.replace(std::ptr::from_ref(gate) as usize)) }
     }
 }
 
 impl Drop for OpenWriteTxn {
     fn drop(&mut self) {
-        IN_WRITE_TXN.with(|t| t.set(false));
+        IN_WRITE_TXN.with(|t| t.set(self.previous));
     }
 }
 
-/// Whether this thread has a write transaction under way.
-fn in_write_txn() -> bool {
-    IN_WRITE_TXN.with(std::cell::Cell::get)
+/// Whether this thread has a write transaction of the store with this gate under way.
+fn in_write_txn(gate: &Mutex<()>) -> bool {
+    IN_WRITE_TXN.with(std::cell::Cell::get) == std::ptr::from_ref(gate) as usize
 }
 
 /// [`Storage::write_gate`], held; this thread knows it holds it.
@@ -1390,7 +1394,7 @@ impl Storage {
         }
         let gate = GateGuard::take(&self.write_gate);
         let (txn, live) = self.begin(Env::write_txn)?;
-        let txn = WriteTxn { txn, open: OpenWriteTxn::mark(), _live: live, redo: None, gate };
+        let txn = WriteTxn { txn, open: OpenWriteTxn::mark(&self.write_gate), _live: live, redo: None, gate };
         self.grow_ahead(&txn)?;
         Ok(txn)
     }
@@ -1629,7 +1633,7 @@ impl Storage {
         let started = std::time::Instant::now();
         let done = relaxed.checkpoint(&self.env, self.path(), self.map_size(), || {
             before = self.tickets.last();
-            if in_write_txn() {
+            if in_write_txn(&self.write_gate) {
                 // Inside a projection step: this thread's transaction holds LMDB's lock.
                 return Ok(None);
             }
@@ -3789,6 +3793,40 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(keys(&storage), 200);
+    }
+
+    /// A checkpoint asked for inside a write transaction of another store (a projection
+    /// step of one store whose handler syncs another) takes its own store's write lock: the
+    /// other transaction holds that store's, not this one's.
+    #[test]
+    fn a_checkpoint_inside_another_stores_transaction_waits_for_its_own_stores_writer() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = relaxed_storage(a_dir.path(), true).unwrap();
+        let b = std::sync::Arc::new(relaxed_storage(b_dir.path(), true).unwrap());
+        let committed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (taken, holding) = std::sync::mpsc::channel();
+        let writer = {
+            let (b, committed) = (std::sync::Arc::clone(&b), std::sync::Arc::clone(&committed));
+            std::thread::spawn(move || {
+                let mut txn = b.write_txn().unwrap();
+                b.put(&mut txn, b.tables.blobs, b"k", b"v").unwrap();
+                taken.send(()).unwrap();
+                // Long enough for a checkpoint that does not wait to be over before it.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                committed.store(true, std::sync::atomic::Ordering::SeqCst);
+                b.commit_deferred(txn).unwrap();
+            })
+        };
+        holding.recv().unwrap();
+        let a_txn = a.write_txn().unwrap();
+        b.sync().unwrap();
+        assert!(
+            committed.load(std::sync::atomic::Ordering::SeqCst),
+            "the checkpoint of b was made while b's writer held b's write lock"
+        );
+        drop(a_txn);
+        writer.join().unwrap();
+        assert_eq!(keys(&b), 1);
     }
 
     #[test]
