@@ -203,6 +203,32 @@ fn role_child() {
             Ok(db) => println!("seq {}", db.begin_read().unwrap().last_seq().unwrap()),
             Err(e) => println!("error {e:?}"),
         },
+        // Opens the store relaxed and waits for a line; then appends and syncs (the parent
+        // has made that checkpoint's flush of the checkpoint file fail), says so, and waits
+        // to be killed.
+        "failing" => {
+            let db = Options::new().durability(Durability::Relaxed).open(&dir).unwrap();
+            println!("ready");
+            std::io::stdin().read_line(&mut String::new()).unwrap();
+            append(&db, 1);
+            assert!(matches!(db.sync(), Err(Error::OutcomeUnknown { .. })));
+            println!("failed");
+            std::io::stdin().read_to_end(&mut Vec::new()).unwrap();
+        }
+        // Opens the store relaxed and waits for a line; then appends and syncs, between two
+        // marks in the shim's log (written to the file `marks` beside the store).
+        "recorded" => {
+            let db = Options::new().durability(Durability::Relaxed).open(&dir).unwrap();
+            println!("ready");
+            std::io::stdin().read_line(&mut String::new()).unwrap();
+            let marks = std::path::Path::new(&dir).parent().unwrap().join("marks");
+            let mut marks = std::fs::File::create(marks).unwrap();
+            append(&db, 2);
+            std::io::Write::write_all(&mut marks, b"sync").unwrap();
+            db.sync().unwrap();
+            std::io::Write::write_all(&mut marks, b"synced").unwrap();
+            drop(db);
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -261,4 +287,59 @@ fn a_store_closed_by_a_relaxed_handle_opens_read_only_after_a_restart() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("seq 30"), "{said}");
+}
+
+/// Spawns `cmd` with piped stdin and stdout and waits for it to say `ready`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn spawn_ready(cmd: &mut Command) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("ready") {
+        said.clear();
+        assert!(out.read_line(&mut said).unwrap() > 0, "the child ended");
+    }
+    (child, out)
+}
+
+/// Two relaxed processes share a store; one writes a checkpoint entry and dies before its
+/// flush returns (here: the flush fails, and the process is killed). The entry is then in the
+/// page cache only, and the durable one in its slot is older, its pin gone with the process.
+/// The other process's next checkpoint must not overwrite the other slot, the newest
+/// durable entry, before the newer one is durable: a power loss during that write would
+/// leave only the old entry, of a snapshot whose pages commits have reused since.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_checkpoint_flushes_another_process_entry_before_it_overwrites_the_other_slot() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let mut failing = role(&dir, "failing");
+    iofault::Mode::new().watch("checkpoint").fail("fdatasync:2+:eio").apply(&mut failing);
+    let (mut failing, mut failing_out) = spawn_ready(&mut failing);
+    let log = root.path().join("log");
+    let mut recorded = role(&dir, "recorded");
+    iofault::Mode::new().watch("checkpoint").marker("marks").record(&log).apply(&mut recorded);
+    let (mut recorded, _recorded_out) = spawn_ready(&mut recorded);
+    // The first process's checkpoint writes its entry over its own first one, and fails.
+    std::io::Write::write_all(failing.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let mut said = String::new();
+    while !said.contains("failed") {
+        said.clear();
+        assert!(failing_out.read_line(&mut said).unwrap() > 0, "the failing process ended");
+    }
+    failing.kill().unwrap();
+    failing.wait().unwrap();
+    std::io::Write::write_all(recorded.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    drop(recorded.stdin.take());
+    assert!(recorded.wait().unwrap().success());
+    let ops = iofault::parse_log(&std::fs::read(&log).unwrap());
+    let from = ops.iter().position(|op| *op == iofault::Op::Mark(b"sync".to_vec())).unwrap();
+    let first = ops[from..]
+        .iter()
+        .find(|op| matches!(op, iofault::Op::Write { .. } | iofault::Op::Flush { .. }))
+        .unwrap();
+    assert!(
+        matches!(first, iofault::Op::Flush { .. }),
+        "the checkpoint wrote its entry before the file was flushed"
+    );
 }

@@ -30,6 +30,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 /// The file's name in the store's directory.
 pub(crate) const FILE: &str = "checkpoint";
@@ -151,6 +152,9 @@ fn read_slots(file: &File) -> io::Result<[Option<Entry>; 2]> {
 /// The checkpoint file, open for writing.
 pub(crate) struct Checkpoints {
     file: File,
+    /// One past the generation of the newest entry this handle knows durable (0: none):
+    /// one it wrote and flushed, or found and flushed.
+    durable: std::sync::atomic::AtomicU64,
 }
 
 impl Checkpoints {
@@ -159,7 +163,7 @@ impl Checkpoints {
     pub(crate) fn open(dir: &Path) -> io::Result<Self> {
         let file =
             File::options().read(true).write(true).create(true).truncate(false).open(dir.join(FILE))?;
-        Ok(Checkpoints { file })
+        Ok(Checkpoints { file, durable: std::sync::atomic::AtomicU64::new(0) })
     }
 
     /// Writes the entry of snapshot `txnid` into the older slot and flushes it, unless an
@@ -170,6 +174,7 @@ impl Checkpoints {
         let written = (|| {
             let slots = read_slots(&self.file)?;
             let newest = slots.iter().flatten().filter(|e| e.inode == inode).max_by_key(|e| e.generation);
+            let last = slots.iter().flatten().map(|e| e.generation).max();
             // Another process's checkpoint of a later snapshot came first; or this one's
             // entry is there already. An entry of the same snapshot under another boot id is
             // written again: left, it would roll back whatever this boot commits after it.
@@ -177,9 +182,19 @@ impl Checkpoints {
                 // That entry may be in the page cache only (its process was killed before
                 // flushing it, or its flush failed): this checkpoint relies on it, so it is
                 // flushed here. Its snapshot was flushed before it was written.
-                return self.file.sync_data();
+                self.file.sync_data()?;
+                self.durable.store(last.map_or(0, |g| g + 1), Ordering::Relaxed);
+                return Ok(());
             }
-            let generation = slots.iter().flatten().map(|e| e.generation).max().map_or(0, |g| g + 1);
+            if last.is_some_and(|g| self.durable.load(Ordering::Relaxed) != g + 1) {
+                // The newest entry is another process's, and may be in the page cache only
+                // (that process was killed before its flush, or the flush failed). The slot
+                // written next holds the newest entry known durable: overwritten first, a
+                // power loss during the write could leave no whole entry on disk, or only
+                // one whose pin is gone. So the newest one is made durable first.
+                self.file.sync_data()?;
+            }
+            let generation = last.map_or(0, |g| g + 1);
             let entry = Entry { generation, txnid, inode, boot, meta: meta.to_vec() };
             let mut bytes = entry.encode();
             if bytes.len() > SLOT as usize {
@@ -187,7 +202,9 @@ impl Checkpoints {
             }
             bytes.resize(SLOT as usize, 0);
             self.file.write_all_at(&bytes, (generation & 1) * SLOT)?;
-            self.file.sync_data()
+            self.file.sync_data()?;
+            self.durable.store(generation + 1, Ordering::Relaxed);
+            Ok(())
         })();
         let unlocked = self.file.unlock();
         written.and(unlocked)
