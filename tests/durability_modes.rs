@@ -229,6 +229,10 @@ fn role_child() {
             std::io::Write::write_all(&mut marks, b"synced").unwrap();
             drop(db);
         }
+        "open-relaxed" => match Options::new().durability(Durability::Relaxed).open(&dir) {
+            Ok(db) => println!("opened at {}", db.begin_read().unwrap().last_seq().unwrap()),
+            Err(e) => println!("error {e:?}"),
+        },
         other => panic!("unknown role {other}"),
     }
 }
@@ -342,4 +346,23 @@ fn a_checkpoint_flushes_another_process_entry_before_it_overwrites_the_other_slo
         matches!(first, iofault::Op::Flush { .. }),
         "the checkpoint wrote its entry before the file was flushed"
     );
+}
+
+/// A relaxed open whose first checkpoint cannot be written (a full disk) fails with the
+/// disk's error, as any open does: no commit's outcome is in question, and the store opens
+/// once space is freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_relaxed_open_on_a_full_disk_is_disk_full_and_the_store_opens_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Options::new().open(dir.path()).unwrap();
+    append(&db, 1);
+    drop(db);
+    let mut open = role(dir.path(), "open-relaxed");
+    iofault::Mode::new().watch("checkpoint").fail("write:1+:enospc").apply(&mut open);
+    let out = open.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("error DiskFull"), "{said}");
+    let db = Options::new().durability(Durability::Relaxed).open(dir.path()).unwrap();
+    assert_eq!(db.begin_read().unwrap().last_seq().unwrap(), 1);
 }

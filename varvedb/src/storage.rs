@@ -1286,8 +1286,10 @@ impl Storage {
             write_gate: Mutex::new(()),
         };
         if storage.relaxed.is_some() {
-            // The first checkpoint: from here on a power loss goes back no further.
-            storage.sync()?;
+            // The first checkpoint: from here on a power loss goes back no further. Its
+            // failure fails the open with its own error (a full disk, say): the store was
+            // flushed above, no commit of this handle is in doubt, and the storage goes.
+            storage.checkpoint_or_doubt().map_err(|(e, _)| e)?;
             // SAFETY: `MDB_NOSYNC` as argued in `open_env`; set while this thread is the
             // environment's only user (the storage is not shared yet), as LMDB requires.
             unsafe { storage.env.set_flags(EnvFlags::NO_SYNC, heed::FlagSetMode::Enable) }
@@ -1619,15 +1621,28 @@ impl Storage {
     /// themselves. A failed flush stops the storage, as [`Storage::sync`]'s does; a
     /// checkpoint that could not begin (no reader slot left, say) is a plain error.
     fn checkpoint(&self) -> Result<(), Error> {
+        self.checkpoint_or_doubt().map_err(|(e, in_doubt)| {
+            if in_doubt {
+                Error::OutcomeUnknown { source: Arc::clone(self.fatal.get_or_init(|| Arc::new(e))) }
+            } else {
+                e
+            }
+        })
+    }
+
+    /// [`Storage::checkpoint`], leaving the storage running after any failure; the error
+    /// comes with whether the store's durability is in doubt (a failed flush, or a failed
+    /// write of the entry), for the caller to stop the storage.
+    fn checkpoint_or_doubt(&self) -> Result<(), (Error, bool)> {
         let Some(relaxed) = &self.relaxed else { return Ok(()) };
         if std::process::id() != relaxed.pid {
             // A forked child: its copy of the pin is the parent's reader slot, which ending
             // it would free, and a pin begun here would take a slot in the parent's name that
             // nothing ever frees. Before any lock: the fork may have copied one held.
-            return Err(Error::WriterStopped);
+            return Err((Error::WriterStopped, false));
         }
         if let Some(source) = self.fatal.get() {
-            return Err(Error::OutcomeUnknown { source: Arc::clone(source) });
+            return Err((Error::OutcomeUnknown { source: Arc::clone(source) }, false));
         }
         let mut before = 0;
         let started = std::time::Instant::now();
@@ -1644,17 +1659,9 @@ impl Storage {
             Ok(Some((lock, gate)))
         });
         self.flushes.record(started.elapsed());
-        match done {
-            Ok(()) => {
-                self.tickets.flushed(before);
-                Ok(())
-            }
-            Err((e, false)) => Err(e),
-            Err((e, true)) => {
-                let source = Arc::clone(self.fatal.get_or_init(|| Arc::new(e)));
-                Err(Error::OutcomeUnknown { source })
-            }
-        }
+        done?;
+        self.tickets.flushed(before);
+        Ok(())
     }
 
     /// After a relaxed commit: when the pages LMDB took since the last checkpoint's pin come
