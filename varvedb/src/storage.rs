@@ -1049,15 +1049,31 @@ impl Relaxed {
                     continue;
                 }
             };
-            let pin = env.clone().static_read_txn().map_err(|e| (engine_error(e, map_size, dir), false))?;
-            let txnid = pin.id() as u64;
+            let pin = match env.clone().static_read_txn() {
+                Ok(pin) => Some(pin),
+                // Every reader slot is taken (read views of the user's). The previous pin
+                // stays, and keeps this snapshot's pages too: every page of it that a later
+                // commit frees is freed after the previous pin's snapshot. So the entry is
+                // written all the same, and the pin moves with a later checkpoint.
+                Err(heed::Error::Mdb(MdbError::ReadersFull))
+                    if self.pin.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some() =>
+                {
+                    None
+                }
+                Err(e) => return Err((engine_error(e, map_size, dir), false)),
+            };
+            // Under LMDB's write lock: the last commit's. (`env.info()` reads the map, which
+            // does not move while the lock's transaction is counted as live.)
+            let txnid = pin.as_ref().map_or_else(|| env.info().last_txn_id, RoTxn::id) as u64;
             let meta = crate::lmdb_file::meta_copy(&self.data, txnid)
                 .map_err(|e| (e, false))?
                 .ok_or((Error::Internal("the last commit's meta page is not in the file"), false))?;
             drop(held);
             break (pin, txnid, meta, one);
         };
-        self.pending.store(txnid, std::sync::atomic::Ordering::Relaxed);
+        if pin.is_some() {
+            self.pending.store(txnid, std::sync::atomic::Ordering::Relaxed);
+        }
         // Every page of the snapshot was written before the pin began: this flush carries it.
         // Through a descriptor of the handle's own: LMDB's flush reads the map, which
         // another thread may be moving now that no transaction is counted.
@@ -1067,6 +1083,7 @@ impl Relaxed {
         });
         self.pending.store(0, std::sync::atomic::Ordering::Relaxed);
         recorded?;
+        let Some(pin) = pin else { return Ok(()) };
         self.pinned_used.store(
             crate::lmdb_file::meta_copy_used(&meta).unwrap_or_default(),
             std::sync::atomic::Ordering::Relaxed,
@@ -1618,8 +1635,10 @@ impl Storage {
     /// made before is durable when this returns `Ok`, and a power loss takes the store back
     /// to no earlier state. The gate and LMDB's write lock are held only while the snapshot
     /// is pinned: the flushes go on beside the writer's commits, which flush nothing
-    /// themselves. A failed flush stops the storage, as [`Storage::sync`]'s does; a
-    /// checkpoint that could not begin (no reader slot left, say) is a plain error.
+    /// themselves. A failed flush stops the storage, as [`Storage::sync`]'s does. With no
+    /// reader slot left for a new pin the entry is written all the same and the previous pin
+    /// kept (see `Relaxed::checkpoint`), so that a commit that makes a checkpoint is not
+    /// reported failed after it was made.
     fn checkpoint(&self) -> Result<(), Error> {
         self.checkpoint_or_doubt().map_err(|(e, in_doubt)| {
             if in_doubt {
@@ -3834,6 +3853,35 @@ mod tests {
         drop(a_txn);
         writer.join().unwrap();
         assert_eq!(keys(&b), 1);
+    }
+
+    /// `commit` is all or nothing to its caller: with a relaxed handle its checkpoint comes
+    /// after the commit, and a checkpoint that cannot begin (every reader slot taken) must
+    /// not turn a commit that was made into an error that says nothing was stored.
+    #[test]
+    fn a_relaxed_commit_whose_checkpoint_finds_no_reader_slot_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = relaxed_storage(dir.path(), true).unwrap();
+        let mut views = Vec::new();
+        while let Ok(view) = storage.read_txn() {
+            views.push(view);
+        }
+        let mut txn = storage.write_txn().unwrap();
+        storage.put(&mut txn, storage.tables.blobs, b"k", b"v").unwrap();
+        let committed = storage.commit(txn);
+        assert!(committed.is_ok(), "a commit that was made answered {committed:?}");
+        // Its checkpoint was made, the previous pin kept: later commits reuse none of the
+        // pages a restart takes the store back to.
+        let last = storage.env.info().last_txn_id as u64;
+        assert_eq!(checkpoint::newest(dir.path()).unwrap().unwrap().txnid, last);
+        drop(views);
+        put_keys(&storage, 0, 300);
+        drop(storage);
+        as_if_restarted(dir.path());
+        let storage = relaxed_storage(dir.path(), true).unwrap();
+        assert_eq!(keys(&storage), 1);
+        drop(storage);
+        crate::lmdb_file::verify_file(dir.path()).unwrap();
     }
 
     #[test]
