@@ -1446,8 +1446,12 @@ impl Storage {
             Ok(ahead::Grown::Enough) => Ok(()),
             Ok(ahead::Grown::Grew) => {
                 self.flushes.record(started.elapsed());
-                // The flush carried every meta page written before it.
-                self.tickets.flushed(before);
+                // The flush carried every meta page written before it. A relaxed handle's
+                // commits are durable by checkpoints only: a power loss takes the store back
+                // to the last one, whatever was flushed.
+                if self.relaxed.is_none() {
+                    self.tickets.flushed(before);
+                }
                 Ok(())
             }
             Err(ahead::GrowError::Write(e)) => {
@@ -1503,7 +1507,12 @@ impl Storage {
         let before = self.tickets.last();
         let recorded = self.write_record(&mut txn)?;
         self.commit_or_stop(txn, before, recorded)?;
-        let ticket = self.tickets.committed(before);
+        // A relaxed commit has no data flush to carry the meta pages before it.
+        let ticket = if self.relaxed.is_some() {
+            self.tickets.committed_unflushed(before)
+        } else {
+            self.tickets.committed(before)
+        };
         if !self.defer_meta_sync {
             self.tickets.flushed(ticket);
         }
@@ -1745,7 +1754,7 @@ impl Storage {
                 // success, and that flush carried the last meta page. (The storage may also
                 // have stopped meanwhile for a failed flush elsewhere; then LMDB is not
                 // panicked and nothing is proved.)
-                if self.lmdb_panicked() {
+                if self.lmdb_panicked() && self.relaxed.is_none() {
                     self.tickets.flushed(before);
                 }
                 Err(e)
@@ -1761,7 +1770,10 @@ impl Storage {
             // repaired with one flush, or the storage stops and the last commit's fate is open.
             Err(e) if self.defer_meta_sync => match self.repair_after_failed_commit(recorded) {
                 Ok(()) => {
-                    self.tickets.flushed(before);
+                    // A relaxed handle's commits are durable by checkpoints only.
+                    if self.relaxed.is_none() {
+                        self.tickets.flushed(before);
+                    }
                     Err(e)
                 }
                 Err(repair) => {
@@ -3882,6 +3894,34 @@ mod tests {
         assert_eq!(keys(&storage), 1);
         drop(storage);
         crate::lmdb_file::verify_file(dir.path()).unwrap();
+    }
+
+    /// A relaxed commit is durable only once a checkpoint covers it: a flush of `data.mdb`
+    /// (a growth of the file, or what a commit of an immediate handle would flush) proves
+    /// nothing, since a power loss takes the store back to the checkpoint whatever was
+    /// flushed. The writer leaves the timed checkpoint out for a commit it is told durable.
+    #[test]
+    fn a_relaxed_commit_counts_as_durable_only_once_a_checkpoint_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = relaxed_storage(dir.path(), true).unwrap();
+        for i in 0..2000u32 {
+            if i % 100 == 99 {
+                // Now and then a checkpoint, which lets LMDB reuse pages again.
+                storage.sync().unwrap();
+            }
+            put_keys(&storage, i, 1);
+            let (ticket, txnid) = (storage.last_ticket(), storage.env.info().last_txn_id as u64);
+            // Another transaction, which may grow the file ahead and flush it, and another
+            // commit of the writer's.
+            drop(storage.write_txn().unwrap());
+            put_keys(&storage, 100_000 + i, 1);
+            if storage.is_durable(ticket) {
+                let covered = checkpoint::newest(dir.path()).unwrap().unwrap().txnid;
+                assert!(covered >= txnid, "commit {txnid} counts as durable, the checkpoint is of {covered}");
+            }
+        }
+        storage.sync().unwrap();
+        assert!(storage.is_durable(storage.last_ticket()));
     }
 
     #[test]

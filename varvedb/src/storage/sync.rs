@@ -43,6 +43,13 @@ impl Tickets {
         before + 1
     }
 
+    /// As [`Tickets::committed`], for a commit that flushed nothing (a relaxed handle's): it
+    /// proves nothing of the commits before it.
+    pub(super) fn committed_unflushed(&self, before: Ticket) -> Ticket {
+        self.written.store(before + 1, Ordering::Release);
+        before + 1
+    }
+
     /// Called with `before` = [`Tickets::last`] read before a flush of the whole file began,
     /// once it returned.
     pub(super) fn flushed(&self, before: Ticket) {
