@@ -15,6 +15,9 @@
 //!    into the older of this file's two slots and flushed;
 //! 4. the previous pin ends.
 //!
+//! With no reader slot left for a new pin, the previous pin stays (it keeps `s`'s pages too)
+//! and the entry is written all the same.
+//!
 //! LMDB reuses a page freed by transaction `t` only while no reader older than `t` is open.
 //! Every page of a checkpoint's snapshot that a later commit frees is freed by a transaction
 //! after the pin's, so from step 1 until the next checkpoint's step 4 no commit overwrites
