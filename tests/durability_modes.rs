@@ -250,13 +250,7 @@ fn an_immediate_handle_beside_a_read_only_one_leaves_no_checkpoint_to_go_back_to
         append(&db, i);
     }
     drop(db);
-    let mut reader = role(dir.path(), "reader").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(reader.stdout.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("ready") {
-        said.clear();
-        assert!(out.read_line(&mut said).unwrap() > 0, "the reader ended");
-    }
+    let (mut reader, _out) = spawn_ready(&mut role(dir.path(), "reader"));
     // Acknowledged once durable: these survive any power loss.
     let db = Options::new().open(dir.path()).unwrap();
     for i in 0..200 {
@@ -265,12 +259,7 @@ fn an_immediate_handle_beside_a_read_only_one_leaves_no_checkpoint_to_go_back_to
     drop(db);
     drop(reader.stdin.take());
     assert!(reader.wait().unwrap().success());
-    // The machine restarts (the shim shows the child another boot id).
-    let mut rebooted = role(dir.path(), "rebooted");
-    iofault::Mode::new().boot_id("00000000-0000-4000-8000-00000000b007").apply(&mut rebooted);
-    let out = rebooted.output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    let said = after_restart(dir.path(), "rebooted");
     assert!(said.contains("seq 205 integrity ok"), "{said}");
 }
 
@@ -285,12 +274,20 @@ fn a_store_closed_by_a_relaxed_handle_opens_read_only_after_a_restart() {
         append(&db, i % 4);
     }
     drop(db);
-    let mut reader = role(dir.path(), "rebooted-reader");
-    iofault::Mode::new().boot_id("00000000-0000-4000-8000-00000000b007").apply(&mut reader);
-    let out = reader.output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    let said = after_restart(dir.path(), "rebooted-reader");
     assert!(said.contains("seq 30"), "{said}");
+}
+
+/// Runs `role` on `dir` as after a restart of the machine (the shim shows the child another
+/// boot id), and returns what it printed; it must succeed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn after_restart(dir: &std::path::Path, role_name: &str) -> String {
+    let mut cmd = role(dir, role_name);
+    iofault::Mode::new().boot_id("00000000-0000-4000-8000-00000000b007").apply(&mut cmd);
+    let out = cmd.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    said
 }
 
 /// Spawns `cmd` with piped stdin and stdout and waits for it to say `ready`.
