@@ -20,21 +20,23 @@ fn append(db: &varvedb::Varve, stream: u128) {
 /// Another process that opens the store in `dir` for writing with the given durability,
 /// appends, and keeps it open until its stdin closes.
 fn holder(dir: &std::path::Path, relaxed: bool) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["handles_of_the_two_durabilities_never_write_a_store_at_once", "--exact", "--nocapture"])
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["handles_of_the_two_durabilities_never_write_a_store_at_once", "--exact", "--nocapture"])
         .env(HOLD, dir)
-        .env(HOLD_RELAXED, if relaxed { "1" } else { "0" })
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .env(HOLD_RELAXED, if relaxed { "1" } else { "0" });
+    // Its output is kept open until it ends: the test harness prints after the test.
+    spawn_ready(&mut cmd)
+}
+
+/// Spawns `cmd` with piped stdin and stdout and waits for it to say `ready`.
+fn spawn_ready(cmd: &mut Command) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut said = String::new();
     while !said.contains("ready") {
         said.clear();
-        assert!(out.read_line(&mut said).unwrap() > 0, "the holder ended");
+        assert!(out.read_line(&mut said).unwrap() > 0, "the child ended");
     }
-    // Its output is kept open until it ends: the test harness prints after the test.
     (child, out)
 }
 
@@ -288,19 +290,6 @@ fn after_restart(dir: &std::path::Path, role_name: &str) -> String {
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
     said
-}
-
-/// Spawns `cmd` with piped stdin and stdout and waits for it to say `ready`.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn spawn_ready(cmd: &mut Command) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("ready") {
-        said.clear();
-        assert!(out.read_line(&mut said).unwrap() > 0, "the child ended");
-    }
-    (child, out)
 }
 
 /// Two relaxed processes share a store; one writes a checkpoint entry and dies before its
