@@ -241,8 +241,8 @@ fn role_child() {
 
 /// The checkpoints a relaxed handle leaves behind must not outlive the immediate commits
 /// made after them: an immediate open that finds the store in use by a read-only process
-/// keeps the checkpoint file, and after the next restart of the machine the store would be
-/// taken back to that checkpoint, past commits that were acknowledged as durable.
+/// must still remove the checkpoint file, or the next restart of the machine would take the
+/// store back to that checkpoint, past commits acknowledged as durable.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn an_immediate_handle_beside_a_read_only_one_leaves_no_checkpoint_to_go_back_to() {
