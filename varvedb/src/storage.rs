@@ -1292,7 +1292,7 @@ impl Storage {
             lock_file,
             _claim: claim,
             fatal: OnceLock::new(),
-            tickets: sync::Tickets::default(),
+            tickets: sync::Tickets::new(relaxed),
             defer_meta_sync: config.flushes != Flushes::EachCommit,
             flushes: sync::FlushTimes::default(),
             read_only: false,
@@ -1446,12 +1446,9 @@ impl Storage {
             Ok(ahead::Grown::Enough) => Ok(()),
             Ok(ahead::Grown::Grew) => {
                 self.flushes.record(started.elapsed());
-                // The flush carried every meta page written before it. A relaxed handle's
-                // commits are durable by checkpoints only: a power loss takes the store back
-                // to the last one, whatever was flushed.
-                if self.relaxed.is_none() {
-                    self.tickets.flushed(before);
-                }
+                // The flush carried every meta page written before it (a relaxed handle's
+                // tickets count checkpoints only).
+                self.tickets.flushed(before);
                 Ok(())
             }
             Err(ahead::GrowError::Write(e)) => {
@@ -1507,12 +1504,7 @@ impl Storage {
         let before = self.tickets.last();
         let recorded = self.write_record(&mut txn)?;
         self.commit_or_stop(txn, before, recorded)?;
-        // A relaxed commit has no data flush to carry the meta pages before it.
-        let ticket = if self.relaxed.is_some() {
-            self.tickets.committed_unflushed(before)
-        } else {
-            self.tickets.committed(before)
-        };
+        let ticket = self.tickets.committed(before);
         if !self.defer_meta_sync {
             self.tickets.flushed(ticket);
         }
@@ -1688,7 +1680,7 @@ impl Storage {
         });
         self.flushes.record(started.elapsed());
         done?;
-        self.tickets.flushed(before);
+        self.tickets.checkpointed(before);
         Ok(())
     }
 
@@ -1754,7 +1746,7 @@ impl Storage {
                 // success, and that flush carried the last meta page. (The storage may also
                 // have stopped meanwhile for a failed flush elsewhere; then LMDB is not
                 // panicked and nothing is proved.)
-                if self.lmdb_panicked() && self.relaxed.is_none() {
+                if self.lmdb_panicked() {
                     self.tickets.flushed(before);
                 }
                 Err(e)
@@ -1770,10 +1762,7 @@ impl Storage {
             // repaired with one flush, or the storage stops and the last commit's fate is open.
             Err(e) if self.defer_meta_sync => match self.repair_after_failed_commit(recorded) {
                 Ok(()) => {
-                    // A relaxed handle's commits are durable by checkpoints only.
-                    if self.relaxed.is_none() {
-                        self.tickets.flushed(before);
-                    }
+                    self.tickets.flushed(before);
                     Err(e)
                 }
                 Err(repair) => {

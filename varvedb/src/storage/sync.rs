@@ -25,9 +25,19 @@ pub(super) struct Tickets {
     written: AtomicU64,
     synced: AtomicU64,
     recorded: AtomicU64,
+    /// A relaxed handle's: its commits are durable by checkpoints only. A power loss takes
+    /// the store back to the last checkpoint whatever else was flushed, so neither a commit
+    /// nor a flush of `data.mdb` counts, only [`Tickets::checkpointed`].
+    checkpoints: bool,
 }
 
 impl Tickets {
+    /// The tickets of a handle whose commits are durable by checkpoints (`checkpoints`), or
+    /// by flushes.
+    pub(super) fn new(checkpoints: bool) -> Self {
+        Tickets { checkpoints, ..Tickets::default() }
+    }
+
     /// The last ticket handed out: a commit already made, durable or not.
     pub(super) fn last(&self) -> Ticket {
         self.written.load(Ordering::Acquire)
@@ -37,15 +47,8 @@ impl Tickets {
     /// returned: its data flush made every meta page up to `before` durable; its own meta
     /// page is not yet.
     pub(super) fn committed(&self, before: Ticket) -> Ticket {
-        self.synced.fetch_max(before, Ordering::AcqRel);
+        self.flushed(before);
         // Only the writer commits with tickets, one commit at a time (its leader holds it).
-        self.written.store(before + 1, Ordering::Release);
-        before + 1
-    }
-
-    /// As [`Tickets::committed`], for a commit that flushed nothing (a relaxed handle's): it
-    /// proves nothing of the commits before it.
-    pub(super) fn committed_unflushed(&self, before: Ticket) -> Ticket {
         self.written.store(before + 1, Ordering::Release);
         before + 1
     }
@@ -53,6 +56,14 @@ impl Tickets {
     /// Called with `before` = [`Tickets::last`] read before a flush of the whole file began,
     /// once it returned.
     pub(super) fn flushed(&self, before: Ticket) {
+        if !self.checkpoints {
+            self.synced.fetch_max(before, Ordering::AcqRel);
+        }
+    }
+
+    /// Called with `before` = [`Tickets::last`] read before a checkpoint pinned its snapshot,
+    /// once the checkpoint is durable.
+    pub(super) fn checkpointed(&self, before: Ticket) {
         self.synced.fetch_max(before, Ordering::AcqRel);
     }
 
