@@ -30,13 +30,13 @@ use crate::error::Error;
 const DATA_FILE: &str = "data.mdb";
 
 /// The size of `pgno_t`, `txnid_t` and `mdb_size_t`.
-const WORD: usize = size_of::<usize>();
+pub(crate) const WORD: usize = size_of::<usize>();
 /// `MDB_page` up to its node offsets: page number, pad, flags, lower and upper bounds.
 pub(crate) const PAGE_HEADER: usize = WORD + 8;
 /// `MDB_node` up to its key: two halves of the data size (or child page), flags, key size.
-const NODE_HEADER: usize = 8;
+pub(crate) const NODE_HEADER: usize = 8;
 /// `MDB_db`: pad, flags, depth, branch, leaf and overflow page counts, entries, root.
-const DB_LEN: usize = 8 + 5 * WORD;
+pub(crate) const DB_LEN: usize = 8 + 5 * WORD;
 /// `MDB_meta`: magic, version, address, map size, the free list's and the main table's
 /// `MDB_db`, last page, transaction id.
 const META_LEN: usize = 8 + 2 * WORD + 2 * DB_LEN + 2 * WORD;
@@ -54,33 +54,33 @@ const META_PAGES: u64 = 2;
 const MAGIC: u32 = 0xBEEF_C0DE;
 const DATA_VERSION: u32 = 1;
 /// `P_INVALID`: the root of an empty tree.
-const NO_PAGE: u64 = if WORD == 8 { u64::MAX } else { u32::MAX as u64 };
+pub(crate) const NO_PAGE: u64 = if WORD == 8 { u64::MAX } else { u32::MAX as u64 };
 /// LMDB's cursors hold at most this many pages from root to leaf (`CURSOR_STACK`).
-const MAX_DEPTH: u16 = 32;
+pub(crate) const MAX_DEPTH: u16 = 32;
 /// LMDB uses the OS page size, capped at `MAX_PAGESIZE` (32 KiB without `MDB_DEVEL`).
 const MIN_PAGE_SIZE: u32 = 512;
 const MAX_PAGE_SIZE: u32 = 0x8000;
 
 // Page flags.
-const P_BRANCH: u16 = 0x01;
-const P_LEAF: u16 = 0x02;
-const P_OVERFLOW: u16 = 0x04;
-const P_META: u16 = 0x08;
+pub(crate) const P_BRANCH: u16 = 0x01;
+pub(crate) const P_LEAF: u16 = 0x02;
+pub(crate) const P_OVERFLOW: u16 = 0x04;
+pub(crate) const P_META: u16 = 0x08;
 const P_LEAF2: u16 = 0x20;
 
 // Node flags.
-const F_BIGDATA: u16 = 0x01;
+pub(crate) const F_BIGDATA: u16 = 0x01;
 const F_SUBDATA: u16 = 0x02;
 
 // Table flags (`mdb_dbi_open`) kept in `MDB_db`.
-const REVERSEKEY: u16 = 0x02;
+pub(crate) const REVERSEKEY: u16 = 0x02;
 const DUPSORT: u16 = 0x04;
 const INTEGERKEY: u16 = 0x08;
 const DUPFIXED: u16 = 0x10;
 const INTEGERDUP: u16 = 0x20;
 const REVERSEDUP: u16 = 0x40;
 const TABLE_FLAGS: u16 = REVERSEKEY | DUPSORT | INTEGERKEY | DUPFIXED | INTEGERDUP | REVERSEDUP;
-const DUP_FLAGS: u16 = DUPSORT | DUPFIXED | INTEGERDUP | REVERSEDUP;
+pub(crate) const DUP_FLAGS: u16 = DUPSORT | DUPFIXED | INTEGERDUP | REVERSEDUP;
 /// The environment flags a meta page keeps (`MDB_FIXEDMAP`, `MDB_NOSUBDIR`), in the free
 /// list's flags beside its own `MDB_INTEGERKEY`.
 const ENV_FLAGS: u16 = 0x01 | 0x4000 | INTEGERKEY;
@@ -97,15 +97,18 @@ fn corrupt(page: Option<u64>, reason: impl Into<String>) -> Error {
 
 // Fixed-layout reads. Callers check the range first; out of range reads as zero rather than
 // panicking, so a slip shows as a failed check, never as a crash.
-fn u16_at(b: &[u8], at: usize) -> u16 {
+#[inline]
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
     b.get(at..at + 2).map_or(0, |s| u16::from_ne_bytes([s[0], s[1]]))
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+#[inline]
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_ne_bytes)
 }
 
-fn word_at(b: &[u8], at: usize) -> u64 {
+#[inline]
+pub(crate) fn word_at(b: &[u8], at: usize) -> u64 {
     match b.get(at..at + WORD) {
         Some(s) if WORD == 8 => s.try_into().map_or(0, u64::from_ne_bytes),
         Some(s) => s.try_into().map_or(0, |w| u64::from(u32::from_ne_bytes(w))),

@@ -25,6 +25,7 @@ use crate::error::{Error, StorageError};
 mod ahead;
 mod checkpoint;
 mod files;
+mod map_log;
 mod redo;
 mod sync;
 
@@ -484,14 +485,22 @@ pub(crate) fn prefetch(bytes: &[u8]) {
     let _ = bytes;
 }
 
-/// The log's entries from a seq on, in order: [`Entries`] over a range, or, from the start
-/// of the log, a plain iteration, which spares a range's checks on every step.
+/// The log's entries from a seq on, in order: walked straight from the map's pages
+/// ([`map_log`]) where it can be, and otherwise through LMDB's cursor: [`Entries`] over a
+/// range, or, from the start of the log, a plain iteration, which spares a range's checks on
+/// every step.
 pub(crate) struct LogEntries<'t> {
     inner: LogEntriesInner<'t>,
     map_size: usize,
 }
 
 enum LogEntriesInner<'t> {
+    /// A walk of the map, and what LMDB's cursor needs to go on where the walk cannot.
+    Map {
+        walk: map_log::Walk<'t>,
+        txn: &'t RoTxn<'t, WithoutTls>,
+        events: Table,
+    },
     Range(Entries<'t>),
     /// The table from its first entry, those with keys below `skip_below` left out: the
     /// entries of a range from that bound. Once one key is at or above the bound, every
@@ -500,6 +509,57 @@ enum LogEntriesInner<'t> {
         iter: heed::RoIter<'t, Bytes, Bytes>,
         skip_below: Option<[u8; key::SEQ_LEN]>,
     },
+    /// LMDB's cursor could not be opened where a walk stopped: the error, handed out once.
+    Failed(Option<Error>),
+}
+
+impl<'t> LogEntries<'t> {
+    /// Entries from `from` on through LMDB's cursor.
+    fn lmdb(
+        txn: &'t RoTxn<'t, WithoutTls>,
+        events: Table,
+        from: u64,
+        map_size: usize,
+        err: impl Fn(heed::Error) -> Error,
+    ) -> Result<Self, Error> {
+        let from = key::seq(from);
+        let inner = if from <= key::seq(1) {
+            // No entry of a sound log is below seq 1: from there, the log is read from its
+            // first entry, and anything below the bound is skipped as a range would.
+            let iter = events.iter(txn).map_err(err)?;
+            LogEntriesInner::FromFirst { iter, skip_below: Some(from) }
+        } else {
+            let bounds = (Bound::Included(&from[..]), Bound::Unbounded);
+            LogEntriesInner::Range(Entries {
+                inner: EntriesInner::Forward(events.range(txn, &bounds).map_err(err)?),
+                map_size,
+            })
+        };
+        Ok(LogEntries { inner, map_size })
+    }
+
+    /// LMDB's cursor takes over from a walk that met what it does not read.
+    #[cold]
+    #[inline(never)]
+    fn hand_over(&mut self) {
+        let LogEntriesInner::Map { walk, txn, events } = &self.inner else { return };
+        self.inner = match walk.resume() {
+            Some(from) => {
+                match Self::lmdb(txn, *events, from, self.map_size, |e| storage_error(e, self.map_size)) {
+                    Ok(entries) => entries.inner,
+                    Err(e) => LogEntriesInner::Failed(Some(e)),
+                }
+            }
+            // The walk gave seq `u64::MAX`: nothing can follow it.
+            None => LogEntriesInner::Failed(None),
+        };
+    }
+
+    /// Whether the entries are still walked from the map, for tests.
+    #[cfg(test)]
+    pub(crate) fn walks_the_map(&self) -> bool {
+        matches!(self.inner, LogEntriesInner::Map { .. })
+    }
 }
 
 impl<'t> Iterator for LogEntries<'t> {
@@ -507,9 +567,18 @@ impl<'t> Iterator for LogEntries<'t> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        if let LogEntriesInner::Map { walk, .. } = &mut self.inner {
+            match walk.next() {
+                map_log::Step::Entry(k, v) => return Some(Ok((k, v))),
+                map_log::Step::End => return None,
+                map_log::Step::Lost => self.hand_over(),
+            }
+        }
         let (iter, skip_below) = match &mut self.inner {
             LogEntriesInner::FromFirst { iter, skip_below } => (iter, skip_below),
             LogEntriesInner::Range(entries) => return entries.next(),
+            LogEntriesInner::Failed(e) => return e.take().map(Err),
+            LogEntriesInner::Map { .. } => return None,
         };
         loop {
             // Unpacked here, not mapped: mapping moves heed's large error type through the
@@ -923,6 +992,8 @@ pub(crate) struct Storage {
     pub(crate) tables: Tables,
     /// The map's size; grows when the map is moved to a size another process set.
     map_size: AtomicUsize,
+    /// Where the map lies, for reads of the log straight from its pages.
+    map: map_log::Map,
     txns: TxnGate,
     lock_file: files::LockFile,
     _claim: files::Claim,
@@ -1284,10 +1355,12 @@ impl Storage {
             offset.map(|offset| redo::Area::open(path, offset).map_err(|e| io_error(e, path))).transpose()?
         };
         let checkpoints = if relaxed { Some(Relaxed::open(path)?) } else { None };
+        let map = map_log::Map::open(&env, &path.join("data.mdb"));
         let storage = Storage {
             env,
             tables,
             map_size: AtomicUsize::new(map_size),
+            map,
             txns: TxnGate::default(),
             lock_file,
             _claim: claim,
@@ -1365,10 +1438,12 @@ impl Storage {
                 reason: "the record of its last acknowledged commit is to be applied, and an open for writing applies it",
             });
         }
+        let map = map_log::Map::open(&env, &path.join("data.mdb"));
         Ok(Storage {
             env,
             tables,
             map_size: AtomicUsize::new(map_size),
+            map,
             txns: TxnGate::default(),
             lock_file,
             _claim: claim,
@@ -1905,6 +1980,7 @@ impl Storage {
         // the storage is shared. Size 0 takes the size recorded in the store's meta page.
         unsafe { self.env.resize(0) }.map_err(|e| self.err(e))?;
         self.map_size.store(self.env.info().map_size, AtomicOrdering::Relaxed);
+        self.map.locate(&self.env);
         Ok(())
     }
 
@@ -2197,28 +2273,15 @@ impl Storage {
         Ok(Entries { inner, map_size: self.map_size() })
     }
 
-    /// The log's entries with seqs from `from` on.
-    pub(crate) fn log_from<'t>(
-        &self,
-        txn: &'t RoTxn<'_, WithoutTls>,
-        from: u64,
-    ) -> Result<LogEntries<'t>, Error> {
-        let from = key::seq(from);
-        let events = self.tables.events;
-        let inner = if from <= key::seq(1) {
-            // No entry of a sound log is below seq 1: from there, the log is read from its
-            // first entry, and anything below the bound is skipped as a range would.
-            let iter = events.iter(txn).map_err(|e| self.err(e))?;
-            LogEntriesInner::FromFirst { iter, skip_below: Some(from) }
-        } else {
-            LogEntriesInner::Range(self.entries(
-                txn,
-                events,
-                (Bound::Included(&from), Bound::Unbounded),
-                false,
-            )?)
-        };
-        Ok(LogEntries { inner, map_size: self.map_size() })
+    /// The log's entries with seqs from `from` on, in a read transaction's snapshot.
+    pub(crate) fn log_from<'t>(&self, txn: &'t ReadTxn<'_>, from: u64) -> Result<LogEntries<'t>, Error> {
+        let (map_size, events) = (self.map_size(), self.tables.events);
+        let walk = self.map.walk(txn, map_size, from);
+        let txn: &'t RoTxn<'t, WithoutTls> = txn;
+        match walk {
+            Some(walk) => Ok(LogEntries { inner: LogEntriesInner::Map { walk, txn, events }, map_size }),
+            None => LogEntries::lmdb(txn, events, from, map_size, |e| self.err(e)),
+        }
     }
 
     pub(crate) fn delete(&self, txn: &mut WriteTxn<'_>, table: Table, k: &[u8]) -> Result<bool, Error> {
@@ -3451,6 +3514,99 @@ mod tests {
             assert_eq!(log, range.map(Result::unwrap).collect::<Vec<_>>(), "from {from}");
             assert_eq!(damage.len(), if from <= 1 { 2 } else { 0 }, "from {from}");
             assert!(damage.iter().all(|e| matches!(e, Err(Error::CorruptIndex { table: "events", .. }))));
+        }
+    }
+
+    /// A store whose log holds `n` records of many sizes, every 97th in overflow pages.
+    fn walk_store(dir: &Path, n: u64) -> Storage {
+        let storage = Storage::open(
+            dir,
+            &StorageConfig {
+                map_size: 1 << 28,
+                max_readers: 8,
+                merkle_tree: false,
+                read_only: false,
+                flushes: Flushes::EachCommit,
+            },
+        )
+        .unwrap();
+        let events = storage.tables.events;
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(5_000) {
+            let mut txn = storage.write_txn().unwrap();
+            for &seq in chunk {
+                let len =
+                    if seq % 97 == 0 { 5_000 + seq as usize % 3 } else { 1 + (seq * 37 % 300) as usize };
+                storage.put(&mut txn, events, &key::seq(seq), &vec![seq as u8; len]).unwrap();
+            }
+            storage.commit(txn).unwrap();
+        }
+        storage
+    }
+
+    #[test]
+    fn a_walk_of_the_map_gives_what_lmdbs_cursor_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 20_000;
+        let storage = walk_store(dir.path(), n);
+        let txn = storage.read_txn().unwrap();
+        let events = storage.tables.events;
+        for from in [0, 1, 2, 35, 97, 500, 7_777, n - 1, n, n + 1, n + 500, u64::MAX] {
+            let mut log = storage.log_from(&txn, from).unwrap();
+            assert!(log.walks_the_map(), "from {from}");
+            let walked: Vec<_> = log.by_ref().map(Result::unwrap).collect();
+            // The whole way from the map: LMDB's cursor never took over.
+            assert!(log.walks_the_map(), "from {from}");
+            let bound = key::seq(from);
+            let range: Vec<_> = storage
+                .entries(&txn, events, (Bound::Included(&bound), Bound::Unbounded), false)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(walked.len() as u64, (n + 1).saturating_sub(from.max(1)), "from {from}");
+            assert!(walked == range, "from {from}");
+        }
+    }
+
+    #[test]
+    fn a_walk_hands_over_to_lmdb_at_a_damaged_node_and_gives_what_lmdb_gives() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3_000;
+        let storage = walk_store(dir.path(), n);
+        let events = storage.tables.events;
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).open(dir.path().join("data.mdb")).unwrap();
+        let txn = storage.read_txn().unwrap();
+        let value = storage.get(&txn, events, &key::seq(1_234)).unwrap().unwrap();
+        let node = redo::mapped_offset(value.as_ptr() as usize - 8 - crate::lmdb_file::NODE_HEADER)
+            .unwrap()
+            .unwrap();
+        drop(txn);
+        // Damage that LMDB reads past without a fault (some it does not: a node's flags that
+        // say duplicates send its cursor through the node's data as if it were a page): the
+        // key size of the record of seq 1,234, and the page number in its page's header.
+        let page_size = u64::from(storage.env.stat().page_size);
+        let damage: [(u64, &[u8]); 2] =
+            [(node + 6, &9u16.to_ne_bytes()), (node - node % page_size, &u64::MAX.to_ne_bytes())];
+        for (at, bytes) in damage {
+            let mut sound = vec![0; bytes.len()];
+            file.read_exact_at(&mut sound, at).unwrap();
+            file.write_all_at(bytes, at).unwrap();
+            let txn = storage.read_txn().unwrap();
+            for from in [1, 1_000, 1_234] {
+                let mut log = storage.log_from(&txn, from).unwrap();
+                let walked: Vec<_> = log.by_ref().map(|e| e.map_err(|e| e.to_string())).collect();
+                assert!(!log.walks_the_map(), "damage at {at}, from {from}");
+                let bound = key::seq(from);
+                let range: Vec<_> = storage
+                    .entries(&txn, events, (Bound::Included(&bound), Bound::Unbounded), false)
+                    .unwrap()
+                    .map(|e| e.map_err(|e| e.to_string()))
+                    .collect();
+                assert!(walked == range, "damage at {at}, from {from}");
+            }
+            drop(txn);
+            file.write_all_at(&sound, at).unwrap();
         }
     }
 

@@ -1,12 +1,10 @@
 //! Reads of one stream through the `streams` index, with index entries looked up ahead.
 
-use std::ops::Bound::{Included, Unbounded};
-
 use crate::error::Error;
 use crate::event::RecordedEvent;
 use crate::id::StreamId;
 use crate::record::{self, Verified};
-use crate::storage::{Entries, StreamIndex, key};
+use crate::storage::{LogEntries, StreamIndex, key};
 
 use super::{ReadView, fails_the_view, reuse};
 
@@ -211,18 +209,20 @@ struct Fetched<'v> {
 
 /// How a stream read reaches the records its index entries point at: a lookup from the
 /// root of the `events` table each, except along runs of consecutive seqs (a stream written
-/// in batches), which a forward read steps through with one cursor on the log.
+/// in batches), which a forward read steps through with one walk of the log (straight from
+/// the map's pages, see `Storage::log_from`).
 struct LogSteps<'v> {
     forward: bool,
     /// The seq of the previous record, 0 before the first.
     prev: u64,
-    /// A cursor on the log and the seq of the record it gave last.
-    cursor: Option<(Entries<'v>, u64)>,
-    /// Records read since the cursor was opened ([`REOPEN_AFTER`] before the first opening).
-    /// A forward read opens it where a run of consecutive seqs starts; opening one allocates,
-    /// so it is reopened at a new run at most once per [`REOPEN_AFTER`] records: no
-    /// allocation per event, however a stream's seqs are spread, and none at all for a stream
-    /// whose events are all apart.
+    /// A walk of the log and the seq of the record it gave last.
+    cursor: Option<(LogEntries<'v>, u64)>,
+    /// Records read since the walk was opened ([`REOPEN_AFTER`] before the first opening).
+    /// A forward read opens it where a run of consecutive seqs starts. Opening one looks up
+    /// the table's root and the file's length, and allocates where LMDB's cursor reads, so
+    /// it is reopened at a new run at most once per [`REOPEN_AFTER`] records: no allocation
+    /// per event, however a stream's seqs are spread, and none at all for a stream whose
+    /// events are all apart.
     since_open: u32,
 }
 
@@ -276,13 +276,7 @@ impl<'v> LogSteps<'v> {
             self.cursor = None;
             return Ok(None);
         }
-        let from = key::seq(seq);
-        let mut log = view.storage.entries(
-            &view.txn,
-            view.storage.tables.events,
-            (Included(&from[..]), Unbounded),
-            false,
-        )?;
+        let mut log = view.storage.log_from(&view.txn, seq)?;
         self.since_open = 0;
         if let Some(entry) = log.next() {
             let (k, v) = entry?;

@@ -196,11 +196,18 @@ impl Area {
 }
 
 /// The offset in its file of the mapped byte at address `addr`, from this process's table of
-/// mappings (`/proc/self/maps`: `start-end perms offset device inode path` per line); `None`
-/// if no mapping holds it. Only the address is used: nothing is read through it. Linux only:
-/// elsewhere the store keeps no records (see `Storage::open`).
-#[cfg(target_os = "linux")]
+/// mappings; `None` if no mapping holds it. Only the address is used: nothing is read
+/// through it. Linux only: elsewhere the store keeps no records (see `Storage::open`).
 pub(crate) fn mapped_offset(addr: usize) -> io::Result<Option<u64>> {
+    Ok(mapping_of(addr)?.map(|(start, _, offset)| offset + (addr - start) as u64))
+}
+
+/// The mapping that holds address `addr`: its first address, the address past its end, and
+/// the offset in its file where it starts; from this process's table of mappings
+/// (`/proc/self/maps`: `start-end perms offset device inode path` per line). `None` if no
+/// mapping holds it. Only the address is used: nothing is read through it.
+#[cfg(target_os = "linux")]
+pub(crate) fn mapping_of(addr: usize) -> io::Result<Option<(usize, usize, u64)>> {
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     for line in maps.lines() {
         let mut fields = line.split_ascii_whitespace();
@@ -216,15 +223,15 @@ pub(crate) fn mapped_offset(addr: usize) -> io::Result<Option<u64>> {
             continue;
         };
         if (start..end).contains(&addr) {
-            return Ok(Some(offset + (addr - start) as u64));
+            return Ok(Some((start, end, offset)));
         }
     }
     Ok(None)
 }
 
-/// Where the process has no table of mappings to read, the store keeps no records.
+/// Where the process has no table of mappings to read, no mapping is found.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn mapped_offset(_addr: usize) -> io::Result<Option<u64>> {
+pub(crate) fn mapping_of(_addr: usize) -> io::Result<Option<(usize, usize, u64)>> {
     Ok(None)
 }
 
