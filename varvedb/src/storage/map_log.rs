@@ -32,6 +32,11 @@ use crate::lmdb_file::{
 
 use super::{ReadTxn, name};
 
+/// How many nodes of a leaf ahead of the one handed out a walk asks the CPU for: a node is
+/// the first touch of its record, and the records of a leaf lie in a page that the CPU's own
+/// prefetcher only follows once a few of its lines have missed.
+const PREFETCH_NODES: usize = 4;
+
 /// Where LMDB mapped `data.mdb` in this process, for walks of the log.
 pub(crate) struct Map {
     /// The address of the file's first byte in the map; 0 while unknown (off Linux, or when
@@ -188,6 +193,9 @@ impl<'t> Walk<'t> {
             if self.leaf.at < self.leaf.count {
                 let i = self.leaf.at;
                 self.leaf.at += 1;
+                if i + PREFETCH_NODES < self.leaf.count {
+                    self.prefetch(self.leaf.page, i + PREFETCH_NODES);
+                }
                 let Some((key, value)) = self.leaf_entry(self.leaf.page, i) else {
                     break;
                 };
@@ -215,6 +223,16 @@ impl<'t> Walk<'t> {
         }
         self.lost = true;
         Step::Lost
+    }
+
+    /// Asks the CPU for the first cache lines of node `i` of `page` (a hint: it reads
+    /// nothing, and an offset out of place only wastes it).
+    #[inline]
+    fn prefetch(&self, page: &'t [u8], i: usize) {
+        let at = usize::from(u16_at(page, PAGE_HEADER + 2 * i));
+        if let Some(node) = page.get(at..) {
+            super::prefetch(&node[..node.len().min(128)]);
+        }
     }
 
     /// Page `number`, if it lies inside the file and the map and its header names it.
