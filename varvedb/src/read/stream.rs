@@ -364,14 +364,20 @@ impl<'v> StreamEvents<'v> {
         buf: &mut Vec<u8>,
         mut f: impl FnMut(&RecordedEvent<'_>) -> Result<(), Error>,
     ) -> Result<(), Error> {
+        // The error of the check or of `f` is kept here, not returned through the event's
+        // result: a result of results moved the large error type through memory on every
+        // event, in stores the CPU could not forward to the loads after them.
+        let mut failed = None;
         while let Some(at) = self.locate() {
             let at = at.map_err(|e| *e)?;
-            self.view
-                .with_event(at.record, reuse(buf), |event| {
-                    at.check(event.stream.as_u128(), event.version)?;
-                    f(&event)
-                })
-                .flatten()?;
+            self.view.with_event(at.record, reuse(buf), |event| {
+                if let Err(e) = at.check(event.stream.as_u128(), event.version).and_then(|()| f(&event)) {
+                    failed = Some(e);
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         Ok(())
     }
