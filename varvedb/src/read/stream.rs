@@ -243,6 +243,32 @@ impl<'v> LogSteps<'v> {
     fn record(&mut self, view: &'v ReadView<'v>, seq: u64) -> Result<Option<&'v [u8]>, Error> {
         let prev = std::mem::replace(&mut self.prev, seq);
         self.since_open = self.since_open.saturating_add(1);
+        // Along a run, the next entry of the walk: inline, as it is most of a run's steps.
+        if let Some((log, at)) = &mut self.cursor
+            && at.checked_add(1) == Some(seq)
+        {
+            match log.next() {
+                Some(Ok((k, v))) => match key::decode_seq(k) {
+                    Some(here) if here == seq => {
+                        *at = here;
+                        return Ok(Some(v));
+                    }
+                    // Only damage puts it here; `step` reads on from it.
+                    Some(here) if here < seq => *at = here,
+                    // Past it (the log lacks `seq`) or a damaged key: a lookup finds it or
+                    // reports it missing.
+                    _ => {
+                        self.cursor = None;
+                        return view.storage.get(&view.txn, view.storage.tables.events, &key::seq(seq));
+                    }
+                },
+                Some(Err(e)) => return Err(e),
+                None => {
+                    self.cursor = None;
+                    return view.storage.get(&view.txn, view.storage.tables.events, &key::seq(seq));
+                }
+            }
+        }
         if self.forward
             && (self.cursor.as_ref().is_some_and(|&(_, at)| seq > at && seq - at <= STEP_AHEAD)
                 || (prev.checked_add(1) == Some(seq) && self.since_open >= REOPEN_AFTER))
