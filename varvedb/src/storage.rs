@@ -494,6 +494,10 @@ pub(crate) struct LogEntries<'t> {
     map_size: usize,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per read, moved once: a walk's path of pages is as deep as LMDB allows"
+)]
 enum LogEntriesInner<'t> {
     /// A walk of the map, and what LMDB's cursor needs to go on where the walk cannot.
     Map {

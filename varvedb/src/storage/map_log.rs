@@ -194,7 +194,7 @@ impl<'t> Walk<'t> {
                 let i = self.leaf.at;
                 self.leaf.at += 1;
                 if i + PREFETCH_NODES < self.leaf.count {
-                    self.prefetch(self.leaf.page, i + PREFETCH_NODES);
+                    Self::prefetch(self.leaf.page, i + PREFETCH_NODES);
                 }
                 let Some((key, value)) = self.leaf_entry(self.leaf.page, i) else {
                     break;
@@ -216,7 +216,7 @@ impl<'t> Walk<'t> {
             let parent = &mut self.path[self.levels - 1];
             parent.at += 1;
             let (page, at) = (parent.page, parent.at);
-            match self.child(page, at) {
+            match Self::child(page, at) {
                 Some(child) if self.descend(child, None).is_some() => {}
                 _ => break,
             }
@@ -228,7 +228,7 @@ impl<'t> Walk<'t> {
     /// Asks the CPU for the first cache lines of node `i` of `page` (a hint: it reads
     /// nothing, and an offset out of place only wastes it).
     #[inline]
-    fn prefetch(&self, page: &'t [u8], i: usize) {
+    fn prefetch(page: &'t [u8], i: usize) {
         let at = usize::from(u16_at(page, PAGE_HEADER + 2 * i));
         if let Some(node) = page.get(at..) {
             super::prefetch(&node[..node.len().min(128)]);
@@ -290,7 +290,7 @@ impl<'t> Walk<'t> {
     }
 
     /// The child page of branch node `i`.
-    fn child(&self, page: &'t [u8], i: usize) -> Option<u64> {
+    fn child(page: &'t [u8], i: usize) -> Option<u64> {
         let at = Self::node(page, i)?;
         let low = u64::from(u16_at(page, at)) | u64::from(u16_at(page, at + 2)) << 16;
         let high = if WORD == 8 { u64::from(u16_at(page, at + 4)) << 32 } else { 0 };
@@ -356,7 +356,7 @@ impl<'t> Walk<'t> {
                     Some(target) => {
                         let (mut low, mut high) = (0, count);
                         while low < high {
-                            let mid = (low + high) / 2;
+                            let mid = usize::midpoint(low, high);
                             if Self::key(page, mid)? < target {
                                 low = mid + 1;
                             } else {
@@ -383,7 +383,7 @@ impl<'t> Walk<'t> {
                 Some(target) => {
                     let (mut low, mut high) = (1, count);
                     while low < high {
-                        let mid = (low + high) / 2;
+                        let mid = usize::midpoint(low, high);
                         if Self::key(page, mid)? <= target {
                             low = mid + 1;
                         } else {
@@ -396,7 +396,7 @@ impl<'t> Walk<'t> {
             };
             self.path[self.levels] = Level { page, at, count };
             self.levels += 1;
-            number = self.child(page, at)?;
+            number = Self::child(page, at)?;
         }
     }
 }
