@@ -503,7 +503,7 @@ enum LogEntriesInner<'t> {
     Map {
         walk: map_log::Walk<'t>,
         txn: &'t RoTxn<'t, WithoutTls>,
-        events: Table,
+        storage: &'t Storage,
     },
     Range(Entries<'t>),
     /// The table from its first entry, those with keys below `skip_below` left out: the
@@ -542,21 +542,33 @@ impl<'t> LogEntries<'t> {
         Ok(LogEntries { inner, map_size })
     }
 
-    /// LMDB's cursor takes over from a walk that met what it does not read.
+    /// LMDB's cursor takes over from a walk that met what it does not read: from the last
+    /// entry the walk gave, stepping on from it as LMDB's cursor would have, so that an entry
+    /// whose key damage sorts below it is still handed out (and reported by the reader);
+    /// from where the walk began if it gave none.
     #[cold]
     #[inline(never)]
     fn hand_over(&mut self) {
-        let LogEntriesInner::Map { walk, txn, events } = &self.inner else { return };
-        self.inner = match walk.resume() {
-            Some(from) => {
-                match Self::lmdb(txn, *events, from, self.map_size, |e| storage_error(e, self.map_size)) {
-                    Ok(entries) => entries.inner,
-                    Err(e) => LogEntriesInner::Failed(Some(e)),
-                }
+        let LogEntriesInner::Map { walk, txn, storage } = &self.inner else { return };
+        let (txn, storage, events) = (*txn, *storage, storage.tables.events);
+        let err = |e| storage.err(e);
+        let entries = match walk.last() {
+            Some(last) => {
+                let last = key::seq(last);
+                let bounds = (Bound::Excluded(&last[..]), Bound::Unbounded);
+                events
+                    .range(txn, &bounds)
+                    .map(|range| {
+                        LogEntriesInner::Range(Entries {
+                            inner: EntriesInner::Forward(range),
+                            map_size: self.map_size,
+                        })
+                    })
+                    .map_err(err)
             }
-            // The walk gave seq `u64::MAX`: nothing can follow it.
-            None => LogEntriesInner::Failed(None),
+            None => Self::lmdb(txn, events, walk.from(), self.map_size, err).map(|entries| entries.inner),
         };
+        self.inner = entries.unwrap_or_else(|e| LogEntriesInner::Failed(Some(e)));
     }
 
     /// Whether the entries are still walked from the map, for tests.
@@ -1972,6 +1984,8 @@ impl Storage {
         let Some(_remapping) = self.txns.try_remap() else {
             return Err(Error::MapResized { map_size: self.map_size() });
         };
+        // No walk may start from the old map, even if the new one cannot be made.
+        self.map.forget();
         // SAFETY: `mdb_env_set_mapsize` unmaps and maps the file again: any transaction of
         // this process alive across it would read (and have handed out slices of) the old
         // map. LMDB allows it only with no transaction active, and checks that only for its
@@ -1980,6 +1994,8 @@ impl Storage {
         // with none counted and keeps new ones from beginning until `_remapping` drops. The
         // one exception, a relaxed handle's checkpoint pin (`Relaxed`), never reads: it
         // holds a reader slot in the lock file, and ending it writes only that slot. The
+        // map's place is found by read transactions of `map_log::Map` of their own, at open
+        // before the storage is shared and here after the move. The
         // map is read outside a transaction only by `env.info()`, here and in `open` before
         // the storage is shared. Size 0 takes the size recorded in the store's meta page.
         unsafe { self.env.resize(0) }.map_err(|e| self.err(e))?;
@@ -2278,12 +2294,17 @@ impl Storage {
     }
 
     /// The log's entries with seqs from `from` on, in a read transaction's snapshot.
-    pub(crate) fn log_from<'t>(&self, txn: &'t ReadTxn<'_>, from: u64) -> Result<LogEntries<'t>, Error> {
+    pub(crate) fn log_from<'t>(&'t self, txn: &'t ReadTxn<'_>, from: u64) -> Result<LogEntries<'t>, Error> {
         let (map_size, events) = (self.map_size(), self.tables.events);
-        let walk = self.map.walk(txn, map_size, from);
+        // The last page a commit has written, read after the snapshot began: every page of
+        // the snapshot is at or below it, and no page past it is one a walk may touch.
+        let last_page = self.env.info().last_page_number as u64;
+        let walk = self.map.walk(txn, last_page, from);
         let txn: &'t RoTxn<'t, WithoutTls> = txn;
         match walk {
-            Some(walk) => Ok(LogEntries { inner: LogEntriesInner::Map { walk, txn, events }, map_size }),
+            Some(walk) => {
+                Ok(LogEntries { inner: LogEntriesInner::Map { walk, txn, storage: self }, map_size })
+            }
             None => LogEntries::lmdb(txn, events, from, map_size, |e| self.err(e)),
         }
     }
@@ -3580,27 +3601,36 @@ mod tests {
         let events = storage.tables.events;
         let file =
             std::fs::OpenOptions::new().read(true).write(true).open(dir.path().join("data.mdb")).unwrap();
-        let txn = storage.read_txn().unwrap();
-        let value = storage.get(&txn, events, &key::seq(1_234)).unwrap().unwrap();
-        let node = redo::mapped_offset(value.as_ptr() as usize - 8 - crate::lmdb_file::NODE_HEADER)
-            .unwrap()
-            .unwrap();
-        drop(txn);
+        // Where the node of `seq`'s record lies in the file.
+        let node_of = |seq: u64| {
+            let txn = storage.read_txn().unwrap();
+            let value = storage.get(&txn, events, &key::seq(seq)).unwrap().unwrap();
+            redo::mapped_offset(value.as_ptr() as usize - 8 - crate::lmdb_file::NODE_HEADER).unwrap().unwrap()
+        };
+        let (middle, last) = (node_of(1_234), node_of(n));
         // Damage that LMDB reads past without a fault (some it does not: a node's flags that
-        // say duplicates send its cursor through the node's data as if it were a page): the
-        // key size of the record of seq 1,234, and the page number in its page's header.
+        // say duplicates send its cursor through the node's data as if it were a page): in
+        // the record of seq 1,234, its key's size and the page number in its page's header;
+        // in the last record, a key cut to 7 bytes and a key that goes back to seq 5, both of
+        // which sort before the seq handed out last, where LMDB's cursor steps on to them.
         let page_size = u64::from(storage.env.stat().page_size);
-        let damage: [(u64, &[u8]); 2] =
-            [(node + 6, &9u16.to_ne_bytes()), (node - node % page_size, &u64::MAX.to_ne_bytes())];
+        let damage: [(u64, &[u8]); 4] = [
+            (middle + 6, &9u16.to_ne_bytes()),
+            (middle - middle % page_size, &u64::MAX.to_ne_bytes()),
+            (last + 6, &7u16.to_ne_bytes()),
+            (last + 8, &key::seq(5)),
+        ];
         for (at, bytes) in damage {
             let mut sound = vec![0; bytes.len()];
             file.read_exact_at(&mut sound, at).unwrap();
             file.write_all_at(bytes, at).unwrap();
             let txn = storage.read_txn().unwrap();
-            for from in [1, 1_000, 1_234] {
+            for from in [1, 1_000, 1_234, n - 1] {
                 let mut log = storage.log_from(&txn, from).unwrap();
                 let walked: Vec<_> = log.by_ref().map(|e| e.map_err(|e| e.to_string())).collect();
-                assert!(!log.walks_the_map(), "damage at {at}, from {from}");
+                // From the start, the walk meets the damage and hands over; from later on, a
+                // seek may pass it by, as LMDB's own seek does.
+                assert!(from > 1 || !log.walks_the_map(), "damage at {at}");
                 let bound = key::seq(from);
                 let range: Vec<_> = storage
                     .entries(&txn, events, (Bound::Included(&bound), Bound::Unbounded), false)

@@ -20,6 +20,7 @@
 
 use std::fs::File;
 use std::marker::PhantomData;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use heed::types::Bytes;
@@ -42,6 +43,8 @@ pub(crate) struct Map {
     /// The address of the file's first byte in the map; 0 while unknown (off Linux, or when
     /// the mapping was not found), and reads of the log then go through LMDB's cursor alone.
     base: AtomicUsize,
+    /// The length of the mapping found at `base`.
+    len: AtomicUsize,
     page_size: usize,
     /// `data.mdb`, for its length: pages past the file's end are never touched.
     file: Option<File>,
@@ -58,7 +61,13 @@ impl Map {
             // Committed, so that the handle stays open for the environment.
             txn.commit().ok().and(main)
         });
-        let map = Map { base: AtomicUsize::new(0), page_size, file: File::open(data_file).ok(), main };
+        let map = Map {
+            base: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            page_size,
+            file: File::open(data_file).ok(),
+            main,
+        };
         map.locate(env);
         map
     }
@@ -68,37 +77,48 @@ impl Map {
     /// process's table of mappings give the map's start. No transaction of this process may
     /// be reading meanwhile (see `Storage::adopt_map_size`).
     pub(crate) fn locate(&self, env: &Env<WithoutTls>) {
-        let base = env.read_txn().ok().and_then(|txn| self.find(&txn, env.info().map_size));
-        self.base.store(base.unwrap_or(0), Ordering::Relaxed);
+        let (base, len) = env.read_txn().ok().and_then(|txn| self.find(&txn)).unwrap_or((0, 0));
+        self.len.store(len, Ordering::Relaxed);
+        self.base.store(base, Ordering::Relaxed);
     }
 
-    fn find(&self, txn: &RoTxn<'_, WithoutTls>, map_size: usize) -> Option<usize> {
-        if self.file.is_none() || !(512..=0x8000).contains(&self.page_size) {
+    /// Walks stay off until the map is found again: LMDB is about to move it.
+    pub(crate) fn forget(&self) {
+        self.base.store(0, Ordering::Relaxed);
+    }
+
+    /// The map's start and length.
+    fn find(&self, txn: &RoTxn<'_, WithoutTls>) -> Option<(usize, usize)> {
+        if !(512..=0x8000).contains(&self.page_size) {
             return None;
         }
         let record = self.main.as_ref()?.get(txn, name::EVENTS.as_bytes()).ok()??;
-        let (start, end, offset) = super::redo::mapping_of(record.as_ptr() as usize).ok()??;
-        // LMDB maps the whole file from its start, `map_size` bytes.
-        if offset != 0 || end - start < map_size || !start.is_multiple_of(self.page_size) {
+        let mapping = super::redo::mapping_of(record.as_ptr() as usize).ok()??;
+        // LMDB maps the file from its start; the mapping must be of the file whose length
+        // bounds the walks.
+        let file = self.file.as_ref()?.metadata().ok()?;
+        if mapping.offset != 0 || mapping.inode != file.ino() || !mapping.device_is(file.dev()) {
             return None;
         }
+        let (start, len) = (mapping.start, mapping.end - mapping.start);
         // SAFETY: `start` is the first byte of a mapping of this process that holds the
         // record LMDB just handed out, a mapping of `data.mdb` from its offset 0: LMDB's map.
         // Its first page is the file's first meta page (every store's file has both), so
         // these bytes lie inside the file and the map.
         let first = unsafe { std::slice::from_raw_parts(start as *const u8, PAGE_HEADER) };
         let meta = word_at(first, 0) == 0 && u16_at(first, WORD + 2) == P_META;
-        meta.then_some(start)
+        meta.then_some((start, len))
     }
 
     /// A walk of the log in `txn`'s snapshot from the first seq at or after `from`; `None` when
     /// walks are off or the table's record is not one a walk reads (the caller then uses
     /// LMDB's cursor).
-    pub(crate) fn walk<'t>(&self, txn: &'t ReadTxn<'_>, map_size: usize, from: u64) -> Option<Walk<'t>> {
+    pub(crate) fn walk<'t>(&self, txn: &'t ReadTxn<'_>, last_page: u64, from: u64) -> Option<Walk<'t>> {
         let base = self.base.load(Ordering::Relaxed);
         if base == 0 {
             return None;
         }
+        let len = self.len.load(Ordering::Relaxed);
         let record = self.main.as_ref()?.get(txn, name::EVENTS.as_bytes()).ok()??;
         if record.len() != DB_LEN {
             return None;
@@ -109,10 +129,13 @@ impl Map {
         if flags & (DUP_FLAGS | REVERSEKEY) != 0 {
             return None;
         }
-        // The file's length now: it only grows while the store is open.
+        // Pages inside the file (its length now), inside the map, and written by a commit
+        // (the caller's `last_page`, read after the snapshot began): LMDB itself refuses any
+        // page past its snapshot's last, and a damaged page number must not lead a walk into
+        // pages a writer is filling.
         let file_len = self.file.as_ref()?.metadata().ok()?.len();
         let page_size = self.page_size as u64;
-        let pages = (file_len / page_size).min(map_size as u64 / page_size);
+        let pages = (file_len / page_size).min(len as u64 / page_size).min(last_page.saturating_add(1));
         let mut walk = Walk {
             base,
             page_size: self.page_size,
@@ -175,12 +198,15 @@ pub(crate) struct Walk<'t> {
 }
 
 impl<'t> Walk<'t> {
-    /// The first seq not given yet: where LMDB's cursor goes on after [`Step::Lost`].
-    pub(crate) fn resume(&self) -> Option<u64> {
-        match self.prev {
-            Some(prev) => prev.checked_add(1),
-            None => Some(self.from),
-        }
+    /// The seq of the last entry given, if any: LMDB's cursor goes on after it once the
+    /// walk is [`Step::Lost`].
+    pub(crate) fn last(&self) -> Option<u64> {
+        self.prev
+    }
+
+    /// Where the walk began: LMDB's cursor begins there if the walk gave nothing.
+    pub(crate) fn from(&self) -> u64 {
+        self.from
     }
 
     /// The next entry of the log.
@@ -241,15 +267,18 @@ impl<'t> Walk<'t> {
         if number < 2 || number >= self.pages {
             return None;
         }
-        // SAFETY: `base` is where LMDB mapped `data.mdb` (found by `Map::locate`, and found
-        // again after every remap, which waits for every transaction of the process to end:
-        // `Storage::adopt_map_size`). Page `number` lies inside the map and inside the file
-        // (`pages` is the lesser of the two, and the file only grows while the store is
-        // open), so its bytes are mapped and readable. The pages of the walk's snapshot are
-        // not written while its read transaction lives, which the `'t` borrow of it outlives;
-        // LMDB writes only pages free to every reader. A page reached through damage may be
-        // one being written: every byte read from it is checked as above, as LMDB's own
-        // slices into the map would be.
+        // SAFETY: `base` is where LMDB mapped `data.mdb`, a mapping `len` bytes long of the
+        // file `Map::file` names (found by `Map::locate`, and found again after every remap,
+        // which waits for every transaction of the process to end and clears `base`
+        // before it moves the map: `Storage::adopt_map_size`). Page `number` lies inside
+        // that mapping and inside the file (`pages` is bounded by both, and the file only
+        // grows while the store is open), so its bytes are mapped and readable. It is also
+        // at or below the last page a commit had written when the walk began, so no writer
+        // is filling it for a commit not made yet. The pages of the walk's snapshot are not
+        // written while its read transaction lives, which the `'t` borrow of it outlives:
+        // LMDB reuses only pages that no reader's snapshot holds. A page reached through
+        // damage may be one such reused page, as it may be for LMDB's own reads of the same
+        // damage; every byte read from it is checked as above.
         let page = unsafe {
             std::slice::from_raw_parts(
                 (self.base + number as usize * self.page_size) as *const u8,

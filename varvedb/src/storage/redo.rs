@@ -199,31 +199,62 @@ impl Area {
 /// mappings; `None` if no mapping holds it. Only the address is used: nothing is read
 /// through it. Linux only: elsewhere the store keeps no records (see `Storage::open`).
 pub(crate) fn mapped_offset(addr: usize) -> io::Result<Option<u64>> {
-    Ok(mapping_of(addr)?.map(|(start, _, offset)| offset + (addr - start) as u64))
+    Ok(mapping_of(addr)?.map(|m| m.offset + (addr - m.start) as u64))
 }
 
-/// The mapping that holds address `addr`: its first address, the address past its end, and
-/// the offset in its file where it starts; from this process's table of mappings
-/// (`/proc/self/maps`: `start-end perms offset device inode path` per line). `None` if no
-/// mapping holds it. Only the address is used: nothing is read through it.
+/// A mapping of this process, as its table of mappings lists it.
+pub(crate) struct Mapping {
+    /// Its first address.
+    pub(crate) start: usize,
+    /// The address past its end.
+    pub(crate) end: usize,
+    /// The offset in its file where it starts.
+    pub(crate) offset: u64,
+    /// The device of its file, as the major and minor numbers.
+    device: (u64, u64),
+    /// The inode of its file.
+    pub(crate) inode: u64,
+}
+
+impl Mapping {
+    /// Whether the mapping's file lies on device `dev` (as `st_dev` gives it): Linux's
+    /// encoding of the major and minor numbers in one word.
+    pub(crate) fn device_is(&self, dev: u64) -> bool {
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+        self.device == (major, minor)
+    }
+}
+
+/// The mapping that holds address `addr`, from this process's table of mappings
+/// (`/proc/self/maps`: `start-end perms offset major:minor inode path` per line); `None` if
+/// no mapping holds it. Only the address is used: nothing is read through it.
 #[cfg(target_os = "linux")]
-pub(crate) fn mapping_of(addr: usize) -> io::Result<Option<(usize, usize, u64)>> {
+pub(crate) fn mapping_of(addr: usize) -> io::Result<Option<Mapping>> {
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     for line in maps.lines() {
         let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some(_perms), Some(offset)) = (fields.next(), fields.next(), fields.next()) else {
+        let (Some(range), Some(_perms), Some(offset), Some(device), Some(inode)) =
+            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+        else {
             continue;
         };
-        let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end), Ok(offset)) = (
+        let (Some((start, end)), Some((major, minor))) = (range.split_once('-'), device.split_once(':'))
+        else {
+            continue;
+        };
+        let (Ok(start), Ok(end), Ok(offset), Ok(major), Ok(minor), Ok(inode)) = (
             usize::from_str_radix(start, 16),
             usize::from_str_radix(end, 16),
             u64::from_str_radix(offset, 16),
+            u64::from_str_radix(major, 16),
+            u64::from_str_radix(minor, 16),
+            inode.parse::<u64>(),
         ) else {
             continue;
         };
         if (start..end).contains(&addr) {
-            return Ok(Some((start, end, offset)));
+            return Ok(Some(Mapping { start, end, offset, device: (major, minor), inode }));
         }
     }
     Ok(None)
@@ -231,7 +262,7 @@ pub(crate) fn mapping_of(addr: usize) -> io::Result<Option<(usize, usize, u64)>>
 
 /// Where the process has no table of mappings to read, no mapping is found.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn mapping_of(_addr: usize) -> io::Result<Option<(usize, usize, u64)>> {
+pub(crate) fn mapping_of(_addr: usize) -> io::Result<Option<Mapping>> {
     Ok(None)
 }
 
