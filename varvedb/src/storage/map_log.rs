@@ -8,12 +8,13 @@
 //! from the root that the read's snapshot records for the table, down branch pages by binary
 //! search, along each leaf page's nodes, and back up to the next branch node at a leaf's end.
 //!
-//! Nothing read is trusted. A page is touched only if its number lies inside both the file
-//! and the map; its header must name that page and the kind its depth calls for; each node
-//! must lie inside its page, each key must be an 8-byte seq after the one before, and a large
-//! value's overflow pages must lie inside the file too. On anything else the walk stops with
-//! [`Step::Lost`], and its caller reads on through LMDB's cursor from just after the last
-//! entry the walk gave: damage is then met, and reported, exactly as LMDB's own reads meet it.
+//! Nothing read is trusted. A page is touched only if its number lies inside the file, the
+//! map, and the pages a commit had written when the walk began; its header must name that
+//! page and the kind its depth calls for; each node must lie inside its page, each key must
+//! be an 8-byte seq after the one before, and a large value's overflow pages must lie inside
+//! those bounds too. On anything else the walk stops with [`Step::Lost`], and its caller
+//! reads on through LMDB's cursor, stepping on from the last entry the walk gave: damage is
+//! then met, and reported, exactly as LMDB's own reads meet it.
 //!
 //! A walk is only made for a read transaction ([`ReadTxn`]): a write transaction's changed
 //! pages are not in the map.
