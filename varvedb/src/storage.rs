@@ -3507,17 +3507,7 @@ mod tests {
     #[test]
     fn log_entries_are_those_of_a_range_from_the_same_seq() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(
-            dir.path(),
-            &StorageConfig {
-                map_size: 1 << 20,
-                max_readers: 8,
-                merkle_tree: false,
-                read_only: false,
-                flushes: Flushes::EachCommit,
-            },
-        )
-        .unwrap();
+        let storage = open_immediate(dir.path(), 1 << 20);
         let events = storage.tables.events;
         let mut txn = storage.write_txn().unwrap();
         // Keys no sound log holds, below and among the seqs: a range skips those below its
@@ -3542,19 +3532,21 @@ mod tests {
         }
     }
 
+    /// A store in `dir` whose commits flush, with a map of `map_size` bytes.
+    fn open_immediate(dir: &Path, map_size: usize) -> Storage {
+        let config = StorageConfig {
+            map_size,
+            max_readers: 8,
+            merkle_tree: false,
+            read_only: false,
+            flushes: Flushes::EachCommit,
+        };
+        Storage::open(dir, &config).unwrap()
+    }
+
     /// A store whose log holds `n` records of many sizes, every 97th in overflow pages.
     fn walk_store(dir: &Path, n: u64) -> Storage {
-        let storage = Storage::open(
-            dir,
-            &StorageConfig {
-                map_size: 1 << 28,
-                max_readers: 8,
-                merkle_tree: false,
-                read_only: false,
-                flushes: Flushes::EachCommit,
-            },
-        )
-        .unwrap();
+        let storage = open_immediate(dir, 1 << 28);
         let events = storage.tables.events;
         for chunk in (1..=n).collect::<Vec<_>>().chunks(5_000) {
             let mut txn = storage.write_txn().unwrap();

@@ -370,6 +370,25 @@ impl<'t> Walk<'t> {
         })
     }
 
+    /// The first of the nodes `low..high` of `page` whose key does not satisfy `below`, by
+    /// binary search (the keys are in order, so `below` holds up to some node and not after).
+    fn first_not(
+        page: &'t [u8],
+        mut low: usize,
+        mut high: usize,
+        below: impl Fn(u64) -> bool,
+    ) -> Option<usize> {
+        while low < high {
+            let mid = usize::midpoint(low, high);
+            if below(Self::key(page, mid)?) {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        Some(low)
+    }
+
     /// Goes down from page `number`, the child of the last level on the path, to a leaf:
     /// along the first nodes, or to the first key at or after `target`.
     fn descend(&mut self, mut number: u64, target: Option<u64>) -> Option<()> {
@@ -383,18 +402,7 @@ impl<'t> Walk<'t> {
                 }
                 let at = match target {
                     // The first node whose key is at or after the target.
-                    Some(target) => {
-                        let (mut low, mut high) = (0, count);
-                        while low < high {
-                            let mid = usize::midpoint(low, high);
-                            if Self::key(page, mid)? < target {
-                                low = mid + 1;
-                            } else {
-                                high = mid;
-                            }
-                        }
-                        low
-                    }
+                    Some(target) => Self::first_not(page, 0, count, |key| key < target)?,
                     None => 0,
                 };
                 self.leaf = Level { page, at, count };
@@ -410,18 +418,7 @@ impl<'t> Walk<'t> {
             let at = match target {
                 // The last node whose key is at or before the target; the first node's key
                 // stands for everything below the second's.
-                Some(target) => {
-                    let (mut low, mut high) = (1, count);
-                    while low < high {
-                        let mid = usize::midpoint(low, high);
-                        if Self::key(page, mid)? <= target {
-                            low = mid + 1;
-                        } else {
-                            high = mid;
-                        }
-                    }
-                    low - 1
-                }
+                Some(target) => Self::first_not(page, 1, count, |key| key <= target)? - 1,
                 None => 0,
             };
             self.path[self.levels] = Level { page, at, count };
