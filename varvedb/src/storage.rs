@@ -551,22 +551,14 @@ impl<'t> LogEntries<'t> {
     fn hand_over(&mut self) {
         let LogEntriesInner::Map { walk, txn, storage } = &self.inner else { return };
         let (txn, storage, events) = (*txn, *storage, storage.tables.events);
-        let err = |e| storage.err(e);
         let entries = match walk.last() {
             Some(last) => {
                 let last = key::seq(last);
                 let bounds = (Bound::Excluded(&last[..]), Bound::Unbounded);
-                events
-                    .range(txn, &bounds)
-                    .map(|range| {
-                        LogEntriesInner::Range(Entries {
-                            inner: EntriesInner::Forward(range),
-                            map_size: self.map_size,
-                        })
-                    })
-                    .map_err(err)
+                storage.entries(txn, events, bounds, false).map(LogEntriesInner::Range)
             }
-            None => Self::lmdb(txn, events, walk.from(), self.map_size, err).map(|entries| entries.inner),
+            None => Self::lmdb(txn, events, walk.from(), self.map_size, |e| storage.err(e))
+                .map(|entries| entries.inner),
         };
         self.inner = entries.unwrap_or_else(|e| LogEntriesInner::Failed(Some(e)));
     }
